@@ -1,0 +1,363 @@
+"""Applying one patch to a tree, hunk by hunk, and saying exactly what happened.
+
+Per hunk the outcome is one of:
+
+``clean``            the old lines matched where the patch says
+``offset``           they matched ``n`` lines away (reported with the sign)
+``fuzz``             they matched only after ignoring ``n`` context lines at
+                     each end; only with an explicit ``fuzz`` > 0, and loud
+``merged``           no context match; a 3-way merge against the file the
+                     patch was made against (its ``Base-Release`` plus the
+                     earlier patches) resolved it without conflicts
+``already-upstream`` the new lines are already there (the hunk reverse-applies)
+``failed``           none of the above; conflict markers or a ``.rej`` file
+                     are left in the tree
+
+The matching works on lists of lines that keep their end-of-line characters,
+so CRLF files and a missing newline at the end of a file are compared exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .patchfile import FilePatch, Hunk, Patch, split_lines
+
+
+class Outcome(str, enum.Enum):
+    CLEAN = "clean"
+    OFFSET = "offset"
+    FUZZ = "fuzz"
+    MERGED = "merged"
+    ALREADY_UPSTREAM = "already-upstream"
+    FAILED = "failed"
+
+
+# How bad an outcome is, for summarising a file or patch (already-upstream handled apart).
+_SEVERITY = {Outcome.CLEAN: 0, Outcome.OFFSET: 1, Outcome.FUZZ: 2, Outcome.MERGED: 3, Outcome.FAILED: 5}
+
+
+@dataclass
+class HunkResult:
+    index: int
+    outcome: Outcome
+    patch_line: int
+    old_start: int
+    applied_at: int | None = None  # 1-based line in the file before this hunk applied
+    offset: int = 0
+    fuzz: int = 0
+    reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.outcome is Outcome.OFFSET:
+            return f"offset({self.offset:+d})"
+        if self.outcome is Outcome.FUZZ:
+            return f"fuzz({self.fuzz})" + (f" offset({self.offset:+d})" if self.offset else "")
+        return self.outcome.value
+
+
+@dataclass
+class FileResult:
+    path: str
+    action: str  # modify | create | delete
+    hunks: list[HunkResult] = field(default_factory=list)
+    outcome: Outcome = Outcome.CLEAN
+    conflicts: int = 0
+    reject_file: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class PatchResult:
+    name: str
+    subject: str
+    outcome: Outcome
+    files: list[FileResult]
+    commit: str | None = None
+    note: str | None = None
+
+    @property
+    def hunks(self) -> list[HunkResult]:
+        return [h for f in self.files for h in f.hunks]
+
+
+#: Given a patch and one of its files, return the exact bytes that file had
+#: when the patch was made (or None, with the reason, when that cannot be had).
+PreimageResolver = Callable[[Patch, FilePatch], "tuple[bytes | None, str | None]"]
+
+
+def git_blob_id(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def decode(content: bytes) -> str:
+    return content.decode("utf-8", "surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _find(lines: Sequence[str], needle: Sequence[str], expected: int, floor: int) -> int | None:
+    """Nearest position >= floor where ``needle`` occurs, searching outwards from ``expected``."""
+    n = len(needle)
+    if n == 0:
+        return min(max(expected, floor), len(lines))
+    first = needle[0]
+    best: int | None = None
+    for pos in range(floor, len(lines) - n + 1):
+        if lines[pos] == first and list(lines[pos : pos + n]) == list(needle):
+            if best is None or abs(pos - expected) < abs(best - expected):
+                best = pos
+            elif pos > expected:
+                break
+    return best
+
+
+def apply_hunks(lines: list[str], hunks: Sequence[Hunk], fuzz: int = 0) -> tuple[list[str], list[HunkResult]]:
+    """Apply hunks in order to ``lines``; failed hunks leave the lines as they were."""
+    out = list(lines)
+    results: list[HunkResult] = []
+    delta = 0  # how far the file has moved against the patch's line numbers
+    floor = 0  # hunks apply in order and never overlap
+    for hunk in hunks:
+        expected = (hunk.old_start if not hunk.old_lines else hunk.old_start - 1) + delta
+        expected = max(expected, 0)
+        forward = _find(out, hunk.old_lines, expected, floor)
+        reverse = _find(out, hunk.new_lines, expected, floor) if hunk.new_lines and hunk.new_lines != hunk.old_lines else None
+        if forward is not None and (reverse is None or abs(forward - expected) <= abs(reverse - expected)):
+            offset = forward - expected
+            out[forward : forward + len(hunk.old_lines)] = hunk.new_lines
+            kind = Outcome.CLEAN if offset == 0 else Outcome.OFFSET
+            results.append(HunkResult(hunk.index, kind, hunk.patch_line, hunk.old_start, forward + 1, offset))
+            delta += offset + len(hunk.new_lines) - len(hunk.old_lines)
+            floor = forward + len(hunk.new_lines)
+            continue
+        if reverse is not None:
+            offset = reverse - expected
+            results.append(
+                HunkResult(
+                    hunk.index,
+                    Outcome.ALREADY_UPSTREAM,
+                    hunk.patch_line,
+                    hunk.old_start,
+                    reverse + 1,
+                    offset,
+                    reason="the new lines are already present",
+                )
+            )
+            delta += offset
+            floor = reverse + len(hunk.new_lines)
+            continue
+        fuzzed = _apply_fuzzed(out, hunk, expected, floor, fuzz)
+        if fuzzed is not None:
+            pos, used, lead, new_part = fuzzed
+            old_len = len(hunk.old_lines) - lead - min(used, hunk.trailing_context)
+            out[pos : pos + old_len] = new_part
+            offset = pos - (expected + lead)
+            results.append(
+                HunkResult(
+                    hunk.index,
+                    Outcome.FUZZ,
+                    hunk.patch_line,
+                    hunk.old_start,
+                    pos + 1,
+                    offset,
+                    used,
+                    reason=f"matched only after ignoring {used} context line(s) at each end: check it by hand",
+                )
+            )
+            delta += offset + len(new_part) - old_len
+            floor = pos + len(new_part)
+            continue
+        results.append(
+            HunkResult(hunk.index, Outcome.FAILED, hunk.patch_line, hunk.old_start, reason=_why_no_match(out, hunk))
+        )
+    return out, results
+
+
+def _apply_fuzzed(
+    lines: list[str], hunk: Hunk, expected: int, floor: int, fuzz: int
+) -> tuple[int, int, int, tuple[str, ...]] | None:
+    for used in range(1, fuzz + 1):
+        lead = min(used, hunk.leading_context)
+        trail = min(used, hunk.trailing_context)
+        if lead == 0 and trail == 0:
+            continue
+        old = hunk.old_lines[lead : len(hunk.old_lines) - trail]
+        new = hunk.new_lines[lead : len(hunk.new_lines) - trail]
+        if not old:
+            continue
+        pos = _find(lines, old, expected + lead, floor)
+        if pos is not None:
+            return pos, used, lead, new
+    return None
+
+
+def _why_no_match(lines: Sequence[str], hunk: Hunk) -> str:
+    stripped = [ln.rstrip("\r\n") for ln in lines]
+    want = [ln.rstrip("\r\n") for ln in hunk.old_lines]
+    if want and _find(stripped, want, 0, 0) is not None:
+        patch_crlf = any(ln.endswith("\r\n") for ln in hunk.old_lines)
+        return "context matches only if line endings are ignored: " + (
+            "the patch has CRLF, the file LF" if patch_crlf else "the file has CRLF, the patch LF"
+        )
+    return "context not found"
+
+
+def _reject_text(fp: FilePatch, failed: list[HunkResult]) -> str:
+    by_index = {h.index: h for h in fp.hunks}
+    head = f"--- a/{fp.path}\n+++ b/{fp.path}\n"
+    return head + "".join(by_index[r.index].text for r in failed)
+
+
+def _merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str, str]) -> tuple[bytes, int]:
+    """3-way merge with git; return the merged bytes and the number of conflicts."""
+    with tempfile.TemporaryDirectory(prefix="ketta-merge-") as tmp:
+        paths = []
+        for name, data in (("ours", ours), ("base", base), ("theirs", theirs)):
+            p = Path(tmp) / name
+            p.write_bytes(data)
+            paths.append(str(p))
+        cmd = ["git", "merge-file", "-p", "-L", labels[0], "-L", labels[1], "-L", labels[2], *paths]
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+        if proc.returncode < 0 or proc.returncode > 127:
+            raise RuntimeError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout, proc.returncode
+
+
+def _safe_target(tree: Path, rel: str) -> Path:
+    target = tree / rel
+    real_tree = os.path.realpath(tree)
+    parent = os.path.realpath(target.parent)
+    if parent != real_tree and not parent.startswith(real_tree + os.sep):
+        raise ValueError(f"{rel} resolves outside the tree through a symlink")
+    return target
+
+
+def apply_file(
+    tree: Path,
+    patch: Patch,
+    fp: FilePatch,
+    *,
+    fuzz: int = 0,
+    preimage: PreimageResolver | None = None,
+    upstream_label: str = "upstream",
+) -> FileResult:
+    """Apply one file section of ``patch`` inside ``tree``."""
+    try:
+        target = _safe_target(tree, fp.path)
+    except ValueError as exc:
+        return _all_failed(fp, "modify", str(exc))
+    if fp.is_new:
+        return _create_file(target, fp)
+    if not target.is_file() or target.is_symlink():
+        if fp.is_deleted:
+            return _whole_file(fp, "delete", Outcome.ALREADY_UPSTREAM, "the file is already gone")
+        return _all_failed(fp, "modify", f"{fp.path} does not exist in {upstream_label}")
+
+    original = target.read_bytes()
+    lines = split_lines(decode(original))
+    new_lines, results = apply_hunks(lines, fp.hunks, fuzz)
+    action = "delete" if fp.is_deleted else "modify"
+    result = FileResult(fp.path, action, results)
+
+    failed = [r for r in results if r.outcome is Outcome.FAILED]
+    content = encode("".join(new_lines))
+    if failed and preimage is not None:
+        base, why_not = preimage(patch, fp)
+        if base is not None:
+            theirs_lines, base_results = apply_hunks(split_lines(decode(base)), fp.hunks, 0)
+            if all(r.outcome in (Outcome.CLEAN, Outcome.OFFSET) for r in base_results):
+                labels = (upstream_label, f"letta {patch.header.base_release} (patch base)", patch.name)
+                merged, conflicts = _merge_file(original, base, encode("".join(theirs_lines)), labels)
+                content = merged
+                result.conflicts = conflicts
+                for r in failed:
+                    if conflicts == 0:
+                        r.outcome, r.reason = Outcome.MERGED, f"3-way merge against letta {patch.header.base_release}"
+                    else:
+                        r.reason = f"3-way merge left {conflicts} conflict(s): markers are in the file"
+                failed = [r for r in results if r.outcome is Outcome.FAILED]
+            else:
+                why_not = "the patch does not apply to its own base release"
+        if why_not:
+            for r in failed:
+                r.reason = f"{r.reason}; no 3-way merge: {why_not}"
+
+    if failed and result.conflicts == 0:
+        reject = target.with_name(target.name + ".rej")
+        reject.write_text(_reject_text(fp, failed))
+        result.reject_file = f"{fp.path}.rej"
+
+    if fp.is_deleted and not failed:
+        if content:
+            return _all_failed(fp, "delete", "the file has content the patch does not delete")
+        target.unlink()
+    elif content != original:
+        target.write_bytes(content)
+    if fp.new_mode and not fp.is_deleted:
+        target.chmod(0o755 if fp.new_mode.endswith("755") else 0o644)
+    result.outcome = summarise([r.outcome for r in results])
+    return result
+
+
+def _create_file(target: Path, fp: FilePatch) -> FileResult:
+    content = encode("".join(line for h in fp.hunks for line in h.new_lines))
+    if target.exists() or target.is_symlink():
+        if target.is_file() and target.read_bytes() == content:
+            return _whole_file(fp, "create", Outcome.ALREADY_UPSTREAM, "the file already exists with this content")
+        return _all_failed(fp, "create", f"{fp.path} already exists with other content")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
+    if fp.new_mode:
+        target.chmod(0o755 if fp.new_mode.endswith("755") else 0o644)
+    return _whole_file(fp, "create", Outcome.CLEAN, None)
+
+
+def _whole_file(fp: FilePatch, action: str, outcome: Outcome, reason: str | None) -> FileResult:
+    hunks = [HunkResult(h.index, outcome, h.patch_line, h.old_start, reason=reason) for h in fp.hunks]
+    return FileResult(fp.path, action, hunks, outcome, reason=reason)
+
+
+def _all_failed(fp: FilePatch, action: str, reason: str) -> FileResult:
+    return _whole_file(fp, action, Outcome.FAILED, reason)
+
+
+def summarise(outcomes: Sequence[Outcome]) -> Outcome:
+    """One outcome for several: already-upstream only if all are, else the worst of the rest."""
+    rest = [o for o in outcomes if o is not Outcome.ALREADY_UPSTREAM]
+    if not rest:
+        return Outcome.ALREADY_UPSTREAM if outcomes else Outcome.CLEAN
+    return max(rest, key=lambda o: _SEVERITY[o])
+
+
+def apply_patch(
+    tree: Path,
+    patch: Patch,
+    *,
+    fuzz: int = 0,
+    preimage: PreimageResolver | None = None,
+    upstream_label: str = "upstream",
+) -> PatchResult:
+    """Apply every file of ``patch`` inside ``tree`` (files not committed here)."""
+    files = [
+        apply_file(tree, patch, fp, fuzz=fuzz, preimage=preimage, upstream_label=upstream_label) for fp in patch.files
+    ]
+    outcome = summarise([f.outcome for f in files])
+    note = None
+    if outcome is Outcome.ALREADY_UPSTREAM:
+        note = "every hunk is already upstream: consider dropping this patch from the series"
+    elif any(f.outcome is Outcome.ALREADY_UPSTREAM for f in files) or any(
+        h.outcome is Outcome.ALREADY_UPSTREAM for f in files for h in f.hunks
+    ):
+        note = "part of this patch is already upstream: consider trimming it"
+    return PatchResult(patch.name, patch.header.subject, outcome, files, note=note)

@@ -1,0 +1,345 @@
+"""The build tree: a git repository holding pristine upstream plus one commit per patch.
+
+* first commit: the pristine release, tagged ``upstream/<version>``;
+* then one commit per applied patch, with the patch header's author, subject
+  and description, so ``git diff upstream/<version>`` is exactly Ketta's change.
+
+Commit identities and dates are fixed (the patch's ``Date:`` or
+``SOURCE_DATE_EPOCH``), so two runs give the same tree *and* commit hashes.
+The tree is built in a temporary sibling of ``--out`` and renamed into place
+only when the run is over; an interrupted run leaves no tree that looks done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from packaging.version import Version
+
+from .applying import FilePatch, Outcome, PatchResult, apply_hunks, apply_patch, decode, encode, git_blob_id
+from .cache import Cache
+from .errors import BuildTreeError, KettaError
+from .patchfile import Patch, split_lines
+from .series import Selection, Series
+from .upstream import IndexSource, UpstreamRelease, UpstreamSource
+
+STATE_FILE = "ketta-build.json"  # inside .git/ of the build tree
+_UPSTREAM_IDENTITY = ("Letta upstream", "upstream@letta.invalid")
+_TOOL_IDENTITY = ("ketta-build", "ketta-build@ketta.invalid")
+_DEFAULT_EPOCH = 315532800  # 1980-01-01, the zip epoch
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _epoch() -> int:
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    return int(raw) if raw and raw.isdigit() else _DEFAULT_EPOCH
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+    """Run git in ``cwd`` with a quiet, fsync-free configuration (a build tree is disposable)."""
+    full_env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", **(env or {})}
+    cmd = ["git", "-c", "core.fsync=none", "-c", "gc.auto=0", "-c", "core.autocrlf=false", "-c", "init.defaultBranch=main", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise BuildTreeError(f"git {' '.join(args[:2])} failed in {cwd}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    return proc.stdout.strip()
+
+
+def _identity_env(author: tuple[str, str], committer: tuple[str, str], date: str) -> dict[str, str]:
+    return {
+        "GIT_AUTHOR_NAME": author[0],
+        "GIT_AUTHOR_EMAIL": author[1],
+        "GIT_COMMITTER_NAME": committer[0],
+        "GIT_COMMITTER_EMAIL": committer[1],
+        "GIT_AUTHOR_DATE": date,
+        "GIT_COMMITTER_DATE": date,
+    }
+
+
+def _patch_date(patch: Patch) -> str:
+    if patch.header.date:
+        try:
+            return f"@{int(parsedate_to_datetime(patch.header.date).timestamp())} +0000"
+        except (TypeError, ValueError):
+            pass
+    return f"@{_epoch()} +0000"
+
+
+# --------------------------------------------------------------------------- pristine trees
+
+
+def _commit_pristine(tree: Path, version: Version) -> None:
+    git(tree, "init", "-q", ".")
+    git(tree, "add", "-A", "-f", ".")
+    env = _identity_env(_UPSTREAM_IDENTITY, _TOOL_IDENTITY, f"@{_epoch()} +0000")
+    git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", f"Letta {version} (pristine upstream)", env=env)
+    git(tree, "tag", f"upstream/{version}")
+
+
+def ensure_pristine_repo(release: UpstreamRelease, source: UpstreamSource, cache: Cache) -> Path | None:
+    """A cached bare repository of ``release`` (index releases only); built on first use."""
+    if release.sha256 is None:
+        return None
+    repo = cache.pristine_repo(release.sha256)
+    if (repo / "HEAD").is_file():
+        return repo
+    with cache.lock(f"pristine-{release.sha256}"):
+        if (repo / "HEAD").is_file():
+            return repo
+        work = Path(tempfile.mkdtemp(prefix=".pristine-", dir=cache.ensure("pristine")))
+        try:
+            tree = work / "tree"
+            tree.mkdir()
+            source.export(release, tree)
+            _commit_pristine(tree, release.version)
+            git(work, "clone", "-q", "--bare", "--no-local", str(tree), str(work / "repo.git"))
+            os.replace(work / "repo.git", repo)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return repo
+
+
+def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSource, cache: Cache | None) -> None:
+    """Make ``dest`` (empty) a git work tree whose only commit is the pristine release."""
+    repo = ensure_pristine_repo(release, source, cache) if cache is not None else None
+    if repo is None:
+        source.export(release, dest)
+        _commit_pristine(dest, release.version)
+        return
+    git(dest.parent, "clone", "-q", "--local", "--no-checkout", str(repo), str(dest))
+    git(dest, "remote", "remove", "origin")
+    git(dest, "checkout", "-q", "-f", "-B", "main", f"upstream/{release.version}")
+
+
+# --------------------------------------------------------------------------- 3-way preimages
+
+
+class PreimageFinder:
+    """Recreates the exact file a patch was made against, for 3-way merges.
+
+    That is the file in the patch's ``Base-Release`` with the series' earlier
+    patches (as selected for that release) applied; when the patch carries
+    ``index`` blob ids, the result must match them.
+    """
+
+    def __init__(self, series: Series, patches: dict[str, Patch], base_source: UpstreamSource | None, cache: Cache | None):
+        self.series = series
+        self.patches = patches
+        self.base_source = base_source
+        self.cache = cache
+        self._repos: dict[Version, Path | str] = {}
+
+    def _base_repo(self, version: Version) -> Path | str:
+        if version not in self._repos:
+            if self.base_source is None or self.cache is None:
+                self._repos[version] = "no source for base releases"
+            else:
+                try:
+                    release = self.base_source.resolve(version)
+                    self._repos[version] = ensure_pristine_repo(release, self.base_source, self.cache) or "no cache"
+                except KettaError as exc:
+                    self._repos[version] = f"letta {version} unavailable ({exc.message})"
+        return self._repos[version]
+
+    def _load(self, name: str) -> Patch:
+        if name not in self.patches:
+            self.patches[name] = self.series.load(next(e for e in self.series.entries if e.name == name))
+        return self.patches[name]
+
+    def __call__(self, patch: Patch, fp: FilePatch) -> tuple[bytes | None, str | None]:
+        base = patch.header.base_release
+        repo = self._base_repo(base)
+        if isinstance(repo, str):
+            return None, repo
+        proc = subprocess.run(
+            ["git", "--git-dir", str(repo), "cat-file", "blob", f"upstream/{base}:{fp.path}"],
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return None, f"{fp.path} does not exist in letta {base}"
+        content = proc.stdout
+        candidates = [content]
+        group = next((e.group for e in self.series.entries if e.name == patch.name), patch.name)
+        for entry in self.series.select(base):
+            if entry.group == group:
+                break
+            earlier = self._load(entry.name)
+            for other in earlier.files:
+                if other.path == fp.path and not other.is_new:
+                    lines, results = apply_hunks(split_lines(decode(content)), other.hunks)
+                    if any(r.outcome not in (Outcome.CLEAN, Outcome.OFFSET) for r in results):
+                        return None, f"earlier patch {entry.name} does not apply to letta {base}"
+                    content = encode("".join(lines))
+                    candidates.append(content)
+        if fp.old_blob is None:
+            return content, None
+        for candidate in reversed(candidates):
+            if git_blob_id(candidate).startswith(fp.old_blob):
+                return candidate, None
+        return None, f"no file in letta {base} (+ earlier patches) has the patch's blob id {fp.old_blob}"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class ApplyOptions:
+    fuzz: int = 0
+    keep_going: bool = False
+    force: bool = False
+
+
+@dataclass
+class ApplyReport:
+    release: UpstreamRelease
+    series_dir: Path
+    selections: list[Selection]
+    results: list[PatchResult] = field(default_factory=list)
+    not_attempted: list[str] = field(default_factory=list)
+    out: Path | None = None
+    head: str | None = None
+    tree_hash: str | None = None
+    options: ApplyOptions = field(default_factory=ApplyOptions)
+
+    @property
+    def failed(self) -> list[PatchResult]:
+        return [r for r in self.results if r.outcome is Outcome.FAILED]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.not_attempted else 0
+
+
+def _is_dirty(path: Path) -> bool:
+    if not (path / ".git").exists():
+        return False
+    status = git(path, "status", "--porcelain", "--untracked-files=all", check=False)
+    return bool(status)
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BuildTreeError("--out exists and is not a directory", path=out)
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise BuildTreeError("--out is not empty; pass --force to replace it", path=out)
+        if not (out / ".git" / STATE_FILE).is_file():
+            raise BuildTreeError("--out is not a ketta-build tree; refusing to replace it even with --force", path=out)
+        if _is_dirty(out):
+            raise BuildTreeError(
+                "--out has uncommitted changes (see git status there); commit, stash or remove them first",
+                path=out,
+            )
+
+
+def _clean_stale_temp_dirs(out: Path) -> None:
+    for stale in out.parent.glob(f".{out.name}.ketta-tmp-*"):
+        pid_file = stale / ".ketta-pid"
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, 0)
+            continue  # its owner is alive
+        except (OSError, ValueError):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _commit_patch(tree: Path, patch: Patch, result: PatchResult) -> str:
+    paths = [f.path for f in result.files]
+    git(tree, "add", "-A", "-f", "--", *paths)
+    h = patch.header
+    message = f"{h.subject}\n\n{h.description}\n\nKetta-Patch: {patch.name}\nUpstream-Status: {h.upstream_status}\n"
+    env = _identity_env((h.author_name, h.author_email), _TOOL_IDENTITY, _patch_date(patch))
+    git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", message, env=env)
+    return git(tree, "rev-parse", "HEAD")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    trash = None
+    if out.exists():
+        trash = out.with_name(f".{out.name}.ketta-old-{os.getpid()}")
+        os.replace(out, trash)
+    os.replace(tmp, out)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def apply_series(
+    release: UpstreamRelease,
+    source: UpstreamSource,
+    series: Series,
+    out: Path,
+    *,
+    options: ApplyOptions | None = None,
+    cache: Cache | None = None,
+    base_source: UpstreamSource | None = None,
+    progress: Progress = _quiet,
+    on_patch: Callable[[PatchResult], None] | None = None,
+) -> ApplyReport:
+    """Build ``out`` from ``release`` plus the patches ``series`` selects for it."""
+    options = options or ApplyOptions()
+    out = out.absolute()
+    selections = series.explain(release.version)
+    selected = [s.entry for s in selections if s.selected]
+    patches = {e.name: series.load(e) for e in selected}  # parse everything before touching disk
+    check_out_dir(out, options.force)
+    if base_source is None and isinstance(source, IndexSource):
+        base_source = source
+    report = ApplyReport(release, series.directory, selections, options=options)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_cache = cache or Cache()
+    with lock_cache.lock("out-" + git_blob_id(str(out).encode())[:16], timeout=5):
+        check_out_dir(out, options.force)
+        _clean_stale_temp_dirs(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ketta-tmp-", dir=out.parent))
+        try:
+            (tmp / ".ketta-pid").write_text(str(os.getpid()))
+            tree = tmp / "tree"
+            progress(f"unpacking letta {release.version}")
+            populate_pristine(tree, release, source, cache)
+            finder = PreimageFinder(series, dict(patches), base_source, cache)
+            label = f"letta {release.version}"
+            stopped = False
+            for entry in selected:
+                if stopped:
+                    report.not_attempted.append(entry.name)
+                    continue
+                patch = patches[entry.name]
+                progress(f"applying {entry.name}")
+                result = apply_patch(tree, patch, fuzz=options.fuzz, preimage=finder, upstream_label=label)
+                if result.outcome is Outcome.FAILED:
+                    if options.keep_going:
+                        git(tree, "reset", "-q", "--hard", "HEAD")
+                        git(tree, "clean", "-q", "-f", "-d", "-x")
+                        result.note = "not applied; the tree was reset so later patches see a consistent tree"
+                    else:
+                        stopped = True
+                elif result.outcome is not Outcome.ALREADY_UPSTREAM:
+                    result.commit = _commit_patch(tree, patch, result)
+                report.results.append(result)
+                if on_patch:
+                    on_patch(result)
+            report.head = git(tree, "rev-parse", "HEAD")
+            report.tree_hash = git(tree, "rev-parse", "HEAD^{tree}")
+            report.out = out
+            from .report import report_json  # late import: report depends on this module
+
+            (tree / ".git" / STATE_FILE).write_text(json.dumps(report_json(report), indent=2) + "\n")
+            _move_into_place(tree, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return report
+

@@ -1,0 +1,100 @@
+"""The content-addressed cache shared by every ketta-build run.
+
+Layout under the cache root (``--cache-dir``, default: the user cache dir)::
+
+    blobs/sha256/ab/abcdef...      downloaded artifacts, named by their sha256
+    releases/letta-0.16.8.json     which file and sha256 a version resolved to
+    pristine/<sha256>.git          a bare git repository of the unpacked sdist
+    locks/<name>.lock              inter-process locks (filelock)
+
+Blobs only enter the cache after their hash was checked, by an atomic
+rename, so a run that is interrupted or a second run at the same time never
+sees a half-written entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import filelock
+import platformdirs
+
+from .errors import LockTimeout
+
+DEFAULT_LOCK_TIMEOUT = 600.0
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("KETTA_BUILD_CACHE")
+    return Path(env) if env else Path(platformdirs.user_cache_dir("ketta-build"))
+
+
+class Cache:
+    def __init__(self, root: Path | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self.root = (root or default_cache_dir()).expanduser()
+        self.lock_timeout = lock_timeout
+
+    def ensure(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------ locks
+    @contextmanager
+    def lock(self, name: str, timeout: float | None = None) -> Iterator[None]:
+        path = self.ensure("locks") / f"{name}.lock"
+        lock = filelock.FileLock(str(path), timeout=self.lock_timeout if timeout is None else timeout)
+        try:
+            with lock:
+                yield
+        except filelock.Timeout:
+            raise LockTimeout(
+                f"another ketta-build holds the lock '{name}' for longer than {lock.timeout:.0f}s; "
+                "wait for it to finish (or remove the lock file if no ketta-build is running)",
+                path=path,
+            ) from None
+
+    # ------------------------------------------------------------ blobs
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / "sha256" / sha256[:2] / sha256
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    def add_blob(self, tmp_file: Path, sha256: str) -> Path:
+        """Move an already verified file into place (atomic rename)."""
+        dest = self.blob_path(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_file, dest)
+        return dest
+
+    # ------------------------------------------------------------ release records
+    def _record_path(self, version: str) -> Path:
+        return self.root / "releases" / f"letta-{version}.json"
+
+    def read_release(self, version: str) -> dict | None:
+        path = self._record_path(version)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not {"filename", "sha256", "url"} <= data.keys():
+            return None
+        return data
+
+    def write_release(self, version: str, record: dict) -> None:
+        path = self._record_path(version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".record-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"version": version, **record}, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------ pristine repositories
+    def pristine_repo(self, key: str) -> Path:
+        return self.root / "pristine" / f"{key}.git"

@@ -1,0 +1,162 @@
+"""Command line: parse arguments, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, KettaError
+
+
+def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = False) -> None:
+    src = p.add_argument_group("upstream source (one of)")
+    src.add_argument("--letta", metavar="VERSION", help="server release from the package index, e.g. 0.16.8 or v0.16.8")
+    src.add_argument("--letta-git", metavar="PATH_OR_URL", help="a Letta git repository")
+    src.add_argument("--ref", metavar="TAG", help="tag or commit in --letta-git (default: vVERSION)")
+    src.add_argument("--letta-dir", metavar="PATH", type=Path, help="an unpacked Letta tree")
+    p.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+    p.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    p.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    p.add_argument("--json", metavar="FILE", help="also write the machine-readable report to FILE ('-' for stdout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ketta-build", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ap = sub.add_parser("apply", help="apply the series to a Letta release and report every hunk")
+    _add_source_args(ap)
+    ap.add_argument("--out", metavar="DIR", type=Path, help="build tree to write (default: build/VERSION)")
+    ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
+    ap.add_argument("--fuzz", metavar="N", type=int, default=0, help="allow ignoring up to N context lines (reported loudly)")
+    ap.add_argument("--keep-going", action="store_true", help="do not stop at a failed patch; apply what can be")
+
+    sp = sub.add_parser("series", help="show which patches apply to a release and why")
+    _add_source_args(sp)
+    sp.add_argument("--check", action="store_true", help="also check variant guards against every supported release")
+    return parser
+
+
+def _console(stderr: bool):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _emit_json(target: str | None, data: dict) -> None:
+    if not target:
+        return
+    text = json.dumps(data, indent=2) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text)
+
+
+def _source(args, cache, status):
+    from .releases import parse_version
+    from .upstream import DirSource, GitSource, IndexSource
+
+    chosen = [name for name in ("letta_git", "letta_dir") if getattr(args, name)]
+    if len(chosen) > 1:
+        raise KettaError("give only one of --letta-git and --letta-dir")
+    version = parse_version(args.letta) if args.letta else None
+    if args.letta_dir:
+        return DirSource(args.letta_dir), version
+    if args.letta_git:
+        return GitSource(args.letta_git, args.ref), version
+    if version is None:
+        raise KettaError("say which release: --letta VERSION, --letta-git PATH --ref TAG, or --letta-dir PATH")
+    return IndexSource(cache, args.index_url, progress=status), version
+
+
+def _cmd_apply(args, console) -> int:
+    from .buildtree import ApplyOptions, apply_series
+    from .cache import Cache
+    from .report import print_report, report_json
+    from .series import read_series
+
+    if args.fuzz < 0:
+        raise KettaError("--fuzz must be 0 or more")
+    cache = Cache(args.cache_dir)
+    with console.status("resolving upstream") as status:
+        say = status.update
+        series = read_series(args.patches)
+        source, version = _source(args, cache, say)
+        release = source.resolve(version)
+        out = args.out or Path("build") / str(release.version)
+        report = apply_series(
+            release,
+            source,
+            series,
+            out,
+            options=ApplyOptions(fuzz=args.fuzz, keep_going=args.keep_going, force=args.force),
+            cache=cache,
+            progress=say,
+            on_patch=lambda r: console.print(f"{r.name}: {r.outcome.value}"),
+        )
+    print_report(report, console)
+    _emit_json(args.json, report_json(report))
+    return report.exit_code
+
+
+def _cmd_series(args, console) -> int:
+    from .cache import Cache
+    from .series import read_series
+
+    series = read_series(args.patches)
+    cache = Cache(args.cache_dir)
+    if args.letta_dir or args.letta_git:
+        source, version = _source(args, cache, lambda _: None)
+        version = source.resolve(version).version
+    elif args.letta:
+        from .releases import parse_version
+
+        version = parse_version(args.letta)
+    else:
+        raise KettaError("say which release: --letta VERSION (or --letta-dir/--letta-git)")
+    rows = series.explain(version)
+    data = {
+        "schema": "ketta-build/series/1",
+        "letta": str(version),
+        "entries": [
+            {"name": s.entry.name, "line": s.entry.line, "guard": s.entry.guard_text, "selected": s.selected, "reason": s.reason}
+            for s in rows
+        ],
+        "problems": series.coverage_problems() if args.check else [],
+    }
+    for s in rows:
+        mark = "[green]apply[/]" if s.selected else "[dim]skip [/]"
+        console.print(f"{mark} {s.entry.name}  ({s.reason})")
+    for problem in data["problems"]:
+        console.print(f"[bold red]problem[/]: {problem}")
+    _emit_json(args.json, data)
+    return EXIT_BAD_INPUT if data["problems"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = _console(stderr=args.json == "-")
+    try:
+        if args.command == "apply":
+            return _cmd_apply(args, console)
+        return _cmd_series(args, console)
+    except KettaError as exc:
+        print(f"ketta-build: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ketta-build: interrupted; no build tree was written or replaced", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"ketta-build: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+

@@ -1,0 +1,162 @@
+"""The apply report: a documented JSON document and a human summary table.
+
+JSON schema ``ketta-build/apply-report/1`` (documented in README.md)::
+
+    {
+      "schema": "ketta-build/apply-report/1",
+      "tool_version": "0.1.0",
+      "exit_code": 0 | 1,
+      "upstream": {"version", "origin", "location", "sha256", "filename", "tag"},
+      "options": {"fuzz", "keep_going"},
+      "series": {"directory", "entries": [{"name", "line", "guard", "selected", "reason", "variants"}]},
+      "patches": [{"name", "subject", "outcome", "commit", "note",
+                   "files": [{"path", "action", "outcome", "conflicts", "reject_file", "reason",
+                              "hunks": [{"index", "outcome", "label", "patch_line", "old_start",
+                                         "applied_at", "offset", "fuzz", "reason"}]}]}],
+      "not_attempted": ["name", ...],
+      "summary": {"patches": {<outcome>: n}, "hunks": {<outcome>: n}},
+      "tree": {"path", "head", "tree_hash"}
+    }
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from . import __version__
+from .applying import Outcome, PatchResult
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .buildtree import ApplyReport
+
+SCHEMA = "ketta-build/apply-report/1"
+_STYLE = {
+    Outcome.CLEAN: "green",
+    Outcome.OFFSET: "cyan",
+    Outcome.FUZZ: "bold yellow",
+    Outcome.MERGED: "yellow",
+    Outcome.ALREADY_UPSTREAM: "magenta",
+    Outcome.FAILED: "bold red",
+}
+
+
+def _patch_json(result: PatchResult) -> dict:
+    return {
+        "name": result.name,
+        "subject": result.subject,
+        "outcome": result.outcome.value,
+        "commit": result.commit,
+        "note": result.note,
+        "files": [
+            {
+                "path": f.path,
+                "action": f.action,
+                "outcome": f.outcome.value,
+                "conflicts": f.conflicts,
+                "reject_file": f.reject_file,
+                "reason": f.reason,
+                "hunks": [
+                    {
+                        "index": h.index,
+                        "outcome": h.outcome.value,
+                        "label": h.label,
+                        "patch_line": h.patch_line,
+                        "old_start": h.old_start,
+                        "applied_at": h.applied_at,
+                        "offset": h.offset,
+                        "fuzz": h.fuzz,
+                        "reason": h.reason,
+                    }
+                    for h in f.hunks
+                ],
+            }
+            for f in result.files
+        ],
+    }
+
+
+def report_json(report: ApplyReport) -> dict:
+    patch_counts = Counter(r.outcome.value for r in report.results)
+    hunk_counts = Counter(h.outcome.value for r in report.results for h in r.hunks)
+    return {
+        "schema": SCHEMA,
+        "tool_version": __version__,
+        "exit_code": report.exit_code,
+        "upstream": {**report.release.as_json(), "tag": f"upstream/{report.release.version}"},
+        "options": {"fuzz": report.options.fuzz, "keep_going": report.options.keep_going},
+        "series": {
+            "directory": str(report.series_dir),
+            "entries": [
+                {
+                    "name": s.entry.name,
+                    "line": s.entry.line,
+                    "guard": s.entry.guard_text,
+                    "selected": s.selected,
+                    "reason": s.reason,
+                    "variants": list(s.variants),
+                }
+                for s in report.selections
+            ],
+        },
+        "patches": [_patch_json(r) for r in report.results],
+        "not_attempted": list(report.not_attempted),
+        "summary": {
+            "patches": {o.value: patch_counts.get(o.value, 0) for o in Outcome},
+            "hunks": {o.value: hunk_counts.get(o.value, 0) for o in Outcome},
+        },
+        "tree": {
+            "path": str(report.out) if report.out else None,
+            "head": report.head,
+            "tree_hash": report.tree_hash,
+        },
+    }
+
+
+def print_report(report: ApplyReport, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"letta {report.release.version} ({report.release.origin}) + {report.series_dir}", expand=False)
+    table.add_column("patch")
+    table.add_column("outcome")
+    table.add_column("hunks")
+    table.add_column("commit")
+    for r in report.results:
+        counts = Counter(h.label for h in r.hunks)
+        hunks = ", ".join(f"{n}×{label}" for label, n in sorted(counts.items()))
+        table.add_row(r.name, f"[{_STYLE[r.outcome]}]{r.outcome.value}[/]", hunks, (r.commit or "-")[:12])
+    for name in report.not_attempted:
+        table.add_row(name, "[dim]not attempted[/]", "", "-")
+    console.print(table)
+    for s in report.selections:
+        if not s.selected:
+            console.print(f"[dim]skipped {s.entry.name}: {s.reason}[/]")
+        elif s.variants:
+            console.print(f"variant {s.entry.name}: {s.reason}")
+    for r in report.results:
+        for f in r.files:
+            for h in f.hunks:
+                if h.outcome is Outcome.FUZZ:
+                    console.print(
+                        f"[bold yellow]FUZZ[/] {r.name}:{h.patch_line}: hunk #{h.index} of {f.path} applied at line "
+                        f"{h.applied_at} with fuzz {h.fuzz}: {h.reason}"
+                    )
+                elif h.outcome in (Outcome.FAILED, Outcome.MERGED):
+                    console.print(f"{h.outcome.value}: {r.name}:{h.patch_line}: hunk #{h.index} of {f.path}: {h.reason}")
+        if r.note:
+            console.print(f"note: {r.name}: {r.note}")
+    if report.failed and not report.options.keep_going:
+        bad = report.failed[0]
+        files = [f for f in bad.files if f.outcome is Outcome.FAILED]
+        where = ", ".join(f.path + (f" ({f.conflicts} conflict(s))" if f.conflicts else f" (see {f.reject_file})" if f.reject_file else "") for f in files)
+        console.print(f"[bold red]stopped at {bad.name}[/]: {where}")
+        console.print(
+            f"next: resolve the markers / .rej hunks in {report.out}, then `git -C {report.out} add -A && "
+            f"git -C {report.out} commit` and write the result back with "
+            f"`git -C {report.out} diff HEAD~1` into patches/{bad.name}; or rerun with --keep-going to see all failures"
+        )
+    summary = report_json(report)["summary"]["hunks"]
+    parts = [f"{n} {k}" for k, n in summary.items() if n]
+    console.print(f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")

@@ -1,0 +1,200 @@
+"""The ordered patch series: ``patches/series`` plus the ``.diff`` files it names.
+
+Series file format, one entry per line::
+
+    # comment (also after an entry)
+    0001-handles-use-provider-name.diff
+    0004-hard-delete.diff          [letta>=0.16.2]
+    0004-hard-delete-0.14.diff     [letta>=0.14,<0.16.2]
+
+A guard is a PEP 508 requirement on ``letta`` in square brackets.  Entries
+whose file names share the leading number (``0004-``) are *variants* of one
+logical patch: at most one may be selected for any release, and the report
+says which one was.  A logical patch whose guards exclude a release is
+skipped for it, with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from .errors import SeriesError
+from .patchfile import Patch, parse_patch
+from .releases import SUPPORTED_RELEASES
+
+SERIES_FILE = "series"
+PATCH_SUFFIXES = (".diff", ".patch")
+_ENTRY_RE = re.compile(r"^(?P<name>\S+)(?:\s+\[(?P<guard>[^\]]*)\])?\s*$")
+_GROUP_RE = re.compile(r"^(\d+)-")
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    name: str
+    guard: SpecifierSet | None
+    guard_text: str | None
+    line: int  # line in the series file
+    group: str  # logical patch id: the leading number, or the name itself
+
+    def matches(self, version: Version) -> bool:
+        return self.guard is None or self.guard.contains(version, prereleases=True)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the series means for one release."""
+
+    entry: SeriesEntry
+    selected: bool
+    reason: str
+    variants: tuple[str, ...]  # other entries of the same logical patch
+
+
+@dataclass(frozen=True)
+class Series:
+    directory: Path
+    entries: tuple[SeriesEntry, ...]
+
+    @property
+    def series_file(self) -> Path:
+        return self.directory / SERIES_FILE
+
+    def groups(self) -> dict[str, list[SeriesEntry]]:
+        return _group(self.entries)
+
+    def explain(self, version: Version) -> list[Selection]:
+        """For every entry: selected or not for ``version``, and why."""
+        groups = self.groups()
+        result = []
+        for entry in self.entries:
+            siblings = groups[entry.group]
+            others = tuple(e.name for e in siblings if e is not entry)
+            matching = [e for e in siblings if e.matches(version)]
+            if len(matching) > 1:
+                names = ", ".join(f"{e.name} (line {e.line})" for e in matching)
+                raise SeriesError(
+                    f"variants of patch {entry.group} overlap for letta {version}: {names}; make their guards disjoint",
+                    path=self.series_file,
+                    line=matching[1].line,
+                )
+            if entry.matches(version):
+                why = "no guard" if entry.guard is None else f"letta {version} matches [{entry.guard_text}]"
+                if others:
+                    why += f"; variant chosen over {', '.join(others)}"
+                result.append(Selection(entry, True, why, others))
+            else:
+                why = f"letta {version} is outside [{entry.guard_text}]"
+                if matching:
+                    why += f"; {matching[0].name} is used instead"
+                elif others:
+                    why += "; no variant of this patch serves this release"
+                result.append(Selection(entry, False, why, others))
+        return result
+
+    def select(self, version: Version) -> list[SeriesEntry]:
+        return [s.entry for s in self.explain(version) if s.selected]
+
+    def load(self, entry: SeriesEntry) -> Patch:
+        return parse_patch(self.directory / entry.name, entry.name)
+
+    def coverage_problems(self, releases: list[Version] | None = None) -> list[str]:
+        """Overlapping variants for any supported release (each a one-line message)."""
+        problems = []
+        for version in releases or [r.version for r in SUPPORTED_RELEASES]:
+            try:
+                self.explain(version)
+            except SeriesError as exc:
+                problems.append(str(exc))
+        return problems
+
+
+def _parse_guard(text: str, *, source: Path, line: int) -> SpecifierSet:
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        raise SeriesError(f"bad version guard [{text}]: {exc}", path=source, line=line) from None
+    if req.name.lower() != "letta":
+        raise SeriesError(f"version guard must be on 'letta', not '{req.name}' (e.g. [letta>=0.16.2,<0.16.8])", path=source, line=line)
+    if req.extras or req.marker or req.url:
+        raise SeriesError(f"version guard [{text}] may only hold version specifiers", path=source, line=line)
+    if not str(req.specifier):
+        raise SeriesError(f"version guard [{text}] has no version specifier", path=source, line=line)
+    return req.specifier
+
+
+def read_series(directory: Path) -> Series:
+    """Parse and cross-check ``directory/series`` against the files on disk."""
+    series_file = directory / SERIES_FILE
+    if not directory.is_dir():
+        raise SeriesError("patch directory does not exist", path=directory)
+    if not series_file.is_file():
+        raise SeriesError("series file is missing (one patch file name per line)", path=series_file)
+    raw = series_file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SeriesError("series file is not valid UTF-8", path=series_file, line=raw[: exc.start].count(b"\n") + 1) from None
+
+    entries: list[SeriesEntry] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        body = line.split("#", 1)[0].strip()
+        if not body:
+            continue
+        m = _ENTRY_RE.match(body)
+        if not m:
+            raise SeriesError(
+                f"cannot read entry {body[:60]!r}: expected 'NAME.diff' or 'NAME.diff [letta>=X,<Y]'",
+                path=series_file,
+                line=lineno,
+            )
+        name = m.group("name")
+        pure = PurePosixPath(name)
+        if name.startswith("/") or ".." in pure.parts or len(pure.parts) != 1 or "\\" in name:
+            raise SeriesError(f"entry '{name}' must be a plain file name inside {directory}", path=series_file, line=lineno)
+        if not name.endswith(PATCH_SUFFIXES):
+            raise SeriesError(f"entry '{name}' must end in .diff or .patch", path=series_file, line=lineno)
+        if name in seen:
+            raise SeriesError(f"'{name}' is listed twice (first on line {seen[name]})", path=series_file, line=lineno)
+        seen[name] = lineno
+        if not (directory / name).is_file():
+            raise SeriesError(f"'{name}' is listed but {directory / name} does not exist", path=series_file, line=lineno)
+        guard_text = m.group("guard")
+        guard = None
+        if guard_text is not None:
+            guard_text = guard_text.strip()
+            guard = _parse_guard(guard_text, source=series_file, line=lineno)
+        gm = _GROUP_RE.match(name)
+        entries.append(SeriesEntry(name, guard, guard_text, lineno, gm.group(1) if gm else name))
+
+    for group, members in _group(entries).items():
+        if len(members) > 1:
+            unguarded = [e for e in members if e.guard is None]
+            if unguarded:
+                raise SeriesError(
+                    f"'{unguarded[0].name}' is one of {len(members)} variants of patch {group} and needs a version guard",
+                    path=series_file,
+                    line=unguarded[0].line,
+                )
+
+    listed = set(seen)
+    for candidate in sorted(directory.iterdir()):
+        if candidate.is_file() and candidate.name.endswith(PATCH_SUFFIXES) and candidate.name not in listed:
+            raise SeriesError(
+                f"{candidate.name} is not listed in the series: add it to {series_file} or delete it",
+                path=candidate,
+            )
+    return Series(directory, tuple(entries))
+
+
+def _group(entries: "list[SeriesEntry] | tuple[SeriesEntry, ...]") -> dict[str, list[SeriesEntry]]:
+    out: dict[str, list[SeriesEntry]] = {}
+    for entry in entries:
+        out.setdefault(entry.group, []).append(entry)
+    return out

@@ -1,0 +1,642 @@
+"""Where a pristine Letta server release comes from.
+
+Three sources, one interface (:class:`UpstreamSource`):
+
+* :class:`IndexSource` – the release's sdist from the package index the user's
+  pip/uv configuration names (or ``--index-url``), sha256-verified against
+  what the index publishes (PEP 691 JSON, or PEP 503 HTML hash fragments), and
+  kept in a content-addressed :class:`~ketta_build.cache.Cache` so that a
+  second run needs no network.
+* :class:`GitSource` – a tag or commit of a Letta git repository (gitpython).
+* :class:`DirSource` – an unpacked tree on disk.
+
+Every source checks that what it found is the Letta *server* (a ``letta/``
+package with ``letta/server/``) and not Letta Code, which took over the same
+PyPI name from 0.32 on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from packaging.version import InvalidVersion, Version
+
+from .cache import Cache
+from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
+from .releases import FIRST_LETTA_CODE, LAST_SERVER_RELEASE, SUPPORTED_RELEASES, find_supported, nearest_supported
+
+PROJECT = "letta"
+_JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+_TIMEOUT = 60
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class UpstreamRelease:
+    """A pristine release, resolved but not yet written anywhere."""
+
+    version: Version
+    origin: str  # index | git | dir
+    location: str  # URL, repository@ref or directory
+    sha256: str | None = None  # of the sdist, for index releases
+    filename: str | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "version": str(self.version),
+            "origin": self.origin,
+            "location": self.location,
+            "sha256": self.sha256,
+            "filename": self.filename,
+        }
+
+
+class UpstreamSource(Protocol):
+    def resolve(self, version: Version | None) -> UpstreamRelease: ...
+
+    def export(self, release: UpstreamRelease, dest: Path) -> None:
+        """Write the pristine tree's files into the empty directory ``dest``."""
+        ...
+
+
+# --------------------------------------------------------------------------- index configuration
+
+
+def _pip_config() -> dict[str, str]:
+    """``pip config list`` as a dict; empty if pip is not available."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^([^=]+)='(.*)'$", line.strip())
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def _pip_default_index() -> str | None:
+    try:
+        from pip._internal.models.index import PyPI  # pip's own default, not ours
+    except Exception:
+        return None
+    return PyPI.simple_url
+
+
+def discover_index_urls(explicit: str | None = None) -> list[str]:
+    """The indexes to ask, in order, as the user's pip/uv configuration names them.
+
+    ``explicit`` (``--index-url``) wins; otherwise uv's and pip's environment
+    variables, then pip's configuration files, then pip's built-in default;
+    extra indexes follow the primary one.
+    """
+    if explicit:
+        return [explicit.rstrip("/")]
+    env = os.environ
+    primary = env.get("UV_DEFAULT_INDEX") or env.get("UV_INDEX_URL") or env.get("PIP_INDEX_URL")
+    extras = (env.get("UV_INDEX", "") + " " + env.get("UV_EXTRA_INDEX_URL", "") + " " + env.get("PIP_EXTRA_INDEX_URL", "")).split()
+    config = _pip_config()
+    if not primary:
+        for key in (":env:.index-url", "global.index-url", "download.index-url", "install.index-url"):
+            if config.get(key):
+                primary = config[key]
+                break
+    for key in ("global.extra-index-url", "download.extra-index-url", "install.extra-index-url"):
+        extras += config.get(key, "").split()
+    if not primary:
+        primary = _pip_default_index()
+    urls = [u.rstrip("/") for u in [primary, *extras] if u]
+    if not urls:
+        raise IndexUnreachable("no package index is configured for pip or uv; pass --index-url URL")
+    seen: list[str] = []
+    for url in urls:
+        if url not in seen:
+            seen.append(url)
+    return seen
+
+
+# --------------------------------------------------------------------------- index pages
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    filename: str
+    url: str
+    sha256: str | None
+    upload_time: str | None = None
+
+    @property
+    def is_sdist(self) -> bool:
+        return self.filename.endswith((".tar.gz", ".zip"))
+
+    @property
+    def version(self) -> Version | None:
+        stem = self.filename
+        if self.is_sdist:
+            stem = re.sub(r"\.(tar\.gz|zip)$", "", stem)
+            parts = stem.rsplit("-", 1)
+        else:
+            parts = stem.split("-")
+        if len(parts) < 2:
+            return None
+        try:
+            return Version(parts[1])
+        except InvalidVersion:
+            return None
+
+
+class _AnchorParser(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href") or ""
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.anchors.append((self._href, "".join(self._text).strip()))
+            self._href = None
+
+
+def _open(url: str, headers: dict[str, str] | None = None):
+    req = urllib.request.Request(url, headers=headers or {})
+    return urllib.request.urlopen(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
+
+
+def _redact(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile] | None:
+    """The files an index lists for ``project``; None if it does not have the project."""
+    page = f"{index_url}/{project}/"
+    try:
+        if page.startswith("file:"):
+            local = Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path))
+            if not local.exists():
+                return None
+            target = local / "index.html" if local.is_dir() else local
+            body, ctype, base = target.read_bytes(), "text/html", target.as_uri()
+        else:
+            with _open(page, {"Accept": _JSON_ACCEPT}) as resp:
+                body, ctype, base = resp.read(), resp.headers.get("Content-Type", ""), resp.geturl()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise IndexUnreachable(f"the index at {_redact(index_url)} answered HTTP {exc.code} for {project}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise IndexUnreachable(f"cannot reach the package index at {_redact(index_url)} ({reason})") from None
+
+    if "json" in ctype:
+        data = json.loads(body)
+        return [
+            IndexFile(
+                f["filename"],
+                urllib.parse.urljoin(base, f["url"]),
+                (f.get("hashes") or {}).get("sha256"),
+                f.get("upload-time"),
+            )
+            for f in data.get("files", [])
+        ]
+    parser = _AnchorParser()
+    parser.feed(body.decode("utf-8", "replace"))
+    files = []
+    for href, text in parser.anchors:
+        url, _, frag = href.partition("#")
+        sha = frag.split("=", 1)[1] if frag.startswith("sha256=") else None
+        name = text or PurePosixPath(urllib.parse.urlsplit(url).path).name
+        files.append(IndexFile(name, urllib.parse.urljoin(base, url), sha))
+    return files
+
+
+# --------------------------------------------------------------------------- Letta Code detection
+
+
+class _RangeFile(io.RawIOBase):
+    """A read-only file over HTTP range requests, enough for zipfile to list a wheel."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pos = 0
+        req = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:  # noqa: S310
+            self.size = int(resp.headers["Content-Length"])
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
+        return self.pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self.pos >= self.size:
+            return 0
+        end = min(self.pos + len(buffer), self.size) - 1
+        with _open(self.url, {"Range": f"bytes={self.pos}-{end}"}) as resp:
+            if resp.status != 206:
+                raise OSError("the index does not serve byte ranges")
+            data = resp.read()
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def wheel_top_level(url: str) -> set[str]:
+    """Top-level names inside a (remote or file://) wheel, reading only its zip directory."""
+    if url.startswith("file:"):
+        raw: io.IOBase = open(urllib.request.url2pathname(urllib.parse.urlsplit(url).path), "rb")  # noqa: SIM115
+    else:
+        raw = io.BufferedReader(_RangeFile(url), buffer_size=256 * 1024)
+    with raw, zipfile.ZipFile(raw) as zf:
+        return {name.split("/", 1)[0] for name in zf.namelist()}
+
+
+def _not_server_message(version: Version, files: list[IndexFile]) -> str | None:
+    """Why ``version`` is not the Letta server, judged from its artifacts; None if it may be."""
+    if any(f.is_sdist for f in files):
+        return None
+    wheels = [f for f in files if f.filename.endswith(".whl")]
+    if not wheels:
+        return None
+    try:
+        names = wheel_top_level(wheels[-1].url)
+    except (OSError, zipfile.BadZipFile, urllib.error.URLError, KeyError, ValueError):
+        names = set()
+    if names:
+        if "letta" in names:
+            return None
+        found = ", ".join(sorted(n for n in names if not n.endswith(".dist-info"))) or "no package"
+        return (
+            f"letta {version} is not the Letta agent server: its wheel {wheels[-1].filename} holds {found}/ and no letta/ "
+            f"package (Letta Code took over the name from {FIRST_LETTA_CODE}); the last server release is {LAST_SERVER_RELEASE}"
+        )
+    return (
+        f"letta {version} has no sdist, only platform wheels ({wheels[0].filename}, ...): that is Letta Code, not the "
+        f"Letta agent server; the last server release is {LAST_SERVER_RELEASE}"
+    )
+
+
+def check_server_tree(tree: Path, label: str) -> None:
+    """Refuse a tree that is not the Letta server."""
+    if (tree / "letta" / "__init__.py").is_file() and (tree / "letta" / "server").is_dir():
+        return
+    if (tree / "letta_code").exists():
+        raise NotAServerRelease(
+            f"{label} is Letta Code (letta_code/, no letta/ server package), not the Letta agent server"
+        )
+    raise NotAServerRelease(f"{label} has no letta/ server package (letta/__init__.py and letta/server/): not a Letta server tree")
+
+
+def unknown_release(version: Version, detail: str) -> UnknownRelease:
+    near = ", ".join(str(v) for v in nearest_supported(version))
+    return UnknownRelease(
+        f"letta {version} is not a supported server release ({detail}); nearest supported: {near} "
+        f"(all: {', '.join(str(r.version) for r in SUPPORTED_RELEASES)})"
+    )
+
+
+# --------------------------------------------------------------------------- safe extraction
+
+
+def safe_extract_sdist(archive: Path, dest: Path) -> None:
+    """Extract a ``.tar.gz`` sdist into ``dest``, dropping its top-level directory.
+
+    Refuses members that are absolute, contain ``..``, are links pointing
+    outside the tree, or are devices/FIFOs, naming the archive and member.
+    """
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise UpstreamError(f"cannot open the archive: {exc}", path=archive) from None
+    with tar:
+        members = tar.getmembers()
+        if not members:
+            raise UpstreamError("the archive is empty", path=archive)
+        tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
+        for m in members:
+            _check_member(m, archive)
+        if len(tops) != 1:
+            raise UpstreamError(f"expected one top-level directory, found {len(tops)}", path=archive)
+        top = tops.pop()
+        kept = []
+        for m in members:
+            rel = PurePosixPath(m.name).relative_to(top)
+            if str(rel) in ("", "."):
+                continue
+            m = m.replace(name=str(rel), deep=False)
+            if m.islnk():
+                m = m.replace(linkname=str(PurePosixPath(m.linkname).relative_to(top)), deep=False)
+            kept.append(m)
+        try:
+            tar.extractall(dest, members=kept, filter="data")
+        except tarfile.TarError as exc:  # the data filter is a second line of defence
+            raise UpstreamError(f"unsafe archive member: {exc}", path=archive) from None
+
+
+def _check_member(m: tarfile.TarInfo, archive: Path) -> None:
+    name = m.name
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UpstreamError(f"member '{name}' has an absolute path", path=archive)
+    if ".." in parts:
+        raise UpstreamError(f"member '{name}' contains '..'", path=archive)
+    if m.isdev() or m.isfifo():
+        raise UpstreamError(f"member '{name}' is a device or FIFO", path=archive)
+    if m.issym() or m.islnk():
+        link = PurePosixPath(m.linkname)
+        base = PurePosixPath(name).parent if m.issym() else PurePosixPath()
+        if link.is_absolute() or _escapes(base / link):
+            raise UpstreamError(f"member '{name}' is a link to '{m.linkname}' outside the tree", path=archive)
+
+
+def _escapes(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        if part == "..":
+            depth -= 1
+            if depth < 1:  # must stay inside the top-level directory
+                return True
+        elif part != ".":
+            depth += 1
+    return False
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class IndexSource:
+    """Releases from the package index, through a content-addressed cache."""
+
+    def __init__(self, cache: Cache, index_url: str | None = None, progress: Progress = _quiet) -> None:
+        self.cache = cache
+        self.index_url = index_url
+        self.progress = progress
+        self._urls: list[str] | None = None
+
+    def _index_urls(self) -> list[str]:
+        if self._urls is None:
+            self._urls = discover_index_urls(self.index_url)
+        return self._urls
+
+    def _find_files(self, version: Version) -> tuple[str, list[IndexFile]] | None:
+        """(index url, files of ``version``) from the first index that has the version."""
+        errors = []
+        for url in self._index_urls():
+            try:
+                files = list_project_files(url)
+            except IndexUnreachable as exc:
+                errors.append(exc)
+                continue
+            if files is None:
+                continue
+            mine = [f for f in files if f.version == version]
+            if mine:
+                return url, mine
+        if errors:  # an index we could not ask may have had it
+            raise errors[0]
+        return None
+
+    def resolve(self, version: Version | None) -> UpstreamRelease:
+        if version is None:
+            raise UnknownRelease("--letta VERSION is required with the package index as source")
+        record = self.cache.read_release(str(version))
+        if record is not None and self.cache.has_blob(record["sha256"]):
+            return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
+
+        supported = find_supported(version)
+        try:
+            found = self._find_files(version)
+        except IndexUnreachable as exc:
+            if supported is None:
+                raise unknown_release(version, "and the index cannot be asked about it") from None
+            raise IndexUnreachable(
+                f"{exc.message}; the cache at {self.cache.root} has no letta {version} either: "
+                "connect to the index, pass --index-url, or use --letta-dir/--letta-git"
+            ) from None
+        if found is None:
+            raise unknown_release(version, "no such version on the index")
+        index_url, files = found
+        why_not = _not_server_message(version, files)
+        if why_not:
+            raise NotAServerRelease(why_not)
+        if supported is None:
+            detail = "older than the supported range" if version < SUPPORTED_RELEASES[0].version else "not a release Ketta supports"
+            raise unknown_release(version, detail)
+        sdist = next((f for f in files if f.filename.endswith(".tar.gz")), None)
+        if sdist is None:
+            raise UpstreamError(f"letta {version} on {_redact(index_url)} has no .tar.gz sdist")
+        if not sdist.sha256:
+            raise UpstreamError(f"{_redact(index_url)} publishes no sha256 for {sdist.filename}: refusing an unverifiable download")
+        self._download(sdist)
+        self.cache.write_release(
+            str(version),
+            {"filename": sdist.filename, "sha256": sdist.sha256, "url": _redact(sdist.url), "upload_time": sdist.upload_time},
+        )
+        return UpstreamRelease(version, "index", _redact(sdist.url), sdist.sha256, sdist.filename)
+
+    def _download(self, item: IndexFile) -> None:
+        assert item.sha256
+        with self.cache.lock(f"blob-{item.sha256}"):
+            if self.cache.has_blob(item.sha256):
+                return
+            self.progress(f"downloading {item.filename}")
+            fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=self.cache.ensure("blobs"))
+            h = hashlib.sha256()
+            try:
+                with os.fdopen(fd, "wb") as out, _open(item.url) if not item.url.startswith("file:") else open(
+                    urllib.request.url2pathname(urllib.parse.urlsplit(item.url).path), "rb"
+                ) as resp:
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+                got = h.hexdigest()
+                if got != item.sha256:
+                    raise HashMismatch(
+                        f"sha256 mismatch for {item.filename} from {_redact(item.url)}: the index publishes "
+                        f"{item.sha256}, the download is {got}; nothing was cached"
+                    )
+                self.cache.add_blob(Path(tmp_name), got)
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                raise IndexUnreachable(f"download of {item.filename} failed: {getattr(exc, 'reason', exc)}") from None
+            finally:
+                if os.path.exists(tmp_name):
+                    os.unlink(tmp_name)
+
+    def sdist_path(self, release: UpstreamRelease) -> Path:
+        assert release.sha256
+        path = self.cache.blob_path(release.sha256)
+        if not path.is_file():
+            raise UpstreamError(f"cached sdist for letta {release.version} is missing; run again to fetch it", path=path)
+        got = _sha256_file(path)
+        if got != release.sha256:
+            path.unlink()
+            raise HashMismatch(
+                f"cached sdist of letta {release.version} is corrupt (sha256 {got}, expected {release.sha256}); "
+                "it was removed, run again to fetch it",
+                path=path,
+            )
+        return path
+
+    def export(self, release: UpstreamRelease, dest: Path) -> None:
+        safe_extract_sdist(self.sdist_path(release), dest)
+        check_server_tree(dest, f"letta {release.version} ({release.filename})")
+
+
+class GitSource:
+    """A release from a git repository (local path or URL) at a tag or commit."""
+
+    def __init__(self, repo: str, ref: str | None) -> None:
+        self.repo = repo
+        self.ref = ref
+
+    def _repo(self):
+        import git
+
+        if not hasattr(self, "_cached"):
+            path = Path(self.repo)
+            try:
+                if path.exists():
+                    self._cached = git.Repo(path)
+                else:
+                    tmp = tempfile.mkdtemp(prefix="ketta-letta-git-")
+                    self._tmp = tmp
+                    self._cached = git.Repo.clone_from(self.repo, tmp, bare=True)
+            except (git.exc.GitError, OSError) as exc:
+                raise UpstreamError(f"cannot open git repository {self.repo}: {str(exc).splitlines()[0]}") from None
+        return self._cached
+
+    def _commit_for(self, ref: str):
+        import git
+
+        try:
+            return self._repo().commit(ref)
+        except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+            return None
+
+    def resolve(self, version: Version | None) -> UpstreamRelease:
+        ref = self.ref or (f"v{version}" if version else None)
+        if ref is None:
+            raise UpstreamError("--letta-git needs --ref TAG (or --letta VERSION to use tag vVERSION)")
+        commit = self._commit_for(ref) or (self._commit_for(str(version)) if version and not self.ref else None)
+        if commit is None:
+            raise UpstreamError(f"ref '{ref}' not found in {self.repo}")
+        tree_version = _version_in_git(commit)
+        if tree_version is None:
+            raise NotAServerRelease(f"{self.repo}@{ref} has no pyproject.toml with a literal version: not a Letta server tree")
+        if version is not None and tree_version != version:
+            raise UpstreamError(f"{self.repo}@{ref} is letta {tree_version}, not {version}")
+        return UpstreamRelease(tree_version, "git", f"{self.repo}@{ref}", None, commit.hexsha)
+
+    def export(self, release: UpstreamRelease, dest: Path) -> None:
+        repo = self._repo()
+        archive = dest / ".ketta-export.tar"
+        with archive.open("wb") as fh:
+            repo.archive(fh, treeish=release.filename, format="tar")
+        try:
+            with tarfile.open(archive) as tar:
+                for m in tar.getmembers():
+                    _check_member(m, archive)
+                tar.extractall(dest, filter="data")
+        finally:
+            archive.unlink()
+        check_server_tree(dest, release.location)
+
+
+def _version_in_git(commit) -> Version | None:
+    try:
+        text = (commit.tree / "pyproject.toml").data_stream.read().decode()
+    except KeyError:
+        return None
+    return _literal_version(text)
+
+
+def _literal_version(pyproject_text: str) -> Version | None:
+    in_project = False
+    for line in pyproject_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_project = stripped == "[project]" or stripped == "[tool.poetry]"
+        elif in_project:
+            m = re.match(r'^version\s*=\s*"([^"]+)"', stripped)
+            if m:
+                try:
+                    return Version(m.group(1))
+                except InvalidVersion:
+                    return None
+    return None
+
+
+class DirSource:
+    """An unpacked Letta tree on disk (copied, never modified)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def resolve(self, version: Version | None) -> UpstreamRelease:
+        if not self.path.is_dir():
+            raise UpstreamError("--letta-dir is not a directory", path=self.path)
+        check_server_tree(self.path, str(self.path))
+        pyproject = self.path / "pyproject.toml"
+        tree_version = _literal_version(pyproject.read_text()) if pyproject.is_file() else None
+        if tree_version is None:
+            raise UpstreamError("no literal version in pyproject.toml; cannot tell which release this is", path=pyproject)
+        if version is not None and version != tree_version:
+            raise UpstreamError(f"the tree is letta {tree_version}, not {version}", path=pyproject)
+        return UpstreamRelease(tree_version, "dir", str(self.path.resolve()))
+
+    def export(self, release: UpstreamRelease, dest: Path) -> None:
+        shutil.copytree(self.path, dest, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
