@@ -126,23 +126,26 @@ def apply_hunks(lines: list[str], hunks: Sequence[Hunk], fuzz: int = 0) -> tuple
     """Apply hunks in order to ``lines``; failed hunks leave the lines as they were."""
     out = list(lines)
     results: list[HunkResult] = []
-    delta = 0  # how far the file has moved against the patch's line numbers
+    growth = 0  # lines added minus removed by the hunks applied so far, as the patch numbers them
+    drift = 0  # how far the file has moved against the patch's numbering (where to look first)
     floor = 0  # hunks apply in order and never overlap
     for hunk in hunks:
-        expected = (hunk.old_start if not hunk.old_lines else hunk.old_start - 1) + delta
-        expected = max(expected, 0)
+        # Where the hunk belongs by the patch's own numbering (reported offsets are against this).
+        planned = max((hunk.old_start if not hunk.old_lines else hunk.old_start - 1) + growth, 0)
+        expected = max(planned + drift, 0)
         forward = _find(out, hunk.old_lines, expected, floor)
         reverse = _find(out, hunk.new_lines, expected, floor) if hunk.new_lines and hunk.new_lines != hunk.old_lines else None
         if forward is not None and (reverse is None or abs(forward - expected) <= abs(reverse - expected)):
-            offset = forward - expected
+            offset = forward - planned
             out[forward : forward + len(hunk.old_lines)] = hunk.new_lines
             kind = Outcome.CLEAN if offset == 0 else Outcome.OFFSET
             results.append(HunkResult(hunk.index, kind, hunk.patch_line, hunk.old_start, forward + 1, offset))
-            delta += offset + len(hunk.new_lines) - len(hunk.old_lines)
+            growth += len(hunk.new_lines) - len(hunk.old_lines)
+            drift = offset
             floor = forward + len(hunk.new_lines)
             continue
         if reverse is not None:
-            offset = reverse - expected
+            offset = reverse - planned
             results.append(
                 HunkResult(
                     hunk.index,
@@ -154,7 +157,8 @@ def apply_hunks(lines: list[str], hunks: Sequence[Hunk], fuzz: int = 0) -> tuple
                     reason="the new lines are already present",
                 )
             )
-            delta += offset
+            growth += len(hunk.new_lines) - len(hunk.old_lines)
+            drift = offset
             floor = reverse + len(hunk.new_lines)
             continue
         fuzzed = _apply_fuzzed(out, hunk, expected, floor, fuzz)
@@ -162,7 +166,7 @@ def apply_hunks(lines: list[str], hunks: Sequence[Hunk], fuzz: int = 0) -> tuple
             pos, used, lead, new_part = fuzzed
             old_len = len(hunk.old_lines) - lead - min(used, hunk.trailing_context)
             out[pos : pos + old_len] = new_part
-            offset = pos - (expected + lead)
+            offset = pos - (planned + lead)
             results.append(
                 HunkResult(
                     hunk.index,
@@ -175,7 +179,8 @@ def apply_hunks(lines: list[str], hunks: Sequence[Hunk], fuzz: int = 0) -> tuple
                     reason=f"matched only after ignoring {used} context line(s) at each end: check it by hand",
                 )
             )
-            delta += offset + len(new_part) - old_len
+            growth += len(hunk.new_lines) - len(hunk.old_lines)
+            drift = offset
             floor = pos + len(new_part)
             continue
         results.append(

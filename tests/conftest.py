@@ -1,0 +1,204 @@
+"""Fixtures: synthetic Letta trees, sdists, patches and a local package index (no network)."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import http.server
+import io
+import json
+import tarfile
+import textwrap
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ketta_build.applying import git_blob_id
+from ketta_build.cache import Cache
+from ketta_build.patchfile import split_lines
+
+HEADER = """\
+Subject: {subject}
+Author: Test Author <test@example.org>
+Upstream-Status: Inappropriate [test]
+Base-Release: {base}
+Description: {subject}.
+ Second line of the description.
+
+"""
+
+
+def server_files(version: str, files: dict[str, str]) -> dict[str, str]:
+    """A minimal Letta server tree plus ``files``."""
+    base = {
+        "pyproject.toml": f'[project]\nname = "letta"\nversion = "{version}"\n',
+        "letta/__init__.py": f'__version__ = "{version}"\n',
+        "letta/server/__init__.py": "",
+        ".gitignore": "*.log\nbuild/\n",
+    }
+    base.update(files)
+    return base
+
+
+def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_bytes(content.encode())
+    return root
+
+
+def make_diff(path: str, old: str | None, new: str | None, context: int = 3) -> str:
+    """A git-style diff of one file, with index blob ids."""
+    old_lines = split_lines(old or "")
+    new_lines = split_lines(new or "")
+    body = []
+    for line in difflib.unified_diff(old_lines, new_lines, n=context):
+        if line.startswith(("---", "+++")):
+            continue
+        if not line.endswith("\n"):
+            line += "\n\\ No newline at end of file\n"
+        body.append(line)
+    old_id = git_blob_id((old or "").encode())[:7] if old is not None else "0000000"
+    new_id = git_blob_id((new or "").encode())[:7] if new is not None else "0000000"
+    head = [f"diff --git a/{path} b/{path}\n"]
+    if old is None:
+        head += ["new file mode 100644\n", f"index {old_id}..{new_id}\n", "--- /dev/null\n", f"+++ b/{path}\n"]
+    elif new is None:
+        head += ["deleted file mode 100644\n", f"index {old_id}..{new_id}\n", f"--- a/{path}\n", "+++ /dev/null\n"]
+    else:
+        head += [f"index {old_id}..{new_id} 100644\n", f"--- a/{path}\n", f"+++ b/{path}\n"]
+    return "".join(head + body)
+
+
+def write_patch(directory: Path, name: str, diff: str, *, base: str = "0.16.8", subject: str | None = None) -> Path:
+    p = directory / name
+    p.write_text(HEADER.format(subject=subject or f"Patch {name}", base=base) + diff)
+    return p
+
+
+def write_series(directory: Path, *lines: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "series").write_text("# test series\n" + "".join(line + "\n" for line in lines))
+    return directory
+
+
+def make_sdist(path: Path, version: str, files: dict[str, str | bytes], extra_members: list[tarfile.TarInfo] | None = None) -> Path:
+    top = f"letta-{version}"
+    with tarfile.open(path, "w:gz") as tar:
+        for rel, content in sorted(files.items()):
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(f"{top}/{rel}")
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for member in extra_members or []:
+            tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+    return path
+
+
+def make_wheel(path: Path, top_level: str) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{top_level}/__init__.py", "")
+        zf.writestr(f"{path.name.split('-')[0]}-{path.name.split('-')[1]}.dist-info/METADATA", "Name: letta\n")
+    return path
+
+
+@dataclass
+class LocalIndex:
+    """A PEP 691 JSON index on 127.0.0.1 that also serves byte ranges."""
+
+    root: Path
+    url: str = ""
+    files: list[dict] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    fake_sha: dict[str, str] = field(default_factory=dict)
+
+    def add(self, path: Path, *, sha256: str | None = None) -> None:
+        data = path.read_bytes()
+        target = self.root / "files" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        self.files.append(
+            {
+                "filename": path.name,
+                "url": f"../../files/{path.name}",
+                "hashes": {"sha256": sha256 or hashlib.sha256(data).hexdigest()},
+            }
+        )
+
+
+@pytest.fixture
+def local_index(tmp_path):
+    index = LocalIndex(tmp_path / "index-root")
+    index.root.mkdir()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _body(self):
+            index.requests.append(self.path)
+            if self.path.rstrip("/") == "/simple/letta":
+                body = json.dumps({"meta": {"api-version": "1.0"}, "name": "letta", "files": index.files}).encode()
+                return body, "application/vnd.pypi.simple.v1+json"
+            if self.path.startswith("/files/"):
+                f = index.root / "files" / self.path.split("/")[-1]
+                if f.is_file():
+                    return f.read_bytes(), "application/octet-stream"
+            return None, None
+
+        def do_HEAD(self):
+            body, ctype = self._body()
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+
+        def do_GET(self):
+            body, ctype = self._body()
+            if body is None:
+                self.send_error(404)
+                return
+            rng = self.headers.get("Range")
+            if rng:
+                start, end = (int(x) for x in rng.split("=")[1].split("-"))
+                chunk = body[start : end + 1]
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+                body = chunk
+            else:
+                self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    index.url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    try:
+        yield index
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path) -> Cache:
+    return Cache(tmp_path / "cache", lock_timeout=30)
+
+
+@pytest.fixture
+def dedent():
+    return lambda s: textwrap.dedent(s)
