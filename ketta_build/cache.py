@@ -35,9 +35,10 @@ def default_cache_dir() -> Path:
 
 
 class Cache:
-    def __init__(self, root: Path | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(self, root: Path | None = None, lock_timeout: float | None = None) -> None:
         self.root = (root or default_cache_dir()).expanduser()
-        self.lock_timeout = lock_timeout
+        env = os.environ.get("KETTA_BUILD_LOCK_TIMEOUT")
+        self.lock_timeout = lock_timeout if lock_timeout is not None else float(env) if env else DEFAULT_LOCK_TIMEOUT
 
     def ensure(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)

@@ -77,7 +77,7 @@ def _source(args, cache, status):
 def _cmd_apply(args, console) -> int:
     from .buildtree import ApplyOptions, apply_series
     from .cache import Cache
-    from .report import print_report, report_json
+    from .report import failure_lines, print_report, report_json
     from .series import read_series
 
     if args.fuzz < 0:
@@ -100,6 +100,8 @@ def _cmd_apply(args, console) -> int:
             on_patch=lambda r: console.print(f"{r.name}: {r.outcome.value}"),
         )
     print_report(report, console)
+    for line in failure_lines(report):
+        print(f"ketta-build: failed: {line}", file=sys.stderr)
     _emit_json(args.json, report_json(report))
     return report.exit_code
 

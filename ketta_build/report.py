@@ -115,6 +115,23 @@ def report_json(report: ApplyReport) -> dict:
     }
 
 
+def failure_lines(report: ApplyReport) -> list[str]:
+    """One line per failed file of each failed patch: ``patches/NAME:LINE: what went wrong``."""
+    lines = []
+    for r in report.failed:
+        for f in r.files:
+            bad = [h for h in f.hunks if h.outcome is Outcome.FAILED]
+            if not bad:
+                continue
+            first = bad[0]
+            where = report.series_dir / r.name
+            what = f"{len(bad)} of {len(f.hunks)} hunk(s) of {f.path} failed (first #{first.index}): {first.reason}"
+            if f.reason and all(h.reason == f.reason for h in bad):
+                what = f.reason
+            lines.append(f"{where}:{first.patch_line}: {what}")
+    return lines
+
+
 def print_report(report: ApplyReport, console: Console) -> None:
     from rich.table import Table
 

@@ -344,25 +344,27 @@ def unknown_release(version: Version, detail: str) -> UnknownRelease:
 # --------------------------------------------------------------------------- safe extraction
 
 
-def safe_extract_sdist(archive: Path, dest: Path) -> None:
+def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None) -> None:
     """Extract a ``.tar.gz`` sdist into ``dest``, dropping its top-level directory.
 
     Refuses members that are absolute, contain ``..``, are links pointing
     outside the tree, or are devices/FIFOs, naming the archive and member.
+    ``name`` is how errors call the archive (default: its path).
     """
+    label = name or str(archive)
     try:
         tar = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError) as exc:
-        raise UpstreamError(f"cannot open the archive: {exc}", path=archive) from None
+        raise UpstreamError(f"cannot open the archive: {exc}", path=label) from None
     with tar:
         members = tar.getmembers()
         if not members:
-            raise UpstreamError("the archive is empty", path=archive)
+            raise UpstreamError("the archive is empty", path=label)
         tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
         for m in members:
-            _check_member(m, archive)
+            _check_member(m, label)
         if len(tops) != 1:
-            raise UpstreamError(f"expected one top-level directory, found {len(tops)}", path=archive)
+            raise UpstreamError(f"expected one top-level directory, found {len(tops)}", path=label)
         top = tops.pop()
         kept = []
         for m in members:
@@ -376,10 +378,10 @@ def safe_extract_sdist(archive: Path, dest: Path) -> None:
         try:
             tar.extractall(dest, members=kept, filter="data")
         except tarfile.TarError as exc:  # the data filter is a second line of defence
-            raise UpstreamError(f"unsafe archive member: {exc}", path=archive) from None
+            raise UpstreamError(f"unsafe archive member: {exc}", path=label) from None
 
 
-def _check_member(m: tarfile.TarInfo, archive: Path) -> None:
+def _check_member(m: tarfile.TarInfo, archive: str | Path) -> None:
     name = m.name
     parts = PurePosixPath(name).parts
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
@@ -532,7 +534,7 @@ class IndexSource:
         return path
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        safe_extract_sdist(self.sdist_path(release), dest)
+        safe_extract_sdist(self.sdist_path(release), dest, release.filename)
         check_server_tree(dest, f"letta {release.version} ({release.filename})")
 
 
