@@ -50,7 +50,7 @@ def _epoch() -> int:
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
     """Run git in ``cwd`` with a quiet, fsync-free configuration (a build tree is disposable)."""
     full_env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", **(env or {})}
-    cmd = ["git", "-c", "core.fsync=none", "-c", "gc.auto=0", "-c", "core.autocrlf=false", "-c", "init.defaultBranch=main", *args]
+    cmd = ["git", "-c", "core.fsync=none", "-c", "checkout.workers=0", "-c", "gc.auto=0", "-c", "core.autocrlf=false", "-c", "init.defaultBranch=main", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise BuildTreeError(f"git {' '.join(args[:2])} failed in {cwd}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
@@ -115,6 +115,7 @@ def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSour
     """Make ``dest`` (empty) a git work tree whose only commit is the pristine release."""
     repo = ensure_pristine_repo(release, source, cache) if cache is not None else None
     if repo is None:
+        dest.mkdir(parents=True, exist_ok=True)
         source.export(release, dest)
         _commit_pristine(dest, release.version)
         return

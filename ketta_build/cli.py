@@ -79,6 +79,7 @@ def _cmd_apply(args, console) -> int:
     from .cache import Cache
     from .report import failure_lines, print_report, report_json
     from .series import read_series
+    from .upstream import IndexSource
 
     if args.fuzz < 0:
         raise KettaError("--fuzz must be 0 or more")
@@ -96,6 +97,8 @@ def _cmd_apply(args, console) -> int:
             out,
             options=ApplyOptions(fuzz=args.fuzz, keep_going=args.keep_going, force=args.force),
             cache=cache,
+            # 3-way merges need the release each patch was made against: take it from the index (cached).
+            base_source=source if isinstance(source, IndexSource) else IndexSource(cache, args.index_url),
             progress=say,
             on_patch=lambda r: console.print(f"{r.name}: {r.outcome.value}"),
         )

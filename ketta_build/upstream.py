@@ -584,17 +584,13 @@ class GitSource:
         return UpstreamRelease(tree_version, "git", f"{self.repo}@{ref}", None, commit.hexsha)
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        repo = self._repo()
-        archive = dest / ".ketta-export.tar"
-        with archive.open("wb") as fh:
-            repo.archive(fh, treeish=release.filename, format="tar")
-        try:
-            with tarfile.open(archive) as tar:
+        with tempfile.TemporaryFile() as fh:
+            self._repo().archive(fh, treeish=release.filename, format="tar")
+            fh.seek(0)
+            with tarfile.open(fileobj=fh) as tar:
                 for m in tar.getmembers():
-                    _check_member(m, archive)
+                    _check_member(m, release.location)
                 tar.extractall(dest, filter="data")
-        finally:
-            archive.unlink()
         check_server_tree(dest, release.location)
 
 

@@ -1,0 +1,92 @@
+"""Upstream sources other than the index, index configuration, and the real 0.16.8 sdist."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import make_diff, server_files, write_patch, write_series, write_tree
+from packaging.version import Version
+
+from ketta_build.cli import main
+from ketta_build.errors import UpstreamError
+from ketta_build.releases import nearest_supported, parse_version
+from ketta_build.upstream import GitSource, discover_index_urls
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def letta_git(tmp_path):
+    repo = write_tree(tmp_path / "letta-repo", server_files("0.16.7", {"letta/a.py": "a\nb\nc\n"}))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "0.16.7")
+    _git(repo, "tag", "v0.16.7")
+    write_tree(repo, server_files("0.16.8", {"letta/a.py": "a\nb\nc\nd\n"}))
+    _git(repo, "commit", "-qam", "0.16.8")
+    _git(repo, "tag", "v0.16.8")
+    return repo
+
+
+def test_git_source_at_a_tag(tmp_path, letta_git):
+    pdir = write_series(tmp_path / "p", "0001-a.diff")
+    write_patch(pdir, "0001-a.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+    out = tmp_path / "out"
+    rc = main(["apply", "--letta-git", str(letta_git), "--ref", "v0.16.7", "--patches", str(pdir), "--out", str(out),
+               "--cache-dir", str(tmp_path / "c"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["upstream"]["version"] == "0.16.7" and report["upstream"]["origin"] == "git"
+    assert (out / "letta/a.py").read_text() == "a\nB\nc\n"
+    assert not (out / "letta-repo").exists()
+
+
+def test_git_source_checks_the_version_of_the_ref(letta_git):
+    with pytest.raises(UpstreamError, match="is letta 0.16.8, not 0.16.7"):
+        GitSource(str(letta_git), "v0.16.8").resolve(Version("0.16.7"))
+    with pytest.raises(UpstreamError, match="ref 'v9' not found"):
+        GitSource(str(letta_git), "v9").resolve(None)
+    assert GitSource(str(letta_git), None).resolve(Version("0.16.8")).version == Version("0.16.8")
+
+
+def test_index_config_order(monkeypatch):
+    monkeypatch.delenv("UV_DEFAULT_INDEX", raising=False)
+    monkeypatch.delenv("UV_INDEX_URL", raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.invalid/simple/")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///srv/extra")
+    urls = discover_index_urls()
+    assert urls[0] == "https://mirror.invalid/simple" and "file:///srv/extra" in urls
+    monkeypatch.setenv("UV_DEFAULT_INDEX", "https://uv.invalid/simple")
+    assert discover_index_urls()[0] == "https://uv.invalid/simple"
+    assert discover_index_urls("https://explicit.invalid/simple") == ["https://explicit.invalid/simple"]
+
+
+def test_versions():
+    assert parse_version("v0.16.8") == Version("0.16.8")
+    assert nearest_supported(Version("0.16.3")) == [Version("0.16.2"), Version("0.16.4")]
+    assert nearest_supported(Version("0.13.0")) == [Version("0.14.0"), Version("0.15.0")]
+    assert nearest_supported(Version("0.33.8")) == [Version("0.16.7"), Version("0.16.8")]
+
+
+@pytest.mark.network
+def test_real_letta_0_16_8_from_the_index(tmp_path):
+    """The real sdist through the user's index configuration, with the project's series."""
+    out = tmp_path / "build"
+    report_file = tmp_path / "report.json"
+    rc = main(["apply", "--letta", "0.16.8", "--patches", str(REPO_ROOT / "patches"), "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache"), "--json", str(report_file)])
+    report = json.loads(report_file.read_text())
+    assert rc == 0, report
+    assert report["upstream"]["filename"] == "letta-0.16.8.tar.gz" and len(report["upstream"]["sha256"]) == 64
+    assert report["summary"]["hunks"]["failed"] == 0 and report["summary"]["hunks"]["fuzz"] == 0
+    assert (out / "letta" / "server").is_dir() and (out / "alembic.ini").is_file()
+    diff = subprocess.run(["git", "diff", "--stat", "upstream/0.16.8"], cwd=out, capture_output=True, text=True, check=True).stdout
+    touched = {f["path"] for p in report["patches"] for f in p["files"]}
+    assert touched and all(path in diff for path in touched)
