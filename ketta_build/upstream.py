@@ -140,6 +140,33 @@ def discover_index_urls(explicit: str | None = None) -> list[str]:
     return seen
 
 
+def _usable(url: str) -> bool:
+    """pip skips a ``file://`` index that does not exist (with a warning); uv would fail on it."""
+    if url.startswith("file://"):
+        return Path(urllib.parse.urlparse(url).path).exists()
+    return True
+
+
+def uv_environment(explicit: str | None = None) -> dict[str, str]:
+    """Variables that make uv ask the same indexes pip would (uv does not read pip's config).
+
+    Nothing is added when the user already configured uv itself; otherwise pip's primary index
+    becomes ``UV_DEFAULT_INDEX`` and its extra indexes ``UV_INDEX``, searched as pip does (best
+    match across indexes). uv never downloads a Python.
+    """
+    env = {"UV_PYTHON_DOWNLOADS": "never"}
+    if not explicit and any(os.environ.get(k) for k in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX")):
+        return env
+    urls = [u for u in discover_index_urls(explicit) if _usable(u)]
+    if urls:
+        env["UV_DEFAULT_INDEX"] = urls[0]
+    if len(urls) > 1:
+        env["UV_INDEX"] = " ".join(urls[1:])
+        # pip picks the best version across all its indexes; uv must be told to do the same.
+        env.setdefault("UV_INDEX_STRATEGY", os.environ.get("UV_INDEX_STRATEGY", "unsafe-best-match"))
+    return env
+
+
 # --------------------------------------------------------------------------- index pages
 
 

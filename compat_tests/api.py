@@ -1,0 +1,71 @@
+"""The handful of Letta REST calls the suites make, with assertions that say what went wrong."""
+
+from __future__ import annotations
+
+import uuid
+
+from .letta_server import LettaServer
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def ok(resp, *statuses: int):
+    expected = statuses or (200,)
+    assert resp.status in expected, f"HTTP {resp.status} (expected {expected}): {resp.text[:2000]}"
+    return resp.body
+
+
+def create_provider(server: LettaServer, name: str, base_url: str | None, api_key: str = "",
+                    provider_type: str = "openai", user_id: str | None = None) -> dict:
+    body = {"name": name, "provider_type": provider_type, "api_key": api_key}
+    if base_url is not None:
+        body["base_url"] = base_url
+    return ok(server.post("/v1/providers/", body, user_id=user_id))
+
+
+def list_providers(server: LettaServer, user_id: str | None = None) -> list[dict]:
+    return ok(server.get("/v1/providers/", user_id=user_id))
+
+
+def list_models(server: LettaServer, user_id: str | None = None) -> list[dict]:
+    return ok(server.get("/v1/models/", user_id=user_id))
+
+
+def handles(server: LettaServer, user_id: str | None = None) -> list[str]:
+    return [m["handle"] for m in list_models(server, user_id=user_id)]
+
+
+def delete_provider(server: LettaServer, provider_id: str, user_id: str | None = None):
+    return server.delete(f"/v1/providers/{provider_id}", user_id=user_id)
+
+
+def create_org_user(server: LettaServer) -> tuple[str, str]:
+    org = ok(server.post("/v1/admin/orgs/", {"name": unique("org-")}))
+    user = ok(server.post("/v1/admin/users/", {"name": unique("user-"), "organization_id": org["id"]}))
+    return org["id"], user["id"]
+
+
+def create_agent(server: LettaServer, handle: str, user_id: str | None = None, expect=(200, 201)):
+    body = {"name": unique("agent-"), "model": handle, "embedding": None, "include_base_tools": False, "memory_blocks": []}
+    return server.post("/v1/agents/", body, user_id=user_id), expect
+
+
+def create_agent_ok(server: LettaServer, handle: str, user_id: str | None = None) -> dict:
+    resp, expect = create_agent(server, handle, user_id=user_id)
+    return ok(resp, *expect)
+
+
+def send_message(server: LettaServer, agent_id: str, text: str, user_id: str | None = None):
+    body = {"messages": [{"role": "user", "content": text}]}
+    return server.post(f"/v1/agents/{agent_id}/messages", body, user_id=user_id, timeout=180)
+
+
+def assistant_text(response_body: dict) -> str:
+    parts = []
+    for message in response_body.get("messages", []):
+        if message.get("message_type") == "assistant_message":
+            content = message.get("content")
+            parts.append(content if isinstance(content, str) else "".join(c.get("text", "") for c in content or []))
+    return "".join(parts)

@@ -1,0 +1,142 @@
+"""Fixtures of the compatibility suites: a built release, PostgreSQL, vendors and Letta servers.
+
+Run ``pytest compat_tests --letta 0.16.8`` (or ``tox -e letta0168-handle``); ``--no-patches`` runs
+the same suites against the unpatched release, where they must fail.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .letta_server import LettaServer
+from .pgcluster import EmbeddedCluster, PgTarget
+from .vendor import FakeVendor
+
+REPO = Path(__file__).resolve().parent.parent
+SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ketta")
+    group.addoption("--letta", default=os.environ.get("KETTA_LETTA", "0.16.8"), help="Letta server release under test")
+    group.addoption("--no-patches", action="store_true", default=os.environ.get("KETTA_NO_PATCHES") == "1",
+                    help="test the unpatched release (the suites must fail)")
+    group.addoption("--patches", default=str(REPO / "patches"), help="series directory")
+    group.addoption("--build-root", default=os.environ.get("KETTA_BUILD_ROOT", str(REPO / "build")),
+                    help="where build trees, wheels and constraints go")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for suite in SUITES:
+        config.addinivalue_line("markers", f"{suite}: the {suite} compatibility suite")
+
+
+_live: list = []
+
+
+def _stop_all() -> None:
+    while _live:
+        thing = _live.pop()
+        try:
+            thing.stop()
+        except Exception:
+            pass
+
+
+atexit.register(_stop_all)  # a failing fixture or Ctrl-C must not leave processes behind
+
+
+@pytest.fixture(scope="session")
+def letta_build(pytestconfig):
+    from ketta_build.serverenv import prepare_server
+
+    return prepare_server(
+        pytestconfig.getoption("--letta"),
+        patched=not pytestconfig.getoption("--no-patches"),
+        series_dir=Path(pytestconfig.getoption("--patches")),
+        build_root=Path(pytestconfig.getoption("--build-root")),
+    )
+
+
+@pytest.fixture(scope="session")
+def patched(pytestconfig) -> bool:
+    return not pytestconfig.getoption("--no-patches")
+
+
+@pytest.fixture(scope="session")
+def pg():
+    uri = os.environ.get("LETTA_PG_URI")
+    if uri:
+        yield PgTarget.from_uri(uri)
+        return
+    cluster = EmbeddedCluster()
+    _live.append(cluster)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        if cluster in _live:
+            _live.remove(cluster)
+
+
+@pytest.fixture(scope="session")
+def vendors():
+    """Two OpenAI-compatible vendors with identical model lists on different base URLs."""
+    started = {name: FakeVendor(name).start() for name in ("alpha", "beta")}
+    yield started
+    for v in started.values():
+        v.stop()
+
+
+class ServerPool:
+    """One server per distinct environment, started on first use and stopped at session end."""
+
+    def __init__(self, build, pg: PgTarget) -> None:
+        self.build = build
+        self.pg = pg
+        self.servers: dict[tuple, LettaServer] = {}
+
+    def get(self, **env: str) -> LettaServer:
+        key = tuple(sorted(env.items()))
+        if key not in self.servers:
+            server = LettaServer(
+                letta=self.build.letta, python=self.build.python, tree=self.build.tree, pg=self.pg,
+                database=f"letta_{uuid.uuid4().hex[:10]}", extra_env=dict(env),
+            )
+            _live.append(server)
+            self.servers[key] = server.start()
+        return self.servers[key]
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+            if server in _live:
+                _live.remove(server)
+
+
+@pytest.fixture(scope="session")
+def servers(letta_build, pg):
+    pool = ServerPool(letta_build, pg)
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture(scope="session")
+def server(servers) -> LettaServer:
+    """The server with Ketta's default flags (and vendor keys in its environment)."""
+    return servers.get()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "servers" in item.fixturenames:
+        pool = item.funcargs.get("servers")
+        for key, srv in (pool.servers.items() if pool else []):
+            report.sections.append((f"letta server log {dict(key) or 'default'} (tail)", srv.log_tail(60)))

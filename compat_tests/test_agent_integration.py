@@ -1,0 +1,52 @@
+"""agent integration: provider → agent → message, checked at the vendor's end of the wire."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import api
+from .letta_server import SERVER_ENV_KEYS
+
+pytestmark = pytest.mark.agent
+
+
+def test_message_reaches_the_provider_with_its_key_and_model(server, vendors):
+    vendor = vendors["alpha"]
+    key = "sk-" + api.unique("agent-")
+    p = api.create_provider(server, api.unique("CustomOpenAI"), vendor.base_url, key)
+    agent = api.create_agent_ok(server, f"{p['name']}/gpt-4o-mini")
+    vendor.clear()
+    body = api.ok(api.send_message(server, agent["id"], "Say hello"))
+    assert api.assistant_text(body) == vendor.reply
+    chats = vendor.chat_requests()
+    assert chats, "the vendor received no chat completion"
+    assert {r.bearer for r in chats} == {key}
+    assert {r.model for r in chats} == {"gpt-4o-mini"}
+
+
+def test_recreated_provider_key_is_used_by_existing_agent(server, vendors):
+    vendor = vendors["beta"]
+    name = api.unique("Rotating")
+    old = api.create_provider(server, name, vendor.base_url, "sk-old-key")
+    agent = api.create_agent_ok(server, f"{name}/gpt-4o")
+    api.ok(api.send_message(server, agent["id"], "first"))
+    assert api.delete_provider(server, old["id"]).status in (200, 204)
+    new = api.create_provider(server, name, vendor.base_url, "sk-new-key")
+    assert new["id"] != old["id"]
+    vendor.clear()
+    body = api.ok(api.send_message(server, agent["id"], "second"))
+    assert api.assistant_text(body) == vendor.reply
+    assert {r.bearer for r in vendor.chat_requests()} == {"sk-new-key"}
+
+
+def test_server_env_key_never_sent_to_a_custom_url(servers, vendors):
+    # Even with the opt-in environment fallback on, a user-supplied URL never gets the server's key.
+    fallback = servers.get(KETTA_ENV_KEY_FALLBACK="1")
+    vendor = vendors["alpha"]
+    p = api.create_provider(fallback, api.unique("NoKey"), vendor.base_url, "")
+    vendor.clear()
+    agent = api.create_agent_ok(fallback, f"{p['name']}/gpt-4o")
+    api.send_message(fallback, agent["id"], "hello")
+    sent = {r.bearer for r in vendor.requests}
+    assert not sent & set(SERVER_ENV_KEYS.values()), f"server env key sent to {vendor.base_url}: {sent}"
+    assert vendor.requests, "the vendor was never asked: the test would prove nothing"

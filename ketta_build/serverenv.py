@@ -1,0 +1,159 @@
+"""A runnable Letta server for one release: build tree → wheel → its own locked environment.
+
+``prepare_server`` is what the compatibility suites (and ``ketta-build matrix``) call. It is
+incremental: the build tree is re-applied only when the release or the series changed, and the
+environment is keyed by the wheel's sha256 and the constraints' sha256, so a warm run costs a
+wheel build and a few stat calls. Plain ``pip install letta==X`` does not give a working server
+any more (newer transitive releases break it), hence the constraints exported from the release's
+``uv.lock``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .buildtree import ApplyOptions, ApplyReport, apply_series
+from .cache import Cache
+from .errors import KettaError
+from .series import Series, read_series
+from .upstream import IndexSource
+from .wheel import BuiltWheel, build_wheel, export_constraints, read_build_number, run_uv, sha256_file
+
+DIGEST_FILE = "ketta-build-digest"
+
+
+@dataclass
+class ServerBuild:
+    version: str
+    patched: bool
+    tree: Path
+    wheel: Path
+    wheel_version: str
+    wheel_sha256: str
+    constraints: Path
+    env: Path
+    apply_report: dict | None
+
+    @property
+    def python(self) -> Path:
+        return self.env / "bin" / "python"
+
+    @property
+    def letta(self) -> Path:
+        return self.env / "bin" / "letta"
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def _series_digest(release_sha: str, series: Series, version) -> str:
+    digest = hashlib.sha256(release_sha.encode())
+    for sel in series.explain(version):
+        if sel.selected:
+            digest.update(sel.entry.name.encode() + b"\0")
+            digest.update((series.directory / sel.entry.name).read_bytes())
+    return digest.hexdigest()
+
+
+def _empty_series() -> Series:
+    return Series(directory=Path(tempfile.gettempdir()), entries=())
+
+
+def ensure_tree(
+    version: str,
+    *,
+    patched: bool,
+    series_dir: Path,
+    build_root: Path,
+    cache: Cache,
+    index_url: str | None = None,
+    progress=lambda _: None,
+) -> tuple[Path, dict | None]:
+    """The build tree for ``version`` (patched or pristine), re-applied only if out of date."""
+    from .releases import parse_version
+    from .report import report_json
+
+    source = IndexSource(cache, index_url, progress=progress)
+    release = source.resolve(parse_version(version))
+    series = read_series(series_dir) if patched else _empty_series()
+    out = build_root / (str(release.version) if patched else f"{release.version}-upstream")
+    digest = _series_digest(release.sha256 or "", series, release.version)
+    marker = out / ".git" / DIGEST_FILE
+    if marker.is_file() and marker.read_text().strip() == digest:
+        state = out / ".git" / "ketta-build.json"
+        return out, json.loads(state.read_text()) if state.is_file() else None
+    report: ApplyReport = apply_series(
+        release, source, series, out, options=ApplyOptions(force=True), cache=cache, progress=progress
+    )
+    data = report_json(report)
+    if report.exit_code != 0:
+        failed = ", ".join(r.name for r in report.failed) or ", ".join(report.not_attempted)
+        raise KettaError(f"the series does not apply to letta {release.version} (failed: {failed}); see ketta-build apply --letta {release.version}")
+    marker.write_text(digest + "\n")
+    return out, data
+
+
+def server_python() -> str:
+    """The interpreter for server environments: this one, if the releases support it (>=3.11,<3.14)."""
+    if not ((3, 11) <= sys.version_info[:2] < (3, 14)):
+        raise KettaError(f"Letta server releases need Python >=3.11,<3.14; this is {sys.version.split()[0]}")
+    return sys.executable
+
+
+def ensure_environment(wheel: BuiltWheel, constraints: Path, cache: Cache, progress=lambda _: None) -> Path:
+    """A virtual environment with ``wheel[server,postgres]`` installed under the release's constraints."""
+    key = hashlib.sha256((wheel.sha256 + sha256_file(constraints)).encode()).hexdigest()[:20]
+    env = cache.ensure("envs") / key
+    ready = env / ".ketta-ready"
+    with cache.lock(f"env-{key}", timeout=1800):
+        if ready.is_file():
+            return env
+        progress(f"installing {wheel.path.name} into {env}")
+        # Scripts in a venv hard-code its path, so install in place; the marker, written last,
+        # is what makes the environment count: an interrupted install is wiped and redone.
+        shutil.rmtree(env, ignore_errors=True)
+        try:
+            run_uv(["venv", "--quiet", "--python", server_python(), str(env)])
+            spec = f"letta[server,postgres] @ {wheel.path.resolve().as_uri()}"
+            run_uv(["pip", "install", "--quiet", "--python", str(env / "bin" / "python"), "-c", str(constraints),
+                    "--reinstall-package", "letta", spec])
+            ready.write_text(json.dumps({"wheel": str(wheel.path), "sha256": wheel.sha256}) + "\n")
+        except BaseException:
+            shutil.rmtree(env, ignore_errors=True)
+            raise
+    return env
+
+
+def prepare_server(
+    version: str,
+    *,
+    patched: bool = True,
+    series_dir: Path = Path("patches"),
+    build_root: Path = Path("build"),
+    cache: Cache | None = None,
+    index_url: str | None = None,
+    progress=lambda _: None,
+) -> ServerBuild:
+    cache = cache or Cache()
+    build_root = build_root.absolute()
+    tree, report = ensure_tree(
+        version, patched=patched, series_dir=series_dir, build_root=build_root, cache=cache,
+        index_url=index_url, progress=progress,
+    )
+    dist = build_root / "dist"
+    number = read_build_number(series_dir) if patched else None
+    progress(f"building the wheel of {tree.name}")
+    wheel = build_wheel(tree, dist / tree.name, number)
+    constraints = export_constraints(tree, build_root / f"{tree.name}.constraints.txt")
+    env = ensure_environment(wheel, constraints, cache, progress)
+    return ServerBuild(
+        version=version, patched=patched, tree=tree, wheel=wheel.path, wheel_version=wheel.version,
+        wheel_sha256=wheel.sha256, constraints=constraints, env=env, apply_report=report,
+    )
