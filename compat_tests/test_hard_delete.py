@@ -32,8 +32,12 @@ def test_delete_provider_an_agent_has_used_keeps_history(server, vendors):
     p = api.create_provider(server, api.unique("Used"), vendors["alpha"].base_url, "sk-used")
     agent = api.create_agent_ok(server, f"{p['name']}/gpt-4o")
     api.ok(api.send_message(server, agent["id"], "hello"))
-    steps_before = server.sql("SELECT id FROM steps WHERE provider_id = :p", p=p["id"])
-    assert steps_before, "the message left no step referencing the provider"
+    steps_before = server.sql("SELECT id FROM steps WHERE agent_id = :a", a=agent["id"])
+    assert steps_before, "the message left no step"
+    # 0.16.x writes provider_id = NULL; rows from releases (and code paths) that record it reference
+    # the provider with ON DELETE RESTRICT upstream. Make this agent's history such rows.
+    server.sql("UPDATE steps SET provider_id = :p WHERE agent_id = :a", p=p["id"], a=agent["id"])
+    server.sql("UPDATE step_metrics SET provider_id = :p WHERE id IN (SELECT id FROM steps WHERE agent_id = :a)", p=p["id"], a=agent["id"])
     resp = api.delete_provider(server, p["id"])
     assert resp.status in (200, 204), resp.text[:1000]
     assert server.sql("SELECT count(*) FROM providers WHERE id = :p", p=p["id"]) == [[0]]
