@@ -97,6 +97,7 @@ class EmbeddedCluster:
             self.user = "pgserver"
             entry = ensure_user_exists(self.user)
             ensure_prefix_permissions(self.data)
+            ensure_prefix_permissions(self.bin)  # the wheel may live under a private dir (e.g. .tox)
             ensure_folder_permissions(self.bin, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
             ensure_folder_permissions(self.bin.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
             for path in (self.root, self.data):

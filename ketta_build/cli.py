@@ -38,7 +38,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("series", help="show which patches apply to a release and why")
     _add_source_args(sp)
     sp.add_argument("--check", action="store_true", help="also check variant guards against every supported release")
+    mp = sub.add_parser("matrix", help="run the compatibility suites (tox) per release and write the report")
+    mp.add_argument("--letta", metavar="VERSION", action="append", help="release to test (repeatable; default: 0.16.8)")
+    mp.add_argument("--all", action="store_true", help="every supported release 0.14.0 ... 0.16.8")
+    mp.add_argument("--suite", action="append", metavar="SUITE", help="suite to run (repeatable; default: all)")
+    mp.add_argument("-p", "--parallel", type=int, default=1, metavar="N", help="releases to run at once (default 1)")
+    mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
+    mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
+    mp.add_argument("--json", metavar="FILE", help="also write the matrix report as JSON to FILE ('-' for stdout)")
     return parser
+
+
+def _cmd_matrix(args, console) -> int:
+    from .matrix import SUITES, default_versions, report_json, run_matrix, write_reports
+
+    versions = default_versions() if args.all else (args.letta or ["0.16.8"])
+    suites = args.suite or list(SUITES)
+    report_dir = args.report_dir
+    if args.no_patches and report_dir == Path("reports"):
+        report_dir = Path("reports") / "no-patches"
+    colour = {"pass": "green", "fail": "red", "error": "yellow"}
+
+    def show(cell) -> None:
+        console.print(
+            f"[{colour.get(cell.status, 'white')}]{cell.status:5}[/] {cell.env}: {cell.passed} passed, "
+            f"{cell.failed} failed, {cell.errors} errors in {cell.duration:.0f}s  ({report_dir / cell.log})"
+        )
+
+    console.print(f"running {len(versions) * len(suites)} cell(s) with {args.parallel} at a time")
+    cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
+                       no_patches=args.no_patches, project=Path("."), on_cell=show)
+    paths = write_reports(cells, report_dir.absolute(), args.no_patches)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+    _emit_json(args.json, report_json(cells, args.no_patches))
+    return 0 if all(c.status == "pass" for c in cells) else 1
 
 
 def _console(stderr: bool):
@@ -149,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "apply":
             return _cmd_apply(args, console)
+        if args.command == "matrix":
+            return _cmd_matrix(args, console)
         return _cmd_series(args, console)
     except KettaError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)
