@@ -1,0 +1,94 @@
+"""Offline tests of the matrix report, the wheel version rules and uv's index configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ketta_build import matrix, upstream, wheel
+from ketta_build.errors import KettaError
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest">
+<testcase classname="compat_tests.test_handle" name="test_a"/>
+<testcase classname="compat_tests.test_handle" name="test_b"><failure message="boom"/></testcase>
+<testcase classname="compat_tests.test_handle" name="test_c"><error message="fixture"/></testcase>
+<testcase classname="compat_tests.test_handle" name="test_d"><skipped type="pytest.xfail" message="x"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_env_names_follow_tox_factors():
+    assert matrix.env_name("0.16.8", "handle") == "letta0168-handle"
+    assert matrix.env_name("v0.14.0", "migration") == "letta0140-migration"
+
+
+def test_junit_counts_and_failure_names(tmp_path: Path):
+    (tmp_path / "x.xml").write_text(JUNIT)
+    cell = matrix.Cell("0.16.8", "handle", "letta0168-handle")
+    matrix._read_junit(tmp_path / "x.xml", cell)
+    assert (cell.passed, cell.failed, cell.errors, cell.xfailed) == (1, 1, 1, 1)
+    assert cell.failures == ["compat_tests.test_handle::test_b", "compat_tests.test_handle::test_c (error)"]
+
+
+def test_reports_link_logs_and_show_every_cell(tmp_path: Path):
+    cells = [
+        matrix.Cell("0.16.8", "handle", "letta0168-handle", status="pass", passed=3, duration=19, log="logs/letta0168-handle.log"),
+        matrix.Cell("0.16.8", "agent", "letta0168-agent", status="fail", passed=1, failed=2, duration=30,
+                    log="logs/letta0168-agent.log", failures=["t::x"]),
+    ]
+    paths = matrix.write_reports(cells, tmp_path, no_patches=True)
+    md = paths["markdown"].read_text()
+    assert "[pass 3/3 19s](logs/letta0168-handle.log)" in md and "letta0168-agent: t::x" in md
+    page = paths["html"].read_text()
+    assert page.count("<td") == 2 and 'href="logs/letta0168-agent.log"' in page and "#f5c2c2" in page
+    data = json.loads(paths["json"].read_text())
+    assert data["schema"] == matrix.SCHEMA and data["summary"]["fail"] == 1 and data["patched"] is False
+
+
+def test_matrix_refuses_unknown_suite_and_bad_parallelism(tmp_path: Path):
+    with pytest.raises(KettaError, match="unknown suite"):
+        matrix.run_matrix(["0.16.8"], ["bogus"], report_dir=tmp_path)
+    with pytest.raises(KettaError, match="-p must be"):
+        matrix.run_matrix(["0.16.8"], ["handle"], report_dir=tmp_path, parallel=0)
+
+
+def test_build_number_file(tmp_path: Path):
+    assert wheel.read_build_number(tmp_path) == 0
+    (tmp_path / "build-number").write_text("7\n")
+    assert wheel.read_build_number(tmp_path) == 7
+    assert wheel.local_version("0.16.8", 7) == "0.16.8+ketta.7"
+    (tmp_path / "build-number").write_text("seven\n")
+    with pytest.raises(KettaError) as err:
+        wheel.read_build_number(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'build-number'}:1:")
+
+
+def test_version_rewrite_touches_only_the_literal(tmp_path: Path):
+    py = tmp_path / "pyproject.toml"
+    py.write_text('[project]\nname = "letta"\nversion = "0.16.8"\n[tool.x]\nversion_note = "keep"\n')
+    wheel._set_version(py, "0.16.8+ketta.2")
+    assert py.read_text() == '[project]\nname = "letta"\nversion = "0.16.8+ketta.2"\n[tool.x]\nversion_note = "keep"\n'
+    py.write_text('[project]\nname = "letta"\ndynamic = ["version"]\n')
+    with pytest.raises(KettaError, match="literal"):
+        wheel._set_version(py, "1+ketta.1")
+
+
+def test_uv_gets_pips_indexes(monkeypatch, tmp_path: Path):
+    for var in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_INDEX_STRATEGY", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(var, raising=False)
+    existing = tmp_path / "simple"
+    existing.mkdir()
+    monkeypatch.setattr(upstream, "_pip_config", lambda: {
+        "global.index-url": "http://127.0.0.1:9/simple",
+        "global.extra-index-url": f"file:///does/not/exist {existing.as_uri()}",
+    })
+    env = upstream.uv_environment()
+    assert env["UV_DEFAULT_INDEX"] == "http://127.0.0.1:9/simple"
+    assert env["UV_INDEX"] == existing.as_uri()  # pip skips a missing file:// index; so must uv
+    assert env["UV_INDEX_STRATEGY"] == "unsafe-best-match"
+    assert env["UV_PYTHON_DOWNLOADS"] == "never"
+    monkeypatch.setenv("UV_DEFAULT_INDEX", "http://127.0.0.1:8/simple")
+    assert "UV_DEFAULT_INDEX" not in upstream.uv_environment()  # the user's own uv settings win
