@@ -47,14 +47,13 @@ def create_org_user(server: LettaServer) -> tuple[str, str]:
     return org["id"], user["id"]
 
 
-def create_agent(server: LettaServer, handle: str, user_id: str | None = None, expect=(200, 201)):
+def create_agent(server: LettaServer, handle: str, user_id: str | None = None):
     body = {"name": unique("agent-"), "model": handle, "embedding": None, "include_base_tools": False, "memory_blocks": []}
-    return server.post("/v1/agents/", body, user_id=user_id), expect
+    return server.post("/v1/agents/", body, user_id=user_id)
 
 
 def create_agent_ok(server: LettaServer, handle: str, user_id: str | None = None) -> dict:
-    resp, expect = create_agent(server, handle, user_id=user_id)
-    return ok(resp, *expect)
+    return ok(create_agent(server, handle, user_id=user_id), 200, 201)
 
 
 def send_message(server: LettaServer, agent_id: str, text: str, user_id: str | None = None):

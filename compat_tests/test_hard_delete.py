@@ -52,7 +52,7 @@ def test_other_organisations_cannot_see_use_or_delete(server, vendors):
     assert p["id"] not in {x["id"] for x in api.list_providers(server, user_id=stranger)}
     assert not [h for h in api.handles(server, user_id=stranger) if h.startswith(p["name"] + "/")]
     assert server.get(f"/v1/providers/{p['id']}", user_id=stranger).status in (403, 404)
-    resp, _ = api.create_agent(server, f"{p['name']}/gpt-4o", user_id=stranger)
+    resp = api.create_agent(server, f"{p['name']}/gpt-4o", user_id=stranger)
     assert resp.status >= 400, "another organisation created an agent on a provider it does not own"
     assert api.delete_provider(server, p["id"], user_id=stranger).status in (403, 404)
     assert server.sql("SELECT count(*) FROM providers WHERE id = :p", p=p["id"]) == [[1]]

@@ -22,8 +22,8 @@ from .buildtree import ApplyOptions, ApplyReport, apply_series
 from .cache import Cache
 from .errors import KettaError
 from .series import Series, read_series
-from .upstream import IndexSource
-from .wheel import BuiltWheel, build_wheel, export_constraints, read_build_number, run_uv, sha256_file
+from .upstream import IndexSource, sha256_file
+from .wheel import BuiltWheel, build_wheel, export_constraints, read_build_number, run_uv
 
 DIGEST_FILE = "ketta-build-digest"
 

@@ -439,7 +439,7 @@ def _escapes(path: PurePosixPath) -> bool:
 # --------------------------------------------------------------------------- sources
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -550,7 +550,7 @@ class IndexSource:
         path = self.cache.blob_path(release.sha256)
         if not path.is_file():
             raise UpstreamError(f"cached sdist for letta {release.version} is missing; run again to fetch it", path=path)
-        got = _sha256_file(path)
+        got = sha256_file(path)
         if got != release.sha256:
             path.unlink()
             raise HashMismatch(

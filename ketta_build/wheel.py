@@ -7,7 +7,6 @@ PEP 440 local version and ``SOURCE_DATE_EPOCH`` fixed, so the same tree gives th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .buildtree import git
 from .errors import BuildTreeError, KettaError
+from .upstream import sha256_file
 
 BUILD_NUMBER_FILE = "build-number"
 _VERSION_LINE = re.compile(r'^version\s*=\s*"([^"]+)"\s*$', re.MULTILINE)
@@ -67,14 +67,6 @@ def read_build_number(series_dir: Path) -> int:
 
 def local_version(version: str, build_number: int | None) -> str:
     return version if build_number is None else f"{version}+ketta.{build_number}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
