@@ -47,8 +47,24 @@ def create_org_user(server: LettaServer) -> tuple[str, str]:
     return org["id"], user["id"]
 
 
+# Releases before 0.16 refuse an agent without an embedding; nothing in the suites embeds, so the
+# endpoint is a closed port: a request there would fail loudly rather than reach a real vendor.
+EMBEDDING_CONFIG = {
+    "embedding_endpoint_type": "openai",
+    "embedding_endpoint": "http://127.0.0.1:9/v1",
+    "embedding_model": "text-embedding-3-small",
+    "embedding_dim": 1536,
+    "embedding_chunk_size": 300,
+}
+
+
 def create_agent(server: LettaServer, handle: str, user_id: str | None = None):
-    body = {"name": unique("agent-"), "model": handle, "embedding": None, "include_base_tools": False, "memory_blocks": []}
+    body = {
+        # letta_v1_agent (the default from 0.16 on) completes a turn with a plain reply; older
+        # releases default to memgpt_v2_agent, which insists on a tool call.
+        "name": unique("agent-"), "model": handle, "embedding_config": EMBEDDING_CONFIG, "agent_type": "letta_v1_agent",
+        "include_base_tools": False, "memory_blocks": [],
+    }
     return server.post("/v1/agents/", body, user_id=user_id)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import KettaError
 from .releases import SUPPORTED_RELEASES, parse_version
 
-SUITES = ("unified", "handle", "harddelete", "agent", "migration")
+SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream")
 SCHEMA = "ketta-build/matrix-report/1"
 
 

@@ -23,7 +23,7 @@ from .cache import Cache
 from .errors import KettaError
 from .series import Series, read_series
 from .upstream import IndexSource, sha256_file
-from .wheel import BuiltWheel, build_wheel, export_constraints, read_build_number, run_uv
+from .wheel import SERVER_EXTRAS, BuiltWheel, build_wheel, export_constraints, read_build_number, run_uv
 
 DIGEST_FILE = "ketta-build-digest"
 
@@ -107,9 +107,13 @@ def server_python() -> str:
     return sys.executable
 
 
-def ensure_environment(wheel: BuiltWheel, constraints: Path, cache: Cache, progress=lambda _: None) -> Path:
-    """A virtual environment with ``wheel[server,postgres]`` installed under the release's constraints."""
-    key = hashlib.sha256((wheel.sha256 + sha256_file(constraints)).encode()).hexdigest()[:20]
+def ensure_environment(
+    wheel: BuiltWheel, constraints: Path, cache: Cache, progress=lambda _: None, extra_requirements: tuple[str, ...] = ()
+) -> Path:
+    """A virtual environment with ``wheel[server,postgres]`` (plus ``extra_requirements``) installed
+    under the release's constraints."""
+    material = wheel.sha256 + sha256_file(constraints) + "\0".join(extra_requirements)
+    key = hashlib.sha256(material.encode()).hexdigest()[:20]
     env = cache.ensure("envs") / key
     ready = env / ".ketta-ready"
     with cache.lock(f"env-{key}", timeout=1800):
@@ -123,7 +127,7 @@ def ensure_environment(wheel: BuiltWheel, constraints: Path, cache: Cache, progr
             run_uv(["venv", "--quiet", "--python", server_python(), str(env)])
             spec = f"letta[server,postgres] @ {wheel.path.resolve().as_uri()}"
             run_uv(["pip", "install", "--quiet", "--python", str(env / "bin" / "python"), "-c", str(constraints),
-                    "--reinstall-package", "letta", spec])
+                    "--reinstall-package", "letta", spec, *extra_requirements])
             ready.write_text(json.dumps({"wheel": str(wheel.path), "sha256": wheel.sha256}) + "\n")
         except BaseException:
             shutil.rmtree(env, ignore_errors=True)
@@ -157,3 +161,21 @@ def prepare_server(
         version=version, patched=patched, tree=tree, wheel=wheel.path, wheel_version=wheel.version,
         wheel_sha256=wheel.sha256, constraints=constraints, env=env, apply_report=report,
     )
+
+
+# What the release's own provider tests need besides the server (versions come from its uv.lock).
+TEST_REQUIREMENTS = ("pytest", "pytest-asyncio", "pytest-mock", "pytest-order")
+
+
+def prepare_test_environment(build: ServerBuild, cache: Cache | None = None, progress=lambda _: None) -> Path:
+    """An environment for running the release's own tests against ``build``'s wheel.
+
+    Separate from the server's environment so the suites never run a server next to test-only
+    packages; pinned by the same lock (its ``dev`` extra), so test tools match the release.
+    """
+    cache = cache or Cache()
+    constraints = export_constraints(
+        build.tree, build.constraints.with_name(f"{build.tree.name}.test-constraints.txt"), (*SERVER_EXTRAS, "dev")
+    )
+    wheel = BuiltWheel(path=build.wheel, version=build.wheel_version, sha256=build.wheel_sha256)
+    return ensure_environment(wheel, constraints, cache, progress, extra_requirements=TEST_REQUIREMENTS)

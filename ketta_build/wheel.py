@@ -115,18 +115,15 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWh
     return BuiltWheel(final, version, sha256_file(final))
 
 
-def export_constraints(tree: Path, dest: Path) -> Path:
-    """The release's own lock as pip constraints (server + postgres + sqlite extras)."""
+SERVER_EXTRAS = ("server", "postgres", "sqlite")
+
+
+def export_constraints(tree: Path, dest: Path, extras: tuple[str, ...] = SERVER_EXTRAS) -> Path:
+    """The release's own lock as pip constraints for ``extras`` (default: a server's)."""
     if not (tree / "uv.lock").is_file():
         raise KettaError("the release has no uv.lock; cannot pin its dependencies", path=tree / "uv.lock")
     tmp = dest.with_name(dest.name + ".tmp")
-    run_uv(
-        [
-            "export", "--frozen", "--no-hashes", "--no-emit-project",
-            "--extra", "server", "--extra", "postgres", "--extra", "sqlite",
-            "-o", str(tmp),
-        ],
-        cwd=tree,
-    )
+    extra_args = [arg for extra in extras for arg in ("--extra", extra)]
+    run_uv(["export", "--frozen", "--no-hashes", "--no-emit-project", *extra_args, "-o", str(tmp)], cwd=tree)
     os.replace(tmp, dest)
     return dest

@@ -1,0 +1,78 @@
+"""upstream suite: the release's own provider tests, patched against unpatched.
+
+Both builds of the release run the same shipped test files (see upstream_runner.UPSTREAM_FILES).
+A test that fails on the patched build but passes on the unpatched one must be listed, with its
+reason, in upstream-expected-failures.toml; a listed test that does not fail that way is a stale
+entry. Tests failing on both builds (network, missing keys, upstream's own breakage) are not
+Ketta's doing: they are printed, not counted. With ``--no-patches`` the release is compared with
+itself, so this suite is the one that stays green there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .upstream_runner import UPSTREAM_FILES, compare, load_expected, run_upstream_tests, summary_line
+
+pytestmark = pytest.mark.upstream
+
+
+@pytest.fixture(scope="module")
+def upstream_runs(letta_build, pg, pytestconfig):
+    from ketta_build.serverenv import prepare_server, prepare_test_environment
+
+    build_root = Path(pytestconfig.getoption("--build-root"))
+    workroot = build_root / "upstream-tests" / letta_build.tree.name
+
+    def run(build, label):
+        python = prepare_test_environment(build) / "bin" / "python"
+        return run_upstream_tests(
+            label=label, python=python, tree=build.tree, pg=pg,
+            database=f"up_{uuid.uuid4().hex[:10]}", workdir=workroot / label,
+        )
+
+    under_test = run(letta_build, "patched" if letta_build.patched else "unpatched")
+    print(summary_line(under_test))
+    if not letta_build.patched:
+        return under_test, under_test
+    baseline_build = prepare_server(
+        letta_build.version, patched=False, series_dir=Path(pytestconfig.getoption("--patches")), build_root=build_root
+    )
+    baseline = run(baseline_build, "unpatched")
+    print(summary_line(baseline))
+    return under_test, baseline
+
+
+@pytest.fixture(scope="module")
+def verdict(letta_build, upstream_runs):
+    patched, unpatched = upstream_runs
+    return compare(letta_build.version, patched, unpatched, load_expected())
+
+
+@pytest.mark.parametrize("path", UPSTREAM_FILES)
+def test_upstream_file(path, letta_build, upstream_runs, verdict):
+    patched, unpatched = upstream_runs
+    if not (letta_build.tree / path).is_file():
+        pytest.skip(f"letta {letta_build.version} does not ship {path}")
+    tests = patched.in_file(path)
+    assert tests, f"no test of {path} ran (collection broken? see {patched.log})"
+    for test in sorted(t for t in verdict.upstream if t.split("::", 1)[0] == path):
+        print(f"fails unpatched too (not Ketta's doing): {test}: {verdict.upstream[test].message}")
+    for test in sorted(t for t in verdict.expected if t.split("::", 1)[0] == path):
+        print(f"expected (listed): {test}: {verdict.expected[test].reason}")
+    broken = {t: o for t, o in verdict.caused_by_ketta.items() if t.split("::", 1)[0] == path}
+    assert not broken, "Ketta makes these upstream tests fail and they are not in upstream-expected-failures.toml:\n" + "\n".join(
+        f"  {t}: {o.message}" for t, o in sorted(broken.items())
+    )
+
+
+def test_expected_failures_are_current(letta_build, verdict):
+    """Every listed failure for this release still fails because of Ketta (the list stays honest)."""
+    if not letta_build.patched:
+        pytest.skip("--no-patches: the release is compared with itself, the list does not apply")
+    assert not verdict.stale, "listed in upstream-expected-failures.toml but not failing because of Ketta:\n" + "\n".join(
+        f"  {t} ({e.releases})" for t, e in sorted(verdict.stale.items())
+    )

@@ -1,0 +1,177 @@
+"""Running a release's own provider tests (from its sdist) against a built wheel.
+
+The tests are copied out of the build tree before they run, so ``import letta`` resolves to the
+wheel installed in the test environment, never to the tree's sources. Each run gets a fresh
+database migrated by the tree's alembic scripts (Ketta's migration included when patched).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import tomllib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from .letta_server import run_alembic
+from .pgcluster import PgTarget
+
+# The provider tests named by the series issue. Files a release does not ship are reported as such.
+UPSTREAM_FILES = (
+    "tests/managers/test_provider_manager.py",
+    "tests/test_server_providers.py",
+    "tests/test_byok_api_key_routing.py",
+    "tests/test_providers.py",
+)
+EXPECTED_FILE = Path(__file__).with_name("upstream-expected-failures.toml")
+RUN_TIMEOUT = 1800
+_SCRUB_PREFIXES = ("LETTA_", "KETTA_", "PYTEST_")
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    status: str  # passed | failed | error | skipped
+    message: str = ""
+
+
+@dataclass
+class UpstreamRun:
+    label: str
+    files: tuple[str, ...]
+    outcomes: dict[str, CaseOutcome]
+    returncode: int
+    seconds: float
+    log: Path
+
+    def failing(self) -> dict[str, CaseOutcome]:
+        return {k: v for k, v in self.outcomes.items() if v.status in ("failed", "error")}
+
+    def in_file(self, path: str) -> dict[str, CaseOutcome]:
+        return {k: v for k, v in self.outcomes.items() if k.split("::", 1)[0] == path}
+
+
+@dataclass(frozen=True)
+class ExpectedFailure:
+    test: str
+    releases: SpecifierSet
+    reason: str
+
+    def applies(self, version: str) -> bool:
+        return self.releases.contains(Version(version), prereleases=True)
+
+
+@dataclass
+class Verdict:
+    """How one release's patched run compares with its unpatched run."""
+
+    caused_by_ketta: dict[str, CaseOutcome] = field(default_factory=dict)  # fail patched, pass unpatched, unlisted
+    expected: dict[str, ExpectedFailure] = field(default_factory=dict)  # fail patched, pass unpatched, listed
+    stale: dict[str, ExpectedFailure] = field(default_factory=dict)  # listed, but not failing because of Ketta
+    upstream: dict[str, CaseOutcome] = field(default_factory=dict)  # fail both ways: not Ketta's doing
+
+
+def load_expected(path: Path = EXPECTED_FILE) -> list[ExpectedFailure]:
+    """The reviewed list of upstream tests that Ketta makes fail on purpose."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    result = []
+    for number, entry in enumerate(data.get("failure", []), 1):
+        missing = {"test", "releases", "reason"} - set(entry)
+        if missing:
+            raise ValueError(f"{path}: [[failure]] #{number} lacks {', '.join(sorted(missing))}")
+        if not entry["reason"].strip():
+            raise ValueError(f"{path}: [[failure]] #{number} ({entry['test']}) has an empty reason")
+        result.append(ExpectedFailure(entry["test"], SpecifierSet(entry["releases"]), entry["reason"].strip()))
+    return result
+
+
+def compare(version: str, patched: UpstreamRun, unpatched: UpstreamRun, expected: list[ExpectedFailure]) -> Verdict:
+    listed = {e.test: e for e in expected if e.applies(version)}
+    verdict = Verdict()
+    for test, outcome in patched.failing().items():
+        before = unpatched.outcomes.get(test)
+        if before is not None and before.status in ("failed", "error"):
+            verdict.upstream[test] = outcome
+        elif test in listed:
+            verdict.expected[test] = listed[test]
+        else:
+            verdict.caused_by_ketta[test] = outcome
+    for test, entry in listed.items():
+        if test not in verdict.expected:
+            verdict.stale[test] = entry
+    return verdict
+
+
+def _test_id(case: ET.Element) -> str:
+    path = case.get("file") or ""
+    classname = case.get("classname") or ""
+    module = path[:-3].replace("/", ".") if path.endswith(".py") else ""
+    classes = classname[len(module) + 1:].split(".") if module and classname.startswith(module + ".") else []
+    return "::".join([path, *[c for c in classes if c], case.get("name") or ""])
+
+
+def parse_junit(path: Path) -> dict[str, CaseOutcome]:
+    outcomes: dict[str, CaseOutcome] = {}
+    for case in ET.parse(path).iter("testcase"):
+        status, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                status = {"failure": "failed"}.get(child.tag, child.tag)
+                message = (child.get("message") or child.text or "").strip().splitlines()[0:1]
+                message = message[0][:300] if message else ""
+                break
+        outcomes[_test_id(case)] = CaseOutcome(status, message)
+    return outcomes
+
+
+def _clean_environment(home: Path, pg_uri: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(_SCRUB_PREFIXES) and not k.endswith("_API_KEY") and k != "VIRTUAL_ENV"
+    }
+    env.update(HOME=str(home), LETTA_PG_URI=pg_uri, PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def run_upstream_tests(
+    *, label: str, python: Path, tree: Path, pg: PgTarget, database: str, workdir: Path
+) -> UpstreamRun:
+    """Run the shipped provider tests of ``tree`` with ``python``; one fresh database per run."""
+    files = tuple(f for f in UPSTREAM_FILES if (tree / f).is_file())
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "home").mkdir(parents=True)
+    shutil.copytree(tree / "tests", workdir / "tests")
+    pg.create_database(database)
+    run_alembic(python, tree, pg.alembic_uri(database), "upgrade", "head")
+    junit = workdir / "junit.xml"
+    log = workdir / "pytest.log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--rootdir", str(workdir),
+             "-rfE", "--junitxml", str(junit), *files],
+            cwd=workdir, env=_clean_environment(workdir / "home", pg.server_uri(database)),
+            stdout=out, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT,
+        )
+    seconds = time.monotonic() - started
+    # pytest: 0 all passed, 1 some failed; anything else means the run itself broke.
+    if proc.returncode not in (0, 1) or not junit.is_file():
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"{label}: pytest exited {proc.returncode} (see {log}):\n{tail}")
+    return UpstreamRun(label, files, parse_junit(junit), proc.returncode, seconds, log)
+
+
+def summary_line(run: UpstreamRun) -> str:
+    counts: dict[str, int] = {}
+    for outcome in run.outcomes.values():
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"{run.label}: {parts} in {run.seconds:.0f}s"
