@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from . import __version__
 from .errors import EXIT_BAD_INPUT, KettaError
 
@@ -134,7 +136,7 @@ def _cmd_apply(args, console) -> int:
             # 3-way merges need the release each patch was made against: take it from the index (cached).
             base_source=source if isinstance(source, IndexSource) else IndexSource(cache, args.index_url),
             progress=say,
-            on_patch=lambda r: console.print(f"{r.name}: {r.outcome.value}"),
+            on_patch=lambda r: console.print(f"{r.name}: {r.outcome.value}", markup=False),
         )
     print_report(report, console)
     for line in failure_lines(report):
@@ -170,9 +172,9 @@ def _cmd_series(args, console) -> int:
     }
     for s in rows:
         mark = "[green]apply[/]" if s.selected else "[dim]skip [/]"
-        console.print(f"{mark} {s.entry.name}  ({s.reason})")
+        console.print(f"{mark} {escape(s.entry.name)}  ({escape(s.reason)})")
     for problem in data["problems"]:
-        console.print(f"[bold red]problem[/]: {problem}")
+        console.print(f"[bold red]problem[/]: {escape(problem)}")
     _emit_json(args.json, data)
     return EXIT_BAD_INPUT if data["problems"] else 0
 

@@ -133,6 +133,7 @@ def failure_lines(report: ApplyReport) -> list[str]:
 
 
 def print_report(report: ApplyReport, console: Console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"letta {report.release.version} ({report.release.origin}) + {report.series_dir}", expand=False)
@@ -149,26 +150,26 @@ def print_report(report: ApplyReport, console: Console) -> None:
     console.print(table)
     for s in report.selections:
         if not s.selected:
-            console.print(f"[dim]skipped {s.entry.name}: {s.reason}[/]")
+            console.print(f"[dim]skipped {escape(s.entry.name)}: {escape(s.reason)}[/]")
         elif s.variants:
-            console.print(f"variant {s.entry.name}: {s.reason}")
+            console.print(f"variant {s.entry.name}: {s.reason}", markup=False)
     for r in report.results:
         for f in r.files:
             for h in f.hunks:
                 if h.outcome is Outcome.FUZZ:
                     console.print(
                         f"[bold yellow]FUZZ[/] {r.name}:{h.patch_line}: hunk #{h.index} of {f.path} applied at line "
-                        f"{h.applied_at} with fuzz {h.fuzz}: {h.reason}"
+                        f"{h.applied_at} with fuzz {h.fuzz}: {escape(h.reason or '')}"
                     )
                 elif h.outcome in (Outcome.FAILED, Outcome.MERGED):
-                    console.print(f"{h.outcome.value}: {r.name}:{h.patch_line}: hunk #{h.index} of {f.path}: {h.reason}")
+                    console.print(f"{h.outcome.value}: {r.name}:{h.patch_line}: hunk #{h.index} of {f.path}: {h.reason}", markup=False)
         if r.note:
-            console.print(f"note: {r.name}: {r.note}")
+            console.print(f"note: {r.name}: {r.note}", markup=False)
     if report.failed and not report.options.keep_going:
         bad = report.failed[0]
         files = [f for f in bad.files if f.outcome is Outcome.FAILED]
         where = ", ".join(f.path + (f" ({f.conflicts} conflict(s))" if f.conflicts else f" (see {f.reject_file})" if f.reject_file else "") for f in files)
-        console.print(f"[bold red]stopped at {bad.name}[/]: {where}")
+        console.print(f"[bold red]stopped at {escape(bad.name)}[/]: {escape(where)}")
         console.print(
             f"next: resolve the markers / .rej hunks in {report.out}, then `git -C {report.out} add -A && "
             f"git -C {report.out} commit` and write the result back with "

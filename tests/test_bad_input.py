@@ -436,3 +436,12 @@ def test_series_command_explains_selection(project, capsys, tmp_path):
     assert rc == 0
     assert [(e["name"], e["selected"]) for e in data["entries"]] == [("0001-good.diff", True), ("0002-new.diff", False)]
     assert "outside [letta>=0.16.8]" in data["entries"][1]["reason"]
+
+
+def test_series_command_prints_the_guard_text(project, capsys):
+    # rich would swallow "[letta>=0.16.8]" as markup if the reason were not escaped
+    write_patch(project.patches, "0002-new.diff", GOOD_DIFF)
+    write_series(project.patches, "0001-good.diff", "0002-new.diff [letta>=0.16.8]")
+    assert main(["series", "--letta", "v0.16.7", "--patches", str(project.patches)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "outside [letta>=0.16.8]" in out
