@@ -139,4 +139,8 @@ def pytest_runtest_makereport(item, call):
     if report.failed and "servers" in item.fixturenames:
         pool = item.funcargs.get("servers")
         for key, srv in (pool.servers.items() if pool else []):
-            report.sections.append((f"letta server log {dict(key) or 'default'} (tail)", srv.log_tail(60)))
+            report.sections.append((f"letta server log {dict(key) or 'default'} (tail)", srv.log_tail(300)))
+    if report.failed:
+        for thing in _live:
+            if isinstance(thing, EmbeddedCluster):
+                report.sections.append(("postgres log (tail)", "\n".join(thing.log().splitlines()[-60:])))
