@@ -104,7 +104,9 @@ class EmbeddedCluster:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self._exec("initdb", "--auth=trust", "--encoding=utf8", "-U", "postgres", "-D", str(self.data))
         self._exec(
-            "pg_ctl", "-w", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root}",
+            # A throwaway cluster: no fsync, so a busy disk (wheel builds, uv installs, a second
+            # matrix cell) cannot stall connections past Letta's 30 s pool timeout.
+            "pg_ctl", "-w", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             "-l", str(self.root / "postgres.log"), "-D", str(self.data), "start",
         )
         self.started = True

@@ -10,6 +10,7 @@ itself, so this suite is the one that stays green there.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -47,9 +48,20 @@ def upstream_runs(letta_build, pg, pytestconfig):
 
 
 @pytest.fixture(scope="module")
-def verdict(letta_build, upstream_runs):
+def verdict(letta_build, upstream_runs, pytestconfig):
     patched, unpatched = upstream_runs
-    return compare(letta_build.version, patched, unpatched, load_expected())
+    result = compare(letta_build.version, patched, unpatched, load_expected())
+    # Kept next to the runs' logs: the record of which upstream tests fail, and whose doing it is.
+    out = Path(pytestconfig.getoption("--build-root")) / "upstream-tests" / letta_build.tree.name / "verdict.json"
+    out.write_text(json.dumps({
+        "release": letta_build.version, "patched": letta_build.patched,
+        "runs": [summary_line(patched), summary_line(unpatched)],
+        "caused_by_ketta": {t: o.message for t, o in sorted(result.caused_by_ketta.items())},
+        "expected": {t: e.reason for t, e in sorted(result.expected.items())},
+        "stale": sorted(result.stale),
+        "fails_unpatched_too": {t: o.message for t, o in sorted(result.upstream.items())},
+    }, indent=2) + "\n")
+    return result
 
 
 @pytest.mark.parametrize("path", UPSTREAM_FILES)
