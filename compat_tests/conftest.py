@@ -138,8 +138,13 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and "servers" in item.fixturenames:
         pool = item.funcargs.get("servers")
-        for key, srv in (pool.servers.items() if pool else []):
+        keep = Path(os.environ.get("KETTA_REPORT_DIR", REPO / "reports")) / "server-logs"
+        for number, (key, srv) in enumerate(pool.servers.items() if pool else []):
             report.sections.append((f"letta server log {dict(key) or 'default'} (tail)", srv.log_tail(300)))
+            # The whole log outlives the server's temporary home, for failures a tail cannot explain.
+            keep.mkdir(parents=True, exist_ok=True)
+            name = "".join(c if c.isalnum() or c in "._-" else "_" for c in item.nodeid)
+            (keep / f"{name}.server{number}.log").write_text(srv.log_text())
     if report.failed:
         for thing in _live:
             if isinstance(thing, EmbeddedCluster):
