@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from . import api
-from .letta_server import SERVER_ENV_KEYS
 
 pytestmark = pytest.mark.unified
 

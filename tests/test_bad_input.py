@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-from pathlib import Path
 
 import pytest
 from conftest import HEADER, make_diff, make_sdist, make_wheel, server_files, write_patch, write_series, write_tree
