@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import KettaError
-from .releases import SUPPORTED_RELEASES, parse_version
+from .releases import SUPPORTED_RELEASES, find_supported, parse_version
+from .upstream import unknown_release
 
 SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream")
 SCHEMA = "ketta-build/matrix-report/1"
@@ -106,6 +107,10 @@ def run_matrix(
         raise KettaError(f"unknown suite(s) {', '.join(unknown)}; known: {', '.join(SUITES)}")
     if parallel < 1:
         raise KettaError("-p must be 1 or more")
+    for version in versions:  # tox.ini has environments for the supported releases only
+        parsed = parse_version(version)
+        if find_supported(parsed) is None:
+            raise unknown_release(parsed, "the matrix has no cells for it")
     if not (project / "tox.ini").is_file():
         raise KettaError("no tox.ini here; run ketta-build matrix from the Ketta checkout", path=project / "tox.ini")
     tox_bin = shutil.which("tox", path=str(Path(sys.executable).parent)) or shutil.which("tox")

@@ -53,6 +53,9 @@ def test_matrix_refuses_unknown_suite_and_bad_parallelism(tmp_path: Path):
         matrix.run_matrix(["0.16.8"], ["bogus"], report_dir=tmp_path)
     with pytest.raises(KettaError, match="-p must be"):
         matrix.run_matrix(["0.16.8"], ["handle"], report_dir=tmp_path, parallel=0)
+    with pytest.raises(KettaError, match="0.16.3 is not a supported server release.*nearest supported: 0.16.2, 0.16.4"):
+        matrix.run_matrix(["0.16.3"], ["handle"], report_dir=tmp_path)
+    assert not any(tmp_path.iterdir()), "a refused matrix must not write a report"
 
 
 def test_build_number_file(tmp_path: Path):
