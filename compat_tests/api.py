@@ -68,6 +68,23 @@ def create_agent(server: LettaServer, handle: str, user_id: str | None = None):
     return server.post("/v1/agents/", body, user_id=user_id)
 
 
+def create_agent_on_provider(server: LettaServer, provider: str, base_url: str, model: str, user_id: str | None = None):
+    """An agent bound to one OpenAI-compatible provider by an explicit model configuration.
+
+    Stock Letta names every such provider's models ``openai-proxy/<model>``, so a handle cannot
+    pick one of two; the configuration names the provider, as a stock deployment's agents do.
+    """
+    config = {
+        "model": model, "model_endpoint_type": "openai", "model_endpoint": base_url, "provider_name": provider,
+        "provider_category": "byok", "context_window": 32000, "handle": f"openai-proxy/{model}",
+    }
+    body = {
+        "name": unique("agent-"), "llm_config": config, "embedding_config": EMBEDDING_CONFIG,
+        "agent_type": "letta_v1_agent", "include_base_tools": False, "memory_blocks": [],
+    }
+    return ok(server.post("/v1/agents/", body, user_id=user_id), 200, 201)
+
+
 def create_agent_ok(server: LettaServer, handle: str, user_id: str | None = None) -> dict:
     return ok(create_agent(server, handle, user_id=user_id), 200, 201)
 

@@ -18,7 +18,7 @@ from .pgcluster import EmbeddedCluster, PgTarget
 from .vendor import FakeVendor
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream")
+SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "upgrade")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,6 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _live: list = []
+SUMMARIES: list[str] = []  # printed at the end of the run (e.g. the upgrade suite's time per phase)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for text in SUMMARIES:
+        terminalreporter.write_sep("-", "ketta")
+        terminalreporter.write_line(text)
 
 
 def _stop_all() -> None:

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import uuid
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,18 +59,27 @@ class LettaServer:
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     process: subprocess.Popen | None = None
-    home: Path | None = None
+    home: Path | None = None  # given: the server runs there (its key file included); else a new one
     log_path: Path | None = None
+    prepare_database: bool = True  # False: the database exists and is migrated already
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def key_file(self) -> Path:
+        """Where a Ketta server without LETTA_ENCRYPTION_KEY keeps its generated key."""
+        assert self.home is not None
+        return self.home / ".letta" / "ketta-encryption.key"
+
     def start(self) -> "LettaServer":
-        self.pg.create_database(self.database)
-        run_alembic(self.python, self.tree, self.pg.alembic_uri(self.database), "upgrade", "head")
-        self.home = Path(tempfile.mkdtemp(prefix="ketta-letta-home-"))
-        self.log_path = self.home / "server.log"
+        if self.prepare_database:
+            self.pg.create_database(self.database)
+            run_alembic(self.python, self.tree, self.pg.alembic_uri(self.database), "upgrade", "head")
+        if self.home is None:
+            self.home = Path(tempfile.mkdtemp(prefix="ketta-letta-home-"))
+        self.log_path = self.home / f"server-{uuid.uuid4().hex[:6]}.log"
         self.port = free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "KETTA_"))},
@@ -96,6 +106,10 @@ class LettaServer:
                 pass
             time.sleep(0.5)
         raise ServerFailed(f"letta server not healthy after {STARTUP_TIMEOUT:.0f}s:\n{self.log_tail()}")
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

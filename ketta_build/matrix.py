@@ -23,7 +23,7 @@ from .errors import KettaError
 from .releases import SUPPORTED_RELEASES, find_supported, parse_version
 from .upstream import unknown_release
 
-SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream")
+SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "upgrade")
 SCHEMA = "ketta-build/matrix-report/1"
 
 

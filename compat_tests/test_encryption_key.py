@@ -1,0 +1,206 @@
+"""upgrade (moves): the encryption key follows the database.
+
+A second server on the same database (another replica, or the database restored on a new host)
+must use the key the stored secrets were written with. A server with no key, with a key it
+generated itself, or with a wrong explicit key refuses to start with one line and writes nothing;
+``python -m letta.ketta rotate-key`` moves every stored secret to a new key in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from . import api
+from .letta_server import LettaServer, ServerFailed
+
+pytestmark = pytest.mark.upgrade
+
+
+@dataclass
+class Keyed:
+    database: str
+    home: Path
+    key: str  # the key the first server generated
+    provider_key: str
+    vendor: str
+    agent_id: str
+
+
+def _server(letta_build, pg, database: str, home: Path | None, prepare: bool = False, **env: str) -> LettaServer:
+    return LettaServer(letta=letta_build.letta, python=letta_build.python, tree=letta_build.tree, pg=pg,
+                       database=database, extra_env=env, home=home, prepare_database=prepare)
+
+
+@pytest.fixture(scope="module")
+def keyed(letta_build, pg, vendors):
+    """A database whose provider key was encrypted with the key its first server generated."""
+    from .conftest import _live
+
+    database = f"letta_key_{uuid.uuid4().hex[:8]}"
+    server = _server(letta_build, pg, database, None, prepare=True)
+    _live.append(server)
+    try:
+        server.start()
+        provider_key = "sk-" + api.unique("keyed-")
+        provider = api.create_provider(server, api.unique("Keyed"), vendors["alpha"].base_url, provider_key)
+        agent = api.create_agent_ok(server, f"{provider['name']}/gpt-4o")
+        api.ok(api.send_message(server, agent["id"], "before anything moves"))
+    finally:
+        server.stop()
+        _live.remove(server)
+    assert server.key_file.is_file(), "the first server generated no key file"
+    yield Keyed(database, server.home, server.key_file.read_text().strip(), provider_key, "alpha", agent["id"])
+    pg.drop_database(database)
+
+
+def _refused(letta_build, pg, database: str, home: Path | None, **env: str) -> str:
+    """Start a server that must refuse; return its last log line."""
+    server = _server(letta_build, pg, database, home, **env)
+    try:
+        server.start()
+    except ServerFailed:
+        pass
+    else:
+        server.stop()
+        pytest.fail("the server started")
+    assert server.exit_code not in (None, 0), f"exit code {server.exit_code}"
+    lines = [line for line in server.log_text().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Ketta: "), "the refusal is not one Ketta line at the end:\n" + "\n".join(lines[-20:])
+    return lines[-1]
+
+
+def _answers(letta_build, pg, vendors, keyed: Keyed, database: str, home: Path | None, **env: str) -> None:
+    from .conftest import _live
+
+    server = _server(letta_build, pg, database, home, **env)
+    _live.append(server)
+    try:
+        server.start()
+        vendor = vendors[keyed.vendor]
+        vendor.clear()
+        api.ok(api.send_message(server, keyed.agent_id, "after the move"))
+        assert {r.bearer for r in vendor.chat_requests()} == {keyed.provider_key}
+    finally:
+        server.stop()
+        _live.remove(server)
+
+
+def _new_home() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ketta-letta-home-"))
+
+
+def _with_key_file(key: str) -> Path:
+    home = _new_home()
+    (home / ".letta").mkdir()
+    path = home / ".letta" / "ketta-encryption.key"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return home
+
+
+def test_no_key_on_a_database_with_keys_is_refused(letta_build, pg, keyed):
+    before = pg.data(keyed.database)
+    home = _new_home()
+    line = _refused(letta_build, pg, keyed.database, home)
+    assert "holds encrypted secrets" in line and "LETTA_ENCRYPTION_KEY" in line, line
+    assert not (home / ".letta" / "ketta-encryption.key").exists(), "a key was generated for a database with secrets"
+    assert pg.data(keyed.database) == before, "the refused server wrote to the database"
+
+
+def test_another_generated_key_is_refused(letta_build, pg, keyed):
+    before = pg.data(keyed.database)
+    other = secrets.token_urlsafe(48)
+    home = _with_key_file(other)
+    line = _refused(letta_build, pg, keyed.database, home)
+    assert "does not decrypt" in line and str(home / ".letta" / "ketta-encryption.key") in line, line
+    assert (home / ".letta" / "ketta-encryption.key").read_text().strip() == other
+    assert pg.data(keyed.database) == before, "the refused server wrote to the database"
+
+
+def test_wrong_explicit_key_is_refused(letta_build, pg, keyed):
+    before = pg.data(keyed.database)
+    line = _refused(letta_build, pg, keyed.database, keyed.home, LETTA_ENCRYPTION_KEY="not-the-key-" + uuid.uuid4().hex)
+    assert "from LETTA_ENCRYPTION_KEY does not decrypt" in line, line
+    assert pg.data(keyed.database) == before, "the refused server wrote to the database"
+
+
+def test_the_key_set_explicitly_serves_a_second_host(letta_build, pg, vendors, keyed):
+    home = _new_home()
+    _answers(letta_build, pg, vendors, keyed, keyed.database, home, LETTA_ENCRYPTION_KEY=keyed.key)
+    assert not (home / ".letta" / "ketta-encryption.key").exists(), "a server with LETTA_ENCRYPTION_KEY wrote a key file"
+
+
+def _rotate(letta_build, pg, database: str, home: Path, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "KETTA_"))}
+    return subprocess.run(
+        [str(letta_build.python), "-m", "letta.ketta", "rotate-key"], capture_output=True, text=True, timeout=600, cwd=home,
+        env={**clean, "HOME": str(home), "LETTA_PG_URI": pg.server_uri(database), **env},
+    )
+
+
+def _copy(pg, keyed: Keyed) -> tuple[str, Path]:
+    database = f"letta_keycopy_{uuid.uuid4().hex[:8]}"
+    pg.clone_database(keyed.database, database)
+    home = _new_home()
+    shutil.copytree(keyed.home / ".letta", home / ".letta")
+    return database, home
+
+
+def test_rotating_the_generated_key(letta_build, pg, vendors, keyed):
+    database, home = _copy(pg, keyed)
+    try:
+        done = _rotate(letta_build, pg, database, home)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        assert "re-encrypted" in done.stdout, done.stdout
+        new = (home / ".letta" / "ketta-encryption.key").read_text().strip()
+        assert new != keyed.key
+        assert (home / ".letta" / "ketta-encryption.key").stat().st_mode & 0o077 == 0
+        _refused(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key)
+        _answers(letta_build, pg, vendors, keyed, database, home)
+    finally:
+        pg.drop_database(database)
+
+
+def test_rotating_an_explicit_key(letta_build, pg, vendors, keyed):
+    database, home = _copy(pg, keyed)
+    new = secrets.token_urlsafe(32)
+    try:
+        done = _rotate(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key, KETTA_NEW_ENCRYPTION_KEY=new)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        _answers(letta_build, pg, vendors, keyed, database, _new_home(), LETTA_ENCRYPTION_KEY=new)
+    finally:
+        pg.drop_database(database)
+
+
+def test_rotation_stops_before_writing_on_a_secret_it_cannot_read(letta_build, pg, keyed):
+    database, home = _copy(pg, keyed)
+    try:
+        foreign = subprocess.run(
+            [str(letta_build.python), "-c",
+             "import sys; from letta.helpers.crypto_utils import CryptoUtils; print(CryptoUtils.encrypt('sk-foreign', sys.argv[1]))",
+             secrets.token_urlsafe(32)],
+            capture_output=True, text=True, check=True, cwd=home,
+        ).stdout.strip().splitlines()[-1]
+        conn = pg.connect(database)
+        try:
+            conn.run("UPDATE providers SET access_key_enc = :v", v=foreign)
+        finally:
+            conn.close()
+        before = pg.data(database)
+        done = _rotate(letta_build, pg, database, home)
+        assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+        assert "providers" in done.stderr and "nothing was changed" in done.stderr, done.stderr[-3000:]
+        assert pg.data(database) == before, "the refused rotation wrote to the database"
+        assert (home / ".letta" / "ketta-encryption.key").read_text().strip() == keyed.key
+        assert not (home / ".letta" / "ketta-encryption.key.new").exists()
+    finally:
+        pg.drop_database(database)
