@@ -147,7 +147,8 @@ class EmbeddedCluster:
         self._exec(
             # A throwaway cluster: no fsync, so a busy disk (wheel builds, uv installs, a second
             # matrix cell) cannot stall connections past Letta's 30 s pool timeout.
-            "pg_ctl", "-w", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "pg_ctl", "-w", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            + (" " + os.environ["KETTA_PG_OPTIONS"] if os.environ.get("KETTA_PG_OPTIONS") else ""),  # e.g. -c log_connections=on
             "-l", str(self.root / "postgres.log"), "-D", str(self.data), "start",
         )
         self.started = True
