@@ -27,6 +27,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--no-patches", action="store_true", default=os.environ.get("KETTA_NO_PATCHES") == "1",
                     help="test the unpatched release (the suites must fail)")
     group.addoption("--patches", default=str(REPO / "patches"), help="series directory")
+    group.addoption("--index-url", default=os.environ.get("KETTA_INDEX_URL") or None,
+                    help="package index for the releases (default: pip's configuration)")
     group.addoption("--build-root", default=os.environ.get("KETTA_BUILD_ROOT", str(REPO / "build")),
                     help="where build trees, wheels and constraints go")
 
@@ -67,6 +69,7 @@ def letta_build(pytestconfig):
         patched=not pytestconfig.getoption("--no-patches"),
         series_dir=Path(pytestconfig.getoption("--patches")),
         build_root=Path(pytestconfig.getoption("--build-root")),
+        index_url=pytestconfig.getoption("--index-url"),
     )
 
 

@@ -34,7 +34,8 @@ def lab(pg, pytestconfig, patched, request):
 
     def prepare(version: str, with_patches: bool):
         return prepare_server(version, patched=with_patches, series_dir=Path(pytestconfig.getoption("--patches")),
-                              build_root=Path(pytestconfig.getoption("--build-root")))
+                              build_root=Path(pytestconfig.getoption("--build-root")),
+                              index_url=pytestconfig.getoption("--index-url"))
 
     lab = UpgradeLab(pg, prepare, patched, _live, workers=int(os.environ.get("KETTA_UPGRADE_WORKERS", "2")))
     # Only what this run will test (-k and -m deselect), in the order the tests ask for it.

@@ -40,7 +40,8 @@ def upstream_runs(letta_build, pg, pytestconfig):
     if not letta_build.patched:
         return under_test, under_test
     baseline_build = prepare_server(
-        letta_build.version, patched=False, series_dir=Path(pytestconfig.getoption("--patches")), build_root=build_root
+        letta_build.version, patched=False, series_dir=Path(pytestconfig.getoption("--patches")), build_root=build_root,
+        index_url=pytestconfig.getoption("--index-url"),
     )
     baseline = run(baseline_build, "unpatched")
     print(summary_line(baseline))

@@ -23,14 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketta_build.releases import SUPPORTED_RELEASES
+from ketta_build.releases import load_releases
 
 from . import api
 from .letta_server import LettaServer, run_alembic
 from .pgcluster import PgTarget
 from .vendor import FakeVendor
 
-RELEASES = tuple(str(r.version) for r in SUPPORTED_RELEASES)
+RELEASES = tuple(str(v) for v in load_releases(Path(__file__).resolve().parent.parent / "patches").versions)
 OLD_MIGRATION = Path(__file__).with_name("fixtures") / "ketta0001_build3.py"
 KETTA_VERSION_TABLE = "ketta_alembic_version"
 

@@ -27,6 +27,7 @@ from packaging.version import Version
 from .applying import FilePatch, Outcome, PatchResult, apply_hunks, apply_patch, decode, encode, git_blob_id
 from .cache import Cache
 from .errors import BuildTreeError, KettaError
+from .header import commit_message
 from .patchfile import Patch, split_lines
 from .series import Selection, Series
 from .upstream import IndexSource, UpstreamRelease, UpstreamSource
@@ -261,7 +262,7 @@ def _commit_patch(tree: Path, patch: Patch, result: PatchResult) -> str:
     paths = [f.path for f in result.files]
     git(tree, "add", "-A", "-f", "--", *paths)
     h = patch.header
-    message = f"{h.subject}\n\n{h.description}\n\nKetta-Patch: {patch.name}\nUpstream-Status: {h.upstream_status}\n"
+    message = commit_message(patch.name, h)  # every header field, so export can write the patch back
     env = _identity_env((h.author_name, h.author_email), _TOOL_IDENTITY, _patch_date(patch))
     git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", message, env=env)
     return git(tree, "rev-parse", "HEAD")

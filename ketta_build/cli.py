@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("series", help="show which patches apply to a release and why")
     _add_source_args(sp)
     sp.add_argument("--check", action="store_true", help="also check variant guards against every supported release")
+    ep = sub.add_parser("export", help="write the build tree's commits back to the patch files (refresh)")
+    ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
+    ep.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
+    ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
+    ep.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
     mp = sub.add_parser("matrix", help="run the compatibility suites (tox) per release and write the report")
     mp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) to test (repeatable; default: 0.16.8)")
     mp.add_argument("--all", action="store_true", help="every supported release 0.14.0 ... 0.16.8")
@@ -107,7 +113,9 @@ def _source(args, cache, status):
         return GitSource(args.letta_git, args.ref), version
     if version is None:
         raise KettaError("say which release: --letta VERSION, --letta-git PATH --ref TAG, or --letta-dir PATH")
-    return IndexSource(cache, args.index_url, progress=status), version
+    from .releases import load_releases
+
+    return IndexSource(cache, args.index_url, progress=status, releases=load_releases(args.patches)), version
 
 
 def _cmd_apply(args, console) -> int:
@@ -134,7 +142,7 @@ def _cmd_apply(args, console) -> int:
             options=ApplyOptions(fuzz=args.fuzz, keep_going=args.keep_going, force=args.force),
             cache=cache,
             # 3-way merges need the release each patch was made against: take it from the index (cached).
-            base_source=source if isinstance(source, IndexSource) else IndexSource(cache, args.index_url),
+            base_source=IndexSource(cache, args.index_url, allow_unsupported=True),
             progress=say,
             on_patch=lambda r: console.print(f"{r.name}: {r.outcome.value}", markup=False),
         )
@@ -179,6 +187,31 @@ def _cmd_series(args, console) -> int:
     return EXIT_BAD_INPUT if data["problems"] else 0
 
 
+def _cmd_export(args, console) -> int:
+    from .export import plan_export, report_json, write_plan
+    from .releases import load_releases
+
+    tree = args.tree or Path("build") / str(load_releases(args.patches).newest.version)
+    plan = plan_export(tree, args.patches, prune=args.prune)
+    colour = {"unchanged": "dim", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow"}
+    for p in plan.patches:
+        note = f"  ({escape(p.note)})" if p.note else ""
+        console.print(f"[{colour[p.status]}]{p.status:9}[/] {escape(p.name)}{note}")
+    if args.check:
+        differ = plan.differences()
+        for path in differ:
+            print(f"ketta-build: export --check: {path} differs from what export would write", file=sys.stderr)
+        dropped = [p for p in plan.patches if p.status == "dropped"]
+        for p in dropped:
+            print(f"ketta-build: export --check: {args.patches / p.name} has no commit in {tree}", file=sys.stderr)
+        _emit_json(args.json, report_json(plan, differ, check=True))
+        return 1 if differ or dropped else 0
+    written = write_plan(plan)
+    console.print(f"{len(written)} file(s) written in {args.patches}" if written else "nothing to write: the series matches the tree")
+    _emit_json(args.json, report_json(plan, written, check=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = _console(stderr=args.json == "-")
@@ -187,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_apply(args, console)
         if args.command == "matrix":
             return _cmd_matrix(args, console)
+        if args.command == "export":
+            return _cmd_export(args, console)
         return _cmd_series(args, console)
     except KettaError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import KettaError
-from .releases import SUPPORTED_RELEASES, find_supported, parse_version
+from .releases import load_releases, parse_version
 from .upstream import unknown_release
 
 SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "upgrade")
@@ -28,7 +28,9 @@ SCHEMA = "ketta-build/matrix-report/1"
 
 
 def env_name(version: str, suite: str) -> str:
-    return "letta" + str(parse_version(version)).replace(".", "") + "-" + suite
+    from .toxini import factor
+
+    return factor(parse_version(version)) + "-" + suite
 
 
 @dataclass
@@ -100,6 +102,7 @@ def run_matrix(
     parallel: int = 1,
     no_patches: bool = False,
     project: Path = Path("."),
+    index_url: str | None = None,
     on_cell=lambda cell: None,
 ) -> list[Cell]:
     unknown = [s for s in suites if s not in SUITES]
@@ -107,10 +110,11 @@ def run_matrix(
         raise KettaError(f"unknown suite(s) {', '.join(unknown)}; known: {', '.join(SUITES)}")
     if parallel < 1:
         raise KettaError("-p must be 1 or more")
+    supported = load_releases(project / "patches")
     for version in versions:  # tox.ini has environments for the supported releases only
         parsed = parse_version(version)
-        if find_supported(parsed) is None:
-            raise unknown_release(parsed, "the matrix has no cells for it")
+        if supported.find(parsed) is None:
+            raise unknown_release(parsed, "the matrix has no cells for it", supported)
     if not (project / "tox.ini").is_file():
         raise KettaError("no tox.ini here; run ketta-build matrix from the Ketta checkout", path=project / "tox.ini")
     tox_bin = shutil.which("tox", path=str(Path(sys.executable).parent)) or shutil.which("tox")
@@ -118,6 +122,8 @@ def run_matrix(
     report_dir = report_dir.absolute()
     report_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KETTA_REPORT_DIR": str(report_dir)}
+    if index_url:
+        env["KETTA_INDEX_URL"] = index_url
     if no_patches:
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
@@ -137,8 +143,8 @@ def run_matrix(
     return cells
 
 
-def default_versions() -> list[str]:
-    return [str(r.version) for r in SUPPORTED_RELEASES]
+def default_versions(project: Path = Path(".")) -> list[str]:
+    return [str(v) for v in load_releases(project / "patches").versions]
 
 
 # --------------------------------------------------------------------------- reports

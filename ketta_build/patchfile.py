@@ -343,6 +343,11 @@ def parse_patch(path: Path, name: str | None = None) -> Patch:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SeriesError("patch file does not exist", path=path) from None
+    return parse_patch_text(raw, path, name)
+
+
+def parse_patch_text(raw: bytes, path: Path, name: str | None = None) -> Patch:
+    """Validate the bytes of a patch file (``path`` names it in errors)."""
     if b"\0" in raw:
         raise SeriesError("patch file contains NUL bytes (binary content is not supported)", path=path)
     try:

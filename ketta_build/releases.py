@@ -1,17 +1,26 @@
-"""Which versions of the ``letta`` distribution are Letta *server* releases.
+"""Which versions of the ``letta`` distribution are Letta *server* releases the series supports.
 
-The upstream server repository was archived after 0.16.8; from 0.32 on the
-same PyPI name ships Letta Code, a different product.  The list below is the
-supported range and is final.
+The list is data: ``releases.toml`` beside the series file (``patches/releases.toml``), read by
+every command (apply, series --check, lint, matrix, tox.ini's generated lines) and extended by
+``ketta-build port``. The upstream server repository was archived after 0.16.8; from 0.32 on the
+same PyPI name ships Letta Code, a different product (detected in :mod:`ketta_build.upstream`).
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
 from dataclasses import dataclass
+from datetime import date as Date
+from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import UnknownRelease
+from .errors import SeriesError, UnknownRelease
+
+RELEASES_FILE = "releases.toml"
+#: First version number of the Letta Code product on the same PyPI name.
+FIRST_LETTA_CODE = Version("0.32.0")
 
 
 @dataclass(frozen=True)
@@ -23,27 +32,115 @@ class ServerRelease:
         return str(self.version)
 
 
-SUPPORTED_RELEASES: tuple[ServerRelease, ...] = tuple(
-    ServerRelease(Version(v), d)
-    for v, d in (
-        ("0.14.0", "2025-11-13"),
-        ("0.15.0", "2025-11-24"),
-        ("0.15.1", "2025-11-26"),
-        ("0.16.0", "2025-12-15"),
-        ("0.16.1", "2025-12-17"),
-        ("0.16.2", "2026-01-12"),
-        ("0.16.4", "2026-01-29"),
-        ("0.16.5", "2026-02-24"),
-        ("0.16.6", "2026-03-03"),
-        ("0.16.7", "2026-03-31"),
-        ("0.16.8", "2026-05-14"),
-    )
-)
+@dataclass(frozen=True)
+class SupportedReleases:
+    """The supported releases, oldest first, as read from ``path``."""
 
-REFERENCE_RELEASE = SUPPORTED_RELEASES[-1]
-LAST_SERVER_RELEASE = SUPPORTED_RELEASES[-1].version
-#: First version number of the Letta Code product on the same PyPI name.
-FIRST_LETTA_CODE = Version("0.32.0")
+    path: Path
+    releases: tuple[ServerRelease, ...]
+
+    def __iter__(self):
+        return iter(self.releases)
+
+    def __len__(self) -> int:
+        return len(self.releases)
+
+    @property
+    def versions(self) -> list[Version]:
+        return [r.version for r in self.releases]
+
+    @property
+    def newest(self) -> ServerRelease:
+        return self.releases[-1]
+
+    def find(self, version: Version) -> ServerRelease | None:
+        return next((r for r in self.releases if r.version == version), None)
+
+    def nearest(self, version: Version) -> list[Version]:
+        """The supported releases on either side of ``version`` (two from one side at the ends)."""
+        below = [r.version for r in self.releases if r.version < version]
+        above = [r.version for r in self.releases if r.version > version]
+        if below and above:
+            return [below[-1], above[0]]
+        return below[-2:] if below else above[:2]
+
+    def range_text(self) -> str:
+        return f"{self.releases[0].version}–{self.releases[-1].version}"
+
+
+def default_series_dir() -> Path:
+    """``$KETTA_PATCHES``, else ``./patches``, else the checkout this package runs from."""
+    if os.environ.get("KETTA_PATCHES"):
+        return Path(os.environ["KETTA_PATCHES"])
+    here = Path("patches")
+    if (here / RELEASES_FILE).is_file():
+        return here
+    return Path(__file__).resolve().parent.parent / "patches"
+
+
+_loaded: dict[tuple[Path, int, int], SupportedReleases] = {}
+
+
+def load_releases(series_dir: Path | None = None) -> SupportedReleases:
+    """Read ``series_dir/releases.toml`` (default: :func:`default_series_dir`)."""
+    path = (series_dir or default_series_dir()) / RELEASES_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        raise SeriesError(f"{RELEASES_FILE} is missing: it lists the Letta releases the series supports", path=path) from None
+    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if key not in _loaded:
+        _loaded[key] = _parse(path)
+    return _loaded[key]
+
+
+def _parse(path: Path) -> SupportedReleases:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SeriesError(f"not valid TOML: {exc}", path=path, line=getattr(exc, "lineno", None)) from None
+    entries = data.get("release")
+    if not isinstance(entries, list) or not entries:
+        raise SeriesError("expected one or more [[release]] tables with version and date", path=path)
+    lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip() == "[[release]]"]
+    releases: list[ServerRelease] = []
+    for number, entry in enumerate(entries):
+        line = lines[number] if number < len(lines) else None
+        if not isinstance(entry, dict) or set(entry) != {"version", "date"}:
+            raise SeriesError("each [[release]] has exactly two keys, version and date", path=path, line=line)
+        try:
+            version = Version(str(entry["version"]))
+        except InvalidVersion:
+            raise SeriesError(f"version {entry['version']!r} is not a version number", path=path, line=line) from None
+        try:
+            Date.fromisoformat(str(entry["date"]))
+        except ValueError:
+            raise SeriesError(f"date {entry['date']!r} is not an ISO date (YYYY-MM-DD)", path=path, line=line) from None
+        if releases and version <= releases[-1].version:
+            raise SeriesError(f"releases must be listed oldest first without repeats ({version} after {releases[-1].version})",
+                              path=path, line=line)
+        releases.append(ServerRelease(version, str(entry["date"])))
+    return SupportedReleases(path, tuple(releases))
+
+
+def add_release(series_dir: Path, version: Version, date: str) -> bool:
+    """Append ``version`` to ``series_dir/releases.toml`` (newer than every listed one); False if listed."""
+    current = load_releases(series_dir)
+    if current.find(version):
+        return False
+    if version < current.newest.version:
+        raise SeriesError(f"letta {version} is older than {current.newest.version}; only newer releases are added",
+                          path=current.path)
+    Date.fromisoformat(date)
+    text = current.path.read_text(encoding="utf-8")
+    if not text.endswith("\n"):
+        text += "\n"
+    text += f'\n[[release]]\nversion = "{version}"\ndate = "{date}"\n'
+    tmp = current.path.with_name(current.path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, current.path)
+    return True
 
 
 def parse_version(text: str) -> Version:
@@ -57,21 +154,9 @@ def parse_version(text: str) -> Version:
         raise UnknownRelease(f"'{text}' is not a version number (expected e.g. 0.16.8 or v0.16.8)") from None
 
 
-def find_supported(version: Version) -> ServerRelease | None:
-    for release in SUPPORTED_RELEASES:
-        if release.version == version:
-            return release
-    return None
+def find_supported(version: Version, releases: SupportedReleases | None = None) -> ServerRelease | None:
+    return (releases or load_releases()).find(version)
 
 
-def nearest_supported(version: Version) -> list[Version]:
-    """The supported releases on either side of ``version`` (two from one side at the ends)."""
-    below = [r.version for r in SUPPORTED_RELEASES if r.version < version]
-    above = [r.version for r in SUPPORTED_RELEASES if r.version > version]
-    if below and above:
-        return [below[-1], above[0]]
-    return below[-2:] if below else above[:2]
-
-
-def supported_range_text() -> str:
-    return f"{SUPPORTED_RELEASES[0].version}–{SUPPORTED_RELEASES[-1].version}"
+def nearest_supported(version: Version, releases: SupportedReleases | None = None) -> list[Version]:
+    return (releases or load_releases()).nearest(version)

@@ -26,7 +26,7 @@ from packaging.version import Version
 
 from .errors import SeriesError
 from .patchfile import Patch, parse_patch
-from .releases import SUPPORTED_RELEASES
+from .releases import SupportedReleases, load_releases
 
 SERIES_FILE = "series"
 PATCH_SUFFIXES = (".diff", ".patch")
@@ -103,10 +103,15 @@ class Series:
     def load(self, entry: SeriesEntry) -> Patch:
         return parse_patch(self.directory / entry.name, entry.name)
 
+    @property
+    def releases(self) -> SupportedReleases:
+        """The releases this series supports (``releases.toml`` beside the series file)."""
+        return load_releases(self.directory)
+
     def coverage_problems(self, releases: list[Version] | None = None) -> list[str]:
         """Overlapping variants for any supported release (each a one-line message)."""
         problems = []
-        for version in releases or [r.version for r in SUPPORTED_RELEASES]:
+        for version in releases or self.releases.versions:
             try:
                 self.explain(version)
             except SeriesError as exc:

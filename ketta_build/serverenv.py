@@ -81,7 +81,9 @@ def ensure_tree(
     """The build tree for ``version`` (patched or pristine), re-applied only if out of date."""
     from .report import report_json
 
-    source = IndexSource(cache, index_url, progress=progress)
+    from .releases import load_releases
+
+    source = IndexSource(cache, index_url, progress=progress, releases=load_releases(series_dir))
     release = source.resolve(parse_version(version))
     series = read_series(series_dir) if patched else _empty_series()
     out = build_root / (str(release.version) if patched else f"{release.version}-upstream")

@@ -41,7 +41,7 @@ from packaging.version import InvalidVersion, Version
 
 from .cache import Cache
 from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
-from .releases import FIRST_LETTA_CODE, LAST_SERVER_RELEASE, SUPPORTED_RELEASES, find_supported, nearest_supported
+from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases
 
 PROJECT = "letta"
 _JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
@@ -324,7 +324,7 @@ def wheel_top_level(url: str) -> set[str]:
         return {name.split("/", 1)[0] for name in zf.namelist()}
 
 
-def _not_server_message(version: Version, files: list[IndexFile]) -> str | None:
+def _not_server_message(version: Version, files: list[IndexFile], releases: SupportedReleases | None = None) -> str | None:
     """Why ``version`` is not the Letta server, judged from its artifacts; None if it may be."""
     if any(f.is_sdist for f in files):
         return None
@@ -341,11 +341,11 @@ def _not_server_message(version: Version, files: list[IndexFile]) -> str | None:
         found = ", ".join(sorted(n for n in names if not n.endswith(".dist-info"))) or "no package"
         return (
             f"letta {version} is not the Letta agent server: its wheel {wheels[-1].filename} holds {found}/ and no letta/ "
-            f"package (Letta Code took over the name from {FIRST_LETTA_CODE}); the last server release is {LAST_SERVER_RELEASE}"
+            f"package (Letta Code took over the name from {FIRST_LETTA_CODE}); the newest server release Ketta supports is {(releases or load_releases()).newest}"
         )
     return (
         f"letta {version} has no sdist, only platform wheels ({wheels[0].filename}, ...): that is Letta Code, not the "
-        f"Letta agent server; the last server release is {LAST_SERVER_RELEASE}"
+        f"Letta agent server; the newest server release Ketta supports is {(releases or load_releases()).newest}"
     )
 
 
@@ -360,11 +360,12 @@ def check_server_tree(tree: Path, label: str) -> None:
     raise NotAServerRelease(f"{label} has no letta/ server package (letta/__init__.py and letta/server/): not a Letta server tree")
 
 
-def unknown_release(version: Version, detail: str) -> UnknownRelease:
-    near = ", ".join(str(v) for v in nearest_supported(version))
+def unknown_release(version: Version, detail: str, releases: SupportedReleases | None = None) -> UnknownRelease:
+    releases = releases or load_releases()
+    near = ", ".join(str(v) for v in releases.nearest(version))
     return UnknownRelease(
         f"letta {version} is not a supported server release ({detail}); nearest supported: {near} "
-        f"(all: {', '.join(str(r.version) for r in SUPPORTED_RELEASES)})"
+        f"(all: {', '.join(str(v) for v in releases.versions)})"
     )
 
 
@@ -450,10 +451,14 @@ def sha256_file(path: Path) -> str:
 class IndexSource:
     """Releases from the package index, through a content-addressed cache."""
 
-    def __init__(self, cache: Cache, index_url: str | None = None, progress: Progress = _quiet) -> None:
+    def __init__(self, cache: Cache, index_url: str | None = None, progress: Progress = _quiet,
+                 releases: SupportedReleases | None = None, allow_unsupported: bool = False) -> None:
         self.cache = cache
         self.index_url = index_url
         self.progress = progress
+        self.releases = releases  # None: the default series' releases.toml
+        # port and upstream check take a server release the series does not support yet
+        self.allow_unsupported = allow_unsupported
         self._urls: list[str] | None = None
 
     def _index_urls(self) -> list[str]:
@@ -486,25 +491,26 @@ class IndexSource:
         if record is not None and self.cache.has_blob(record["sha256"]):
             return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
 
-        supported = find_supported(version)
+        releases = self.releases or load_releases()
+        supported = releases.find(version) or (self.allow_unsupported or None)
         try:
             found = self._find_files(version)
         except IndexUnreachable as exc:
             if supported is None:
-                raise unknown_release(version, "and the index cannot be asked about it") from None
+                raise unknown_release(version, "and the index cannot be asked about it", releases) from None
             raise IndexUnreachable(
                 f"{exc.message}; the cache at {self.cache.root} has no letta {version} either: "
                 "connect to the index, pass --index-url, or use --letta-dir/--letta-git"
             ) from None
         if found is None:
-            raise unknown_release(version, "no such version on the index")
+            raise unknown_release(version, "no such version on the index", releases)
         index_url, files = found
-        why_not = _not_server_message(version, files)
+        why_not = _not_server_message(version, files, releases)
         if why_not:
             raise NotAServerRelease(why_not)
         if supported is None:
-            detail = "older than the supported range" if version < SUPPORTED_RELEASES[0].version else "not a release Ketta supports"
-            raise unknown_release(version, detail)
+            detail = "older than the supported range" if version < releases.versions[0] else "not a release Ketta supports"
+            raise unknown_release(version, detail, releases)
         sdist = next((f for f in files if f.filename.endswith(".tar.gz")), None)
         if sdist is None:
             raise UpstreamError(f"letta {version} on {_redact(index_url)} has no .tar.gz sdist")

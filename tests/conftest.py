@@ -83,9 +83,15 @@ def write_patch(directory: Path, name: str, diff: str, *, base: str = "0.16.8", 
     return p
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def write_series(directory: Path, *lines: str) -> Path:
+    """A series file (and the repository's releases.toml, unless the test wrote its own)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "series").write_text("# test series\n" + "".join(line + "\n" for line in lines))
+    if not (directory / "releases.toml").exists():
+        (directory / "releases.toml").write_bytes((REPO / "patches" / "releases.toml").read_bytes())
     return directory
 
 

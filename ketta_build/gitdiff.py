@@ -1,0 +1,61 @@
+"""The canonical diff of a change, made by git with every option fixed.
+
+Whatever the user's git configuration says (``diff.noprefix``, ``diff.algorithm``,
+``diff.context``, an order file, colour, external diff drivers), the same two trees always give the
+same text: ``a/``/``b/`` prefixes, three lines of context, Myers with the indent heuristic, paths in
+git's order, no renames, and ``index`` lines abbreviated to exactly seven hex digits (git would
+lengthen them in a large repository).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from .errors import BuildTreeError
+
+_CONFIG = ("diff.noprefix=false", "diff.mnemonicPrefix=false", "diff.relative=false", "diff.suppressBlankEmpty=false",
+           "core.quotePath=true", "color.ui=false", "diff.external=", "core.autocrlf=false")
+_OPTIONS = ("-p", "-r", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--full-index", "-U3",
+            "--inter-hunk-context=0", "--diff-algorithm=myers", "--indent-heuristic", "--src-prefix=a/",
+            "--dst-prefix=b/", "-O/dev/null")
+_INDEX = re.compile(r"^index ([0-9a-f]{7,64})\.\.([0-9a-f]{7,64})", re.MULTILINE)
+ABBREV = 7
+
+
+def _git_raw(repo: Path, *args: str) -> str:
+    cmd = ["git"]
+    for item in _CONFIG:
+        cmd += ["-c", item]
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+    proc = subprocess.run([*cmd, *args], cwd=repo, env=env, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise BuildTreeError(f"git {args[0]} failed in {repo}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    return proc.stdout.decode("utf-8", errors="surrogateescape")
+
+
+def canonical_diff(repo: Path, old: str, new: str, paths: list[str] | None = None) -> str:
+    """The diff from tree-ish ``old`` to ``new`` in ``repo`` (optionally only ``paths``), canonical."""
+    text = _git_raw(repo, "diff-tree", *_OPTIONS, old, new, "--", *(paths or []))
+    if re.search(r"^Binary files .* differ$", text, re.MULTILINE):
+        raise BuildTreeError(f"the change {old}..{new} touches a binary file; patches hold text diffs only", path=repo)
+    return _INDEX.sub(lambda m: f"index {m.group(1)[:ABBREV]}..{m.group(2)[:ABBREV]}", text)
+
+
+def tree_of_files(repo: Path, files: dict[str, tuple[str, bytes]]) -> str:
+    """A tree object in ``repo`` holding exactly ``files`` (path -> (mode, content)); its id."""
+    index = repo / ".git" / f"ketta-tmp-index-{os.getpid()}"
+    env = {**os.environ, "GIT_INDEX_FILE": str(index), "GIT_CONFIG_NOSYSTEM": "1"}
+    try:
+        lines = []
+        for path, (mode, content) in sorted(files.items()):
+            proc = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input=content, capture_output=True,
+                                  check=True)
+            lines.append(f"{mode} {proc.stdout.decode().strip()}\t{path}")
+        subprocess.run(["git", "update-index", "--add", "--index-info"], cwd=repo, env=env, check=True,
+                       input="\n".join(lines).encode() + b"\n", capture_output=True)
+        return subprocess.run(["git", "write-tree"], cwd=repo, env=env, check=True, capture_output=True).stdout.decode().strip()
+    finally:
+        index.unlink(missing_ok=True)

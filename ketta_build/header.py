@@ -1,0 +1,153 @@
+"""A patch header in its two homes: the top of a patch file, and a build tree's commit message.
+
+A patch file's header is written in one canonical order::
+
+    Subject: ...
+    Author: Name <email>
+    Upstream-Status: ...
+    Base-Release: 0.16.8
+    Date: ...                (if the patch has one)
+    Other-Field: ...         (any other fields, in their own order)
+    Description: first line
+     further lines, one space in; " ." for an empty line
+
+In the build tree the same header is a commit: the subject line, the description as the body,
+and the other fields as trailers after ``Ketta-Patch: <file name>``; the author is the commit's.
+:func:`commit_message` and :func:`parse_commit` convert between the two without losing a field,
+so ``apply`` followed by ``export`` gives the patch file back byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from packaging.version import InvalidVersion, Version
+
+from .errors import KettaError
+from .patchfile import UPSTREAM_STATUSES, PatchHeader
+
+PATCH_TRAILER = "Ketta-Patch"
+_TRAILER_RE = re.compile(r"^([A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*):[ \t]?(.*)$")
+# Fields a maintainer may add as trailers to a new commit (DEP-3 and ours); anything else in the
+# last paragraph of a new commit's message is description.
+_KNOWN_TRAILERS = {"Upstream-Status", "Base-Release", "Date", "Releases", "Forwarded", "Origin", "Bug",
+                   "Applied-Upstream", "Reviewed-By", "Last-Update"}
+
+
+def _folded(value: str) -> list[str]:
+    """A multi-line value as continuation lines: one space in, ``.`` for an empty line."""
+    return [" ." if not line.strip() else " " + line.strip() for line in value.split("\n")]
+
+
+def render_header(h: PatchHeader) -> str:
+    """The header of a patch file in canonical form, ending with the blank line before the diff."""
+    lines = [f"Subject: {h.subject}", f"Author: {h.author_name} <{h.author_email}>",
+             f"Upstream-Status: {h.upstream_status}", f"Base-Release: {h.base_release}"]
+    if h.date:
+        lines.append(f"Date: {h.date}")
+    for name, value in h.extra:
+        first, *rest = value.split("\n")
+        lines.append(f"{name}: {first}")
+        lines.extend(_folded("\n".join(rest)) if rest else [])
+    first, *rest = h.description.split("\n")
+    lines.append(f"Description: {first}")
+    if rest:
+        lines.extend(_folded("\n".join(rest)))
+    return "\n".join(lines) + "\n\n"
+
+
+def commit_message(name: str, h: PatchHeader) -> str:
+    """The build tree's commit message for patch ``name``."""
+    trailers = [f"{PATCH_TRAILER}: {name}", f"Upstream-Status: {h.upstream_status}", f"Base-Release: {h.base_release}"]
+    if h.date:
+        trailers.append(f"Date: {h.date}")
+    for field_name, value in h.extra:
+        first, *rest = value.split("\n")
+        trailers.append(f"{field_name}: {first}")
+        trailers.extend(_folded("\n".join(rest)) if rest else [])
+    return f"{h.subject}\n\n{h.description}\n\n" + "\n".join(trailers) + "\n"
+
+
+@dataclass(frozen=True)
+class CommitHeader:
+    """What a commit says about its patch."""
+
+    patch: str | None  # the Ketta-Patch trailer: None for a commit made in the tree
+    subject: str
+    description: str
+    fields: tuple[tuple[str, str], ...]  # trailers other than Ketta-Patch, in order
+
+
+def _paragraphs(body: str) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    for line in body.split("\n"):
+        if line.strip():
+            out[-1].append(line.rstrip())
+        elif out[-1]:
+            out.append([])
+    return [p for p in out if p]
+
+
+def _parse_trailers(lines: list[str], known_only: bool) -> list[tuple[str, str]] | None:
+    fields: list[tuple[str, str]] = []
+    for line in lines:
+        if line[:1] in " \t" and fields:
+            cont = line.strip()
+            name, value = fields[-1]
+            fields[-1] = (name, value + "\n" + ("" if cont == "." else cont))
+            continue
+        m = _TRAILER_RE.match(line)
+        if not m or (known_only and m.group(1) not in _KNOWN_TRAILERS and m.group(1) != PATCH_TRAILER):
+            return None
+        fields.append((m.group(1), m.group(2).strip()))
+    return fields
+
+
+def parse_commit(message: str) -> CommitHeader:
+    """Split a commit message into subject, description and trailers."""
+    text = message.replace("\r\n", "\n").strip("\n")
+    subject, _, body = text.partition("\n")
+    paragraphs = _paragraphs(body)
+    fields: list[tuple[str, str]] = []
+    if paragraphs:
+        last = paragraphs[-1]
+        ours = last[0].startswith(f"{PATCH_TRAILER}:")
+        parsed = _parse_trailers(last, known_only=not ours)
+        if parsed is not None:
+            fields = parsed
+            paragraphs = paragraphs[:-1]
+    patch = next((v for k, v in fields if k == PATCH_TRAILER), None)
+    description = "\n\n".join("\n".join(p) for p in paragraphs)
+    return CommitHeader(patch, subject.strip(), description, tuple((k, v) for k, v in fields if k != PATCH_TRAILER))
+
+
+def header_from_commit(commit: CommitHeader, author_name: str, author_email: str, *,
+                       base_release: Version, where: str) -> PatchHeader:
+    """The patch header a commit describes; ``base_release`` when the commit names none (or moved it)."""
+    fields = dict(commit.fields)
+    if not commit.subject:
+        raise KettaError(f"commit {where} has no subject line")
+    if not commit.description.strip():
+        raise KettaError(
+            f"commit {where} ({commit.subject!r}) has no description: say in the commit body why the patch exists "
+            "(it becomes the Description field; git commit --amend)"
+        )
+    status = fields.pop("Upstream-Status", "Pending")
+    if status.split()[0] not in UPSTREAM_STATUSES:
+        raise KettaError(f"commit {where}: Upstream-Status must start with one of {', '.join(UPSTREAM_STATUSES)}, got {status!r}")
+    fields.pop("Base-Release", None)
+    date = fields.pop("Date", None)
+    extra = tuple((k, v) for k, v in commit.fields if k in fields)
+    try:
+        Version(str(base_release))
+    except InvalidVersion:  # pragma: no cover - callers pass versions
+        raise KettaError(f"commit {where}: bad Base-Release {base_release!r}") from None
+    return PatchHeader(
+        subject=commit.subject, author_name=author_name, author_email=author_email, description=commit.description,
+        upstream_status=status, base_release=base_release, date=date, extra=extra,
+    )
+
+
+def trailer(commit: CommitHeader, name: str) -> str | None:
+    return next((v for k, v in commit.fields if k == name), None)
