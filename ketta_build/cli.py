@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
     ep.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
+    lp = sub.add_parser("lint", help="check the series: headers, why, base release, variants, whitespace, canonical form, tox.ini")
+    lp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    lp.add_argument("--fix", action="store_true", help="rewrite patch files into export's canonical form")
+    lp.add_argument("--index-url", metavar="URL", help="package index for the base releases (default: pip's configuration)")
+    lp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    lp.add_argument("--json", metavar="FILE", help="also write the findings as JSON to FILE ('-' for stdout)")
     mp = sub.add_parser("matrix", help="run the compatibility suites (tox) per release and write the report")
     mp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) to test (repeatable; default: 0.16.8)")
     mp.add_argument("--all", action="store_true", help="every supported release 0.14.0 ... 0.16.8")
@@ -212,6 +218,26 @@ def _cmd_export(args, console) -> int:
     return 0
 
 
+def _cmd_lint(args, console) -> int:
+    from .cache import Cache
+    from .lint import lint_series
+
+    project = args.patches.absolute().parent
+    with console.status("linting the series (base releases come from the cache or the index)"):
+        findings, fixed = lint_series(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
+                                      project=project if (project / "tox.ini").exists() else None, fix=args.fix)
+    for path in fixed:
+        console.print(f"rewrote {escape(str(path))} in canonical form")
+    for finding in findings:
+        print(f"ketta-build: lint: {finding}", file=sys.stderr)
+    if not findings:
+        console.print("lint: no findings")
+    _emit_json(args.json, {"schema": "ketta-build/lint/1", "findings": [
+        {"rule": f.rule, "path": str(f.path), "line": f.line, "message": f.message} for f in findings],
+        "fixed": [str(p) for p in fixed]})
+    return 1 if findings else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = _console(stderr=args.json == "-")
@@ -222,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_matrix(args, console)
         if args.command == "export":
             return _cmd_export(args, console)
+        if args.command == "lint":
+            return _cmd_lint(args, console)
         return _cmd_series(args, console)
     except KettaError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)

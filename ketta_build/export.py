@@ -31,8 +31,8 @@ from packaging.version import Version
 from .applying import Outcome, apply_hunks, decode, encode
 from .buildtree import STATE_FILE, git
 from .errors import BuildTreeError, KettaError, SeriesError
-from .gitdiff import canonical_diff
-from .header import PatchHeader, header_from_commit, parse_commit, render_header, trailer
+from .gitdiff import canonical_diff, section_contexts
+from .header import header_from_commit, parse_commit, render_header, trailer
 from .patchfile import Patch, parse_patch_text, split_lines
 from .series import SERIES_FILE, Series, read_series
 
@@ -200,7 +200,8 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
                 status = "unchanged"
             else:
                 header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=version, where=short)
-                diff = canonical_diff(tree, f"{commit.sha}^", commit.sha).encode("utf-8", errors="surrogateescape")
+                diff = canonical_diff(tree, f"{commit.sha}^", commit.sha, section_contexts(old.files)).encode(
+                    "utf-8", errors="surrogateescape")
                 status = "refreshed"
             content = render_header(header).encode() + diff
             parse_patch_text(content, series_dir / name, name)  # what export writes must read back
