@@ -258,8 +258,8 @@ def _clean_stale_temp_dirs(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _commit_patch(tree: Path, patch: Patch, result: PatchResult) -> str:
-    paths = [f.path for f in result.files]
+def commit_patch(tree: Path, patch: Patch, paths: list[str]) -> str:
+    """Commit what ``patch`` did to ``paths`` in ``tree``, with its header as the message; the new commit id."""
     git(tree, "add", "-A", "-f", "--", *paths)
     h = patch.header
     message = commit_message(patch.name, h)  # every header field, so export can write the patch back
@@ -289,12 +289,14 @@ def apply_series(
     base_source: UpstreamSource | None = None,
     progress: Progress = _quiet,
     on_patch: Callable[[PatchResult], None] | None = None,
+    entries: list | None = None,
 ) -> ApplyReport:
-    """Build ``out`` from ``release`` plus the patches ``series`` selects for it."""
+    """Build ``out`` from ``release`` plus the patches ``series`` selects for it (or ``entries``,
+    which port uses for a release the series does not serve yet)."""
     options = options or ApplyOptions()
     out = out.absolute()
     selections = series.explain(release.version)
-    selected = [s.entry for s in selections if s.selected]
+    selected = [s.entry for s in selections if s.selected] if entries is None else list(entries)
     patches = {e.name: series.load(e) for e in selected}  # parse everything before touching disk
     check_out_dir(out, options.force)
     if base_source is None and isinstance(source, IndexSource):
@@ -330,7 +332,7 @@ def apply_series(
                     else:
                         stopped = True
                 elif result.outcome is not Outcome.ALREADY_UPSTREAM:
-                    result.commit = _commit_patch(tree, patch, result)
+                    result.commit = commit_patch(tree, patch, [f.path for f in result.files])
                 report.results.append(result)
                 if on_patch:
                     on_patch(result)

@@ -46,6 +46,34 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
     ep.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
+    pp = sub.add_parser("port", help="carry the series onto a Letta release it does not serve yet")
+    what = pp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--letta", metavar="VERSION", help="the new release (from the package index)")
+    what.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving a conflict")
+    what.add_argument("--abort", action="store_true", help="give up: remove the port's build tree (patches/ is untouched)")
+    pp.add_argument("--tree", type=Path, metavar="DIR", help="the port's build tree (default: build/VERSION, or the one in progress)")
+    pp.add_argument("--in-place", action="store_true", help="rewrite changed patches for the new release instead of adding variants")
+    pp.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
+    pp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    pp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+    pp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    pp.add_argument("--json", metavar="FILE", help="also write the port report as JSON to FILE ('-' for stdout)")
+    up = sub.add_parser("upstream", help="look at upstream: new releases and what porting to them takes")
+    upsub = up.add_subparsers(dest="upstream_command", required=True)
+    uc = upsub.add_parser("check", help="releases newer than the newest supported one, classified, with a dry-run port "
+                                        "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 error)")
+    uc.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+    uc.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
+    uc.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    uc.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    uc.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
+    rd = sub.add_parser("range-diff", help="what changed between two versions of the series (git refs or patch dirs), per patch")
+    rd.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
+    rd.add_argument("new", metavar="NEW", help="git ref of this repository, or a patch directory")
+    rd.add_argument("--letta", metavar="VERSION", required=True, help="release to apply both to")
+    rd.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+    rd.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    rd.add_argument("--json", metavar="FILE", help="also write the pairs as JSON to FILE ('-' for stdout)")
     lp = sub.add_parser("lint", help="check the series: headers, why, base release, variants, whitespace, canonical form, tox.ini")
     lp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     lp.add_argument("--fix", action="store_true", help="rewrite patch files into export's canonical form")
@@ -218,6 +246,97 @@ def _cmd_export(args, console) -> int:
     return 0
 
 
+def _port_tree(args) -> Path:
+    if args.tree:
+        return args.tree
+    found = sorted(p.parent.parent for p in Path("build").glob("*/.git/ketta-port.json"))
+    if len(found) != 1:
+        raise KettaError("no port in progress under build/" if not found else
+                         f"several ports in progress ({', '.join(map(str, found))}); say which with --tree")
+    return found[0]
+
+
+def _cmd_port(args, console) -> int:
+    from dataclasses import asdict
+
+    from .cache import Cache
+    from .port import abort_port, continue_port, start_port
+    from .releases import parse_version
+
+    if args.abort:
+        tree = abort_port(_port_tree(args))
+        console.print(f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
+        return 0
+    with console.status("porting") as status:
+        if args.cont:
+            result = continue_port(_port_tree(args), progress=status.update)
+        else:
+            result = start_port(parse_version(args.letta), args.patches, out=args.tree, cache=Cache(args.cache_dir),
+                                index_url=args.index_url, in_place=args.in_place, force=args.force, progress=status.update)
+    for p in result.state.patches:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
+        action = f": {escape(p.action)}" if p.action else ""
+        console.print(f"{p.outcome:16} {escape(p.name)}" + (f"  ({counts})" if counts else "") + action)
+    if not result.finished:
+        for line in result.plan:
+            print(f"ketta-build: port stopped: {line}", file=sys.stderr)
+        _emit_json(args.json, {"schema": "ketta-build/port/1", "finished": False, **asdict(result.state), "plan": result.plan})
+        return 1
+    for path in result.written:
+        console.print(f"wrote {escape(str(path))}")
+    console.print(f"letta {result.state.version} is now supported; run ketta-build lint and ketta-build matrix "
+                  f"--letta {result.state.version}")
+    _emit_json(args.json, {"schema": "ketta-build/port/1", "finished": True, **asdict(result.state),
+                           "written": [str(p) for p in result.written]})
+    return 0
+
+
+def _cmd_upstream(args, console) -> int:
+    from .cache import Cache
+    from .upstream_check import check_upstream
+
+    with console.status("asking upstream") as status:
+        report = check_upstream(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
+                                letta_git=args.letta_git, progress=status.update)
+    if not report.releases:
+        console.print(f"nothing newer than {report.newest_supported} on {escape(report.source)}")
+    for r in report.releases:
+        flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}", r.yanked is not None)) if on]
+        console.print(f"[bold]letta {r.version}[/] {r.kind}" + (f" ({', '.join(flags)})" if flags else ""))
+        if r.kind != "server":
+            console.print(f"  {escape(r.detail or '')}  (noted; nothing to port)")
+            continue
+        console.print(f"  dry-run port: {r.status}")
+        for p in r.patches:
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
+            console.print(f"    {p.outcome:16} {escape(p.name)}  ({counts})")
+        console.print("  review list (upstream changes since the newest supported release):")
+        for f in r.review:
+            mark = " [checklist]" if f.in_checklist else ""
+            by = f" patched by {', '.join(f.touched_by)}" if f.touched_by else ""
+            console.print(f"    {escape(f.path)}: +{f.added} -{f.removed}{mark}{escape(by)}")
+            for fn in f.functions:
+                state = "[red]changed upstream[/]" if fn.changed_upstream else "unchanged"
+                who = f" ({', '.join(fn.patched_by)})" if fn.patched_by else ""
+                console.print(f"      {escape(fn.name)}: {state}{escape(who)}")
+    _emit_json(args.json, report.as_json())
+    return report.exit_code
+
+
+def _cmd_range_diff(args, console) -> int:
+    from .cache import Cache
+    from .rangediff import range_diff
+    from .releases import parse_version
+
+    with console.status("applying both series") as status:
+        result = range_diff(parse_version(args.letta), args.old, args.new, cache=Cache(args.cache_dir),
+                            index_url=args.index_url, progress=status.update)
+    sys.stdout.write(result.text)
+    _emit_json(args.json, {"schema": "ketta-build/range-diff/1", "letta": result.letta, "old": result.old,
+                           "new": result.new, "pairs": result.pairs})
+    return 0
+
+
 def _cmd_lint(args, console) -> int:
     from .cache import Cache
     from .lint import lint_series
@@ -250,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_export(args, console)
         if args.command == "lint":
             return _cmd_lint(args, console)
+        if args.command == "port":
+            return _cmd_port(args, console)
+        if args.command == "upstream":
+            return _cmd_upstream(args, console)
+        if args.command == "range-diff":
+            return _cmd_range_diff(args, console)
         return _cmd_series(args, console)
     except KettaError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)

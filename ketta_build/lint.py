@@ -160,7 +160,11 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
             findings.append(Finding("base-release", path, _field_line(path, "Base-Release"),
                                     f"Base-Release {base} is outside the patch's own guard [{entry.guard_text}]"))
             continue
-        before, after, problems = canon.images(patch)
+        try:
+            before, after, problems = canon.images(patch)
+        except KettaError as exc:  # an earlier patch that does not parse, a release that cannot be had
+            findings.append(Finding("base-release", path, None, f"cannot recreate the pre-image at {base}: {exc}"))
+            continue
         for problem in problems:
             findings.append(Finding("base-release", path, None, problem))
         if problems:

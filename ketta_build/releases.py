@@ -125,20 +125,17 @@ def _parse(path: Path) -> SupportedReleases:
 
 
 def add_release(series_dir: Path, version: Version, date: str) -> bool:
-    """Append ``version`` to ``series_dir/releases.toml`` (newer than every listed one); False if listed."""
+    """Put ``version`` into ``series_dir/releases.toml`` in version order; False if it is listed already."""
     current = load_releases(series_dir)
     if current.find(version):
         return False
-    if version < current.newest.version:
-        raise SeriesError(f"letta {version} is older than {current.newest.version}; only newer releases are added",
-                          path=current.path)
     Date.fromisoformat(date)
+    releases = sorted([*current.releases, ServerRelease(version, date)], key=lambda r: r.version)
     text = current.path.read_text(encoding="utf-8")
-    if not text.endswith("\n"):
-        text += "\n"
-    text += f'\n[[release]]\nversion = "{version}"\ndate = "{date}"\n'
+    head = text[: text.index("[[release]]")] if "[[release]]" in text else text
+    body = "\n".join(f'[[release]]\nversion = "{r.version}"\ndate = "{r.date}"\n' for r in releases)
     tmp = current.path.with_name(current.path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(head + body, encoding="utf-8")
     os.replace(tmp, current.path)
     return True
 

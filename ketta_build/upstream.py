@@ -176,6 +176,7 @@ class IndexFile:
     url: str
     sha256: str | None
     upload_time: str | None = None
+    yanked: str | None = None  # None: not yanked; otherwise the reason ("" if none given)
 
     @property
     def is_sdist(self) -> bool:
@@ -201,13 +202,17 @@ class _AnchorParser(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.anchors: list[tuple[str, str]] = []
+        self.yanked: dict[int, str] = {}  # anchor number -> PEP 592 data-yanked reason
         self._href: str | None = None
         self._text: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
-            self._href = dict(attrs).get("href") or ""
+            found = dict(attrs)
+            self._href = found.get("href") or ""
             self._text = []
+            if "data-yanked" in found:
+                self.yanked[len(self.anchors)] = found["data-yanked"] or ""
 
     def handle_data(self, data: str) -> None:
         if self._href is not None:
@@ -261,17 +266,18 @@ def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile
                 urllib.parse.urljoin(base, f["url"]),
                 (f.get("hashes") or {}).get("sha256"),
                 f.get("upload-time"),
+                None if not f.get("yanked") else (f["yanked"] if isinstance(f["yanked"], str) else ""),
             )
             for f in data.get("files", [])
         ]
     parser = _AnchorParser()
     parser.feed(body.decode("utf-8", "replace"))
     files = []
-    for href, text in parser.anchors:
+    for number, (href, text) in enumerate(parser.anchors):
         url, _, frag = href.partition("#")
         sha = frag.split("=", 1)[1] if frag.startswith("sha256=") else None
         name = text or PurePosixPath(urllib.parse.urlsplit(url).path).name
-        files.append(IndexFile(name, urllib.parse.urljoin(base, url), sha))
+        files.append(IndexFile(name, urllib.parse.urljoin(base, url), sha, yanked=parser.yanked.get(number)))
     return files
 
 

@@ -126,7 +126,7 @@ class LocalIndex:
     requests: list[str] = field(default_factory=list)
     fake_sha: dict[str, str] = field(default_factory=dict)
 
-    def add(self, path: Path, *, sha256: str | None = None) -> None:
+    def add(self, path: Path, *, sha256: str | None = None, yanked: str | bool = False) -> None:
         data = path.read_bytes()
         target = self.root / "files" / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +136,7 @@ class LocalIndex:
                 "filename": path.name,
                 "url": f"../../files/{path.name}",
                 "hashes": {"sha256": sha256 or hashlib.sha256(data).hexdigest()},
+                "yanked": yanked,
             }
         )
 

@@ -1,0 +1,289 @@
+"""``ketta-build upstream check``: is there a Letta release newer than the series supports, and what would it take?
+
+For every version of ``letta`` on the index (or tag of ``--letta-git``) newer than the newest
+supported release, in PEP 440 order: pre-release and yanked flags, server or Letta Code (the
+same detection ``apply`` uses), and for a server release a dry-run port (the carried series
+applied into a throw-away tree, every patch tried) and the review list of the design document's
+merge checklist: for every file the series touches (and the checklist's own files), how much
+upstream changed it since the newest supported release, and which functions a patch modifies
+that upstream changed.
+
+Exit codes: 0 nothing new (or only Letta Code releases), 10 a new server release onto which the
+series carries over exactly, 11 a new server release that needs porting (a hunk merged, failed or
+already upstream), 2 an error (index unreachable, bad input).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from packaging.version import Version
+
+from .applying import Outcome, apply_hunks, decode
+from .buildtree import ApplyOptions, apply_series, ensure_pristine_repo
+from .cache import Cache
+from .errors import KettaError
+from .patchfile import split_lines
+from .port import carried_entries
+from .series import Series, read_series
+from .upstream import (GitSource, IndexFile, IndexSource, _not_server_message, check_server_tree, discover_index_urls,
+                       list_project_files)
+
+EXIT_NOTHING_NEW = 0
+EXIT_CARRIES_OVER = 10
+EXIT_NEEDS_PORTING = 11
+
+# The design document's merge checklist (section 7.2): files and functions to look at on every upgrade.
+CHECKLIST = {
+    "letta/schemas/providers/base.py": (),
+    "letta/schemas/providers/openai.py": (),
+    "letta/services/provider_manager.py": ("create_provider_async", "list_providers_async"),
+    "letta/llm_api/llm_client_base.py": (),
+}
+
+
+@dataclass
+class FunctionReview:
+    name: str
+    patched_by: list[str]
+    changed_upstream: bool
+
+
+@dataclass
+class FileReview:
+    path: str
+    touched_by: list[str]
+    in_checklist: bool
+    added: int
+    removed: int
+    functions: list[FunctionReview] = field(default_factory=list)
+
+
+@dataclass
+class PatchDryRun:
+    name: str
+    outcome: str
+    hunks: dict[str, int]
+
+
+@dataclass
+class NewRelease:
+    version: str
+    prerelease: bool
+    yanked: str | None
+    kind: str  # server | letta-code
+    detail: str | None = None
+    status: str | None = None  # carries-over | needs-porting (server releases)
+    patches: list[PatchDryRun] = field(default_factory=list)
+    review: list[FileReview] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    newest_supported: str
+    source: str
+    releases: list[NewRelease]
+
+    @property
+    def exit_code(self) -> int:
+        servers = [r for r in self.releases if r.kind == "server"]
+        if not servers:
+            return EXIT_NOTHING_NEW
+        return EXIT_NEEDS_PORTING if any(r.status == "needs-porting" for r in servers) else EXIT_CARRIES_OVER
+
+    def as_json(self) -> dict:
+        return {"schema": "ketta-build/upstream-check/1", "exit_code": self.exit_code, **asdict(self)}
+
+
+def _index_versions(index_url: str | None) -> dict[Version, list[IndexFile]]:
+    found: dict[Version, list[IndexFile]] = {}
+    for url in discover_index_urls(index_url):
+        files = list_project_files(url)
+        for f in files or []:
+            if f.version is not None:
+                found.setdefault(f.version, []).append(f)
+        if files:
+            break
+    return found
+
+
+def _git_versions(url: str) -> dict[Version, str]:
+    proc = subprocess.run(["git", "ls-remote", "--tags", url], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise KettaError(f"cannot list the tags of {url}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    out = {}
+    for line in proc.stdout.splitlines():
+        ref = line.split("\t", 1)[1]
+        if ref.endswith("^{}"):
+            continue
+        tag = ref.removeprefix("refs/tags/")
+        try:
+            out[Version(tag.lstrip("vV"))] = tag
+        except Exception:
+            continue
+    return out
+
+
+def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: str | None = None,
+                   letta_git: str | None = None, progress=lambda _: None) -> CheckReport:
+    cache = cache or Cache()
+    series = read_series(series_dir)
+    newest = series.releases.newest.version
+    releases: list[NewRelease] = []
+    if letta_git:
+        tags = {v: t for v, t in _git_versions(letta_git).items() if v > newest}
+        for version in sorted(tags):
+            source = GitSource(letta_git, tags[version])
+            item = NewRelease(str(version), version.is_prerelease, None, "server")
+            work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
+            try:
+                try:
+                    release = source.resolve(version)
+                    source.export(release, work / "tree")
+                    check_server_tree(work / "tree", f"{letta_git}@{tags[version]}")
+                except KettaError as exc:
+                    item.kind, item.detail = "letta-code", exc.message
+                if item.kind == "server":
+                    tree = work / "tree"
+                    _dry_run(item, series, release, source, cache, index_url, progress,
+                             read_new=lambda path: (tree / path).read_text(errors="replace") if (tree / path).is_file() else None)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            releases.append(item)
+        return CheckReport(str(newest), letta_git, releases)
+
+    found = _index_versions(index_url)
+    for version in sorted(v for v in found if v > newest):
+        files = found[version]
+        yanked = next((f.yanked for f in files if f.yanked is not None), None)
+        why = _not_server_message(version, files, series.releases)
+        item = NewRelease(str(version), version.is_prerelease, yanked, "letta-code" if why else "server", why)
+        if item.kind == "server":
+            source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
+            _dry_run(item, series, source.resolve(version), source, cache, index_url, progress)
+        releases.append(item)
+    return CheckReport(str(newest), index_url or ", ".join(discover_index_urls(None)), releases)
+
+
+def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, index_url, progress, read_new=None) -> None:
+    new = Version(item.version)
+    entries = carried_entries(series, new)
+    work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
+    try:
+        progress(f"dry-run port onto letta {new}")
+        report = apply_series(release, source, series, work / "tree", options=ApplyOptions(keep_going=True), cache=cache,
+                              base_source=IndexSource(cache, index_url, allow_unsupported=True), entries=entries)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    exact = True
+    for r in report.results:
+        counts: dict[str, int] = {}
+        for h in r.hunks:
+            counts[h.outcome.value] = counts.get(h.outcome.value, 0) + 1
+        item.patches.append(PatchDryRun(r.name, r.outcome.value, counts))
+        if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET):
+            exact = False
+    item.status = "carries-over" if exact else "needs-porting"
+    if read_new is None:
+        repo = ensure_pristine_repo(release, source, cache)
+        read_new = (lambda path: _blob(repo, release.version, path)) if repo else (lambda path: None)
+    item.review = review_list(series, entries, read_new, cache, index_url)
+
+
+def _changed_old_lines(old: list[str], new: list[str]) -> list[tuple[int, int]]:
+    """1-based [start, end] ranges of the old file that upstream replaced or deleted (insertions: the line before)."""
+    out = []
+    for tag, i1, i2, _j1, _j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        out.append((i1 + 1, max(i2, i1 + 1)))
+    return out
+
+
+def _functions(source: str) -> list[tuple[str, int, int]]:
+    """(qualified name, first line, last line) of every def and class in a Python file."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    out = []
+
+    def walk(node, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                out.append((name, child.lineno, child.end_lineno or child.lineno))
+                walk(child, name + ".")
+
+    walk(tree, "")
+    return out
+
+
+def _innermost(functions: list[tuple[str, int, int]], line: int) -> tuple[str, int, int] | None:
+    inside = [f for f in functions if f[1] <= line <= f[2]]
+    return min(inside, key=lambda f: f[2] - f[1]) if inside else None
+
+
+def _blob(repo: Path, version: Version, path: str) -> str | None:
+    proc = subprocess.run(["git", "--git-dir", str(repo), "cat-file", "blob", f"upstream/{version}:{path}"],
+                          capture_output=True, check=False)
+    return decode(proc.stdout) if proc.returncode == 0 else None
+
+
+def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> list[FileReview]:
+    """Per file the series touches (and the checklist's files): upstream's change and the patched functions it hit.
+
+    ``read_new(path)`` gives a file of the new release (None if it has none).
+    """
+    newest = series.releases.newest.version
+    old_source = IndexSource(cache, index_url, allow_unsupported=True)
+    old_repo = ensure_pristine_repo(old_source.resolve(newest), old_source, cache)
+    if old_repo is None:
+        return []
+    patches = {e.name: series.load(e) for e in entries}
+    touched: dict[str, list[str]] = {}
+    for name, patch in patches.items():
+        for fp in patch.files:
+            touched.setdefault(fp.path, []).append(name)
+    reviews = []
+    for path in sorted(set(touched) | set(CHECKLIST)):
+        old = _blob(old_repo, newest, path)
+        new = read_new(path)
+        if old is None and new is None:
+            continue
+        old_lines, new_lines = split_lines(old or ""), split_lines(new or "")
+        changed = _changed_old_lines(old_lines, new_lines)
+        added = sum(1 for line in difflib.ndiff(old_lines, new_lines) if line.startswith("+ "))
+        removed = sum(1 for line in difflib.ndiff(old_lines, new_lines) if line.startswith("- "))
+        review = FileReview(path, touched.get(path, []), path in CHECKLIST, added, removed)
+        functions = _functions(old or "") if path.endswith(".py") else []
+        hit: dict[str, FunctionReview] = {}
+        for name in touched.get(path, []):
+            for fp in patches[name].files:
+                if fp.path != path or fp.is_new:
+                    continue
+                _, results = apply_hunks(old_lines, fp.hunks)
+                for hunk, result in zip(fp.hunks, results):
+                    if result.applied_at is None:
+                        continue
+                    span = (result.applied_at, result.applied_at + max(len(hunk.old_lines), 1) - 1)
+                    func = _innermost(functions, span[0]) if functions else None
+                    label = func[0] if func else f"lines {span[0]}-{span[1]}"
+                    rng = (func[1], func[2]) if func else span
+                    entry = hit.setdefault(label, FunctionReview(label, [], False))
+                    if name not in entry.patched_by:
+                        entry.patched_by.append(name)
+                    entry.changed_upstream |= any(a <= rng[1] and b >= rng[0] for a, b in changed)
+        for wanted in CHECKLIST.get(path, ()):
+            for qual, first, last in functions:
+                if qual.split(".")[-1] == wanted and qual not in hit:
+                    hit[qual] = FunctionReview(qual, [], any(a <= last and b >= first for a, b in changed))
+        review.functions = sorted(hit.values(), key=lambda f: f.name)
+        reviews.append(review)
+    return reviews

@@ -1,0 +1,436 @@
+"""The maintenance loop on synthetic releases: export (refresh), port (--continue/--abort), lint, upstream check, range-diff.
+
+Releases 0.16.7 and 0.16.8 are "supported" by a series of three logical patches (one with a
+variant per release); 0.16.9 and others are published on a local index as each test needs them.
+No network: the index is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import make_diff, make_sdist, server_files, write_series
+from packaging.version import Version
+
+from ketta_build.cli import main
+from ketta_build.matrix import SUITES
+from ketta_build.toxini import render
+
+BODY = "".join(f"line {i}\n" for i in range(1, 61))
+RELEASES_TOML = '[[release]]\nversion = "0.16.7"\ndate = "2026-03-31"\n\n[[release]]\nversion = "0.16.8"\ndate = "2026-05-14"\n'
+
+
+def header(subject: str, base: str, why: str = "Because Ketta needs this change for its unified providers.") -> str:
+    return (f"Subject: {subject}\nAuthor: Test Author <test@example.org>\nUpstream-Status: Inappropriate [test]\n"
+            f"Base-Release: {base}\nDescription: {why}\n\n")
+
+
+def m_of(version: str) -> str:
+    """letta/m.py of a release: 0.16.7 has an older line 40."""
+    return BODY.replace("line 40\n", "line 40 (old)\n") if version == "0.16.7" else BODY
+
+
+class World:
+    def __init__(self, root: Path, index, capsys):
+        self.root = root
+        self.index = index
+        self.capsys = capsys
+        self.patches = root / "repo" / "patches"
+        self.cache = root / "cache"
+
+    def publish(self, version: str, files: dict[str, str] | None = None, m: str | None = None, yanked=False) -> None:
+        content = server_files(version, {"letta/m.py": m if m is not None else m_of(version), **(files or {})})
+        self.index.add(make_sdist(self.root / f"letta-{version}.tar.gz", version, content), yanked=yanked)
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        argv = list(args)
+        verb = argv[0]
+        if verb in ("apply", "port", "lint", "range-diff") or argv[:2] == ["upstream", "check"]:
+            argv += ["--index-url", self.index.url, "--cache-dir", str(self.cache)]
+        if verb in ("apply", "port", "lint", "export") or argv[:2] == ["upstream", "check"]:
+            argv += ["--patches", str(self.patches)]
+        if verb == "port" and "--continue" in argv or verb == "port" and "--abort" in argv:
+            argv = [a for a in argv if a not in ("--index-url", self.index.url, "--cache-dir", str(self.cache))]
+        cwd = os.getcwd()
+        os.chdir(self.root / "repo")
+        try:
+            rc = main(argv)
+        finally:
+            os.chdir(cwd)
+        out, err = self.capsys.readouterr()
+        return rc, out, err
+
+    def apply(self, version: str) -> Path:
+        out = self.root / "build" / version
+        rc, _, err = self.run("apply", "--letta", version, "--out", str(out), "--force")
+        assert rc == 0, err
+        return out
+
+    def snapshot(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(self.patches.iterdir())}
+
+
+def git(tree: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Maintainer", "GIT_AUTHOR_EMAIL": "m@example.org",
+           "GIT_COMMITTER_NAME": "Maintainer", "GIT_COMMITTER_EMAIL": "m@example.org", "GIT_EDITOR": "true"}
+    return subprocess.run(["git", *args], cwd=tree, env=env, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def world(tmp_path, local_index, capsys) -> World:
+    w = World(tmp_path, local_index, capsys)
+    w.publish("0.16.7")
+    w.publish("0.16.8")
+    w.patches.mkdir(parents=True)
+    (w.patches / "releases.toml").write_text(RELEASES_TOML)
+    (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], SUITES))
+    write_series(w.patches, "0001-change-m.diff", "0002-new-module.diff",
+                 "0003-tail.diff                 [letta>=0.16.8]", "0003-tail-0.16.7.diff          [letta<0.16.8]")
+    (w.patches / "0001-change-m.diff").write_text(
+        header("Ketta changes line 15", "0.16.8") + make_diff("letta/m.py", BODY, BODY.replace("line 15\n", "line fifteen (ketta)\n")))
+    (w.patches / "0002-new-module.diff").write_text(
+        header("A Ketta module", "0.16.8") + make_diff("letta/k.py", None, "KETTA = True\n"))
+    (w.patches / "0003-tail.diff").write_text(
+        header("Ketta changes line 40", "0.16.8") + make_diff("letta/m.py", BODY.replace("line 15\n", "line fifteen (ketta)\n"),
+                                                              BODY.replace("line 15\n", "line fifteen (ketta)\n").replace("line 40\n", "line forty\n")))
+    m7 = m_of("0.16.7").replace("line 15\n", "line fifteen (ketta)\n")
+    (w.patches / "0003-tail-0.16.7.diff").write_text(
+        header("Ketta changes line 40", "0.16.7") + make_diff("letta/m.py", m7, m7.replace("line 40 (old)\n", "line forty\n")))
+    rc, _, err = w.run("lint", "--fix")  # difflib wrote them; git's canonical form has function context in @@ lines
+    assert rc == 0, err
+    return w
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_apply_then_export_check_is_a_no_op_on_every_release(world):
+    for version in ("0.16.7", "0.16.8"):
+        tree = world.apply(version)
+        before = world.snapshot()
+        rc, _, err = world.run("export", "--tree", str(tree), "--check")
+        assert rc == 0, err
+        rc, out, _ = world.run("export", "--tree", str(tree))
+        assert rc == 0 and "nothing to write" in out
+        assert world.snapshot() == before
+
+
+def test_amended_commit_is_refreshed_into_its_own_variant(world):
+    tree = world.apply("0.16.7")
+    git(tree, "checkout", "-q", "-b", "work")
+    (tree / "letta/m.py").write_text((tree / "letta/m.py").read_text().replace("line forty\n", "line FORTY\n"))
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    main_before = (world.patches / "0003-tail.diff").read_bytes()
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 1 and "0003-tail-0.16.7.diff differs" in err
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "refreshed" in out
+    variant = (world.patches / "0003-tail-0.16.7.diff").read_text()
+    assert "+line FORTY\n" in variant and "Base-Release: 0.16.7" in variant
+    assert (world.patches / "0003-tail.diff").read_bytes() == main_before, "the other variant must not change"
+    assert world.run("export", "--tree", str(world.apply("0.16.7")), "--check")[0] == 0
+
+
+def test_reworded_description_changes_the_header_only(world):
+    tree = world.apply("0.16.8")
+    msg = git(tree, "log", "-1", "--format=%B", "HEAD~1")  # the 0002 commit is HEAD~1
+    git(tree, "rebase", "-q", "--exec", "true", "upstream/0.16.8")  # a no-op rebase keeps everything
+    git(tree, "checkout", "-q", "HEAD~1")
+    git(tree, "commit", "-q", "--amend", "-m", msg.replace("Because Ketta needs this change", "Ketta needs this new module"))
+    reworded = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "checkout", "-q", "main")
+    git(tree, "rebase", "-q", "--onto", reworded, "HEAD~2", "main")
+    diff_before = (world.patches / "0002-new-module.diff").read_text().split("\ndiff --git", 1)[1]
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0
+    text = (world.patches / "0002-new-module.diff").read_text()
+    assert "Description: Ketta needs this new module" in text
+    assert text.split("\ndiff --git", 1)[1] == diff_before
+
+
+def test_new_commit_becomes_a_numbered_patch_with_a_visible_guard(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta/extra.py").write_text("X = 1\n")
+    git(tree, "add", "letta/extra.py")
+    git(tree, "commit", "-q", "-m", "Add letta/extra.py", "-m", "The extra module carries a constant Ketta reads elsewhere.")
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "0004-add-letta-extra-py.diff" in out
+    series = (world.patches / "series").read_text()
+    assert "0004-add-letta-extra-py.diff" in series and "[letta>=0.16.8]" in series.splitlines()[-1]
+    text = (world.patches / "0004-add-letta-extra-py.diff").read_text()
+    assert "Upstream-Status: Pending" in text and "Base-Release: 0.16.8" in text
+    assert world.run("export", "--tree", str(world.apply("0.16.8")), "--check")[0] == 0
+
+
+def test_new_commit_without_a_body_is_refused_and_nothing_written(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta/extra.py").write_text("X = 1\n")
+    git(tree, "add", "letta/extra.py")
+    git(tree, "commit", "-q", "-m", "No reason given")
+    before = world.snapshot()
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 2 and "no description" in err
+    assert world.snapshot() == before
+
+
+def test_dropped_commit_is_reported_and_pruned_only_on_request(world):
+    tree = world.apply("0.16.8")
+    git(tree, "rebase", "-q", "--onto", "HEAD~2", "HEAD~1")  # drop 0002
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 1 and "0002-new-module.diff has no commit" in err
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "dropped" in out and (world.patches / "0002-new-module.diff").exists()
+    rc, out, _ = world.run("export", "--tree", str(tree), "--prune")
+    assert rc == 0 and not (world.patches / "0002-new-module.diff").exists()
+    assert "0002-new-module.diff" not in (world.patches / "series").read_text()
+
+
+def test_crlf_and_no_newline_files_round_trip(world):
+    crlf = "one\r\ntwo\r\nthree\r\n"
+    world.index.files.clear()
+    world.cache = world.root / "cache-crlf"  # the fixture cached the releases without these files
+    world.publish("0.16.7", {"letta/w.txt": crlf, "letta/n.txt": "no newline"})
+    world.publish("0.16.8", {"letta/w.txt": crlf, "letta/n.txt": "no newline"})
+    (world.patches / "0002-new-module.diff").write_text(
+        header("Two awkward files", "0.16.8")
+        + make_diff("letta/w.txt", crlf, "one\r\nTWO\r\nthree\r\n") + make_diff("letta/n.txt", "no newline", "still no newline"))
+    tree = world.apply("0.16.8")
+    assert world.run("export", "--tree", str(tree), "--check")[0] == 0
+    (tree / "letta/w.txt").write_bytes(b"one\r\nTWO!\r\nthree\r\n")
+    (tree / "letta/n.txt").write_bytes(b"changed, no newline")
+    git(tree, "add", "-A")
+    git(tree, "commit", "-q", "--fixup", "HEAD~1")
+    git(tree, "-c", "sequence.editor=true", "rebase", "-q", "-i", "--autosquash", "upstream/0.16.8")
+    assert world.run("export", "--tree", str(tree))[0] == 0
+    text = (world.patches / "0002-new-module.diff").read_bytes()
+    assert b"+TWO!\r\n" in text and b"\\ No newline at end of file" in text
+    again = world.apply("0.16.8")
+    assert (again / "letta/w.txt").read_bytes() == b"one\r\nTWO!\r\nthree\r\n"
+    assert (again / "letta/n.txt").read_bytes() == b"changed, no newline"
+    assert world.run("export", "--tree", str(again), "--check")[0] == 0
+
+
+@pytest.mark.parametrize("spoil,message", [
+    (lambda t: (t / "letta/m.py").write_text("dirty\n"), "uncommitted changes"),
+    (lambda t: (t / ".git" / "ketta-build.json").unlink(), "not a ketta-build tree"),
+    (lambda t: git(t, "tag", "-d", "upstream/0.16.8"), "upstream/0.16.8 is missing"),
+])
+def test_export_refuses_a_dirty_or_foreign_tree(world, spoil, message):
+    tree = world.apply("0.16.8")
+    spoil(tree)
+    before = world.snapshot()
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 2 and message in err and len([ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]) == 1
+    assert world.snapshot() == before
+
+
+# ----------------------------------------------------------------------------- port
+
+
+def test_port_onto_an_identical_release_adds_it_and_regenerates_tox(world):
+    world.publish("0.16.9")
+    before = world.snapshot()
+    rc, out, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 0, err
+    assert "0.16.9" in (world.patches / "releases.toml").read_text()
+    assert "letta0169: KETTA_LETTA = 0.16.9" in (world.root / "repo" / "tox.ini").read_text()
+    after = world.snapshot()
+    assert {k: v for k, v in after.items() if k != "releases.toml"} == {k: v for k, v in before.items() if k != "releases.toml"}
+    assert world.run("apply", "--letta", "0.16.9", "--out", str(world.root / "again"), "--force")[0] == 0
+
+
+def test_port_with_a_merged_hunk_writes_a_new_variant_and_narrows_the_old(world):
+    world.publish("0.16.9", m=BODY.replace("line 13\n", "line 13 (upstream)\n"))
+    rc, out, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 0, err
+    assert "merged" in out
+    series = (world.patches / "series").read_text()
+    assert "0001-change-m-0.16.9.diff" in series and "[letta>=0.16.9]" in series and "0001-change-m.diff" in series
+    assert "[letta<0.16.9]" in series
+    variant = (world.patches / "0001-change-m-0.16.9.diff").read_text()
+    assert "Base-Release: 0.16.9" in variant and " line 13 (upstream)\n" in variant
+    for version in ("0.16.8", "0.16.9"):
+        rc, out, err = world.run("apply", "--letta", version, "--out", str(world.root / f"a{version}"), "--force", "--json", "-")
+        assert rc == 0, err
+        assert json.loads(out[out.index("{"):])["summary"]["hunks"]["merged"] == 0
+
+
+def test_port_conflict_stops_continues_after_resolution_and_abort_leaves_nothing(world):
+    world.publish("0.16.9", m=BODY.replace("line 15\n", "line 15 rewritten upstream\n"))
+    tree = world.root / "build" / "0.16.9"
+    before = world.snapshot()
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(tree))
+    assert rc == 1 and "resolve the conflict markers" in err and "letta/m.py" in err
+    assert world.snapshot() == before, "nothing in patches/ may change before the port finishes"
+    assert "<<<<<<<" in (tree / "letta/m.py").read_text()
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 2 and "conflict markers" in err
+    rc, _, _ = world.run("port", "--abort", "--tree", str(tree))
+    assert rc == 0 and not tree.exists() and world.snapshot() == before
+
+    rc, _, _ = world.run("port", "--letta", "0.16.9", "--tree", str(tree))
+    assert rc == 1
+    resolved = BODY.replace("line 15\n", "line fifteen (ketta) rewritten upstream\n")
+    (tree / "letta/m.py").write_text(resolved)
+    rc, out, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert "resolved" in out
+    variant = (world.patches / "0001-change-m-0.16.9.diff").read_text()
+    assert "+line fifteen (ketta) rewritten upstream\n" in variant
+    assert world.run("apply", "--letta", "0.16.9", "--out", str(world.root / "again"), "--force")[0] == 0
+
+
+def test_port_continue_without_a_port_in_progress(world):
+    tree = world.apply("0.16.8")
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 2 and "no port in progress" in err
+
+
+def test_port_proposes_dropping_a_patch_that_is_upstream(world):
+    world.publish("0.16.9", files={"letta/k.py": "KETTA = True\n"})
+    rc, out, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 0, err
+    assert "already upstream" in out
+    assert "0002-new-module.diff" in (world.patches / "series").read_text()
+    assert "[letta<0.16.9]" in [ln for ln in (world.patches / "series").read_text().splitlines() if "0002" in ln][0]
+
+
+def test_port_in_place_rewrites_the_patch(world):
+    world.publish("0.16.9", m=BODY.replace("line 13\n", "line 13 (upstream)\n"))
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--in-place", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 0, err
+    assert not (world.patches / "0001-change-m-0.16.9.diff").exists()
+    assert "Base-Release: 0.16.9" in (world.patches / "0001-change-m.diff").read_text()
+
+
+def test_port_refuses_letta_code(world):
+    from conftest import make_wheel
+
+    world.index.add(make_wheel(world.root / "letta-0.33.0-py3-none-any.whl", "letta_code"))
+    before = world.snapshot()
+    rc, _, err = world.run("port", "--letta", "0.33.0")
+    assert rc == 2 and "Letta Code" in err and world.snapshot() == before
+
+
+# ----------------------------------------------------------------------------- upstream check
+
+
+def test_upstream_check_nothing_new(world):
+    rc, out, _ = world.run("upstream", "check")
+    assert rc == 0 and "nothing newer than 0.16.8" in out
+
+
+def test_upstream_check_classifies_and_reviews(world, tmp_path):
+    from conftest import make_wheel
+
+    world.publish("0.16.9rc1", yanked="broken")
+    world.publish("0.16.9", m=BODY.replace("line 15\n", "line 15 rewritten upstream\n"))
+    world.index.add(make_wheel(world.root / "letta-0.33.0-py3-none-any.whl", "letta_code"))
+    report = tmp_path / "check.json"
+    rc, out, _ = world.run("upstream", "check", "--json", str(report))
+    data = json.loads(report.read_text())
+    assert rc == 11 and data["exit_code"] == 11
+    by_version = {r["version"]: r for r in data["releases"]}
+    assert list(by_version) == ["0.16.9rc1", "0.16.9", "0.33.0"]
+    assert by_version["0.16.9rc1"]["prerelease"] and by_version["0.16.9rc1"]["yanked"] == "broken"
+    assert by_version["0.33.0"]["kind"] == "letta-code"
+    new = by_version["0.16.9"]
+    assert new["status"] == "needs-porting"
+    assert {p["name"]: p["outcome"] for p in new["patches"]}["0001-change-m.diff"] == "failed"
+    review = {f["path"]: f for f in new["review"]}
+    assert review["letta/m.py"]["touched_by"] == ["0001-change-m.diff", "0003-tail.diff"]
+    assert review["letta/m.py"]["added"] == 1 and review["letta/m.py"]["removed"] == 1
+    changed = {f["name"]: f["changed_upstream"] for f in review["letta/m.py"]["functions"]}
+    assert changed["lines 12-18"] is True and changed["lines 37-43"] is False
+
+
+def test_upstream_check_carries_over(world):
+    world.publish("0.16.9")
+    rc, out, _ = world.run("upstream", "check")
+    assert rc == 10 and "carries-over" in out
+
+
+def test_upstream_check_with_an_unreachable_index(world, tmp_path):
+    before = world.snapshot()
+    rc = main(["upstream", "check", "--patches", str(world.patches), "--index-url", "http://127.0.0.1:9/simple",
+               "--cache-dir", str(tmp_path / "c")])
+    err = world.capsys.readouterr().err
+    assert rc == 2 and "cannot reach the package index" in err and world.snapshot() == before
+
+
+# ----------------------------------------------------------------------------- lint
+
+
+def _gap(p: Path) -> None:
+    """A release between 0.16.7 and 0.16.8 that no variant of 0003 serves."""
+    (p / "releases.toml").write_text(RELEASES_TOML.replace(
+        '[[release]]\nversion = "0.16.8"', '[[release]]\nversion = "0.16.7.1"\ndate = "2026-04-01"\n\n[[release]]\nversion = "0.16.8"', 1))
+    (p / "series").write_text((p / "series").read_text().replace("[letta<0.16.8]", "[letta<0.16.7.1]"))
+
+
+def _lint(world) -> tuple[int, list[str]]:
+    rc, _, err = world.run("lint")
+    return rc, [ln for ln in err.splitlines() if ln.startswith("ketta-build: lint:")]
+
+
+def test_lint_passes_the_fixture_series(world):
+    assert _lint(world) == (0, [])
+
+
+@pytest.mark.parametrize("rule,spoil", [
+    ("header", lambda p: (p / "0002-new-module.diff").write_text((p / "0002-new-module.diff").read_text().replace(
+        "Upstream-Status: Inappropriate [test]", "Upstream-Status: Whenever"))),
+    ("why", lambda p: (p / "0002-new-module.diff").write_text((p / "0002-new-module.diff").read_text().replace(
+        "Description: Because Ketta needs this change for its unified providers.", "Description: A Ketta module."))),
+    ("base-release", lambda p: (p / "0002-new-module.diff").write_text((p / "0002-new-module.diff").read_text().replace(
+        "Base-Release: 0.16.8", "Base-Release: 0.16.3"))),
+    ("base-release", lambda p: (p / "0001-change-m.diff").write_text(header("Ketta changes line 15", "0.16.8")
+        + make_diff("letta/m.py", "line 0\n" + BODY, "line 0\n" + BODY.replace("line 15\n", "line fifteen (ketta)\n")))),
+    ("variants", lambda p: (p / "series").write_text((p / "series").read_text().replace("[letta<0.16.8]", "[letta<=0.16.8]"))),
+    ("variants", lambda p: _gap(p)),
+    ("whitespace", lambda p: (p / "0002-new-module.diff").write_text(header("A Ketta module", "0.16.8")
+        + make_diff("letta/k.py", None, "KETTA = True   \n"))),
+    ("canonical", lambda p: (p / "0001-change-m.diff").write_text(header("Ketta changes line 15", "0.16.8")
+        + make_diff("letta/m.py", BODY, BODY.replace("line 15\n", "line fifteen (ketta)\n"), context=5).replace(
+            "@@ -10,11 +10,11 @@", "@@ -10,11 +10,11 @@ trailing text"))),
+    ("tox", lambda p: (p.parent / "tox.ini").write_text("[tox]\n")),
+])
+def test_every_lint_rule_fires(world, rule, spoil):
+    spoil(world.patches)
+    rc, lines = _lint(world)
+    assert rc == 1 and any(f"[{rule}]" in line for line in lines), lines
+
+
+def test_lint_fix_rewrites_into_canonical_form(world):
+    path = world.patches / "0001-change-m.diff"
+    path.write_text(path.read_text().replace("index ", "index ", 1).replace("@@ -12,7 +12,7 @@", "@@ -12,7 +12,7 @@ stray"))
+    assert _lint(world)[0] == 1
+    rc, out, _ = world.run("lint", "--fix")
+    assert "rewrote" in out
+    assert _lint(world) == (0, [])
+
+
+# ----------------------------------------------------------------------------- range-diff
+
+
+def test_range_diff_pairs_patches_between_two_series(world, tmp_path):
+    old = tmp_path / "old-patches"
+    import shutil
+
+    shutil.copytree(world.patches, old)
+    path = world.patches / "0001-change-m.diff"
+    path.write_text(path.read_text().replace("+line fifteen (ketta)", "+line FIFTEEN (ketta)"))
+    (world.patches / "0003-tail.diff").write_text((world.patches / "0003-tail.diff").read_text().replace(
+        "line fifteen (ketta)", "line FIFTEEN (ketta)"))
+    report = tmp_path / "rd.json"
+    rc, out, err = world.run("range-diff", "--letta", "0.16.8", str(old), str(world.patches), "--json", str(report))
+    assert rc == 0, err
+    statuses = {p["subject"]: p["status"] for p in json.loads(report.read_text())["pairs"]}
+    assert statuses["Ketta changes line 15"] == "changed"
+    assert statuses["A Ketta module"] == "unchanged"
+    assert "FIFTEEN" in out
+
