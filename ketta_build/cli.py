@@ -1,4 +1,20 @@
-"""Command line: parse arguments, call the library, print. Nothing else lives here."""
+"""ketta-build: carry the Ketta patch series across Letta server releases.
+
+Apply the series to a pinned release and report every hunk, keep the patches in step with a build
+tree (export, lint, range-diff), carry the series onto new releases (upstream check, port), and
+run the compatibility matrix against real patched servers.
+
+examples:
+  ketta-build apply --letta 0.16.8                  build/0.16.8: pristine release + one commit per patch
+  ketta-build series --letta 0.15.1 --check         which variant of each patch a release gets, and why
+  ketta-build export --tree build/0.16.8 --check    are patches/ what the build tree's commits say?
+  ketta-build lint                                  headers, guards, base releases, canonical form
+  ketta-build range-diff --letta 0.16.8 main HEAD   what a refresh or port changed, patch by patch
+  ketta-build upstream check                        new releases upstream, and what porting takes
+  ketta-build port --letta 0.16.9                   carry the series onto a new release
+  ketta-build matrix --letta 0.16.8                 the compatibility suites on real servers (tox)
+"""
+# The command line parses arguments, calls the library and prints; nothing else lives here.
 
 from __future__ import annotations
 
@@ -26,7 +42,8 @@ def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = Fal
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ketta-build", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ketta-build", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -300,12 +317,15 @@ def _cmd_upstream(args, console) -> int:
                                 letta_git=args.letta_git, progress=status.update)
     if not report.releases:
         console.print(f"nothing newer than {report.newest_supported} on {escape(report.source)}")
+    code = [r for r in report.releases if r.kind != "server"]
+    if code:
+        console.print(f"{len(code)} Letta Code release(s) ({code[0].version} … {code[-1].version}): not the Letta server; "
+                      "noted, nothing to port")
     for r in report.releases:
-        flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}", r.yanked is not None)) if on]
-        console.print(f"[bold]letta {r.version}[/] {r.kind}" + (f" ({', '.join(flags)})" if flags else ""))
         if r.kind != "server":
-            console.print(f"  {escape(r.detail or '')}  (noted; nothing to port)")
             continue
+        flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}", r.yanked is not None)) if on]
+        console.print(f"[bold]letta {r.version}[/] server" + (f" ({', '.join(flags)})" if flags else ""))
         console.print(f"  dry-run port: {r.status}")
         for p in r.patches:
             counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))

@@ -1,0 +1,238 @@
+"""The real series on the real releases (network: the package index, once per session into one cache).
+
+- apply followed by export --check is a no-op on every supported release;
+- lint finds nothing;
+- the 0.14 proof: without the three -0.14 variants, port --letta 0.14.0 from the remaining series,
+  resolving each conflict with the recorded resolution (the hand-made variant itself), ends with
+  the very tree the hand-made variants give;
+- a made-up 0.16.9 (0.16.8 with an upstream-style change inside a patched function and a new
+  alembic revision) on a local PEP 503 index directory: upstream check says "needs porting" and
+  names the function; port carries the series; the ported series applies exactly and lints clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ketta_build.applying import apply_patch
+from ketta_build.cli import main
+from ketta_build.releases import load_releases
+from ketta_build.series import read_series
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("real-cache")
+
+
+def _run(*argv: str, cwd: Path | None = None) -> int:
+    here = os.getcwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        return main(list(argv))
+    finally:
+        os.chdir(here)
+
+
+def _tree_hash(tree: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=tree, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("version", [str(v) for v in load_releases(REPO / "patches").versions])
+def test_apply_then_export_check_is_a_no_op(version, tmp_path, real_cache, capsys):
+    out = tmp_path / version
+    assert _run("apply", "--letta", version, "--patches", str(REPO / "patches"), "--out", str(out),
+                "--cache-dir", str(real_cache)) == 0
+    rc = _run("export", "--tree", str(out), "--patches", str(REPO / "patches"), "--check")
+    assert rc == 0, capsys.readouterr().err
+
+
+def test_lint_finds_nothing(real_cache, capsys):
+    rc = _run("lint", "--patches", str(REPO / "patches"), "--cache-dir", str(real_cache))
+    assert rc == 0, capsys.readouterr().err
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "patches", copy / "patches")
+    shutil.copy2(REPO / "tox.ini", copy / "tox.ini")
+    return copy
+
+
+def test_port_0_14_0_from_the_newer_variants_gives_the_hand_made_tree(tmp_path, real_cache, capsys):
+    copy = _repo_copy(tmp_path)
+    patches = copy / "patches"
+    hand_made = {}
+    for name in ("0003-keys-from-database-0.14.diff", "0004-no-base-providers-0.14.diff", "0005-hard-delete-providers-0.14.diff"):
+        hand_made[name[:4]] = (patches / name).read_bytes()
+        (patches / name).unlink()
+    series = patches / "series"
+    series.write_text("".join(line for line in series.read_text().splitlines(True) if "-0.14.diff" not in line))
+
+    expected = tmp_path / "hand-made"
+    assert _run("apply", "--letta", "0.14.0", "--patches", str(REPO / "patches"), "--out", str(expected),
+                "--cache-dir", str(real_cache)) == 0
+    tree = tmp_path / "port"
+    report = tmp_path / "port.json"
+    rc = _run("port", "--letta", "0.14.0", "--tree", str(tree), "--cache-dir", str(real_cache), "--json", str(report),
+              cwd=copy)
+    resolved_by_hand = []
+    while rc == 1:
+        state = json.loads(report.read_text())
+        stopped = next(p for p in state["patches"] if p["outcome"] == "failed")
+        resolved_by_hand.append(stopped["name"])
+        # The recorded resolution: drop the conflicted attempt and apply the hand-made variant of that patch.
+        subprocess.run(["git", "checkout", "-q", "HEAD", "--", "."], cwd=tree, check=True)
+        subprocess.run(["git", "clean", "-q", "-f", "-d"], cwd=tree, check=True)
+        variant = tmp_path / f"{stopped['name'][:4]}-recorded.diff"
+        variant.write_bytes(hand_made[stopped["name"][:4]])
+        from ketta_build.patchfile import parse_patch
+
+        result = apply_patch(tree, parse_patch(variant))
+        assert result.outcome.value in ("clean", "offset"), result
+        rc = _run("port", "--continue", "--tree", str(tree), "--json", str(report), cwd=copy)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    state = json.loads(report.read_text())
+    by_name = {p["name"]: p for p in state["patches"]}
+    hunks = {}
+    for p in state["patches"]:
+        for kind, n in p["hunks"].items():
+            hunks[kind] = hunks.get(kind, 0) + n
+    print(f"0.14 proof: {len(resolved_by_hand)} patches needed a hand ({', '.join(resolved_by_hand)}); hunks: {hunks}")
+    assert resolved_by_hand, "the proof is about conflicts: some patch must have needed a hand"
+    assert all(by_name[name]["outcome"] == "resolved" for name in resolved_by_hand)
+    assert _tree_hash(tree) == _tree_hash(expected), "the ported tree differs from the hand-made variants' tree"
+    again = tmp_path / "again"
+    assert _run("apply", "--letta", "0.14.0", "--patches", str(patches), "--out", str(again), "--cache-dir", str(real_cache)) == 0
+    assert _tree_hash(again) == _tree_hash(expected)
+    names = [e.name for e in read_series(patches).entries]
+    assert {"0003-keys-from-database-0.14.0.diff", "0004-no-base-providers-0.14.0.diff",
+            "0005-hard-delete-providers-0.14.0.diff"} <= set(names)
+
+
+# ----------------------------------------------------------------------------- a made-up 0.16.9
+
+NEW_REVISION = '''"""ketta test release 0.16.9: a note on each provider
+
+Revision ID: f0e1d2c3b4a5
+Revises: 1c28e167b74f
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "f0e1d2c3b4a5"
+down_revision = "1c28e167b74f"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("providers", sa.Column("note", sa.String(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("providers", "note")
+'''
+
+# Inside LLMClientBase.get_byok_overrides_async, which patch 0003 modifies: a reworded comment in
+# the hunk's context, as upstream does between releases.
+OLD_COMMENT = "        # Only fetch API key from database for BYOK providers\n        # Base providers should always use environment variables\n"
+NEW_COMMENT = "        # Only BYOK providers have their API key in the database\n        # Base providers should always use environment variables\n"
+
+
+def make_release_0_16_9(real_cache: Path, index_dir: Path) -> None:
+    """letta 0.16.9 built from the cached 0.16.8 sdist, and both on a PEP 503 index directory."""
+    from ketta_build.cache import Cache
+
+    record = Cache(real_cache).read_release("0.16.8")
+    old = Cache(real_cache).blob_path(record["sha256"])
+    files = index_dir / "files"
+    files.mkdir(parents=True)
+    shutil.copy2(old, files / "letta-0.16.8.tar.gz")
+    new_path = files / "letta-0.16.9.tar.gz"
+    changed_comment = 0
+    with tarfile.open(old) as src, tarfile.open(new_path, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None
+            name = member.name.replace("letta-0.16.8", "letta-0.16.9", 1)
+            if data is not None and name.endswith("/pyproject.toml") and name.count("/") == 1:
+                data = data.replace(b'version = "0.16.8"', b'version = "0.16.9"', 1)
+            if data is not None and name.endswith("letta/llm_api/llm_client_base.py"):
+                text = data.decode()
+                halves = text.split("async def get_byok_overrides_async", 1)
+                changed_comment = halves[1].count(OLD_COMMENT)
+                data = (halves[0] + "async def get_byok_overrides_async" + halves[1].replace(OLD_COMMENT, NEW_COMMENT, 1)).encode()
+            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k != "path"}  # long names live there
+            member.name = name
+            if data is not None:
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+            else:
+                dst.addfile(member)
+        extra = tarfile.TarInfo("letta-0.16.9/alembic/versions/f0e1d2c3b4a5_ketta_test_release_note.py")
+        extra.size = len(NEW_REVISION.encode())
+        extra.mode = 0o644
+        dst.addfile(extra, io.BytesIO(NEW_REVISION.encode()))
+    assert changed_comment == 1, "the 0.16.8 sdist no longer has the comment this fixture rewrites"
+    simple = index_dir / "simple" / "letta"
+    simple.mkdir(parents=True)
+    links = []
+    for path in sorted(files.iterdir()):
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        links.append(f'<a href="../../files/{path.name}#sha256={sha}">{path.name}</a><br>')
+    (simple / "index.html").write_text("<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n")
+
+
+def test_a_new_release_is_checked_ported_and_applies_exactly(tmp_path, real_cache, capsys):
+    assert _run("apply", "--letta", "0.16.8", "--patches", str(REPO / "patches"), "--out", str(tmp_path / "warm"),
+                "--cache-dir", str(real_cache)) == 0
+    index = tmp_path / "index"
+    make_release_0_16_9(real_cache, index)
+    url = (index / "simple").as_uri()
+    copy = _repo_copy(tmp_path)
+    check = tmp_path / "check.json"
+    capsys.readouterr()
+    rc = _run("upstream", "check", "--index-url", url, "--patches", str(copy / "patches"), "--cache-dir", str(real_cache),
+              "--json", str(check))
+    data = json.loads(check.read_text())
+    assert rc == 11 and data["exit_code"] == 11, capsys.readouterr().err
+    [release] = data["releases"]
+    assert release["version"] == "0.16.9" and release["kind"] == "server" and release["status"] == "needs-porting"
+    review = {f["path"]: f for f in release["review"]}
+    functions = {f["name"]: f for f in review["letta/llm_api/llm_client_base.py"]["functions"]}
+    assert functions["LLMClientBase.get_byok_overrides_async"]["changed_upstream"] is True
+    assert functions["LLMClientBase.get_byok_overrides"]["changed_upstream"] is False
+    assert "0003-keys-from-database.diff" in functions["LLMClientBase.get_byok_overrides_async"]["patched_by"]
+    assert review["alembic/env.py"]["added"] == 0
+
+    rc = _run("port", "--letta", "0.16.9", "--index-url", url, "--tree", str(tmp_path / "port"), "--cache-dir",
+              str(real_cache), cwd=copy)
+    assert rc == 0, capsys.readouterr().err
+    patches = copy / "patches"
+    assert "0.16.9" in (patches / "releases.toml").read_text()
+    assert "letta0169: KETTA_LETTA = 0.16.9" in (copy / "tox.ini").read_text()
+    assert (patches / "0003-keys-from-database-0.16.9.diff").is_file()
+    report = tmp_path / "apply.json"
+    assert _run("apply", "--letta", "0.16.9", "--index-url", url, "--patches", str(patches), "--out", str(tmp_path / "a169"),
+                "--cache-dir", str(real_cache), "--json", str(report)) == 0
+    summary = json.loads(report.read_text())["summary"]["hunks"]
+    assert summary["merged"] == 0 and summary["failed"] == 0 and summary["fuzz"] == 0
+    assert (tmp_path / "a169" / "alembic" / "versions" / "f0e1d2c3b4a5_ketta_test_release_note.py").is_file()
+    # Base releases from the real index; 0.16.9 is in the cache since the port fetched it.
+    rc = _run("lint", "--patches", str(patches), "--cache-dir", str(real_cache))
+    assert rc == 0, capsys.readouterr().err
