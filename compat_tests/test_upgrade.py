@@ -14,14 +14,15 @@ import pytest
 
 from . import api
 from .schema import differences
-from .upgrade import UpgradeLab, pairs_for
+from .upgrade import UpgradeLab, selected_pairs
 
 pytestmark = pytest.mark.upgrade
 
 
 def pytest_generate_tests(metafunc):
     if "pair" in metafunc.fixturenames:
-        pairs = pairs_for(metafunc.config.getoption("--letta"))
+        # KETTA_UPGRADE_PAIRS=ci (ketta-build matrix --upgrade-pairs ci): the default test run's pairs only.
+        pairs = selected_pairs(metafunc.config.getoption("--letta"), os.environ.get("KETTA_UPGRADE_PAIRS", "all"))
         # Module scope groups the tests by pair: each pair's server lives only through its group.
         metafunc.parametrize("pair", pairs, ids=[p.id for p in pairs], scope="module")
 

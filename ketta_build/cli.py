@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("-p", "--parallel", type=int, default=1, metavar="N", help="releases to run at once (default 1)")
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
+    mp.add_argument("--index-url", metavar="URL", help="package index for the releases (default: pip's configuration)")
+    mp.add_argument("--upgrade-pairs", choices=("all", "ci"), default="all",
+                    help="upgrade suite: every pair (default) or the default test run's ('ci')")
     mp.add_argument("--json", metavar="FILE", help="also write the matrix report as JSON to FILE ('-' for stdout)")
     return parser
 
@@ -126,7 +129,8 @@ def _cmd_matrix(args, console) -> int:
 
     console.print(f"running {len(versions) * len(suites)} cell(s) with {args.parallel} at a time")
     cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
-                       no_patches=args.no_patches, project=Path("."), on_cell=show)
+                       no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
+                       upgrade_pairs=args.upgrade_pairs, on_cell=show)
     paths = write_reports(cells, report_dir.absolute(), args.no_patches)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")

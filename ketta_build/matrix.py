@@ -103,6 +103,7 @@ def run_matrix(
     no_patches: bool = False,
     project: Path = Path("."),
     index_url: str | None = None,
+    upgrade_pairs: str = "all",
     on_cell=lambda cell: None,
 ) -> list[Cell]:
     unknown = [s for s in suites if s not in SUITES]
@@ -124,6 +125,7 @@ def run_matrix(
     env = {**os.environ, "KETTA_REPORT_DIR": str(report_dir)}
     if index_url:
         env["KETTA_INDEX_URL"] = index_url
+    env["KETTA_UPGRADE_PAIRS"] = upgrade_pairs
     if no_patches:
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")

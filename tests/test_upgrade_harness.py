@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compat_tests.schema import differences, normalise
-from compat_tests.upgrade import RELEASES, Side, pairs_for
+from compat_tests.upgrade import RELEASES, Side, pairs_for, selected_pairs
 from ketta_build.matrix import SUITES
 
 DUMP = """--
@@ -86,6 +86,11 @@ def test_the_default_run_crosses_the_revisions_of_0_16_7_and_moves_stock_to_kett
     assert {"ketta0.16.5-to-ketta0.16.8", "stock0.16.8-to-ketta0.16.8", "ketta0.14.0-to-ketta0.16.8",
             "ketta0.16.2-to-ketta0.16.8"} <= ids
     assert "stale0.16.5-to-ketta0.16.7" in {p.id for p in pairs_for("0.16.7")}
+    ci = {p.id for p in selected_pairs("0.16.8", "ci")}
+    assert ci == {"ketta0.16.5-to-ketta0.16.8", "stock0.16.8-to-ketta0.16.8", "stale0.16.5-to-ketta0.16.8",
+                  "ketta0.16.8-to-stock0.16.8"}
+    with pytest.raises(ValueError):
+        selected_pairs("0.16.8", "some")
 
 
 def test_tox_has_a_cell_for_every_suite():
