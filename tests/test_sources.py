@@ -87,6 +87,6 @@ def test_real_letta_0_16_8_from_the_index(tmp_path):
     assert report["upstream"]["filename"] == "letta-0.16.8.tar.gz" and len(report["upstream"]["sha256"]) == 64
     assert report["summary"]["hunks"]["failed"] == 0 and report["summary"]["hunks"]["fuzz"] == 0
     assert (out / "letta" / "server").is_dir() and (out / "alembic.ini").is_file()
-    diff = subprocess.run(["git", "diff", "--stat", "upstream/0.16.8"], cwd=out, capture_output=True, text=True, check=True).stdout
+    diff = subprocess.run(["git", "diff", "--name-only", "upstream/0.16.8"], cwd=out, capture_output=True, text=True, check=True).stdout
     touched = {f["path"] for p in report["patches"] for f in p["files"]}
     assert touched and all(path in diff for path in touched)
