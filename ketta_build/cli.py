@@ -13,6 +13,7 @@ examples:
   ketta-build upstream check                        new releases upstream, and what porting takes
   ketta-build port --letta 0.16.9                   carry the series onto a new release
   ketta-build matrix --letta 0.16.8                 the compatibility suites on real servers (tox)
+  ketta-build wheel --letta 0.16.8                  dist/letta-0.16.8+ketta.N-py3-none-any.whl, constraints, SHA256SUMS
 """
 # The command line parses arguments, calls the library and prints; nothing else lives here.
 
@@ -91,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     rd.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     rd.add_argument("--json", metavar="FILE", help="also write the pairs as JSON to FILE ('-' for stdout)")
+    wp = sub.add_parser("wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS")
+    wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
+    wp.add_argument("--all", action="store_true", help="every supported release")
+    wp.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="default: ./dist")
+    wp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    wp.add_argument("--build-root", type=Path, default=Path("build"), metavar="DIR", help="build trees (default: ./build)")
+    wp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+    wp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    wp.add_argument("--json", metavar="FILE", help="also write what was built as JSON to FILE ('-' for stdout)")
     lp = sub.add_parser("lint", help="check the series: headers, why, base release, variants, whitespace, canonical form, tox.ini")
     lp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     lp.add_argument("--fix", action="store_true", help="rewrite patch files into export's canonical form")
@@ -361,6 +371,31 @@ def _cmd_range_diff(args, console) -> int:
     return 0
 
 
+def _cmd_wheel(args, console) -> int:
+    from .cache import Cache
+    from .releases import load_releases, parse_version
+    from .wheel import SUMS_FILE, release_wheels
+
+    releases = load_releases(args.patches)
+    versions = [str(v) for v in releases.versions] if args.all else [
+        str(parse_version(v)) for v in (args.letta or [str(releases.newest.version)])]
+    for version in versions:
+        if releases.find(parse_version(version)) is None:
+            from .upstream import unknown_release
+
+            raise unknown_release(parse_version(version), "no wheel without a series for it", releases)
+    with console.status("building wheels") as status:
+        made = release_wheels(versions, args.out, series_dir=args.patches, build_root=args.build_root,
+                              cache=Cache(args.cache_dir), index_url=args.index_url, progress=status.update)
+    for item in made:
+        console.print(f"{escape(str(item.wheel))}  sha256 {item.sha256}")
+        console.print(f"{escape(str(item.constraints))}")
+    console.print(f"{escape(str(args.out / SUMS_FILE))}")
+    _emit_json(args.json, {"schema": "ketta-build/wheels/1", "wheels": [
+        {"letta": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints)} for m in made]})
+    return 0
+
+
 def _cmd_lint(args, console) -> int:
     from .cache import Cache
     from .lint import lint_series
@@ -395,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_lint(args, console)
         if args.command == "port":
             return _cmd_port(args, console)
+        if args.command == "wheel":
+            return _cmd_wheel(args, console)
         if args.command == "upstream":
             return _cmd_upstream(args, console)
         if args.command == "range-diff":

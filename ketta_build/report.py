@@ -21,7 +21,9 @@ JSON schema ``ketta-build/apply-report/1`` (documented in README.md)::
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -43,9 +45,11 @@ _STYLE = {
 }
 
 
-def _patch_json(result: PatchResult) -> dict:
+def _patch_json(result: PatchResult, series_dir: Path | None = None) -> dict:
+    path = series_dir / result.name if series_dir is not None else None
     return {
         "name": result.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None,
         "subject": result.subject,
         "outcome": result.outcome.value,
         "commit": result.commit,
@@ -101,7 +105,7 @@ def report_json(report: ApplyReport) -> dict:
                 for s in report.selections
             ],
         },
-        "patches": [_patch_json(r) for r in report.results],
+        "patches": [_patch_json(r, report.series_dir) for r in report.results],
         "not_attempted": list(report.not_attempted),
         "summary": {
             "patches": {o.value: patch_counts.get(o.value, 0) for o in Outcome},

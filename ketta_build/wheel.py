@@ -7,6 +7,7 @@ PEP 440 local version and ``SOURCE_DATE_EPOCH`` fixed, so the same tree gives th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -91,8 +92,43 @@ def _set_version(pyproject: Path, version: str) -> None:
     pyproject.write_text(new)
 
 
+PROVENANCE_FILE = "ketta_provenance.json"  # inside the letta package
+PACKAGED_ALEMBIC = "ketta_alembic"  # upstream's alembic/ and alembic.ini, inside the letta package
+
+
+def provenance(tree: Path, version: str, build_number: int) -> dict:
+    """What a Ketta wheel is made of, from the build tree's apply report (no paths, no times)."""
+    state = tree / ".git" / "ketta-build.json"
+    if not state.is_file():
+        raise BuildTreeError("not a ketta-build tree (no .git/ketta-build.json)", path=tree)
+    report = json.loads(state.read_text())
+    upstream = report["upstream"]
+    return {
+        "schema": "ketta-build/provenance/1",
+        "version": version,
+        "letta": upstream["version"],
+        "build_number": build_number,
+        "upstream": {"filename": upstream.get("filename"), "sha256": upstream.get("sha256"), "origin": upstream.get("origin")},
+        "patches": [{"name": p["name"], "sha256": p.get("sha256"), "outcome": p["outcome"]} for p in report["patches"]],
+        "tree": report["tree"]["tree_hash"],
+    }
+
+
+def _add_ketta_files(src: Path, data: dict) -> None:
+    """Provenance and upstream's migrations, so that the installed wheel can say what it is and migrate."""
+    (src / "letta" / PROVENANCE_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if (src / "alembic").is_dir() and (src / "alembic.ini").is_file():
+        target = src / "letta" / PACKAGED_ALEMBIC
+        shutil.copytree(src / "alembic", target)
+        shutil.copy2(src / "alembic.ini", target / "alembic.ini")
+
+
 def build_wheel(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWheel:
-    """Build the wheel of ``tree``'s HEAD into ``dist_dir`` (atomically: a temp dir, then a rename)."""
+    """Build the wheel of ``tree``'s HEAD into ``dist_dir`` (atomically: a temp dir, then a rename).
+
+    With a build number (a Ketta build) the wheel also carries ``letta/ketta_provenance.json`` and
+    upstream's migrations in ``letta/ketta_alembic/``; without one it is upstream's wheel as is.
+    """
     with tempfile.TemporaryDirectory(prefix="ketta-wheel-") as tmp_name:
         tmp = Path(tmp_name)
         src = tmp / "src"
@@ -103,6 +139,8 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWh
             raise KettaError("no literal version in pyproject.toml", path=tree / "pyproject.toml")
         version = local_version(upstream.group(1), build_number)
         _set_version(src / "pyproject.toml", version)
+        if build_number is not None:
+            _add_ketta_files(src, provenance(tree, version, build_number))
         epoch = git(tree, "log", "-1", "--format=%ct")
         out = tmp / "dist"
         run_uv(["build", "--wheel", "--python", sys.executable, "--out-dir", str(out), str(src)], env={"SOURCE_DATE_EPOCH": epoch})
@@ -127,3 +165,60 @@ def export_constraints(tree: Path, dest: Path, extras: tuple[str, ...] = SERVER_
     run_uv(["export", "--frozen", "--no-hashes", "--no-emit-project", *extra_args, "-o", str(tmp)], cwd=tree)
     os.replace(tmp, dest)
     return dest
+
+
+@dataclass(frozen=True)
+class ReleaseWheel:
+    version: str
+    wheel: Path
+    constraints: Path
+    sha256: str
+
+
+SUMS_FILE = "SHA256SUMS"
+
+
+def release_wheels(versions: list[str], out: Path, *, series_dir: Path, build_root: Path, cache=None,
+                   index_url: str | None = None, progress=lambda _: None) -> list[ReleaseWheel]:
+    """``letta-X+ketta.N-py3-none-any.whl`` and ``constraints-X.txt`` per release into ``out``, plus SHA256SUMS.
+
+    Everything is built in a temporary directory beside ``out`` and moved in at the end; SHA256SUMS
+    then covers every wheel and constraints file in ``out``.
+    """
+    from .cache import Cache
+    from .serverenv import ensure_tree
+
+    cache = cache or Cache()
+    number = read_build_number(series_dir)
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    made: list[ReleaseWheel] = []
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.ketta-wheel-", dir=out.parent) as tmp_name:
+        tmp = Path(tmp_name)
+        staged = []
+        for version in versions:
+            tree, _ = ensure_tree(version, patched=True, series_dir=series_dir, build_root=build_root.absolute(),
+                                  cache=cache, index_url=index_url, progress=progress)
+            progress(f"building the wheel of letta {version}+ketta.{number}")
+            wheel = build_wheel(tree, tmp / version, number)
+            constraints = export_constraints(tree, tmp / version / f"constraints-{version}.txt")
+            staged.append((version, wheel, constraints))
+        out.mkdir(parents=True, exist_ok=True)
+        for version, wheel, constraints in staged:
+            final_wheel, final_constraints = out / wheel.path.name, out / constraints.name
+            os.replace(wheel.path, final_wheel)
+            os.replace(constraints, final_constraints)
+            made.append(ReleaseWheel(version, final_wheel, final_constraints, wheel.sha256))
+    write_sums(out)
+    return made
+
+
+def write_sums(directory: Path) -> Path:
+    """``SHA256SUMS`` (sha256sum format) of every wheel and constraints file in ``directory``."""
+    lines = [f"{sha256_file(p)}  {p.name}\n" for p in sorted(directory.iterdir())
+             if p.is_file() and (p.suffix == ".whl" or p.name.startswith("constraints-"))]
+    sums = directory / SUMS_FILE
+    tmp = directory / f".{SUMS_FILE}.tmp"
+    tmp.write_text("".join(lines))
+    os.replace(tmp, sums)
+    return sums
