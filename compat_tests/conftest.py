@@ -64,13 +64,19 @@ atexit.register(_stop_all)  # a failing fixture or Ctrl-C must not leave process
 def letta_build(pytestconfig):
     from ketta_build.serverenv import prepare_server
 
-    return prepare_server(
+    build = prepare_server(
         pytestconfig.getoption("--letta"),
         patched=not pytestconfig.getoption("--no-patches"),
         series_dir=Path(pytestconfig.getoption("--patches")),
         build_root=Path(pytestconfig.getoption("--build-root")),
         index_url=pytestconfig.getoption("--index-url"),
     )
+    report_dir = os.environ.get("KETTA_REPORT_DIR")
+    if report_dir:  # what was tested, for the matrix report: sdist and wheel hashes, patches
+        from ketta_build.matrix import write_build_record
+
+        write_build_record(Path(report_dir), build)
+    return build
 
 
 @pytest.fixture(scope="session")

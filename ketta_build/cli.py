@@ -117,12 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--index-url", metavar="URL", help="package index for the releases (default: pip's configuration)")
     mp.add_argument("--upgrade-pairs", choices=("all", "ci"), default="all",
                     help="upgrade suite: every pair (default) or the default test run's ('ci')")
+    mp.add_argument("--merge", metavar="DIR", type=Path, nargs="+",
+                    help="run nothing: merge these report directories (one per CI job) into --report-dir")
     mp.add_argument("--json", metavar="FILE", help="also write the matrix report as JSON to FILE ('-' for stdout)")
     return parser
 
 
 def _cmd_matrix(args, console) -> int:
-    from .matrix import SUITES, default_versions, report_json, run_matrix, write_reports
+    import time
+
+    from .matrix import SUITES, default_versions, merge_reports, report_json, run_context, run_matrix, write_reports
+
+    if args.merge:
+        if args.letta or args.all or args.suite or args.no_patches:
+            raise KettaError("--merge runs nothing; leave out --letta, --all, --suite and --no-patches")
+        cells, patched, context = merge_reports(args.merge, args.report_dir)
+        _matrix_table(console, cells)
+        for name in ("matrix.json", "matrix.md", "matrix.html"):
+            console.print(f"{name}: {args.report_dir.absolute() / name}")
+        _emit_json(args.json, report_json(cells, not patched, context))
+        return 0 if all(c.status == "pass" for c in cells) else 1
 
     versions = default_versions() if args.all else (args.letta or ["0.16.8"])
     suites = args.suite or list(SUITES)
@@ -138,14 +152,43 @@ def _cmd_matrix(args, console) -> int:
         )
 
     console.print(f"running {len(versions) * len(suites)} cell(s) with {args.parallel} at a time")
-    cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
-                       no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
-                       upgrade_pairs=args.upgrade_pairs, on_cell=show)
-    paths = write_reports(cells, report_dir.absolute(), args.no_patches)
+    started = time.time()
+    with console.status("matrix: starting") as status:
+        done: list = []
+
+        def on_cell(cell) -> None:
+            done.append(cell)
+            show(cell)
+            status.update(f"matrix: {len(done)}/{len(versions) * len(suites)} cells done, "
+                          f"{sum(c.status == 'pass' for c in done)} passing")
+
+        cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
+                           no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
+                           upgrade_pairs=args.upgrade_pairs, on_cell=on_cell)
+    context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time())
+    paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
+    _matrix_table(console, cells)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
-    _emit_json(args.json, report_json(cells, args.no_patches))
+    _emit_json(args.json, report_json(cells, args.no_patches, context))
     return 0 if all(c.status == "pass" for c in cells) else 1
+
+
+def _matrix_table(console, cells) -> None:
+    from rich.table import Table
+
+    from .matrix import cell_grid
+
+    versions, suites, grid = cell_grid(cells)
+    colour = {"pass": "green", "fail": "red", "error": "yellow"}
+    table = Table("release", *suites, title="compatibility matrix")
+    for v in versions:
+        row = []
+        for s in suites:
+            c = grid.get((v, s))
+            row.append("-" if c is None else f"[{colour.get(c.status, 'white')}]{c.status}[/] {c.passed}/{c.passed + c.failed + c.errors}")
+        table.add_row(v, *row)
+    console.print(table)
 
 
 def _console(stderr: bool):

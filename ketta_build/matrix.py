@@ -145,6 +145,55 @@ def run_matrix(
     return cells
 
 
+def write_build_record(report_dir: Path, build) -> Path:
+    """What a cell tested (written by the suites' session fixture): the release's sdist and its
+    sha256, the wheel, and each applied patch with its sha256. One file per release and flavour."""
+    upstream = (build.apply_report or {}).get("upstream", {})
+    patches = [{"name": p["name"], "sha256": p.get("sha256")} for p in (build.apply_report or {}).get("patches", [])]
+    record = {
+        "version": str(parse_version(build.version)), "patched": build.patched,
+        "sdist": upstream.get("filename"), "sdist_sha256": upstream.get("sha256"),
+        "wheel": Path(build.wheel).name, "wheel_sha256": build.wheel_sha256, "patches": patches,
+    }
+    out = report_dir / "builds" / f"{record['version']}{'' if build.patched else '-upstream'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def run_context(project: Path, report_dir: Path, *, started: float, finished: float) -> dict:
+    """Where a matrix run came from: the series commit and build number, the tool, the date, the
+    total time, and the per-release records the cells wrote."""
+    from datetime import datetime, timezone
+
+    from . import __version__
+    from .wheel import read_build_number
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    try:
+        number = read_build_number(project / "patches")
+    except KettaError:
+        number = None
+    builds = {}
+    for path in sorted((report_dir / "builds").glob("*.json")):
+        record = json.loads(path.read_text())
+        builds[path.stem] = record
+    return {
+        "tool": f"ketta-build {__version__}",
+        "series_commit": git("rev-parse", "HEAD") or None,
+        "series_dirty": bool(git("status", "--porcelain", "--", "patches")),
+        "build_number": number,
+        "date": datetime.fromtimestamp(finished, timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "total_seconds": round(finished - started, 1),
+        "builds": builds,
+    }
+
+
 def default_versions(project: Path = Path(".")) -> list[str]:
     return [str(v) for v in load_releases(project / "patches").versions]
 
@@ -152,17 +201,18 @@ def default_versions(project: Path = Path(".")) -> list[str]:
 # --------------------------------------------------------------------------- reports
 
 
-def report_json(cells: list[Cell], no_patches: bool) -> dict:
+def report_json(cells: list[Cell], no_patches: bool, context: dict | None = None) -> dict:
     return {
         "schema": SCHEMA,
         "patched": not no_patches,
+        "context": context or {},
         "cells": [asdict(c) for c in cells],
         "summary": {s: sum(1 for c in cells if c.status == s) for s in ("pass", "fail", "error", "not-run")},
     }
 
 
-def _grid(cells: list[Cell]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:
-    versions = list(dict.fromkeys(c.version for c in cells))
+def cell_grid(cells: list[Cell]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:
+    versions = sorted(dict.fromkeys(c.version for c in cells), key=parse_version)
     suites = list(dict.fromkeys(c.suite for c in cells))
     return versions, suites, {(c.version, c.suite): c for c in cells}
 
@@ -172,24 +222,47 @@ def _label(c: Cell) -> str:
     return f"{c.status} {counts} {c.duration:.0f}s"
 
 
-def report_markdown(cells: list[Cell], no_patches: bool) -> str:
-    versions, suites, grid = _grid(cells)
+def _context_lines(context: dict) -> list[str]:
+    if not context:
+        return []
+    commit = context.get("series_commit") or "unknown"
+    lines = [
+        f"series {commit[:12]}{' (patches/ modified)' if context.get('series_dirty') else ''}, "
+        f"build number {context.get('build_number')}, {context.get('tool')}, {context.get('date')}, "
+        f"total {context.get('total_seconds', 0) / 60:.1f} min"
+    ]
+    for name, b in sorted(context.get("builds", {}).items()):
+        lines.append(f"{name}: {b.get('sdist')} sha256 {b.get('sdist_sha256')}; wheel {b.get('wheel')} "
+                     f"sha256 {b.get('wheel_sha256')}; {len(b.get('patches', []))} patch(es)")
+    return lines
+
+
+def log_tail(report_dir: Path, cell: Cell, lines: int = 30) -> str:
+    path = report_dir / cell.log
+    if not cell.log or not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = None) -> str:
+    versions, suites, grid = cell_grid(cells)
     title = "unpatched Letta (--no-patches)" if no_patches else "Letta + Ketta series"
-    lines = [f"# Ketta compatibility matrix: {title}", "", "| release | " + " | ".join(suites) + " |",
-             "|---|" + "---|" * len(suites)]
+    lines = [f"# Ketta compatibility matrix: {title}", ""]
+    lines += [f"- {line}" for line in _context_lines(context or {})]
+    lines += ["", "| release | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]
     for v in versions:
         row = [f"[{_label(grid[v, s])}]({grid[v, s].log})" if (v, s) in grid else "-" for s in suites]
         lines.append(f"| {v} | " + " | ".join(row) + " |")
-    failing = [c for c in cells if c.failures]
+    failing = [c for c in cells if c.failures or c.status != "pass"]
     if failing:
-        lines += ["", "## Failing checks", ""]
+        lines += ["", "## Failing cells", ""]
         for c in failing:
-            lines += [f"- {c.env}: {name}" for name in c.failures]
+            lines.append(f"- {c.env} ({c.status}, exit {c.exit_code}): " + ("; ".join(c.failures) or "no test results"))
     return "\n".join(lines) + "\n"
 
 
-def report_html(cells: list[Cell], no_patches: bool) -> str:
-    versions, suites, grid = _grid(cells)
+def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None, report_dir: Path | None = None) -> str:
+    versions, suites, grid = cell_grid(cells)
     colours = {"pass": "#c8f0c8", "fail": "#f5c2c2", "error": "#f5dfa8", "not-run": "#e4e4e4"}
     head = "".join(f"<th>{html.escape(s)}</th>" for s in suites)
     rows = []
@@ -200,30 +273,110 @@ def report_html(cells: list[Cell], no_patches: bool) -> str:
             if c is None:
                 tds.append("<td>-</td>")
                 continue
-            title = html.escape("\n".join(c.failures) or c.status)
+            link = f"#{c.env}" if c.status != "pass" else html.escape(c.log)
             tds.append(
-                f'<td style="background:{colours[c.status]}" title="{title}">'
-                f'<a href="{html.escape(c.log)}">{html.escape(c.status)}</a><br>'
+                f'<td style="background:{colours.get(c.status, "#fff")}">'
+                f'<a href="{link}">{html.escape(c.status)}</a><br>'
                 f"{c.passed} passed, {c.failed} failed, {c.errors} errors<br>{c.duration:.0f} s</td>"
             )
         rows.append(f"<tr><th>{html.escape(v)}</th>{''.join(tds)}</tr>")
     title = "unpatched Letta" if no_patches else "Letta + Ketta series"
+    summary = {st: sum(1 for c in cells if c.status == st) for st in ("pass", "fail", "error", "not-run")}
+    about = "".join(f"<li>{html.escape(line)}</li>" for line in _context_lines(context or {}))
+    details = []
+    for c in cells:
+        if c.status == "pass":
+            continue
+        tests = "".join(f"<li><code>{html.escape(n)}</code></li>" for n in c.failures) or "<li>no test results</li>"
+        tail = html.escape(log_tail(report_dir, c)) if report_dir else ""
+        details.append(
+            f'<section id="{html.escape(c.env)}"><h3>{html.escape(c.env)}: {html.escape(c.status)} '
+            f"(exit {c.exit_code})</h3><ul>{tests}</ul>"
+            f'<p><a href="{html.escape(c.log)}">whole log</a></p><pre>{tail}</pre></section>'
+        )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Ketta compatibility matrix</title>"
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;"
-        "padding:6px 10px;text-align:center}</style></head><body>"
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #999;"
+        "padding:6px 10px;text-align:center}pre{background:#f4f4f4;padding:8px;overflow-x:auto;font-size:12px}"
+        "li{font-size:13px}</style></head><body>"
         f"<h1>Ketta compatibility matrix: {html.escape(title)}</h1>"
-        f"<table><tr><th>release</th>{head}</tr>{''.join(rows)}</table></body></html>\n"
+        f"<p>{summary['pass']} passing, {summary['fail']} failing, {summary['error']} errors, "
+        f"{summary['not-run']} not run, of {len(cells)} cells.</p><ul>{about}</ul>"
+        f"<table><tr><th>release</th>{head}</tr>{''.join(rows)}</table>"
+        + (f"<h2>Cells that did not pass</h2>{''.join(details)}" if details else "")
+        + "</body></html>\n"
     )
 
 
-def write_reports(cells: list[Cell], report_dir: Path, no_patches: bool) -> dict[str, Path]:
+def write_reports(cells: list[Cell], report_dir: Path, no_patches: bool, context: dict | None = None) -> dict[str, Path]:
     out = {
         "json": report_dir / "matrix.json",
         "markdown": report_dir / "matrix.md",
         "html": report_dir / "matrix.html",
     }
-    out["json"].write_text(json.dumps(report_json(cells, no_patches), indent=2) + "\n")
-    out["markdown"].write_text(report_markdown(cells, no_patches))
-    out["html"].write_text(report_html(cells, no_patches))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    out["json"].write_text(json.dumps(report_json(cells, no_patches, context), indent=2) + "\n")
+    out["markdown"].write_text(report_markdown(cells, no_patches, context))
+    out["html"].write_text(report_html(cells, no_patches, context, report_dir))
     return out
+
+
+def merge_reports(sources: list[Path], out_dir: Path) -> tuple[list[Cell], bool, dict]:
+    """One matrix from several runs' report directories (e.g. one CI job per release): cells,
+    logs and build records are gathered into ``out_dir``. A release+suite reported twice, a
+    directory without ``matrix.json``, or mixed patched/unpatched runs are errors."""
+    cells: list[Cell] = []
+    flavours: set[bool] = set()
+    contexts: list[dict] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for src in sources:
+        path = src / "matrix.json"
+        if not path.is_file():
+            raise KettaError("no matrix report here", path=path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise KettaError(f"not JSON: {exc.msg}", path=path, line=exc.lineno) from None
+        if data.get("schema") != SCHEMA:
+            raise KettaError(f"not a {SCHEMA} report (schema {data.get('schema')!r})", path=path)
+        flavours.add(bool(data.get("patched", True)))
+        contexts.append(data.get("context") or {})
+        for raw in data.get("cells", []):
+            cell = Cell(**raw)
+            key = (cell.version, cell.suite)
+            if key in seen:
+                raise KettaError(f"{cell.env} is in two reports ({seen[key]} and {path})", path=path)
+            seen[key] = path
+            cells.append(cell)
+    if any(src.resolve() == out_dir.resolve() for src in sources):
+        raise KettaError("the merged report cannot go into one of its sources; pick another --report-dir", path=out_dir)
+    if len(flavours) > 1:
+        raise KettaError("cannot merge patched and --no-patches reports into one matrix")
+    if not cells:
+        raise KettaError("the reports hold no cells", path=sources[0] if sources else None)
+    staging = out_dir.parent / f".{out_dir.name}.merging"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "logs").mkdir(parents=True)
+    (staging / "builds").mkdir()
+    for src in sources:
+        for sub in ("logs", "builds"):
+            for f in sorted((src / sub).glob("*")) if (src / sub).is_dir() else []:
+                if f.is_file():
+                    shutil.copy2(f, staging / sub / f.name)
+    commits = {c.get("series_commit") for c in contexts if c}
+    context = {
+        "tool": next((c["tool"] for c in contexts if c.get("tool")), None),
+        "series_commit": commits.pop() if len(commits) == 1 else ", ".join(sorted(filter(None, commits))),
+        "series_dirty": any(c.get("series_dirty") for c in contexts),
+        "build_number": next((c["build_number"] for c in contexts if c.get("build_number") is not None), None),
+        "date": max((c.get("date") or "" for c in contexts), default=""),
+        "total_seconds": round(sum(c.get("total_seconds", 0) for c in contexts), 1),
+        "builds": {k: v for c in contexts for k, v in c.get("builds", {}).items()},
+        "merged_from": [str(s) for s in sources],
+    }
+    patched = flavours.pop()
+    write_reports(cells, staging, not patched, context)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.replace(out_dir)
+    return cells, patched, context

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ketta_build import matrix, upstream, wheel
+from ketta_build.cli import main
 from ketta_build.errors import KettaError
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -33,19 +34,73 @@ def test_junit_counts_and_failure_names(tmp_path: Path):
     assert cell.failures == ["compat_tests.test_handle::test_b", "compat_tests.test_handle::test_c (error)"]
 
 
-def test_reports_link_logs_and_show_every_cell(tmp_path: Path):
-    cells = [
+def _cells() -> list:
+    return [
         matrix.Cell("0.16.8", "handle", "letta0168-handle", status="pass", passed=3, duration=19, log="logs/letta0168-handle.log"),
-        matrix.Cell("0.16.8", "agent", "letta0168-agent", status="fail", passed=1, failed=2, duration=30,
+        matrix.Cell("0.16.8", "agent", "letta0168-agent", status="fail", passed=1, failed=2, duration=30, exit_code=1,
                     log="logs/letta0168-agent.log", failures=["t::x"]),
     ]
-    paths = matrix.write_reports(cells, tmp_path, no_patches=True)
+
+
+CONTEXT = {"tool": "ketta-build 9.9", "series_commit": "a" * 40, "series_dirty": False, "build_number": 4,
+           "date": "2026-11-25 12:00 UTC", "total_seconds": 600.0,
+           "builds": {"0.16.8": {"sdist": "letta-0.16.8.tar.gz", "sdist_sha256": "b" * 64, "wheel": "w.whl",
+                                 "wheel_sha256": "c" * 64, "patches": [{"name": "0001-x.diff", "sha256": "d" * 64}]}}}
+
+
+def test_reports_link_logs_and_show_every_cell(tmp_path: Path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "letta0168-agent.log").write_text("".join(f"line {n}\n" for n in range(100)) + "AssertionError: boom\n")
+    paths = matrix.write_reports(_cells(), tmp_path, no_patches=True, context=CONTEXT)
     md = paths["markdown"].read_text()
-    assert "[pass 3/3 19s](logs/letta0168-handle.log)" in md and "letta0168-agent: t::x" in md
+    assert "[pass 3/3 19s](logs/letta0168-handle.log)" in md and "letta0168-agent (fail, exit 1): t::x" in md
+    assert "build number 4" in md and "b" * 64 in md
     page = paths["html"].read_text()
-    assert page.count("<td") == 2 and 'href="logs/letta0168-agent.log"' in page and "#f5c2c2" in page
+    # the grid, what was tested, and the failing cell's tests and log tail on the page itself
+    assert page.count("<td") == 2 and 'href="#letta0168-agent"' in page and "#f5c2c2" in page
+    assert 'id="letta0168-agent"' in page and "<code>t::x</code>" in page and "AssertionError: boom" in page
+    assert "line 99" in page and "line 10\n" not in page, "the page shows the log's tail, not all of it"
+    assert "aaaaaaaaaaaa" in page and "letta-0.16.8.tar.gz sha256 " + "b" * 64 in page and "10.0 min" in page
     data = json.loads(paths["json"].read_text())
     assert data["schema"] == matrix.SCHEMA and data["summary"]["fail"] == 1 and data["patched"] is False
+    assert data["context"]["build_number"] == 4
+
+
+def test_merge_gathers_one_matrix_from_per_release_jobs(tmp_path: Path):
+    one, two = tmp_path / "job-0.16.7", tmp_path / "job-0.16.8"
+    a = matrix.Cell("0.16.7", "handle", "letta0167-handle", status="pass", passed=3, duration=20, log="logs/letta0167-handle.log")
+    for job, cells in ((one, [a]), (two, _cells())):
+        (job / "logs").mkdir(parents=True)
+        for c in cells:
+            (job / c.log).write_text(f"log of {c.env}\n")
+        matrix.write_reports(cells, job, no_patches=False, context={**CONTEXT, "total_seconds": 300.0})
+    out = tmp_path / "merged"
+    assert main(["matrix", "--merge", str(two), str(one), "--report-dir", str(out), "--json", str(tmp_path / "m.json")]) == 1
+    data = json.loads((out / "matrix.json").read_text())
+    assert [(c["version"], c["suite"]) for c in data["cells"]] == [("0.16.8", "handle"), ("0.16.8", "agent"), ("0.16.7", "handle")]
+    assert data["summary"] == {"pass": 2, "fail": 1, "error": 0, "not-run": 0}
+    assert data["context"]["total_seconds"] == 600.0 and len(data["context"]["merged_from"]) == 2
+    assert (out / "logs" / "letta0167-handle.log").read_text() == "log of letta0167-handle\n"
+    page = (out / "matrix.html").read_text()
+    assert page.index("<th>0.16.7</th>") < page.index("<th>0.16.8</th>"), "releases in version order"
+    # all green merges to exit 0
+    assert main(["matrix", "--merge", str(one), "--report-dir", str(tmp_path / "green")]) == 0
+
+
+def test_merge_refuses_duplicates_missing_reports_and_its_own_source(tmp_path: Path, capsys):
+    job = tmp_path / "job"
+    matrix.write_reports(_cells(), job, no_patches=False)
+    assert main(["matrix", "--merge", str(job), str(job), "--report-dir", str(tmp_path / "out")]) == 2
+    assert "letta0168-handle is in two reports" in capsys.readouterr().err
+    assert main(["matrix", "--merge", str(tmp_path / "nothing"), "--report-dir", str(tmp_path / "out")]) == 2
+    assert "nothing/matrix.json: no matrix report here" in capsys.readouterr().err.replace("\n", "")
+    assert main(["matrix", "--merge", str(job), "--report-dir", str(job)]) == 2
+    assert (job / "matrix.json").is_file(), "a refused merge leaves its sources alone"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "matrix.json").write_text("{\n  nope")
+    assert main(["matrix", "--merge", str(tmp_path / "bad"), "--report-dir", str(tmp_path / "out")]) == 2
+    assert "bad/matrix.json:2: not JSON" in capsys.readouterr().err.replace("\n", "")
+    assert not (tmp_path / "out").exists()
 
 
 def test_matrix_refuses_unknown_suite_and_bad_parallelism(tmp_path: Path):
