@@ -13,6 +13,7 @@ examples:
   ketta-build upstream check                        new releases upstream, and what porting takes
   ketta-build port --letta 0.16.9                   carry the series onto a new release
   ketta-build matrix --letta 0.16.8                 the compatibility suites on real servers (tox)
+  ketta-build releases --json -                     the supported releases (patches/releases.toml)
   ketta-build wheel --letta 0.16.8                  dist/letta-0.16.8+ketta.N-py3-none-any.whl, constraints, SHA256SUMS
 """
 # The command line parses arguments, calls the library and prints; nothing else lives here.
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     uc.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
     uc.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     uc.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    uc.add_argument("--issue-dir", metavar="DIR", type=Path,
+                    help="write DIR/<version>.md per new server release: the tracking issue's body")
     uc.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
     rd = sub.add_parser("range-diff", help="what changed between two versions of the series (git refs or patch dirs), per patch")
     rd.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
@@ -101,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     wp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     wp.add_argument("--json", metavar="FILE", help="also write what was built as JSON to FILE ('-' for stdout)")
+    rp = sub.add_parser("releases", help="the supported releases (patches/releases.toml), e.g. for a CI job matrix")
+    rp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    rp.add_argument("--json", metavar="FILE", help="also write them as JSON to FILE ('-' for stdout)")
     lp = sub.add_parser("lint", help="check the series: headers, why, base release, variants, whitespace, canonical form, tox.ini")
     lp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     lp.add_argument("--fix", action="store_true", help="rewrite patch files into export's canonical form")
@@ -396,6 +402,11 @@ def _cmd_upstream(args, console) -> int:
                 state = "[red]changed upstream[/]" if fn.changed_upstream else "unchanged"
                 who = f" ({', '.join(fn.patched_by)})" if fn.patched_by else ""
                 console.print(f"      {escape(fn.name)}: {state}{escape(who)}")
+    if args.issue_dir:
+        from .upstream_check import write_issue_bodies
+
+        for path in write_issue_bodies(report, args.issue_dir):
+            console.print(f"issue body: {path}")
     _emit_json(args.json, report.as_json())
     return report.exit_code
 
@@ -459,6 +470,17 @@ def _cmd_lint(args, console) -> int:
     return 1 if findings else 0
 
 
+def _cmd_releases(args, console) -> int:
+    from .releases import load_releases
+
+    releases = load_releases(args.patches)
+    for r in releases:
+        console.print(f"{r.version}  {r.date}")
+    _emit_json(args.json, {"schema": "ketta-build/releases/1", "versions": [str(r.version) for r in releases],
+                           "releases": [{"version": str(r.version), "date": r.date} for r in releases]})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = _console(stderr=args.json == "-")
@@ -479,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_upstream(args, console)
         if args.command == "range-diff":
             return _cmd_range_diff(args, console)
+        if args.command == "releases":
+            return _cmd_releases(args, console)
         return _cmd_series(args, console)
     except KettaError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)

@@ -101,6 +101,55 @@ class CheckReport:
         return {"schema": "ketta-build/upstream-check/1", "exit_code": self.exit_code, **asdict(self)}
 
 
+def issue_title(version: str) -> str:
+    """The title of the one tracking issue per new server release (the upstream workflow finds it by this)."""
+    return f"Upstream Letta {version}: Ketta port report"
+
+
+def issue_markdown(report: CheckReport, release: NewRelease) -> str:
+    """The tracking issue's body for one new server release: dry-run port and review list."""
+    flags = [f for f, on in (("pre-release", release.prerelease), ("yanked", release.yanked is not None)) if on]
+    verdict = {"carries-over": "the series carries over exactly", "needs-porting": "the series needs porting"}
+    lines = [
+        f"# {issue_title(release.version)}",
+        "",
+        f"letta {release.version}{' (' + ', '.join(flags) + ')' if flags else ''} is newer than the newest "
+        f"supported release {report.newest_supported} (source: {report.source}).",
+        f"Dry-run port: **{verdict.get(release.status or '', release.status)}**.",
+        "",
+        "| patch | outcome | hunks |",
+        "|---|---|---|",
+    ]
+    for p in release.patches:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
+        lines.append(f"| `{p.name}` | {p.outcome} | {counts} |")
+    lines += ["", "## Review list (design document, merge checklist)", ""]
+    for f in release.review:
+        mark = " (checklist)" if f.in_checklist else ""
+        by = f", patched by {', '.join(f.touched_by)}" if f.touched_by else ""
+        lines.append(f"- `{f.path}`: +{f.added} -{f.removed}{mark}{by}")
+        for fn in f.functions:
+            state = "**changed upstream**" if fn.changed_upstream else "unchanged"
+            who = f" ({', '.join(fn.patched_by)})" if fn.patched_by else ""
+            lines.append(f"  - `{fn.name}`: {state}{who}")
+    return "\n".join(lines) + "\n"
+
+
+def write_issue_bodies(report: CheckReport, out_dir: Path) -> list[Path]:
+    """``<version>.md`` per new server release, written whole (temp file, then rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for release in report.releases:
+        if release.kind != "server":
+            continue
+        path = out_dir / f"{release.version}.md"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(issue_markdown(report, release))
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
 def _index_versions(index_url: str | None) -> dict[Version, list[IndexFile]]:
     found: dict[Version, list[IndexFile]] = {}
     for url in discover_index_urls(index_url):

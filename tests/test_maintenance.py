@@ -331,9 +331,15 @@ def test_upstream_check_classifies_and_reviews(world, tmp_path):
     world.publish("0.16.9", m=BODY.replace("line 15\n", "line 15 rewritten upstream\n"))
     world.index.add(make_wheel(world.root / "letta-0.33.0-py3-none-any.whl", "letta_code"))
     report = tmp_path / "check.json"
-    rc, out, _ = world.run("upstream", "check", "--json", str(report))
+    rc, out, _ = world.run("upstream", "check", "--json", str(report), "--issue-dir", str(tmp_path / "issues"))
     data = json.loads(report.read_text())
     assert rc == 11 and data["exit_code"] == 11
+    # one tracking-issue body per new server release (not for Letta Code), titled as the workflow looks for it
+    assert sorted(p.name for p in (tmp_path / "issues").iterdir()) == ["0.16.9.md", "0.16.9rc1.md"]
+    body = (tmp_path / "issues" / "0.16.9.md").read_text()
+    assert body.startswith("# Upstream Letta 0.16.9: Ketta port report\n") and "the series needs porting" in body
+    assert "| `0001-change-m.diff` | failed |" in body and "`lines 12-18`: **changed upstream**" in body
+    assert "(pre-release, yanked)" in (tmp_path / "issues" / "0.16.9rc1.md").read_text()
     by_version = {r["version"]: r for r in data["releases"]}
     assert list(by_version) == ["0.16.9rc1", "0.16.9", "0.33.0"]
     assert by_version["0.16.9rc1"]["prerelease"] and by_version["0.16.9rc1"]["yanked"] == "broken"
