@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
     ap.add_argument("--fuzz", metavar="N", type=int, default=0, help="allow ignoring up to N context lines (reported loudly)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failed patch; apply what can be")
+    ap.add_argument("-v", "--verbose", action="store_true", help="also say why each variant was chosen or skipped")
 
     sp = sub.add_parser("series", help="show which patches apply to a release and why")
     _add_source_args(sp)
@@ -258,9 +259,9 @@ def _cmd_apply(args, console) -> int:
             # 3-way merges need the release each patch was made against: take it from the index (cached).
             base_source=IndexSource(cache, args.index_url, allow_unsupported=True),
             progress=say,
-            on_patch=lambda r: console.print(f"{r.name}: {r.outcome.value}", markup=False),
+            on_patch=lambda r: say(f"applied {r.name}: {r.outcome.value}"),
         )
-    print_report(report, console)
+    print_report(report, console, verbose=args.verbose)
     for line in failure_lines(report):
         print(f"ketta-build: failed: {line}", file=sys.stderr)
     _emit_json(args.json, report_json(report))

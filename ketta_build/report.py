@@ -136,7 +136,7 @@ def failure_lines(report: ApplyReport) -> list[str]:
     return lines
 
 
-def print_report(report: ApplyReport, console: Console) -> None:
+def print_report(report: ApplyReport, console: Console, verbose: bool = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -152,11 +152,18 @@ def print_report(report: ApplyReport, console: Console) -> None:
     for name in report.not_attempted:
         table.add_row(name, "[dim]not attempted[/]", "", "-")
     console.print(table)
-    for s in report.selections:
-        if not s.selected:
-            console.print(f"[dim]skipped {escape(s.entry.name)}: {escape(s.reason)}[/]")
-        elif s.variants:
-            console.print(f"variant {s.entry.name}: {s.reason}", markup=False)
+    if verbose:
+        for s in report.selections:
+            if not s.selected:
+                console.print(f"[dim]skipped {escape(s.entry.name)}: {escape(s.reason)}[/]")
+            elif s.variants:
+                console.print(f"variant {s.entry.name}: {s.reason}", markup=False)
+    else:
+        skipped = sum(1 for s in report.selections if not s.selected)
+        chosen = sum(1 for s in report.selections if s.selected and s.variants)
+        if skipped:
+            console.print(f"[dim]{chosen} variant(s) chosen by guard, {skipped} series line(s) not for this release "
+                          "(-v says why)[/]")
     for r in report.results:
         for f in r.files:
             for h in f.hunks:
