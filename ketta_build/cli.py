@@ -13,6 +13,7 @@ examples:
   ketta-build upstream check                        new releases upstream, and what porting takes
   ketta-build port --letta 0.16.9                   carry the series onto a new release
   ketta-build matrix --letta 0.16.8                 the compatibility suites on real servers (tox)
+  ketta-build serve --letta 0.16.8                  a patched server on 127.0.0.1:8283 with a persistent PostgreSQL
   ketta-build releases --json -                     the supported releases (patches/releases.toml)
   ketta-build wheel --letta 0.16.8                  dist/letta-0.16.8+ketta.N-py3-none-any.whl, constraints, SHA256SUMS
 """
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     wp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     wp.add_argument("--json", metavar="FILE", help="also write what was built as JSON to FILE ('-' for stdout)")
+    vp = sub.add_parser("serve", help="a patched Letta server here and now: wheel, PostgreSQL (persistent), migration, server")
+    vp.add_argument("--letta", metavar="VERSION", default="0.16.8", help="release to serve (default: 0.16.8)")
+    vp.add_argument("--data-dir", metavar="DIR", type=Path, help="PostgreSQL data, the server's home and key "
+                    "(default: the user data directory, ketta-build/serve/VERSION)")
+    vp.add_argument("--pg-uri", metavar="URI", help="your own PostgreSQL with pgvector instead of the embedded one")
+    vp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 exposes it)")
+    vp.add_argument("--port", type=int, default=8283, help="port (default: 8283, Letta's)")
+    vp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    vp.add_argument("--build-root", metavar="DIR", type=Path, default=Path("build"), help="build trees (default: ./build)")
+    vp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+    vp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    vp.add_argument("--json", metavar="FILE", help="also write where the server is as JSON to FILE ('-' for stdout) once it is ready")
     rp = sub.add_parser("releases", help="the supported releases (patches/releases.toml), e.g. for a CI job matrix")
     rp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     rp.add_argument("--json", metavar="FILE", help="also write them as JSON to FILE ('-' for stdout)")
@@ -471,6 +484,42 @@ def _cmd_lint(args, console) -> int:
     return 1 if findings else 0
 
 
+def _cmd_serve(args, console) -> int:
+    import signal
+
+    from .serve import ServeOptions, start, write_state
+
+    def terminate(signum, frame):  # SIGTERM ends a serve as Ctrl-C does: everything is stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    opts = ServeOptions(version=args.letta, data_dir=args.data_dir, pg_uri=args.pg_uri, host=args.host, port=args.port,
+                        patches=args.patches, build_root=args.build_root, cache_dir=args.cache_dir, index_url=args.index_url)
+    with console.status("preparing") as status:
+        serving = start(opts, progress=status.update)
+    try:
+        state = write_state(serving)
+        console.print(f"[bold green]Ketta {serving.build.wheel_version}[/] ready at [bold]{serving.url}[/] "
+                      f"in {serving.timings['total']:.1f} s")
+        if serving.key_file:
+            console.print(f"encryption key: {serving.key_file} (generated on first start, for this host only; "
+                          "set LETTA_ENCRYPTION_KEY for more than one server)")
+        else:
+            console.print("encryption key: from LETTA_ENCRYPTION_KEY")
+        console.print(f"data: {serving.data_dir}" + (" (PostgreSQL, home)" if serving.postgres else " (home; database: --pg-uri)"))
+        console.print(f"server log: {serving.log_file}")
+        console.print("Ctrl-C stops the server and PostgreSQL")
+        _emit_json(args.json, json.loads(state.read_text()))
+        code = serving.wait()
+        console.print(f"letta server exited with {code}; see {serving.log_file}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("stopping the server and PostgreSQL")
+        return 0
+    finally:
+        serving.stop()
+
+
 def _cmd_releases(args, console) -> int:
     from .releases import load_releases
 
@@ -504,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_range_diff(args, console)
         if args.command == "releases":
             return _cmd_releases(args, console)
+        if args.command == "serve":
+            return _cmd_serve(args, console)
         return _cmd_series(args, console)
     except KettaError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)
