@@ -258,14 +258,130 @@ def _clean_stale_temp_dirs(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def stripspace(message: str) -> str:
+    """What ``git commit -m`` stores (its "whitespace" clean-up): trailing blanks gone from every line,
+    runs of empty lines folded to one, none at either end, one final newline."""
+    lines = [line.rstrip() for line in message.split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if not line and (not out or not out[-1]):
+            continue
+        out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _quote_path(path: str) -> str:
+    if not any(c in path for c in '"\\\n') and not path.startswith('"'):
+        return path
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class CommitWriter:
+    """Writes a run's commits through one ``git fast-import`` process instead of an add, a commit and
+    a rev-parse per patch (process start-up was most of the cost of a long series). The commits are
+    byte for byte what ``git commit -m`` made: same tree, identities, dates and cleaned message.
+    ``close()`` moves the branch and brings the index in line with the work tree."""
+
+    def __init__(self, tree: Path) -> None:
+        self.tree = tree
+        self.parent = git(tree, "rev-parse", "HEAD")
+        self.symbolic = git(tree, "symbolic-ref", "-q", "HEAD", check=False) or None
+        self.branch = self.symbolic or "refs/ketta-build/detached"  # a detached HEAD is moved at close()
+        self.proc: subprocess.Popen | None = None
+        self.mark = 0
+
+    def _start(self) -> subprocess.Popen:
+        if self.proc is None:
+            env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1"}
+            self.proc = subprocess.Popen(
+                ["git", "-c", "core.fsync=none", "-c", "gc.auto=0", "fast-import", "--quiet", "--done", "--date-format=raw"],
+                cwd=self.tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        return self.proc
+
+    def _fail(self) -> BuildTreeError:
+        err = b""
+        if self.proc is not None:
+            self.proc.kill()
+            err = self.proc.stderr.read() if self.proc.stderr else b""
+            self.proc.wait()
+            self.proc = None
+        return BuildTreeError(f"git fast-import failed in {self.tree}: {err.decode(errors='replace').strip()[-300:]}")
+
+    def commit(self, patch: Patch, paths: list[str]) -> str:
+        """Commit what ``patch`` did to ``paths`` (as they are on disk now); the new commit id."""
+        proc = self._start()
+        self.mark += 1
+        h = patch.header
+        when = _patch_date(patch).lstrip("@")
+        message = stripspace(commit_message(patch.name, h)).encode()
+        chunks = [
+            f"commit {self.branch}\nmark :{self.mark}\n".encode(),
+            f"author {h.author_name} <{h.author_email}> {when}\n".encode(),
+            f"committer {_TOOL_IDENTITY[0]} <{_TOOL_IDENTITY[1]}> {when}\n".encode(),
+            f"data {len(message)}\n".encode(), message,
+            (f"from {self.parent}\n" if self.mark == 1 else f"from :{self.mark - 1}\n").encode(),
+        ]
+        for path in dict.fromkeys(paths):
+            target = self.tree / path
+            if target.is_symlink():
+                data = os.readlink(target).encode()
+                mode = "120000"
+            elif target.is_file():
+                data = target.read_bytes()
+                mode = "100755" if os.access(target, os.X_OK) else "100644"
+            else:
+                chunks.append(f"D {_quote_path(path)}\n".encode())
+                continue
+            chunks += [f"M {mode} inline {_quote_path(path)}\ndata {len(data)}\n".encode(), data, b"\n"]
+        chunks.append(f"get-mark :{self.mark}\n".encode())
+        try:
+            proc.stdin.write(b"".join(chunks))
+            proc.stdin.flush()
+            line = proc.stdout.readline().decode().strip()
+        except OSError:
+            raise self._fail() from None
+        if len(line) != 40:
+            raise self._fail()
+        return line
+
+    def close(self) -> None:
+        """Finish the stream: the branch points at the last commit, the index matches it."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        try:
+            proc.stdin.write(b"done\n")
+            proc.stdin.close()
+        except OSError:
+            pass
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise BuildTreeError(f"git fast-import failed in {self.tree}: {err.decode(errors='replace').strip()[-300:]}")
+        if self.symbolic is None:
+            git(self.tree, "update-ref", "--no-deref", "HEAD", self.branch)
+            git(self.tree, "update-ref", "-d", self.branch)
+        self.parent = git(self.tree, "rev-parse", "HEAD")
+        self.mark = 0
+        git(self.tree, "reset", "-q")  # the index was the pristine release's; the work tree is already right
+
+
+    def kill(self) -> None:
+        """Abandon the stream (an error elsewhere): nothing of it is kept."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
 def commit_patch(tree: Path, patch: Patch, paths: list[str]) -> str:
-    """Commit what ``patch`` did to ``paths`` in ``tree``, with its header as the message; the new commit id."""
-    git(tree, "add", "-A", "-f", "--", *paths)
-    h = patch.header
-    message = commit_message(patch.name, h)  # every header field, so export can write the patch back
-    env = _identity_env((h.author_name, h.author_email), _TOOL_IDENTITY, _patch_date(patch))
-    git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", message, env=env)
-    return git(tree, "rev-parse", "HEAD")
+    """Commit what ``patch`` did to ``paths`` in ``tree`` on its own (one commit, e.g. for port)."""
+    writer = CommitWriter(tree)
+    commit = writer.commit(patch, paths)
+    writer.close()
+    return commit
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -309,6 +425,7 @@ def apply_series(
         check_out_dir(out, options.force)
         _clean_stale_temp_dirs(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ketta-tmp-", dir=out.parent))
+        cleanup: list[Callable[[], None]] = []
         try:
             (tmp / ".ketta-pid").write_text(str(os.getpid()))
             tree = tmp / "tree"
@@ -317,6 +434,8 @@ def apply_series(
             finder = PreimageFinder(series, dict(patches), base_source, cache)
             label = f"letta {release.version}"
             stopped = False
+            writer = CommitWriter(tree)
+            cleanup.append(writer.kill)
             for entry in selected:
                 if stopped:
                     report.not_attempted.append(entry.name)
@@ -325,6 +444,7 @@ def apply_series(
                 progress(f"applying {entry.name}")
                 result = apply_patch(tree, patch, fuzz=options.fuzz, preimage=finder, upstream_label=label)
                 if result.outcome is Outcome.FAILED:
+                    writer.close()  # the branch and index now hold every patch before this one
                     if options.keep_going:
                         git(tree, "reset", "-q", "--hard", "HEAD")
                         git(tree, "clean", "-q", "-f", "-d", "-x")
@@ -332,18 +452,20 @@ def apply_series(
                     else:
                         stopped = True
                 elif result.outcome is not Outcome.ALREADY_UPSTREAM:
-                    result.commit = commit_patch(tree, patch, [f.path for f in result.files])
+                    result.commit = writer.commit(patch, [f.path for f in result.files])
                 report.results.append(result)
                 if on_patch:
                     on_patch(result)
-            report.head = git(tree, "rev-parse", "HEAD")
-            report.tree_hash = git(tree, "rev-parse", "HEAD^{tree}")
+            writer.close()
+            report.head, report.tree_hash = git(tree, "rev-parse", "HEAD", "HEAD^{tree}").split("\n")
             report.out = out
             from .report import report_json  # late import: report depends on this module
 
             (tree / ".git" / STATE_FILE).write_text(json.dumps(report_json(report), indent=2) + "\n")
             _move_into_place(tree, out)
         finally:
+            for step in cleanup:
+                step()
             shutil.rmtree(tmp, ignore_errors=True)
     return report
 

@@ -289,3 +289,68 @@ def test_three_way_refuses_a_base_whose_blob_id_differs(tmp_path, two_releases, 
     [hunk] = report.results[0].hunks
     assert hunk.outcome is Outcome.FAILED
     assert "blob id" in hunk.reason
+
+
+def test_commits_are_byte_for_byte_what_git_commit_makes(tmp_path):
+    """The build tree's commits are written through one git fast-import stream; each must be the
+    object `git add -A` + `git commit -m` made before: same tree, identities, dates, message."""
+    from ketta_build.buildtree import _identity_env, _patch_date, stripspace
+    from ketta_build.header import commit_message
+
+    other = "".join(f"other {i}\n" for i in range(1, 9))
+    patches = {
+        "0001-a.diff": make_diff("letta/a.py", BODY, BODY.replace("line 3\n", "line three\n")),
+        "0002-new.diff": make_diff("letta/newdir/b.py", None, "print('new')\n").replace("new file mode 100644", "new file mode 100755"),
+        "0003-gone.diff": make_diff("letta/other.py", other, None),
+        "0004-a-again.diff": make_diff("letta/a.py", BODY.replace("line 3\n", "line three\n"),
+                                       BODY.replace("line 3\n", "line three\n").replace("line 20\n", "line 20 changed\n")),
+    }
+    report, out = _run(tmp_path, {"letta/a.py": BODY, "letta/other.py": other}, patches)
+    assert report.exit_code == 0 and _git(out, "status", "--porcelain") == ""
+    assert _git(out, "ls-files", "-s", "letta/newdir/b.py").startswith("100755 ")
+    assert not (out / "letta/other.py").exists() and _git(out, "ls-files", "letta/other.py") == ""
+
+    # The same series by porcelain, in a clone of the pristine commit.
+    ref = tmp_path / "ref"
+    subprocess.run(["git", "clone", "-q", str(out), str(ref)], check=True)
+    _git(ref, "checkout", "-q", "upstream/0.16.8")
+    series = read_series(tmp_path / "patches")
+    for entry in series.entries:
+        patch = series.load(entry)
+        (tmp_path / "one.diff").write_text("".join(parse_patch_text(tmp_path / "patches" / entry.name)))
+        _git(ref, "apply", str(tmp_path / "one.diff"))
+        _git(ref, "add", "-A")
+        env = _identity_env((patch.header.author_name, patch.header.author_email), ("ketta-build", "ketta-build@ketta.invalid"),
+                            _patch_date(patch))
+        subprocess.run(["git", "commit", "-q", "--no-verify", "--allow-empty", "-m", commit_message(patch.name, patch.header)],
+                       cwd=ref, env={**__import__("os").environ, **env}, check=True)
+    assert _git(ref, "rev-parse", "HEAD") == report.head
+    assert [r.commit for r in report.results] == _git(ref, "rev-list", "--reverse", "upstream/0.16.8..HEAD").splitlines()
+    message = commit_message("0001-a.diff", series.load(series.entries[0]).header)
+    assert stripspace(message) == _git(ref, "log", "-1", "--format=%B", report.results[0].commit) + "\n"
+
+
+def parse_patch_text(path: Path) -> list[str]:
+    """The diff part of a patch file (from its first ``diff --git`` line)."""
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("diff --git"))
+    return lines[start:]
+
+
+def test_stripspace_matches_git(tmp_path):
+    from ketta_build.buildtree import stripspace
+
+    for text in ["a\n\n\n\nb  \n\n", "\n\nsubject\n\n\n", "x\t \ny\n", "", "only\n\n\n\n\n# kept\n"]:
+        proc = subprocess.run(["git", "stripspace"], input=text, capture_output=True, text=True, check=True)
+        assert stripspace(text) == proc.stdout, repr(text)
+
+
+def test_a_failed_patch_keeps_earlier_commits_and_its_markers(tmp_path):
+    good = make_diff("letta/a.py", BODY, BODY.replace("line 3\n", "line three\n"))
+    bad = make_diff("letta/b.py", "nothing like upstream\n" * 5, "changed\n" * 5)
+    upstream = {"letta/a.py": BODY, "letta/b.py": "upstream b\n" * 5}
+    report, out = _run(tmp_path, upstream, {"0001-good.diff": good, "0002-bad.diff": bad})
+    assert report.exit_code != 0
+    assert _git(out, "log", "-1", "--format=%s") == "Patch 0001-good.diff"
+    assert _git(out, "rev-parse", "HEAD") == report.results[0].commit
+    assert "letta/a.py" not in _git(out, "status", "--porcelain"), "the committed patch is not shown as changed"
