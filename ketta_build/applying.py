@@ -106,20 +106,24 @@ def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _find(lines: Sequence[str], needle: Sequence[str], expected: int, floor: int) -> int | None:
-    """Nearest position >= floor where ``needle`` occurs, searching outwards from ``expected``."""
+def _find(lines: Sequence[str], needle: Sequence[str], expected: int, floor: int, within: int | None = None) -> int | None:
+    """Nearest position >= floor where ``needle`` occurs, searching outwards from ``expected``
+    (on a tie the earlier position wins), and no further than ``within`` lines from it. The cost
+    is the distance searched, not the file size."""
     n = len(needle)
     if n == 0:
         return min(max(expected, floor), len(lines))
-    first = needle[0]
-    best: int | None = None
-    for pos in range(floor, len(lines) - n + 1):
-        if lines[pos] == first and list(lines[pos : pos + n]) == list(needle):
-            if best is None or abs(pos - expected) < abs(best - expected):
-                best = pos
-            elif pos > expected:
-                break
-    return best
+    last = len(lines) - n
+    if last < floor:
+        return None
+    wanted = list(needle)
+    first = wanted[0]
+    reach = max(abs(expected - floor), abs(last - expected))
+    for d in range((reach if within is None else min(reach, within)) + 1):
+        for pos in (expected - d, expected + d) if d else (expected,):
+            if floor <= pos <= last and lines[pos] == first and list(lines[pos : pos + n]) == wanted:
+                return pos
+    return None
 
 
 def apply_hunks(lines: list[str], hunks: Sequence[Hunk], fuzz: int = 0) -> tuple[list[str], list[HunkResult]]:
@@ -134,7 +138,10 @@ def apply_hunks(lines: list[str], hunks: Sequence[Hunk], fuzz: int = 0) -> tuple
         planned = max((hunk.old_start if not hunk.old_lines else hunk.old_start - 1) + growth, 0)
         expected = max(planned + drift, 0)
         forward = _find(out, hunk.old_lines, expected, floor)
-        reverse = _find(out, hunk.new_lines, expected, floor) if hunk.new_lines and hunk.new_lines != hunk.old_lines else None
+        # Already applied? Only a match strictly nearer than the forward one could win.
+        nearer = None if forward is None else abs(forward - expected) - 1
+        reverse = (_find(out, hunk.new_lines, expected, floor, within=nearer)
+                   if hunk.new_lines and hunk.new_lines != hunk.old_lines and (nearer is None or nearer >= 0) else None)
         if forward is not None and (reverse is None or abs(forward - expected) <= abs(reverse - expected)):
             offset = forward - planned
             out[forward : forward + len(hunk.old_lines)] = hunk.new_lines

@@ -291,13 +291,15 @@ class CommitWriter:
         self.branch = self.symbolic or "refs/ketta-build/detached"  # a detached HEAD is moved at close()
         self.proc: subprocess.Popen | None = None
         self.mark = 0
+        self.marks_file = tree / ".git" / "ketta-build.marks"
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None:
             env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1"}
             self.proc = subprocess.Popen(
-                ["git", "-c", "core.fsync=none", "-c", "gc.auto=0", "fast-import", "--quiet", "--done", "--date-format=raw"],
-                cwd=self.tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                ["git", "-c", "core.fsync=none", "-c", "gc.auto=0", "fast-import", "--quiet", "--done", "--date-format=raw",
+                 f"--export-marks={self.marks_file}"],
+                cwd=self.tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
         return self.proc
 
@@ -310,8 +312,9 @@ class CommitWriter:
             self.proc = None
         return BuildTreeError(f"git fast-import failed in {self.tree}: {err.decode(errors='replace').strip()[-300:]}")
 
-    def commit(self, patch: Patch, paths: list[str]) -> str:
-        """Commit what ``patch`` did to ``paths`` (as they are on disk now); the new commit id."""
+    def commit(self, patch: Patch, paths: list[str]) -> int:
+        """Queue a commit of what ``patch`` did to ``paths`` (as they are on disk now); its mark.
+        Nothing waits for git here: ``close()`` says which commit each mark became."""
         proc = self._start()
         self.mark += 1
         h = patch.header
@@ -336,21 +339,17 @@ class CommitWriter:
                 chunks.append(f"D {_quote_path(path)}\n".encode())
                 continue
             chunks += [f"M {mode} inline {_quote_path(path)}\ndata {len(data)}\n".encode(), data, b"\n"]
-        chunks.append(f"get-mark :{self.mark}\n".encode())
         try:
             proc.stdin.write(b"".join(chunks))
-            proc.stdin.flush()
-            line = proc.stdout.readline().decode().strip()
         except OSError:
             raise self._fail() from None
-        if len(line) != 40:
-            raise self._fail()
-        return line
+        return self.mark
 
-    def close(self) -> None:
-        """Finish the stream: the branch points at the last commit, the index matches it."""
+    def close(self) -> dict[int, str]:
+        """Finish the stream: the branch points at the last commit, the index matches it. Returns
+        the commit id of every mark queued since the last close()."""
         if self.proc is None:
-            return
+            return {}
         proc, self.proc = self.proc, None
         try:
             proc.stdin.write(b"done\n")
@@ -358,7 +357,13 @@ class CommitWriter:
         except OSError:
             pass
         err = proc.stderr.read()
-        if proc.wait() != 0:
+        commits = {}
+        if proc.wait() == 0 and self.marks_file.is_file():
+            for line in self.marks_file.read_text().splitlines():
+                mark, commit = line.split()
+                commits[int(mark.lstrip(":"))] = commit
+            self.marks_file.unlink()
+        if len(commits) != self.mark:
             raise BuildTreeError(f"git fast-import failed in {self.tree}: {err.decode(errors='replace').strip()[-300:]}")
         if self.symbolic is None:
             git(self.tree, "update-ref", "--no-deref", "HEAD", self.branch)
@@ -366,7 +371,7 @@ class CommitWriter:
         self.parent = git(self.tree, "rev-parse", "HEAD")
         self.mark = 0
         git(self.tree, "reset", "-q")  # the index was the pristine release's; the work tree is already right
-
+        return commits
 
     def kill(self) -> None:
         """Abandon the stream (an error elsewhere): nothing of it is kept."""
@@ -376,12 +381,16 @@ class CommitWriter:
             self.proc = None
 
 
+def _resolve(commits: dict[int, str], pending: dict[int, PatchResult]) -> None:
+    for mark, commit in commits.items():
+        pending.pop(mark).commit = commit
+
+
 def commit_patch(tree: Path, patch: Patch, paths: list[str]) -> str:
     """Commit what ``patch`` did to ``paths`` in ``tree`` on its own (one commit, e.g. for port)."""
     writer = CommitWriter(tree)
-    commit = writer.commit(patch, paths)
-    writer.close()
-    return commit
+    mark = writer.commit(patch, paths)
+    return writer.close()[mark]
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -435,6 +444,7 @@ def apply_series(
             label = f"letta {release.version}"
             stopped = False
             writer = CommitWriter(tree)
+            pending: dict[int, PatchResult] = {}  # mark -> the result whose commit it becomes
             cleanup.append(writer.kill)
             for entry in selected:
                 if stopped:
@@ -444,7 +454,7 @@ def apply_series(
                 progress(f"applying {entry.name}")
                 result = apply_patch(tree, patch, fuzz=options.fuzz, preimage=finder, upstream_label=label)
                 if result.outcome is Outcome.FAILED:
-                    writer.close()  # the branch and index now hold every patch before this one
+                    _resolve(writer.close(), pending)  # the branch and index now hold every patch before this one
                     if options.keep_going:
                         git(tree, "reset", "-q", "--hard", "HEAD")
                         git(tree, "clean", "-q", "-f", "-d", "-x")
@@ -452,11 +462,11 @@ def apply_series(
                     else:
                         stopped = True
                 elif result.outcome is not Outcome.ALREADY_UPSTREAM:
-                    result.commit = writer.commit(patch, [f.path for f in result.files])
+                    pending[writer.commit(patch, [f.path for f in result.files])] = result
                 report.results.append(result)
                 if on_patch:
                     on_patch(result)
-            writer.close()
+            _resolve(writer.close(), pending)
             report.head, report.tree_hash = git(tree, "rev-parse", "HEAD", "HEAD^{tree}").split("\n")
             report.out = out
             from .report import report_json  # late import: report depends on this module

@@ -136,6 +136,9 @@ def failure_lines(report: ApplyReport) -> list[str]:
     return lines
 
 
+LONG_SERIES = 40  # patches; above this the table lists only those that did not apply clean
+
+
 def print_report(report: ApplyReport, console: Console, verbose: bool = False) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -145,10 +148,18 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
     table.add_column("outcome")
     table.add_column("hunks")
     table.add_column("commit")
+    # A long series lists the patches that need a look; the clean ones are counted (-v lists all).
+    brief = not verbose and len(report.results) > LONG_SERIES
+    clean = 0
     for r in report.results:
+        if brief and r.outcome is Outcome.CLEAN:
+            clean += 1
+            continue
         counts = Counter(h.label for h in r.hunks)
         hunks = ", ".join(f"{n}×{label}" for label, n in sorted(counts.items()))
         table.add_row(r.name, f"[{_STYLE[r.outcome]}]{r.outcome.value}[/]", hunks, (r.commit or "-")[:12])
+    if clean:
+        table.add_row(f"[dim]… {clean} more[/]", f"[{_STYLE[Outcome.CLEAN]}]clean[/]", "", "[dim]-v lists them[/]")
     for name in report.not_attempted:
         table.add_row(name, "[dim]not attempted[/]", "", "-")
     console.print(table)
