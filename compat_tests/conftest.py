@@ -43,6 +43,14 @@ SUMMARIES: list[str] = []  # printed at the end of the run (e.g. the upgrade sui
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    from . import phases
+
+    report_dir = os.environ.get("KETTA_REPORT_DIR")
+    if report_dir and phases.PHASES:
+        phases.write(Path(report_dir), phases.env_name())
+    if phases.PHASES:
+        terminalreporter.write_sep("-", "time per phase")
+        terminalreporter.write_line(phases.table())
     for text in SUMMARIES:
         terminalreporter.write_sep("-", "ketta")
         terminalreporter.write_line(text)
@@ -64,13 +72,16 @@ atexit.register(_stop_all)  # a failing fixture or Ctrl-C must not leave process
 def letta_build(pytestconfig):
     from ketta_build.serverenv import prepare_server
 
-    build = prepare_server(
-        pytestconfig.getoption("--letta"),
-        patched=not pytestconfig.getoption("--no-patches"),
-        series_dir=Path(pytestconfig.getoption("--patches")),
-        build_root=Path(pytestconfig.getoption("--build-root")),
-        index_url=pytestconfig.getoption("--index-url"),
-    )
+    from .phases import phase
+
+    with phase("wheel and environment"):
+        build = prepare_server(
+            pytestconfig.getoption("--letta"),
+            patched=not pytestconfig.getoption("--no-patches"),
+            series_dir=Path(pytestconfig.getoption("--patches")),
+            build_root=Path(pytestconfig.getoption("--build-root")),
+            index_url=pytestconfig.getoption("--index-url"),
+        )
     report_dir = os.environ.get("KETTA_REPORT_DIR")
     if report_dir:  # what was tested, for the matrix report: sdist and wheel hashes, patches
         from ketta_build.matrix import write_build_record
@@ -90,10 +101,14 @@ def pg():
     if uri:
         yield PgTarget.from_uri(uri)
         return
+    from .phases import phase
+
     cluster = EmbeddedCluster()
     _live.append(cluster)
     try:
-        yield cluster.start()
+        with phase("postgres"):
+            target = cluster.start()
+        yield target
     finally:
         cluster.stop()
         if cluster in _live:

@@ -74,9 +74,16 @@ class LettaServer:
         return self.home / ".letta" / "ketta-encryption.key"
 
     def start(self) -> "LettaServer":
+        from .phases import phase
+
         if self.prepare_database:
-            self.pg.create_database(self.database)
-            run_alembic(self.python, self.tree, self.pg.alembic_uri(self.database), "upgrade", "head")
+            with phase("migration"):
+                self.pg.create_database(self.database)
+                run_alembic(self.python, self.tree, self.pg.alembic_uri(self.database), "upgrade", "head")
+        with phase("server start"):
+            return self._start()
+
+    def _start(self) -> "LettaServer":
         if self.home is None:
             self.home = Path(tempfile.mkdtemp(prefix="ketta-letta-home-"))
         self.log_path = self.home / f"server-{uuid.uuid4().hex[:6]}.log"

@@ -492,7 +492,10 @@ def _cmd_serve(args, console) -> int:
     def terminate(signum, frame):  # SIGTERM ends a serve as Ctrl-C does: everything is stopped
         raise KeyboardInterrupt
 
+    # SIGINT too: a process started in the background of a script inherits SIGINT ignored, and
+    # Python then never turns Ctrl-C (or `kill -INT`) into KeyboardInterrupt.
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     opts = ServeOptions(version=args.letta, data_dir=args.data_dir, pg_uri=args.pg_uri, host=args.host, port=args.port,
                         patches=args.patches, build_root=args.build_root, cache_dir=args.cache_dir, index_url=args.index_url)
     with console.status("preparing") as status:

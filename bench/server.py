@@ -1,0 +1,113 @@
+"""Benchmark: the patched server against the unpatched one of the same release, side by side.
+
+Usage: python bench/server.py [--letta 0.16.8] [--providers 50] [--models 10] [--agents 20] [--rounds 30]
+
+Both servers run at once on one embedded PostgreSQL (a database each), with the same data: N
+OpenAI-compatible providers of the default organisation, each listing M models from one local
+fake vendor, and A agents. Requests alternate between the two servers so both see the same
+machine load. Printed per operation: p50 and p95 in ms for each server and the patched/unpatched
+ratio of the p50 (target: at most 1.05x on each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compat_tests import api  # noqa: E402
+from compat_tests.letta_server import LettaServer  # noqa: E402
+from compat_tests.pgcluster import EmbeddedCluster  # noqa: E402
+from compat_tests.vendor import FakeVendor  # noqa: E402
+from ketta_build.serverenv import prepare_server  # noqa: E402
+
+TARGET = 1.05
+NO_ENV_KEYS = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "", "GROQ_API_KEY": ""}  # no vendor from the environment
+
+
+def populate(server: LettaServer, vendor: FakeVendor, providers: int, agents: int, patched: bool) -> list[str]:
+    names = []
+    for i in range(providers):
+        p = api.create_provider(server, f"Bench{i:03d}", vendor.base_url, f"sk-bench-{i}")
+        names.append(p["name"])
+    ids = []
+    for i in range(agents):
+        provider = names[i % len(names)]
+        if patched:
+            agent = api.create_agent_ok(server, f"{provider}/{vendor.models[0]}")
+        else:
+            agent = api.create_agent_on_provider(server, provider, vendor.base_url, vendor.models[0])
+        ids.append(agent["id"])
+    return ids
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--letta", default="0.16.8")
+    parser.add_argument("--providers", type=int, default=50)
+    parser.add_argument("--models", type=int, default=10)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+
+    builds = {flavour: prepare_server(args.letta, patched=flavour == "patched", series_dir=ROOT / "patches",
+                                      build_root=ROOT / "build") for flavour in ("patched", "unpatched")}
+    vendor = FakeVendor("bench", models=tuple(f"bench-model-{i}" for i in range(args.models))).start()
+    cluster = EmbeddedCluster()
+    servers: dict[str, LettaServer] = {}
+    try:
+        pg = cluster.start()
+        for flavour, build in builds.items():
+            servers[flavour] = LettaServer(letta=build.letta, python=build.python, tree=build.tree, pg=pg,
+                                           database=f"bench_{flavour}_{uuid.uuid4().hex[:6]}", extra_env=NO_ENV_KEYS).start()
+        agents = {f: populate(s, vendor, args.providers, args.agents, f == "patched") for f, s in servers.items()}
+        counts = {f: (len(api.list_providers(s)), len(api.list_models(s))) for f, s in servers.items()}
+        print(f"letta {args.letta}: providers/models listed: " + ", ".join(f"{f} {p}/{m}" for f, (p, m) in counts.items()))
+
+        samples: dict[str, dict[str, list[float]]] = {}
+
+        def record(op: str, flavour: str, ms: float) -> None:
+            samples.setdefault(op, {}).setdefault(flavour, []).append(ms)
+
+        for r in range(args.rounds):
+            for flavour, server in servers.items():  # alternate, so both see the same load
+                record("GET /v1/providers/", flavour, timed(lambda: api.list_providers(server)))
+                record("GET /v1/models/", flavour, timed(lambda: api.list_models(server)))
+                if r % 2 == 0:
+                    def create_delete() -> None:
+                        p = api.create_provider(server, f"Tmp{uuid.uuid4().hex[:6]}", vendor.base_url, "sk-tmp")
+                        api.ok(api.delete_provider(server, p["id"]), 200, 204)
+                    record("provider create+delete", flavour, timed(create_delete))
+                if r % 3 == 0:
+                    agent = agents[flavour][r % len(agents[flavour])]
+                    record("agent message", flavour, timed(lambda: api.ok(api.send_message(server, agent, "hi"))))
+        print(f"{'operation':26} {'patched p50':>12} {'p95':>8} {'unpatched p50':>14} {'p95':>8} {'ratio':>7}")
+        for op, by in samples.items():
+            def q(values: list[float]) -> tuple[float, float]:
+                return statistics.median(values), statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+            (p50, p95), (u50, u95) = q(by["patched"]), q(by["unpatched"])
+            ratio = p50 / u50
+            print(f"{op:26} {p50:12.1f} {p95:8.1f} {u50:14.1f} {u95:8.1f} {ratio:6.2f}x {'' if ratio <= TARGET else '(over target)'}")
+        print(f"target: patched <= {TARGET:.2f}x unpatched (p50) on each operation")
+    finally:
+        for server in servers.values():
+            server.stop()
+        vendor.stop()
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

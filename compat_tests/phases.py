@@ -1,0 +1,53 @@
+"""Where a suite run's time goes: environment build, PostgreSQL, migration, server start, tests.
+
+Fixtures and the server wrapper time their phases here; at the end of the session the totals go
+to ``KETTA_REPORT_DIR/phases/<tox env>.json`` (read by bench/matrix.py) and the terminal summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+PHASES: dict[str, float] = {}
+COUNTS: dict[str, int] = {}
+STARTED = time.monotonic()
+
+
+@contextmanager
+def phase(name: str):
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        PHASES[name] = PHASES.get(name, 0.0) + time.monotonic() - start
+        COUNTS[name] = COUNTS.get(name, 0) + 1
+
+
+def summary() -> dict:
+    total = time.monotonic() - STARTED
+    accounted = sum(PHASES.values())
+    return {"total": round(total, 1), "phases": {k: round(v, 1) for k, v in PHASES.items()},
+            "counts": dict(COUNTS), "tests and the rest": round(total - accounted, 1)}
+
+
+def write(report_dir: Path, name: str) -> Path:
+    out = report_dir / "phases" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary(), indent=2) + "\n")
+    return out
+
+
+def table() -> str:
+    data = summary()
+    lines = [f"{seconds:7.1f} s  {name} (x{data['counts'][name]})" for name, seconds in data["phases"].items()]
+    lines.append(f"{data['tests and the rest']:7.1f} s  tests and the rest")
+    lines.append(f"{data['total']:7.1f} s  total")
+    return "\n".join(lines)
+
+
+def env_name() -> str:
+    return os.environ.get("TOX_ENV_NAME") or "pytest"
