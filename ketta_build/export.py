@@ -150,6 +150,21 @@ def _same_change(tree: Path, sha: str, patch: Patch) -> bool:
     return True
 
 
+def _index_lines_hold(tree: Path, sha: str, patch: Patch) -> bool:
+    """Do the patch's ``index`` lines name the blobs commit ``sha`` really has before and after?
+    (An earlier patch changed under it and the pre-image moved: then the file is refreshed.)"""
+    from .applying import git_blob_id
+
+    for fp in patch.files:
+        for rev, short in ((f"{sha}^", fp.old_blob), (sha, fp.new_blob)):
+            if not short or set(short) == {"0"}:
+                continue
+            blob = _blob(tree, rev, fp.path)
+            if blob is None or not git_blob_id(blob).startswith(short):
+                return False
+    return True
+
+
 def _slug(subject: str) -> str:
     words = re.findall(r"[a-z0-9]+", subject.lower())
     slug = "-".join(words)[:48].rstrip("-")
@@ -193,7 +208,10 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
             seen[name] = commit.sha
             old = series.load(entries[name])
             base_text = trailer(parsed, "Base-Release")
-            if _same_change(tree, commit.sha, old):
+            # The same change, and (on its own base release) index lines that still hold: keep the file.
+            same = _same_change(tree, commit.sha, old) and (
+                old.header.base_release != version or _index_lines_hold(tree, commit.sha, old))
+            if same:
                 base = Version(base_text) if base_text else old.header.base_release
                 header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=base, where=short)
                 diff = _diff_part(series_dir / name)

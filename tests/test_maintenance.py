@@ -135,6 +135,33 @@ def test_amended_commit_is_refreshed_into_its_own_variant(world):
     assert world.run("export", "--tree", str(world.apply("0.16.7")), "--check")[0] == 0
 
 
+def test_changing_an_earlier_patch_refreshes_the_index_lines_of_later_ones(world):
+    """0001 changes line 14 too: 0003's hunk (line 40) still applies the same way, but the blob its
+    index line names is gone; on 0003's own base release export rewrites it, and lint agrees."""
+    tree = world.apply("0.16.8")
+    first = git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip()
+    git(tree, "checkout", "-q", "-b", "work")
+    m = (tree / "letta/m.py")
+    git(tree, "checkout", "-q", first)
+    m.write_text(m.read_text().replace("line 14\n", "line fourteen (ketta)\n"))
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    amended = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "checkout", "-q", "work")
+    git(tree, "rebase", "-q", "--onto", amended, first)
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    assert "refreshed 0001-change-m.diff" in out and "refreshed 0003-tail.diff" in out, out
+    # 0001 serves 0.16.7 too, so 0.16.7's own variant of 0003 is stale now: lint says so ...
+    rc, _, err = world.run("lint")
+    assert rc == 1 and "0003-tail-0.16.7.diff: [base-release] letta/m.py" in err
+    # ... and exporting the 0.16.7 tree (built with the new 0001) refreshes it.
+    rc, out, _ = world.run("export", "--tree", str(world.apply("0.16.7")))
+    assert rc == 0 and "refreshed 0003-tail-0.16.7.diff" in out and "unchanged 0001-change-m.diff" in out
+    assert world.run("lint")[0] == 0
+    for version in ("0.16.7", "0.16.8"):
+        assert world.run("export", "--tree", str(world.apply(version)), "--check")[0] == 0
+
+
 def test_reworded_description_changes_the_header_only(world):
     tree = world.apply("0.16.8")
     msg = git(tree, "log", "-1", "--format=%B", "HEAD~1")  # the 0002 commit is HEAD~1
