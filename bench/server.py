@@ -29,6 +29,43 @@ from ketta_build.serverenv import prepare_server  # noqa: E402
 
 TARGET = 1.05
 NO_ENV_KEYS = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "", "GROQ_API_KEY": ""}  # no vendor from the environment
+# Both servers encrypt provider keys with the same key (a Ketta server always encrypts; stock Letta
+# does when LETTA_ENCRYPTION_KEY is set, as any multi-process deployment must).
+ENCRYPTION_KEY = "bench-encryption-key-0123456789abcdef"
+
+
+def profile(server: LettaServer, seconds: float, out: Path) -> str:
+    """py-spy samples of ``server`` while it lists models; the heaviest frames (inclusive)."""
+    import shutil
+    import subprocess
+    import threading
+
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        return "py-spy is not installed (pip install py-spy): no profile"
+    rec = subprocess.Popen([spy, "record", "--pid", str(server.process.pid), "--duration", str(int(seconds)), "--format", "raw",
+                            "--rate", "200", "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            api.list_models(server)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    rec.wait()
+    stop.set()
+    worker.join()
+    totals: dict[str, int] = {}
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples += int(count)
+        for frame in set(stack.split(";")):
+            if "letta" in frame or "sqlalchemy" in frame or "pydantic" in frame:
+                totals[frame] = totals.get(frame, 0) + int(count)
+    top = sorted(totals.items(), key=lambda kv: -kv[1])[:25]
+    return "\n".join(f"{100 * n / max(samples, 1):5.1f}%  {frame}" for frame, n in top)
 
 
 def populate(server: LettaServer, vendor: FakeVendor, providers: int, agents: int, patched: bool) -> list[str]:
@@ -60,6 +97,7 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=10)
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--profile", type=float, metavar="SECONDS", help="then profile GET /v1/models/ on the patched server (py-spy)")
     args = parser.parse_args()
 
     builds = {flavour: prepare_server(args.letta, patched=flavour == "patched", series_dir=ROOT / "patches",
@@ -71,7 +109,8 @@ def main() -> int:
         pg = cluster.start()
         for flavour, build in builds.items():
             servers[flavour] = LettaServer(letta=build.letta, python=build.python, tree=build.tree, pg=pg,
-                                           database=f"bench_{flavour}_{uuid.uuid4().hex[:6]}", extra_env=NO_ENV_KEYS).start()
+                                           database=f"bench_{flavour}_{uuid.uuid4().hex[:6]}",
+                                           extra_env={**NO_ENV_KEYS, "LETTA_ENCRYPTION_KEY": ENCRYPTION_KEY}).start()
         agents = {f: populate(s, vendor, args.providers, args.agents, f == "patched") for f, s in servers.items()}
         counts = {f: (len(api.list_providers(s)), len(api.list_models(s))) for f, s in servers.items()}
         print(f"letta {args.letta}: providers/models listed: " + ", ".join(f"{f} {p}/{m}" for f, (p, m) in counts.items()))
@@ -101,6 +140,10 @@ def main() -> int:
             ratio = p50 / u50
             print(f"{op:26} {p50:12.1f} {p95:8.1f} {u50:14.1f} {u95:8.1f} {ratio:6.2f}x {'' if ratio <= TARGET else '(over target)'}")
         print(f"target: patched <= {TARGET:.2f}x unpatched (p50) on each operation")
+        if args.profile:
+            for flavour in ("patched", "unpatched"):
+                print(f"profile of GET /v1/models/ on the {flavour} server ({args.profile:.0f} s, inclusive):")
+                print(profile(servers[flavour], args.profile, Path(f"/tmp/ketta-bench-{flavour}.pyspy")))
     finally:
         for server in servers.values():
             server.stop()

@@ -99,7 +99,11 @@ def patched(pytestconfig) -> bool:
 def pg():
     uri = os.environ.get("LETTA_PG_URI")
     if uri:
-        yield PgTarget.from_uri(uri)
+        from .letta_server import drop_templates
+
+        target = PgTarget.from_uri(uri)
+        yield target
+        drop_templates(target)
         return
     from .phases import phase
 
