@@ -47,7 +47,12 @@ def _call(method: str, url: str, body: dict | None = None):
 
 def _stopped(proc: subprocess.Popen, info: dict, data: Path, sig: int) -> str:
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # serve stops its server and PostgreSQL on SIGTERM as well
+        out, _ = proc.communicate(timeout=120)
+        pytest.fail(f"serve did not stop on signal {sig}:\n{out}")
     assert proc.returncode == 0, out
     with pytest.raises(OSError):
         urllib.request.urlopen(info["url"] + "/v1/health/", timeout=2)
