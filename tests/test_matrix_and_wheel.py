@@ -150,3 +150,9 @@ def test_uv_gets_pips_indexes(monkeypatch, tmp_path: Path):
     assert env["UV_PYTHON_DOWNLOADS"] == "never"
     monkeypatch.setenv("UV_DEFAULT_INDEX", "http://127.0.0.1:8/simple")
     assert "UV_DEFAULT_INDEX" not in upstream.uv_environment()  # the user's own uv settings win
+
+
+def test_download_progress_says_size_and_rate():
+    assert upstream.download_progress("letta-0.16.8.tar.gz", 3_100_000, 9_800_000, 0.74) == \
+        "downloading letta-0.16.8.tar.gz: 3.1 / 9.8 MB at 4.2 MB/s"
+    assert upstream.download_progress("x.tar.gz", 1_000_000, 0, 0) == "downloading x.tar.gz: 1.0 MB at 0.0 MB/s"
