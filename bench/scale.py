@@ -34,7 +34,7 @@ HEADER = "Subject: Bench patch {i}\nAuthor: Bench <bench@example.org>\nUpstream-
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "init.defaultBranch=main", *args], cwd=cwd, env=GIT_ENV, capture_output=True,
+    return subprocess.run(["git", "-c", "init.defaultBranch=main", "-c", "gc.auto=0", *args], cwd=cwd, env=GIT_ENV, capture_output=True,
                           text=True, check=True).stdout.strip()
 
 
@@ -96,7 +96,7 @@ def run_git_am(upstream: Path, mbox: Path, out: Path) -> float:
     git(out, "init", "-q")
     git(out, "add", "-A")
     git(out, "commit", "-q", "-m", "base")
-    subprocess.run(["git", "am", "-q", *sorted(str(p) for p in mbox.iterdir())], cwd=out, env=GIT_ENV, check=True,
+    subprocess.run(["git", "-c", "gc.auto=0", "am", "-q", *sorted(str(p) for p in mbox.iterdir())], cwd=out, env=GIT_ENV, check=True,
                    capture_output=True)
     return time.perf_counter() - start
 
@@ -108,7 +108,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"{'N':>6} {'ketta s':>9} {'git am s':>9} {'ratio':>7} {'same tree':>10} {'peak RSS MB':>12}  hunks")
     for n in args.sizes:
-        with tempfile.TemporaryDirectory(prefix=f"ketta-bench-scale-{n}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"ketta-bench-scale-{n}-", ignore_cleanup_errors=True) as tmp:
             work = Path(tmp)
             upstream, series, mbox = make_case(work, n)
             k_times, g_times, rss = [], [], 0

@@ -28,6 +28,14 @@ SERVER_ENV_KEYS = {
 }
 
 
+# No network but the loopback: anything the server would fetch from the internet (Letta fetches NLTK
+# data at start-up) goes to a closed port instead; the fake vendors on 127.0.0.1 are reached directly.
+NO_INTERNET = {
+    "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1,localhost",
+    "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost",
+}
+
+
 class ServerFailed(RuntimeError):
     pass
 
@@ -116,6 +124,7 @@ class LettaServer:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "KETTA_"))},
             **SERVER_ENV_KEYS,
+            **NO_INTERNET,
             "HOME": str(self.home),
             "LETTA_PG_URI": self.pg.server_uri(self.database),
             "NLTK_DATA": str(self.home / "nltk"),
