@@ -24,7 +24,7 @@ from .cache import Cache
 from .errors import KettaError
 from .series import Series, read_series
 from .upstream import IndexSource, sha256_file
-from .wheel import SERVER_EXTRAS, BuiltWheel, build_wheel, export_constraints, read_build_number, run_uv
+from .wheel import SERVER_EXTRAS, BuiltWheel, build_wheel_once, export_constraints, read_build_number, run_uv
 
 DIGEST_FILE = "ketta-build-digest"
 ENV_LAYOUT = "bytecode-compiled\0"
@@ -165,7 +165,7 @@ def prepare_server(
         dist = build_root / "dist"
         number = read_build_number(series_dir) if patched else None
         progress(f"building the wheel of {tree.name}")
-        wheel = build_wheel(tree, dist / tree.name, number)
+        wheel = build_wheel_once(tree, dist / tree.name, number)
         constraints = export_constraints(tree, build_root / f"{tree.name}.constraints.txt")
     env = ensure_environment(wheel, constraints, cache, progress)
     return ServerBuild(

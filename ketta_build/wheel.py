@@ -153,6 +153,28 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWh
     return BuiltWheel(final, version, sha256_file(final))
 
 
+def build_wheel_once(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWheel:
+    """``build_wheel``, unless ``dist_dir`` already holds the wheel of this very commit and build
+    number (builds are reproducible, so the wheel would be byte-identical). The record beside it
+    names the commit, the build number and the wheel's sha256; a wheel that no longer matches its
+    record is rebuilt."""
+    record = dist_dir / ".ketta-built-from.json"
+    head = git(tree, "rev-parse", "HEAD")
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text())
+            path = dist_dir / data["wheel"]
+            if data["commit"] == head and data["build_number"] == build_number and path.is_file() \
+                    and sha256_file(path) == data["sha256"]:
+                return BuiltWheel(path, data["version"], data["sha256"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    wheel = build_wheel(tree, dist_dir, build_number)
+    record.write_text(json.dumps({"commit": head, "build_number": build_number, "wheel": wheel.path.name,
+                                  "version": wheel.version, "sha256": wheel.sha256}) + "\n")
+    return wheel
+
+
 SERVER_EXTRAS = ("server", "postgres", "sqlite")
 
 

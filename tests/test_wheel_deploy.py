@@ -136,3 +136,27 @@ def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, 
             server.stop()
         vendor.stop()
         cluster.stop()
+
+
+def test_a_wheel_is_built_once_per_commit_and_build_number(tmp_path):
+    """Server environments and serve reuse the wheel of an unchanged commit; anything else rebuilds."""
+    from ketta_build.buildtree import git
+    from ketta_build.wheel import build_wheel_once
+
+    tree = tmp_path / "tree"
+    (tree / "letta").mkdir(parents=True)
+    (tree / "pyproject.toml").write_text('[project]\nname = "letta"\nversion = "0.16.8"\n\n[build-system]\n'
+                                         'requires = ["hatchling"]\nbuild-backend = "hatchling.build"\n')
+    (tree / "letta" / "__init__.py").write_text("")
+    for args in (("init", "-q"), ("add", "-A"), ("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")):
+        git(tree, *args)
+    dist = tmp_path / "dist"
+    first = build_wheel_once(tree, dist, None)
+    stamp = first.path.stat().st_mtime_ns
+    again = build_wheel_once(tree, dist, None)
+    assert again == first and again.path.stat().st_mtime_ns == stamp, "an unchanged commit is not rebuilt"
+    first.path.write_bytes(b"tampered")
+    assert build_wheel_once(tree, dist, None).sha256 == first.sha256, "a wheel that no longer matches is rebuilt"
+    (tree / "letta" / "__init__.py").write_text("X = 1\n")
+    git(tree, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "two")
+    assert build_wheel_once(tree, dist, None).sha256 != first.sha256, "a new commit is built"
