@@ -47,35 +47,25 @@ class PgTarget:
         """The form alembic's pg8000 accepts (it rejects ``sslmode``)."""
         return f"postgresql://{self._auth()}@{self.host}:{self.port}/{database}"
 
-    def create_database(self, name: str) -> None:
-        conn = self.connect()
+    def run(self, *statements: str, database: str = "postgres") -> None:
+        """Run ``statements`` in order on one connection to ``database``."""
+        conn = self.connect(database)
         try:
-            conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.run(f'CREATE DATABASE "{name}"')
-        finally:
-            conn.close()
-        conn = self.connect(name)
-        try:
-            conn.run("CREATE EXTENSION IF NOT EXISTS vector")
+            for sql in statements:
+                conn.run(sql)
         finally:
             conn.close()
 
+    def create_database(self, name: str) -> None:
+        self.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+        self.run("CREATE EXTENSION IF NOT EXISTS vector", database=name)
 
     def clone_database(self, template: str, name: str) -> None:
         """``name`` as a copy of ``template`` (PostgreSQL's CREATE DATABASE ... TEMPLATE; no alembic run)."""
-        conn = self.connect()
-        try:
-            conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.run(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        finally:
-            conn.close()
+        self.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
 
     def drop_database(self, name: str) -> None:
-        conn = self.connect()
-        try:
-            conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            conn.close()
+        self.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def dump(self, database: str, *options: str) -> str:
         """``pg_dump`` of ``database`` (the embedded PostgreSQL's client, new enough for any server it runs)."""
