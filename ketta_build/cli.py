@@ -534,31 +534,18 @@ def _cmd_releases(args, console) -> int:
     return 0
 
 
+COMMANDS = {
+    "apply": _cmd_apply, "series": _cmd_series, "export": _cmd_export, "lint": _cmd_lint, "port": _cmd_port,
+    "upstream": _cmd_upstream, "range-diff": _cmd_range_diff, "wheel": _cmd_wheel, "matrix": _cmd_matrix,
+    "releases": _cmd_releases, "serve": _cmd_serve,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = _console(stderr=args.json == "-")
     try:
-        if args.command == "apply":
-            return _cmd_apply(args, console)
-        if args.command == "matrix":
-            return _cmd_matrix(args, console)
-        if args.command == "export":
-            return _cmd_export(args, console)
-        if args.command == "lint":
-            return _cmd_lint(args, console)
-        if args.command == "port":
-            return _cmd_port(args, console)
-        if args.command == "wheel":
-            return _cmd_wheel(args, console)
-        if args.command == "upstream":
-            return _cmd_upstream(args, console)
-        if args.command == "range-diff":
-            return _cmd_range_diff(args, console)
-        if args.command == "releases":
-            return _cmd_releases(args, console)
-        if args.command == "serve":
-            return _cmd_serve(args, console)
-        return _cmd_series(args, console)
+        return COMMANDS[args.command](args, console)
     except KettaError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)
         return exc.exit_code

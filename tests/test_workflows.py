@@ -131,3 +131,10 @@ def test_zizmor_finds_nothing_even_pedantic():
     proc = subprocess.run([_tool("zizmor"), "--offline", "--persona", "pedantic", "--no-progress", ".github/"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "No findings" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_every_verb_of_the_parser_is_dispatched():
+    from ketta_build.cli import COMMANDS
+
+    [sub] = [a for a in build_parser()._actions if a.dest == "command"]
+    assert set(sub.choices) == set(COMMANDS)
