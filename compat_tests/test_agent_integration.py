@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from packaging.version import Version
 
@@ -9,6 +11,8 @@ from . import api
 from .letta_server import SERVER_ENV_KEYS
 
 pytestmark = pytest.mark.agent
+
+GC_STRESS = Path(__file__).resolve().parent / "gc_stress"  # a sitecustomize that lowers gc's threshold
 
 
 def test_message_reaches_the_provider_with_its_key_and_model(server, vendors):
@@ -57,3 +61,18 @@ def test_server_env_key_never_sent_to_a_custom_url(servers, vendors, letta_build
     sent = {r.bearer for r in vendor.requests}
     assert not sent & set(SERVER_ENV_KEYS.values()), f"server env key sent to {vendor.base_url}: {sent}"
     assert vendor.requests, "the vendor was never asked: the test would prove nothing"
+
+
+def test_messages_survive_a_collection_in_every_request(servers, vendors):
+    # Upstream leaves each request's LLM client to the garbage collector; its late close took the
+    # file descriptor a database connect had just been given out of the selector, and the message
+    # failed after 60 s (patch 0008). A collection in every request makes that a near certainty:
+    # stock 0.15.1 failed 7 of 30 messages like this, stock 0.16.8 4 of 30.
+    stressed = servers.get(PYTHONPATH=str(GC_STRESS))
+    assert "ketta-test: gc threshold 100" in stressed.log_text(), "the gc stress was not loaded"
+    vendor = vendors["alpha"]
+    p = api.create_provider(stressed, api.unique("Collected"), vendor.base_url, "sk-gc")
+    agent = api.create_agent_ok(stressed, f"{p['name']}/gpt-4o-mini")
+    for number in range(30):
+        resp = api.send_message(stressed, agent["id"], f"message {number}")
+        assert resp.status == 200, f"message {number} of 30: HTTP {resp.status}: {resp.text[:300]}"
