@@ -246,13 +246,28 @@ def _merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str,
         return proc.stdout, proc.returncode
 
 
-def _safe_target(tree: Path, rel: str) -> Path:
-    target = tree / rel
-    real_tree = os.path.realpath(tree)
-    parent = os.path.realpath(target.parent)
-    if parent != real_tree and not parent.startswith(real_tree + os.sep):
-        raise ValueError(f"{rel} resolves outside the tree through a symlink")
-    return target
+class TreeGuard:
+    """Where a patched file may be written: never through a symlink that leads out of ``tree``.
+
+    Each directory is resolved once. Patches make only regular files and real directories, so a
+    directory found inside the tree stays inside for the rest of the run (a long series writes the
+    same few directories again and again).
+    """
+
+    def __init__(self, tree: Path) -> None:
+        self.tree = tree
+        self._real_tree = os.path.realpath(tree)
+        self._inside: set[str] = set()
+
+    def target(self, rel: str) -> Path:
+        target = self.tree / rel
+        directory = os.path.dirname(rel)
+        if directory not in self._inside:
+            parent = os.path.realpath(target.parent)
+            if parent != self._real_tree and not parent.startswith(self._real_tree + os.sep):
+                raise ValueError(f"{rel} resolves outside the tree through a symlink")
+            self._inside.add(directory)
+        return target
 
 
 def apply_file(
@@ -263,10 +278,11 @@ def apply_file(
     fuzz: int = 0,
     preimage: PreimageResolver | None = None,
     upstream_label: str = "upstream",
+    guard: TreeGuard | None = None,
 ) -> FileResult:
     """Apply one file section of ``patch`` inside ``tree``."""
     try:
-        target = _safe_target(tree, fp.path)
+        target = (guard or TreeGuard(tree)).target(fp.path)
     except ValueError as exc:
         return _all_failed(fp, "modify", str(exc))
     if fp.is_new:
@@ -359,10 +375,14 @@ def apply_patch(
     fuzz: int = 0,
     preimage: PreimageResolver | None = None,
     upstream_label: str = "upstream",
+    guard: TreeGuard | None = None,
 ) -> PatchResult:
-    """Apply every file of ``patch`` inside ``tree`` (files not committed here)."""
+    """Apply every file of ``patch`` inside ``tree`` (files not committed here); a series passes one
+    ``guard`` for all its patches."""
+    guard = guard or TreeGuard(tree)
     files = [
-        apply_file(tree, patch, fp, fuzz=fuzz, preimage=preimage, upstream_label=upstream_label) for fp in patch.files
+        apply_file(tree, patch, fp, fuzz=fuzz, preimage=preimage, upstream_label=upstream_label, guard=guard)
+        for fp in patch.files
     ]
     outcome = summarise([f.outcome for f in files])
     note = None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from .applying import FilePatch, Outcome, PatchResult, apply_hunks, apply_patch, decode, encode, git_blob_id
+from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, apply_patch, decode, encode, git_blob_id
 from .cache import Cache
 from .errors import BuildTreeError, KettaError
 from .header import commit_message
@@ -444,6 +444,7 @@ def apply_series(
             label = f"letta {release.version}"
             stopped = False
             writer = CommitWriter(tree)
+            guard = TreeGuard(tree)
             pending: dict[int, PatchResult] = {}  # mark -> the result whose commit it becomes
             cleanup.append(writer.kill)
             for entry in selected:
@@ -452,7 +453,7 @@ def apply_series(
                     continue
                 patch = patches[entry.name]
                 progress(f"applying {entry.name}")
-                result = apply_patch(tree, patch, fuzz=options.fuzz, preimage=finder, upstream_label=label)
+                result = apply_patch(tree, patch, fuzz=options.fuzz, preimage=finder, upstream_label=label, guard=guard)
                 if result.outcome is Outcome.FAILED:
                     _resolve(writer.close(), pending)  # the branch and index now hold every patch before this one
                     if options.keep_going:

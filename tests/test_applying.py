@@ -354,3 +354,44 @@ def test_a_failed_patch_keeps_earlier_commits_and_its_markers(tmp_path):
     assert _git(out, "log", "-1", "--format=%s") == "Patch 0001-good.diff"
     assert _git(out, "rev-parse", "HEAD") == report.results[0].commit
     assert "letta/a.py" not in _git(out, "status", "--porcelain"), "the committed patch is not shown as changed"
+
+
+def test_a_patch_never_writes_through_a_symlink_out_of_the_tree(tmp_path):
+    # The release tree (here a --letta-dir) holds a directory symlink that leads outside it; a
+    # patch creating a file below it fails, and nothing appears outside. The directory check is
+    # remembered per run, so a second patch into the same place is refused again, not waved through.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": BODY}))
+    (tree / "letta" / "out").symlink_to(outside, target_is_directory=True)
+    pdir = tmp_path / "patches"
+    write_series(pdir, "0001-inside.diff", "0002-escape.diff")
+    write_patch(pdir, "0001-inside.diff", make_diff("letta/new/b.py", None, "b = 1\n"))
+    write_patch(pdir, "0002-escape.diff", make_diff("letta/out/evil.py", None, "evil = 1\n"))
+    source = DirSource(tree)
+    report = apply_series(source.resolve(Version("0.16.8")), source, read_series(pdir), tmp_path / "out",
+                          options=ApplyOptions(keep_going=True))
+    inside, escape = report.results
+    assert inside.outcome is Outcome.CLEAN
+    assert escape.outcome is Outcome.FAILED
+    assert "resolves outside the tree through a symlink" in escape.files[0].reason
+    assert list(outside.iterdir()) == []
+
+
+def test_tree_guard_checks_each_directory_once_and_keeps_refusing():
+    import os
+    import tempfile
+
+    from ketta_build.applying import TreeGuard
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "tree" / "letta").mkdir(parents=True)
+        (root / "elsewhere").mkdir()
+        os.symlink(root / "elsewhere", root / "tree" / "letta" / "link")
+        guard = TreeGuard(root / "tree")
+        assert guard.target("letta/a.py") == root / "tree" / "letta" / "a.py"
+        assert guard.target("letta/new/deeper/c.py").name == "c.py"  # not there yet: made as a real directory
+        for _ in range(2):
+            with pytest.raises(ValueError, match="outside the tree"):
+                guard.target("letta/link/x.py")
