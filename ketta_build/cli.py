@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -131,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) to test (repeatable; default: 0.16.8)")
     mp.add_argument("--all", action="store_true", help="every supported release 0.14.0 ... 0.16.8")
     mp.add_argument("--suite", action="extend", nargs="+", metavar="SUITE", help="suite(s) to run (repeatable; default: all)")
-    mp.add_argument("-p", "--parallel", type=int, default=1, metavar="N", help="releases to run at once (default 1)")
+    mp.add_argument("-p", "--parallel", type=int, default=os.cpu_count() or 1, metavar="N",
+                    help=f"cells to run at once, longest first (default: the number of CPUs, {os.cpu_count() or 1} here)")
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
     mp.add_argument("--index-url", metavar="URL", help="package index for the releases (default: pip's configuration)")

@@ -105,6 +105,7 @@ def run_matrix(
     index_url: str | None = None,
     upgrade_pairs: str = "all",
     on_cell=lambda cell: None,
+    tox: list[str] | None = None,
 ) -> list[Cell]:
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -118,8 +119,9 @@ def run_matrix(
             raise unknown_release(parsed, "the matrix has no cells for it", supported)
     if not (project / "tox.ini").is_file():
         raise KettaError("no tox.ini here; run ketta-build matrix from the Ketta checkout", path=project / "tox.ini")
-    tox_bin = shutil.which("tox", path=str(Path(sys.executable).parent)) or shutil.which("tox")
-    tox = [tox_bin] if tox_bin else [sys.executable, "-m", "tox"]
+    if tox is None:
+        tox_bin = shutil.which("tox", path=str(Path(sys.executable).parent)) or shutil.which("tox")
+        tox = [tox_bin] if tox_bin else [sys.executable, "-m", "tox"]
     report_dir = report_dir.absolute()
     report_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KETTA_REPORT_DIR": str(report_dir)}
@@ -130,19 +132,39 @@ def run_matrix(
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
     cells = [Cell(str(parse_version(v)), s, env_name(v, s)) for v in versions for s in suites]
-    # The first cell of each release builds its tree, wheel and environment; the rest reuse them.
-    # Releases run in parallel, the cells of one release one after another.
-    by_version: dict[str, list[Cell]] = {}
-    for cell in cells:
-        by_version.setdefault(cell.version, []).append(cell)
+    # Up to ``parallel`` cells at once, the longest first, whatever their release: a release's
+    # environment is built by whichever of its cells gets there first (prepare_server holds a lock
+    # per release and flavour, so the others wait for it and reuse it), and the short cells fill
+    # the cores while the long ones run.
+    order = longest_first(cells, previous_durations(report_dir))
 
-    def run_release(group: list[Cell]) -> None:
-        for cell in group:
-            on_cell(run_cell(cell, report_dir, tox, env, project))
+    def run_one(cell: Cell) -> None:
+        on_cell(run_cell(cell, report_dir, tox, env, project))
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(run_release, by_version.values()))
+        list(pool.map(run_one, order))
     return cells
+
+
+# How long a suite's cell usually takes relative to the others, for the first run (later runs go
+# by the durations in the previous report).
+SUITE_RANK = {"upgrade": 7, "upstream": 6, "unified": 5, "agent": 4, "harddelete": 3, "handle": 2, "migration": 1}
+
+
+def previous_durations(report_dir: Path) -> dict[str, float]:
+    """Each cell's duration in the report a previous run left in ``report_dir`` (none: empty)."""
+    try:
+        data = json.loads((report_dir / "matrix.json").read_text())
+        return {c["env"]: float(c["duration"]) for c in data.get("cells", []) if c.get("duration")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def longest_first(cells: list[Cell], durations: dict[str, float]) -> list[Cell]:
+    """The order to start ``cells`` in: measured durations first (longest first), then by suite rank,
+    newer releases first (their upgrade cells have the most pairs)."""
+    newest_first = sorted(cells, key=lambda c: parse_version(c.version), reverse=True)
+    return sorted(newest_first, key=lambda c: (-durations.get(c.env, 0.0), -SUITE_RANK.get(c.suite, 0)))
 
 
 def write_build_record(report_dir: Path, build) -> Path:

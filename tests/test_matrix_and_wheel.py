@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,56 @@ def test_download_progress_says_size_and_rate():
     assert upstream.download_progress("letta-0.16.8.tar.gz", 3_100_000, 9_800_000, 0.74) == \
         "downloading letta-0.16.8.tar.gz: 3.1 / 9.8 MB at 4.2 MB/s"
     assert upstream.download_progress("x.tar.gz", 1_000_000, 0, 0) == "downloading x.tar.gz: 1.0 MB at 0.0 MB/s"
+
+
+FAKE_TOX = '''
+import json, os, sys, time
+env = sys.argv[sys.argv.index("-e") + 1]
+seconds = json.loads(os.environ["FAKE_TOX_SECONDS"])[env.split("-", 1)[1]]
+with open(os.environ["FAKE_TOX_LOG"], "a") as log:
+    log.write(f"start {env} {time.monotonic()}\\n")
+time.sleep(seconds)
+report = os.environ["KETTA_REPORT_DIR"]
+with open(os.path.join(report, env + ".xml"), "w") as xml:
+    xml.write('<testsuite><testcase classname="c" name="t"/></testsuite>')
+with open(os.environ["FAKE_TOX_LOG"], "a") as log:
+    log.write(f"end {env} {time.monotonic()}\\n")
+'''
+
+
+def test_matrix_runs_cells_side_by_side_longest_first(tmp_path: Path, monkeypatch):
+    # A stand-in for tox (the real one runs in the compatibility matrix): each cell sleeps as long
+    # as its suite says and writes a JUnit file. Two at a time: the long cell starts first and the
+    # short ones share the other worker, so the run takes about as long as the long cell.
+    fake = tmp_path / "fake_tox.py"
+    fake.write_text(FAKE_TOX)
+    log = tmp_path / "tox.log"
+    monkeypatch.setenv("FAKE_TOX_LOG", str(log))
+    monkeypatch.setenv("FAKE_TOX_SECONDS", json.dumps({"upgrade": 1.2, "handle": 0.3, "migration": 0.3, "unified": 0.3}))
+    report = tmp_path / "reports"
+    start = time.monotonic()
+    cells = matrix.run_matrix(["0.16.8"], ["handle", "migration", "unified", "upgrade"], report_dir=report, parallel=2,
+                              tox=[sys.executable, str(fake)])
+    wall = time.monotonic() - start
+    assert [c.status for c in cells] == ["pass"] * 4
+    events = [line.split() for line in log.read_text().splitlines()]
+    starts = [env for kind, env, _ in events if kind == "start"]
+    assert set(starts[:2]) == {"letta0168-upgrade", "letta0168-unified"}, starts
+    running = peak = 0
+    for kind, _, _ in sorted(events, key=lambda e: float(e[2])):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2, "two cells at a time"
+    assert wall < 1.2 + 0.3 * 3, f"{wall:.2f} s: the short cells did not run beside the long one"
+
+    # A later run goes by measured durations (the previous report's): a slow handle cell goes first.
+    durations = {c.env: c.duration for c in cells} | {"letta0168-handle": 99.0}
+    assert matrix.longest_first(cells, durations)[0].env == "letta0168-handle"
+
+
+def test_previous_durations_come_from_the_last_report(tmp_path: Path):
+    assert matrix.previous_durations(tmp_path) == {}
+    (tmp_path / "matrix.json").write_text(json.dumps({"cells": [{"env": "letta0168-handle", "duration": 31.5}, {"env": "x"}]}))
+    assert matrix.previous_durations(tmp_path) == {"letta0168-handle": 31.5}
+    (tmp_path / "matrix.json").write_text("{ broken")
+    assert matrix.previous_durations(tmp_path) == {}
