@@ -38,6 +38,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{suite}: the {suite} compatibility suite")
 
 
+def pytest_collection_modifyitems(items) -> None:
+    # The suite goes into the JUnit file with each test: when the matrix runs several suites in
+    # one session it splits the results into cells by this property.
+    for item in items:
+        suites = [m.name for m in item.iter_markers() if m.name in SUITES]
+        if suites:
+            item.user_properties.append(("ketta_suite", suites[0]))
+
+
 _live: list = []
 SUMMARIES: list[str] = []  # printed at the end of the run (e.g. the upgrade suite's time per phase)
 
@@ -161,10 +170,43 @@ def servers(letta_build, pg):
     pool.stop()
 
 
-@pytest.fixture(scope="session")
-def server(servers) -> LettaServer:
-    """The server with Ketta's default flags (and vendor keys in its environment)."""
-    return servers.get()
+class InOrganisation:
+    """A server as seen by the one user of an organisation made for it: a request that names no
+    user acts as that user. Suites that share a server (one session per release in the matrix)
+    each get their own organisation, so none sees another's providers, models or agents."""
+
+    def __init__(self, server: LettaServer, user_id: str) -> None:
+        self.server = server
+        self.user_id = user_id
+
+    def request(self, method: str, path: str, body: object | None = None, user_id: str | None = None, timeout: float = 120):
+        return self.server.request(method, path, body, user_id=user_id or self.user_id, timeout=timeout)
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: object, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def patch(self, path: str, body: object, **kw):
+        return self.request("PATCH", path, body, **kw)
+
+    def delete(self, path: str, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def __getattr__(self, name: str):  # url, sql, log_text, ...: the server's own
+        return getattr(self.server, name)
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> InOrganisation:
+    """The server with Ketta's default flags (and vendor keys in its environment), shared by every
+    suite of the session, as a user of an organisation of this test module's own."""
+    from . import api
+
+    default = servers.get()
+    _, user = api.create_org_user(default)
+    return InOrganisation(default, user)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -24,6 +24,10 @@ from .releases import load_releases, parse_version
 from .upstream import unknown_release
 
 SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "upgrade")
+# Suites the matrix runs in one pytest session per release (tox env ``letta<NNNN>-shared``): they
+# share the PostgreSQL, the migrated template and the default server. ``upgrade`` runs on its own:
+# it is the longest cell, and runs beside the shared session.
+SHARED_SUITES = tuple(s for s in SUITES if s != "upgrade")
 SCHEMA = "ketta-build/matrix-report/1"
 
 
@@ -48,11 +52,36 @@ class Cell:
     exit_code: int | None = None
     log: str = ""
     failures: list[str] = field(default_factory=list)
+    session: str = ""  # the tox environment whose run this cell's results came from (its own, or letta<NNNN>-shared)
 
 
-def _read_junit(path: Path, cell: Cell) -> None:
+@dataclass
+class Task:
+    """One tox run and the cells its results are split into."""
+
+    env: str
+    cells: list[Cell]
+    marker: str | None = None  # a narrower -m than the environment's own (some of a shared session's suites)
+
+
+def _case_suite(case: ET.Element) -> str | None:
+    for prop in case.iter("property"):
+        if prop.get("name") == "ketta_suite":
+            return prop.get("value")
+    return None
+
+
+def _read_junit(path: Path, cells: list[Cell]) -> None:
+    """Count each test case into its cell: the one of its suite (the ``ketta_suite`` property the
+    compatibility suites record), or the only cell."""
+    by_suite = {c.suite: c for c in cells}
     root = ET.parse(path).getroot()
     for case in root.iter("testcase"):
+        cell = by_suite.get(_case_suite(case) or "") or (cells[0] if len(cells) == 1 else None)
+        if cell is None:
+            continue
+        if len(cells) > 1:
+            cell.duration = round(cell.duration + float(case.get("time") or 0), 1)
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
         kinds = {child.tag for child in case}
         if "failure" in kinds:
@@ -71,27 +100,68 @@ def _read_junit(path: Path, cell: Cell) -> None:
             cell.passed += 1
 
 
-def run_cell(cell: Cell, report_dir: Path, tox: list[str], env: dict[str, str], project: Path) -> Cell:
+def run_task(task: Task, report_dir: Path, tox: list[str], env: dict[str, str], project: Path) -> list[Cell]:
+    """Run ``task``'s tox environment, keep its log, and fill its cells from the JUnit file.
+
+    A cell of its own takes the run's wall time and exit code. Cells split from a shared session
+    take the time of their own tests (the first test of a session also pays for what its fixtures
+    start), and are judged by their own tests: a failure in one suite does not make another's
+    cell fail; a session that wrote no JUnit file (it crashed or was killed) leaves every cell in error.
+    """
     logs = report_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{cell.env}.log"
-    xml_path = report_dir / f"{cell.env}.xml"
+    log_path = logs / f"{task.env}.log"
+    xml_path = report_dir / f"{task.env}.xml"
     xml_path.unlink(missing_ok=True)
+    command = [*tox, "-e", task.env, *(["--", "-m", task.marker] if task.marker else [])]
     start = time.monotonic()
     with open(log_path, "wb") as log:
-        proc = subprocess.run([*tox, "-e", cell.env], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
-    cell.duration = round(time.monotonic() - start, 1)
-    cell.exit_code = proc.returncode
-    cell.log = f"logs/{cell.env}.log"
+        proc = subprocess.run(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = round(time.monotonic() - start, 1)
+    alone = len(task.cells) == 1
+    for cell in task.cells:
+        cell.exit_code = proc.returncode
+        cell.log = f"logs/{task.env}.log"
+        cell.session = task.env
+        cell.duration = wall if alone else 0.0
     if xml_path.is_file():
-        _read_junit(xml_path, cell)
-    if cell.failed:
-        cell.status = "fail"
-    elif cell.errors or proc.returncode != 0 or cell.passed == 0:
-        cell.status = "error"
-    else:
-        cell.status = "pass"
-    return cell
+        _read_junit(xml_path, task.cells)
+    for cell in task.cells:
+        if cell.failed:
+            cell.status = "fail"
+        elif cell.errors or cell.passed == 0 or not xml_path.is_file() or (alone and proc.returncode != 0):
+            cell.status = "error"
+        else:
+            cell.status = "pass"
+    return task.cells
+
+
+def run_cell(cell: Cell, report_dir: Path, tox: list[str], env: dict[str, str], project: Path) -> Cell:
+    """One cell in its own tox environment."""
+    return run_task(Task(cell.env, [cell]), report_dir, tox, env, project)[0]
+
+
+def shared_env(version: str) -> str:
+    from .toxini import SHARED_FACTOR, factor
+
+    return f"{factor(parse_version(version))}-{SHARED_FACTOR}"
+
+
+def plan_tasks(cells: list[Cell]) -> list[Task]:
+    """Per release, the shared suites asked for in one session (two or more of them), the rest alone."""
+    tasks: list[Task] = []
+    by_version: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_version.setdefault(cell.version, []).append(cell)
+    for version, group in by_version.items():
+        shared = [c for c in group if c.suite in SHARED_SUITES]
+        if len(shared) >= 2:
+            narrower = {c.suite for c in shared} != set(SHARED_SUITES)
+            marker = " or ".join(c.suite for c in shared) if narrower else None
+            tasks.append(Task(shared_env(version), shared, marker))
+            group = [c for c in group if c not in shared]
+        tasks.extend(Task(c.env, [c]) for c in group)
+    return tasks
 
 
 def run_matrix(
@@ -132,23 +202,25 @@ def run_matrix(
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
     cells = [Cell(str(parse_version(v)), s, env_name(v, s)) for v in versions for s in suites]
-    # Up to ``parallel`` cells at once, the longest first, whatever their release: a release's
-    # environment is built by whichever of its cells gets there first (prepare_server holds a lock
-    # per release and flavour, so the others wait for it and reuse it), and the short cells fill
-    # the cores while the long ones run.
-    order = longest_first(cells, previous_durations(report_dir))
+    # A release's shared suites run in one session (one PostgreSQL, one migrated template, one
+    # default server); upgrade runs on its own. Up to ``parallel`` tox runs at once, the longest
+    # first, whatever their release: a release's environment is built by whichever run gets there
+    # first (prepare_server holds a lock per release and flavour, so the others wait for it and
+    # reuse it), and the short runs fill the cores while the long ones go on.
+    order = longest_first(plan_tasks(cells), previous_durations(report_dir))
 
-    def run_one(cell: Cell) -> None:
-        on_cell(run_cell(cell, report_dir, tox, env, project))
+    def run_one(task: Task) -> None:
+        for cell in run_task(task, report_dir, tox, env, project):
+            on_cell(cell)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(run_one, order))
     return cells
 
 
-# How long a suite's cell usually takes relative to the others, for the first run (later runs go
-# by the durations in the previous report).
-SUITE_RANK = {"upgrade": 7, "upstream": 6, "unified": 5, "agent": 4, "harddelete": 3, "handle": 2, "migration": 1}
+# Rough warm seconds of a suite's cell on a 2-core machine: the order of a first run only (later
+# runs go by the durations in the previous report).
+TYPICAL_SECONDS = {"upgrade": 400, "upstream": 100, "unified": 60, "agent": 60, "harddelete": 30, "handle": 25, "migration": 20}
 
 
 def previous_durations(report_dir: Path) -> dict[str, float]:
@@ -160,11 +232,17 @@ def previous_durations(report_dir: Path) -> dict[str, float]:
         return {}
 
 
-def longest_first(cells: list[Cell], durations: dict[str, float]) -> list[Cell]:
-    """The order to start ``cells`` in: measured durations first (longest first), then by suite rank,
-    newer releases first (their upgrade cells have the most pairs)."""
-    newest_first = sorted(cells, key=lambda c: parse_version(c.version), reverse=True)
-    return sorted(newest_first, key=lambda c: (-durations.get(c.env, 0.0), -SUITE_RANK.get(c.suite, 0)))
+def longest_first(tasks: list[Task], durations: dict[str, float]) -> list[Task]:
+    """The order to start ``tasks`` in: by their cells' measured durations (longest first), else by
+    their suites' typical durations, newer releases first (their upgrade cells have the most pairs)."""
+    def measured(task: Task) -> float:
+        return sum(durations.get(c.env, 0.0) for c in task.cells)
+
+    def typical(task: Task) -> int:
+        return sum(TYPICAL_SECONDS.get(c.suite, 0) for c in task.cells)
+
+    newest_first = sorted(tasks, key=lambda t: parse_version(t.cells[0].version), reverse=True)
+    return sorted(newest_first, key=lambda t: (-measured(t), -typical(t)))
 
 
 def write_build_record(report_dir: Path, build) -> Path:

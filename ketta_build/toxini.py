@@ -1,4 +1,5 @@
-"""``tox.ini``, generated: one environment per supported release × suite.
+"""``tox.ini``, generated: one environment per supported release × suite, and per release one that
+runs the suites sharing a session.
 
 The releases come from ``patches/releases.toml`` and the suites from :data:`ketta_build.matrix.SUITES`,
 so adding a release (``ketta-build port``) or a suite changes one list, not three places.
@@ -30,7 +31,12 @@ def factor(version: Version | str) -> str:
     return "letta" + str(version).replace(".", "")
 
 
-def render(versions: list[Version], suites: list[str] | tuple[str, ...]) -> str:
+SHARED_FACTOR = "shared"
+
+
+def render(versions: list[Version], suites: list[str] | tuple[str, ...], shared: list[str] | tuple[str, ...] = ()) -> str:
+    """tox.ini for ``versions`` x ``suites``, plus one ``-shared`` environment per release that runs the
+    ``shared`` suites in one session."""
     releases = ",".join(factor(v).removeprefix("letta") for v in versions)
     lines = [
         _HEADER + "[tox]",
@@ -40,7 +46,7 @@ def render(versions: list[Version], suites: list[str] | tuple[str, ...]) -> str:
         f"env_list = letta{{{releases}}}-{{{','.join(suites)}}}",
         "",
         "[testenv]",
-        "description = Ketta {env_name}: the suite against a real patched Letta server",
+        "description = Ketta {env_name}, a suite against a real patched Letta server",
         "runner = uv-venv-runner",
         "extras = test",
         "# ketta-build reads the index configuration through pip, which uv-made environments lack",
@@ -50,18 +56,25 @@ def render(versions: list[Version], suites: list[str] | tuple[str, ...]) -> str:
         "set_env =",
         *[f"    {factor(v)}: KETTA_LETTA = {v}" for v in versions],
         *[f"    {suite}: KETTA_SUITE = {suite}" for suite in suites],
+        f"    {SHARED_FACTOR}: KETTA_SUITE = {' or '.join(shared)}",
         "commands =",
-        "    pytest compat_tests -p no:cacheprovider -m {env:KETTA_SUITE} "
+        '    pytest compat_tests -p no:cacheprovider -m "{env:KETTA_SUITE}" '
         "--junitxml={env:KETTA_REPORT_DIR:{toxinidir}/reports}/{env_name}.xml {posargs}",
+        "",
+        f"# Every suite but {', '.join(s for s in suites if s not in shared)} in one pytest session per release, one default server shared",
+        "# (each test module in an organisation of its own): `ketta-build matrix` runs these and splits the",
+        "# results into cells by suite. Not in env_list: plain `tox` runs each suite once, on its own.",
+        f"[testenv:letta{{{releases}}}-{SHARED_FACTOR}]",
+        "description = Ketta {env_name}, the suites that share one session, against a real patched Letta server",
     ]
     return "\n".join(lines) + "\n"
 
 
 def expected(project: Path) -> str:
-    from .matrix import SUITES
+    from .matrix import SHARED_SUITES, SUITES
     from .releases import load_releases
 
-    return render(load_releases(project / "patches").versions, SUITES)
+    return render(load_releases(project / "patches").versions, SUITES, SHARED_SUITES)
 
 
 def write(project: Path) -> bool:

@@ -17,7 +17,7 @@ from conftest import make_diff, make_sdist, server_files, write_series
 from packaging.version import Version
 
 from ketta_build.cli import main
-from ketta_build.matrix import SUITES
+from ketta_build.matrix import SHARED_SUITES, SUITES
 from ketta_build.toxini import render
 
 BODY = "".join(f"line {i}\n" for i in range(1, 61))
@@ -87,7 +87,7 @@ def world(tmp_path, local_index, capsys) -> World:
     w.publish("0.16.8")
     w.patches.mkdir(parents=True)
     (w.patches / "releases.toml").write_text(RELEASES_TOML)
-    (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], SUITES))
+    (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], SUITES, SHARED_SUITES))
     write_series(w.patches, "0001-change-m.diff", "0002-new-module.diff",
                  "0003-tail.diff                 [letta>=0.16.8]", "0003-tail-0.16.7.diff          [letta<0.16.8]")
     (w.patches / "0001-change-m.diff").write_text(

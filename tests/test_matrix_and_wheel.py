@@ -31,7 +31,7 @@ def test_env_names_follow_tox_factors():
 def test_junit_counts_and_failure_names(tmp_path: Path):
     (tmp_path / "x.xml").write_text(JUNIT)
     cell = matrix.Cell("0.16.8", "handle", "letta0168-handle")
-    matrix._read_junit(tmp_path / "x.xml", cell)
+    matrix._read_junit(tmp_path / "x.xml", [cell])
     assert (cell.passed, cell.failed, cell.errors, cell.xfailed) == (1, 1, 1, 1)
     assert cell.failures == ["compat_tests.test_handle::test_b", "compat_tests.test_handle::test_c (error)"]
 
@@ -163,46 +163,85 @@ def test_download_progress_says_size_and_rate():
 FAKE_TOX = '''
 import json, os, sys, time
 env = sys.argv[sys.argv.index("-e") + 1]
-seconds = json.loads(os.environ["FAKE_TOX_SECONDS"])[env.split("-", 1)[1]]
+suites = sys.argv[sys.argv.index("-m") + 1].split(" or ") if "-m" in sys.argv else None
+plan = json.loads(os.environ["FAKE_TOX_PLAN"])
+if suites is None:
+    suites = plan["shared"] if env.endswith("-shared") else [env.split("-", 1)[1]]
 with open(os.environ["FAKE_TOX_LOG"], "a") as log:
     log.write(f"start {env} {time.monotonic()}\\n")
-time.sleep(seconds)
-report = os.environ["KETTA_REPORT_DIR"]
-with open(os.path.join(report, env + ".xml"), "w") as xml:
-    xml.write('<testsuite><testcase classname="c" name="t"/></testsuite>')
+cases = []
+for suite in suites:
+    seconds, outcome = plan["suites"][suite]
+    time.sleep(seconds)
+    child = {"pass": "", "fail": '<failure message="boom"/>'}[outcome]
+    cases.append(f'<testcase classname="compat_tests.t_{suite}" name="test_x" time="{seconds}">'
+                 f'<properties><property name="ketta_suite" value="{suite}"/></properties>{child}</testcase>')
+if plan.get("crash") != env:
+    with open(os.path.join(os.environ["KETTA_REPORT_DIR"], env + ".xml"), "w") as xml:
+        xml.write("<testsuite>" + "".join(cases) + "</testsuite>")
 with open(os.environ["FAKE_TOX_LOG"], "a") as log:
     log.write(f"end {env} {time.monotonic()}\\n")
+sys.exit(1 if any("failure" in c for c in cases) or plan.get("crash") == env else 0)
 '''
 
 
-def test_matrix_runs_cells_side_by_side_longest_first(tmp_path: Path, monkeypatch):
-    # A stand-in for tox (the real one runs in the compatibility matrix): each cell sleeps as long
-    # as its suite says and writes a JUnit file. Two at a time: the long cell starts first and the
-    # short ones share the other worker, so the run takes about as long as the long cell.
+def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], parallel: int = 2):
     fake = tmp_path / "fake_tox.py"
     fake.write_text(FAKE_TOX)
     log = tmp_path / "tox.log"
     monkeypatch.setenv("FAKE_TOX_LOG", str(log))
-    monkeypatch.setenv("FAKE_TOX_SECONDS", json.dumps({"upgrade": 1.2, "handle": 0.3, "migration": 0.3, "unified": 0.3}))
-    report = tmp_path / "reports"
+    monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(matrix.SHARED_SUITES), **plan}))
     start = time.monotonic()
-    cells = matrix.run_matrix(["0.16.8"], ["handle", "migration", "unified", "upgrade"], report_dir=report, parallel=2,
+    cells = matrix.run_matrix(["0.16.8"], suites, report_dir=tmp_path / "reports", parallel=parallel,
                               tox=[sys.executable, str(fake)])
-    wall = time.monotonic() - start
-    assert [c.status for c in cells] == ["pass"] * 4
-    events = [line.split() for line in log.read_text().splitlines()]
-    starts = [env for kind, env, _ in events if kind == "start"]
-    assert set(starts[:2]) == {"letta0168-upgrade", "letta0168-unified"}, starts
-    running = peak = 0
-    for kind, _, _ in sorted(events, key=lambda e: float(e[2])):
-        running += 1 if kind == "start" else -1
-        peak = max(peak, running)
-    assert peak == 2, "two cells at a time"
-    assert wall < 1.2 + 0.3 * 3, f"{wall:.2f} s: the short cells did not run beside the long one"
+    events = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return cells, events, time.monotonic() - start
 
-    # A later run goes by measured durations (the previous report's): a slow handle cell goes first.
-    durations = {c.env: c.duration for c in cells} | {"letta0168-handle": 99.0}
-    assert matrix.longest_first(cells, durations)[0].env == "letta0168-handle"
+
+def test_matrix_runs_the_shared_suites_in_one_session_beside_upgrade(tmp_path: Path, monkeypatch):
+    # A stand-in for tox (the real one runs in the compatibility matrix) that sleeps per suite and
+    # writes the JUnit file the suites would. The shared suites go to one session, upgrade to its
+    # own, both at once; the session's results are split into one cell per suite.
+    plan = {"suites": {"upgrade": [1.0, "pass"], "handle": [0.2, "pass"], "unified": [0.3, "fail"], "agent": [0.2, "pass"]}}
+    cells, events, wall = _fake_matrix(tmp_path, monkeypatch, plan, ["handle", "unified", "agent", "upgrade"])
+    by = {c.suite: c for c in cells}
+    assert {e[1] for e in events if e[0] == "start"} == {"letta0168-upgrade", "letta0168-shared"}
+    assert wall < 1.0 + 0.7, f"{wall:.2f} s: the session did not run beside upgrade"
+    assert (by["handle"].status, by["unified"].status, by["agent"].status, by["upgrade"].status) == ("pass", "fail", "pass", "pass")
+    assert by["unified"].failures == ["compat_tests.t_unified::test_x"]
+    assert {by[s].session for s in ("handle", "unified", "agent")} == {"letta0168-shared"}
+    assert by["handle"].log == by["agent"].log == "logs/letta0168-shared.log"
+    assert by["handle"].duration == 0.2 and by["unified"].duration == 0.3, "a shared cell's time is its own tests'"
+    assert by["upgrade"].session == "letta0168-upgrade" and by["upgrade"].duration >= 1.0
+
+
+def test_a_session_that_writes_no_results_leaves_its_cells_in_error(tmp_path: Path, monkeypatch):
+    plan = {"suites": {"handle": [0.0, "pass"], "agent": [0.0, "pass"], "migration": [0.0, "pass"]},
+            "crash": "letta0168-shared"}
+    cells, _, _ = _fake_matrix(tmp_path, monkeypatch, plan, ["handle", "agent", "migration"])
+    assert [c.status for c in cells] == ["error"] * 3
+
+
+def test_one_shared_suite_runs_in_its_own_environment(tmp_path: Path, monkeypatch):
+    plan = {"suites": {"handle": [0.0, "pass"], "upgrade": [0.0, "pass"]}}
+    cells, events, _ = _fake_matrix(tmp_path, monkeypatch, plan, ["handle", "upgrade"])
+    assert {e[1] for e in events if e[0] == "start"} == {"letta0168-handle", "letta0168-upgrade"}
+    assert all(c.status == "pass" for c in cells)
+
+
+def test_plan_groups_per_release_and_narrows_the_marker():
+    cells = [matrix.Cell(v, s, matrix.env_name(v, s)) for v in ("0.16.7", "0.16.8") for s in ("handle", "agent", "upgrade")]
+    tasks = matrix.plan_tasks(cells)
+    assert [(t.env, t.marker, [c.suite for c in t.cells]) for t in tasks] == [
+        ("letta0167-shared", "handle or agent", ["handle", "agent"]), ("letta0167-upgrade", None, ["upgrade"]),
+        ("letta0168-shared", "handle or agent", ["handle", "agent"]), ("letta0168-upgrade", None, ["upgrade"]),
+    ]
+    whole = matrix.plan_tasks([matrix.Cell("0.16.8", s, matrix.env_name("0.16.8", s)) for s in matrix.SHARED_SUITES])
+    assert [(t.env, t.marker) for t in whole] == [("letta0168-shared", None)]
+    # Longest first: measured durations (the previous report's), else the suites' typical ones.
+    assert [t.env for t in matrix.longest_first(tasks, {})][:2] == ["letta0168-upgrade", "letta0167-upgrade"]
+    measured = {"letta0167-handle": 500.0}
+    assert matrix.longest_first(tasks, measured)[0].env == "letta0167-shared"
 
 
 def test_previous_durations_come_from_the_last_report(tmp_path: Path):
