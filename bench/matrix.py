@@ -1,12 +1,14 @@
-"""Benchmark: one release's compatibility suites, time per phase (targets: <= 2.5 min per release
+"""Benchmark: the compatibility matrix, time per phase (targets: one release's suites <= 2.5 min
 warm, and ``ketta-build matrix --all -p 2`` <= 12 min).
 
-Usage: python bench/matrix.py [--letta 0.16.8] [--suite unified handle ...] [--all-releases]
+Usage: python bench/matrix.py [--letta 0.16.8] [--suite unified handle ...] [--upgrade-pairs all|ci]
+                              [--all-releases] [-p 2]
 
-Runs ``ketta-build matrix`` for the release (by default every suite but ``upgrade``, which has its
-own timing table) into a temporary report directory, then prints, per cell, the time the suites'
-fixtures spent building the environment, starting PostgreSQL, migrating, starting servers, and
-running tests, and the release's total. ``--all-releases`` times ``matrix --all -p 2`` instead.
+Runs ``ketta-build matrix`` into a temporary report directory and prints, per tox run (a release's
+shared session, or a suite on its own), what its fixtures spent on the environment, PostgreSQL,
+migrations and server starts, and the rest (the tests themselves); then each cell's result and
+the wall time against the target. Run it twice: the first run after a series change builds wheels
+and environments, the second is the warm figure the targets are about.
 """
 
 from __future__ import annotations
@@ -16,46 +18,118 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ["unified", "handle", "harddelete", "agent", "migration", "upstream"]
 PHASES = ["wheel and environment", "postgres", "migration", "server start"]
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_pss_kb(root: int) -> int:
+    """Proportional set size of ``root``, its descendants and the embedded PostgreSQL (whose
+    postmaster detaches from the process tree; it runs as its own system user)."""
+    parents: dict[int, int] = {}
+    postgres: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+            if (entry / "comm").read_text().strip() in ("postgres", "postmaster") and entry.stat().st_uid != 0:
+                postgres.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    ours = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                changed = True
+    return sum(_pss_kb(pid) for pid in ours | set(postgres))
+
+
+class PeakMemory:
+    """Samples the matrix run's memory twice a second; ``peak_mb`` is the highest sum seen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_kb = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak_kb = max(self.peak_kb, _tree_pss_kb(self.pid))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb / 1024
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--letta", default="0.16.8")
-    parser.add_argument("--suite", nargs="+", default=SUITES)
+    parser.add_argument("--suite", nargs="+", default=None, help="default: every suite")
+    parser.add_argument("--upgrade-pairs", choices=("all", "ci"), default="all")
     parser.add_argument("--all-releases", action="store_true")
+    parser.add_argument("-p", "--parallel", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ketta-bench-matrix-") as tmp:
         reports = Path(tmp)
-        where = ["--all", "-p", "2"] if args.all_releases else ["--letta", args.letta]
+        where = ["--all"] if args.all_releases else ["--letta", args.letta]
+        suites = ["--suite", *args.suite] if args.suite else []
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "ketta_build", "matrix", *where, "--suite", *args.suite,
-                               "--report-dir", str(reports)], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "ketta_build", "matrix", *where, *suites, "-p", str(args.parallel),
+                                 "--upgrade-pairs", args.upgrade_pairs, "--report-dir", str(reports)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        memory = PeakMemory(proc.pid)
+        out, err = proc.communicate()
+        peak_mb = memory.stop()
         wall = time.monotonic() - start
         cells = json.loads((reports / "matrix.json").read_text())["cells"] if (reports / "matrix.json").is_file() else []
-        print(f"{'cell':24} {'status':6} " + " ".join(f"{p[:14]:>14}" for p in PHASES) + f" {'tests+rest':>11} {'cell s':>7}")
+        sessions = list(dict.fromkeys(c.get("session") or c["env"] for c in cells))
+        print(f"{'tox run':22} " + " ".join(f"{p[:14]:>14}" for p in PHASES) + f" {'tests+rest':>11} {'total':>7}  servers")
         sums = dict.fromkeys(PHASES + ["tests and the rest"], 0.0)
-        for c in cells:
-            path = reports / "phases" / f"{c['env']}.json"
-            data = json.loads(path.read_text()) if path.is_file() else {"phases": {}, "tests and the rest": 0}
+        starts = 0
+        for session in sessions:
+            path = reports / "phases" / f"{session}.json"
+            data = json.loads(path.read_text()) if path.is_file() else {"phases": {}, "tests and the rest": 0, "total": 0}
             row = [data["phases"].get(p, 0.0) for p in PHASES]
             for p, v in zip(PHASES, row):
                 sums[p] += v
             sums["tests and the rest"] += data["tests and the rest"]
-            servers = data.get("counts", {}).get("server start", 0)
-            print(f"{c['env']:24} {c['status']:6} " + " ".join(f"{v:14.1f}" for v in row)
-                  + f" {data['tests and the rest']:11.1f} {c['duration']:7.1f}  ({servers} server start(s))")
-        print(f"{'sum':31} " + " ".join(f"{sums[p]:14.1f}" for p in PHASES) + f" {sums['tests and the rest']:11.1f}")
-        overhead = wall - sum(c["duration"] for c in cells) / (2 if args.all_releases else 1)
-        print(f"wall time {wall / 60:.1f} min (tox and the tool around the cells: about {max(overhead, 0):.0f} s); "
+            count = data.get("counts", {}).get("server start", 0)
+            starts += count
+            print(f"{session:22} " + " ".join(f"{v:14.1f}" for v in row)
+                  + f" {data['tests and the rest']:11.1f} {data.get('total', 0):7.1f}  {count}")
+        print(f"{'sum':22} " + " ".join(f"{sums[p]:14.1f}" for p in PHASES) + f" {sums['tests and the rest']:11.1f}"
+              f" {sum(sums.values()):7.1f}  {starts}")
+        print()
+        for c in cells:
+            print(f"  {c['env']:24} {c['status']:5} {c['passed']:3} passed {c['failed']:2} failed {c['errors']:2} errors"
+                  f"  {c['duration']:7.1f} s  (in {c.get('session') or c['env']})")
+        per_start = sums["server start"] / starts if starts else 0
+        print(f"\nwall time {wall / 60:.1f} min with -p {args.parallel}; {starts} server starts, {per_start:.1f} s each on "
+              f"average ({sums['server start'] / 60:.1f} min of the {sum(sums.values()) / 60:.1f} min the runs spent); "
               f"target {'12 min for --all -p 2' if args.all_releases else '2.5 min per release'}")
+        print(f"peak memory of the run (PSS of the tool, tox, pytest, servers and PostgreSQL together): {peak_mb:.0f} MB")
         if proc.returncode not in (0, 1):
-            print(proc.stderr[-2000:], file=sys.stderr)
+            print(out[-2000:], err[-2000:], file=sys.stderr)
     return 0
 
 

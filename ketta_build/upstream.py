@@ -86,7 +86,22 @@ class UpstreamSource(Protocol):
 
 
 def _pip_config() -> dict[str, str]:
-    """``pip config list`` as a dict; empty if pip is not available."""
+    """``pip config list`` as a dict; empty if pip is not available.
+
+    Asked once per process and configuration (starting pip takes about a second, and a matrix
+    cell prepares several releases): the answer is kept per value of everything pip reads it from.
+    """
+    where = (sys.executable, os.getcwd(), *sorted((k, v) for k, v in os.environ.items()
+                                                  if k.startswith("PIP_") or k in ("HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "VIRTUAL_ENV")))
+    if where not in _PIP_CONFIG:
+        _PIP_CONFIG[where] = _ask_pip_config()
+    return dict(_PIP_CONFIG[where])
+
+
+_PIP_CONFIG: dict[tuple, dict[str, str]] = {}
+
+
+def _ask_pip_config() -> dict[str, str]:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=False

@@ -8,6 +8,7 @@ PEP 440 local version and ``SOURCE_DATE_EPOCH`` fixed, so the same tree gives th
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import re
 import shutil
@@ -179,13 +180,23 @@ SERVER_EXTRAS = ("server", "postgres", "sqlite")
 
 
 def export_constraints(tree: Path, dest: Path, extras: tuple[str, ...] = SERVER_EXTRAS) -> Path:
-    """The release's own lock as pip constraints for ``extras`` (default: a server's)."""
-    if not (tree / "uv.lock").is_file():
-        raise KettaError("the release has no uv.lock; cannot pin its dependencies", path=tree / "uv.lock")
+    """The release's own lock as pip constraints for ``extras`` (default: a server's).
+
+    A ``dest`` exported from the same ``uv.lock`` for the same extras (its source is recorded beside
+    it) is kept as it is.
+    """
+    lock = tree / "uv.lock"
+    if not lock.is_file():
+        raise KettaError("the release has no uv.lock; cannot pin its dependencies", path=lock)
+    source = hashlib.sha256(lock.read_bytes() + "\0".join(extras).encode()).hexdigest()
+    record = dest.with_name(f".{dest.name}.source")
+    if dest.is_file() and record.is_file() and record.read_text().strip() == source:
+        return dest
     tmp = dest.with_name(dest.name + ".tmp")
     extra_args = [arg for extra in extras for arg in ("--extra", extra)]
     run_uv(["export", "--frozen", "--no-hashes", "--no-emit-project", *extra_args, "-o", str(tmp)], cwd=tree)
     os.replace(tmp, dest)
+    record.write_text(source + "\n")
     return dest
 
 

@@ -90,3 +90,37 @@ def test_real_letta_0_16_8_from_the_index(tmp_path):
     diff = subprocess.run(["git", "diff", "--name-only", "upstream/0.16.8"], cwd=out, capture_output=True, text=True, check=True).stdout
     touched = {f["path"] for p in report["patches"] for f in p["files"]}
     assert touched and all(path in diff for path in touched)
+
+
+def test_pip_is_asked_once_per_configuration(monkeypatch, tmp_path):
+    from ketta_build import upstream
+
+    asked = []
+    monkeypatch.setattr(upstream, "_PIP_CONFIG", {})
+    monkeypatch.setattr(upstream, "_ask_pip_config", lambda: asked.append(1) or {"global.index-url": "https://a.invalid/simple"})
+    monkeypatch.delenv("PIP_CONFIG_FILE", raising=False)
+    assert upstream._pip_config() == upstream._pip_config() == {"global.index-url": "https://a.invalid/simple"}
+    assert len(asked) == 1
+    upstream._pip_config()["global.index-url"] = "changed by a caller"
+    assert upstream._pip_config()["global.index-url"] == "https://a.invalid/simple", "callers get a copy"
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "pip.conf"))  # another configuration: asked again
+    upstream._pip_config()
+    assert len(asked) == 2
+
+
+def test_constraints_are_exported_again_only_when_the_lock_changes(tmp_path):
+    from ketta_build import wheel
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "1"\nrequires-python = ">=3.11"\n'
+                                            '[project.optional-dependencies]\nserver = []\n')
+    wheel.run_uv(["lock", "--offline", "--quiet"], cwd=project)
+    dest = tmp_path / "constraints.txt"
+    wheel.export_constraints(project, dest, ("server",))
+    first = dest.stat().st_mtime_ns
+    wheel.export_constraints(project, dest, ("server",))
+    assert dest.stat().st_mtime_ns == first, "the same lock and extras: the file is kept"
+    (project / "uv.lock").write_text((project / "uv.lock").read_text() + "\n")
+    wheel.export_constraints(project, dest, ("server",))
+    assert dest.stat().st_mtime_ns != first, "a changed lock is exported again"
