@@ -3,10 +3,11 @@
 Usage: python bench/server.py [--letta 0.16.8] [--providers 50] [--models 10] [--agents 20] [--rounds 30]
 
 Both servers run at once on one embedded PostgreSQL (a database each), with the same data: N
-OpenAI-compatible providers of the default organisation, each listing M models from one local
-fake vendor, and A agents. Requests alternate between the two servers so both see the same
-machine load. Printed per operation: p50 and p95 in ms for each server and the patched/unpatched
-ratio of the p50 (target: at most 1.05x on each).
+OpenAI-compatible providers of the default organisation, each listing M models of its own from
+one local fake vendor (so both servers store and list N x M models), and A agents. Requests
+alternate between the two servers so both see the same machine load. Printed per operation: p50
+and p95 in ms for each server and the patched/unpatched ratio of the p50 (target: at most 1.05x
+on each).
 """
 
 from __future__ import annotations
@@ -69,17 +70,21 @@ def profile(server: LettaServer, seconds: float, out: Path) -> str:
 
 
 def populate(server: LettaServer, vendor: FakeVendor, providers: int, agents: int, patched: bool) -> list[str]:
-    names = []
+    """``providers`` providers on ``vendor`` (which names each one's models after its key, so both
+    servers store and list every model) and ``agents`` agents spread over them."""
+    keys = []
     for i in range(providers):
-        p = api.create_provider(server, f"Bench{i:03d}", vendor.base_url, f"sk-bench-{i}")
-        names.append(p["name"])
+        key = f"sk-bench-{i}"
+        p = api.create_provider(server, f"Bench{i:03d}", vendor.base_url, key)
+        keys.append((p["name"], key))
     ids = []
     for i in range(agents):
-        provider = names[i % len(names)]
+        provider, key = keys[i % len(keys)]
+        model = f"{vendor.models[0]}-{key}"
         if patched:
-            agent = api.create_agent_ok(server, f"{provider}/{vendor.models[0]}")
+            agent = api.create_agent_ok(server, f"{provider}/{model}")
         else:
-            agent = api.create_agent_on_provider(server, provider, vendor.base_url, vendor.models[0])
+            agent = api.create_agent_on_provider(server, provider, vendor.base_url, model)
         ids.append(agent["id"])
     return ids
 
@@ -102,7 +107,11 @@ def main() -> int:
 
     builds = {flavour: prepare_server(args.letta, patched=flavour == "patched", series_dir=ROOT / "patches",
                                       build_root=ROOT / "build") for flavour in ("patched", "unpatched")}
-    vendor = FakeVendor("bench", models=tuple(f"bench-model-{i}" for i in range(args.models))).start()
+    # The vendor names each provider's models after its key. Stock Letta names every model of an
+    # OpenAI-compatible provider openai-proxy/<model> and keeps only the first of each name, so with
+    # shared names it would store and list 10 models where Ketta has 500; with names of their own
+    # both servers store and list the same rows, and the comparison is of the same work.
+    vendor = FakeVendor("bench", models=tuple(f"bench-model-{i}" for i in range(args.models)), key_in_model_names=True).start()
     cluster = EmbeddedCluster()
     servers: dict[str, LettaServer] = {}
     try:
@@ -121,14 +130,22 @@ def main() -> int:
             samples.setdefault(op, {}).setdefault(flavour, []).append(ms)
 
         for r in range(args.rounds):
-            for flavour, server in servers.items():  # alternate, so both see the same load
+            # Alternate, so both see the same load, and swap who goes first each round (the
+            # first of a round follows the other's message, the second its own list calls).
+            for flavour, server in (list(servers.items()) if r % 2 else list(servers.items())[::-1]):
                 record("GET /v1/providers/", flavour, timed(lambda: api.list_providers(server)))
                 record("GET /v1/models/", flavour, timed(lambda: api.list_models(server)))
                 if r % 2 == 0:
-                    def create_delete() -> None:
-                        p = api.create_provider(server, f"Tmp{uuid.uuid4().hex[:6]}", vendor.base_url, "sk-tmp")
-                        api.ok(api.delete_provider(server, p["id"]), 200, 204)
-                    record("provider create+delete", flavour, timed(create_delete))
+                    tag = uuid.uuid4().hex[:6]
+                    made: list[dict] = []
+                    create = timed(lambda: made.append(api.create_provider(server, f"Tmp{tag}", vendor.base_url, f"sk-tmp-{tag}")))
+                    stored = server.sql("SELECT count(*) FROM provider_models WHERE provider_id = :p AND model_type = 'llm'",
+                                        p=made[0]["id"])[0][0]
+                    assert stored == args.models, f"{flavour}: {stored} models stored for a new provider, not {args.models}"
+                    delete = timed(lambda: api.ok(api.delete_provider(server, made[0]["id"]), 200, 204))
+                    record("provider create", flavour, create)
+                    record("provider delete", flavour, delete)
+                    record("provider create+delete", flavour, create + delete)
                 if r % 3 == 0:
                     agent = agents[flavour][r % len(agents[flavour])]
                     record("agent message", flavour, timed(lambda: api.ok(api.send_message(server, agent, "hi"))))

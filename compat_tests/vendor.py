@@ -35,6 +35,7 @@ class FakeVendor:
     name: str
     models: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini")
     reply: str = "Hello from the vendor."
+    key_in_model_names: bool = False  # list "<model>-<api key>": each key's provider gets models of its own
     requests: list[RecordedRequest] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,13 +86,16 @@ class FakeVendor:
             def do_GET(self) -> None:
                 self._record(None)
                 if self.path.rstrip("/").endswith("/models"):
+                    auth = self.headers.get("Authorization") or ""
+                    key = auth[7:] if vendor.key_in_model_names and auth.lower().startswith("bearer ") else None
+                    names = [f"{m}-{key}" if key else m for m in vendor.models]
                     self._send_json(
                         200,
                         {
                             "object": "list",
                             "data": [
                                 {"id": m, "object": "model", "created": 0, "owned_by": vendor.name, "context_length": 128000}
-                                for m in vendor.models
+                                for m in names
                             ],
                         },
                     )
