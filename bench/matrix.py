@@ -2,7 +2,7 @@
 warm, and ``ketta-build matrix --all -p 2`` <= 12 min).
 
 Usage: python bench/matrix.py [--letta 0.16.8] [--suite unified handle ...] [--upgrade-pairs all|ci]
-                              [--all-releases] [-p 2]
+                              [--all-releases] [-p 2] [--keep DIR]
 
 Runs ``ketta-build matrix`` into a temporary report directory and prints, per tox run (a release's
 shared session, or a suite on its own), what its fixtures spent on the environment, PostgreSQL,
@@ -88,9 +88,10 @@ def main() -> int:
     parser.add_argument("--upgrade-pairs", choices=("all", "ci"), default="all")
     parser.add_argument("--all-releases", action="store_true")
     parser.add_argument("-p", "--parallel", type=int, default=2)
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="write the matrix report into DIR and keep it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ketta-bench-matrix-") as tmp:
-        reports = Path(tmp)
+        reports = args.keep.absolute() if args.keep else Path(tmp)
         where = ["--all"] if args.all_releases else ["--letta", args.letta]
         suites = ["--suite", *args.suite] if args.suite else []
         start = time.monotonic()
