@@ -1,8 +1,11 @@
 """The compatibility matrix: run tox environments (release x suite) and write the report.
 
-Each cell is one ``tox -e letta<NNNN>-<suite>`` run, its output kept in ``logs/<env>.log`` and its
-pytest results in ``<env>.xml`` (JUnit). The report (``matrix.json``, ``matrix.md``,
-``matrix.html``) says pass/fail/error with counts and duration per cell and links each log.
+A cell is a release and a suite. Per release, the suites but ``upgrade`` run in one ``tox -e
+letta<NNNN>-shared`` session whose JUnit file is split into their cells by the suite each test
+records; ``upgrade`` (or a suite asked for alone) runs as ``tox -e letta<NNNN>-<suite>``. Each run's
+output is kept in ``logs/<env>.log`` and its results in ``<env>.xml``. The report
+(``matrix.json``, ``matrix.md``, ``matrix.html``) says pass/fail/error with counts and duration
+per cell and links each log.
 """
 
 from __future__ import annotations
@@ -134,11 +137,6 @@ def run_task(task: Task, report_dir: Path, tox: list[str], env: dict[str, str], 
         else:
             cell.status = "pass"
     return task.cells
-
-
-def run_cell(cell: Cell, report_dir: Path, tox: list[str], env: dict[str, str], project: Path) -> Cell:
-    """One cell in its own tox environment."""
-    return run_task(Task(cell.env, [cell]), report_dir, tox, env, project)[0]
 
 
 def shared_env(version: str) -> str:
