@@ -7,8 +7,8 @@ PEP 440 local version and ``SOURCE_DATE_EPOCH`` fixed, so the same tree gives th
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import os
 import re
 import shutil
