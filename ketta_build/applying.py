@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import GitError
 from .patchfile import FilePatch, Hunk, Patch, split_lines
 
 
@@ -231,8 +232,10 @@ def _reject_text(fp: FilePatch, failed: list[HunkResult]) -> str:
     return head + "".join(by_index[r.index].text for r in failed)
 
 
-def _merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str, str]) -> tuple[bytes, int]:
-    """3-way merge with git; return the merged bytes and the number of conflicts."""
+def _merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str, str],
+                favour_theirs: bool = False) -> tuple[bytes, int]:
+    """3-way merge with git; return the merged bytes and the number of conflicts (with
+    ``favour_theirs`` the conflicts are counted but resolved in the patch's favour, no markers)."""
     with tempfile.TemporaryDirectory(prefix="ketta-merge-") as tmp:
         paths = []
         for name, data in (("ours", ours), ("base", base), ("theirs", theirs)):
@@ -242,7 +245,10 @@ def _merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str,
         cmd = ["git", "merge-file", "-p", "-L", labels[0], "-L", labels[1], "-L", labels[2], *paths]
         proc = subprocess.run(cmd, capture_output=True, check=False)
         if proc.returncode < 0 or proc.returncode > 127:
-            raise RuntimeError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
+            raise GitError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
+        if favour_theirs and proc.returncode:
+            resolved = subprocess.run([*cmd[:3], "--theirs", *cmd[3:]], capture_output=True, check=False)
+            return resolved.stdout, proc.returncode
         return proc.stdout, proc.returncode
 
 
@@ -279,8 +285,10 @@ def apply_file(
     preimage: PreimageResolver | None = None,
     upstream_label: str = "upstream",
     guard: TreeGuard | None = None,
+    favour_patch: bool = False,
 ) -> FileResult:
-    """Apply one file section of ``patch`` inside ``tree``."""
+    """Apply one file section of ``patch`` inside ``tree``. With ``favour_patch`` (dry runs) a 3-way
+    merge's conflicts are resolved in the patch's favour instead of leaving markers."""
     try:
         target = (guard or TreeGuard(tree)).target(fp.path)
     except ValueError as exc:
@@ -306,12 +314,14 @@ def apply_file(
             theirs_lines, base_results = apply_hunks(split_lines(decode(base)), fp.hunks, 0)
             if all(r.outcome in (Outcome.CLEAN, Outcome.OFFSET) for r in base_results):
                 labels = (upstream_label, f"letta {patch.header.base_release} (patch base)", patch.name)
-                merged, conflicts = _merge_file(original, base, encode("".join(theirs_lines)), labels)
+                merged, conflicts = _merge_file(original, base, encode("".join(theirs_lines)), labels, favour_patch)
                 content = merged
                 result.conflicts = conflicts
                 for r in failed:
                     if conflicts == 0:
                         r.outcome, r.reason = Outcome.MERGED, f"3-way merge against letta {patch.header.base_release}"
+                    elif favour_patch:
+                        r.reason = f"3-way merge has {conflicts} conflict(s) (resolved in the patch's favour for this dry run)"
                     else:
                         r.reason = f"3-way merge left {conflicts} conflict(s): markers are in the file"
                 failed = [r for r in results if r.outcome is Outcome.FAILED]
@@ -376,12 +386,14 @@ def apply_patch(
     preimage: PreimageResolver | None = None,
     upstream_label: str = "upstream",
     guard: TreeGuard | None = None,
+    favour_patch: bool = False,
 ) -> PatchResult:
     """Apply every file of ``patch`` inside ``tree`` (files not committed here); a series passes one
     ``guard`` for all its patches."""
     guard = guard or TreeGuard(tree)
     files = [
-        apply_file(tree, patch, fp, fuzz=fuzz, preimage=preimage, upstream_label=upstream_label, guard=guard)
+        apply_file(tree, patch, fp, fuzz=fuzz, preimage=preimage, upstream_label=upstream_label, guard=guard,
+                   favour_patch=favour_patch)
         for fp in patch.files
     ]
     outcome = summarise([f.outcome for f in files])

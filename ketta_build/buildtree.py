@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -25,8 +26,9 @@ from pathlib import Path
 from packaging.version import Version
 
 from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, apply_patch, decode, encode, git_blob_id
-from .cache import Cache
+from .cache import Cache, write_atomic
 from .errors import BuildTreeError, KettaError
+from .gitcmd import blob, git, git_bytes
 from .header import commit_message
 from .patchfile import Patch, split_lines
 from .series import Selection, Series
@@ -46,16 +48,6 @@ def _quiet(_: str) -> None:
 def _epoch() -> int:
     raw = os.environ.get("SOURCE_DATE_EPOCH")
     return int(raw) if raw and raw.isdigit() else _DEFAULT_EPOCH
-
-
-def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-    """Run git in ``cwd`` with a quiet, fsync-free configuration (a build tree is disposable)."""
-    full_env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", **(env or {})}
-    cmd = ["git", "-c", "core.fsync=none", "-c", "checkout.workers=0", "-c", "gc.auto=0", "-c", "core.autocrlf=false", "-c", "init.defaultBranch=main", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise BuildTreeError(f"git {' '.join(args[:2])} failed in {cwd}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-    return proc.stdout.strip()
 
 
 def _identity_env(author: tuple[str, str], committer: tuple[str, str], date: str) -> dict[str, str]:
@@ -128,6 +120,28 @@ def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSour
 # --------------------------------------------------------------------------- 3-way preimages
 
 
+class PristineRepos:
+    """The cached bare repository of each release a run reads (resolved and built once per run)."""
+
+    def __init__(self, source: UpstreamSource | None, cache: Cache | None) -> None:
+        self.source = source
+        self.cache = cache
+        self._repos: dict[Version, Path | str] = {}
+
+    def get(self, version: Version) -> Path | str:
+        """The repository holding tag ``upstream/<version>``, or why there is none."""
+        if version not in self._repos:
+            if self.source is None or self.cache is None:
+                self._repos[version] = "no source for other releases"
+            else:
+                try:
+                    release = self.source.resolve(version)
+                    self._repos[version] = ensure_pristine_repo(release, self.source, self.cache) or "no cache"
+                except KettaError as exc:
+                    self._repos[version] = f"letta {version} unavailable ({exc.message})"
+        return self._repos[version]
+
+
 class PreimageFinder:
     """Recreates the exact file a patch was made against, for 3-way merges.
 
@@ -139,21 +153,7 @@ class PreimageFinder:
     def __init__(self, series: Series, patches: dict[str, Patch], base_source: UpstreamSource | None, cache: Cache | None):
         self.series = series
         self.patches = patches
-        self.base_source = base_source
-        self.cache = cache
-        self._repos: dict[Version, Path | str] = {}
-
-    def _base_repo(self, version: Version) -> Path | str:
-        if version not in self._repos:
-            if self.base_source is None or self.cache is None:
-                self._repos[version] = "no source for base releases"
-            else:
-                try:
-                    release = self.base_source.resolve(version)
-                    self._repos[version] = ensure_pristine_repo(release, self.base_source, self.cache) or "no cache"
-                except KettaError as exc:
-                    self._repos[version] = f"letta {version} unavailable ({exc.message})"
-        return self._repos[version]
+        self.repos = PristineRepos(base_source, cache)
 
     def _load(self, name: str) -> Patch:
         if name not in self.patches:
@@ -162,17 +162,12 @@ class PreimageFinder:
 
     def __call__(self, patch: Patch, fp: FilePatch) -> tuple[bytes | None, str | None]:
         base = patch.header.base_release
-        repo = self._base_repo(base)
+        repo = self.repos.get(base)
         if isinstance(repo, str):
             return None, repo
-        proc = subprocess.run(
-            ["git", "--git-dir", str(repo), "cat-file", "blob", f"upstream/{base}:{fp.path}"],
-            capture_output=True,
-            check=False,
-        )
-        if proc.returncode != 0:
+        content = blob(repo, f"upstream/{base}", fp.path)
+        if content is None:
             return None, f"{fp.path} does not exist in letta {base}"
-        content = proc.stdout
         candidates = [content]
         group = next((e.group for e in self.series.entries if e.name == patch.name), patch.name)
         for entry in self.series.select(base):
@@ -202,6 +197,10 @@ class ApplyOptions:
     fuzz: int = 0
     keep_going: bool = False
     force: bool = False
+    # Dry runs only (upstream check): after a failed patch go on as if its conflicts had been resolved
+    # in the patch's favour, so later patches are judged on the lines they expect, not on a cascade.
+    assume_resolved: bool = False
+    out_flag: str = "--out"  # how the command names the tree, for its refusals
 
 
 @dataclass
@@ -215,6 +214,7 @@ class ApplyReport:
     head: str | None = None
     tree_hash: str | None = None
     options: ApplyOptions = field(default_factory=ApplyOptions)
+    backup_ref: str | None = None  # where the replaced tree's unexported commits were kept
 
     @property
     def failed(self) -> list[PatchResult]:
@@ -225,26 +225,136 @@ class ApplyReport:
         return 1 if self.failed or self.not_attempted else 0
 
 
-def _is_dirty(path: Path) -> bool:
-    if not (path / ".git").exists():
-        return False
-    status = git(path, "status", "--porcelain", "--untracked-files=all", check=False)
-    return bool(status)
+PORT_STATE_FILE = "ketta-port.json"  # inside .git/ of a tree a port is working in
 
 
-def check_out_dir(out: Path, force: bool) -> None:
+def dirty_summary(status: str) -> str:
+    """``letta/m.py`` or ``3 files (letta/a.py, letta/b.py, letta/c.py)`` from ``git status --porcelain``."""
+    paths = [line[3:] for line in status.splitlines() if line.strip()]
+    if len(paths) == 1:
+        return paths[0]
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{len(paths)} files ({shown})"
+
+
+def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
+    """May ``out`` be written? Empty or missing, or (with ``force``) a clean ketta-build tree with no
+    port in progress. ``flag`` is how the command calls the directory."""
     if out.exists() and not out.is_dir():
-        raise BuildTreeError("--out exists and is not a directory", path=out)
+        raise BuildTreeError(f"{flag} exists and is not a directory", path=out)
     if out.is_dir() and any(out.iterdir()):
+        if (out / ".git" / PORT_STATE_FILE).is_file():
+            raise BuildTreeError("a port is in progress in this tree: finish it with ketta-build port --continue or "
+                                 "give it up with ketta-build port --abort", path=out)
         if not force:
-            raise BuildTreeError("--out is not empty; pass --force to replace it", path=out)
+            raise BuildTreeError(f"{flag} is not empty; pass --force to replace it (commits made there and not "
+                                 "exported are kept as a backup ref)", path=out)
         if not (out / ".git" / STATE_FILE).is_file():
-            raise BuildTreeError("--out is not a ketta-build tree; refusing to replace it even with --force", path=out)
-        if _is_dirty(out):
-            raise BuildTreeError(
-                "--out has uncommitted changes (see git status there); commit, stash or remove them first",
-                path=out,
-            )
+            raise BuildTreeError(f"{flag} is not a ketta-build tree; refusing to replace it even with --force", path=out)
+        status = git(out, "status", "--porcelain", "--untracked-files=all", check=False) if (out / ".git").exists() else ""
+        if status:
+            raise BuildTreeError(f"{flag} has uncommitted changes in {dirty_summary(status)}; commit, stash or remove "
+                                 "them first", path=out)
+
+
+BACKUP_PREFIX = "refs/ketta/backup/"
+
+
+def backup_name(what: str) -> str:
+    """``refs/ketta/backup/20261202T150102Z-apply``: a ref that keeps commits a verb is about to drop."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{BACKUP_PREFIX}{stamp}-{what}"
+
+
+@dataclass(frozen=True)
+class TreeState:
+    """What ``.git/ketta-build.json`` says about a build tree."""
+
+    version: Version
+    head: str | None  # the commit the tool itself left at HEAD (apply, or the last export or port)
+    stopped_at: str | None  # the patch apply stopped at (it did not apply), if it stopped
+    not_attempted: tuple[str, ...]  # the patches after it
+
+
+def read_tree_state(tree: Path) -> TreeState:
+    """The state of build tree ``tree``; refuses a directory that is not one."""
+    path = tree / ".git" / STATE_FILE
+    if not (tree / ".git").is_dir() or not path.is_file():
+        raise BuildTreeError(f"not a ketta-build tree (no .git/{STATE_FILE}); make one with ketta-build apply", path=tree)
+    try:
+        data = json.loads(path.read_text())
+        version = Version(data["upstream"]["version"])
+    except (ValueError, KeyError, TypeError):
+        raise BuildTreeError(f"its .git/{STATE_FILE} is not readable", path=tree) from None
+    failed = [p["name"] for p in data.get("patches", []) if p.get("outcome") == "failed"]
+    return TreeState(version, (data.get("tree") or {}).get("head"), failed[0] if failed and not data.get("options", {}).get(
+        "keep_going") else None, tuple(data.get("not_attempted", [])))
+
+
+def recorded_head(tree: Path) -> str | None:
+    try:
+        return read_tree_state(tree).head
+    except BuildTreeError:
+        return None
+
+
+def record_head(tree: Path, head: str) -> None:
+    """Remember ``head`` as the commit the tool left (after it rewrote commit messages)."""
+    state_file = tree / ".git" / STATE_FILE
+    data = json.loads(state_file.read_text())
+    data.setdefault("tree", {})["head"] = head
+    write_atomic(state_file, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def carry_backups(old: Path, new: Path, what: str) -> str | None:
+    """Before ``old`` is replaced by ``new``: keep, in ``new``, the old tree's backup refs and (as a new
+    backup ref) its HEAD when someone committed there since the tool left it. The name of the new ref."""
+    if not (old / ".git").is_dir():
+        return None
+    head = git(old, "rev-parse", "-q", "--verify", "HEAD", check=False)
+    refs = [line.split()[1] for line in git(old, "for-each-ref", "--format=%(objectname) %(refname)", BACKUP_PREFIX,
+                                            check=False).splitlines() if line.strip()]
+    made = None
+    specs = [f"+{ref}:{ref}" for ref in refs]
+    if head and head != recorded_head(old):
+        made = backup_name(what)
+        specs.append(f"+{head}:{made}")
+    if specs:
+        git(new, "fetch", "-q", "--no-tags", str(old), *specs)
+    return made
+
+
+def reword_commits(tree: Path, messages: dict[str, str], reason: str) -> dict[str, str]:
+    """Give the commits ``messages`` names (sha -> message) those messages, keeping every tree, author
+    and date; the commits after them are recreated on top. Only messages change, so the work tree
+    and index stay as they are; the old commits stay in the branch's reflog. Returns old -> new sha."""
+    if not messages:
+        return {}
+    version = read_tree_state(tree).version
+    chain = git(tree, "rev-list", "--reverse", "--topo-order", f"upstream/{version}..HEAD").splitlines()
+    mapping: dict[str, str] = {}
+    parent = None
+    for sha in chain:
+        if parent is None and sha not in messages:
+            continue
+        if parent is None:
+            parent = git(tree, "rev-parse", f"{sha}^")
+        fields = git_bytes(tree, "show", "-s", "--format=%an%x00%ae%x00%ad%x00%cn%x00%ce%x00%cd%x00%T", "--date=raw", sha)
+        an, ae, ad, cn, ce, cd, tree_id = fields.decode("utf-8", errors="surrogateescape").rstrip("\n").split("\x00")
+        if sha in messages:
+            message = stripspace(messages[sha]).encode("utf-8", errors="surrogateescape")
+        else:  # kept byte for byte
+            message = git_bytes(tree, "cat-file", "commit", sha).split(b"\n\n", 1)[1]
+        env = {"GIT_AUTHOR_NAME": an, "GIT_AUTHOR_EMAIL": ae, "GIT_AUTHOR_DATE": ad,
+               "GIT_COMMITTER_NAME": cn, "GIT_COMMITTER_EMAIL": ce, "GIT_COMMITTER_DATE": cd}
+        parent = git_bytes(tree, "commit-tree", tree_id, "-p", parent, "-F", "-", env=env, input=message).decode().strip()
+        mapping[sha] = parent
+    if parent is None:
+        return {}
+    head = git(tree, "rev-parse", "HEAD")
+    ref = git(tree, "symbolic-ref", "-q", "HEAD", check=False) or "HEAD"
+    git(tree, "update-ref", "-m", f"ketta-build: {reason}", ref, parent, head)
+    return mapping
 
 
 def _clean_stale_temp_dirs(out: Path) -> None:
@@ -423,7 +533,7 @@ def apply_series(
     selections = series.explain(release.version)
     selected = [s.entry for s in selections if s.selected] if entries is None else list(entries)
     patches = {e.name: series.load(e) for e in selected}  # parse everything before touching disk
-    check_out_dir(out, options.force)
+    check_out_dir(out, options.force, options.out_flag)
     if base_source is None and isinstance(source, IndexSource):
         base_source = source
     report = ApplyReport(release, series.directory, selections, options=options)
@@ -431,7 +541,7 @@ def apply_series(
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_cache = cache or Cache()
     with lock_cache.lock("out-" + git_blob_id(str(out).encode())[:16], timeout=5):
-        check_out_dir(out, options.force)
+        check_out_dir(out, options.force, options.out_flag)
         _clean_stale_temp_dirs(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ketta-tmp-", dir=out.parent))
         cleanup: list[Callable[[], None]] = []
@@ -453,8 +563,12 @@ def apply_series(
                     continue
                 patch = patches[entry.name]
                 progress(f"applying {entry.name}")
-                result = apply_patch(tree, patch, fuzz=options.fuzz, preimage=finder, upstream_label=label, guard=guard)
-                if result.outcome is Outcome.FAILED:
+                result = apply_patch(tree, patch, fuzz=options.fuzz, preimage=finder, upstream_label=label, guard=guard,
+                                     favour_patch=options.assume_resolved)
+                if result.outcome is Outcome.FAILED and options.assume_resolved:
+                    pending[writer.commit(patch, [f.path for f in result.files])] = result
+                    result.note = "judged as if its conflicts were resolved in the patch's favour, for the patches after it"
+                elif result.outcome is Outcome.FAILED:
                     _resolve(writer.close(), pending)  # the branch and index now hold every patch before this one
                     if options.keep_going:
                         git(tree, "reset", "-q", "--hard", "HEAD")
@@ -462,6 +576,8 @@ def apply_series(
                         result.note = "not applied; the tree was reset so later patches see a consistent tree"
                     else:
                         stopped = True
+                        # `git commit` takes a prepared MERGE_MSG as its message: the resolution keeps the patch's
+                        (tree / ".git" / "MERGE_MSG").write_text(stripspace(commit_message(patch.name, patch.header)))
                 elif result.outcome is not Outcome.ALREADY_UPSTREAM:
                     pending[writer.commit(patch, [f.path for f in result.files])] = result
                 report.results.append(result)
@@ -472,6 +588,8 @@ def apply_series(
             report.out = out
             from .report import report_json  # late import: report depends on this module
 
+            if out.exists():  # --force: what was committed there and never exported stays reachable
+                report.backup_ref = carry_backups(out, tree, "apply")
             (tree / ".git" / STATE_FILE).write_text(json.dumps(report_json(report), indent=2) + "\n")
             _move_into_place(tree, out)
         finally:

@@ -3,7 +3,9 @@
 Layout under the cache root (``--cache-dir``, default: the user cache dir)::
 
     blobs/sha256/ab/abcdef...      downloaded artifacts, named by their sha256
-    releases/letta-0.16.8.json     which file and sha256 a version resolved to
+    releases/<source>/letta-0.16.8.json
+                                   which file and sha256 a version resolved to on one source
+                                   (the indexes asked, hashed): another index never reuses it
     pristine/<sha256>.git          a bare git repository of the unpacked sdist
     locks/<name>.lock              inter-process locks (filelock)
 
@@ -14,6 +16,7 @@ sees a half-written entry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -75,27 +78,38 @@ class Cache:
         return dest
 
     # ------------------------------------------------------------ release records
-    def _record_path(self, version: str) -> Path:
-        return self.root / "releases" / f"letta-{version}.json"
+    def _record_path(self, version: str, source: str) -> Path:
+        key = hashlib.sha256(source.encode()).hexdigest()[:16]
+        return self.root / "releases" / key / f"letta-{version}.json"
 
-    def read_release(self, version: str) -> dict | None:
-        path = self._record_path(version)
+    def read_release(self, version: str, source: str) -> dict | None:
+        """What ``version`` resolved to on ``source`` (the indexes asked), or None."""
+        path = self._record_path(version, source)
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or not {"filename", "sha256", "url"} <= data.keys():
+        if not isinstance(data, dict) or not {"filename", "sha256", "url"} <= data.keys() or data.get("source") != source:
             return None
         return data
 
-    def write_release(self, version: str, record: dict) -> None:
-        path = self._record_path(version)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".record-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"version": version, **record}, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+    def write_release(self, version: str, source: str, record: dict) -> None:
+        path = self._record_path(version, source)
+        write_atomic(path, json.dumps({"version": version, "source": source, **record}, indent=2, sort_keys=True).encode())
 
     # ------------------------------------------------------------ pristine repositories
     def pristine_repo(self, key: str) -> Path:
         return self.root / "pristine" / f"{key}.git"
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` whole or not at all: a temporary file beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, KettaError
+from .errors import EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, KettaError, exit_code_table
 
 
 def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = False) -> None:
@@ -45,13 +45,19 @@ def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = Fal
     p.add_argument("--json", metavar="FILE", help="also write the machine-readable report to FILE ('-' for stdout)")
 
 
+def _verb(sub, name: str, *, help: str) -> argparse.ArgumentParser:
+    """A verb's parser: its help line doubles as the description, the exit codes are the epilog."""
+    return sub.add_parser(name, help=help, description=help, epilog=exit_code_table(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ketta-build", description=__doc__,
+    parser = argparse.ArgumentParser(prog="ketta-build", description=__doc__, epilog=exit_code_table(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ap = sub.add_parser("apply", help="apply the series to a Letta release and report every hunk")
+    ap = _verb(sub, "apply", help="apply the series to a Letta release and report every hunk")
     _add_source_args(ap)
     ap.add_argument("--out", metavar="DIR", type=Path, help="build tree to write (default: build/VERSION)")
     ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
@@ -59,30 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failed patch; apply what can be")
     ap.add_argument("-v", "--verbose", action="store_true", help="also say why each variant was chosen or skipped")
 
-    sp = sub.add_parser("series", help="show which patches apply to a release and why")
+    sp = _verb(sub, "series", help="show which patches apply to a release and why")
     _add_source_args(sp)
     sp.add_argument("--check", action="store_true", help="also check variant guards against every supported release")
-    ep = sub.add_parser("export", help="write the build tree's commits back to the patch files (refresh)")
+    ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
     ep.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
+    ep.add_argument("--split", action="store_true",
+                    help="a refreshed patch that no longer applies to releases its guard claims: keep the file as it was "
+                         "as a variant for those releases (else nothing is written)")
+    ep.add_argument("--index-url", metavar="URL", help="package index for the other releases the patches claim")
+    ep.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     ep.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
-    pp = sub.add_parser("port", help="carry the series onto a Letta release it does not serve yet")
+    pp = _verb(sub, "port", help="carry the series onto a Letta release it does not serve yet")
     what = pp.add_mutually_exclusive_group(required=True)
     what.add_argument("--letta", metavar="VERSION", help="the new release (from the package index)")
     what.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving a conflict")
     what.add_argument("--abort", action="store_true", help="give up: remove the port's build tree (patches/ is untouched)")
     pp.add_argument("--tree", type=Path, metavar="DIR", help="the port's build tree (default: build/VERSION, or the one in progress)")
     pp.add_argument("--in-place", action="store_true", help="rewrite changed patches for the new release instead of adding variants")
-    pp.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
+    pp.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; with --abort, remove a "
+                                                         "tree holding work done since the stop (saved as a bundle first)")
     pp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     pp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     pp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     pp.add_argument("--json", metavar="FILE", help="also write the port report as JSON to FILE ('-' for stdout)")
-    up = sub.add_parser("upstream", help="look at upstream: new releases and what porting to them takes")
+    up = _verb(sub, "upstream", help="look at upstream: new releases and what porting to them takes")
     upsub = up.add_subparsers(dest="upstream_command", required=True)
-    uc = upsub.add_parser("check", help="releases newer than the newest supported one, classified, with a dry-run port "
+    uc = _verb(upsub, "check", help="releases newer than the newest supported one, classified, with a dry-run port "
                                         "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 error)")
     uc.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     uc.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
@@ -91,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     uc.add_argument("--issue-dir", metavar="DIR", type=Path,
                     help="write DIR/<version>.md per new server release: the tracking issue's body")
     uc.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
-    rd = sub.add_parser("range-diff", help="what changed between two versions of the series (git refs or patch dirs), per patch")
+    rd = _verb(sub, "range-diff", help="what changed between two versions of the series (git refs or patch dirs), per patch")
     rd.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
     rd.add_argument("new", metavar="NEW", help="git ref of this repository, or a patch directory")
     rd.add_argument("--letta", metavar="VERSION", required=True, help="release to apply both to")
     rd.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     rd.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     rd.add_argument("--json", metavar="FILE", help="also write the pairs as JSON to FILE ('-' for stdout)")
-    wp = sub.add_parser("wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS")
+    wp = _verb(sub, "wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS")
     wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     wp.add_argument("--all", action="store_true", help="every supported release")
     wp.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="default: ./dist")
@@ -107,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     wp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     wp.add_argument("--json", metavar="FILE", help="also write what was built as JSON to FILE ('-' for stdout)")
-    vp = sub.add_parser("serve", help="a patched Letta server here and now: wheel, PostgreSQL (persistent), migration, server")
+    vp = _verb(sub, "serve", help="a patched Letta server here and now: wheel, PostgreSQL (persistent), migration, server")
     vp.add_argument("--letta", metavar="VERSION", default="0.16.8", help="release to serve (default: 0.16.8)")
     vp.add_argument("--data-dir", metavar="DIR", type=Path, help="PostgreSQL data, the server's home and key "
                     "(default: the user data directory, ketta-build/serve/VERSION)")
@@ -119,16 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     vp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     vp.add_argument("--json", metavar="FILE", help="also write where the server is as JSON to FILE ('-' for stdout) once it is ready")
-    rp = sub.add_parser("releases", help="the supported releases (patches/releases.toml), e.g. for a CI job matrix")
+    rp = _verb(sub, "releases", help="the supported releases (patches/releases.toml), e.g. for a CI job matrix")
     rp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     rp.add_argument("--json", metavar="FILE", help="also write them as JSON to FILE ('-' for stdout)")
-    lp = sub.add_parser("lint", help="check the series: headers, why, base release, variants, whitespace, canonical form, tox.ini")
+    lp = _verb(sub, "lint", help="check the series: headers, why, base release, variants, whitespace, canonical form, tox.ini")
     lp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
     lp.add_argument("--fix", action="store_true", help="rewrite patch files into export's canonical form")
     lp.add_argument("--index-url", metavar="URL", help="package index for the base releases (default: pip's configuration)")
     lp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     lp.add_argument("--json", metavar="FILE", help="also write the findings as JSON to FILE ('-' for stdout)")
-    mp = sub.add_parser("matrix", help="run the compatibility suites (tox) per release and write the report")
+    mp = _verb(sub, "matrix", help="run the compatibility suites (tox) per release and write the report")
     mp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) to test (repeatable; default: 0.16.8)")
     mp.add_argument("--all", action="store_true", help="every supported release 0.14.0 ... 0.16.8")
     mp.add_argument("--suite", action="extend", nargs="+", metavar="SUITE", help="suite(s) to run (repeatable; default: all)")
@@ -314,42 +326,61 @@ def _cmd_series(args, console) -> int:
     for problem in data["problems"]:
         console.print(f"[bold red]problem[/]: {escape(problem)}")
     _emit_json(args.json, data)
-    return EXIT_BAD_INPUT if data["problems"] else 0
+    return EXIT_CHECK if data["problems"] else 0
 
 
 def _cmd_export(args, console) -> int:
-    from .export import plan_export, report_json, write_plan
+    from .buildtree import PristineRepos
+    from .cache import Cache
+    from .export import plan_export, report_json, verify_plan, write_plan
     from .releases import load_releases
+    from .upstream import IndexSource
 
     tree = args.tree or Path("build") / str(load_releases(args.patches).newest.version)
     plan = plan_export(tree, args.patches, prune=args.prune)
-    colour = {"unchanged": "dim", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow"}
+    if not args.check:
+        cache = Cache(args.cache_dir)
+        with console.status("checking the releases the changed patches claim") as status:
+            source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True)
+            verify_plan(plan, PristineRepos(source, cache), split=args.split)
+    colour = {"unchanged": "dim", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow",
+              "not-applied": "yellow", "split": "cyan"}
     for p in plan.patches:
         note = f"  ({escape(p.note)})" if p.note else ""
         console.print(f"[{colour[p.status]}]{p.status:9}[/] {escape(p.name)}{note}")
+    dropped = [p for p in plan.patches if p.status == "dropped"]
     if args.check:
         differ = plan.differences()
         for path in differ:
             print(f"ketta-build: export --check: {path} differs from what export would write", file=sys.stderr)
-        dropped = [p for p in plan.patches if p.status == "dropped"]
         for p in dropped:
             print(f"ketta-build: export --check: {args.patches / p.name} has no commit in {tree}", file=sys.stderr)
         _emit_json(args.json, report_json(plan, differ, check=True))
-        return 1 if differ or dropped else 0
+        return EXIT_CHECK if differ or dropped else 0
+    for line in plan.unchecked:
+        print(f"ketta-build: export: warning: not checked against {line}; ketta-build lint checks it later", file=sys.stderr)
     written = write_plan(plan)
-    console.print(f"{len(written)} file(s) written in {args.patches}" if written else "nothing to write: the series matches the tree")
+    if written:
+        console.print(f"{len(written)} file(s) written in {args.patches}")
+    elif dropped:
+        console.print(f"nothing written; {len(dropped)} patch(es) have no commit in the tree "
+                      f"({', '.join(p.name for p in dropped)}): --prune removes them from the series")
+    else:
+        console.print("nothing to write: the series matches the tree")
     _emit_json(args.json, report_json(plan, written, check=False))
     return 0
 
 
 def _port_tree(args) -> Path:
+    from .port import ports_in_progress
+
     if args.tree:
         return args.tree
-    found = sorted(p.parent.parent for p in Path("build").glob("*/.git/ketta-port.json"))
+    found = ports_in_progress(Path("build"), args.patches)
     if len(found) != 1:
-        raise KettaError("no port in progress under build/" if not found else
-                         f"several ports in progress ({', '.join(map(str, found))}); say which with --tree")
-    return found[0]
+        raise KettaError("no port in progress under build/ (say which tree with --tree)" if not found else
+                         f"several ports in progress ({', '.join(str(t) for t, _ in found)}); say which with --tree")
+    return found[0][0]
 
 
 def _cmd_port(args, console) -> int:
@@ -360,12 +391,16 @@ def _cmd_port(args, console) -> int:
     from .releases import parse_version
 
     if args.abort:
-        tree = abort_port(_port_tree(args))
+        tree, saved = abort_port(_port_tree(args), force=args.force)
+        if saved:
+            console.print(f"the work done since the port stopped is saved in {escape(str(saved))} "
+                          f"(git clone {escape(str(saved))}, or git fetch it into a tree)")
         console.print(f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
+        _emit_json(args.json, {"schema": "ketta-build/port/1", "aborted": str(tree), "saved": str(saved) if saved else None})
         return 0
     with console.status("porting") as status:
         if args.cont:
-            result = continue_port(_port_tree(args), progress=status.update)
+            result = continue_port(_port_tree(args), progress=status.update, cache=Cache(args.cache_dir))
         else:
             result = start_port(parse_version(args.letta), args.patches, out=args.tree, cache=Cache(args.cache_dir),
                                 index_url=args.index_url, in_place=args.in_place, force=args.force, progress=status.update)
@@ -377,7 +412,7 @@ def _cmd_port(args, console) -> int:
         for line in result.plan:
             print(f"ketta-build: port stopped: {line}", file=sys.stderr)
         _emit_json(args.json, {"schema": "ketta-build/port/1", "finished": False, **asdict(result.state), "plan": result.plan})
-        return 1
+        return EXIT_FAILED
     for path in result.written:
         console.print(f"wrote {escape(str(path))}")
     console.print(f"letta {result.state.version} is now supported; run ketta-build lint and ketta-build matrix "
@@ -435,7 +470,8 @@ def _cmd_range_diff(args, console) -> int:
     with console.status("applying both series") as status:
         result = range_diff(parse_version(args.letta), args.old, args.new, cache=Cache(args.cache_dir),
                             index_url=args.index_url, progress=status.update)
-    sys.stdout.write(result.text)
+    # With --json - the JSON is alone on stdout; the text goes where the rest of the human output goes.
+    (sys.stderr if args.json == "-" else sys.stdout).write(result.text)
     _emit_json(args.json, {"schema": "ketta-build/range-diff/1", "letta": result.letta, "old": result.old,
                            "new": result.new, "pairs": result.pairs})
     return 0
@@ -481,9 +517,9 @@ def _cmd_lint(args, console) -> int:
     if not findings:
         console.print("lint: no findings")
     _emit_json(args.json, {"schema": "ketta-build/lint/1", "findings": [
-        {"rule": f.rule, "path": str(f.path), "line": f.line, "message": f.message} for f in findings],
+        {"rule": f.rule, "path": str(f.path), "line": f.line, "message": f.message, "severity": f.severity} for f in findings],
         "fixed": [str(p) for p in fixed]})
-    return 1 if findings else 0
+    return EXIT_CHECK if any(f.severity == "error" for f in findings) else 0
 
 
 def _cmd_serve(args, console) -> int:
@@ -553,10 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("ketta-build: interrupted; no build tree was written or replaced", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as exc:
         print(f"ketta-build: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

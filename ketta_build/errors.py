@@ -1,24 +1,46 @@
-"""Exceptions raised by ketta-build.
+"""Exceptions raised by ketta-build, and the exit codes every command shares.
 
 Every error a user can cause is a :class:`KettaError` whose ``str()`` is one
 line that names the file (and line, where there is one) and says what to do.
-The CLI prints that line and exits with :attr:`KettaError.exit_code`.
+The CLI prints that line and exits with :attr:`KettaError.exit_code`, which
+tells the kinds of failure apart (see :data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-#: Exit codes shared by every command.
+#: Exit codes shared by every command (the table in each verb's ``--help`` and in the docs).
 EXIT_OK = 0
-EXIT_PATCH_FAILED = 1
-EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the work was done and the answer is no: a patch did not apply, a port stopped, a red cell
+EXIT_USAGE = 2  # usage or bad input: arguments, series, patch file, releases.toml, unknown release
+EXIT_SOURCE = 3  # the upstream source: index unreachable, download failed, hash mismatch, git source
+EXIT_CHECK = 4  # a check found something: lint findings, export --check differences, series --check
+EXIT_REFUSED = 5  # refused to protect work: dirty or foreign build tree, work since a stop, lock held
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "done"),
+    (EXIT_FAILED, "done, and the answer is no: a patch did not apply, a port stopped at a conflict, a matrix cell is red"),
+    (EXIT_USAGE, "usage or bad input: arguments, series, patch file, releases.toml, unknown or non-server release"),
+    (EXIT_SOURCE, "upstream source: index unreachable, download failed, hash mismatch, git repository unusable"),
+    (EXIT_CHECK, "a check found something: lint findings, export --check differences, series --check problems"),
+    (EXIT_REFUSED, "refused to protect work: dirty or foreign build tree, unexported work, port in progress, lock held"),
+    (10, "upstream check: a new server release onto which the series carries over exactly"),
+    (11, "upstream check: a new server release that needs porting"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); nothing half-written is left"),
+)
+
+
+def exit_code_table() -> str:
+    """The exit codes as the text of a ``--help`` epilog."""
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
 
 
 class KettaError(Exception):
     """An error caused by input, configuration or environment."""
 
-    exit_code = EXIT_BAD_INPUT
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None) -> None:
         self.message = message
@@ -42,13 +64,19 @@ class SeriesError(KettaError):
 class UpstreamError(KettaError):
     """A Letta release could not be found, fetched, verified or unpacked."""
 
+    exit_code = EXIT_SOURCE
+
 
 class NotAServerRelease(UpstreamError):
     """The requested version exists but is not the Letta agent server."""
 
+    exit_code = EXIT_USAGE
+
 
 class UnknownRelease(UpstreamError):
     """The requested version is not a known Letta server release."""
+
+    exit_code = EXIT_USAGE
 
 
 class IndexUnreachable(UpstreamError):
@@ -60,8 +88,22 @@ class HashMismatch(UpstreamError):
 
 
 class BuildTreeError(KettaError):
-    """The output tree cannot be written (exists, dirty, locked, ...)."""
+    """The build tree cannot be used or written as asked (foreign, dirty, in the middle of something)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class GitError(KettaError):
+    """A git command failed where it should not have."""
 
 
 class LockTimeout(KettaError):
     """Another ketta-build holds a lock we need."""
+
+    exit_code = EXIT_REFUSED
+
+
+class ClaimError(KettaError):
+    """What a verb would write leaves a release the series claims without a patch that applies."""
+
+    exit_code = EXIT_CHECK

@@ -10,39 +10,49 @@ edits there (``git commit --amend``, ``git rebase -i``, new commits, dropped com
   (:func:`ketta_build.gitdiff.canonical_diff`), made against this tree's release, which becomes
   its ``Base-Release``; it goes back to the file it came from, variant included;
 * a commit without a trailer becomes a new patch, numbered after the last one, entered in the
-  series with the guard ``[letta>=<this release>]`` (shown, to be widened by hand);
+  series with the guard ``[letta>=<this release>]`` (narrowed to the releases it applies to);
 * a patch the series selects for this release but no commit carries is dropped from the series
-  (and its file deleted) with ``prune``; otherwise it is reported.
+  (and its file deleted) with ``prune``; otherwise it is reported. A patch apply never got to (it
+  stopped at an earlier one) is neither.
 
+Before anything is written, what export would write is applied in memory to every supported release
+it claims (:mod:`ketta_build.claims`): a refreshed patch that no longer applies to an older release
+its guard covers stops the export (``split`` keeps the file as it was as a variant for those releases
+instead). Then the commits' messages are brought in step with the files (a new patch's commit gets its
+``Ketta-Patch`` trailer, a refreshed one its new ``Base-Release``), so a second export writes nothing.
 ``check`` writes nothing and lists the files that differ from what export would write.
-Everything is computed before anything is written; each file is replaced atomically.
+Each file is replaced atomically.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.version import Version
 
-from .applying import Outcome, apply_hunks, decode, encode
-from .buildtree import STATE_FILE, git
-from .errors import BuildTreeError, KettaError, SeriesError
+from .applying import Outcome, apply_hunks, decode, encode, git_blob_id
+from .buildtree import (PORT_STATE_FILE, PristineRepos, dirty_summary, read_tree_state, record_head, reword_commits,
+                        stripspace)
+from .cache import write_atomic
+from .claims import check_claims, describe, group_failures
+from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
+from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts
-from .header import header_from_commit, parse_commit, render_header, trailer
-from .patchfile import Patch, parse_patch_text, split_lines
-from .series import SERIES_FILE, Series, read_series
+from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, served_range_text,
+                     with_field, with_served_range)
+from .patchfile import Patch, PatchHeader, parse_patch_text, split_lines
+from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series
 
 _NUMBER = re.compile(r"^(\d+)-")
+_VERSION_SUFFIX = re.compile(r"-\d+(?:\.\d+)+$")
 
 
 @dataclass
 class ExportedPatch:
     name: str
-    status: str  # unchanged | refreshed | new | dropped | pruned
+    status: str  # unchanged | refreshed | new | dropped | pruned | not-applied | split
     commit: str | None
     guard: str | None = None
     note: str | None = None
@@ -53,8 +63,12 @@ class ExportPlan:
     tree: Path
     version: Version
     series_dir: Path
+    series: Series
     patches: list[ExportedPatch] = field(default_factory=list)
     files: dict[Path, bytes | None] = field(default_factory=dict)  # path -> new content (None: delete)
+    headers: dict[str, tuple[str, PatchHeader]] = field(default_factory=dict)  # commit -> (patch name, header)
+    series_edits: dict = field(default_factory=dict)  # edit_series_text arguments
+    unchecked: list[str] = field(default_factory=list)  # releases the claim check could not look at
 
     def differences(self) -> list[Path]:
         """The files whose content export would change."""
@@ -65,31 +79,55 @@ class ExportPlan:
                 out.append(path)
         return out
 
+    def messages(self) -> dict[str, str]:
+        """The commits whose message must change to name the patch and header export writes."""
+        out = {}
+        for sha, (name, header) in self.headers.items():
+            wanted = stripspace(commit_message(name, header))
+            if stripspace(git(self.tree, "show", "-s", "--format=%B", sha) + "\n") != wanted:
+                out[sha] = wanted
+        return out
 
-def _state(tree: Path) -> dict:
-    state = tree / ".git" / STATE_FILE
-    if not (tree / ".git").is_dir() or not state.is_file():
-        raise BuildTreeError("not a ketta-build tree (no .git/ketta-build.json); make one with ketta-build apply", path=tree)
-    try:
-        return json.loads(state.read_text())
-    except ValueError:
-        raise BuildTreeError("its .git/ketta-build.json is not readable JSON", path=tree) from None
+    def new_series(self) -> Series:
+        """The series as export would leave it (in memory)."""
+        if not self.series_edits:
+            return self.series
+        text = edit_series_text(self.series.series_file.read_text(encoding="utf-8"), **self.series_edits)
+        return parse_series(text, self.series_dir)
+
+    def new_patch(self, name: str) -> Patch:
+        path = self.series_dir / name
+        content = self.files.get(path)
+        if content is None:
+            return self.series.load(next(e for e in self.series.entries if e.name == name))
+        return parse_patch_text(content, path, name)
 
 
-def check_tree(tree: Path) -> Version:
-    """The release of a build tree that is fit to export from (clean, no operation in progress)."""
-    data = _state(tree)
-    version = Version(data["upstream"]["version"])
+def check_tree(tree: Path, series: Series | None = None) -> Version:
+    """The release of a build tree that is fit to export from: a supported release, on a branch,
+    clean, no git operation or port in progress."""
+    version = read_tree_state(tree).version
     if git(tree, "rev-parse", "-q", "--verify", f"refs/tags/upstream/{version}", check=False) == "":
         raise BuildTreeError(f"the tag upstream/{version} is missing: not a ketta-build tree", path=tree)
+    if (tree / ".git" / PORT_STATE_FILE).is_file():
+        raise BuildTreeError(f"a port to letta {version} is in progress here; it writes patches/ itself when it "
+                             "finishes: ketta-build port --continue (or --abort)", path=tree)
+    if series is not None and series.releases.find(version) is None:
+        raise BuildTreeError(f"the tree is letta {version}, which the series does not support "
+                             f"({series.releases.range_text()}): bring the series there with ketta-build port --letta {version}",
+                             path=tree)
     for marker, what in (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or git am"),
                          ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick")):
         if (tree / ".git" / marker).exists():
             raise BuildTreeError(f"{what} is in progress; finish or abort it first", path=tree)
     dirty = git(tree, "status", "--porcelain", "--untracked-files=all")
     if dirty:
-        first = dirty.splitlines()[0]
-        raise BuildTreeError(f"the tree has uncommitted changes ({first.strip()}, ...); commit or stash them first", path=tree)
+        raise BuildTreeError(f"the tree has uncommitted changes in {dirty_summary(dirty)}; commit or stash them first",
+                             path=tree)
+    if not git(tree, "symbolic-ref", "-q", "HEAD", check=False):
+        at = git(tree, "rev-parse", "--short", "HEAD")
+        raise BuildTreeError(f"HEAD is detached at {at}, so the commits after it are not seen; export reads a branch: "
+                             "git switch to it (or git switch -c NAME here)", path=tree)
     return version
 
 
@@ -123,21 +161,14 @@ def _files_of(tree: Path, sha: str) -> list[tuple[str, str]]:
     return rows
 
 
-def _blob(tree: Path, rev: str, path: str) -> bytes | None:
-    import subprocess
-
-    proc = subprocess.run(["git", "cat-file", "blob", f"{rev}:{path}"], cwd=tree, capture_output=True, check=False)
-    return proc.stdout if proc.returncode == 0 else None
-
-
 def _same_change(tree: Path, sha: str, patch: Patch) -> bool:
     """Does commit ``sha`` do exactly what ``patch`` does to the tree's release?"""
     touched = {path for _, path in _files_of(tree, sha)}
     if touched != {fp.path for fp in patch.files}:
         return False
     for fp in patch.files:
-        before = _blob(tree, f"{sha}^", fp.path)
-        after = _blob(tree, sha, fp.path)
+        before = blob(tree, f"{sha}^", fp.path)
+        after = blob(tree, sha, fp.path)
         if fp.is_deleted:
             if after is not None:
                 return False
@@ -153,14 +184,12 @@ def _same_change(tree: Path, sha: str, patch: Patch) -> bool:
 def _index_lines_hold(tree: Path, sha: str, patch: Patch) -> bool:
     """Do the patch's ``index`` lines name the blobs commit ``sha`` really has before and after?
     (An earlier patch changed under it and the pre-image moved: then the file is refreshed.)"""
-    from .applying import git_blob_id
-
     for fp in patch.files:
         for rev, short in ((f"{sha}^", fp.old_blob), (sha, fp.new_blob)):
             if not short or set(short) == {"0"}:
                 continue
-            blob = _blob(tree, rev, fp.path)
-            if blob is None or not git_blob_id(blob).startswith(short):
+            content = blob(tree, rev, fp.path)
+            if content is None or not git_blob_id(content).startswith(short):
                 return False
     return True
 
@@ -172,17 +201,16 @@ def _slug(subject: str) -> str:
 
 
 def _diff_part(path: Path) -> bytes:
-    raw = path.read_bytes()
-    cut = raw.find(b"\ndiff --git ")
-    return raw[cut + 1:] if cut >= 0 else raw
+    return _diff_part_bytes(path.read_bytes())
 
 
 def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportPlan:
     """What export writes for ``tree`` into ``series_dir`` (nothing is written here)."""
     tree = tree.absolute()
-    version = check_tree(tree)
     series = read_series(series_dir)
-    plan = ExportPlan(tree, version, series_dir)
+    version = check_tree(tree, series)
+    state = read_tree_state(tree)
+    plan = ExportPlan(tree, version, series_dir, series)
     entries = {e.name: e for e in series.entries}
     selected = series.select(version)
     numbers = [int(m.group(1)) for e in series.entries if (m := _NUMBER.match(e.name))]
@@ -194,55 +222,62 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
     for commit in _commits(tree, version):
         short = commit.sha[:10]
         parsed = parse_commit(commit.message)
-        if parsed.patch is not None:
-            name = parsed.patch
+        name = parsed.patch
+        if name is not None and name not in entries and (series_dir / name).exists():
+            raise SeriesError(f"commit {short} says Ketta-Patch: {name}, which the series does not list; remove the "
+                              "trailer to export it as a new patch", path=series.series_file)
+        if name is not None and name in entries:
             if name in seen:
                 raise KettaError(f"commits {seen[name][:10]} and {short} both say Ketta-Patch: {name}; squash them "
                                  "(git rebase -i) or remove the trailer from the new one")
-            if name not in entries:
-                raise SeriesError(f"commit {short} says Ketta-Patch: {name}, which the series does not list; remove the "
-                                  "trailer to export it as a new patch", path=series.series_file)
             if entries[name] not in selected:
                 raise SeriesError(f"commit {short} carries {name}, which the series does not select for letta {version}",
                                   path=series.series_file, line=entries[name].line)
             seen[name] = commit.sha
             old = series.load(entries[name])
-            base_text = trailer(parsed, "Base-Release")
             # The same change, and (on its own base release) index lines that still hold: keep the file.
             same = _same_change(tree, commit.sha, old) and (
                 old.header.base_release != version or _index_lines_hold(tree, commit.sha, old))
+            base = old.header.base_release if same else version
+            header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=base, where=short)
             if same:
-                base = Version(base_text) if base_text else old.header.base_release
-                header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=base, where=short)
                 diff = _diff_part(series_dir / name)
                 status = "unchanged"
             else:
-                header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=version, where=short)
                 diff = canonical_diff(tree, f"{commit.sha}^", commit.sha, section_contexts(old.files)).encode(
                     "utf-8", errors="surrogateescape")
                 status = "refreshed"
             content = render_header(header).encode() + diff
             parse_patch_text(content, series_dir / name, name)  # what export writes must read back
             plan.files[series_dir / name] = content
+            plan.headers[commit.sha] = (name, header)
             note = None
             if status == "refreshed" and old.header.base_release != version:
                 note = f"Base-Release {old.header.base_release} -> {version}: the change was made on this release"
             plan.patches.append(ExportedPatch(name, status, commit.sha, entries[name].guard_text, note))
             continue
 
+        # A commit made in the tree (or one an interrupted export already named): a new patch.
         header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=version, where=short)
-        name = f"{next_number:0{width}d}-{_slug(header.subject)}.diff"
-        next_number += 1
+        if name is None:
+            name = f"{next_number:0{width}d}-{_slug(header.subject)}.diff"
+            next_number += 1
         diff = canonical_diff(tree, f"{commit.sha}^", commit.sha).encode("utf-8", errors="surrogateescape")
         content = render_header(header).encode() + diff
         parse_patch_text(content, series_dir / name, name)
         plan.files[series_dir / name] = content
+        plan.headers[commit.sha] = (name, header)
         guard = f"letta>={version}"
         new_entries.append((name, guard))
         plan.patches.append(ExportedPatch(name, "new", commit.sha, guard,
                                           f"guard [{guard}]: widen it in {series.series_file} if it serves older releases"))
 
-    dropped = [e for e in selected if e.name not in seen]
+    never_applied = {state.stopped_at, *state.not_attempted} - {None}
+    dropped = [e for e in selected if e.name not in seen and e.name not in never_applied]
+    for entry in selected:
+        if entry.name in never_applied and entry.name not in seen:
+            plan.patches.append(ExportedPatch(entry.name, "not-applied", None, entry.guard_text,
+                                              f"apply stopped before it in this tree (at {state.stopped_at}); left as it is"))
     for entry in dropped:
         if prune:
             plan.files[series_dir / entry.name] = None
@@ -250,49 +285,160 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         else:
             plan.patches.append(ExportedPatch(entry.name, "dropped", None, entry.guard_text,
                                               "no commit carries it; --prune removes it from the series"))
-
-    if new_entries or (prune and dropped):
-        plan.files[series.series_file] = _new_series_text(series, new_entries, {e.name for e in dropped} if prune else set())
+    plan.series_edits = {"appends": new_entries, "removes": {e.name for e in dropped} if prune else set()}
+    if not new_entries and not (prune and dropped):
+        plan.series_edits = {}
     return plan
 
 
-def _new_series_text(series: Series, add: list[tuple[str, str]], remove: set[str]) -> bytes:
-    lines = series.series_file.read_text(encoding="utf-8").splitlines()
-    kept = []
-    for line in lines:
-        body = line.split("#", 1)[0].strip()
-        if body and body.split()[0] in remove:
+def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False) -> None:
+    """Apply what ``plan`` writes, in memory, to every supported release it claims; raise ClaimError
+    (nothing written) if a release would be left with a patch that does not apply, unless ``split``
+    keeps the current file of a refreshed patch as a variant for those releases. A new patch's guard
+    is narrowed to the releases it applies to. Releases that cannot be had are noted, not fatal."""
+    versions = plan.series.releases.versions
+    pruned = {p.name for p in plan.patches if p.status == "pruned"}
+    if not pruned and not any(p.status in ("refreshed", "new") for p in plan.patches):
+        return
+    for _ in range(3):  # the check, then at most the split and the narrowed new guards checked again
+        new_series = plan.new_series()
+        names = {e.name for e in new_series.entries}
+        written = {path.name for path, content in plan.files.items() if content is not None and path.name in names}
+        claimed = [v for v in versions if {e.name for e in new_series.select(v)} & written
+                   or {e.name for e in plan.series.select(v)} & pruned]
+        overrides = {name: plan.new_patch(name) for name in written}
+        failures, gaps = check_claims(new_series, claimed, repos, patches=overrides)
+        plan.unchecked = [f"letta {g.version}: {g.reason}" for g in gaps]
+        if not failures:
+            return
+        if not _mend(plan, new_series, failures, split):
+            break
+    lines = [f"{f.patch}: {describe(f, on)}" for f, on in group_failures(failures)]
+    hint = ("--split keeps the current file as a variant for those releases" if not split else
+            "--split cannot help: the releases are not at one end of the patch's range")
+    raise ClaimError(f"nothing written: export would leave patches that do not apply on releases their guards claim: "
+                     f"{'; '.join(lines)}; {hint}, or make the change apply there", path=plan.series_dir)
+
+
+def _mend(plan: ExportPlan, series: Series, failures, split: bool) -> bool:
+    """Answer claim failures where export may: narrow a new patch's guard to where it applies, and
+    (with ``split``) give a refreshed patch's broken releases the current file as a variant. False if
+    some failure remains that neither covers."""
+    versions = series.releases.versions
+    by_patch: dict[str, set[Version]] = {}
+    for f in failures:
+        by_patch.setdefault(f.patch, set()).add(f.version)
+    entries = {e.name: e for e in series.entries}
+    new = {p.name: p for p in plan.patches if p.status == "new"}
+    mended = True
+    for name, broken in by_patch.items():
+        entry = entries.get(name)
+        if entry is None:
+            return False
+        served = [v for v in versions if entry.matches(v)]
+        if name in new:
+            keep: list[Version] = []
+            for v in served:  # the releases from this one up to the first it does not apply to
+                if v in broken:
+                    break
+                keep.append(v)
+            if not keep or keep[0] != plan.version:
+                return False
+            upper = next((v for v in served if v > keep[-1]), None)
+            guard = f"letta>={plan.version}" + (f",<{upper}" if upper else "")
+            plan.series_edits["appends"] = [(n, guard if n == name else g) for n, g in plan.series_edits["appends"]]
+            new[name].guard = guard
+            new[name].note = (f"guard [{guard}]: it does not apply to letta {', '.join(map(str, sorted(broken)))}; "
+                              "give those releases a variant of their own")
             continue
-        kept.append(line)
-    width = max((len(line.split("#", 1)[0].split()[0]) for line in kept if line.split("#", 1)[0].strip()), default=30)
-    for name, guard in add:
-        kept.append(f"{name:<{width}} [{guard}]")
-    return ("\n".join(kept) + "\n").encode()
+        if not split:
+            mended = False
+            continue
+        kept = [v for v in served if v not in broken]
+        run = [v for v in served if v in broken]
+        if not kept or run != served[:len(run)] and run != served[-len(run):]:
+            return False
+        current = plan.series_dir / name
+        variant = _variant_name(name, run[0])
+        if variant in entries or (plan.series_dir / variant).exists():
+            raise SeriesError(f"{variant} exists already; split {name} by hand", path=plan.series_dir / variant)
+        old = series.load(entry)
+        value = field_value(old.header, "Releases")
+        old_content = current.read_bytes()
+        if value is not None:
+            old_header = with_field(old.header, "Releases", with_served_range(value, run, False))
+            old_content = render_header(old_header).encode() + _diff_part(current)
+        plan.files[plan.series_dir / variant] = old_content
+        if run == served[:len(run)]:  # the older releases keep the old file
+            variant_guard = f"letta>={run[0]}" + f",<{kept[0]}"
+            main_guard = _replace_lower(entry, kept[0])
+        else:
+            variant_guard = f"letta>={run[0]}" + (f",<{_upper_bound(entry)}" if _upper_bound(entry) else "")
+            main_guard = _replace_upper(entry, run[0])
+        plan.series_edits.setdefault("guards", {})[name] = main_guard
+        plan.series_edits.setdefault("inserts", {})[name] = (variant, variant_guard)
+        new_path = plan.series_dir / name
+        refreshed = plan.new_patch(name)
+        value = field_value(refreshed.header, "Releases")
+        if value is not None:
+            header = with_field(refreshed.header, "Releases", with_served_range(value, kept, False))
+            plan.files[new_path] = render_header(header).encode() + _diff_part_bytes(plan.files[new_path])
+            for sha, (n, _) in list(plan.headers.items()):
+                if n == name:
+                    plan.headers[sha] = (n, header)
+        plan.patches.append(ExportedPatch(variant, "split", None, variant_guard,
+                                          f"{name} as it was, for letta {', '.join(map(str, run))}, where the refreshed "
+                                          f"one does not apply: carry the change there by hand (apply --letta {run[0]})"))
+    return mended
+
+
+def _variant_name(name: str, version: Version) -> str:
+    stem = _VERSION_SUFFIX.sub("", name.rsplit(".", 1)[0])
+    return f"{stem}-{version}.diff"
+
+
+def _upper_bound(entry: SeriesEntry) -> str | None:
+    return next((str(s.version) for s in entry.guard or [] if s.operator == "<"), None)
+
+
+def _replace_lower(entry: SeriesEntry, lower: Version) -> str:
+    kept = [str(s) for s in entry.guard or [] if s.operator not in (">=", ">", "==")]
+    return "letta" + ",".join([f">={lower}", *kept])
+
+
+def _replace_upper(entry: SeriesEntry, upper: Version) -> str:
+    kept = [str(s) for s in entry.guard or [] if s.operator not in ("<", "<=", "==")]
+    return "letta" + ",".join([*kept, f"<{upper}"])
+
+
+def _diff_part_bytes(raw: bytes) -> bytes:
+    cut = raw.find(b"\ndiff --git ")
+    return raw[cut + 1:] if cut >= 0 else raw
 
 
 def write_plan(plan: ExportPlan) -> list[Path]:
-    """Write what ``plan`` changes (each file through a temporary file and a rename); return those paths."""
+    """Bring the commits in step, then write what ``plan`` changes (each file whole); return those paths.
+
+    The commit messages go first: should writing the files be interrupted, the next export finds
+    commits that already name their patch files and writes them under those names (no duplicates)."""
+    messages = plan.messages()
+    if messages:
+        mapping = reword_commits(plan.tree, messages, "export: commit messages in step with patches/")
+        for p in plan.patches:
+            if p.commit in mapping:
+                p.commit = mapping[p.commit]
+    if plan.series_edits:
+        text = edit_series_text(plan.series.series_file.read_text(encoding="utf-8"), **plan.series_edits)
+        plan.files[plan.series.series_file] = text.encode()
     changed = plan.differences()
-    staged: list[tuple[Path, Path | None]] = []
-    try:
-        for path in changed:
-            content = plan.files[path]
-            if content is None:
-                staged.append((path, None))
-                continue
-            tmp = path.with_name(f".{path.name}.ketta-export-{os.getpid()}")
-            tmp.write_bytes(content)
-            staged.append((path, tmp))
-    except BaseException:
-        for _, tmp in staged:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        raise
-    for path, tmp in staged:
-        if tmp is None:
+    for path in changed:
+        content = plan.files[path]
+        if content is not None:
+            write_atomic(path, content)
+    for path in changed:
+        if plan.files[path] is None:
             path.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, path)
+    record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"))
     return changed
 
 

@@ -20,7 +20,7 @@ so ``apply`` followed by ``export`` gives the patch file back byte for byte.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from packaging.version import InvalidVersion, Version
 
@@ -151,3 +151,58 @@ def header_from_commit(commit: CommitHeader, author_name: str, author_email: str
 
 def trailer(commit: CommitHeader, name: str) -> str | None:
     return next((v for k, v in commit.fields if k == name), None)
+
+
+# --------------------------------------------------------------------------- the Releases field
+# ``Releases: 0.16.4-0.16.8 (variants: ...)``: which releases a patch serves, then prose. The range
+# at its start is derived from the patch's guard and releases.toml; port and export keep it so,
+# lint checks it. The prose after it is the author's.
+
+_RELEASES_RANGE = re.compile(r"^(?P<all>all \()?(?P<first>\d[\w.+!-]*?)(?:-(?P<last>\d[\w.+!-]*?))?(?(all)\))(?=$|[\s;,)])")
+
+
+def releases_range(value: str) -> tuple[str, str, int] | None:
+    """(first, last, length of the range text) at the start of a ``Releases`` value; None if it has none."""
+    m = _RELEASES_RANGE.match(value)
+    if not m:
+        return None
+    return m.group("first"), m.group("last") or m.group("first"), m.end()
+
+
+def served_range_text(served: list[Version], every: bool) -> str:
+    """``0.16.4-0.16.8``, ``0.16.2``, or ``all (0.14.0-0.16.8)`` when ``every`` supported release is served."""
+    text = str(served[0]) if len(served) == 1 else f"{served[0]}-{served[-1]}"
+    return f"all ({text})" if every else text
+
+
+def with_served_range(value: str, served: list[Version], every: bool) -> str:
+    """``value`` with its leading range replaced by the releases actually served (prose kept)."""
+    found = releases_range(value)
+    text = served_range_text(served, every)
+    return text + value[found[2]:] if found else f"{text}; {value}"
+
+
+def updated_releases(value: str, served: list[Version], versions: list[Version]) -> str | None:
+    """The ``Releases`` value with its range brought in line with ``served`` (of all ``versions``);
+    None when it is right already."""
+    every = served == versions
+    found = releases_range(value)
+    if found is not None and value[:found[2]] == served_range_text(served, every):
+        return None
+    return with_served_range(value, served, every)
+
+
+def with_field(h: PatchHeader, name: str, value: str) -> PatchHeader:
+    """``h`` with extra field ``name`` set to ``value`` (in place if present, else appended)."""
+    extra = list(h.extra)
+    for i, (k, _) in enumerate(extra):
+        if k == name:
+            extra[i] = (name, value)
+            break
+    else:
+        extra.append((name, value))
+    return replace(h, extra=tuple(extra))
+
+
+def field_value(h: PatchHeader, name: str) -> str | None:
+    return next((v for k, v in h.extra if k == name), None)

@@ -12,14 +12,21 @@ Rules (each finding names the file and line):
 ``whitespace``    no added line ends in spaces or tabs;
 ``canonical``     the file is exactly what ``ketta-build export`` writes: canonical header, and the
                   diff git makes with fixed options from the ``Base-Release`` pre-image;
-``tox``           tox.ini is the one generated from ``releases.toml`` (``ketta-build port`` keeps it so).
+``applies``       on every supported release, the patches its guards select apply exactly, in order
+                  (:mod:`ketta_build.claims`): a guard claims nothing the patch cannot do;
+``releases``      a ``Releases:`` field starts with the releases the guard really serves;
+``line-endings``  the file has LF line endings (one finding for a converted file, not one per line);
+``tox``           tox.ini is the one generated from ``releases.toml`` (``ketta-build port`` keeps it so);
+``variant-drift`` (a warning) variants of one patch whose corresponding hunks add different lines:
+                  an edit made to one variant and not carried to the others.
 
-``fix=True`` rewrites the files whose only findings are ``canonical`` into canonical form.
+``fix=True`` rewrites the files whose only findings are ``canonical`` or ``releases`` into canonical form.
+Warnings are printed and reported but do not fail the run.
 """
 
 from __future__ import annotations
 
-import subprocess
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +36,14 @@ from packaging.version import Version
 from .applying import Outcome, apply_hunks, decode, encode
 from .buildtree import PreimageFinder
 from .cache import Cache
+from .claims import check_claims, describe, group_failures
 from .errors import KettaError
+from .gitcmd import git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
-from .header import render_header
-from .patchfile import Patch, split_lines
-from .series import Series, read_series
+from .header import field_value, releases_range, render_header, served_range_text, updated_releases, with_field
+from .patchfile import Hunk, Patch, split_lines
+from .series import Series, SeriesEntry, read_series
 from .upstream import IndexSource
-
-RULES = ("header", "why", "base-release", "variants", "whitespace", "canonical", "tox")
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,11 @@ class Finding:
     path: Path
     line: int | None
     message: str
+    severity: str = "error"  # error | warning
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else str(self.path)
-        return f"{where}: [{self.rule}] {self.message}"
+        return f"{where}: [{self.rule}]{' warning:' if self.severity == 'warning' else ''} {self.message}"
 
 
 def _why(patch: Patch, path: Path) -> list[Finding]:
@@ -99,7 +107,10 @@ class _Canon:
         self.source = IndexSource(cache, index_url, allow_unsupported=True)
         self.finder = PreimageFinder(series, {}, self.source, cache)
         self.scratch = Path(tempfile.mkdtemp(prefix="ketta-lint-"))
-        subprocess.run(["git", "init", "-q", str(self.scratch)], check=True)
+        git(self.scratch, "init", "-q", ".")
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def images(self, patch: Patch) -> tuple[dict, dict, list[str]]:
         """(before, after) files at the Base-Release, and why a hunk did not apply clean there."""
@@ -142,43 +153,61 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
     versions = releases.versions
     findings += _variants(series, versions)
     canon = _Canon(series, cache or Cache(), index_url)
-    for entry in series.entries:
-        path = series_dir / entry.name
-        try:
-            patch = series.load(entry)
-        except KettaError as exc:
-            findings.append(Finding("header", Path(exc.path or path), exc.line, exc.message))
-            continue
-        findings += _why(patch, path)
-        findings += _whitespace(path)
-        base = patch.header.base_release
-        if releases.find(base) is None:
-            findings.append(Finding("base-release", path, _field_line(path, "Base-Release"),
-                                    f"Base-Release {base} is not a supported release ({releases.range_text()})"))
-            continue
-        if not entry.matches(base):
-            findings.append(Finding("base-release", path, _field_line(path, "Base-Release"),
-                                    f"Base-Release {base} is outside the patch's own guard [{entry.guard_text}]"))
-            continue
-        try:
-            before, after, problems = canon.images(patch)
-        except KettaError as exc:  # an earlier patch that does not parse, a release that cannot be had
-            findings.append(Finding("base-release", path, None, f"cannot recreate the pre-image at {base}: {exc}"))
-            continue
-        for problem in problems:
-            findings.append(Finding("base-release", path, None, problem))
-        if problems:
-            continue
-        wanted = canon.text(patch, before, after)
-        if wanted != path.read_bytes():
-            if fix:
-                tmp = path.with_name(f".{path.name}.ketta-lint")
-                tmp.write_bytes(wanted)
-                tmp.replace(path)
-                fixed.append(path)
-            else:
-                findings.append(Finding("canonical", path, _first_difference(path.read_bytes(), wanted),
-                                        "not in export's canonical form (ketta-build lint --fix rewrites it)"))
+    try:
+        loaded: dict[str, Patch] = {}
+        for entry in series.entries:
+            path = series_dir / entry.name
+            if b"\r\n" in path.read_bytes() and _converted(path):
+                findings.append(Finding("line-endings", path, _first_crlf(path),
+                                        "the file has CRLF line endings: it was converted (run dos2unix on it)"))
+                continue
+            try:
+                patch = series.load(entry)
+            except KettaError as exc:
+                findings.append(Finding("header", Path(exc.path or path), exc.line, exc.message))
+                continue
+            loaded[entry.name] = patch
+            findings += _why(patch, path)
+            findings += _whitespace(path)
+            releases_finding = _releases_field(series, entry, patch, path)
+            base = patch.header.base_release
+            if releases.find(base) is None:
+                findings.append(Finding("base-release", path, _field_line(path, "Base-Release"),
+                                        f"Base-Release {base} is not a supported release ({releases.range_text()})"))
+                continue
+            if not entry.matches(base):
+                findings.append(Finding("base-release", path, _field_line(path, "Base-Release"),
+                                        f"Base-Release {base} is outside the patch's own guard [{entry.guard_text}]"))
+                continue
+            try:
+                before, after, problems = canon.images(patch)
+            except KettaError as exc:  # an earlier patch that does not parse, a release that cannot be had
+                findings.append(Finding("base-release", path, None, f"cannot recreate the pre-image at {base}: {exc}"))
+                continue
+            for problem in problems:
+                findings.append(Finding("base-release", path, None, problem))
+            if problems:
+                continue
+            if releases_finding is not None and fix:
+                patch = Patch(patch.name, patch.path, with_field(patch.header, "Releases", releases_finding[1]), patch.files)
+                releases_finding = None
+            if releases_finding is not None:
+                findings.append(releases_finding[0])
+            wanted = canon.text(patch, before, after)
+            if wanted != path.read_bytes():
+                if fix:
+                    tmp = path.with_name(f".{path.name}.ketta-lint")
+                    tmp.write_bytes(wanted)
+                    tmp.replace(path)
+                    fixed.append(path)
+                else:
+                    findings.append(Finding("canonical", path, _first_difference(path.read_bytes(), wanted),
+                                            "not in export's canonical form (ketta-build lint --fix rewrites it)"))
+        if len(loaded) == len(series.entries):  # every patch parses: try the series on every release
+            findings += _applies(series, canon, versions)
+        findings += _drift(series, loaded)
+    finally:
+        canon.close()
     if project is not None:
         from .toxini import expected
 
@@ -187,6 +216,95 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
             findings.append(Finding("tox", tox, None, "tox.ini is not the one generated from releases.toml "
                                                       "(python -c 'from ketta_build import toxini; toxini.write(Path(\".\"))')"))
     return findings, fixed
+
+
+def _converted(path: Path) -> bool:
+    """Was the patch file as a whole converted to CRLF (its header and diff lines end in CRLF)?
+    A diff of a CRLF file has CRLF only inside its content lines."""
+    head = path.read_bytes().split(b"\n", 1)[0]
+    return head.endswith(b"\r")
+
+
+def _first_crlf(path: Path) -> int:
+    return path.read_bytes().split(b"\r\n", 1)[0].count(b"\n") + 1
+
+
+def _applies(series: Series, canon: "_Canon", versions: list[Version]) -> list[Finding]:
+    """Rule ``applies``: every release's selected patches apply exactly, in order (releases whose
+    variants overlap are left to rule ``variants``)."""
+    def selectable(version: Version) -> bool:
+        try:
+            series.select(version)
+        except KettaError:
+            return False
+        return True
+
+    failures, gaps = check_claims(series, [v for v in versions if selectable(v)], canon.finder.repos)
+    findings = []
+    entries = {e.name: e for e in series.entries}
+    for failure, failed_on in group_failures(failures):
+        entry = entries[failure.patch]
+        findings.append(Finding("applies", series.directory / failure.patch, failure.patch_line,
+                                f"{describe(failure, failed_on)}, which its guard [{entry.guard_text or 'no guard: every release'}] "
+                                "claims: fix the patch or give those releases a variant of their own"))
+    for gap in gaps:
+        findings.append(Finding("applies", series.series_file, None, f"cannot check letta {gap.version}: {gap.reason}"))
+    return findings
+
+
+def _releases_field(series: Series, entry: SeriesEntry, patch: Patch, path: Path) -> tuple[Finding, str] | None:
+    """Rule ``releases``: the finding and the corrected value, or None when the field is right (or absent)."""
+    value = field_value(patch.header, "Releases")
+    versions = series.releases.versions
+    served = [v for v in versions if entry.matches(v)]
+    corrected = updated_releases(value, served, versions) if value is not None and served else None
+    if corrected is None:
+        return None
+    found = releases_range(value)
+    return (Finding("releases", path, _field_line(path, "Releases"),
+                    f"Releases says {value[:found[2]] if found else value[:40]!r}, the guard [{entry.guard_text or 'none'}] "
+                    f"serves {served_range_text(served, served == versions)} (ketta-build lint --fix rewrites it)"), corrected)
+
+
+def _hunk_key(hunk: Hunk) -> tuple:
+    """What identifies "the same hunk" across variants: the lines it removes, or for a pure addition
+    the context line just before it."""
+    removed = tuple(line for line in hunk.old_lines[hunk.leading_context:len(hunk.old_lines) - hunk.trailing_context])
+    if removed:
+        return ("removes", removed)
+    return ("after", hunk.old_lines[hunk.leading_context - 1] if hunk.leading_context else None)
+
+
+def _added(hunk: Hunk) -> tuple[str, ...]:
+    return tuple(hunk.new_lines[hunk.leading_context:len(hunk.new_lines) - hunk.trailing_context])
+
+
+def _drift(series: Series, loaded: dict[str, Patch]) -> list[Finding]:
+    """Rule ``variant-drift`` (warning): the hunk of one variant that corresponds to a hunk of the
+    newest variant (same removed lines, or same place for an addition) adds other lines."""
+    findings = []
+    versions = series.releases.versions
+    for group, members in series.groups().items():
+        if len(members) < 2 or any(e.name not in loaded for e in members):
+            continue
+        newest = max(members, key=lambda e: max((v for v in versions if e.matches(v)), default=versions[0]))
+        reference: dict[tuple, tuple[int, tuple[str, ...]]] = {}
+        for fp in loaded[newest.name].files:
+            for hunk in fp.hunks:
+                reference.setdefault((fp.path, _hunk_key(hunk)), (hunk.index, _added(hunk)))
+        for entry in members:
+            if entry is newest:
+                continue
+            for fp in loaded[entry.name].files:
+                for hunk in fp.hunks:
+                    ref = reference.get((fp.path, _hunk_key(hunk)))
+                    if ref is not None and ref[1] != _added(hunk):
+                        findings.append(Finding(
+                            "variant-drift", series.directory / entry.name, hunk.patch_line,
+                            f"hunk #{hunk.index} of {fp.path} adds other lines than the corresponding hunk #{ref[0]} of "
+                            f"{newest.name}: carry an edit of one variant to the other, or keep the difference on purpose",
+                            severity="warning"))
+    return findings
 
 
 def _field_line(path: Path, name: str) -> int | None:

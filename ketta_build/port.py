@@ -5,25 +5,32 @@
    release (like 0007, 0.14.0-0.15.1 only) stays behind.
 2. Build ``build/<NEW>``: pristine NEW, then each patch, exactly where it can, else by 3-way merge
    against the file its ``Base-Release`` had (the apply engine's ``merged``).
-3. On a conflict, stop: markers in the tree, a short plan, the state in ``.git/ketta-port.json``.
-   ``port --continue`` takes the resolved files (committed by the user, or staged/changed in the
-   tree, which it commits with the patch's message) and goes on; ``port --abort`` removes the
-   tree. Nothing in ``patches/`` changes before the port finishes.
+3. On a conflict, stop: markers in the tree, one ``patches/NAME:LINE`` line per failed file, the
+   patch's commit message prepared (``git commit -a --no-edit`` takes it), the state in
+   ``.git/ketta-port.json``. ``port --continue`` takes the resolution (committed by the user in one
+   commit, or left in the tree, which it commits with the patch's message) and goes on;
+   ``port --abort`` removes the tree, and refuses when work was done there since the stop unless
+   ``--force``, which first saves that work as a git bundle beside the tree. Nothing in
+   ``patches/`` changes before the port finishes.
 4. At the end, per patch: applied exactly → nothing to write (its guard is widened if it has to
    admit NEW); merged or resolved → a new variant ``NNNN-...-<NEW>.diff`` guarded
    ``[letta>=NEW]`` beside the old one, whose guard gains ``<NEW`` (with ``in_place``, the patch
-   itself is rewritten for NEW instead, for when older releases are dropped); every hunk already
-   upstream → its guard gains ``<NEW`` and it is proposed for dropping. NEW is added to
-   ``releases.toml`` and tox.ini is regenerated.
+   itself is rewritten for NEW instead, when that leaves every older release it serves applying;
+   otherwise a variant is written and the report says why); every hunk already upstream → its
+   guard gains ``<NEW`` and it is proposed for dropping. Every ``Releases:`` field is brought in
+   line with its guard. What would be written is first applied in memory to every release it
+   claims (nothing is written if one would break), the tree's commit messages are brought in step
+   with the files (so ``export --check`` on the port's tree passes), then NEW goes into
+   ``releases.toml``, tox.ini is regenerated and the port's state is removed.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import re
 import shutil
+import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,17 +38,22 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from .applying import Outcome, apply_patch
-from .buildtree import ApplyOptions, PreimageFinder, apply_series, check_out_dir, commit_patch, git
-from .cache import Cache
-from .errors import BuildTreeError, KettaError, SeriesError
+from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineRepos, apply_series, backup_name,
+                        check_out_dir, commit_patch, record_head, reword_commits, stripspace)
+from .cache import Cache, write_atomic
+from .claims import check_claims, describe, group_failures
+from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
+from .gitcmd import git
 from .gitdiff import canonical_diff, section_contexts
-from .header import header_from_commit, parse_commit, render_header
-from .patchfile import parse_patch_text
+from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
+                     with_field)
+from .patchfile import Patch, PatchHeader, parse_patch_text
 from .releases import add_release, load_releases
-from .series import Series, SeriesEntry, read_series
-from .upstream import IndexSource, UpstreamRelease
+from .report import result_failure_lines
+from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series
+from .upstream import IndexSource, UpstreamRelease, sdist_date
 
-STATE = "ketta-port.json"
+STATE = PORT_STATE_FILE
 _VERSION_SUFFIX = re.compile(r"-\d+(?:\.\d+)+$")
 
 
@@ -64,19 +76,17 @@ class PortState:
     upload_date: str | None
     patches: list[PortedPatch]
     stopped_at: str | None = None
+    stopped_head: str | None = None  # HEAD when the port stopped
+    stopped_worktree: str | None = None  # the work tree's content then (a tree id), to tell work done since
 
     def save(self) -> None:
-        path = Path(self.tree) / ".git" / STATE
-        tmp = path.with_name(STATE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(Path(self.tree) / ".git" / STATE, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
     @classmethod
     def load(cls, tree: Path) -> "PortState":
         path = tree / ".git" / STATE
         if not path.is_file():
-            raise BuildTreeError("no port in progress here (no .git/ketta-port.json); start one with ketta-build port --letta NEW",
-                                 path=tree)
+            raise KettaError(f"no port in progress in {tree} (no .git/{STATE}); start one with ketta-build port --letta NEW")
         data = json.loads(path.read_text())
         data["patches"] = [PortedPatch(**p) for p in data["patches"]]
         return cls(**data)
@@ -133,43 +143,78 @@ def _hunk_counts(result) -> dict[str, int]:
     return counts
 
 
+def ports_in_progress(root: Path, series_dir: Path | None = None) -> list[tuple[Path, PortState]]:
+    """The trees under ``root`` with a port in progress (for ``series_dir`` only, if given)."""
+    found = []
+    for state_file in sorted(root.glob(f"*/.git/{STATE}")):
+        tree = state_file.parent.parent
+        try:
+            state = PortState.load(tree)
+        except (KettaError, ValueError, TypeError, KeyError):
+            continue
+        if series_dir is None or Path(state.series_dir) == series_dir.absolute():
+            found.append((tree, state))
+    return found
+
+
 def start_port(new: Version, series_dir: Path, *, out: Path | None = None, cache: Cache | None = None,
                index_url: str | None = None, in_place: bool = False, force: bool = False,
                progress=lambda _: None) -> PortResult:
     cache = cache or Cache()
     series = read_series(series_dir)
-    if series.releases.find(new) and _served(series, new):
-        raise KettaError(f"letta {new} is supported and every patch has a variant for it: nothing to port (ketta-build apply)")
+    if series.releases.find(new):
+        raise KettaError(f"letta {new} is a supported release already ({series.releases.path}): change its patches with "
+                         "ketta-build apply and export; port carries the series onto a release it does not serve yet")
+    out = (out or Path("build") / str(new)).absolute()
+    for tree, state in ports_in_progress(out.parent, series_dir):
+        raise BuildTreeError(f"a port to letta {state.version} is in progress in {tree}: finish it (ketta-build port "
+                             f"--continue --tree {tree}) or give it up (--abort) before starting another", path=tree)
     source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
     release: UpstreamRelease = source.resolve(new)
-    out = (out or Path("build") / str(new)).absolute()
-    check_out_dir(out, force)
+    check_out_dir(out, force, "--tree")
     entries = carried_entries(series, new)
-    report = apply_series(release, source, series, out, options=ApplyOptions(force=force), cache=cache,
-                          base_source=IndexSource(cache, index_url, allow_unsupported=True), progress=progress,
-                          entries=entries)
+    report = apply_series(release, source, series, out, options=ApplyOptions(force=force, out_flag="--tree"),
+                          cache=cache, base_source=IndexSource(cache, index_url, allow_unsupported=True),
+                          progress=progress, entries=entries)
     patches = [PortedPatch(r.name, r.outcome.value, r.commit, _hunk_counts(r)) for r in report.results]
     patches += [PortedPatch(name, "not-attempted") for name in report.not_attempted]
-    state = PortState(str(new), str(series_dir.absolute()), str(out), in_place, index_url,
-                      _upload_date(cache, new), patches)
-    failed = [p for p in patches if p.outcome == "failed"]
-    if failed:
-        state.stopped_at = failed[0].name
-        state.save()
-        return PortResult(state, False, plan=_plan(out, failed[0].name, report))
+    date = source.upload_date(new) or sdist_date(source.sdist_path(release))
+    state = PortState(str(new), str(series_dir.absolute()), str(out), in_place, index_url, date, patches)
+    if report.failed:
+        _stop(state, out, report.failed[0].name, result_failure_lines(series_dir, report.failed))
+        return PortResult(state, False, plan=_plan(state, result_failure_lines(series_dir, report.failed)))
     state.save()
-    return finish_port(out)
+    return finish_port(out, cache=cache)
 
 
-def _served(series: Series, version: Version) -> bool:
-    """Does every logical patch of the series have a variant for ``version``?"""
-    return all(any(e.matches(version) for e in members) for members in series.groups().values())
+def _worktree_id(tree: Path) -> str:
+    """The id of a tree object holding the work tree as it is (tracked and untracked files)."""
+    with tempfile.TemporaryDirectory(prefix="ketta-index-") as tmp:
+        index = Path(tmp) / "index"
+        if (tree / ".git" / "index").is_file():
+            shutil.copyfile(tree / ".git" / "index", index)
+        env = {"GIT_INDEX_FILE": str(index)}
+        git(tree, "add", "-A", "-f", ".", env=env)
+        return git(tree, "write-tree", env=env)
 
 
-def _upload_date(cache: Cache, version: Version) -> str | None:
-    record = cache.read_release(str(version)) or {}
-    stamp = record.get("upload_time")
-    return stamp[:10] if isinstance(stamp, str) and len(stamp) >= 10 else None
+def _stop(state: PortState, tree: Path, name: str, lines: list[str]) -> None:
+    state.stopped_at = name
+    state.stopped_head = git(tree, "rev-parse", "HEAD")
+    state.stopped_worktree = _worktree_id(tree)
+    state.save()
+
+
+def _plan(state: PortState, failures: list[str]) -> list[str]:
+    tree = state.tree
+    return [
+        *failures,
+        f"{state.stopped_at} does not apply to letta {state.version}; {tree} holds what could be applied",
+        "resolve the conflict markers (or .rej hunks) in the files above, then either commit the result "
+        f"(git -C {tree} commit -a --no-edit takes the patch's prepared message) or leave it in the tree, and run "
+        "ketta-build port --continue",
+        "or give up: ketta-build port --abort (nothing in patches/ has changed)",
+    ]
 
 
 def _conflicted(tree: Path, paths: list[str]) -> list[str]:
@@ -185,50 +230,69 @@ def _conflicted(tree: Path, paths: list[str]) -> list[str]:
     return out
 
 
-def _plan(tree: Path, name: str, report) -> list[str]:
-    result = next(r for r in report.results if r.name == name)
-    files = [f.path for f in result.files if f.outcome is Outcome.FAILED]
-    return [
-        f"{name} does not apply to letta {report.release.version}; the tree {tree} holds what could be applied",
-        f"resolve the conflict markers (or .rej hunks) in: {', '.join(files)}",
-        "then either commit the result (keep the Ketta-Patch trailer) or just leave it in the tree, and run "
-        "ketta-build port --continue",
-        "or give up: ketta-build port --abort (nothing in patches/ has changed)",
-    ]
+def _resolution_message(message: str, name: str, patch: Patch) -> str:
+    """The message a resolution commit must carry: the patch's, with the subject and description
+    the user wrote, if they wrote both."""
+    parsed = parse_commit(message)
+    header = patch.header
+    if parsed.subject and parsed.description.strip():
+        header = PatchHeader(parsed.subject, header.author_name, header.author_email, parsed.description,
+                             header.upstream_status, header.base_release, header.date, header.extra)
+    return stripspace(commit_message(name, header))
 
 
-def continue_port(tree: Path, progress=lambda _: None) -> PortResult:
+def _take_resolution(tree: Path, state: PortState, patch: Patch) -> tuple[str, str | None]:
+    """Commit (or adopt) the resolution of the patch the port stopped at; (commit, what was done)."""
+    paths = [fp.path for fp in patch.files]
+    left = _conflicted(tree, paths)
+    if left:
+        raise BuildTreeError(f"conflict markers or rejects are still in {', '.join(left)}; resolve them first", path=tree)
+    for rel in paths:
+        (tree / f"{rel}.orig").unlink(missing_ok=True)
+    since = git(tree, "rev-list", "--reverse", f"{state.stopped_head}..HEAD").splitlines() if state.stopped_head else []
+    changed = set(git(tree, "diff", "--name-only", "HEAD").splitlines())
+    changed |= set(git(tree, "ls-files", "--others", "--exclude-standard").splitlines())
+    if since and changed:
+        raise BuildTreeError(f"you committed since the port stopped and there are uncommitted changes too "
+                             f"({', '.join(sorted(changed)[:3])}); commit or stash them", path=tree)
+    if len(since) > 1:
+        raise BuildTreeError(f"{len(since)} commits since the port stopped; the resolution of {patch.name} is one commit: "
+                             f"squash them (git reset --soft {state.stopped_head[:10]} && git commit -a --no-edit)", path=tree)
+    if since:
+        commit = since[0]
+        message = git(tree, "show", "-s", "--format=%B", commit)
+        wanted = _resolution_message(message, patch.name, patch)
+        if stripspace(message + "\n") != wanted:
+            commit = reword_commits(tree, {commit: wanted}, f"port: the resolution of {patch.name} carries its message")[commit]
+            return commit, "your commit's message now names the patch (git reflog has the old one)"
+        return commit, None
+    if not changed or (state.stopped_worktree and _worktree_id(tree) == state.stopped_worktree):
+        raise BuildTreeError(f"nothing resolved for {patch.name}: the tree is as the port left it; edit the files "
+                             "(or commit a resolution) first", path=tree)
+    stray = sorted(changed - set(paths))
+    if stray:
+        raise BuildTreeError(f"uncommitted changes outside {patch.name}'s files ({', '.join(stray)}); commit the "
+                             "resolution yourself if it needs them, or stash them", path=tree)
+    (tree / ".git" / "MERGE_MSG").unlink(missing_ok=True)
+    return commit_patch(tree, patch, paths), None
+
+
+def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = None) -> PortResult:
     tree = tree.absolute()
     state = PortState.load(tree)
     series_dir = Path(state.series_dir)
     series = read_series(series_dir)
-    cache = Cache()
+    cache = cache or Cache()
+    notes: list[str] = []
     stopped = next((p for p in state.patches if p.name == state.stopped_at), None)
     if stopped is not None:
-        entry = next(e for e in series.entries if e.name == stopped.name)
-        patch = series.load(entry)
-        paths = [fp.path for fp in patch.files]
-        left = _conflicted(tree, paths)
-        if left:
-            raise BuildTreeError(f"conflict markers or rejects are still in {', '.join(left)}; resolve them first", path=tree)
-        head_msg = git(tree, "log", "-1", "--format=%B")
-        committed = parse_commit(head_msg).patch == stopped.name
-        for rel in paths:
-            (tree / f"{rel}.orig").unlink(missing_ok=True)
-        changed = set(git(tree, "diff", "--name-only", "HEAD").splitlines())
-        changed |= set(git(tree, "ls-files", "--others", "--exclude-standard").splitlines())
-        if changed:
-            stray = sorted(changed - set(paths))
-            if committed or stray:
-                raise BuildTreeError(f"uncommitted changes outside {stopped.name}'s files ({', '.join(stray or sorted(changed))}); "
-                                     "commit or stash them", path=tree)
-            stopped.commit = commit_patch(tree, patch, paths)
-        elif committed:
-            stopped.commit = git(tree, "rev-parse", "HEAD")
-        else:
-            raise BuildTreeError(f"nothing resolved for {stopped.name}: change the files (or commit) first", path=tree)
+        patch = series.load(next(e for e in series.entries if e.name == stopped.name))
+        stopped.commit, note = _take_resolution(tree, state, patch)
+        if note:
+            stopped.action = note
         stopped.outcome = "resolved"
-        state.stopped_at = None
+        state.stopped_at = state.stopped_head = state.stopped_worktree = None
+        state.save()
     release_version = Version(state.version)
     finder = PreimageFinder(series, {}, IndexSource(cache, state.index_url, allow_unsupported=True), cache)
     for ported in state.patches:
@@ -241,24 +305,42 @@ def continue_port(tree: Path, progress=lambda _: None) -> PortResult:
         ported.outcome = result.outcome.value
         ported.hunks = _hunk_counts(result)
         if result.outcome is Outcome.FAILED:
-            state.stopped_at = ported.name
-            state.save()
-            files = [f.path for f in result.files if f.outcome is Outcome.FAILED]
-            return PortResult(state, False, plan=[
-                f"{ported.name} does not apply either; resolve the markers in {', '.join(files)}",
-                "then ketta-build port --continue (or --abort)"])
+            (tree / ".git" / "MERGE_MSG").write_text(stripspace(commit_message(patch.name, patch.header)))
+            lines = result_failure_lines(series_dir, [result])
+            _stop(state, tree, ported.name, lines)
+            return PortResult(state, False, plan=_plan(state, lines))
         if result.outcome is not Outcome.ALREADY_UPSTREAM:
             ported.commit = commit_patch(tree, patch, [f.path for f in result.files])
+        state.save()
     state.save()
-    return finish_port(tree)
+    result = finish_port(tree, cache=cache)
+    result.plan = notes
+    return result
 
 
-def abort_port(tree: Path) -> Path:
-    """Remove the port's build tree; nothing else was changed."""
+def abort_port(tree: Path, *, force: bool = False) -> tuple[Path, Path | None]:
+    """Remove the port's build tree; nothing else was changed. Work done in the tree since the port
+    stopped (commits, edits) is refused without ``force``, saved as a bundle beside it with."""
     tree = tree.absolute()
-    PortState.load(tree)  # refuses a tree with no port in progress
+    state = PortState.load(tree)  # refuses a tree with no port in progress (a finished port has none)
+    head = git(tree, "rev-parse", "HEAD")
+    worked = (state.stopped_head is not None and head != state.stopped_head) or (
+        state.stopped_worktree is not None and _worktree_id(tree) != state.stopped_worktree)
+    saved = None
+    if worked:
+        if not force:
+            raise BuildTreeError("work was done here since the port stopped (commits or edited files): port --abort "
+                                 "--force saves it as a git bundle beside the tree, then removes the tree", path=tree)
+        snapshot = git(tree, "commit-tree", _worktree_id(tree), "-p", head, "-m",
+                       f"the work tree of the port to letta {state.version} when it was aborted",
+                       env={"GIT_AUTHOR_NAME": "ketta-build", "GIT_AUTHOR_EMAIL": "ketta-build@ketta.invalid",
+                            "GIT_COMMITTER_NAME": "ketta-build", "GIT_COMMITTER_EMAIL": "ketta-build@ketta.invalid"})
+        ref = backup_name("abort")
+        git(tree, "update-ref", ref, snapshot)
+        saved = tree.parent / f"{tree.name}-aborted-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bundle"
+        git(tree, "bundle", "create", "-q", str(saved), ref)
     shutil.rmtree(tree)
-    return tree
+    return tree, saved
 
 
 def _narrow(guard: SpecifierSet | None, new: Version) -> str:
@@ -277,102 +359,178 @@ def _variant_name(entry: SeriesEntry, new: Version) -> str:
     return f"{stem}-{new}.diff"
 
 
-def finish_port(tree: Path) -> PortResult:
+@dataclass
+class _Carried:
+    """What the finish makes of one merged or resolved patch."""
+
+    entry: SeriesEntry
+    commit: str
+    header: PatchHeader
+    diff: bytes
+
+
+def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
     """Write what the port changed into the series, add the release, regenerate tox.ini."""
     tree = tree.absolute()
     state = PortState.load(tree)
     new = Version(state.version)
     series_dir = Path(state.series_dir)
     series = read_series(series_dir)
+    versions = sorted({*series.releases.versions, new})
+    cache = cache or Cache()
+    repos = PristineRepos(IndexSource(cache, state.index_url, allow_unsupported=True), cache)
     by_name = {e.name: e for e in series.entries}
-    files: dict[Path, bytes | None] = {}
-    guards: dict[str, str | None] = {}  # entry name -> new guard text (None: no guard)
-    inserts: dict[str, tuple[str, str]] = {}  # before entry -> (new name, guard)
+    carried: dict[str, _Carried] = {}
     for ported in state.patches:
         entry = by_name[ported.name]
-        if ported.outcome in ("clean", "offset"):
-            if not entry.matches(new):
-                guards[entry.name] = _widen(entry.guard, new)
-                ported.action = f"guard widened to admit {new}"
-            else:
-                ported.action = "applies as it is"
-            continue
-        if ported.outcome == "already-upstream":
-            guards[entry.name] = _narrow(entry.guard, new)
-            ported.action = f"already upstream in {new}: guard narrowed to [{guards[entry.name]}]; consider dropping it"
+        if ported.outcome in ("clean", "offset", "already-upstream"):
             continue
         if ported.outcome not in ("merged", "resolved") or not ported.commit:
             raise KettaError(f"{ported.name} has not been carried onto letta {new} ({ported.outcome}); port --continue first")
-        old = series.load(entry)
         message = git(tree, "log", "-1", "--format=%B", ported.commit)
         author = git(tree, "log", "-1", "--format=%an%x00%ae", ported.commit).split("\x00")
         header = header_from_commit(parse_commit(message), author[0], author[1], base_release=new, where=ported.commit[:10])
-        diff = canonical_diff(tree, f"{ported.commit}^", ported.commit, section_contexts(old.files))
-        content = render_header(header).encode() + diff.encode("utf-8", errors="surrogateescape")
-        if state.in_place:
-            files[series_dir / entry.name] = content
-            parse_patch_text(content, series_dir / entry.name, entry.name)
-            if not entry.matches(new):
-                guards[entry.name] = _widen(entry.guard, new)
-            ported.action = f"rewritten for {new} (in place)"
-        else:
-            name = _variant_name(entry, new)
-            if name in by_name or (series_dir / name).exists():
-                raise SeriesError(f"{name} exists already; remove it or port --in-place", path=series_dir / name)
-            parse_patch_text(content, series_dir / name, name)
-            files[series_dir / name] = content
-            served = [v for v in series.releases.versions if entry.matches(v)]
-            if served and new < served[0]:
-                # carried backwards: the new variant serves up to the old one's first release
-                guard = f"letta>={new},<{served[0]}"
-                inserts[entry.name] = (name, guard)
-                ported.action = f"new variant {name} [{guard}]; {entry.name} unchanged"
-            else:
-                guard = f"letta>={new}"
-                inserts[entry.name] = (name, guard)
-                guards[entry.name] = _narrow(entry.guard, new)
-                ported.action = f"new variant {name} [{guard}]; {entry.name} now [{guards[entry.name]}]"
-    files[series.series_file] = _rewrite_series(series, guards, inserts)
+        diff = canonical_diff(tree, f"{ported.commit}^", ported.commit, section_contexts(series.load(entry).files))
+        carried[entry.name] = _Carried(entry, ported.commit, header, diff.encode("utf-8", errors="surrogateescape"))
+
+    in_place = set(carried) if state.in_place else set()
+    keep_old: set[str] = set()  # rewritten in place, and the previous file kept for the releases it serves
+    while True:
+        plan = _finish_plan(state, series, series_dir, carried, in_place, keep_old, new)
+        new_series = parse_series(plan.series_text, series_dir)
+        touched = set(plan.contents) | set(plan.guards)
+        claimed = [v for v in versions if {e.name for e in new_series.select(v)} & touched]
+        overrides = {name: parse_patch_text(content, series_dir / name, name) for name, content in plan.contents.items()}
+        failures, _gaps = check_claims(new_series, claimed, repos, patches=overrides)
+        broken = {f.patch for f in failures if f.patch in in_place and f.patch not in keep_old}
+        if not broken:
+            break
+        keep_old |= broken
+    if failures:
+        lines = [f"{f.patch}: {describe(f, on)}" for f, on in group_failures(failures)]
+        raise ClaimError(f"nothing written: the ported series would not apply on releases it claims: {'; '.join(lines)}; "
+                         "the port's tree is kept: fix it there and run ketta-build port --continue", path=series_dir)
+
+    # The tree's commits name the files and headers written, so export --check on it passes.
+    messages = {}
+    for name, c in carried.items():
+        final = plan.variant_names.get(name, name)
+        header = plan.headers.get(final, c.header)
+        wanted = stripspace(commit_message(final, header))
+        if stripspace(git(tree, "show", "-s", "--format=%B", c.commit) + "\n") != wanted:
+            messages[c.commit] = wanted
+    mapping = reword_commits(tree, messages, f"port to {new}: commit messages in step with patches/")
+    for ported in state.patches:
+        if ported.commit in mapping:
+            ported.commit = mapping[ported.commit]
+        ported.action = ported.action or plan.actions.get(ported.name)
+
     written = []
-    for path, content in files.items():
-        if content is None:
-            continue
-        if path.exists() and path.read_bytes() == content:
-            continue
-        tmp = path.with_name(f".{path.name}.ketta-port")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-        written.append(path)
-    date = state.upload_date or datetime.date.today().isoformat()
-    if add_release(series_dir, new, date):
+    for name, content in plan.contents.items():
+        path = series_dir / name
+        if not path.exists() or path.read_bytes() != content:
+            write_atomic(path, content)
+            written.append(path)
+    if plan.series_text.encode() != series.series_file.read_bytes():
+        write_atomic(series.series_file, plan.series_text.encode())
+        written.append(series.series_file)
+    if add_release(series_dir, new, state.upload_date or "unknown"):
         written.append(load_releases(series_dir).path)
     from . import toxini
 
     project = series_dir.absolute().parent
     if (project / "tox.ini").exists() and toxini.write(project):
         written.append(project / "tox.ini")
-    state.stopped_at = None
-    state.save()
     read_series(series_dir).explain(new)  # the written series must select one variant per patch for NEW
+    record_head(tree, git(tree, "rev-parse", "HEAD"))
+    (tree / ".git" / STATE).unlink()
+    state.stopped_at = None
     return PortResult(state, True, written)
 
 
-def _rewrite_series(series: Series, guards: dict[str, str | None], inserts: dict[str, tuple[str, str]]) -> bytes:
-    out = []
-    lines = series.series_file.read_text(encoding="utf-8").splitlines()
-    columns = [line.index("[") for line in lines if "[" in line.split("#", 1)[0]]
-    width = (max(set(columns), key=columns.count) if columns else 41) - 1  # where most guards start
-    for line in lines:
-        body, hash_, comment = line.partition("#")
-        name = body.split()[0] if body.strip() else None
-        if name in inserts:
-            new_name, guard = inserts[name]
-            out.append(f"{new_name:<{width}} [{guard}]")
-        if name in guards:
-            guard = guards[name]
-            text = f"{name:<{width}} [{guard}]" if guard else name
-            out.append(text + (f"  #{comment}" if hash_ else ""))
-        else:
-            out.append(line)
-    return ("\n".join(out) + "\n").encode()
+@dataclass
+class _FinishPlan:
+    contents: dict[str, bytes] = field(default_factory=dict)  # patch file name -> content
+    guards: dict[str, str | None] = field(default_factory=dict)
+    inserts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    variant_names: dict[str, str] = field(default_factory=dict)  # carried patch -> the file it went to
+    headers: dict[str, PatchHeader] = field(default_factory=dict)  # file name -> header written
+    actions: dict[str, str] = field(default_factory=dict)
+    series_text: str = ""
 
+
+def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: dict[str, _Carried], in_place: set[str],
+                 keep_old: set[str], new: Version) -> _FinishPlan:
+    plan = _FinishPlan()
+    by_name = {e.name: e for e in series.entries}
+    for ported in state.patches:
+        entry = by_name[ported.name]
+        if ported.outcome in ("clean", "offset"):
+            if not entry.matches(new):
+                plan.guards[entry.name] = _widen(entry.guard, new)
+                plan.actions[entry.name] = f"guard widened to admit {new}"
+            else:
+                plan.actions[entry.name] = "applies as it is"
+        elif ported.outcome == "already-upstream":
+            plan.guards[entry.name] = _narrow(entry.guard, new)
+            plan.actions[entry.name] = (f"already upstream in {new}: guard narrowed to [{plan.guards[entry.name]}]; "
+                                        "consider dropping it")
+    for name, c in carried.items():
+        entry = c.entry
+        served = [v for v in series.releases.versions if entry.matches(v)]
+        if name in in_place:
+            plan.contents[name] = render_header(c.header).encode() + c.diff
+            plan.headers[name] = c.header
+            if name in keep_old and served:  # the rewritten file does not apply to them: they keep the old one
+                old = _variant_name(entry, served[0])
+                if old in by_name or (series_dir / old).exists():
+                    raise SeriesError(f"{old} exists already; remove it or port without --in-place", path=series_dir / old)
+                plan.contents[old] = (series_dir / name).read_bytes()
+                plan.inserts[name] = (old, _narrow(entry.guard, new))
+                plan.guards[name] = f"letta>={new}"
+                plan.actions[name] = (f"rewritten for {new} in place [letta>={new}]; it no longer applies to letta "
+                                      f"{served[0]}-{served[-1]}, which keep the previous file as {old} [{_narrow(entry.guard, new)}]")
+            else:
+                if not entry.matches(new):
+                    plan.guards[name] = _widen(entry.guard, new)
+                plan.actions[name] = f"rewritten for {new} (in place; it still applies to every release it serves)"
+            continue
+        variant = _variant_name(entry, new)
+        if variant in by_name or (series_dir / variant).exists():
+            raise SeriesError(f"{variant} exists already; remove it or port --in-place", path=series_dir / variant)
+        plan.variant_names[name] = variant
+        plan.contents[variant] = render_header(c.header).encode() + c.diff
+        plan.headers[variant] = c.header
+        if served and new < served[0]:  # carried backwards: the new variant serves up to the old one's first release
+            guard = f"letta>={new},<{served[0]}"
+            plan.inserts[name] = (variant, guard)
+            plan.actions[name] = f"new variant {variant} [{guard}]; {name} unchanged"
+        else:
+            guard = f"letta>={new}"
+            plan.inserts[name] = (variant, guard)
+            plan.guards[name] = _narrow(entry.guard, new)
+            plan.actions[name] = f"new variant {variant} [{guard}]; {name} now [{plan.guards[name]}]"
+    plan.series_text = edit_series_text(series.series_file.read_text(encoding="utf-8"), guards=plan.guards,
+                                        inserts=plan.inserts)
+    # Every Releases: field in line with what its guard serves once NEW is supported.
+    versions = sorted({*series.releases.versions, new})
+    new_series = parse_series(plan.series_text, series_dir)
+    for entry in new_series.entries:
+        path = series_dir / entry.name
+        content = plan.contents.get(entry.name) or (path.read_bytes() if path.exists() else None)
+        if content is None:
+            continue
+        header = parse_patch_text(content, path, entry.name).header
+        value = field_value(header, "Releases")
+        served = [v for v in versions if entry.matches(v)]
+        fixed = updated_releases(value, served, versions) if value is not None and served else None
+        if fixed is not None:
+            header = with_field(header, "Releases", fixed)
+            plan.headers[entry.name] = header
+            plan.contents[entry.name] = render_header(header).encode() + _diff_bytes(content)
+    return plan
+
+
+def _diff_bytes(raw: bytes) -> bytes:
+    cut = raw.find(b"\ndiff --git ")
+    return raw[cut + 1:] if cut >= 0 else raw

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from .buildtree import ApplyOptions, apply_series, git
+from .buildtree import ApplyOptions, apply_series
+from .gitcmd import git
 from .cache import Cache
 from .errors import KettaError
 from .series import read_series

@@ -19,6 +19,7 @@ from packaging.version import InvalidVersion, Version
 from .errors import SeriesError, UnknownRelease
 
 RELEASES_FILE = "releases.toml"
+UNKNOWN_DATE = "unknown"  # a release whose index gave no upload time and whose sdist carries no date
 #: First version number of the Letta Code product on the same PyPI name.
 FIRST_LETTA_CODE = Version("0.32.0")
 
@@ -26,7 +27,7 @@ FIRST_LETTA_CODE = Version("0.32.0")
 @dataclass(frozen=True)
 class ServerRelease:
     version: Version
-    date: str  # release date, ISO 8601
+    date: str  # release date, ISO 8601, or "unknown"
 
     def __str__(self) -> str:
         return str(self.version)
@@ -114,9 +115,11 @@ def _parse(path: Path) -> SupportedReleases:
         except InvalidVersion:
             raise SeriesError(f"version {entry['version']!r} is not a version number", path=path, line=line) from None
         try:
-            Date.fromisoformat(str(entry["date"]))
+            if entry["date"] != UNKNOWN_DATE:
+                Date.fromisoformat(str(entry["date"]))
         except ValueError:
-            raise SeriesError(f"date {entry['date']!r} is not an ISO date (YYYY-MM-DD)", path=path, line=line) from None
+            raise SeriesError(f"date {entry['date']!r} is neither an ISO date (YYYY-MM-DD) nor {UNKNOWN_DATE!r}",
+                              path=path, line=line) from None
         if releases and version <= releases[-1].version:
             raise SeriesError(f"releases must be listed oldest first without repeats ({version} after {releases[-1].version})",
                               path=path, line=line)
@@ -129,7 +132,8 @@ def add_release(series_dir: Path, version: Version, date: str) -> bool:
     current = load_releases(series_dir)
     if current.find(version):
         return False
-    Date.fromisoformat(date)
+    if date != UNKNOWN_DATE:
+        Date.fromisoformat(date)
     releases = sorted([*current.releases, ServerRelease(version, date)], key=lambda r: r.version)
     text = current.path.read_text(encoding="utf-8")
     head = text[: text.index("[[release]]")] if "[[release]]" in text else text

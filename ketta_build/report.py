@@ -15,7 +15,8 @@ JSON schema ``ketta-build/apply-report/1`` (documented in README.md)::
                                          "applied_at", "offset", "fuzz", "reason"}]}]}],
       "not_attempted": ["name", ...],
       "summary": {"patches": {<outcome>: n}, "hunks": {<outcome>: n}},
-      "tree": {"path", "head", "tree_hash"}
+      "tree": {"path", "head", "tree_hash"},
+      "backup_ref": "refs/ketta/backup/... or null"
     }
 """
 
@@ -116,19 +117,25 @@ def report_json(report: ApplyReport) -> dict:
             "head": report.head,
             "tree_hash": report.tree_hash,
         },
+        "backup_ref": report.backup_ref,
     }
 
 
 def failure_lines(report: ApplyReport) -> list[str]:
     """One line per failed file of each failed patch: ``patches/NAME:LINE: what went wrong``."""
+    return result_failure_lines(report.series_dir, report.failed)
+
+
+def result_failure_lines(series_dir: Path, results: list[PatchResult]) -> list[str]:
+    """``patches/NAME:LINE: what went wrong``, one per failed file of each of ``results``."""
     lines = []
-    for r in report.failed:
+    for r in results:
         for f in r.files:
             bad = [h for h in f.hunks if h.outcome is Outcome.FAILED]
             if not bad:
                 continue
             first = bad[0]
-            where = report.series_dir / r.name
+            where = series_dir / r.name
             what = f"{len(bad)} of {len(f.hunks)} hunk(s) of {f.path} failed (first #{first.index}): {first.reason}"
             if f.reason and all(h.reason == f.reason for h in bad):
                 what = f.reason
@@ -143,7 +150,8 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"letta {report.release.version} ({report.release.origin}) + {report.series_dir}", expand=False)
+    release = report.release
+    table = Table(title=f"letta {release.version} ({release.origin}: {release.location}) + {report.series_dir}", expand=False)
     table.add_column("patch")
     table.add_column("outcome")
     table.add_column("hunks")
@@ -193,10 +201,14 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
         where = ", ".join(f.path + (f" ({f.conflicts} conflict(s))" if f.conflicts else f" (see {f.reject_file})" if f.reject_file else "") for f in files)
         console.print(f"[bold red]stopped at {escape(bad.name)}[/]: {escape(where)}")
         console.print(
-            f"next: resolve the markers / .rej hunks in {report.out}, then `git -C {report.out} add -A && "
-            f"git -C {report.out} commit` and write the result back with "
-            f"`git -C {report.out} diff HEAD~1` into patches/{bad.name}; or rerun with --keep-going to see all failures"
+            f"next: resolve the markers / .rej hunks in {report.out}, commit with the patch's message "
+            f"(`git -C {report.out} commit -a --no-edit`: it is prepared) and write it back with "
+            f"`ketta-build export --tree {report.out}`; the patches after it were not applied "
+            "(apply again once it is fixed), or rerun with --keep-going to see all failures", markup=False
         )
+    if report.backup_ref:
+        console.print(f"the replaced tree had commits that were never exported: kept in {report.out} as "
+                      f"{report.backup_ref} (git log {report.backup_ref})", markup=False)
     summary = report_json(report)["summary"]["hunks"]
     parts = [f"{n} {k}" for k, n in summary.items() if n]
     console.print(f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")

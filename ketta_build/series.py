@@ -141,11 +141,31 @@ def read_series(directory: Path) -> Series:
     if not series_file.is_file():
         raise SeriesError("series file is missing (one patch file name per line)", path=series_file)
     raw = series_file.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise SeriesError("the file starts with a UTF-8 byte-order mark (an editor added it); save it without one",
+                          path=series_file, line=1)
+    if b"\r" in raw:
+        raise SeriesError("CRLF line endings (the file was converted); convert it back to LF (dos2unix)",
+                          path=series_file, line=raw[: raw.index(b"\r")].count(b"\n") + 1)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SeriesError("series file is not valid UTF-8", path=series_file, line=raw[: exc.start].count(b"\n") + 1) from None
+    series = parse_series(text, directory, present=lambda name: (directory / name).is_file())
+    listed = {e.name for e in series.entries}
+    for candidate in sorted(directory.iterdir()):
+        if candidate.is_file() and candidate.name.endswith(PATCH_SUFFIXES) and candidate.name not in listed:
+            raise SeriesError(
+                f"{candidate.name} is not listed in the series: add it to {series_file} or delete it",
+                path=candidate,
+            )
+    return series
 
+
+def parse_series(text: str, directory: Path, *, present=lambda name: True) -> Series:
+    """The series ``text`` says, for patch files in ``directory``; ``present(name)`` tells whether a
+    listed file exists (a verb checks the series it is about to write before the files are there)."""
+    series_file = directory / SERIES_FILE
     entries: list[SeriesEntry] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -161,6 +181,8 @@ def read_series(directory: Path) -> Series:
             )
         name = m.group("name")
         pure = PurePosixPath(name)
+        if not name.isprintable():
+            raise SeriesError(f"entry {name!r} holds an invisible or control character", path=series_file, line=lineno)
         if name.startswith("/") or ".." in pure.parts or len(pure.parts) != 1 or "\\" in name:
             raise SeriesError(f"entry '{name}' must be a plain file name inside {directory}", path=series_file, line=lineno)
         if not name.endswith(PATCH_SUFFIXES):
@@ -168,7 +190,7 @@ def read_series(directory: Path) -> Series:
         if name in seen:
             raise SeriesError(f"'{name}' is listed twice (first on line {seen[name]})", path=series_file, line=lineno)
         seen[name] = lineno
-        if not (directory / name).is_file():
+        if not present(name):
             raise SeriesError(f"'{name}' is listed but {directory / name} does not exist", path=series_file, line=lineno)
         guard_text = m.group("guard")
         guard = None
@@ -187,15 +209,37 @@ def read_series(directory: Path) -> Series:
                     path=series_file,
                     line=unguarded[0].line,
                 )
-
-    listed = set(seen)
-    for candidate in sorted(directory.iterdir()):
-        if candidate.is_file() and candidate.name.endswith(PATCH_SUFFIXES) and candidate.name not in listed:
-            raise SeriesError(
-                f"{candidate.name} is not listed in the series: add it to {series_file} or delete it",
-                path=candidate,
-            )
     return Series(directory, tuple(entries))
+
+
+def edit_series_text(text: str, *, guards: dict[str, str | None] | None = None,
+                     inserts: dict[str, tuple[str, str]] | None = None, appends: list[tuple[str, str]] | None = None,
+                     removes: set[str] | None = None) -> str:
+    """The series file ``text`` with entries' guards replaced (``guards``: name -> guard text, None for
+    none), a new entry put before another (``inserts``: before -> (name, guard)), entries added at the
+    end and entries removed. Comments, blank lines and the guards' column are kept."""
+    guards, inserts, removes = guards or {}, inserts or {}, removes or set()
+    lines = text.splitlines()
+    columns = [line.index("[") for line in lines if "[" in line.split("#", 1)[0]]
+    width = (max(set(columns), key=columns.count) if columns else 41) - 1  # where most guards start
+    out = []
+    for line in lines:
+        body, hash_, comment = line.partition("#")
+        name = body.split()[0] if body.strip() else None
+        if name in removes:
+            continue
+        if name in inserts:
+            new_name, guard = inserts[name]
+            out.append(f"{new_name:<{width}} [{guard}]")
+        if name in guards:
+            guard = guards[name]
+            entry = f"{name:<{width}} [{guard}]" if guard else name
+            out.append(entry + (f"  #{comment}" if hash_ else ""))
+        else:
+            out.append(line)
+    for name, guard in appends or []:
+        out.append(f"{name:<{width}} [{guard}]")
+    return "\n".join(out) + "\n"
 
 
 def _group(entries: "list[SeriesEntry] | tuple[SeriesEntry, ...]") -> dict[str, list[SeriesEntry]]:

@@ -40,7 +40,7 @@ from typing import Protocol
 
 from packaging.version import InvalidVersion, Version
 
-from .cache import Cache
+from .cache import Cache, default_cache_dir, write_atomic
 from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases
 
@@ -88,32 +88,75 @@ class UpstreamSource(Protocol):
 def _pip_config() -> dict[str, str]:
     """``pip config list`` as a dict; empty if pip is not available.
 
-    Asked once per process and configuration (starting pip takes about a second, and a matrix
-    cell prepares several releases): the answer is kept per value of everything pip reads it from.
+    Asked once per process and configuration, and remembered on disk (in the cache directory)
+    together with the configuration files pip read: while none of them changed and the
+    environment pip reads is the same, the answer is reused without starting pip (which costs a
+    third of a second in-process, a second as ``pip config list``).
     """
-    where = (sys.executable, os.getcwd(), *sorted((k, v) for k, v in os.environ.items()
-                                                  if k.startswith("PIP_") or k in ("HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "VIRTUAL_ENV")))
+    where = (sys.executable, *sorted((k, v) for k, v in os.environ.items()
+                                     if k.startswith("PIP_") or k in ("HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "VIRTUAL_ENV")))
     if where not in _PIP_CONFIG:
-        _PIP_CONFIG[where] = _ask_pip_config()
+        memo = default_cache_dir() / "pip-config" / (hashlib.sha256(repr(where).encode()).hexdigest()[:24] + ".json")
+        _PIP_CONFIG[where] = _remembered_pip_config(memo)
     return dict(_PIP_CONFIG[where])
 
 
 _PIP_CONFIG: dict[tuple, dict[str, str]] = {}
 
 
-def _ask_pip_config() -> dict[str, str]:
+def _stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+def _remembered_pip_config(memo: Path) -> dict[str, str]:
+    try:
+        data = json.loads(memo.read_text())
+        if all(_stamp(path) == stamp for path, stamp in data["files"].items()):
+            return dict(data["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    found = _ask_pip_config()
+    if found is None:
+        return {}
+    config, files = found
+    if files is not None:
+        try:
+            write_atomic(memo, json.dumps({"files": {f: _stamp(f) for f in files}, "config": config}).encode())
+        except OSError:
+            pass  # a read-only cache: ask pip again next time
+    return config
+
+
+def _ask_pip_config() -> tuple[dict[str, str], list[str] | None] | None:
+    """pip's configuration and the files it was read from (None: unknown, pip ran as a process)."""
+    try:
+        from pip._internal.configuration import Configuration  # the running interpreter's own pip
+    except Exception:
+        Configuration = None  # noqa: N806
+    if Configuration is not None:
+        try:
+            conf = Configuration(isolated=False)
+            conf.load()
+            files = [f for _, paths in conf.iter_config_files() for f in paths]
+            return {k: str(v) for k, v in conf.items()}, files
+        except Exception:
+            pass
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
     out = {}
     for line in proc.stdout.splitlines():
         m = re.match(r"^([^=]+)='(.*)'$", line.strip())
         if m:
             out[m.group(1)] = m.group(2)
-    return out
+    return out, None
 
 
 def _pip_default_index() -> str | None:
@@ -470,6 +513,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sdist_date(path: Path) -> str | None:
+    """The day an sdist was made, from its newest member (None if its members carry no real date)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            newest = max((m.mtime for m in tar.getmembers()), default=0)
+    except (tarfile.TarError, OSError):
+        return None
+    if newest < 1420070400:  # before 2015: a zeroed or reproducible-build date, not the release's
+        return None
+    return time.strftime("%Y-%m-%d", time.gmtime(newest))
+
+
 def download_progress(name: str, done: int, total: int, seconds: float) -> str:
     """``downloading letta-0.16.8.tar.gz: 3.1 / 9.8 MB at 4.2 MB/s``."""
     rate = done / seconds / 1e6 if seconds > 0 else 0.0
@@ -513,10 +568,15 @@ class IndexSource:
             raise errors[0]
         return None
 
+    @property
+    def source_id(self) -> str:
+        """Which indexes this source asks (the cache keeps what each source resolved apart)."""
+        return " ".join(self._index_urls())
+
     def resolve(self, version: Version | None) -> UpstreamRelease:
         if version is None:
             raise UnknownRelease("--letta VERSION is required with the package index as source")
-        record = self.cache.read_release(str(version))
+        record = self.cache.read_release(str(version), self.source_id)
         if record is not None and self.cache.has_blob(record["sha256"]):
             return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
 
@@ -547,7 +607,7 @@ class IndexSource:
             raise UpstreamError(f"{_redact(index_url)} publishes no sha256 for {sdist.filename}: refusing an unverifiable download")
         self._download(sdist)
         self.cache.write_release(
-            str(version),
+            str(version), self.source_id,
             {"filename": sdist.filename, "sha256": sdist.sha256, "url": _redact(sdist.url), "upload_time": sdist.upload_time},
         )
         return UpstreamRelease(version, "index", _redact(sdist.url), sdist.sha256, sdist.filename)
@@ -583,6 +643,12 @@ class IndexSource:
             finally:
                 if os.path.exists(tmp_name):
                     os.unlink(tmp_name)
+
+    def upload_date(self, version: Version) -> str | None:
+        """The day the sdist of ``version`` was uploaded, as the index said (None if it did not say)."""
+        record = self.cache.read_release(str(version), self.source_id) or {}
+        stamp = record.get("upload_time")
+        return stamp[:10] if isinstance(stamp, str) and len(stamp) >= 10 else None
 
     def sdist_path(self, release: UpstreamRelease) -> Path:
         assert release.sha256

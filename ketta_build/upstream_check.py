@@ -226,7 +226,8 @@ def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, in
     work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
     try:
         progress(f"dry-run port onto letta {new}")
-        report = apply_series(release, source, series, work / "tree", options=ApplyOptions(keep_going=True), cache=cache,
+        report = apply_series(release, source, series, work / "tree",
+                              options=ApplyOptions(keep_going=True, assume_resolved=True), cache=cache,
                               base_source=IndexSource(cache, index_url, allow_unsupported=True), entries=entries)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .buildtree import git
+from .gitcmd import git
 from .errors import BuildTreeError, KettaError
 from .upstream import sha256_file
 

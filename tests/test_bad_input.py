@@ -204,7 +204,7 @@ def test_non_empty_out_without_force(project, capsys):
     project.out.mkdir()
     (project.out / "keep.txt").write_text("mine")
     rc, err = project.run(capsys=capsys)
-    assert rc == 2 and "--force" in _one_error_line(err)
+    assert rc == 5 and "--force" in _one_error_line(err)
     assert (project.out / "keep.txt").read_text() == "mine"
 
 
@@ -212,14 +212,14 @@ def test_force_refuses_a_directory_that_is_not_a_build_tree(project, capsys):
     project.out.mkdir()
     (project.out / "keep.txt").write_text("mine")
     rc, err = project.run("--force", capsys=capsys)
-    assert rc == 2 and "not a ketta-build tree" in _one_error_line(err)
+    assert rc == 5 and "not a ketta-build tree" in _one_error_line(err)
 
 
 def test_force_refuses_a_dirty_build_tree(project, capsys):
     assert project.run(capsys=capsys)[0] == 0
     (project.out / "letta/a.py").write_text("hand edit\n")
     rc, err = project.run("--force", capsys=capsys)
-    assert rc == 2 and "uncommitted changes" in _one_error_line(err)
+    assert rc == 5 and "uncommitted changes" in _one_error_line(err)
     assert (project.out / "letta/a.py").read_text() == "hand edit\n"
     subprocess.run(["git", "checkout", "--", "."], cwd=project.out, check=True)
     assert project.run("--force", capsys=capsys)[0] == 0
@@ -278,7 +278,7 @@ def _index_run(tmp_path, local_index, version="0.16.8", *extra):
 def test_hash_mismatch_from_the_index(tmp_path, local_index, capsys):
     sdist = make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
     local_index.add(sdist, sha256="0" * 64)
-    assert _index_run(tmp_path, local_index) == 2
+    assert _index_run(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "sha256 mismatch for letta-0.16.8.tar.gz" in line and "nothing was cached" in line
     assert not list((tmp_path / "cache" / "blobs").rglob("*.tar.gz")) and not (tmp_path / "out").exists()
@@ -312,7 +312,7 @@ def test_index_unreachable_with_an_empty_cache(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/simple"
     rc = main(["apply", "--letta", "0.16.8", "--index-url", dead, "--cache-dir", str(tmp_path / "c"), "--patches", str(pdir), "--out", str(tmp_path / "o")])
-    assert rc == 2
+    assert rc == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "cannot reach the package index" in line and "has no letta 0.16.8" in line
 
@@ -322,7 +322,7 @@ def test_unsafe_sdist_members_are_refused(tmp_path, local_index, capsys):
     evil.size = 1
     sdist = make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", server_files("0.16.8", {}), [evil])
     local_index.add(sdist)
-    assert _index_run(tmp_path, local_index) == 2
+    assert _index_run(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "letta-0.16.8.tar.gz" in line and "contains '..'" in line
     assert not (tmp_path / "evil.txt").exists()
@@ -334,7 +334,7 @@ def test_sdist_symlink_out_of_the_tree_is_refused(tmp_path, local_index, capsys)
     link.linkname = "../../../etc/passwd"
     sdist = make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", server_files("0.16.8", {}), [link])
     local_index.add(sdist)
-    assert _index_run(tmp_path, local_index) == 2
+    assert _index_run(tmp_path, local_index) == 3
     assert "outside the tree" in _one_error_line(capsys.readouterr().err)
 
 
@@ -351,7 +351,7 @@ def test_cache_lock_held_by_another_run(tmp_path, local_index, capsys, monkeypat
     lock_path.parent.mkdir(parents=True)
     with filelock.FileLock(str(lock_path)):
         rc = _index_run(tmp_path, local_index)
-    assert rc == 2
+    assert rc == 5
     line = _one_error_line(capsys.readouterr().err)
     assert "another ketta-build holds the lock" in line and str(lock_path) in line
 
@@ -392,7 +392,7 @@ def test_second_run_needs_no_network(tmp_path, local_index, capsys):
     local_index.add(sdist)
     assert _index_run(tmp_path, local_index) == 0
     asked = len(local_index.requests)
-    assert _index_run(tmp_path, local_index, "0.16.8", "--force", "--index-url", "http://127.0.0.1:9/simple") == 0
+    assert _index_run(tmp_path, local_index, "0.16.8", "--force") == 0
     assert len(local_index.requests) == asked
 
 
@@ -407,7 +407,7 @@ def test_corrupted_cache_blob_is_detected(tmp_path, local_index, capsys):
         import shutil
 
         shutil.rmtree(repo)
-    assert _index_run(tmp_path, local_index, "0.16.8", "--force") == 2
+    assert _index_run(tmp_path, local_index, "0.16.8", "--force") == 3
     assert "is corrupt" in _one_error_line(capsys.readouterr().err)
 
 

@@ -49,7 +49,7 @@ class World:
     def run(self, *args: str) -> tuple[int, str, str]:
         argv = list(args)
         verb = argv[0]
-        if verb in ("apply", "port", "lint", "range-diff") or argv[:2] == ["upstream", "check"]:
+        if verb in ("apply", "port", "lint", "range-diff", "export") or argv[:2] == ["upstream", "check"]:
             argv += ["--index-url", self.index.url, "--cache-dir", str(self.cache)]
         if verb in ("apply", "port", "lint", "export") or argv[:2] == ["upstream", "check"]:
             argv += ["--patches", str(self.patches)]
@@ -126,7 +126,7 @@ def test_amended_commit_is_refreshed_into_its_own_variant(world):
     git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
     main_before = (world.patches / "0003-tail.diff").read_bytes()
     rc, _, err = world.run("export", "--tree", str(tree), "--check")
-    assert rc == 1 and "0003-tail-0.16.7.diff differs" in err
+    assert rc == 4 and "0003-tail-0.16.7.diff differs" in err
     rc, out, _ = world.run("export", "--tree", str(tree))
     assert rc == 0 and "refreshed" in out
     variant = (world.patches / "0003-tail-0.16.7.diff").read_text()
@@ -153,7 +153,7 @@ def test_changing_an_earlier_patch_refreshes_the_index_lines_of_later_ones(world
     assert "refreshed 0001-change-m.diff" in out and "refreshed 0003-tail.diff" in out, out
     # 0001 serves 0.16.7 too, so 0.16.7's own variant of 0003 is stale now: lint says so ...
     rc, _, err = world.run("lint")
-    assert rc == 1 and "0003-tail-0.16.7.diff: [base-release] letta/m.py" in err
+    assert rc == 4 and "0003-tail-0.16.7.diff: [base-release] letta/m.py" in err
     # ... and exporting the 0.16.7 tree (built with the new 0001) refreshes it.
     rc, out, _ = world.run("export", "--tree", str(world.apply("0.16.7")))
     assert rc == 0 and "refreshed 0003-tail-0.16.7.diff" in out and "unchanged 0001-change-m.diff" in out
@@ -208,7 +208,7 @@ def test_dropped_commit_is_reported_and_pruned_only_on_request(world):
     tree = world.apply("0.16.8")
     git(tree, "rebase", "-q", "--onto", "HEAD~2", "HEAD~1")  # drop 0002
     rc, _, err = world.run("export", "--tree", str(tree), "--check")
-    assert rc == 1 and "0002-new-module.diff has no commit" in err
+    assert rc == 4 and "0002-new-module.diff has no commit" in err
     rc, out, _ = world.run("export", "--tree", str(tree))
     assert rc == 0 and "dropped" in out and (world.patches / "0002-new-module.diff").exists()
     rc, out, _ = world.run("export", "--tree", str(tree), "--prune")
@@ -251,7 +251,7 @@ def test_export_refuses_a_dirty_or_foreign_tree(world, spoil, message):
     spoil(tree)
     before = world.snapshot()
     rc, _, err = world.run("export", "--tree", str(tree))
-    assert rc == 2 and message in err and len([ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]) == 1
+    assert rc == 5 and message in err and len([ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]) == 1
     assert world.snapshot() == before
 
 
@@ -295,7 +295,7 @@ def test_port_conflict_stops_continues_after_resolution_and_abort_leaves_nothing
     assert world.snapshot() == before, "nothing in patches/ may change before the port finishes"
     assert "<<<<<<<" in (tree / "letta/m.py").read_text()
     rc, _, err = world.run("port", "--continue", "--tree", str(tree))
-    assert rc == 2 and "conflict markers" in err
+    assert rc == 5 and "conflict markers" in err
     rc, _, _ = world.run("port", "--abort", "--tree", str(tree))
     assert rc == 0 and not tree.exists() and world.snapshot() == before
 
@@ -326,12 +326,22 @@ def test_port_proposes_dropping_a_patch_that_is_upstream(world):
     assert "[letta<0.16.9]" in [ln for ln in (world.patches / "series").read_text().splitlines() if "0002" in ln][0]
 
 
-def test_port_in_place_rewrites_the_patch(world):
+def test_port_in_place_rewrites_the_patch_and_the_older_releases_keep_the_old_file(world):
+    """Rewritten for 0.16.9, 0001's context holds 0.16.9's line 13, which 0.16.7 and 0.16.8 lack: the main
+    file becomes 0.16.9's and the previous one serves them as a variant named by its first release."""
     world.publish("0.16.9", m=BODY.replace("line 13\n", "line 13 (upstream)\n"))
-    rc, _, err = world.run("port", "--letta", "0.16.9", "--in-place", "--tree", str(world.root / "build" / "0.16.9"))
+    old = (world.patches / "0001-change-m.diff").read_bytes()
+    rc, out, err = world.run("port", "--letta", "0.16.9", "--in-place", "--tree", str(world.root / "build" / "0.16.9"))
     assert rc == 0, err
     assert not (world.patches / "0001-change-m-0.16.9.diff").exists()
     assert "Base-Release: 0.16.9" in (world.patches / "0001-change-m.diff").read_text()
+    assert (world.patches / "0001-change-m-0.16.7.diff").read_bytes() == old
+    series = (world.patches / "series").read_text()
+    assert "0001-change-m-0.16.7.diff" in series and "[letta<0.16.9]" in series and "[letta>=0.16.9]" in series
+    assert "keep the previous file as 0001-change-m-0.16.7.diff" in " ".join(out.split())
+    assert _lint(world) == (0, [])
+    for version in ("0.16.7", "0.16.8", "0.16.9"):
+        assert world.run("apply", "--letta", version, "--out", str(world.root / f"a{version}"), "--force")[0] == 0
 
 
 def test_port_refuses_letta_code(world):
@@ -392,7 +402,7 @@ def test_upstream_check_with_an_unreachable_index(world, tmp_path):
     rc = main(["upstream", "check", "--patches", str(world.patches), "--index-url", "http://127.0.0.1:9/simple",
                "--cache-dir", str(tmp_path / "c")])
     err = world.capsys.readouterr().err
-    assert rc == 2 and "cannot reach the package index" in err and world.snapshot() == before
+    assert rc == 3 and "cannot reach the package index" in err and world.snapshot() == before
 
 
 # ----------------------------------------------------------------------------- lint
@@ -435,13 +445,13 @@ def test_lint_passes_the_fixture_series(world):
 def test_every_lint_rule_fires(world, rule, spoil):
     spoil(world.patches)
     rc, lines = _lint(world)
-    assert rc == 1 and any(f"[{rule}]" in line for line in lines), lines
+    assert rc == 4 and any(f"[{rule}]" in line for line in lines), lines
 
 
 def test_lint_fix_rewrites_into_canonical_form(world):
     path = world.patches / "0001-change-m.diff"
     path.write_text(path.read_text().replace("index ", "index ", 1).replace("@@ -12,7 +12,7 @@", "@@ -12,7 +12,7 @@ stray"))
-    assert _lint(world)[0] == 1
+    assert _lint(world)[0] == 4
     rc, out, _ = world.run("lint", "--fix")
     assert "rewrote" in out
     assert _lint(world) == (0, [])

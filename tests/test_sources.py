@@ -96,16 +96,36 @@ def test_pip_is_asked_once_per_configuration(monkeypatch, tmp_path):
     from ketta_build import upstream
 
     asked = []
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://a.invalid/simple\n")
+    monkeypatch.setenv("KETTA_BUILD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(upstream, "_PIP_CONFIG", {})
-    monkeypatch.setattr(upstream, "_ask_pip_config", lambda: asked.append(1) or {"global.index-url": "https://a.invalid/simple"})
+    monkeypatch.setattr(upstream, "_ask_pip_config",
+                        lambda: asked.append(1) or ({"global.index-url": "https://a.invalid/simple"}, [str(conf)]))
     monkeypatch.delenv("PIP_CONFIG_FILE", raising=False)
     assert upstream._pip_config() == upstream._pip_config() == {"global.index-url": "https://a.invalid/simple"}
     assert len(asked) == 1
     upstream._pip_config()["global.index-url"] = "changed by a caller"
     assert upstream._pip_config()["global.index-url"] == "https://a.invalid/simple", "callers get a copy"
-    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "pip.conf"))  # another configuration: asked again
+    monkeypatch.setattr(upstream, "_PIP_CONFIG", {})  # a new process: the answer on disk is reused
+    assert upstream._pip_config()["global.index-url"] == "https://a.invalid/simple" and len(asked) == 1
+    conf.write_text("[global]\nindex-url = https://b.invalid/simple\n")  # a file pip read changed: asked again
+    monkeypatch.setattr(upstream, "_PIP_CONFIG", {})
     upstream._pip_config()
     assert len(asked) == 2
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "other.conf"))  # another configuration: asked again
+    upstream._pip_config()
+    assert len(asked) == 3
+
+
+def test_pip_configuration_is_read_from_the_real_pip(monkeypatch, tmp_path):
+    from ketta_build import upstream
+
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://c.invalid/simple\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    config, files = upstream._ask_pip_config()
+    assert config["global.index-url"] == "https://c.invalid/simple" and str(conf) in files
 
 
 def test_constraints_are_exported_again_only_when_the_lock_changes(tmp_path):

@@ -1,0 +1,139 @@
+"""Does the series apply on every release it claims?
+
+A guard claims releases: ``0003-keys-from-database.diff [letta>=0.16.4]`` says that on 0.16.4 …
+0.16.8 this file, on top of the patches before it, applies. :func:`check_claims` verifies that
+for any set of releases without writing a tree: the files the selected patches touch are read
+from each release's cached pristine repository (one ``git cat-file --batch`` per release) and the
+hunks are applied in memory, exactly (clean or at an offset; an already-upstream hunk is fine,
+a 3-way merge is not: the patch file itself must apply).
+
+``lint`` reports every failure (rule ``applies``); ``export`` and ``port`` verify what they are
+about to write before they write it, so no verb leaves the series broken on a release it claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from packaging.version import Version
+
+from .applying import Outcome, apply_hunks, decode, encode
+from .buildtree import PristineRepos
+from .gitcmd import Blobs
+from .patchfile import Patch, split_lines
+from .series import Series, SeriesEntry
+
+
+@dataclass(frozen=True)
+class ClaimFailure:
+    """One hunk (or file) of a patch that does not apply to a release its guard claims."""
+
+    version: Version
+    patch: str
+    path: str
+    hunk: int | None
+    patch_line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        what = f"hunk #{self.hunk} of {self.path}" if self.hunk is not None else self.path
+        return f"{what} does not apply to letta {self.version} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class ClaimGap:
+    """A release the check could not look at (its source is unavailable)."""
+
+    version: Version
+    reason: str
+
+
+def check_claims(series: Series, versions: Iterable[Version], repos: PristineRepos, *,
+                 patches: dict[str, Patch] | None = None,
+                 select=None) -> tuple[list[ClaimFailure], list[ClaimGap]]:
+    """Apply the series in memory to each of ``versions``.
+
+    ``patches`` overrides the parsed patch of an entry by name (what a verb is about to write);
+    ``select(version)`` overrides which entries a release gets (default: the series' guards).
+    Returns the failures, and the releases that could not be checked.
+    """
+    overrides = patches or {}
+    failures: list[ClaimFailure] = []
+    gaps: list[ClaimGap] = []
+    loaded: dict[str, Patch] = {}
+
+    def load(entry: SeriesEntry) -> Patch:
+        if entry.name in overrides:
+            return overrides[entry.name]
+        if entry.name not in loaded:
+            loaded[entry.name] = series.load(entry)
+        return loaded[entry.name]
+
+    for version in versions:
+        repo = repos.get(version)
+        if isinstance(repo, str):
+            gaps.append(ClaimGap(version, repo))
+            continue
+        entries = select(version) if select is not None else series.select(version)
+        files: dict[str, list[str] | None] = {}
+        with Blobs(repo) as blobs:
+            def current(path: str) -> list[str] | None:
+                if path not in files:
+                    content = blobs.get(f"upstream/{version}", path)
+                    files[path] = None if content is None else split_lines(decode(content))
+                return files[path]
+
+            for entry in entries:
+                patch = load(entry)
+                for fp in patch.files:
+                    failures += _apply_section(version, patch, fp, current, files)
+    return failures, gaps
+
+
+def _apply_section(version: Version, patch: Patch, fp, current, files: dict) -> list[ClaimFailure]:
+    lines = current(fp.path)
+    first_line = fp.hunks[0].patch_line if fp.hunks else None
+    if fp.is_new:
+        wanted = [line for h in fp.hunks for line in h.new_lines]
+        if lines is not None and lines != wanted:
+            return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file exists already")]
+        files[fp.path] = wanted
+        return []
+    if lines is None:
+        if fp.is_deleted:
+            return []
+        return [ClaimFailure(version, patch.name, fp.path, None, first_line, "no such file")]
+    new_lines, results = apply_hunks(lines, fp.hunks)
+    out = [ClaimFailure(version, patch.name, fp.path, r.index, r.patch_line, r.reason or r.outcome.value)
+           for r in results if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET, Outcome.ALREADY_UPSTREAM)]
+    if fp.is_deleted and not out:
+        if encode("".join(new_lines)):
+            return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file has content the patch does not delete")]
+        files[fp.path] = None
+        return []
+    files[fp.path] = new_lines
+    return out
+
+
+def claimed_versions(series: Series, names: Iterable[str], versions: Iterable[Version]) -> list[Version]:
+    """The releases among ``versions`` on which any of the entries ``names`` is selected."""
+    wanted = set(names)
+    return [v for v in versions if any(e.name in wanted for e in series.select(v))]
+
+
+def group_failures(failures: Iterable[ClaimFailure]) -> list[tuple[ClaimFailure, list[Version]]]:
+    """Failures of the same hunk on several releases, as one (first failure, releases) each."""
+    grouped: dict[tuple, tuple[ClaimFailure, list[Version]]] = {}
+    for f in failures:
+        key = (f.patch, f.path, f.hunk, f.reason)
+        if key not in grouped:
+            grouped[key] = (f, [])
+        grouped[key][1].append(f.version)
+    return list(grouped.values())
+
+
+def describe(failure: ClaimFailure, versions: list[Version]) -> str:
+    """``hunk #2 of letta/x.py does not apply to letta 0.16.4, 0.16.5 (context not found)``."""
+    what = f"hunk #{failure.hunk} of {failure.path}" if failure.hunk is not None else failure.path
+    return f"{what} does not apply to letta {', '.join(map(str, versions))} ({failure.reason})"
