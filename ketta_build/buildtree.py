@@ -228,9 +228,14 @@ class ApplyReport:
 PORT_STATE_FILE = "ketta-port.json"  # inside .git/ of a tree a port is working in
 
 
-def dirty_summary(status: str) -> str:
-    """``letta/m.py`` or ``3 files (letta/a.py, letta/b.py, letta/c.py)`` from ``git status --porcelain``."""
-    paths = [line[3:] for line in status.splitlines() if line.strip()]
+def uncommitted(tree: Path) -> list[str]:
+    """The paths ``git status`` shows as changed or untracked in ``tree``."""
+    raw = git_bytes(tree, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+    return [entry[3:].decode("utf-8", errors="surrogateescape") for entry in raw.split(b"\0") if len(entry) > 3]
+
+
+def dirty_summary(paths: list[str]) -> str:
+    """``letta/m.py`` or ``3 files (letta/a.py, letta/b.py, letta/c.py)``."""
     if len(paths) == 1:
         return paths[0]
     shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
@@ -251,9 +256,9 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
                                  "exported are kept as a backup ref)", path=out)
         if not (out / ".git" / STATE_FILE).is_file():
             raise BuildTreeError(f"{flag} is not a ketta-build tree; refusing to replace it even with --force", path=out)
-        status = git(out, "status", "--porcelain", "--untracked-files=all", check=False) if (out / ".git").exists() else ""
-        if status:
-            raise BuildTreeError(f"{flag} has uncommitted changes in {dirty_summary(status)}; commit, stash or remove "
+        changed = uncommitted(out)
+        if changed:
+            raise BuildTreeError(f"{flag} has uncommitted changes in {dirty_summary(changed)}; commit, stash or remove "
                                  "them first", path=out)
 
 

@@ -77,6 +77,7 @@ def check_claims(series: Series, versions: Iterable[Version], repos: PristineRep
             continue
         entries = select(version) if select is not None else series.select(version)
         files: dict[str, list[str] | None] = {}
+        created: dict[str, str] = {}  # path -> the patch that created it
         with Blobs(repo) as blobs:
             def current(path: str) -> list[str] | None:
                 if path not in files:
@@ -87,18 +88,22 @@ def check_claims(series: Series, versions: Iterable[Version], repos: PristineRep
             for entry in entries:
                 patch = load(entry)
                 for fp in patch.files:
-                    failures += _apply_section(version, patch, fp, current, files)
+                    failures += _apply_section(version, patch, fp, current, files, created)
     return failures, gaps
 
 
-def _apply_section(version: Version, patch: Patch, fp, current, files: dict) -> list[ClaimFailure]:
+def _apply_section(version: Version, patch: Patch, fp, current, files: dict, created: dict) -> list[ClaimFailure]:
     lines = current(fp.path)
     first_line = fp.hunks[0].patch_line if fp.hunks else None
     if fp.is_new:
         wanted = [line for h in fp.hunks for line in h.new_lines]
+        if fp.path in created and lines is not None:
+            return [ClaimFailure(version, patch.name, fp.path, None, first_line,
+                                 f"the file exists already: {created[fp.path]} creates it too")]
         if lines is not None and lines != wanted:
             return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file exists already")]
         files[fp.path] = wanted
+        created[fp.path] = patch.name
         return []
     if lines is None:
         if fp.is_deleted:
@@ -114,6 +119,47 @@ def _apply_section(version: Version, patch: Patch, fp, current, files: dict) -> 
         return []
     files[fp.path] = new_lines
     return out
+
+
+def images_at(series: Series, version: Version, repos: PristineRepos, name: str, *,
+              patches: dict[str, Patch] | None = None) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The files patch ``name`` touches on release ``version`` before and after it applies, on top of
+    the patches the series selects before it there (None-free: a file that does not exist is left
+    out). Raises ClaimError if anything on the way does not apply exactly."""
+    from .errors import ClaimError
+
+    repo = repos.get(version)
+    if isinstance(repo, str):
+        raise ClaimError(f"cannot read letta {version}: {repo}")
+    overrides = patches or {}
+    entries = series.select(version)
+    names = [e.name for e in entries]
+    if name not in names:
+        raise ClaimError(f"{name} is not selected for letta {version}")
+    files: dict[str, list[str] | None] = {}
+    created: dict[str, str] = {}
+    before: dict[str, bytes] = {}
+    with Blobs(repo) as blobs:
+        def current(path: str) -> list[str] | None:
+            if path not in files:
+                content = blobs.get(f"upstream/{version}", path)
+                files[path] = None if content is None else split_lines(decode(content))
+            return files[path]
+
+        for entry in entries:
+            patch = overrides.get(entry.name) or series.load(entry)
+            if entry.name == name:
+                for fp in patch.files:
+                    lines = current(fp.path)
+                    if lines is not None:
+                        before[fp.path] = encode("".join(lines))
+            problems = [f for fp in patch.files for f in _apply_section(version, patch, fp, current, files, created)]
+            if problems:
+                raise ClaimError(f"{problems[0].patch}: {problems[0]}")
+            if entry.name == name:
+                after = {fp.path: encode("".join(files[fp.path])) for fp in patch.files if files.get(fp.path) is not None}
+                return before, after
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def claimed_versions(series: Series, names: Iterable[str], versions: Iterable[Version]) -> list[Version]:

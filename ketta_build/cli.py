@@ -393,8 +393,8 @@ def _cmd_port(args, console) -> int:
     if args.abort:
         tree, saved = abort_port(_port_tree(args), force=args.force)
         if saved:
-            console.print(f"the work done since the port stopped is saved in {escape(str(saved))} "
-                          f"(git clone {escape(str(saved))}, or git fetch it into a tree)")
+            console.print(f"the work done since the port stopped is saved in {escape(str(saved))}; get it back in any "
+                          f"clone with: git fetch {escape(str(saved))} 'refs/ketta/*:refs/ketta/*'")
         console.print(f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
         _emit_json(args.json, {"schema": "ketta-build/port/1", "aborted": str(tree), "saved": str(saved) if saved else None})
         return 0

@@ -27,19 +27,21 @@ Each file is replaced atomically.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode, encode, git_blob_id
 from .buildtree import (PORT_STATE_FILE, PristineRepos, dirty_summary, read_tree_state, record_head, reword_commits,
-                        stripspace)
+                        stripspace, uncommitted)
 from .cache import write_atomic
-from .claims import check_claims, describe, group_failures
+from .claims import check_claims, describe, group_failures, images_at
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
 from .gitcmd import blob, git
-from .gitdiff import canonical_diff, section_contexts
+from .gitdiff import canonical_diff, section_contexts, tree_of_files
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, served_range_text,
                      with_field, with_served_range)
 from .patchfile import Patch, PatchHeader, parse_patch_text, split_lines
@@ -120,7 +122,7 @@ def check_tree(tree: Path, series: Series | None = None) -> Version:
                          ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick")):
         if (tree / ".git" / marker).exists():
             raise BuildTreeError(f"{what} is in progress; finish or abort it first", path=tree)
-    dirty = git(tree, "status", "--porcelain", "--untracked-files=all")
+    dirty = uncommitted(tree)
     if dirty:
         raise BuildTreeError(f"the tree has uncommitted changes in {dirty_summary(dirty)}; commit or stash them first",
                              path=tree)
@@ -311,7 +313,7 @@ def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False) 
         plan.unchecked = [f"letta {g.version}: {g.reason}" for g in gaps]
         if not failures:
             return
-        if not _mend(plan, new_series, failures, split):
+        if not _mend(plan, new_series, failures, split, repos):
             break
     lines = [f"{f.patch}: {describe(f, on)}" for f, on in group_failures(failures)]
     hint = ("--split keeps the current file as a variant for those releases" if not split else
@@ -320,7 +322,30 @@ def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False) 
                      f"{'; '.join(lines)}; {hint}, or make the change apply there", path=plan.series_dir)
 
 
-def _mend(plan: ExportPlan, series: Series, failures, split: bool) -> bool:
+def _made_on(plan: ExportPlan, patch: Patch, version: Version, repos: PristineRepos, serves: list[Version]) -> bytes:
+    """``patch`` as export writes it when made on ``version``: canonical diff there, Base-Release
+    ``version``, and its Releases field saying it serves ``serves``."""
+    series = plan.new_series()
+    overrides = {path.name: plan.new_patch(path.name) for path, content in plan.files.items()
+                 if content is not None and path.name in {e.name for e in series.entries} and path.name != patch.name}
+    before, after = images_at(series, version, repos, patch.name, patches={**overrides, patch.name: patch})
+    scratch = Path(tempfile.mkdtemp(prefix="ketta-export-"))
+    try:
+        git(scratch, "init", "-q", ".")
+        modes = {fp.path: fp.new_mode or "100644" for fp in patch.files}
+        diff = canonical_diff(scratch, tree_of_files(scratch, {p: (modes[p], c) for p, c in before.items()}),
+                              tree_of_files(scratch, {p: (modes[p], c) for p, c in after.items()}),
+                              section_contexts(patch.files))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    header = replace(patch.header, base_release=version)
+    value = field_value(header, "Releases")
+    if value is not None:
+        header = with_field(header, "Releases", with_served_range(value, serves, False))
+    return render_header(header).encode() + diff.encode("utf-8", errors="surrogateescape")
+
+
+def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: PristineRepos) -> bool:
     """Answer claim failures where export may: narrow a new patch's guard to where it applies, and
     (with ``split``) give a refreshed patch's broken releases the current file as a variant. False if
     some failure remains that neither covers."""
@@ -362,13 +387,6 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool) -> bool:
         variant = _variant_name(name, run[0])
         if variant in entries or (plan.series_dir / variant).exists():
             raise SeriesError(f"{variant} exists already; split {name} by hand", path=plan.series_dir / variant)
-        old = series.load(entry)
-        value = field_value(old.header, "Releases")
-        old_content = current.read_bytes()
-        if value is not None:
-            old_header = with_field(old.header, "Releases", with_served_range(value, run, False))
-            old_content = render_header(old_header).encode() + _diff_part(current)
-        plan.files[plan.series_dir / variant] = old_content
         if run == served[:len(run)]:  # the older releases keep the old file
             variant_guard = f"letta>={run[0]}" + f",<{kept[0]}"
             main_guard = _replace_lower(entry, kept[0])
@@ -377,6 +395,10 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool) -> bool:
             main_guard = _replace_upper(entry, run[0])
         plan.series_edits.setdefault("guards", {})[name] = main_guard
         plan.series_edits.setdefault("inserts", {})[name] = (variant, variant_guard)
+        # The old file, made again on the newest release it keeps serving (its Base-Release must be one of them).
+        old = series.load(entry)
+        old = Patch(variant, plan.series_dir / variant, old.header, old.files)
+        plan.files[plan.series_dir / variant] = _made_on(plan, old, run[-1], repos, run)
         new_path = plan.series_dir / name
         refreshed = plan.new_patch(name)
         value = field_value(refreshed.header, "Releases")

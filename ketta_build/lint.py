@@ -26,6 +26,7 @@ Warnings are printed and reported but do not fail the run.
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -155,16 +156,19 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
     canon = _Canon(series, cache or Cache(), index_url)
     try:
         loaded: dict[str, Patch] = {}
+        unreadable: set[str] = set()  # patches already reported; what depends on them is not judged
         for entry in series.entries:
             path = series_dir / entry.name
             if b"\r\n" in path.read_bytes() and _converted(path):
                 findings.append(Finding("line-endings", path, _first_crlf(path),
                                         "the file has CRLF line endings: it was converted (run dos2unix on it)"))
+                unreadable.add(str(path))
                 continue
             try:
                 patch = series.load(entry)
             except KettaError as exc:
                 findings.append(Finding("header", Path(exc.path or path), exc.line, exc.message))
+                unreadable.add(str(path))
                 continue
             loaded[entry.name] = patch
             findings += _why(patch, path)
@@ -182,7 +186,8 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
             try:
                 before, after, problems = canon.images(patch)
             except KettaError as exc:  # an earlier patch that does not parse, a release that cannot be had
-                findings.append(Finding("base-release", path, None, f"cannot recreate the pre-image at {base}: {exc}"))
+                if exc.path not in unreadable:
+                    findings.append(Finding("base-release", path, None, f"cannot recreate the pre-image at {base}: {exc}"))
                 continue
             for problem in problems:
                 findings.append(Finding("base-release", path, None, problem))
@@ -266,43 +271,45 @@ def _releases_field(series: Series, entry: SeriesEntry, patch: Patch, path: Path
                     f"serves {served_range_text(served, served == versions)} (ketta-build lint --fix rewrites it)"), corrected)
 
 
-def _hunk_key(hunk: Hunk) -> tuple:
-    """What identifies "the same hunk" across variants: the lines it removes, or for a pure addition
-    the context line just before it."""
-    removed = tuple(line for line in hunk.old_lines[hunk.leading_context:len(hunk.old_lines) - hunk.trailing_context])
-    if removed:
-        return ("removes", removed)
-    return ("after", hunk.old_lines[hunk.leading_context - 1] if hunk.leading_context else None)
-
-
 def _added(hunk: Hunk) -> tuple[str, ...]:
     return tuple(hunk.new_lines[hunk.leading_context:len(hunk.new_lines) - hunk.trailing_context])
 
 
+def _counterpart(hunk: Hunk, candidates: list[Hunk]) -> Hunk | None:
+    """The hunk among ``candidates`` (another variant's, same file) that does the same job: the one whose
+    old lines (context and removed) are most alike, if they are alike at all."""
+    best, score = None, 0.5
+    for other in candidates:
+        ratio = difflib.SequenceMatcher(a=hunk.old_lines, b=other.old_lines, autojunk=False).ratio()
+        if ratio > score:
+            best, score = other, ratio
+    return best
+
+
 def _drift(series: Series, loaded: dict[str, Patch]) -> list[Finding]:
-    """Rule ``variant-drift`` (warning): the hunk of one variant that corresponds to a hunk of the
-    newest variant (same removed lines, or same place for an addition) adds other lines."""
+    """Rule ``variant-drift`` (warning): a hunk of one variant whose counterpart in the newest variant
+    (the same place, by its context and removed lines) adds other lines: an edit made to one variant
+    and not carried to the other, or a difference on purpose."""
     findings = []
     versions = series.releases.versions
     for group, members in series.groups().items():
         if len(members) < 2 or any(e.name not in loaded for e in members):
             continue
         newest = max(members, key=lambda e: max((v for v in versions if e.matches(v)), default=versions[0]))
-        reference: dict[tuple, tuple[int, tuple[str, ...]]] = {}
+        reference: dict[str, list[Hunk]] = {}
         for fp in loaded[newest.name].files:
-            for hunk in fp.hunks:
-                reference.setdefault((fp.path, _hunk_key(hunk)), (hunk.index, _added(hunk)))
+            reference.setdefault(fp.path, []).extend(fp.hunks)
         for entry in members:
             if entry is newest:
                 continue
             for fp in loaded[entry.name].files:
                 for hunk in fp.hunks:
-                    ref = reference.get((fp.path, _hunk_key(hunk)))
-                    if ref is not None and ref[1] != _added(hunk):
+                    other = _counterpart(hunk, reference.get(fp.path, []))
+                    if other is not None and _added(other) != _added(hunk):
                         findings.append(Finding(
                             "variant-drift", series.directory / entry.name, hunk.patch_line,
-                            f"hunk #{hunk.index} of {fp.path} adds other lines than the corresponding hunk #{ref[0]} of "
-                            f"{newest.name}: carry an edit of one variant to the other, or keep the difference on purpose",
+                            f"hunk #{hunk.index} of {fp.path} adds other lines than its counterpart, hunk #{other.index} of "
+                            f"{newest.name}: carry an edit of one variant to the other (or keep the difference on purpose)",
                             severity="warning"))
     return findings
 

@@ -592,6 +592,9 @@ class IndexSource:
                 "connect to the index, pass --index-url, or use --letta-dir/--letta-git"
             ) from None
         if found is None:
+            if releases.find(version):
+                raise UpstreamError(f"letta {version} (a supported release) is not on {', '.join(map(_redact, self._index_urls()))}; "
+                                    "pass --index-url for an index that has it")
             raise unknown_release(version, "no such version on the index", releases)
         index_url, files = found
         why_not = _not_server_message(version, files, releases)

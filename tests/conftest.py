@@ -95,7 +95,8 @@ def write_series(directory: Path, *lines: str) -> Path:
     return directory
 
 
-def make_sdist(path: Path, version: str, files: dict[str, str | bytes], extra_members: list[tarfile.TarInfo] | None = None) -> Path:
+def make_sdist(path: Path, version: str, files: dict[str, str | bytes], extra_members: list[tarfile.TarInfo] | None = None,
+               mtime: int = 0) -> Path:
     top = f"letta-{version}"
     with tarfile.open(path, "w:gz") as tar:
         for rel, content in sorted(files.items()):
@@ -103,6 +104,7 @@ def make_sdist(path: Path, version: str, files: dict[str, str | bytes], extra_me
             info = tarfile.TarInfo(f"{top}/{rel}")
             info.size = len(data)
             info.mode = 0o644
+            info.mtime = mtime
             tar.addfile(info, io.BytesIO(data))
         for member in extra_members or []:
             tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
@@ -209,3 +211,11 @@ def cache(tmp_path) -> Cache:
 @pytest.fixture
 def dedent():
     return lambda s: textwrap.dedent(s)
+
+
+@pytest.fixture
+def world(tmp_path, local_index, capsys):
+    """The maintenance loop's world (tests/world.py)."""
+    from world import make_world
+
+    return make_world(tmp_path, local_index, capsys)

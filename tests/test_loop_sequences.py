@@ -1,0 +1,524 @@
+"""Sequences a maintainer runs, each of which once lost work or gave a silently wrong answer.
+
+One test per finding of the maintainer trial (issue "the maintenance loop never loses work"),
+numbered as there, on the synthetic world of tests/world.py (releases 0.16.7 and 0.16.8 on a local
+index, a series of three logical patches, one with a variant per release).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import make_diff, make_sdist, server_files
+from world import BODY, git, header
+
+from ketta_build.cli import main
+
+PORT_CONFLICT = BODY.replace("line 15\n", "line 15 rewritten upstream\n")  # 0001's line, changed upstream
+RESOLVED = BODY.replace("line 15\n", "line fifteen (ketta) rewritten upstream\n")
+
+
+def file_index(root: Path, sdists: list[Path]) -> str:
+    """A PEP 503 index directory (file://) serving ``sdists`` with their sha256, and its URL."""
+    (root / "letta").mkdir(parents=True, exist_ok=True)
+    (root / "files").mkdir(exist_ok=True)
+    links = []
+    for sdist in sdists:
+        (root / "files" / sdist.name).write_bytes(sdist.read_bytes())
+        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        links.append(f'<a href="../files/{sdist.name}#sha256={digest}">{sdist.name}</a>')
+    (root / "letta" / "index.html").write_text("<html><body>" + "".join(links) + "</body></html>")
+    return root.as_uri()
+
+
+def lint_lines(world) -> tuple[int, list[str]]:
+    rc, _, err = world.run("lint")
+    return rc, [ln for ln in err.splitlines() if ln.startswith("ketta-build: lint:")]
+
+
+def stop_port(world, version: str = "0.16.9") -> Path:
+    world.publish(version, m=PORT_CONFLICT)
+    tree = world.root / "build" / version
+    rc, _, err = world.run("port", "--letta", version, "--tree", str(tree))
+    assert rc == 1 and "<<<<<<<" in (tree / "letta/m.py").read_text(), err
+    return tree
+
+
+# ----------------------------------------------------------------------------- 1. the cache and its index
+
+
+def test_1_a_release_cached_from_one_index_is_never_used_for_another(world, tmp_path):
+    other = make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8",
+                       server_files("0.16.8", {"letta/m.py": BODY.replace("line 1\n", "line 1 (other index)\n")}))
+    url = file_index(tmp_path / "other-index", [other])
+    out = world.root / "b"
+    # World.run adds the world's own index: ask another one directly
+    rc = main(["apply", "--letta", "0.16.8", "--out", str(out), "--force", "--index-url", url, "--cache-dir",
+               str(world.cache), "--patches", str(world.patches)])
+    assert rc == 0 and "(other index)" in (out / "letta/m.py").read_text()
+    world.capsys.readouterr()
+    rc, stdout, _ = world.run("apply", "--letta", "0.16.8", "--out", str(out), "--force", "--json", "-")
+    report = json.loads(stdout)
+    assert rc == 0 and "(other index)" not in (out / "letta/m.py").read_text()
+    assert report["upstream"]["location"].startswith(world.index.url.rsplit("/simple", 1)[0])
+
+
+def test_1_a_made_up_release_on_a_file_index_does_not_leak_into_a_port_from_an_unreachable_index(world, tmp_path):
+    made_up = make_sdist(tmp_path / "letta-0.16.9.tar.gz", "0.16.9", server_files("0.16.9", {"letta/m.py": BODY}))
+    url = file_index(tmp_path / "fake-index", [made_up, world.root / "letta-0.16.8.tar.gz"])
+    assert main(["upstream", "check", "--index-url", url, "--cache-dir", str(world.cache), "--patches",
+                 str(world.patches)]) == 10
+    world.capsys.readouterr()
+    before = world.snapshot()
+    rc = main(["port", "--letta", "0.16.9", "--index-url", "http://127.0.0.1:9/simple", "--cache-dir", str(world.cache),
+               "--patches", str(world.patches), "--tree", str(world.root / "build" / "0.16.9")])
+    err = world.capsys.readouterr().err
+    assert rc == 3 and "cannot reach the package index" in err
+    assert world.snapshot() == before and not (world.root / "build" / "0.16.9").exists()
+
+
+def test_1_the_report_names_where_the_release_came_from(world):
+    rc, out, _ = world.run("apply", "--letta", "0.16.8", "--out", str(world.root / "b"))
+    assert rc == 0 and world.index.url.split("//", 1)[1].split("/", 1)[0] in " ".join(out.split())
+
+
+# ----------------------------------------------------------------------------- 2. a guard claims what the patch can do
+
+
+def test_2_lint_fails_when_a_guard_claims_a_release_the_patch_does_not_apply_to(world):
+    (world.patches / "0003-tail-0.16.7.diff").unlink()
+    series = world.patches / "series"
+    series.write_text("\n".join(ln for ln in series.read_text().splitlines() if "0003-tail-0.16.7" not in ln)
+                      .replace("[letta>=0.16.8]", "[letta>=0.16.7]") + "\n")
+    rc, lines = lint_lines(world)
+    assert rc == 4
+    assert any("0003-tail.diff" in ln and "[applies]" in ln and "letta 0.16.7" in ln for ln in lines), lines
+    assert not any("0.16.8" in ln for ln in lines if "[applies]" in ln), "0.16.8 applies: only 0.16.7 is named"
+
+
+def test_2_port_in_place_never_leaves_a_release_it_serves_broken(world):
+    world.publish("0.16.9", m=BODY.replace("line 13\n", "line 13 (upstream)\n"))
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--in-place", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 0, err
+    assert lint_lines(world) == (0, [])
+    for version in ("0.16.7", "0.16.8", "0.16.9"):
+        rc, _, err = world.run("apply", "--letta", version, "--out", str(world.root / f"a{version}"), "--force")
+        assert rc == 0, err
+
+
+# ----------------------------------------------------------------------------- 3. export from a release the series does not support
+
+
+def test_3_export_refuses_a_tree_of_an_unsupported_release(world, tmp_path):
+    tree9 = tmp_path / "letta-0.16.9-tree"
+    for rel, content in server_files("0.16.9", {"letta/m.py": BODY}).items():
+        (tree9 / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree9 / rel).write_text(content)
+    out = world.root / "build" / "0.16.9"
+    assert main(["apply", "--letta-dir", str(tree9), "--out", str(out), "--patches", str(world.patches),
+                 "--cache-dir", str(world.cache), "--index-url", world.index.url]) == 0
+    world.capsys.readouterr()
+    before = world.snapshot()
+    rc, _, err = world.run("export", "--tree", str(out))
+    assert rc == 5 and "does not support" in err and "port --letta 0.16.9" in err
+    assert world.snapshot() == before
+
+
+def test_3_export_refuses_the_tree_of_a_port_in_progress(world):
+    tree = stop_port(world)
+    (tree / "letta/m.py").write_text(RESOLVED)
+    git(tree, "commit", "-q", "-a", "--no-edit")
+    before = world.snapshot()
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 5 and "port to letta 0.16.9 is in progress" in err and world.snapshot() == before
+
+
+# ----------------------------------------------------------------------------- 4. export twice
+
+
+def test_4_a_second_export_of_a_new_patch_writes_nothing(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta/extra.py").write_text("X = 1\n")
+    git(tree, "add", "letta/extra.py")
+    git(tree, "commit", "-q", "-m", "Add letta/extra.py", "-m", "The extra module carries a constant Ketta reads elsewhere.")
+    assert world.run("export", "--tree", str(tree))[0] == 0
+    after_first = world.snapshot()
+    assert "Ketta-Patch: 0004-add-letta-extra-py.diff" in git(tree, "log", "-1", "--format=%B")
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "nothing to write" in out, err
+    assert world.snapshot() == after_first and not any(n.startswith("0005") for n in after_first)
+    assert world.run("export", "--tree", str(tree), "--check")[0] == 0
+
+
+def test_4_a_second_export_after_a_refresh_on_a_newer_release_keeps_its_base(world):
+    """0003-tail-0.16.7 refreshed; 0001 (Base-Release 0.16.8) refreshed in 0.16.7's tree moves to 0.16.7:
+    the second export must not put the commit's old Base-Release trailer back over the new diff."""
+    tree = world.apply("0.16.7")
+    first = git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip()
+    git(tree, "checkout", "-q", "-b", "work")
+    git(tree, "checkout", "-q", first)
+    m = tree / "letta/m.py"
+    m.write_text(m.read_text().replace("line fifteen (ketta)\n", "line FIFTEEN (ketta)\n"))
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    amended = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "checkout", "-q", "work")
+    git(tree, "rebase", "-q", "--onto", amended, first)
+    rc, _, err = world.run("export", "--tree", str(tree), "--split")
+    assert rc == 0, err
+    once = world.snapshot()
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "nothing to write" in out and world.snapshot() == once
+    text = (world.patches / "0001-change-m.diff").read_text()
+    assert "Base-Release: 0.16.7" in text and "+line FIFTEEN (ketta)" in text
+
+
+def test_4_lint_refuses_two_patches_that_add_the_same_file(world):
+    (world.patches / "0004-dup.diff").write_text(header("A Ketta module again", "0.16.8")
+                                                 + make_diff("letta/k.py", None, "KETTA = True\n"))
+    (world.patches / "series").write_text((world.patches / "series").read_text() + "0004-dup.diff\n")
+    rc, lines = lint_lines(world)
+    assert rc == 4 and any("0004-dup.diff" in ln and "[applies]" in ln and "exists already" in ln for ln in lines), lines
+
+
+# ----------------------------------------------------------------------------- 5. a finished port's tree
+
+
+def test_5_a_finished_ports_tree_passes_export_check(world):
+    world.publish("0.16.9", m=BODY.replace("line 13\n", "line 13 (upstream)\n"))
+    tree = world.root / "build" / "0.16.9"
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(tree))
+    assert rc == 0, err
+    assert "Ketta-Patch: 0001-change-m-0.16.9.diff" in git(tree, "log", "--format=%B")
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 0, err
+
+
+# ----------------------------------------------------------------------------- 6. the dry run's cascade
+
+
+def test_6_upstream_checks_dry_run_judges_later_patches_as_if_the_conflict_were_resolved(world, tmp_path):
+    """0004 edits line 16 next to 0001's line 15 (its context holds 0001's line): with 0001 in conflict,
+    the dry run must not call 0004 failed or merged for a line upstream never touched."""
+    m1 = BODY.replace("line 15\n", "line fifteen (ketta)\n")
+    (world.patches / "0004-next-line.diff").write_text(
+        header("Ketta changes line 16", "0.16.8") + make_diff("letta/m.py", m1.replace("line 40\n", "line forty\n"),
+                                                              m1.replace("line 40\n", "line forty\n").replace("line 16\n", "line sixteen\n")))
+    (world.patches / "series").write_text((world.patches / "series").read_text() + "0004-next-line.diff\n")
+    assert world.run("lint", "--fix")[0] == 0
+    world.publish("0.16.9", m=PORT_CONFLICT)
+    report = tmp_path / "check.json"
+    rc, _, _ = world.run("upstream", "check", "--json", str(report))
+    outcomes = {p["name"]: p["outcome"] for p in json.loads(report.read_text())["releases"][0]["patches"]}
+    assert rc == 11 and outcomes["0001-change-m.diff"] == "failed"
+    assert outcomes["0004-next-line.diff"] == "clean" and outcomes["0003-tail.diff"] == "clean", outcomes
+
+
+# ----------------------------------------------------------------------------- 7. --json - is alone on stdout
+
+
+def _only_json(stdout: str) -> dict:
+    data = json.loads(stdout)  # raises on anything else on stdout
+    assert isinstance(data, dict) and data.get("schema", "").startswith("ketta-build/")
+    return data
+
+
+def test_7_every_verbs_json_is_alone_on_stdout(world, tmp_path):
+    old = tmp_path / "old-patches"
+    import shutil
+
+    shutil.copytree(world.patches, old)
+    tree = world.apply("0.16.8")
+    runs = [
+        ("apply", "--letta", "0.16.8", "--out", str(world.root / "j"), "--force"),
+        ("series", "--letta", "0.16.8", "--check", "--patches", str(world.patches)),
+        ("export", "--tree", str(tree)),
+        ("export", "--tree", str(tree), "--check"),
+        ("lint",),
+        ("range-diff", "--letta", "0.16.8", str(old), str(world.patches)),
+        ("upstream", "check"),
+        ("releases", "--patches", str(world.patches)),
+    ]
+    for argv in runs:
+        rc, stdout, err = world.run(*argv, "--json", "-")
+        assert rc == 0, (argv, err)
+        _only_json(stdout)
+    world.publish("0.16.9")
+    rc, stdout, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"), "--json", "-")
+    assert rc == 0, err
+    assert _only_json(stdout)["finished"] is True
+
+
+# ----------------------------------------------------------------------------- 8. port --continue after your own commit
+
+
+def test_8_continue_adopts_a_resolution_committed_by_hand_with_any_message(world):
+    tree = stop_port(world)
+    (tree / "letta/m.py").write_text(RESOLVED)
+    (tree / ".git" / "MERGE_MSG").unlink()
+    git(tree, "commit", "-q", "-a", "-m", "fix conflict")
+    rc, out, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert "+line fifteen (ketta) rewritten upstream" in (world.patches / "0001-change-m-0.16.9.diff").read_text()
+    assert "Ketta-Patch: 0001-change-m-0.16.9.diff" in git(tree, "log", "--format=%B")
+    assert world.run("export", "--tree", str(tree), "--check")[0] == 0
+
+
+def test_8_a_resolution_with_the_trailer_but_no_body_gets_the_patchs_description_before_going_on(world):
+    tree = stop_port(world)
+    (tree / "letta/m.py").write_text(RESOLVED)
+    git(tree, "commit", "-q", "-a", "-m", "resolved\n\nKetta-Patch: 0001-change-m.diff")
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    text = (world.patches / "0001-change-m-0.16.9.diff").read_text()
+    assert "Description: Because Ketta needs this change" in text and "Subject: Ketta changes line 15" in text
+
+
+def test_8_several_commits_since_the_stop_are_refused_before_anything_moves(world):
+    tree = stop_port(world)
+    (tree / "letta/m.py").write_text(RESOLVED)
+    git(tree, "commit", "-q", "-a", "--no-edit")
+    (tree / "letta/other.txt").write_text("x\n")
+    git(tree, "add", "letta/other.txt")
+    git(tree, "commit", "-q", "-m", "another")
+    head = git(tree, "rev-parse", "HEAD")
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 5 and "2 commits since the port stopped" in err and git(tree, "rev-parse", "HEAD") == head
+
+
+# ----------------------------------------------------------------------------- 9. where the port stopped
+
+
+def test_9_the_port_stop_names_the_patch_file_and_line(world):
+    world.publish("0.16.9", m=PORT_CONFLICT)
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 1
+    line = next(ln for ln in err.splitlines() if "0001-change-m.diff:" in ln)
+    assert f"{world.patches / '0001-change-m.diff'}:" in line and "letta/m.py" in line
+    number = int(line.split("0001-change-m.diff:", 1)[1].split(":", 1)[0])
+    assert (world.patches / "0001-change-m.diff").read_text().splitlines()[number - 1].startswith("@@ ")
+
+
+# ----------------------------------------------------------------------------- 10. invisible and converted input
+
+
+def test_10_a_byte_order_mark_in_the_series_is_named(world):
+    path = world.patches / "series"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    rc, _, err = world.run("lint")
+    assert rc == 2 and "byte-order mark" in err and f"{path}:1:" in err
+
+
+def test_10_a_crlf_series_is_refused(world):
+    path = world.patches / "series"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(world.root / "c"))
+    assert rc == 2 and "CRLF" in err and f"{path}:1:" in err
+
+
+def test_10_a_converted_patch_is_one_lint_finding(world):
+    path = world.patches / "0002-new-module.diff"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    rc, lines = lint_lines(world)
+    mine = [ln for ln in lines if "0002-new-module.diff" in ln]
+    assert rc == 4 and len(mine) == 1 and "[line-endings]" in mine[0], lines
+
+
+# ----------------------------------------------------------------------------- 11. destructive verbs keep what they drop
+
+
+def test_11_abort_refuses_to_drop_edits_made_since_the_stop_and_force_saves_them(world):
+    tree = stop_port(world)
+    (tree / "letta/m.py").write_text(RESOLVED)
+    rc, _, err = world.run("port", "--abort", "--tree", str(tree))
+    assert rc == 5 and "--force" in err and tree.exists()
+    rc, out, err = world.run("port", "--abort", "--force", "--tree", str(tree))
+    assert rc == 0 and not tree.exists(), err
+    bundle = next(world.root.joinpath("build").glob("0.16.9-aborted-*.bundle"))
+    clone = world.root / "restored"
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    git(clone, "fetch", "-q", str(bundle), "refs/ketta/*:refs/ketta/*")  # as the message says
+    ref = git(clone, "for-each-ref", "--format=%(refname)", "refs/ketta/backup/").strip()
+    git(clone, "checkout", "-q", ref)
+    assert (clone / "letta/m.py").read_text() == RESOLVED and str(bundle) in "".join(out.split())
+
+
+def test_11_abort_of_a_finished_port_is_refused(world):
+    world.publish("0.16.9")
+    tree = world.root / "build" / "0.16.9"
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(tree))[0] == 0
+    (tree / "letta/m.py").write_text("an edit\n")
+    rc, _, err = world.run("port", "--abort", "--tree", str(tree))
+    assert rc == 2 and "no port in progress" in err and (tree / "letta/m.py").read_text() == "an edit\n"
+
+
+def test_11_apply_force_keeps_commits_that_were_never_exported(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta/extra.py").write_text("X = 1\n")
+    git(tree, "add", "letta/extra.py")
+    git(tree, "commit", "-q", "-m", "Unexported work", "-m", "Work a maintainer has not exported yet.")
+    work = git(tree, "rev-parse", "HEAD").strip()
+    rc, out, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 0, err
+    refs = git(tree, "for-each-ref", "--format=%(objectname) %(refname)", "refs/ketta/backup/").split()
+    assert work in refs and refs[1] in " ".join(out.split())
+    rc, out, _ = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")  # and the next --force keeps it too
+    assert work in git(tree, "for-each-ref", "--format=%(objectname)", "refs/ketta/backup/")
+    assert "kept" not in out, "nothing new to keep: no second backup"
+
+
+# ----------------------------------------------------------------------------- 12. port's state and refusals
+
+
+def test_12_a_finished_port_leaves_no_state_behind(world):
+    world.publish("0.16.9")
+    tree = world.root / "build" / "0.16.9"
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(tree))[0] == 0
+    assert not (tree / ".git" / "ketta-port.json").exists()
+    rc, _, err = world.run("port", "--continue")
+    assert rc == 2 and "no port in progress" in err
+
+
+def test_12_porting_to_a_supported_release_is_refused(world):
+    before = world.snapshot()
+    rc, _, err = world.run("port", "--letta", "0.16.8", "--tree", str(world.root / "build" / "x"))
+    assert rc == 2 and "supported release already" in err and world.snapshot() == before
+
+
+def test_12_a_second_port_while_one_is_open_names_the_open_one(world):
+    tree = stop_port(world)
+    world.publish("0.16.10")
+    rc, _, err = world.run("port", "--letta", "0.16.10", "--tree", str(world.root / "build" / "0.16.10"))
+    assert rc == 5 and "port to letta 0.16.9 is in progress" in err and "--out" not in err
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(tree))
+    assert rc == 5 and "in progress" in err and "--out" not in err
+
+
+# ----------------------------------------------------------------------------- 13. what a port writes about releases
+
+
+def test_13_a_ports_releases_fields_and_date_are_derived(world):
+    for name in ("0001-change-m.diff", "0002-new-module.diff"):
+        path = world.patches / name
+        path.write_text(path.read_text().replace("Description:", "Releases: all (0.16.7-0.16.8); identical in both\n"
+                                                                  "Description:", 1))
+    assert world.run("lint")[0] == 0
+    world.publish("0.16.9", m=BODY.replace("line 13\n", "line 13 (upstream)\n"), mtime=1778716800)  # 2026-05-14
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))[0] == 0
+    variant = (world.patches / "0001-change-m-0.16.9.diff").read_text()
+    assert "Releases: 0.16.9; identical in both" in variant
+    assert "Releases: 0.16.7-0.16.8; identical in both" in (world.patches / "0001-change-m.diff").read_text()
+    assert "Releases: all (0.16.7-0.16.9); identical in both" in (world.patches / "0002-new-module.diff").read_text()
+    assert 'version = "0.16.9"\ndate = "2026-05-14"' in (world.patches / "releases.toml").read_text()
+    assert lint_lines(world) == (0, [])
+
+
+def test_13_a_release_without_any_date_is_unknown_not_today(world):
+    world.publish("0.16.9")
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))[0] == 0
+    assert 'version = "0.16.9"\ndate = "unknown"' in (world.patches / "releases.toml").read_text()
+    rc, out, _ = world.run("releases", "--patches", str(world.patches))
+    assert rc == 0 and "0.16.9  unknown" in out
+
+
+# ----------------------------------------------------------------------------- 14. small things
+
+
+def test_14_a_dirty_tree_is_named_by_its_file(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta/m.py").write_text("dirty\n")
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 5 and "uncommitted changes in letta/m.py;" in err and "..." not in err and "…" not in err
+
+
+def test_14_a_detached_head_is_refused_instead_of_dropping_the_patches_after_it(world):
+    tree = world.apply("0.16.8")
+    git(tree, "checkout", "-q", "HEAD~1")
+    before = world.snapshot()
+    rc, out, err = world.run("export", "--tree", str(tree), "--prune")
+    assert rc == 5 and "detached" in err and world.snapshot() == before and "dropped" not in out
+
+
+def test_14_dropped_patches_are_not_called_nothing_to_write(world):
+    tree = world.apply("0.16.8")
+    git(tree, "rebase", "-q", "--onto", "HEAD~2", "HEAD~1")
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "nothing to write" not in out and "--prune removes them" in " ".join(out.split())
+
+
+def test_14_after_a_failed_apply_the_hint_is_export_and_the_message_is_prepared(world, local_index):
+    world.index.files.clear()
+    world.cache = world.root / "cache-2"
+    world.publish("0.16.7")
+    world.publish("0.16.8", m=PORT_CONFLICT)  # 0001 no longer applies to 0.16.8
+    out = world.root / "build" / "0.16.8"
+    rc, stdout, err = world.run("apply", "--letta", "0.16.8", "--out", str(out))
+    assert rc == 1 and f"ketta-build export --tree {out}" in " ".join(stdout.split()) and "HEAD~1" not in stdout
+    (out / "letta/m.py").write_text(RESOLVED)
+    for rej in out.rglob("*.rej"):
+        rej.unlink()
+    git(out, "commit", "-q", "-a", "--no-edit")
+    assert "Ketta-Patch: 0001-change-m.diff" in git(out, "log", "-1", "--format=%B")
+    rc, stdout, err = world.run("export", "--tree", str(out), "--prune", "--split")  # 0.16.7 keeps the old 0001
+    assert rc == 0, err
+    assert "refreshed 0001-change-m.diff" in stdout
+    assert all((world.patches / n).exists() for n in ("0002-new-module.diff", "0003-tail.diff")), \
+        "patches apply never got to are not pruned"
+
+
+def test_14_lint_warns_when_one_variant_was_edited_and_the_other_not(world):
+    path = world.patches / "0003-tail.diff"
+    path.write_text(path.read_text().replace("+line forty\n", "+line FORTY\n"))
+    assert world.run("lint", "--fix")[0] == 0
+    rc, lines = lint_lines(world)
+    assert rc == 0 and any("0003-tail-0.16.7.diff" in ln and "[variant-drift] warning:" in ln for ln in lines), lines
+
+
+# ----------------------------------------------------------------------------- export --split
+
+
+def test_export_refuses_a_refresh_that_breaks_an_older_release_and_split_keeps_it(world):
+    """0001 serves 0.16.7 and 0.16.8; refreshed in 0.16.8's tree with context only 0.16.8 has, it would
+    break 0.16.7: nothing is written; --split keeps the old file for 0.16.7."""
+    world.index.files.clear()
+    world.cache = world.root / "cache-split"
+    world.publish("0.16.7", m=BODY.replace("line 40\n", "line 40 (old)\n").replace("line 25\n", "line 25 (old)\n"))
+    world.publish("0.16.8")
+    tree = world.apply("0.16.8")
+    first = git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip()
+    git(tree, "checkout", "-q", "-b", "work")
+    git(tree, "checkout", "-q", first)
+    m = tree / "letta/m.py"
+    m.write_text(m.read_text().replace("line 23\n", "line 23 (ketta)\n"))  # its context: line 25, which 0.16.7 lacks
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    amended = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "checkout", "-q", "work")
+    git(tree, "rebase", "-q", "--onto", amended, first)
+    before = world.snapshot()
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 4 and "letta 0.16.7" in err and "--split" in err and world.snapshot() == before
+    rc, out, err = world.run("export", "--tree", str(tree), "--split")
+    assert rc == 0, err
+    kept = (world.patches / "0001-change-m-0.16.7.diff").read_text()
+    changes = lambda text: [ln for ln in text.split("\ndiff --git", 1)[1].splitlines() if ln[:1] in "+-"]  # noqa: E731
+    assert changes(kept) == changes(before["0001-change-m.diff"].decode()) and "Base-Release: 0.16.7" in kept
+    series = (world.patches / "series").read_text()
+    assert "0001-change-m-0.16.7.diff" in series and "[letta>=0.16.7,<0.16.8]" in series
+    lines = lint_lines(world)[1]
+    assert not [ln for ln in lines if "[applies]" in ln or "0001-change-m" in ln], lines
+    for version in ("0.16.7", "0.16.8"):
+        assert world.run("apply", "--letta", version, "--out", str(world.root / f"s{version}"), "--force")[0] == 0
+
+
+@pytest.mark.parametrize("version", ["0.16.7", "0.16.8"])
+def test_export_twice_writes_nothing_the_second_time(world, version):
+    tree = world.apply(version)
+    (tree / "letta/m.py").write_text((tree / "letta/m.py").read_text().replace("line forty\n", "line FORTY\n"))
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    assert world.run("export", "--tree", str(tree))[0] == 0
+    once = world.snapshot()
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "nothing to write" in out and world.snapshot() == once
