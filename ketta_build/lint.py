@@ -27,6 +27,7 @@ Warnings are printed and reported but do not fail the run.
 from __future__ import annotations
 
 import difflib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,10 +40,10 @@ from .buildtree import PreimageFinder
 from .cache import Cache
 from .claims import check_claims, describe, group_failures
 from .errors import KettaError
-from .gitcmd import git
+from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
 from .header import field_value, releases_range, render_header, served_range_text, updated_releases, with_field
-from .patchfile import Hunk, Patch, split_lines
+from .patchfile import Hunk, Patch, parse_patch_text, split_lines
 from .series import Series, SeriesEntry, read_series
 from .upstream import IndexSource
 
@@ -286,11 +287,10 @@ def _counterpart(hunk: Hunk, candidates: list[Hunk]) -> Hunk | None:
     return best
 
 
-def _drift(series: Series, loaded: dict[str, Patch]) -> list[Finding]:
-    """Rule ``variant-drift`` (warning): a hunk of one variant whose counterpart in the newest variant
-    (the same place, by its context and removed lines) adds other lines: an edit made to one variant
-    and not carried to the other, or a difference on purpose."""
-    findings = []
+def _drift_pairs(series: Series, loaded: dict[str, Patch]) -> list[tuple[str, int, str, Hunk, Hunk]]:
+    """(variant, its hunk's patch line, file, hunk, counterpart in the newest variant) where they add
+    different lines."""
+    pairs = []
     versions = series.releases.versions
     for group, members in series.groups().items():
         if len(members) < 2 or any(e.name not in loaded for e in members):
@@ -306,11 +306,43 @@ def _drift(series: Series, loaded: dict[str, Patch]) -> list[Finding]:
                 for hunk in fp.hunks:
                     other = _counterpart(hunk, reference.get(fp.path, []))
                     if other is not None and _added(other) != _added(hunk):
-                        findings.append(Finding(
-                            "variant-drift", series.directory / entry.name, hunk.patch_line,
-                            f"hunk #{hunk.index} of {fp.path} adds other lines than its counterpart, hunk #{other.index} of "
-                            f"{newest.name}: carry an edit of one variant to the other (or keep the difference on purpose)",
-                            severity="warning"))
+                        pairs.append((entry.name, newest.name, fp.path, hunk, other))
+    return pairs
+
+
+def _committed(series: Series) -> dict[str, Patch]:
+    """The series' patches as committed (HEAD of the repository holding them); empty outside git."""
+    top = git(series.directory, "rev-parse", "--show-toplevel", check=False)
+    if not top:
+        return {}
+    out = {}
+    for entry in series.entries:
+        rel = os.path.relpath((series.directory / entry.name).resolve(), Path(top).resolve())
+        raw = blob(Path(top), "HEAD", rel) if not rel.startswith("..") else None
+        if raw is None:
+            continue
+        try:
+            out[entry.name] = parse_patch_text(raw, series.directory / entry.name, entry.name)
+        except KettaError:
+            continue
+    return out
+
+
+def _drift(series: Series, loaded: dict[str, Patch]) -> list[Finding]:
+    """Rule ``variant-drift`` (warning): a hunk of one variant whose counterpart in the newest variant
+    (the same place, by its context and removed lines) adds other lines: an edit made to one variant
+    and not carried to the other. A difference the committed series already had is on purpose (the
+    variants exist because the releases differ) and is not reported again."""
+    known = {(name, path, _added(hunk), _added(other)) for name, _, path, hunk, other in _drift_pairs(series, _committed(series))}
+    findings = []
+    for name, newest, path, hunk, other in _drift_pairs(series, loaded):
+        if (name, path, _added(hunk), _added(other)) in known:
+            continue
+        findings.append(Finding(
+            "variant-drift", series.directory / name, hunk.patch_line,
+            f"hunk #{hunk.index} of {path} adds other lines than its counterpart, hunk #{other.index} of {newest}, "
+            "and the committed series did not differ there: carry the edit to this variant too (or commit the "
+            "difference if it is meant)", severity="warning"))
     return findings
 
 
