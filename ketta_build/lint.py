@@ -310,11 +310,11 @@ def _drift_pairs(series: Series, loaded: dict[str, Patch]) -> list[tuple[str, in
     return pairs
 
 
-def _committed(series: Series) -> dict[str, Patch]:
-    """The series' patches as committed (HEAD of the repository holding them); empty outside git."""
+def _committed(series: Series) -> dict[str, Patch] | None:
+    """The series' patches as committed (HEAD of the repository holding them); None outside git."""
     top = git(series.directory, "rev-parse", "--show-toplevel", check=False)
-    if not top:
-        return {}
+    if not top or not git(series.directory, "rev-parse", "-q", "--verify", "HEAD", check=False):
+        return None
     out = {}
     for entry in series.entries:
         rel = os.path.relpath((series.directory / entry.name).resolve(), Path(top).resolve())
@@ -332,8 +332,12 @@ def _drift(series: Series, loaded: dict[str, Patch]) -> list[Finding]:
     """Rule ``variant-drift`` (warning): a hunk of one variant whose counterpart in the newest variant
     (the same place, by its context and removed lines) adds other lines: an edit made to one variant
     and not carried to the other. A difference the committed series already had is on purpose (the
-    variants exist because the releases differ) and is not reported again."""
-    known = {(name, path, _added(hunk), _added(other)) for name, _, path, hunk, other in _drift_pairs(series, _committed(series))}
+    variants exist because the releases differ) and is not reported again; outside a git repository
+    there is nothing to tell the two apart and the rule says nothing."""
+    committed = _committed(series)
+    if committed is None:
+        return []
+    known = {(name, path, _added(hunk), _added(other)) for name, _, path, hunk, other in _drift_pairs(series, committed)}
     findings = []
     for name, newest, path, hunk, other in _drift_pairs(series, loaded):
         if (name, path, _added(hunk), _added(other)) in known:

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from packaging.version import Version
+
 from ketta_build.applying import apply_patch
+from ketta_build.cache import Cache
 from ketta_build.cli import main
 from ketta_build.releases import load_releases
 from ketta_build.series import read_series
@@ -66,9 +69,12 @@ def test_lint_finds_nothing(real_cache, capsys):
 
 
 def _repo_copy(tmp_path: Path) -> Path:
+    """patches/ and tox.ini in a repository of their own (committed, as a maintainer's are)."""
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "patches", copy / "patches")
     shutil.copy2(REPO / "tox.ini", copy / "tox.ini")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "copy"]):
+        subprocess.run(["git", *args], cwd=copy, check=True)
     return copy
 
 
@@ -150,60 +156,31 @@ def downgrade() -> None:
 '''
 
 # Inside LLMClientBase.get_byok_overrides_async, which patch 0003 modifies: a reworded comment in
-# the hunk's context, as upstream does between releases.
-OLD_COMMENT = "        # Only fetch API key from database for BYOK providers\n        # Base providers should always use environment variables\n"
-NEW_COMMENT = "        # Only BYOK providers have their API key in the database\n        # Base providers should always use environment variables\n"
+# the hunk's context, as upstream does between releases (the async twin is the one after "async def").
+OLD_COMMENT_ASYNC = ('        Base providers use environment variables directly.\n        """\n        api_key = None\n'
+                     "        # Only fetch API key from database for BYOK providers\n")
+NEW_COMMENT_ASYNC = OLD_COMMENT_ASYNC.replace("# Only fetch API key from database", "# Only BYOK providers have their API key in")
+# the sync twin comes first in the file and has the same lines: the async one is the second, so the
+# made-up release replaces it after "async def get_byok_overrides_async"
+ASYNC_ANCHOR = "async def get_byok_overrides_async"
 
 
-def make_release_0_16_9(real_cache: Path, index_dir: Path) -> None:
-    """letta 0.16.9 built from the cached 0.16.8 sdist, and both on a PEP 503 index directory."""
-    from ketta_build.cache import Cache
+def make_release_0_16_9(real_cache: Path, index_dir: Path) -> str:
+    """letta 0.16.9 made up from the cached 0.16.8 sdist, and both on a PEP 503 index directory; its URL."""
+    from compat_tests.made_up_release import make_release
+    from ketta_build.upstream import IndexSource
 
-    record = Cache(real_cache).read_release("0.16.8")
-    old = Cache(real_cache).blob_path(record["sha256"])
-    files = index_dir / "files"
-    files.mkdir(parents=True)
-    shutil.copy2(old, files / "letta-0.16.8.tar.gz")
-    new_path = files / "letta-0.16.9.tar.gz"
-    changed_comment = 0
-    with tarfile.open(old) as src, tarfile.open(new_path, "w:gz") as dst:
-        for member in src.getmembers():
-            data = src.extractfile(member).read() if member.isfile() else None
-            name = member.name.replace("letta-0.16.8", "letta-0.16.9", 1)
-            if data is not None and name.endswith("/pyproject.toml") and name.count("/") == 1:
-                data = data.replace(b'version = "0.16.8"', b'version = "0.16.9"', 1)
-            if data is not None and name.endswith("letta/llm_api/llm_client_base.py"):
-                text = data.decode()
-                halves = text.split("async def get_byok_overrides_async", 1)
-                changed_comment = halves[1].count(OLD_COMMENT)
-                data = (halves[0] + "async def get_byok_overrides_async" + halves[1].replace(OLD_COMMENT, NEW_COMMENT, 1)).encode()
-            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k != "path"}  # long names live there
-            member.name = name
-            if data is not None:
-                member.size = len(data)
-                dst.addfile(member, io.BytesIO(data))
-            else:
-                dst.addfile(member)
-        extra = tarfile.TarInfo("letta-0.16.9/alembic/versions/f0e1d2c3b4a5_ketta_test_release_note.py")
-        extra.size = len(NEW_REVISION.encode())
-        extra.mode = 0o644
-        dst.addfile(extra, io.BytesIO(NEW_REVISION.encode()))
-    assert changed_comment == 1, "the 0.16.8 sdist no longer has the comment this fixture rewrites"
-    simple = index_dir / "simple" / "letta"
-    simple.mkdir(parents=True)
-    links = []
-    for path in sorted(files.iterdir()):
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        links.append(f'<a href="../../files/{path.name}#sha256={sha}">{path.name}</a><br>')
-    (simple / "index.html").write_text("<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n")
+    source = IndexSource(Cache(real_cache))
+    base = source.sdist_path(source.resolve(Version("0.16.8")))
+    return make_release(base, "0.16.8", "0.16.9", index_dir, replace=[("letta/llm_api/llm_client_base.py", OLD_COMMENT_ASYNC,
+                                                                       NEW_COMMENT_ASYNC, ASYNC_ANCHOR)],
+                        add={"alembic/versions/f0e1d2c3b4a5_ketta_test_release_note.py": NEW_REVISION.encode()})
 
 
 def test_a_new_release_is_checked_ported_and_applies_exactly(tmp_path, real_cache, capsys):
     assert _run("apply", "--letta", "0.16.8", "--patches", str(REPO / "patches"), "--out", str(tmp_path / "warm"),
                 "--cache-dir", str(real_cache)) == 0
-    index = tmp_path / "index"
-    make_release_0_16_9(real_cache, index)
-    url = (index / "simple").as_uri()
+    url = make_release_0_16_9(real_cache, tmp_path / "index")
     copy = _repo_copy(tmp_path)
     check = tmp_path / "check.json"
     capsys.readouterr()
@@ -233,6 +210,10 @@ def test_a_new_release_is_checked_ported_and_applies_exactly(tmp_path, real_cach
     summary = json.loads(report.read_text())["summary"]["hunks"]
     assert summary["merged"] == 0 and summary["failed"] == 0 and summary["fuzz"] == 0
     assert (tmp_path / "a169" / "alembic" / "versions" / "f0e1d2c3b4a5_ketta_test_release_note.py").is_file()
-    # Base releases from the real index; 0.16.9 is in the cache since the port fetched it.
-    rc = _run("lint", "--patches", str(patches), "--cache-dir", str(real_cache))
+    # Base releases from the real index, 0.16.9 from the made-up one, as pip would find them.
+    os.environ["PIP_EXTRA_INDEX_URL"] = url
+    try:
+        rc = _run("lint", "--patches", str(patches), "--cache-dir", str(real_cache))
+    finally:
+        del os.environ["PIP_EXTRA_INDEX_URL"]
     assert rc == 0, capsys.readouterr().err

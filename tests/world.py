@@ -100,6 +100,9 @@ def make_world(tmp_path, local_index, capsys) -> World:
         header("Ketta changes line 40", "0.16.7") + make_diff("letta/m.py", m7, m7.replace("line 40 (old)\n", "line forty\n")))
     rc, _, err = w.run("lint", "--fix")  # difflib wrote them; git's canonical form has function context in @@ lines
     assert rc == 0, err
+    git(w.root / "repo", "init", "-q")  # the series lives in a repository, as it does for a maintainer
+    git(w.root / "repo", "add", "-A")
+    git(w.root / "repo", "commit", "-q", "-m", "the series")
     return w
 
 
