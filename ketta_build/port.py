@@ -413,12 +413,14 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
 
     # The tree's commits name the files and headers written, so export --check on it passes.
     messages = {}
-    for name, c in carried.items():
-        final = plan.variant_names.get(name, name)
-        header = plan.headers.get(final, c.header)
-        wanted = stripspace(commit_message(final, header))
-        if stripspace(git(tree, "show", "-s", "--format=%B", c.commit) + "\n") != wanted:
-            messages[c.commit] = wanted
+    for ported in state.patches:
+        if not ported.commit:
+            continue
+        final = plan.variant_names.get(ported.name, ported.name)
+        content = plan.contents.get(final) or (series_dir / final).read_bytes()
+        wanted = stripspace(commit_message(final, parse_patch_text(content, series_dir / final, final).header))
+        if stripspace(git(tree, "show", "-s", "--format=%B", ported.commit) + "\n") != wanted:
+            messages[ported.commit] = wanted
     mapping = reword_commits(tree, messages, f"port to {new}: commit messages in step with patches/")
     for ported in state.patches:
         if ported.commit in mapping:

@@ -151,14 +151,12 @@ def write_issue_bodies(report: CheckReport, out_dir: Path) -> list[Path]:
 
 
 def _index_versions(index_url: str | None) -> dict[Version, list[IndexFile]]:
+    """Every version of letta on every index asked (pip looks at them all, so does this), with its files."""
     found: dict[Version, list[IndexFile]] = {}
     for url in discover_index_urls(index_url):
-        files = list_project_files(url)
-        for f in files or []:
+        for f in list_project_files(url) or []:
             if f.version is not None:
                 found.setdefault(f.version, []).append(f)
-        if files:
-            break
     return found
 
 

@@ -414,6 +414,8 @@ def test_13_a_ports_releases_fields_and_date_are_derived(world):
     assert "Releases: all (0.16.7-0.16.9); identical in both" in (world.patches / "0002-new-module.diff").read_text()
     assert 'version = "0.16.9"\ndate = "2026-05-14"' in (world.patches / "releases.toml").read_text()
     assert lint_lines(world) == (0, [])
+    rc, _, err = world.run("export", "--tree", str(world.root / "build" / "0.16.9"), "--check")
+    assert rc == 0, "the port's commits carry the Releases fields it wrote: " + err
 
 
 def test_13_a_release_without_any_date_is_unknown_not_today(world):

@@ -217,3 +217,44 @@ def test_a_new_release_is_checked_ported_and_applies_exactly(tmp_path, real_cach
     finally:
         del os.environ["PIP_EXTRA_INDEX_URL"]
     assert rc == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the README's walk-through
+
+
+def _walk_through() -> str:
+    """The shell block under the README's walk-through heading, as written."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## A maintainer's walk-through", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_walk_through_runs_as_written(tmp_path, real_cache):
+    """In a copy of this repository (its tracked files as they are now, committed), with the test's
+    virtual environment on PATH and the session's cache: every line of the block, under set -e."""
+    import sys
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for rel in filter(None, (t.decode() for t in tracked)):
+        if (REPO / rel).is_file():
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, clone / rel)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=clone, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "the working tree"], cwd=clone, check=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "KETTA_BUILD_CACHE": str(real_cache), "GIT_AUTHOR_NAME": "Maintainer", "GIT_AUTHOR_EMAIL": "m@example.org",
+           "GIT_COMMITTER_NAME": "Maintainer", "GIT_COMMITTER_EMAIL": "m@example.org"}
+    env.pop("PIP_EXTRA_INDEX_URL", None)
+    script = _walk_through()
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "refreshed 0001-ketta-flags.diff" in out and "nothing to write" in out and "lint: no findings" in out
+    assert "0003-keys-from-database-0.16.9.diff" in out and "port aborted" in out
+    assert " M patches/0001-ketta-flags.diff" in out and "?? patches/0003-keys-from-database-0.16.9.diff" in out
+    status = subprocess.run(["git", "status", "--short"], cwd=clone, capture_output=True, text=True, check=True).stdout
+    assert status == "", "the last line undoes the rehearsal"
