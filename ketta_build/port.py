@@ -143,6 +143,15 @@ def _hunk_counts(result) -> dict[str, int]:
     return counts
 
 
+def _to_carry_back(series: Series, version: Version) -> list[str]:
+    """The logical patches with no variant for supported release ``version`` that serve newer releases
+    (a patch whose variants all serve older ones was retired before it and is not missing)."""
+    versions = series.releases.versions
+    return [group for group, members in series.groups().items()
+            if not any(e.matches(version) for e in members)
+            and any(e.matches(v) for e in members for v in versions if v > version)]
+
+
 def ports_in_progress(root: Path, series_dir: Path | None = None) -> list[tuple[Path, PortState]]:
     """The trees under ``root`` with a port in progress (for ``series_dir`` only, if given)."""
     found = []
@@ -162,9 +171,10 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, cache
                progress=lambda _: None) -> PortResult:
     cache = cache or Cache()
     series = read_series(series_dir)
-    if series.releases.find(new):
-        raise KettaError(f"letta {new} is a supported release already ({series.releases.path}): change its patches with "
-                         "ketta-build apply and export; port carries the series onto a release it does not serve yet")
+    if series.releases.find(new) and not _to_carry_back(series, new):
+        raise KettaError(f"letta {new} is a supported release already ({series.releases.path}) and every patch that "
+                         "serves it has its variant: change its patches with ketta-build apply and export; port carries "
+                         "the series onto a release it does not serve yet")
     out = (out or Path("build") / str(new)).absolute()
     for tree, state in ports_in_progress(out.parent, series_dir):
         raise BuildTreeError(f"a port to letta {state.version} is in progress in {tree}: finish it (ketta-build port "
@@ -395,17 +405,21 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
 
     in_place = set(carried) if state.in_place else set()
     keep_old: set[str] = set()  # rewritten in place, and the previous file kept for the releases it serves
+    backwards: dict[str, Version] = {}  # a variant carried backwards -> the first release it does not apply to
     while True:
-        plan = _finish_plan(state, series, series_dir, carried, in_place, keep_old, new)
+        plan = _finish_plan(state, series, series_dir, carried, in_place, keep_old, new, backwards)
         new_series = parse_series(plan.series_text, series_dir)
         touched = set(plan.contents) | set(plan.guards)
         claimed = [v for v in versions if {e.name for e in new_series.select(v)} & touched]
         overrides = {name: parse_patch_text(content, series_dir / name, name) for name, content in plan.contents.items()}
         failures, _gaps = check_claims(new_series, claimed, repos, patches=overrides)
         broken = {f.patch for f in failures if f.patch in in_place and f.patch not in keep_old}
-        if not broken:
+        behind = {f.patch: min(g.version for g in failures if g.patch == f.patch) for f in failures
+                  if f.patch in plan.backwards and f.version > new and f.patch not in backwards}
+        if not broken and not behind:
             break
         keep_old |= broken
+        backwards.update(behind)
     if failures:
         lines = [f"{f.patch}: {describe(f, on)}" for f, on in group_failures(failures)]
         raise ClaimError(f"nothing written: the ported series would not apply on releases it claims: {'; '.join(lines)}; "
@@ -458,11 +472,12 @@ class _FinishPlan:
     variant_names: dict[str, str] = field(default_factory=dict)  # carried patch -> the file it went to
     headers: dict[str, PatchHeader] = field(default_factory=dict)  # file name -> header written
     actions: dict[str, str] = field(default_factory=dict)
+    backwards: set[str] = field(default_factory=set)  # variants carried to an older release
     series_text: str = ""
 
 
 def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: dict[str, _Carried], in_place: set[str],
-                 keep_old: set[str], new: Version) -> _FinishPlan:
+                 keep_old: set[str], new: Version, backwards: dict[str, Version]) -> _FinishPlan:
     plan = _FinishPlan()
     by_name = {e.name: e for e in series.entries}
     for ported in state.patches:
@@ -504,9 +519,15 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
         plan.contents[variant] = render_header(c.header).encode() + c.diff
         plan.headers[variant] = c.header
         if served and new < served[0]:  # carried backwards: the new variant serves up to the old one's first release
-            guard = f"letta>={new},<{served[0]}"
+            upper = backwards.get(variant, served[0])
+            guard = f"letta>={new},<{upper}"
             plan.inserts[name] = (variant, guard)
+            plan.backwards.add(variant)
             plan.actions[name] = f"new variant {variant} [{guard}]; {name} unchanged"
+            if upper != served[0]:
+                left = [v for v in series.releases.versions if upper <= v < served[0]]
+                plan.actions[name] += (f"; made on {new}, it does not apply to letta {upper}, so "
+                                       f"{', '.join(map(str, left))} still have no variant of it (port --letta {upper})")
         else:
             guard = f"letta>={new}"
             plan.inserts[name] = (variant, guard)

@@ -383,6 +383,11 @@ def test_12_a_finished_port_leaves_no_state_behind(world):
 
 
 def test_12_porting_to_a_supported_release_is_refused(world):
+    """Even when a patch has no variant for it, if that patch was retired before it (its variants serve
+    older releases only): 0.16.8 has no 0004, which served 0.16.7 only."""
+    (world.patches / "0004-old-only.diff").write_text(header("Only for 0.16.7", "0.16.7")
+                                                      + make_diff("letta/old.py", None, "OLD = True\n"))
+    (world.patches / "series").write_text((world.patches / "series").read_text() + "0004-old-only.diff [letta<0.16.8]\n")
     before = world.snapshot()
     rc, _, err = world.run("port", "--letta", "0.16.8", "--tree", str(world.root / "build" / "x"))
     assert rc == 2 and "supported release already" in err and world.snapshot() == before

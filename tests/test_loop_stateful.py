@@ -13,8 +13,8 @@ export (with --prune/--split), lint, port to 0.16.9, resolve and continue, abort
 (d) a second export right after a successful one writes nothing;
 (e) every verb's ``--json -`` is alone on stdout.
 
-The default run tries a bounded number of sequences; ``-m stateful`` with KETTA_STATEFUL_EXAMPLES=N
-tries more.
+The default run tries a bounded number of sequences (``TestLoop``); ``pytest -m long`` runs
+``TestLoopLong`` with KETTA_STATEFUL_EXAMPLES sequences (default 200) of up to 25 steps.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from ketta_build.cli import main
 from ketta_build.series import read_series
 from ketta_build.upstream import IndexSource
 
-EXAMPLES = int(os.environ.get("KETTA_STATEFUL_EXAMPLES", "6"))
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "Maintainer", "GIT_AUTHOR_EMAIL": "m@example.org",
        "GIT_COMMITTER_NAME": "Maintainer", "GIT_COMMITTER_EMAIL": "m@example.org", "GIT_EDITOR": "true",
        "GIT_SEQUENCE_EDITOR": "true"}
@@ -308,7 +307,14 @@ def _bundle_trees(bundle: Path) -> set[str]:
         return set(git(Path(tmp), "log", "--all", "--format=%T").split())
 
 
-Loop.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=10, deadline=None,
-                                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-TestLoop = Loop.TestCase
-TestLoop = pytest.mark.stateful(TestLoop)
+_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+class TestLoop(Loop.TestCase):
+    settings = settings(max_examples=6, stateful_step_count=10, **_SETTINGS)
+
+
+@pytest.mark.long
+class TestLoopLong(Loop.TestCase):
+    settings = settings(max_examples=int(os.environ.get("KETTA_STATEFUL_EXAMPLES", "200")), stateful_step_count=25,
+                        **_SETTINGS)
