@@ -20,6 +20,7 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode, encode
 from .buildtree import PristineRepos
+from .errors import ClaimError
 from .gitcmd import Blobs
 from .patchfile import Patch, split_lines
 from .series import Series, SeriesEntry
@@ -37,8 +38,7 @@ class ClaimFailure:
     reason: str
 
     def __str__(self) -> str:
-        what = f"hunk #{self.hunk} of {self.path}" if self.hunk is not None else self.path
-        return f"{what} does not apply to letta {self.version} ({self.reason})"
+        return describe(self, [self.version])
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,59 @@ class ClaimGap:
 
     version: Version
     reason: str
+
+
+class _InMemory:
+    """One release's files as the series' patches leave them, read lazily from its pristine repository."""
+
+    def __init__(self, version: Version, blobs: Blobs) -> None:
+        self.version = version
+        self.blobs = blobs
+        self.files: dict[str, list[str] | None] = {}
+        self.created: dict[str, str] = {}  # path -> the patch that created it
+
+    def current(self, path: str) -> list[str] | None:
+        if path not in self.files:
+            content = self.blobs.get(f"upstream/{self.version}", path)
+            self.files[path] = None if content is None else split_lines(decode(content))
+        return self.files[path]
+
+    def content(self, path: str) -> bytes | None:
+        lines = self.current(path)
+        return None if lines is None else encode("".join(lines))
+
+    def apply(self, patch: Patch) -> list[ClaimFailure]:
+        """Apply ``patch`` to the files; what did not apply exactly."""
+        return [f for fp in patch.files for f in self.apply_section(patch, fp)]
+
+    def apply_section(self, patch: Patch, fp) -> list[ClaimFailure]:
+        version, files, created = self.version, self.files, self.created
+        lines = self.current(fp.path)
+        first_line = fp.hunks[0].patch_line if fp.hunks else None
+        if fp.is_new:
+            wanted = [line for h in fp.hunks for line in h.new_lines]
+            if fp.path in created and lines is not None:
+                return [ClaimFailure(version, patch.name, fp.path, None, first_line,
+                                     f"the file exists already: {created[fp.path]} creates it too")]
+            if lines is not None and lines != wanted:
+                return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file exists already")]
+            files[fp.path] = wanted
+            created[fp.path] = patch.name
+            return []
+        if lines is None:
+            if fp.is_deleted:
+                return []
+            return [ClaimFailure(version, patch.name, fp.path, None, first_line, "no such file")]
+        new_lines, results = apply_hunks(lines, fp.hunks)
+        out = [ClaimFailure(version, patch.name, fp.path, r.index, r.patch_line, r.reason or r.outcome.value)
+               for r in results if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET, Outcome.ALREADY_UPSTREAM)]
+        if fp.is_deleted and not out:
+            if encode("".join(new_lines)):
+                return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file has content the patch does not delete")]
+            files[fp.path] = None
+            return []
+        files[fp.path] = new_lines
+        return out
 
 
 def check_claims(series: Series, versions: Iterable[Version], repos: PristineRepos, *,
@@ -75,97 +128,38 @@ def check_claims(series: Series, versions: Iterable[Version], repos: PristineRep
         if isinstance(repo, str):
             gaps.append(ClaimGap(version, repo))
             continue
-        entries = select(version) if select is not None else series.select(version)
-        files: dict[str, list[str] | None] = {}
-        created: dict[str, str] = {}  # path -> the patch that created it
         with Blobs(repo) as blobs:
-            def current(path: str) -> list[str] | None:
-                if path not in files:
-                    content = blobs.get(f"upstream/{version}", path)
-                    files[path] = None if content is None else split_lines(decode(content))
-                return files[path]
-
-            for entry in entries:
-                patch = load(entry)
-                for fp in patch.files:
-                    failures += _apply_section(version, patch, fp, current, files, created)
+            release = _InMemory(version, blobs)
+            for entry in select(version) if select is not None else series.select(version):
+                failures += release.apply(load(entry))
     return failures, gaps
-
-
-def _apply_section(version: Version, patch: Patch, fp, current, files: dict, created: dict) -> list[ClaimFailure]:
-    lines = current(fp.path)
-    first_line = fp.hunks[0].patch_line if fp.hunks else None
-    if fp.is_new:
-        wanted = [line for h in fp.hunks for line in h.new_lines]
-        if fp.path in created and lines is not None:
-            return [ClaimFailure(version, patch.name, fp.path, None, first_line,
-                                 f"the file exists already: {created[fp.path]} creates it too")]
-        if lines is not None and lines != wanted:
-            return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file exists already")]
-        files[fp.path] = wanted
-        created[fp.path] = patch.name
-        return []
-    if lines is None:
-        if fp.is_deleted:
-            return []
-        return [ClaimFailure(version, patch.name, fp.path, None, first_line, "no such file")]
-    new_lines, results = apply_hunks(lines, fp.hunks)
-    out = [ClaimFailure(version, patch.name, fp.path, r.index, r.patch_line, r.reason or r.outcome.value)
-           for r in results if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET, Outcome.ALREADY_UPSTREAM)]
-    if fp.is_deleted and not out:
-        if encode("".join(new_lines)):
-            return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file has content the patch does not delete")]
-        files[fp.path] = None
-        return []
-    files[fp.path] = new_lines
-    return out
 
 
 def images_at(series: Series, version: Version, repos: PristineRepos, name: str, *,
               patches: dict[str, Patch] | None = None) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """The files patch ``name`` touches on release ``version`` before and after it applies, on top of
-    the patches the series selects before it there (None-free: a file that does not exist is left
-    out). Raises ClaimError if anything on the way does not apply exactly."""
-    from .errors import ClaimError
-
+    the patches the series selects before it there (a file that does not exist is left out). Raises
+    ClaimError if anything on the way does not apply exactly."""
     repo = repos.get(version)
     if isinstance(repo, str):
         raise ClaimError(f"cannot read letta {version}: {repo}")
     overrides = patches or {}
     entries = series.select(version)
-    names = [e.name for e in entries]
-    if name not in names:
+    if name not in {e.name for e in entries}:
         raise ClaimError(f"{name} is not selected for letta {version}")
-    files: dict[str, list[str] | None] = {}
-    created: dict[str, str] = {}
-    before: dict[str, bytes] = {}
     with Blobs(repo) as blobs:
-        def current(path: str) -> list[str] | None:
-            if path not in files:
-                content = blobs.get(f"upstream/{version}", path)
-                files[path] = None if content is None else split_lines(decode(content))
-            return files[path]
-
+        release = _InMemory(version, blobs)
         for entry in entries:
             patch = overrides.get(entry.name) or series.load(entry)
             if entry.name == name:
-                for fp in patch.files:
-                    lines = current(fp.path)
-                    if lines is not None:
-                        before[fp.path] = encode("".join(lines))
-            problems = [f for fp in patch.files for f in _apply_section(version, patch, fp, current, files, created)]
+                before = {fp.path: c for fp in patch.files if (c := release.content(fp.path)) is not None}
+            problems = release.apply(patch)
             if problems:
                 raise ClaimError(f"{problems[0].patch}: {problems[0]}")
             if entry.name == name:
-                after = {fp.path: encode("".join(files[fp.path])) for fp in patch.files if files.get(fp.path) is not None}
+                after = {fp.path: c for fp in patch.files if (c := release.content(fp.path)) is not None}
                 return before, after
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def claimed_versions(series: Series, names: Iterable[str], versions: Iterable[Version]) -> list[Version]:
-    """The releases among ``versions`` on which any of the entries ``names`` is selected."""
-    wanted = set(names)
-    return [v for v in versions if any(e.name in wanted for e in series.select(v))]
 
 
 def group_failures(failures: Iterable[ClaimFailure]) -> list[tuple[ClaimFailure, list[Version]]]:

@@ -42,13 +42,11 @@ from .claims import check_claims, describe, group_failures, images_at
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
 from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
-from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, served_range_text,
-                     with_field, with_served_range)
-from .patchfile import Patch, PatchHeader, parse_patch_text, split_lines
-from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series
+from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, with_field, with_served_range)
+from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text, split_lines
+from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series, variant_name
 
 _NUMBER = re.compile(r"^(\d+)-")
-_VERSION_SUFFIX = re.compile(r"-\d+(?:\.\d+)+$")
 
 
 @dataclass
@@ -203,7 +201,7 @@ def _slug(subject: str) -> str:
 
 
 def _diff_part(path: Path) -> bytes:
-    return _diff_part_bytes(path.read_bytes())
+    return diff_part(path.read_bytes())
 
 
 def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportPlan:
@@ -383,8 +381,7 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
         run = [v for v in served if v in broken]
         if not kept or run != served[:len(run)] and run != served[-len(run):]:
             return False
-        current = plan.series_dir / name
-        variant = _variant_name(name, run[0])
+        variant = variant_name(name, run[0])
         if variant in entries or (plan.series_dir / variant).exists():
             raise SeriesError(f"{variant} exists already; split {name} by hand", path=plan.series_dir / variant)
         if run == served[:len(run)]:  # the older releases keep the old file
@@ -404,7 +401,7 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
         value = field_value(refreshed.header, "Releases")
         if value is not None:
             header = with_field(refreshed.header, "Releases", with_served_range(value, kept, False))
-            plan.files[new_path] = render_header(header).encode() + _diff_part_bytes(plan.files[new_path])
+            plan.files[new_path] = render_header(header).encode() + diff_part(plan.files[new_path])
             for sha, (n, _) in list(plan.headers.items()):
                 if n == name:
                     plan.headers[sha] = (n, header)
@@ -412,11 +409,6 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
                                           f"{name} as it was, for letta {', '.join(map(str, run))}, where the refreshed "
                                           f"one does not apply: carry the change there by hand (apply --letta {run[0]})"))
     return mended
-
-
-def _variant_name(name: str, version: Version) -> str:
-    stem = _VERSION_SUFFIX.sub("", name.rsplit(".", 1)[0])
-    return f"{stem}-{version}.diff"
 
 
 def _upper_bound(entry: SeriesEntry) -> str | None:
@@ -431,11 +423,6 @@ def _replace_lower(entry: SeriesEntry, lower: Version) -> str:
 def _replace_upper(entry: SeriesEntry, upper: Version) -> str:
     kept = [str(s) for s in entry.guard or [] if s.operator not in ("<", "<=", "==")]
     return "letta" + ",".join([*kept, f"<{upper}"])
-
-
-def _diff_part_bytes(raw: bytes) -> bytes:
-    cut = raw.find(b"\ndiff --git ")
-    return raw[cut + 1:] if cut >= 0 else raw
 
 
 def write_plan(plan: ExportPlan) -> list[Path]:

@@ -105,6 +105,12 @@ class Patch:
         return [f.path for f in self.files]
 
 
+def diff_part(raw: bytes) -> bytes:
+    """The diff of a patch file's bytes (everything from its first ``diff --git`` line)."""
+    cut = raw.find(b"\ndiff --git ")
+    return raw[cut + 1:] if cut >= 0 else raw
+
+
 def split_lines(text: str) -> list[str]:
     """Split on '\\n' only, keeping it: diff lines end at LF, not at form feeds or U+2028."""
     parts = text.split("\n")

@@ -47,14 +47,13 @@ from .gitcmd import git
 from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
                      with_field)
-from .patchfile import Patch, PatchHeader, parse_patch_text
+from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text
 from .releases import add_release, load_releases
 from .report import result_failure_lines
-from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series
+from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series, variant_name
 from .upstream import IndexSource, UpstreamRelease, sdist_date
 
 STATE = PORT_STATE_FILE
-_VERSION_SUFFIX = re.compile(r"-\d+(?:\.\d+)+$")
 
 
 @dataclass
@@ -363,12 +362,6 @@ def _widen(guard: SpecifierSet, new: Version) -> str | None:
     return "letta" + ",".join(kept) if kept else None
 
 
-def _variant_name(entry: SeriesEntry, new: Version) -> str:
-    stem = entry.name.rsplit(".", 1)[0]
-    stem = _VERSION_SUFFIX.sub("", stem)
-    return f"{stem}-{new}.diff"
-
-
 @dataclass
 class _Carried:
     """What the finish makes of one merged or resolved patch."""
@@ -499,7 +492,7 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
             plan.contents[name] = render_header(c.header).encode() + c.diff
             plan.headers[name] = c.header
             if name in keep_old and served:  # the rewritten file does not apply to them: they keep the old one
-                old = _variant_name(entry, served[0])
+                old = variant_name(entry.name, served[0])
                 if old in by_name or (series_dir / old).exists():
                     raise SeriesError(f"{old} exists already; remove it or port without --in-place", path=series_dir / old)
                 plan.contents[old] = (series_dir / name).read_bytes()
@@ -512,7 +505,7 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
                     plan.guards[name] = _widen(entry.guard, new)
                 plan.actions[name] = f"rewritten for {new} (in place; it still applies to every release it serves)"
             continue
-        variant = _variant_name(entry, new)
+        variant = variant_name(entry.name, new)
         if variant in by_name or (series_dir / variant).exists():
             raise SeriesError(f"{variant} exists already; remove it or port --in-place", path=series_dir / variant)
         plan.variant_names[name] = variant
@@ -550,10 +543,5 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
         if fixed is not None:
             header = with_field(header, "Releases", fixed)
             plan.headers[entry.name] = header
-            plan.contents[entry.name] = render_header(header).encode() + _diff_bytes(content)
+            plan.contents[entry.name] = render_header(header).encode() + diff_part(content)
     return plan
-
-
-def _diff_bytes(raw: bytes) -> bytes:
-    cut = raw.find(b"\ndiff --git ")
-    return raw[cut + 1:] if cut >= 0 else raw

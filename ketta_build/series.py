@@ -32,6 +32,14 @@ SERIES_FILE = "series"
 PATCH_SUFFIXES = (".diff", ".patch")
 _ENTRY_RE = re.compile(r"^(?P<name>\S+)(?:\s+\[(?P<guard>[^\]]*)\])?\s*$")
 _GROUP_RE = re.compile(r"^(\d+)-")
+_VERSION_SUFFIX = re.compile(r"-\d+(?:\.\d+)+$")
+
+
+def variant_name(name: str, version) -> str:
+    """The file name of a variant of patch ``name`` that starts at ``version``:
+    ``0003-keys-from-database.diff`` (or ``…-0.16.2.diff``) -> ``0003-keys-from-database-0.16.9.diff``."""
+    stem = _VERSION_SUFFIX.sub("", name.rsplit(".", 1)[0])
+    return f"{stem}-{version}.diff"
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ No network: the index is on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
