@@ -14,6 +14,7 @@ not there), adds files, and writes both sdists to a PEP 503 index directory: ``D
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import io
 import shutil
@@ -35,7 +36,10 @@ def make_release(base_sdist: Path, old: str, new: str, index_dir: Path, *,
     shutil.copy2(base_sdist, files / f"letta-{old}.tar.gz")
     pending = {path: (before, after, *anchor) for path, before, after, *anchor in replace}
     done = set()
-    with tarfile.open(base_sdist) as src, tarfile.open(files / f"letta-{new}.tar.gz", "w:gz") as dst:
+    target = files / f"letta-{new}.tar.gz"
+    # gzip without a time stamp in its header: the same inputs give the same file (and sha256)
+    with tarfile.open(base_sdist) as src, gzip.GzipFile(target, "wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as dst:
         for member in src.getmembers():
             data = src.extractfile(member).read() if member.isfile() else None
             name = member.name.replace(f"letta-{old}", f"letta-{new}", 1)
@@ -62,6 +66,7 @@ def make_release(base_sdist: Path, old: str, new: str, index_dir: Path, *,
             info = tarfile.TarInfo(f"letta-{new}/{rel}")
             info.size = len(content)
             info.mode = 0o644
+            info.mtime = max((m.mtime for m in src.getmembers()), default=0)
             dst.addfile(info, io.BytesIO(content))
     missing = set(pending) - done
     if missing:

@@ -84,6 +84,7 @@ class PatchResult:
     files: list[FileResult]
     commit: str | None = None
     note: str | None = None
+    author: str | None = None  # "Name <email>" from the patch header
 
     @property
     def hunks(self) -> list[HunkResult]:
@@ -404,4 +405,5 @@ def apply_patch(
         h.outcome is Outcome.ALREADY_UPSTREAM for f in files for h in f.hunks
     ):
         note = "part of this patch is already upstream: consider trimming it"
-    return PatchResult(patch.name, patch.header.subject, outcome, files, note=note)
+    return PatchResult(patch.name, patch.header.subject, outcome, files, note=note,
+                       author=f"{patch.header.author_name} <{patch.header.author_email}>")

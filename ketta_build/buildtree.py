@@ -26,7 +26,8 @@ from pathlib import Path
 from packaging.version import Version
 
 from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, apply_patch, decode, encode, git_blob_id
-from .cache import Cache, write_atomic
+from .atomic import uninterruptible, write_atomic
+from .cache import Cache
 from .errors import BuildTreeError, KettaError
 from .gitcmd import blob, git, git_bytes
 from .header import commit_message
@@ -165,22 +166,28 @@ class PreimageFinder:
         repo = self.repos.get(base)
         if isinstance(repo, str):
             return None, repo
-        content = blob(repo, f"upstream/{base}", fp.path)
-        if content is None:
-            return None, f"{fp.path} does not exist in letta {base}"
-        candidates = [content]
+        content = blob(repo, f"upstream/{base}", fp.path)  # None until an earlier patch creates the file
+        candidates = [content] if content is not None else []
         group = next((e.group for e in self.series.entries if e.name == patch.name), patch.name)
         for entry in self.series.select(base):
             if entry.group == group:
                 break
             earlier = self._load(entry.name)
             for other in earlier.files:
-                if other.path == fp.path and not other.is_new:
+                if other.path != fp.path:
+                    continue
+                if other.is_new:
+                    content = encode("".join(line for h in other.hunks for line in h.new_lines))
+                elif content is None:
+                    return None, f"earlier patch {entry.name} changes {fp.path}, which letta {base} does not have"
+                else:
                     lines, results = apply_hunks(split_lines(decode(content)), other.hunks)
                     if any(r.outcome not in (Outcome.CLEAN, Outcome.OFFSET) for r in results):
                         return None, f"earlier patch {entry.name} does not apply to letta {base}"
                     content = encode("".join(lines))
-                    candidates.append(content)
+                candidates.append(content)
+        if content is None:
+            return None, f"{fp.path} does not exist in letta {base} (nor does an earlier patch create it)"
         if fp.old_blob is None:
             return content, None
         for candidate in reversed(candidates):
@@ -247,6 +254,9 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
     port in progress. ``flag`` is how the command calls the directory."""
     if out.exists() and not out.is_dir():
         raise BuildTreeError(f"{flag} exists and is not a directory", path=out)
+    for parent in out.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise KettaError(f"{parent} is a file, so {flag} cannot be made inside it", path=out)
     if out.is_dir() and any(out.iterdir()):
         if (out / ".git" / PORT_STATE_FILE).is_file():
             raise BuildTreeError("a port is in progress in this tree: finish it with ketta-build port --continue or "
@@ -329,18 +339,21 @@ def carry_backups(old: Path, new: Path, what: str) -> str | None:
     return made
 
 
-def reword_commits(tree: Path, messages: dict[str, str], reason: str) -> dict[str, str]:
-    """Give the commits ``messages`` names (sha -> message) those messages, keeping every tree, author
-    and date; the commits after them are recreated on top. Only messages change, so the work tree
-    and index stay as they are; the old commits stay in the branch's reflog. Returns old -> new sha."""
-    if not messages:
+def reword_commits(tree: Path, messages: dict[str, str], reason: str,
+                   authors: dict[str, tuple[str, str]] | None = None) -> dict[str, str]:
+    """Give the commits ``messages`` names (sha -> message) those messages (and those ``authors`` names
+    those authors), keeping every tree and date; the commits after them are recreated on top. Only
+    messages and authors change, so the work tree and index stay as they are; the old commits stay in
+    the branch's reflog. Returns old -> new sha."""
+    authors = authors or {}
+    if not messages and not authors:
         return {}
     version = read_tree_state(tree).version
     chain = git(tree, "rev-list", "--reverse", "--topo-order", f"upstream/{version}..HEAD").splitlines()
     mapping: dict[str, str] = {}
     parent = None
     for sha in chain:
-        if parent is None and sha not in messages:
+        if parent is None and sha not in messages and sha not in authors:
             continue
         if parent is None:
             parent = git(tree, "rev-parse", f"{sha}^")
@@ -350,6 +363,7 @@ def reword_commits(tree: Path, messages: dict[str, str], reason: str) -> dict[st
             message = stripspace(messages[sha]).encode("utf-8", errors="surrogateescape")
         else:  # kept byte for byte
             message = git_bytes(tree, "cat-file", "commit", sha).split(b"\n\n", 1)[1]
+        an, ae = authors.get(sha, (an, ae))
         env = {"GIT_AUTHOR_NAME": an, "GIT_AUTHOR_EMAIL": ae, "GIT_AUTHOR_DATE": ad,
                "GIT_COMMITTER_NAME": cn, "GIT_COMMITTER_EMAIL": ce, "GIT_COMMITTER_DATE": cd}
         parent = git_bytes(tree, "commit-tree", tree_id, "-p", parent, "-F", "-", env=env, input=message).decode().strip()
@@ -363,12 +377,19 @@ def reword_commits(tree: Path, messages: dict[str, str], reason: str) -> dict[st
 
 
 def _clean_stale_temp_dirs(out: Path) -> None:
+    """Remove what an earlier run that died left beside ``out``: its temporary tree (named with
+    its pid inside) and the replaced tree it did not get to delete (named with its pid)."""
     for stale in out.parent.glob(f".{out.name}.ketta-tmp-*"):
-        pid_file = stale / ".ketta-pid"
         try:
-            pid = int(pid_file.read_text())
+            pid = int((stale / ".ketta-pid").read_text())
             os.kill(pid, 0)
             continue  # its owner is alive
+        except (OSError, ValueError):
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.parent.glob(f".{out.name}.ketta-old-*"):
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+            continue
         except (OSError, ValueError):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -593,10 +614,11 @@ def apply_series(
             report.out = out
             from .report import report_json  # late import: report depends on this module
 
-            if out.exists():  # --force: what was committed there and never exported stays reachable
-                report.backup_ref = carry_backups(out, tree, "apply")
-            (tree / ".git" / STATE_FILE).write_text(json.dumps(report_json(report), indent=2) + "\n")
-            _move_into_place(tree, out)
+            with uninterruptible():  # Ctrl-C from here on waits until the new tree is in place
+                if out.exists():  # --force: what was committed there and never exported stays reachable
+                    report.backup_ref = carry_backups(out, tree, "apply")
+                (tree / ".git" / STATE_FILE).write_text(json.dumps(report_json(report), indent=2) + "\n")
+                _move_into_place(tree, out)
         finally:
             for step in cleanup:
                 step()

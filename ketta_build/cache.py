@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import filelock
 import platformdirs
 
+from .atomic import write_atomic
 from .errors import LockTimeout
 
 DEFAULT_LOCK_TIMEOUT = 600.0
@@ -101,15 +101,3 @@ class Cache:
     def pristine_repo(self, key: str) -> Path:
         return self.root / "pristine" / f"{key}.git"
 
-
-def write_atomic(path: Path, content: bytes) -> None:
-    """Write ``content`` to ``path`` whole or not at all: a temporary file beside it, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -30,7 +30,8 @@ from pathlib import Path
 from rich.markup import escape
 
 from . import __version__
-from .errors import EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, KettaError, exit_code_table
+from .atomic import Interrupted
+from .errors import EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOURCE, EXIT_USAGE, KettaError, exit_code_table
 
 
 def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = False) -> None:
@@ -45,6 +46,13 @@ def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = Fal
     p.add_argument("--json", metavar="FILE", help="also write the machine-readable report to FILE ('-' for stdout)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, like every other error of the tool."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _verb(sub, name: str, *, help: str) -> argparse.ArgumentParser:
     """A verb's parser: its help line doubles as the description, the exit codes are the epilog."""
     return sub.add_parser(name, help=help, description=help, epilog=exit_code_table(),
@@ -52,7 +60,7 @@ def _verb(sub, name: str, *, help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ketta-build", description=__doc__, epilog=exit_code_table(),
+    parser = _Parser(prog="ketta-build", description=__doc__, epilog=exit_code_table(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,9 +313,16 @@ def _cmd_series(args, console) -> int:
         source, version = _source(args, cache, lambda _: None)
         version = source.resolve(version).version
     elif args.letta:
-        from .releases import parse_version
+        from .errors import NotAServerRelease
+        from .releases import FIRST_LETTA_CODE, parse_version
+        from .upstream import unknown_release
 
         version = parse_version(args.letta)
+        if series.releases.find(version) is None:
+            if version >= FIRST_LETTA_CODE:
+                raise NotAServerRelease(f"letta {version} is Letta Code (from {FIRST_LETTA_CODE} on the name ships it), "
+                                        "not the Letta agent server: no series serves it")
+            raise unknown_release(version, "series answers for supported releases; port adds one", series.releases)
     else:
         raise KettaError("say which release: --letta VERSION (or --letta-dir/--letta-git)")
     rows = series.explain(version)
@@ -343,7 +358,7 @@ def _cmd_export(args, console) -> int:
         with console.status("checking the releases the changed patches claim") as status:
             source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True)
             verify_plan(plan, PristineRepos(source, cache), split=args.split)
-    colour = {"unchanged": "dim", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow",
+    colour = {"unchanged": "dim", "reworded": "green", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow",
               "not-applied": "yellow", "split": "cyan"}
     for p in plan.patches:
         note = f"  ({escape(p.note)})" if p.note else ""
@@ -372,11 +387,12 @@ def _cmd_export(args, console) -> int:
 
 
 def _port_tree(args) -> Path:
+    from .cache import Cache
     from .port import ports_in_progress
 
     if args.tree:
         return args.tree
-    found = ports_in_progress(Path("build"), args.patches)
+    found = ports_in_progress(args.patches, Cache(args.cache_dir), (Path("build"),))
     if len(found) != 1:
         raise KettaError("no port in progress under build/ (say which tree with --tree)" if not found else
                          f"several ports in progress ({', '.join(str(t) for t, _ in found)}); say which with --tree")
@@ -391,7 +407,7 @@ def _cmd_port(args, console) -> int:
     from .releases import parse_version
 
     if args.abort:
-        tree, saved = abort_port(_port_tree(args), force=args.force)
+        tree, saved = abort_port(_port_tree(args), force=args.force, cache=Cache(args.cache_dir))
         if saved:
             console.print(f"the work done since the port stopped is saved in {escape(str(saved))}; get it back in any "
                           f"clone with: git fetch {escape(str(saved))} 'refs/ketta/*:refs/ketta/*'")
@@ -519,7 +535,10 @@ def _cmd_lint(args, console) -> int:
     _emit_json(args.json, {"schema": "ketta-build/lint/1", "findings": [
         {"rule": f.rule, "path": str(f.path), "line": f.line, "message": f.message, "severity": f.severity} for f in findings],
         "fixed": [str(p) for p in fixed]})
-    return EXIT_CHECK if any(f.severity == "error" for f in findings) else 0
+    errors = [f for f in findings if f.severity == "error"]
+    if errors and all(f.rule == "source" for f in errors):
+        return EXIT_SOURCE
+    return EXIT_CHECK if errors else 0
 
 
 def _cmd_serve(args, console) -> int:
@@ -585,14 +604,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except KettaError as exc:
-        print(f"ketta-build: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, f"ketta-build: error: {exc}", exc.exit_code)
+    except Interrupted:
+        return _fail(args, "ketta-build: interrupted; the files being put in place were completed first, nothing is "
+                           "half-written", EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        print("ketta-build: interrupted; no build tree was written or replaced", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail(args, "ketta-build: interrupted before anything was put in place; nothing is half-written",
+                     EXIT_INTERRUPTED)
     except OSError as exc:
-        print(f"ketta-build: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(args, f"ketta-build: error: {where}{exc.strerror or exc}", EXIT_USAGE)
+
+
+def _fail(args, line: str, code: int) -> int:
+    """One line on stderr; with --json, a document saying the same (``ketta-build/error/1``)."""
+    print(line, file=sys.stderr)
+    try:
+        _emit_json(args.json, {"schema": "ketta-build/error/1", "command": args.command, "exit_code": code,
+                               "error": line.removeprefix("ketta-build: ").removeprefix("error: ")})
+    except OSError:
+        pass
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

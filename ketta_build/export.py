@@ -37,7 +37,7 @@ from packaging.version import Version
 from .applying import Outcome, apply_hunks, decode, encode, git_blob_id
 from .buildtree import (PORT_STATE_FILE, PristineRepos, dirty_summary, read_tree_state, record_head, reword_commits,
                         stripspace, uncommitted)
-from .cache import write_atomic
+from .atomic import uninterruptible, write_atomic
 from .claims import check_claims, describe, group_failures, images_at
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
 from .gitcmd import blob, git
@@ -52,7 +52,7 @@ _NUMBER = re.compile(r"^(\d+)-")
 @dataclass
 class ExportedPatch:
     name: str
-    status: str  # unchanged | refreshed | new | dropped | pruned | not-applied | split
+    status: str  # unchanged | reworded (header only) | refreshed | new | dropped | pruned | not-applied | split
     commit: str | None
     guard: str | None = None
     note: str | None = None
@@ -218,6 +218,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
     next_number = max(numbers, default=0) + 1
     seen: dict[str, str] = {}
     new_entries: list[tuple[str, str]] = []
+    order: list[str] = []  # patch names in the tree's commit order
 
     for commit in _commits(tree, version):
         short = commit.sha[:10]
@@ -234,6 +235,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
                 raise SeriesError(f"commit {short} carries {name}, which the series does not select for letta {version}",
                                   path=series.series_file, line=entries[name].line)
             seen[name] = commit.sha
+            order.append(name)
             old = series.load(entries[name])
             # The same change, and (on its own base release) index lines that still hold: keep the file.
             same = _same_change(tree, commit.sha, old) and (
@@ -242,7 +244,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
             header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=base, where=short)
             if same:
                 diff = _diff_part(series_dir / name)
-                status = "unchanged"
+                status = "unchanged" if render_header(header).encode() + diff == (series_dir / name).read_bytes() else "reworded"
             else:
                 diff = canonical_diff(tree, f"{commit.sha}^", commit.sha, section_contexts(old.files)).encode(
                     "utf-8", errors="surrogateescape")
@@ -269,6 +271,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         plan.headers[commit.sha] = (name, header)
         guard = f"letta>={version}"
         new_entries.append((name, guard))
+        order.append(name)
         plan.patches.append(ExportedPatch(name, "new", commit.sha, guard,
                                           f"guard [{guard}]: widen it in {series.series_file} if it serves older releases"))
 
@@ -285,10 +288,32 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         else:
             plan.patches.append(ExportedPatch(entry.name, "dropped", None, entry.guard_text,
                                               "no commit carries it; --prune removes it from the series"))
-    plan.series_edits = {"appends": new_entries, "removes": {e.name for e in dropped} if prune else set()}
+    _check_order(tree, series, [n for n in order if n in entries])
+    # A new patch goes where its commit is: before the first line of the patch whose commit follows it.
+    inserts: dict[str, list[tuple[str, str]]] = {}
+    appends = []
+    for name, guard in new_entries:
+        after = [n for n in order[order.index(name) + 1:] if n in entries]
+        if after:
+            first = next(e for e in series.entries if e.group == entries[after[0]].group)
+            inserts.setdefault(first.name, []).append((name, guard))
+        else:
+            appends.append((name, guard))
+    plan.series_edits = {"inserts": inserts, "appends": appends, "removes": {e.name for e in dropped} if prune else set()}
     if not new_entries and not (prune and dropped):
         plan.series_edits = {}
     return plan
+
+
+def _check_order(tree: Path, series: Series, names: list[str]) -> None:
+    """Refuse commits that carry their patches in another order than the series lists them: the
+    order is the series' for every release, and export does not reorder it."""
+    position = {e.name: i for i, e in enumerate(series.entries)}
+    for earlier, later in zip(names, names[1:]):
+        if position[earlier] > position[later]:
+            raise BuildTreeError(f"the commits carry {earlier} before {later}, the series the other way round: export "
+                                 "keeps the series' order (it is the same for every release); to reorder, change "
+                                 f"{series.series_file} and apply again, or rebase the commits back", path=tree)
 
 
 def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False) -> None:
@@ -370,6 +395,8 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
             upper = next((v for v in served if v > keep[-1]), None)
             guard = f"letta>={plan.version}" + (f",<{upper}" if upper else "")
             plan.series_edits["appends"] = [(n, guard if n == name else g) for n, g in plan.series_edits["appends"]]
+            plan.series_edits["inserts"] = {anchor: [(n, guard if n == name else g) for n, g in added]
+                                            for anchor, added in plan.series_edits["inserts"].items()}
             new[name].guard = guard
             new[name].note = (f"guard [{guard}]: it does not apply to letta {', '.join(map(str, sorted(broken)))}; "
                               "give those releases a variant of their own")
@@ -391,7 +418,7 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
             variant_guard = f"letta>={run[0]}" + (f",<{_upper_bound(entry)}" if _upper_bound(entry) else "")
             main_guard = _replace_upper(entry, run[0])
         plan.series_edits.setdefault("guards", {})[name] = main_guard
-        plan.series_edits.setdefault("inserts", {})[name] = (variant, variant_guard)
+        plan.series_edits.setdefault("inserts", {}).setdefault(name, []).append((variant, variant_guard))
         # The old file, made again on the newest release it keeps serving (its Base-Release must be one of them).
         old = series.load(entry)
         old = Patch(variant, plan.series_dir / variant, old.header, old.files)
@@ -430,24 +457,25 @@ def write_plan(plan: ExportPlan) -> list[Path]:
 
     The commit messages go first: should writing the files be interrupted, the next export finds
     commits that already name their patch files and writes them under those names (no duplicates)."""
-    messages = plan.messages()
-    if messages:
-        mapping = reword_commits(plan.tree, messages, "export: commit messages in step with patches/")
-        for p in plan.patches:
-            if p.commit in mapping:
-                p.commit = mapping[p.commit]
-    if plan.series_edits:
-        text = edit_series_text(plan.series.series_file.read_text(encoding="utf-8"), **plan.series_edits)
-        plan.files[plan.series.series_file] = text.encode()
-    changed = plan.differences()
-    for path in changed:
-        content = plan.files[path]
-        if content is not None:
-            write_atomic(path, content)
-    for path in changed:
-        if plan.files[path] is None:
-            path.unlink(missing_ok=True)
-    record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"))
+    with uninterruptible():  # the commits and the files change together or not at all
+        messages = plan.messages()
+        if messages:
+            mapping = reword_commits(plan.tree, messages, "export: commit messages in step with patches/")
+            for p in plan.patches:
+                if p.commit in mapping:
+                    p.commit = mapping[p.commit]
+        if plan.series_edits:
+            text = edit_series_text(plan.series.series_file.read_text(encoding="utf-8"), **plan.series_edits)
+            plan.files[plan.series.series_file] = text.encode()
+        changed = plan.differences()
+        for path in changed:
+            content = plan.files[path]
+            if content is not None:
+                write_atomic(path, content)
+        for path in changed:
+            if plan.files[path] is None:
+                path.unlink(missing_ok=True)
+        record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"))
     return changed
 
 

@@ -43,6 +43,15 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = 
     return out.decode("utf-8", errors="surrogateescape").strip()
 
 
+def git_succeeds(cwd: Path, *args: str) -> bool:
+    """Does ``git args`` exit 0 (a question git answers with its exit code, e.g. ``merge-base --is-ancestor``)?"""
+    try:
+        return subprocess.run(["git", *_QUIET, *args], cwd=cwd, env=_env(None), capture_output=True,
+                              check=False).returncode == 0
+    except OSError as exc:
+        raise GitError(f"cannot run git in {cwd}: {exc}") from None
+
+
 def blob(cwd: Path, rev: str, path: str) -> bytes | None:
     """The content of ``path`` at ``rev`` (None if it has no such file); ``cwd`` is a work tree or a bare repository."""
     proc = subprocess.run(["git", "cat-file", "blob", f"{rev}:{path}"], cwd=cwd, env=_env(None), capture_output=True,

@@ -17,6 +17,8 @@ Rules (each finding names the file and line):
 ``releases``      a ``Releases:`` field starts with the releases the guard really serves;
 ``line-endings``  the file has LF line endings (one finding for a converted file, not one per line);
 ``tox``           tox.ini is the one generated from ``releases.toml`` (``ketta-build port`` keeps it so);
+``source``        a supported release that cannot be had (index unreachable, not on it): nothing about it is
+                  checked; the CLI exits 3 when these are the only errors;
 ``variant-drift`` (a warning) variants of one patch whose corresponding hunks add different lines:
                   an edit made to one variant and not carried to the others.
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode, encode
+from .atomic import write_atomic
 from .buildtree import PreimageFinder
 from .cache import Cache
 from .claims import check_claims, describe, group_failures
@@ -155,6 +158,9 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
     versions = releases.versions
     findings += _variants(series, versions)
     canon = _Canon(series, cache or Cache(), index_url)
+    unavailable = {v: why for v in versions if isinstance(why := canon.finder.repos.get(v), str)}
+    for version, why in unavailable.items():
+        findings.append(Finding("source", series.series_file, None, f"cannot check letta {version}: {why}"))
     try:
         loaded: dict[str, Patch] = {}
         unreadable: set[str] = set()  # patches already reported; what depends on them is not judged
@@ -172,10 +178,12 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
                 unreadable.add(str(path))
                 continue
             loaded[entry.name] = patch
-            findings += _why(patch, path)
-            findings += _whitespace(path)
+            own = _why(patch, path) + _whitespace(path)  # findings --fix does not mend: it leaves the file alone
+            findings += own
             releases_finding = _releases_field(series, entry, patch, path)
             base = patch.header.base_release
+            if base in unavailable:
+                continue  # said once above
             if releases.find(base) is None:
                 findings.append(Finding("base-release", path, _field_line(path, "Base-Release"),
                                         f"Base-Release {base} is not a supported release ({releases.range_text()})"))
@@ -194,23 +202,22 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
                 findings.append(Finding("base-release", path, None, problem))
             if problems:
                 continue
-            if releases_finding is not None and fix:
+            fix_this = fix and not own
+            if releases_finding is not None and fix_this:
                 patch = Patch(patch.name, patch.path, with_field(patch.header, "Releases", releases_finding[1]), patch.files)
                 releases_finding = None
             if releases_finding is not None:
                 findings.append(releases_finding[0])
             wanted = canon.text(patch, before, after)
             if wanted != path.read_bytes():
-                if fix:
-                    tmp = path.with_name(f".{path.name}.ketta-lint")
-                    tmp.write_bytes(wanted)
-                    tmp.replace(path)
+                if fix_this:
+                    write_atomic(path, wanted)
                     fixed.append(path)
                 else:
                     findings.append(Finding("canonical", path, _first_difference(path.read_bytes(), wanted),
                                             "not in export's canonical form (ketta-build lint --fix rewrites it)"))
         if len(loaded) == len(series.entries):  # every patch parses: try the series on every release
-            findings += _applies(series, canon, versions)
+            findings += _applies(series, canon, [v for v in versions if v not in unavailable])
         findings += _drift(series, loaded)
     finally:
         canon.close()
@@ -276,24 +283,33 @@ def _added(hunk: Hunk) -> tuple[str, ...]:
     return tuple(hunk.new_lines[hunk.leading_context:len(hunk.new_lines) - hunk.trailing_context])
 
 
-def _counterpart(hunk: Hunk, candidates: list[Hunk]) -> Hunk | None:
-    """The hunk among ``candidates`` (another variant's, same file) that does the same job: the one whose
-    old lines (context and removed) are most alike, if they are alike at all."""
-    best, score = None, 0.5
-    for other in candidates:
-        ratio = difflib.SequenceMatcher(a=hunk.old_lines, b=other.old_lines, autojunk=False).ratio()
-        if ratio > score:
-            best, score = other, ratio
-    return best
+def _counterparts(hunks: list[Hunk], candidates: list[Hunk]) -> dict[int, Hunk]:
+    """For each of ``hunks`` (one variant's, one file) the hunk among ``candidates`` (another variant's,
+    same file) that does the same job: paired one to one by how alike their old lines (context and
+    removed) are, the nearer in the file first on a tie (sync and async twins pair in order)."""
+    scored = []
+    for i, hunk in enumerate(hunks):
+        for j, other in enumerate(candidates):
+            ratio = difflib.SequenceMatcher(a=hunk.old_lines, b=other.old_lines, autojunk=False).ratio()
+            if ratio > 0.5:
+                scored.append((-ratio, abs(i - j), i, j))
+    pairs: dict[int, Hunk] = {}
+    used: set[int] = set()
+    for _, _, i, j in sorted(scored):
+        if i not in pairs and j not in used:
+            pairs[i] = candidates[j]
+            used.add(j)
+    return pairs
 
 
-def _drift_pairs(series: Series, loaded: dict[str, Patch]) -> list[tuple[str, int, str, Hunk, Hunk]]:
-    """(variant, its hunk's patch line, file, hunk, counterpart in the newest variant) where they add
-    different lines."""
+def _drift_pairs(series: Series, loaded: dict[str, Patch]) -> list[tuple[str, str, str, Hunk, Hunk]]:
+    """(variant, newest variant, file, hunk, its counterpart) where they add different lines; the
+    newest variant is the one serving the newest release among those ``loaded``."""
     pairs = []
     versions = series.releases.versions
-    for group, members in series.groups().items():
-        if len(members) < 2 or any(e.name not in loaded for e in members):
+    for group, all_members in series.groups().items():
+        members = [e for e in all_members if e.name in loaded]
+        if len(members) < 2:
             continue
         newest = max(members, key=lambda e: max((v for v in versions if e.matches(v)), default=versions[0]))
         reference: dict[str, list[Hunk]] = {}
@@ -303,9 +319,9 @@ def _drift_pairs(series: Series, loaded: dict[str, Patch]) -> list[tuple[str, in
             if entry is newest:
                 continue
             for fp in loaded[entry.name].files:
-                for hunk in fp.hunks:
-                    other = _counterpart(hunk, reference.get(fp.path, []))
-                    if other is not None and _added(other) != _added(hunk):
+                for i, other in _counterparts(list(fp.hunks), reference.get(fp.path, [])).items():
+                    hunk = fp.hunks[i]
+                    if _added(other) != _added(hunk):
                         pairs.append((entry.name, newest.name, fp.path, hunk, other))
     return pairs
 
@@ -325,7 +341,7 @@ def _committed(series: Series) -> dict[str, Patch] | None:
             out[entry.name] = parse_patch_text(raw, series.directory / entry.name, entry.name)
         except KettaError:
             continue
-    return out
+    return out or None  # nothing of it committed (an untracked copy): no baseline
 
 
 def _drift(series: Series, loaded: dict[str, Patch]) -> list[Finding]:

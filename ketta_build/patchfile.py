@@ -284,11 +284,18 @@ def _validate_diff(lines: list[str], start: int, source: Path) -> list[tuple[int
                             path=source,
                             line=i + 1,
                         )
-                    else:
+                    elif body.startswith(("@@", "diff --git ")):
                         raise SeriesError(
                             f"hunk is shorter than its header says ({old_left} old / {new_left} new lines missing)",
                             path=source,
                             line=header_line,
+                        )
+                    else:
+                        raise SeriesError(
+                            f"a line inside a hunk must start with ' ', '+' or '-', got {body.rstrip()[:40]!r}: a context "
+                            "line lost its leading space (an editor?), or the hunk is shorter than its header says",
+                            path=source,
+                            line=i + 1,
                         )
                     if old_left < 0 or new_left < 0:
                         raise SeriesError("hunk is longer than its header says", path=source, line=i + 1)
@@ -356,6 +363,9 @@ def parse_patch_text(raw: bytes, path: Path, name: str | None = None) -> Patch:
     """Validate the bytes of a patch file (``path`` names it in errors)."""
     if b"\0" in raw:
         raise SeriesError("patch file contains NUL bytes (binary content is not supported)", path=path)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise SeriesError("the file starts with a UTF-8 byte-order mark (an editor added it); save it without one",
+                          path=path, line=1)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -40,10 +41,11 @@ from packaging.version import Version
 from .applying import Outcome, apply_patch
 from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineRepos, apply_series, backup_name,
                         check_out_dir, commit_patch, record_head, reword_commits, stripspace)
-from .cache import Cache, write_atomic
+from .atomic import uninterruptible, write_atomic
+from .cache import Cache
 from .claims import check_claims, describe, group_failures
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
-from .gitcmd import git
+from .gitcmd import git, git_succeeds
 from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
                      with_field)
@@ -151,16 +153,40 @@ def _to_carry_back(series: Series, version: Version) -> list[str]:
             and any(e.matches(v) for e in members for v in versions if v > version)]
 
 
-def ports_in_progress(root: Path, series_dir: Path | None = None) -> list[tuple[Path, PortState]]:
-    """The trees under ``root`` with a port in progress (for ``series_dir`` only, if given)."""
+def _registry(cache: Cache, series_dir: Path) -> Path:
+    """Where the open ports of one series are listed (one file per tree), wherever their trees are."""
+    key = hashlib.sha256(str(series_dir.absolute()).encode()).hexdigest()[:16]
+    return cache.root / "ports" / key
+
+
+def _register(cache: Cache, state: PortState) -> None:
+    tree = Path(state.tree)
+    entry = _registry(cache, Path(state.series_dir)) / (hashlib.sha256(str(tree).encode()).hexdigest()[:16] + ".json")
+    write_atomic(entry, json.dumps({"tree": str(tree), "version": state.version}).encode())
+
+
+def _unregister(cache: Cache, state: PortState) -> None:
+    tree = Path(state.tree)
+    entry = _registry(cache, Path(state.series_dir)) / (hashlib.sha256(str(tree).encode()).hexdigest()[:16] + ".json")
+    entry.unlink(missing_ok=True)
+
+
+def ports_in_progress(series_dir: Path, cache: Cache | None = None, roots: tuple[Path, ...] = ()) -> list[tuple[Path, PortState]]:
+    """The trees with a port of ``series_dir`` in progress: those the cache lists, and any under ``roots``."""
+    candidates = {state_file.parent.parent for root in roots for state_file in root.glob(f"*/.git/{STATE}")}
+    if cache is not None:
+        for entry in sorted(_registry(cache, series_dir).glob("*.json")):
+            try:
+                candidates.add(Path(json.loads(entry.read_text())["tree"]))
+            except (OSError, ValueError, KeyError):
+                continue
     found = []
-    for state_file in sorted(root.glob(f"*/.git/{STATE}")):
-        tree = state_file.parent.parent
+    for tree in sorted(candidates):
         try:
             state = PortState.load(tree)
-        except (KettaError, ValueError, TypeError, KeyError):
-            continue
-        if series_dir is None or Path(state.series_dir) == series_dir.absolute():
+        except (KettaError, OSError, ValueError, TypeError, KeyError):
+            continue  # finished, aborted or removed by hand
+        if Path(state.series_dir) == series_dir.absolute():
             found.append((tree, state))
     return found
 
@@ -175,7 +201,7 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, cache
                          "serves it has its variant: change its patches with ketta-build apply and export; port carries "
                          "the series onto a release it does not serve yet")
     out = (out or Path("build") / str(new)).absolute()
-    for tree, state in ports_in_progress(out.parent, series_dir):
+    for tree, state in ports_in_progress(series_dir, cache, (out.parent, Path("build"))):
         raise BuildTreeError(f"a port to letta {state.version} is in progress in {tree}: finish it (ketta-build port "
                              f"--continue --tree {tree}) or give it up (--abort) before starting another", path=tree)
     source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
@@ -189,6 +215,7 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, cache
     patches += [PortedPatch(name, "not-attempted") for name in report.not_attempted]
     date = source.upload_date(new) or sdist_date(source.sdist_path(release))
     state = PortState(str(new), str(series_dir.absolute()), str(out), in_place, index_url, date, patches)
+    _register(cache, state)
     if report.failed:
         _stop(state, out, report.failed[0].name, result_failure_lines(series_dir, report.failed))
         return PortResult(state, False, plan=_plan(state, result_failure_lines(series_dir, report.failed)))
@@ -258,6 +285,11 @@ def _take_resolution(tree: Path, state: PortState, patch: Patch) -> tuple[str, s
         raise BuildTreeError(f"conflict markers or rejects are still in {', '.join(left)}; resolve them first", path=tree)
     for rel in paths:
         (tree / f"{rel}.orig").unlink(missing_ok=True)
+    if state.stopped_head and not git_succeeds(tree, "merge-base", "--is-ancestor", state.stopped_head, "HEAD"):
+        raise BuildTreeError(f"the commits before the stop changed (HEAD no longer contains {state.stopped_head[:10]}, "
+                             "where the port stopped: git commit --amend folds into the previous patch's commit); "
+                             f"undo it (git reset --soft HEAD@{{1}}) and commit the resolution of {patch.name} as a "
+                             "commit of its own, or leave it uncommitted", path=tree)
     since = git(tree, "rev-list", "--reverse", f"{state.stopped_head}..HEAD").splitlines() if state.stopped_head else []
     changed = set(git(tree, "diff", "--name-only", "HEAD").splitlines())
     changed |= set(git(tree, "ls-files", "--others", "--exclude-standard").splitlines())
@@ -266,14 +298,19 @@ def _take_resolution(tree: Path, state: PortState, patch: Patch) -> tuple[str, s
                              f"({', '.join(sorted(changed)[:3])}); commit or stash them", path=tree)
     if len(since) > 1:
         raise BuildTreeError(f"{len(since)} commits since the port stopped; the resolution of {patch.name} is one commit: "
-                             f"squash them (git reset --soft {state.stopped_head[:10]} && git commit -a --no-edit)", path=tree)
+                             f"git reset --soft {state.stopped_head[:10]} and run port --continue again (it commits "
+                             "what it finds with the patch's message)", path=tree)
     if since:
         commit = since[0]
         message = git(tree, "show", "-s", "--format=%B", commit)
         wanted = _resolution_message(message, patch.name, patch)
-        if stripspace(message + "\n") != wanted:
-            commit = reword_commits(tree, {commit: wanted}, f"port: the resolution of {patch.name} carries its message")[commit]
-            return commit, "your commit's message now names the patch (git reflog has the old one)"
+        author = git(tree, "show", "-s", "--format=%an <%ae>", commit)
+        patch_author = f"{patch.header.author_name} <{patch.header.author_email}>"
+        if stripspace(message + "\n") != wanted or author != patch_author:
+            commit = reword_commits(tree, {commit: wanted}, f"port: the resolution of {patch.name} carries its message",
+                                    authors={commit: (patch.header.author_name, patch.header.author_email)})[commit]
+            return commit, (f"your commit now carries the patch's message and author {patch_author} "
+                            "(git reflog has the one you made)")
         return commit, None
     if not changed or (state.stopped_worktree and _worktree_id(tree) == state.stopped_worktree):
         raise BuildTreeError(f"nothing resolved for {patch.name}: the tree is as the port left it; edit the files "
@@ -327,7 +364,7 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
     return result
 
 
-def abort_port(tree: Path, *, force: bool = False) -> tuple[Path, Path | None]:
+def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -> tuple[Path, Path | None]:
     """Remove the port's build tree; nothing else was changed. Work done in the tree since the port
     stopped (commits, edits) is refused without ``force``, saved as a bundle beside it with."""
     tree = tree.absolute()
@@ -349,11 +386,13 @@ def abort_port(tree: Path, *, force: bool = False) -> tuple[Path, Path | None]:
         saved = tree.parent / f"{tree.name}-aborted-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bundle"
         git(tree, "bundle", "create", "-q", str(saved), ref)
     shutil.rmtree(tree)
+    _unregister(cache or Cache(), state)
     return tree, saved
 
 
 def _narrow(guard: SpecifierSet | None, new: Version) -> str:
-    specs = sorted(str(s) for s in (guard or []))
+    """``guard`` ending before ``new`` (an upper bound at or above it is replaced)."""
+    specs = sorted(str(s) for s in (guard or []) if not (s.operator in ("<", "<=") and Version(s.version) >= new))
     return "letta" + ",".join(specs + [f"<{new}"])
 
 
@@ -428,31 +467,33 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
         wanted = stripspace(commit_message(final, parse_patch_text(content, series_dir / final, final).header))
         if stripspace(git(tree, "show", "-s", "--format=%B", ported.commit) + "\n") != wanted:
             messages[ported.commit] = wanted
-    mapping = reword_commits(tree, messages, f"port to {new}: commit messages in step with patches/")
-    for ported in state.patches:
-        if ported.commit in mapping:
-            ported.commit = mapping[ported.commit]
-        ported.action = ported.action or plan.actions.get(ported.name)
+    with uninterruptible():  # the tree's commits, patches/, releases.toml and tox.ini change together
+        mapping = reword_commits(tree, messages, f"port to {new}: commit messages in step with patches/")
+        for ported in state.patches:
+            if ported.commit in mapping:
+                ported.commit = mapping[ported.commit]
+            ported.action = ported.action or plan.actions.get(ported.name)
 
-    written = []
-    for name, content in plan.contents.items():
-        path = series_dir / name
-        if not path.exists() or path.read_bytes() != content:
-            write_atomic(path, content)
-            written.append(path)
-    if plan.series_text.encode() != series.series_file.read_bytes():
-        write_atomic(series.series_file, plan.series_text.encode())
-        written.append(series.series_file)
-    if add_release(series_dir, new, state.upload_date or "unknown"):
-        written.append(load_releases(series_dir).path)
-    from . import toxini
+        written = []
+        for name, content in plan.contents.items():
+            path = series_dir / name
+            if not path.exists() or path.read_bytes() != content:
+                write_atomic(path, content)
+                written.append(path)
+        if plan.series_text.encode() != series.series_file.read_bytes():
+            write_atomic(series.series_file, plan.series_text.encode())
+            written.append(series.series_file)
+        if add_release(series_dir, new, state.upload_date or "unknown"):
+            written.append(load_releases(series_dir).path)
+        from . import toxini
 
-    project = series_dir.absolute().parent
-    if (project / "tox.ini").exists() and toxini.write(project):
-        written.append(project / "tox.ini")
-    read_series(series_dir).explain(new)  # the written series must select one variant per patch for NEW
-    record_head(tree, git(tree, "rev-parse", "HEAD"))
-    (tree / ".git" / STATE).unlink()
+        project = series_dir.absolute().parent
+        if (project / "tox.ini").exists() and toxini.write(project):
+            written.append(project / "tox.ini")
+        read_series(series_dir).explain(new)  # the written series must select one variant per patch for NEW
+        record_head(tree, git(tree, "rev-parse", "HEAD"))
+        (tree / ".git" / STATE).unlink()
+        _unregister(cache, state)
     state.stopped_at = None
     return PortResult(state, True, written)
 
@@ -522,7 +563,10 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
                 plan.actions[name] += (f"; made on {new}, it does not apply to letta {upper}, so "
                                        f"{', '.join(map(str, left))} still have no variant of it (port --letta {upper})")
         else:
-            guard = f"letta>={new}"
+            # up to the first newer release another variant serves (a release ported before this one)
+            others = [e for e in series.groups()[entry.group] if e is not entry]
+            upper = next((v for v in series.releases.versions if v > new and any(e.matches(v) for e in others)), None)
+            guard = f"letta>={new}" + (f",<{upper}" if upper else "")
             plan.inserts[name] = (variant, guard)
             plan.guards[name] = _narrow(entry.guard, new)
             plan.actions[name] = f"new variant {variant} [{guard}]; {name} now [{plan.guards[name]}]"

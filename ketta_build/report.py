@@ -201,8 +201,8 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
         where = ", ".join(f.path + (f" ({f.conflicts} conflict(s))" if f.conflicts else f" (see {f.reject_file})" if f.reject_file else "") for f in files)
         console.print(f"[bold red]stopped at {escape(bad.name)}[/]: {escape(where)}")
         console.print(
-            f"next: resolve the markers / .rej hunks in {report.out}, commit with the patch's message "
-            f"(`git -C {report.out} commit -a --no-edit`: it is prepared) and write it back with "
+            f"next: resolve the markers / .rej hunks in {report.out}, commit with the patch's message and author "
+            f"(`git -C {report.out} commit -a --no-edit --author '{bad.author}'`: the message is prepared) and write it back with "
             f"`ketta-build export --tree {report.out}`; the patches after it were not applied "
             "(apply again once it is fixed), or rerun with --keep-going to see all failures", markup=False
         )

@@ -221,11 +221,11 @@ def parse_series(text: str, directory: Path, *, present=lambda name: True) -> Se
 
 
 def edit_series_text(text: str, *, guards: dict[str, str | None] | None = None,
-                     inserts: dict[str, tuple[str, str]] | None = None, appends: list[tuple[str, str]] | None = None,
-                     removes: set[str] | None = None) -> str:
+                     inserts: dict[str, tuple[str, str] | list[tuple[str, str]]] | None = None,
+                     appends: list[tuple[str, str]] | None = None, removes: set[str] | None = None) -> str:
     """The series file ``text`` with entries' guards replaced (``guards``: name -> guard text, None for
-    none), a new entry put before another (``inserts``: before -> (name, guard)), entries added at the
-    end and entries removed. Comments, blank lines and the guards' column are kept."""
+    none), new entries put before another (``inserts``: before -> (name, guard) or a list of them),
+    entries added at the end and entries removed. Comments, blank lines and the guards' column are kept."""
     guards, inserts, removes = guards or {}, inserts or {}, removes or set()
     lines = text.splitlines()
     columns = [line.index("[") for line in lines if "[" in line.split("#", 1)[0]]
@@ -237,8 +237,8 @@ def edit_series_text(text: str, *, guards: dict[str, str | None] | None = None,
         if name in removes:
             continue
         if name in inserts:
-            new_name, guard = inserts[name]
-            out.append(f"{new_name:<{width}} [{guard}]")
+            for new_name, guard in inserts[name] if isinstance(inserts[name], list) else [inserts[name]]:
+                out.append(f"{new_name:<{width}} [{guard}]")
         if name in guards:
             guard = guards[name]
             entry = f"{name:<{width}} [{guard}]" if guard else name

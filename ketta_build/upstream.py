@@ -40,7 +40,8 @@ from typing import Protocol
 
 from packaging.version import InvalidVersion, Version
 
-from .cache import Cache, default_cache_dir, write_atomic
+from .atomic import write_atomic
+from .cache import Cache, default_cache_dir
 from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases
 
@@ -577,7 +578,7 @@ class IndexSource:
         if version is None:
             raise UnknownRelease("--letta VERSION is required with the package index as source")
         record = self.cache.read_release(str(version), self.source_id)
-        if record is not None and self.cache.has_blob(record["sha256"]):
+        if record is not None and self.cache.has_blob(record["sha256"]) and self._still_published(version, record):
             return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
 
         releases = self.releases or load_releases()
@@ -614,6 +615,18 @@ class IndexSource:
             {"filename": sdist.filename, "sha256": sdist.sha256, "url": _redact(sdist.url), "upload_time": sdist.upload_time},
         )
         return UpstreamRelease(version, "index", _redact(sdist.url), sdist.sha256, sdist.filename)
+
+    def _still_published(self, version: Version, record: dict) -> bool:
+        """A package index does not change a published file, but a local directory index can: for a
+        ``file://`` record, the index is read again (it costs nothing) and the record kept only if the
+        index still publishes that file with that sha256."""
+        if not str(record.get("url", "")).startswith("file:"):
+            return True
+        try:
+            found = self._find_files(version)
+        except IndexUnreachable:
+            return True
+        return found is not None and any(f.filename == record["filename"] and f.sha256 == record["sha256"] for f in found[1])
 
     def _download(self, item: IndexFile) -> None:
         assert item.sha256

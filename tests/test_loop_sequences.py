@@ -529,3 +529,200 @@ def test_export_twice_writes_nothing_the_second_time(world, version):
     once = world.snapshot()
     rc, out, _ = world.run("export", "--tree", str(tree))
     assert rc == 0 and "nothing to write" in out and world.snapshot() == once
+
+
+# ----------------------------------------------------------------------------- the maintainer trial, second round
+
+
+def test_a_patch_that_changes_a_file_an_earlier_patch_created_lints_clean(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta/k.py").write_text("KETTA = True\n# an end marker reviewers asked for\n")
+    git(tree, "commit", "-q", "-a", "-m", "Note on k", "-m", "Reviewers asked for an end marker in the module.")
+    assert world.run("export", "--tree", str(tree))[0] == 0
+    assert lint_lines(world) == (0, [])
+
+
+def test_continue_refuses_a_resolution_folded_into_the_previous_commit(world):
+    tree = stop_port(world)
+    (tree / "letta/m.py").write_text(RESOLVED)
+    head = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    before = world.snapshot()
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 5 and "--amend" in err and world.snapshot() == before
+    git(tree, "reset", "-q", "--soft", head)  # as the message says; then continue takes the uncommitted result
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert "Subject: Ketta changes line 15" in (world.patches / "0001-change-m-0.16.9.diff").read_text()
+
+
+def test_a_resolution_committed_by_someone_else_keeps_the_patchs_author(world):
+    tree = stop_port(world)
+    (tree / "letta/m.py").write_text(RESOLVED)
+    git(tree, "commit", "-q", "-a", "--no-edit")  # the prepared message, the maintainer's identity
+    assert world.run("port", "--continue", "--tree", str(tree))[0] == 0
+    assert "Author: Test Author <test@example.org>" in (world.patches / "0001-change-m-0.16.9.diff").read_text()
+
+
+def test_porting_between_two_releases_gives_the_new_variant_an_upper_bound(world):
+    world.publish("0.16.10", m=PORT_CONFLICT)
+    assert world.run("port", "--letta", "0.16.10", "--tree", str(world.root / "build" / "0.16.10"))[0] == 1
+    (world.root / "build" / "0.16.10" / "letta/m.py").write_text(RESOLVED)
+    assert world.run("port", "--continue", "--tree", str(world.root / "build" / "0.16.10"))[0] == 0
+    tree = stop_port(world, "0.16.9")
+    (tree / "letta/m.py").write_text(RESOLVED)
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    series = (world.patches / "series").read_text()
+    assert "0001-change-m-0.16.9.diff" in series and "[letta>=0.16.9,<0.16.10]" in series
+    rc, lines = lint_lines(world)  # the resolutions changed 0001's own line: drift warnings, no errors
+    assert rc == 0 and all("warning" in ln for ln in lines), lines
+
+
+def test_an_open_port_outside_build_is_found(world):
+    world.publish("0.16.9", m=PORT_CONFLICT)
+    elsewhere = world.root / "scratch" / "port9"
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(elsewhere))[0] == 1
+    world.publish("0.16.10")
+    rc, _, err = world.run("port", "--letta", "0.16.10")
+    assert rc == 5 and str(elsewhere) in err
+    (elsewhere / "letta/m.py").write_text(RESOLVED)
+    rc, _, err = world.run("port", "--continue")  # no --tree: the one open port is found where it is
+    assert rc == 0, err
+
+
+def test_a_directory_index_that_publishes_a_version_again_is_read_again(world, tmp_path):
+    """A local (file://) index can change under the same version, unlike a package index: the record
+    of what 0.16.9 was is kept only while the index still publishes that file and sha256."""
+    (tmp_path / "a").mkdir()
+    first = make_sdist(tmp_path / "a" / "letta-0.16.9.tar.gz", "0.16.9",
+                       server_files("0.16.9", {"letta/m.py": BODY.replace("line 2\n", "line 2 (first)\n")}))
+    url = file_index(tmp_path / "idx", [first, world.root / "letta-0.16.8.tar.gz"])
+    out = world.root / "b9"
+    run = lambda: main(["port", "--letta", "0.16.9", "--index-url", url, "--cache-dir", str(world.cache),  # noqa: E731
+                        "--patches", str(world.patches), "--tree", str(out)])
+    assert run() == 0 and "(first)" in (out / "letta/m.py").read_text()
+    world.capsys.readouterr()
+    subprocess.run(["git", "-C", str(world.root / "repo"), "checkout", "-q", "--", "."], check=True)
+    subprocess.run(["git", "-C", str(world.root / "repo"), "clean", "-fdq"], check=True)
+    import shutil
+
+    shutil.rmtree(out)
+    (tmp_path / "b").mkdir()
+    second = make_sdist(tmp_path / "b" / "letta-0.16.9.tar.gz", "0.16.9",
+                        server_files("0.16.9", {"letta/m.py": BODY.replace("line 2\n", "line 2 (second)\n")}))
+    file_index(tmp_path / "idx", [second])  # the same directory, 0.16.9 published again
+    assert run() == 0 and "(second)" in (out / "letta/m.py").read_text()
+
+
+def test_export_refuses_commits_reordered_against_the_series(world):
+    tree = world.apply("0.16.8")
+    env_editor = "sed -i '1{h;d};2{G}'"  # swap the first two commits (0001, 0002)
+    subprocess.run(["git", "-c", f"sequence.editor={env_editor}", "rebase", "-q", "-i", "upstream/0.16.8"], cwd=tree,
+                   check=True, capture_output=True, env={**__import__("os").environ, "GIT_AUTHOR_NAME": "M",
+                                                          "GIT_AUTHOR_EMAIL": "m@e", "GIT_COMMITTER_NAME": "M",
+                                                          "GIT_COMMITTER_EMAIL": "m@e"})
+    before = world.snapshot()
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 5 and "0002-new-module.diff before 0001-change-m.diff" in err and world.snapshot() == before
+
+
+def test_a_new_commit_in_the_middle_gets_its_place_in_the_series(world):
+    tree = world.apply("0.16.8")
+    first = git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip()
+    git(tree, "checkout", "-q", "-b", "work")
+    git(tree, "checkout", "-q", first)
+    (tree / "letta/between.py").write_text("B = 1\n")
+    git(tree, "add", "letta/between.py")
+    git(tree, "commit", "-q", "-m", "Between", "-m", "A module that comes between 0001 and 0002 for a reason.")
+    middle = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "checkout", "-q", "work")
+    git(tree, "rebase", "-q", "--onto", middle, first)
+    assert world.run("export", "--tree", str(tree))[0] == 0
+    names = [ln.split()[0] for ln in (world.patches / "series").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert names.index("0004-between.diff") == names.index("0001-change-m.diff") + 1
+    rc, _, err = world.run("export", "--tree", str(world.apply("0.16.8")), "--check")
+    assert rc == 0, "a fresh apply gives the same tree the export was made from: " + err
+
+
+def test_ctrl_c_while_the_new_tree_is_put_in_place_waits_for_it(world, monkeypatch):
+    import os
+    import signal
+
+    from ketta_build import buildtree
+
+    tree = world.apply("0.16.8")
+    old_inode = tree.stat().st_ino
+    real_move = buildtree._move_into_place
+
+    def interrupted_move(tmp, out):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between the two renames
+        real_move(tmp, out)
+
+    monkeypatch.setattr(buildtree, "_move_into_place", interrupted_move)
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 130 and "completed first" in err
+    assert tree.stat().st_ino != old_inode and (tree / ".git" / "ketta-build.json").is_file()
+    assert not list(tree.parent.glob(f".{tree.name}.ketta-*")), "nothing left beside the tree"
+
+
+def test_a_replaced_tree_a_dead_run_left_behind_is_removed(world):
+    tree = world.apply("0.16.8")
+    left = tree.parent / f".{tree.name}.ketta-old-999999999"
+    (left / "letta").mkdir(parents=True)
+    world.apply("0.16.8")
+    assert not left.exists()
+
+
+def test_second_round_of_small_things(world):
+    # series answers for supported releases only
+    rc, _, err = world.run("series", "--letta", "0.16.3", "--patches", str(world.patches))
+    assert rc == 2 and "not a supported server release" in err
+    rc, _, err = world.run("series", "--letta", "0.33.0", "--patches", str(world.patches))
+    assert rc == 2 and "Letta Code" in err
+    # a usage error is one line
+    rc_exc = None
+    try:
+        world.run("apply", "--letta", "0.16.8", "--bogus")
+    except SystemExit as exc:
+        rc_exc = exc.code
+    err = world.capsys.readouterr().err
+    assert rc_exc == 2 and len(err.strip().splitlines()) == 1 and "--bogus" in err
+    # an --out inside a file
+    (world.root / "afile").write_text("x\n")
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(world.root / "afile" / "sub"))
+    assert rc == 2 and "is a file" in err and len(err.strip().splitlines()) == 1
+    # --json - on an error: one document saying so
+    rc, out, err = world.run("port", "--continue", "--tree", str(world.root), "--json", "-")
+    assert rc == 2 and json.loads(out)["schema"] == "ketta-build/error/1" and json.loads(out)["exit_code"] == 2
+    # a patch file with a byte-order mark is named as such
+    path = world.patches / "0002-new-module.diff"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(world.root / "bom"))
+    assert rc == 2 and "byte-order mark" in err and f"{path}:1:" in err
+
+
+def test_a_context_line_that_lost_its_space_is_named_by_its_own_line(world):
+    path = world.patches / "0001-change-m.diff"
+    lines = path.read_text().splitlines(True)
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(" line 13"))
+    lines[at] = lines[at][1:]
+    path.write_text("".join(lines))
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(world.root / "x"))
+    assert rc == 2 and f"{path}:{at + 1}:" in err and "leading space" in err
+
+
+def test_lint_fix_leaves_a_file_with_findings_it_cannot_mend_alone(world):
+    path = world.patches / "0002-new-module.diff"
+    path.write_text(header("A Ketta module", "0.16.8") + make_diff("letta/k.py", None, "KETTA = True   \n"))
+    before = path.read_bytes()
+    rc, out, _ = world.run("lint", "--fix")
+    assert rc == 4 and path.read_bytes() == before and "rewrote" not in out
+
+
+def test_a_reworded_description_is_reported_as_such(world):
+    tree = world.apply("0.16.8")
+    msg = git(tree, "log", "-1", "--format=%B")
+    git(tree, "commit", "-q", "--amend", "-m", msg.replace("Because Ketta needs", "Because Ketta really needs"))
+    rc, out, _ = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "reworded  0003-tail.diff" in out and "1 file(s) written" in out

@@ -97,9 +97,7 @@ class Loop(RuleBasedStateMachine):
         args = list(argv)
         verb = args[0]
         if verb in ("apply", "port", "lint", "export"):
-            args += ["--patches", str(self.patches), "--cache-dir", str(self.cache)]
-            if not (verb == "port" and ("--continue" in args or "--abort" in args)):
-                args += ["--index-url", self.index]
+            args += ["--patches", str(self.patches), "--cache-dir", str(self.cache), "--index-url", self.index]
         if json_out:
             args += ["--json", "-"]
         out, err = io.StringIO(), io.StringIO()

@@ -52,8 +52,6 @@ class World:
             argv += ["--index-url", self.index.url, "--cache-dir", str(self.cache)]
         if verb in ("apply", "port", "lint", "export") or argv[:2] == ["upstream", "check"]:
             argv += ["--patches", str(self.patches)]
-        if verb == "port" and "--continue" in argv or verb == "port" and "--abort" in argv:
-            argv = [a for a in argv if a not in ("--index-url", self.index.url, "--cache-dir", str(self.cache))]
         cwd = os.getcwd()
         os.chdir(self.root / "repo")
         try:
