@@ -173,11 +173,11 @@ def _unregister(cache: Cache, state: PortState) -> None:
 
 def ports_in_progress(series_dir: Path, cache: Cache | None = None, roots: tuple[Path, ...] = ()) -> list[tuple[Path, PortState]]:
     """The trees with a port of ``series_dir`` in progress: those the cache lists, and any under ``roots``."""
-    candidates = {state_file.parent.parent for root in roots for state_file in root.glob(f"*/.git/{STATE}")}
+    candidates = {state_file.parent.parent.resolve() for root in roots for state_file in root.glob(f"*/.git/{STATE}")}
     if cache is not None:
         for entry in sorted(_registry(cache, series_dir).glob("*.json")):
             try:
-                candidates.add(Path(json.loads(entry.read_text())["tree"]))
+                candidates.add(Path(json.loads(entry.read_text())["tree"]).resolve())
             except (OSError, ValueError, KeyError):
                 continue
     found = []

@@ -726,3 +726,11 @@ def test_a_reworded_description_is_reported_as_such(world):
     git(tree, "commit", "-q", "--amend", "-m", msg.replace("Because Ketta needs", "Because Ketta really needs"))
     rc, out, _ = world.run("export", "--tree", str(tree))
     assert rc == 0 and "reworded  0003-tail.diff" in out and "1 file(s) written" in out
+
+
+def test_the_one_open_port_under_build_is_found_from_the_repository(world):
+    """The README's way: no --tree, the port in build/ (found both by the registry and under build/)."""
+    world.publish("0.16.9", m=PORT_CONFLICT)
+    assert world.run("port", "--letta", "0.16.9")[0] == 1
+    rc, _, err = world.run("port", "--abort")
+    assert rc == 0, err
