@@ -275,10 +275,11 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
 BACKUP_PREFIX = "refs/ketta/backup/"
 
 
-def backup_name(what: str) -> str:
-    """``refs/ketta/backup/20261202T150102Z-apply``: a ref that keeps commits a verb is about to drop."""
+def backup_name(what: str, commit: str) -> str:
+    """``refs/ketta/backup/20261202T150102Z-apply-1a2b3c4d5e``: a ref that keeps ``commit``, which a verb
+    is about to drop (the commit in the name: two in the same second never share one)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{BACKUP_PREFIX}{stamp}-{what}"
+    return f"{BACKUP_PREFIX}{stamp}-{what}-{commit[:10]}"
 
 
 @dataclass(frozen=True)
@@ -327,12 +328,12 @@ def carry_backups(old: Path, new: Path, what: str) -> str | None:
     if not (old / ".git").is_dir():
         return None
     head = git(old, "rev-parse", "-q", "--verify", "HEAD", check=False)
-    refs = [line.split()[1] for line in git(old, "for-each-ref", "--format=%(objectname) %(refname)", BACKUP_PREFIX,
+    backups = [line.split() for line in git(old, "for-each-ref", "--format=%(objectname) %(refname)", BACKUP_PREFIX,
                                             check=False).splitlines() if line.strip()]
     made = None
-    specs = [f"+{ref}:{ref}" for ref in refs]
-    if head and head != recorded_head(old):
-        made = backup_name(what)
+    specs = [f"+{ref}:{ref}" for _, ref in backups]
+    if head and head != recorded_head(old) and head not in {commit for commit, _ in backups}:
+        made = backup_name(what, head)
         specs.append(f"+{head}:{made}")
     if specs:
         git(new, "fetch", "-q", "--no-tags", str(old), *specs)

@@ -381,7 +381,7 @@ def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -
                        f"the work tree of the port to letta {state.version} when it was aborted",
                        env={"GIT_AUTHOR_NAME": "ketta-build", "GIT_AUTHOR_EMAIL": "ketta-build@ketta.invalid",
                             "GIT_COMMITTER_NAME": "ketta-build", "GIT_COMMITTER_EMAIL": "ketta-build@ketta.invalid"})
-        ref = backup_name("abort")
+        ref = backup_name("abort", snapshot)
         git(tree, "update-ref", ref, snapshot)
         saved = tree.parent / f"{tree.name}-aborted-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bundle"
         git(tree, "bundle", "create", "-q", str(saved), ref)

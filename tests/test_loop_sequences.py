@@ -734,3 +734,18 @@ def test_the_one_open_port_under_build_is_found_from_the_repository(world):
     assert world.run("port", "--letta", "0.16.9")[0] == 1
     rc, _, err = world.run("port", "--abort")
     assert rc == 0, err
+
+
+def test_two_forced_applies_in_the_same_second_keep_both_backups(world):
+    """Found by the long state machine: backup refs named by the second alone collided."""
+    tree = world.apply("0.16.8")
+    kept = []
+    for n in range(2):
+        (tree / f"letta/w{n}.py").write_text(f"W = {n}\n")
+        git(tree, "add", "-A")
+        git(tree, "commit", "-q", "-m", f"Work {n}", "-m", "Work a maintainer has not exported yet, again.")
+        kept.append(git(tree, "rev-parse", "HEAD").strip())
+        rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+        assert rc == 0, err
+    refs = git(tree, "for-each-ref", "--format=%(objectname)", "refs/ketta/backup/").split()
+    assert set(kept) <= set(refs)
