@@ -27,7 +27,7 @@ EMBEDDINGS = {"text-embedding-ada-002": 1536, "text-embedding-3-small": 1536, "t
 
 
 @pytest.fixture(scope="module")
-def keyless_vendor():
+def own_vendor():
     """A vendor of this module's own, so its record holds only this module's requests."""
     vendor = FakeVendor("keyless").start()
     yield vendor
@@ -49,42 +49,42 @@ def create_keyless(server, base_url: str | None, api_key: str = "", name: str | 
     return server.post("/v1/providers/", body)
 
 
-def test_empty_key_on_a_custom_url_lists_models_and_breaks_nothing(org, vendors, keyless_vendor):
+def test_empty_key_on_a_custom_url_lists_models_and_breaks_nothing(org, vendors, own_vendor):
     keyed = api.create_provider(org, api.unique("Keyed"), vendors["alpha"].base_url, "sk-keyed")
-    keyless_vendor.clear()
-    keyless = api.ok(create_keyless(org, keyless_vendor.base_url))
+    own_vendor.clear()
+    keyless = api.ok(create_keyless(org, own_vendor.base_url))
 
     resp = org.get("/v1/models/")
     assert resp.status == 200, f"GET /v1/models/ with a keyless provider: HTTP {resp.status}: {resp.text[:500]}"
     handles = {m["handle"] for m in resp.body}
-    for model in keyless_vendor.models:
+    for model in own_vendor.models:
         assert f"{keyless['name']}/{model}" in handles, f"{keyless['name']}/{model} not listed: {sorted(handles)}"
         assert f"{keyed['name']}/{model}" in handles, f"the keyed provider lost {model}: {sorted(handles)}"
     for path in ("/v1/providers/", "/v1/models/embedding"):
         other = org.get(path)
         assert other.status == 200, f"GET {path} with a keyless provider: HTTP {other.status}: {other.text[:500]}"
 
-    listing = [r for r in keyless_vendor.requests if r.path.rstrip("/").endswith("/models")]
+    listing = [r for r in own_vendor.requests if r.path.rstrip("/").endswith("/models")]
     assert listing, "the keyless provider's models were never asked for"
     assert {r.authorization for r in listing} == {None}, f"a keyless listing sent {[r.authorization for r in listing]}"
 
 
-def test_agent_on_a_keyless_provider_talks_without_a_key(org, keyless_vendor):
-    keyless = api.ok(create_keyless(org, keyless_vendor.base_url))
+def test_agent_on_a_keyless_provider_talks_without_a_key(org, own_vendor):
+    keyless = api.ok(create_keyless(org, own_vendor.base_url))
     agent = api.create_agent_ok(org, f"{keyless['name']}/gpt-4o-mini")
-    keyless_vendor.clear()
+    own_vendor.clear()
     body = api.ok(api.send_message(org, agent["id"], "hello without a key"))
-    assert api.assistant_text(body) == keyless_vendor.reply
-    chats = keyless_vendor.chat_requests()
+    assert api.assistant_text(body) == own_vendor.reply
+    chats = own_vendor.chat_requests()
     assert chats, "the vendor received no chat completion"
     assert {r.bearer for r in chats} == {NO_KEY_PLACEHOLDER}, f"a keyless chat sent {[r.authorization for r in chats]}"
-    assert not {r.bearer for r in keyless_vendor.requests} & ENV_KEYS
+    assert not {r.bearer for r in own_vendor.requests} & ENV_KEYS
 
 
-def test_a_stored_provider_without_any_key_lists_its_models(org, keyless_vendor):
+def test_a_stored_provider_without_any_key_lists_its_models(org, own_vendor):
     # "Missing" rather than empty: the row has no key at all (a provider stored before Ketta
     # encrypted keys, or edited by hand). The API's create always takes a key field.
-    keyless = api.ok(create_keyless(org, keyless_vendor.base_url))
+    keyless = api.ok(create_keyless(org, own_vendor.base_url))
     org.sql("UPDATE providers SET api_key_enc = NULL, api_key = NULL WHERE id = :p", p=keyless["id"])
     resp = org.get("/v1/models/")
     assert resp.status == 200, f"GET /v1/models/ with a provider without a key: HTTP {resp.status}: {resp.text[:500]}"
@@ -102,22 +102,48 @@ def test_the_official_url_still_needs_a_key(org, base_url, api_key):
     assert org.sql("SELECT id FROM providers WHERE name = :n", n=name) == []
 
 
-def test_custom_provider_embedding_handles_work_as_on_0_16_8(org, vendors):
-    vendor = vendors["alpha"]
-    p = api.create_provider(org, api.unique("Embeds"), vendor.base_url, "sk-embeds")
-    listed = {m["handle"]: m for m in api.ok(org.get("/v1/models/embedding"))}
-    for model, dim in EMBEDDINGS.items():
-        handle = f"{p['name']}/{model}"
-        assert handle in listed, f"{handle} not in GET /v1/models/embedding: {sorted(listed)}"
-        assert listed[handle]["embedding_endpoint"] == vendor.base_url
-        assert listed[handle]["embedding_dim"] == dim, listed[handle]
+def agent_with_custom_embedding(org, vendor, key: str):
+    p = api.create_provider(org, api.unique("Embeds"), vendor.base_url, key)
     body = {
         "name": api.unique("agent-"), "model": f"{p['name']}/gpt-4o", "embedding": f"{p['name']}/text-embedding-3-small",
         "agent_type": "letta_v1_agent", "include_base_tools": False, "memory_blocks": [],
     }
-    agent = api.ok(org.post("/v1/agents/", body), 200, 201)
-    embedding = agent["embedding_config"]
-    assert embedding["embedding_model"] == "text-embedding-3-small"
-    assert embedding["embedding_endpoint"] == vendor.base_url
-    assert embedding["embedding_dim"] == EMBEDDINGS["text-embedding-3-small"]
-    assert embedding["handle"] == f"{p['name']}/text-embedding-3-small"
+    return p, body, org.post("/v1/agents/", body)
+
+
+def test_custom_provider_embedding_handles_work_as_on_0_16_8(org, own_vendor):
+    vendor = own_vendor
+    p, body, created = agent_with_custom_embedding(org, vendor, "sk-embeds")
+    problems = []
+    if created.status not in (200, 201):
+        problems.append(f"agent with embedding {body['embedding']}: HTTP {created.status}: {created.text[:300]}")
+    else:
+        embedding = created.body["embedding_config"]
+        expected = {"embedding_model": "text-embedding-3-small", "embedding_endpoint": vendor.base_url,
+                    "embedding_dim": EMBEDDINGS["text-embedding-3-small"], "handle": body["embedding"]}
+        got = {k: embedding.get(k) for k in expected}
+        if got != expected:
+            problems.append(f"the agent's embedding_config is {got}, expected {expected}")
+    listed = {m["handle"]: m for m in api.ok(org.get("/v1/models/embedding"))}
+    for model, dim in EMBEDDINGS.items():
+        handle = f"{p['name']}/{model}"
+        if handle not in listed:
+            problems.append(f"{handle} not in GET /v1/models/embedding ({sorted(listed)})")
+        elif (listed[handle]["embedding_endpoint"], listed[handle]["embedding_dim"]) != (vendor.base_url, dim):
+            problems.append(f"{handle} listed as {listed[handle]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_an_agent_embeds_at_its_provider_with_the_provider_key(org, own_vendor):
+    key = "sk-embeds-" + api.unique("")
+    _, body, created = agent_with_custom_embedding(org, own_vendor, key)
+    agent = api.ok(created, 200, 201)
+    own_vendor.clear()
+    inserted = org.post(f"/v1/agents/{agent['id']}/archival-memory", {"text": "the sky is green"})
+    sent = [r for r in own_vendor.requests if r.path.rstrip("/").endswith("/embeddings")]
+    assert sent, f"archival memory: no embedding request reached the vendor (HTTP {inserted.status}: {inserted.text[:300]})"
+    assert {r.model for r in sent} == {"text-embedding-3-small"}
+    carried = {r.bearer for r in sent}
+    assert not carried & ENV_KEYS, f"the server's own OPENAI_API_KEY went to {own_vendor.base_url}: {carried}"
+    assert carried == {key}, f"the embedding requests carried {carried}, not the provider's key"
+    assert inserted.status == 200, f"archival memory: HTTP {inserted.status}: {inserted.text[:300]}"
