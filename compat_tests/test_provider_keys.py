@@ -134,16 +134,25 @@ def test_custom_provider_embedding_handles_work_as_on_0_16_8(org, own_vendor):
     assert not problems, "\n".join(problems)
 
 
-def test_an_agent_embeds_at_its_provider_with_the_provider_key(org, own_vendor):
+def test_embeddings_go_to_the_provider_with_its_key(org, own_vendor):
+    # An archive on a custom provider's embedding handle embeds each passage at that provider.
+    # (Agents embed the same way; inserting into an agent's archival memory would do, but 0.14-0.15
+    # count its tokens with tiktoken first, which downloads its encoding: no network here.)
     key = "sk-embeds-" + api.unique("")
-    _, body, created = agent_with_custom_embedding(org, own_vendor, key)
-    agent = api.ok(created, 200, 201)
+    p = api.create_provider(org, api.unique("Embeds"), own_vendor.base_url, key)
+    # The configuration an agent created with that handle gets (0.14's archive route cannot take a
+    # handle: it reads archive.embedding.provider off a string and answers 500).
+    config = {
+        "embedding_endpoint_type": "openai", "embedding_endpoint": own_vendor.base_url, "embedding_model": "text-embedding-3-small",
+        "embedding_dim": 1536, "embedding_chunk_size": 300, "handle": f"{p['name']}/text-embedding-3-small",
+    }
+    archive = api.ok(org.post("/v1/archives/", {"name": api.unique("archive-"), "embedding_config": config}))
     own_vendor.clear()
-    inserted = org.post(f"/v1/agents/{agent['id']}/archival-memory", {"text": "the sky is green"})
+    inserted = org.post(f"/v1/archives/{archive['id']}/passages", {"text": "the sky is green", "metadata": {}, "tags": []})
     sent = [r for r in own_vendor.requests if r.path.rstrip("/").endswith("/embeddings")]
-    assert sent, f"archival memory: no embedding request reached the vendor (HTTP {inserted.status}: {inserted.text[:300]})"
+    assert sent, f"no embedding request reached the provider (HTTP {inserted.status}: {inserted.text[:300]})"
     assert {r.model for r in sent} == {"text-embedding-3-small"}
     carried = {r.bearer for r in sent}
     assert not carried & ENV_KEYS, f"the server's own OPENAI_API_KEY went to {own_vendor.base_url}: {carried}"
     assert carried == {key}, f"the embedding requests carried {carried}, not the provider's key"
-    assert inserted.status == 200, f"archival memory: HTTP {inserted.status}: {inserted.text[:300]}"
+    assert inserted.status == 200, f"passage: HTTP {inserted.status}: {inserted.text[:300]}"
