@@ -1,14 +1,16 @@
 """A stand-in LLM vendor: an OpenAI-compatible HTTP server on 127.0.0.1 that records every request.
 
 It speaks the real wire protocol (``GET /v1/models``, ``POST /v1/chat/completions`` plain and
-streamed as server-sent events) so the Letta server under test talks to it exactly as it would to
-a vendor, and it records path, ``Authorization`` header and requested model so a test can assert
+streamed as server-sent events, ``POST /v1/embeddings``) so the Letta server under test talks to it
+exactly as it would to a vendor, and it records path, ``Authorization`` header and requested model so a test can assert
 which key and which model reached which vendor.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,6 +112,9 @@ class FakeVendor:
                 except ValueError:
                     body = {"_unparsed": raw.decode("utf-8", "replace")}
                 self._record(body)
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    self._embeddings(body)
+                    return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
                     return
@@ -131,6 +136,21 @@ class FakeVendor:
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                     },
                 )
+
+            def _embeddings(self, body: dict) -> None:
+                # One vector per input, of the requested dimension (1536 by default), as floats or
+                # as the base64 of little-endian float32 (what openai's client asks for by default).
+                inputs = body.get("input")
+                inputs = [inputs] if isinstance(inputs, str) or not isinstance(inputs, list) else inputs
+                dim = int(body.get("dimensions") or 1536)
+                vector = [0.0] * (dim - 1) + [1.0]
+                if body.get("encoding_format") == "base64":
+                    encoded = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode()
+                    data = [{"object": "embedding", "index": i, "embedding": encoded} for i in range(len(inputs))]
+                else:
+                    data = [{"object": "embedding", "index": i, "embedding": vector} for i in range(len(inputs))]
+                self._send_json(200, {"object": "list", "data": data, "model": body.get("model", "unknown"),
+                                      "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
 
             def _stream(self, model: str, created: int) -> None:
                 self.send_response(200)
