@@ -156,3 +156,21 @@ def test_embeddings_go_to_the_provider_with_its_key(org, own_vendor):
     assert not carried & ENV_KEYS, f"the server's own OPENAI_API_KEY went to {own_vendor.base_url}: {carried}"
     assert carried == {key}, f"the embedding requests carried {carried}, not the provider's key"
     assert inserted.status == 200, f"passage: HTTP {inserted.status}: {inserted.text[:300]}"
+
+
+@pytest.mark.parametrize("change", ["clear-the-key", "move-to-the-official-url"])
+def test_an_update_cannot_leave_a_provider_at_the_official_url_without_a_key(org, own_vendor, change):
+    if change == "clear-the-key":  # a provider at the official URL (with a key) loses its key
+        name = api.unique("Official")
+        created = org.post("/v1/providers/", {"name": name, "provider_type": "openai", "api_key": "sk-official",
+                                              "base_url": "https://api.openai.com/v1"})
+        update = {"api_key": ""}
+    else:  # a keyless provider on a custom URL is moved to the official one
+        created = create_keyless(org, own_vendor.base_url)
+        update = {"api_key": "", "base_url": "https://api.openai.com/v1"}
+    provider = created.body if created.status == 200 else None
+    assert provider is not None, f"HTTP {created.status}: {created.text[:300]}"
+    resp = org.patch(f"/v1/providers/{provider['id']}", update)
+    assert 400 <= resp.status < 500 and "key" in resp.text.lower(), f"HTTP {resp.status}: {resp.text[:300]}"
+    [(base_url,)] = org.sql("SELECT base_url FROM providers WHERE id = :p", p=provider["id"])
+    assert base_url == provider.get("base_url"), "the refused update changed the provider"
