@@ -87,6 +87,7 @@ class Loop(RuleBasedStateMachine):
         self.uncommitted: dict[Path, str] = {}  # tree -> its diff when the maintainer left an edit there
         self.bundles: list[Path] = []
         self.port: Path | None = None
+        self.made = 0  # edits made, so no two are the same
 
     def teardown(self) -> None:
         shutil.rmtree(getattr(self, "root", "/nonexistent"), ignore_errors=True)
@@ -155,7 +156,8 @@ class Loop(RuleBasedStateMachine):
         if git(tree, "status", "--porcelain") or not git(tree, "symbolic-ref", "-q", "HEAD", check=False):
             return
         if how == "new-commit":
-            (tree / "letta" / f"extra{line}.py").write_text(f"X = {line}\n")
+            self.made += 1
+            (tree / "letta" / f"extra{line}.py").write_text(f"X = {line}  # edit {self.made}\n")
             git(tree, "add", "-A")
             git(tree, "commit", "-q", "-m", f"Add extra{line}", "-m", "A module Ketta needs for a reason of its own.")
         else:
