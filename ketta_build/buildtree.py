@@ -290,6 +290,9 @@ class TreeState:
     head: str | None  # the commit the tool itself left at HEAD (apply, or the last export or port)
     stopped_at: str | None  # the patch apply stopped at (it did not apply), if it stopped
     not_attempted: tuple[str, ...]  # the patches after it
+    # patch name -> (sha256 of the patch file, commit) when the tree and patches/ last agreed on it
+    # (apply, export, port): a file changed since, by an export from another tree, is newer there
+    synced: dict[str, tuple[str | None, str | None]]
 
 
 def read_tree_state(tree: Path) -> TreeState:
@@ -303,8 +306,11 @@ def read_tree_state(tree: Path) -> TreeState:
     except (ValueError, KeyError, TypeError):
         raise BuildTreeError(f"its .git/{STATE_FILE} is not readable", path=tree) from None
     failed = [p["name"] for p in data.get("patches", []) if p.get("outcome") == "failed"]
+    synced = data.get("synced") or {p["name"]: [p.get("sha256"), p.get("commit")] for p in data.get("patches", [])
+                                    if p.get("commit")}
     return TreeState(version, (data.get("tree") or {}).get("head"), failed[0] if failed and not data.get("options", {}).get(
-        "keep_going") else None, tuple(data.get("not_attempted", [])))
+        "keep_going") else None, tuple(data.get("not_attempted", [])),
+        {name: (pair[0], pair[1]) for name, pair in synced.items()})
 
 
 def recorded_head(tree: Path) -> str | None:
@@ -314,11 +320,16 @@ def recorded_head(tree: Path) -> str | None:
         return None
 
 
-def record_head(tree: Path, head: str) -> None:
-    """Remember ``head`` as the commit the tool left (after it rewrote commit messages)."""
+def record_head(tree: Path, head: str, synced: dict[str, tuple[str, str]] | None = None) -> None:
+    """Remember ``head`` as the commit the tool left (after it rewrote commit messages), and for the
+    patches in ``synced`` the file (sha256) and commit that now agree."""
     state_file = tree / ".git" / STATE_FILE
     data = json.loads(state_file.read_text())
     data.setdefault("tree", {})["head"] = head
+    if synced is not None:
+        known = {name: list(pair) for name, pair in read_tree_state(tree).synced.items()}
+        known.update({name: list(pair) for name, pair in synced.items()})
+        data["synced"] = known
     write_atomic(state_file, (json.dumps(data, indent=2) + "\n").encode())
 
 

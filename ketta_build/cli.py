@@ -359,7 +359,7 @@ def _cmd_export(args, console) -> int:
             source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True)
             verify_plan(plan, PristineRepos(source, cache), split=args.split)
     colour = {"unchanged": "dim", "reworded": "green", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow",
-              "not-applied": "yellow", "split": "cyan"}
+              "not-applied": "yellow", "split": "cyan", "newer": "yellow"}
     for p in plan.patches:
         note = f"  ({escape(p.note)})" if p.note else ""
         console.print(f"[{colour[p.status]}]{p.status:9}[/] {escape(p.name)}{note}")

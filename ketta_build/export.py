@@ -26,6 +26,7 @@ Each file is replaced atomically.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -52,7 +53,8 @@ _NUMBER = re.compile(r"^(\d+)-")
 @dataclass
 class ExportedPatch:
     name: str
-    status: str  # unchanged | reworded (header only) | refreshed | new | dropped | pruned | not-applied | split
+    status: str  # unchanged | reworded (header only) | refreshed | new | newer (in patches/) | dropped | pruned |
+    #              not-applied | split
     commit: str | None
     guard: str | None = None
     note: str | None = None
@@ -194,6 +196,10 @@ def _index_lines_hold(tree: Path, sha: str, patch: Patch) -> bool:
     return True
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _slug(subject: str) -> str:
     words = re.findall(r"[a-z0-9]+", subject.lower())
     slug = "-".join(words)[:48].rstrip("-")
@@ -240,6 +246,16 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
             # The same change, and (on its own base release) index lines that still hold: keep the file.
             same = _same_change(tree, commit.sha, old) and (
                 old.header.base_release != version or _index_lines_hold(tree, commit.sha, old))
+            synced_sha, synced_commit = state.synced.get(name, (None, None))
+            if not same and synced_sha is not None and synced_sha != _sha256(series_dir / name):
+                # patches/ has a newer file than this tree was made from (an export from another tree)
+                if synced_commit == commit.sha:  # and this tree did not touch the patch: nothing to write
+                    plan.patches.append(ExportedPatch(name, "newer", commit.sha, entries[name].guard_text,
+                                                      "patches/ has a newer version (apply again to work on it); kept"))
+                    continue
+                raise BuildTreeError(f"{name} was changed both in {series_dir} (since this tree was made) and in this "
+                                     "tree: export would throw one of the two away; apply again (with --force: the "
+                                     "commits here are kept as a backup ref) and carry the edit over", path=tree)
             base = old.header.base_release if same else version
             header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=base, where=short)
             if same:
@@ -475,7 +491,9 @@ def write_plan(plan: ExportPlan) -> list[Path]:
         for path in changed:
             if plan.files[path] is None:
                 path.unlink(missing_ok=True)
-        record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"))
+        synced = {p.name: (_sha256(plan.series_dir / p.name), p.commit) for p in plan.patches
+                  if p.commit and p.status not in ("newer",) and (plan.series_dir / p.name).is_file()}
+        record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"), synced)
     return changed
 
 

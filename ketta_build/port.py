@@ -491,7 +491,12 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
         if (project / "tox.ini").exists() and toxini.write(project):
             written.append(project / "tox.ini")
         read_series(series_dir).explain(new)  # the written series must select one variant per patch for NEW
-        record_head(tree, git(tree, "rev-parse", "HEAD"))
+        synced = {}
+        for ported in state.patches:
+            final = plan.variant_names.get(ported.name, ported.name)
+            if ported.commit and (series_dir / final).is_file():
+                synced[final] = (hashlib.sha256((series_dir / final).read_bytes()).hexdigest(), ported.commit)
+        record_head(tree, git(tree, "rev-parse", "HEAD"), synced)
         (tree / ".git" / STATE).unlink()
         _unregister(cache, state)
     state.stopped_at = None

@@ -749,3 +749,38 @@ def test_two_forced_applies_in_the_same_second_keep_both_backups(world):
         assert rc == 0, err
     refs = git(tree, "for-each-ref", "--format=%(objectname)", "refs/ketta/backup/").split()
     assert set(kept) <= set(refs)
+
+
+def test_an_export_from_an_older_tree_does_not_undo_a_newer_export(world):
+    """Two trees of releases that share 0001: edited and exported in 0.16.8's tree, then an export from
+    0.16.7's tree (made before that edit) must not write 0001 back as it was."""
+    old_tree = world.apply("0.16.7")
+    tree = world.apply("0.16.8")
+    first = git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip()
+    git(tree, "checkout", "-q", "-b", "work")
+    git(tree, "checkout", "-q", first)
+    m = tree / "letta/m.py"
+    m.write_text(m.read_text().replace("line fifteen (ketta)\n", "line FIFTEEN (ketta)\n"))
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    amended = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "checkout", "-q", "work")
+    subprocess.run(["git", "rebase", "-q", "--onto", amended, first], cwd=tree, check=False, capture_output=True)
+    if (tree / ".git" / "rebase-merge").exists():  # 0003's context holds line 15's neighbours: not here
+        raise AssertionError("unexpected rebase conflict")
+    assert world.run("export", "--tree", str(tree))[0] == 0
+    newer = (world.patches / "0001-change-m.diff").read_bytes()
+    rc, out, err = world.run("export", "--tree", str(old_tree))
+    assert rc == 0, err
+    assert (world.patches / "0001-change-m.diff").read_bytes() == newer and "newer" in out
+    # an edit of 0001 in the old tree too: both changed, export refuses rather than drop one
+    m7 = old_tree / "letta/m.py"
+    git(old_tree, "checkout", "-q", "-b", "work")
+    first7 = git(old_tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip()
+    git(old_tree, "checkout", "-q", first7)
+    m7.write_text(m7.read_text().replace("line 16\n", "line sixteen\n"))
+    git(old_tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    amended7 = git(old_tree, "rev-parse", "HEAD").strip()
+    git(old_tree, "checkout", "-q", "work")
+    subprocess.run(["git", "rebase", "-q", "--onto", amended7, first7], cwd=old_tree, check=True, capture_output=True)
+    rc, _, err = world.run("export", "--tree", str(old_tree))
+    assert rc == 5 and "changed both" in err and (world.patches / "0001-change-m.diff").read_bytes() == newer
