@@ -306,6 +306,7 @@ def read_tree_state(tree: Path) -> TreeState:
     except (ValueError, KeyError, TypeError):
         raise BuildTreeError(f"its .git/{STATE_FILE} is not readable", path=tree) from None
     failed = [p["name"] for p in data.get("patches", []) if p.get("outcome") == "failed"]
+    # trees made before "synced" was kept: what apply recorded (a false alarm beats a silent revert)
     synced = data.get("synced") or {p["name"]: [p.get("sha256"), p.get("commit")] for p in data.get("patches", [])
                                     if p.get("commit")}
     return TreeState(version, (data.get("tree") or {}).get("head"), failed[0] if failed and not data.get("options", {}).get(
@@ -629,7 +630,9 @@ def apply_series(
             with uninterruptible():  # Ctrl-C from here on waits until the new tree is in place
                 if out.exists():  # --force: what was committed there and never exported stays reachable
                     report.backup_ref = carry_backups(out, tree, "apply")
-                (tree / ".git" / STATE_FILE).write_text(json.dumps(report_json(report), indent=2) + "\n")
+                state = report_json(report)
+                state["synced"] = {p["name"]: [p["sha256"], p["commit"]] for p in state["patches"] if p["commit"]}
+                (tree / ".git" / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
                 _move_into_place(tree, out)
         finally:
             for step in cleanup:
