@@ -18,7 +18,7 @@ from .pgcluster import EmbeddedCluster, PgTarget
 from .vendor import FakeVendor
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "upgrade")
+SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "fuzz", "parity", "upgrade")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

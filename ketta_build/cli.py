@@ -53,6 +53,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+FUZZ_EXAMPLES_DEFAULT = 10  # compat_tests/test_fuzz.py's own default: the default run's 0.16.8 cell
+FUZZ_EXAMPLES_THOROUGH = 40
+
+
 def _verb(sub, name: str, *, help: str) -> argparse.ArgumentParser:
     """A verb's parser: its help line doubles as the description, the exit codes are the epilog."""
     return sub.add_parser(name, help=help, description=help, epilog=exit_code_table(),
@@ -156,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"cells to run at once, longest first (default: the number of CPUs, {os.cpu_count() or 1} here)")
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
+    mp.add_argument("--fuzz-examples", type=int, metavar="N",
+                    help=f"generated requests per route in the fuzz suite (default {FUZZ_EXAMPLES_DEFAULT}, "
+                         f"{FUZZ_EXAMPLES_THOROUGH} with --all or --suite fuzz)")
     mp.add_argument("--index-url", metavar="URL", help="package index for the releases (default: pip's configuration)")
     mp.add_argument("--upgrade-pairs", choices=("all", "ci"), default="all",
                     help="upgrade suite: every pair (default) or the default test run's ('ci')")
@@ -204,8 +211,10 @@ def _cmd_matrix(args, console) -> int:
             status.update(f"matrix: {len(done)}/{len(versions) * len(suites)} cells done, "
                           f"{sum(c.status == 'pass' for c in done)} passing")
 
+        fuzz_examples = args.fuzz_examples or (FUZZ_EXAMPLES_THOROUGH if args.all or "fuzz" in (args.suite or []) else None)
         cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
                            no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
+                           fuzz_examples=fuzz_examples,
                            upgrade_pairs=args.upgrade_pairs, on_cell=on_cell)
     context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time())
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)

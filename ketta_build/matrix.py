@@ -26,7 +26,7 @@ from .errors import KettaError
 from .releases import load_releases, parse_version
 from .upstream import unknown_release
 
-SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "upgrade")
+SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "fuzz", "parity", "upgrade")
 # Suites the matrix runs in one pytest session per release (tox env ``letta<NNNN>-shared``): they
 # share the PostgreSQL, the migrated template and the default server. ``upgrade`` runs on its own:
 # it is the longest cell, and runs beside the shared session.
@@ -172,6 +172,7 @@ def run_matrix(
     project: Path = Path("."),
     index_url: str | None = None,
     upgrade_pairs: str = "all",
+    fuzz_examples: int | None = None,
     on_cell=lambda cell: None,
     tox: list[str] | None = None,
 ) -> list[Cell]:
@@ -196,6 +197,8 @@ def run_matrix(
     if index_url:
         env["KETTA_INDEX_URL"] = index_url
     env["KETTA_UPGRADE_PAIRS"] = upgrade_pairs
+    if fuzz_examples is not None:
+        env["KETTA_FUZZ_EXAMPLES"] = str(fuzz_examples)
     if no_patches:
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
@@ -281,7 +284,7 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
     for path in sorted((report_dir / "builds").glob("*.json")):
         record = json.loads(path.read_text())
         builds[path.stem] = record
-    return {
+    return {**user_input_records(report_dir),
         "tool": f"ketta-build {__version__}",
         "series_commit": git("rev-parse", "HEAD") or None,
         "series_dirty": bool(git("status", "--porcelain", "--", "patches")),
@@ -290,6 +293,40 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
         "total_seconds": round(finished - started, 1),
         "builds": builds,
     }
+
+
+def user_input_records(report_dir: Path) -> dict:
+    """What the fuzz and parity suites wrote per release (``fuzz/<release>.json``, ``parity/<release>.json``),
+    reduced to what the report shows: calls, seed, allowed 5xx, failures; steps and differences."""
+    fuzz, parity = {}, {}
+    for path in sorted((report_dir / "fuzz").glob("*.json"), key=lambda p: parse_version(p.stem)):
+        data = json.loads(path.read_text())
+        fuzz[path.stem] = {k: data.get(k) for k in ("seed", "examples_per_route", "calls", "seconds", "names_reused",
+                                                     "allowed", "failures", "notes")}
+        fuzz[path.stem]["routes"] = len(data.get("routes", {}))
+    for path in sorted((report_dir / "parity").glob("*.json"), key=lambda p: parse_version(p.stem)):
+        data = json.loads(path.read_text())
+        parity[path.stem] = {"steps": len(data.get("steps", [])), "allowed": data.get("allowed", []),
+                             "differences": data.get("differences", []), "stale_allowances": data.get("stale_allowances", [])}
+    return {"fuzz": fuzz, "parity": parity}
+
+
+def _user_input_lines(context: dict) -> list[str]:
+    """Markdown: per release, the fuzz run and the parity comparison."""
+    fuzz, parity = context.get("fuzz") or {}, context.get("parity") or {}
+    if not fuzz and not parity:
+        return []
+    lines = ["", "## What users send: fuzz and parity", "",
+             "| release | fuzz calls (routes, per route, seed) | allowed upstream 5xx | fuzz failures | parity steps | "
+             "differences from 0.16.8 allowed | not allowed |", "|---|---|---|---|---|---|---|"]
+    for version in sorted(set(fuzz) | set(parity), key=parse_version):
+        f, p = fuzz.get(version, {}), parity.get(version, {})
+        fz = f"{f.get('calls')} ({f.get('routes')}, {f.get('examples_per_route')}, {f.get('seed')})" if f else "-"
+        allowed = sum((f.get("allowed") or {}).values()) if f else "-"
+        reasons = "; ".join(f"{a['step']} / {a['field']}: {a['reason']}" for a in p.get("allowed", [])) or "none"
+        lines.append(f"| {version} | {fz} | {allowed} | {len(f.get('failures') or []) if f else '-'} | "
+                     f"{p.get('steps', '-')} | {reasons if p else '-'} | {len(p.get('differences', [])) if p else '-'} |")
+    return lines
 
 
 def default_versions(project: Path = Path(".")) -> list[str]:
@@ -351,6 +388,7 @@ def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = 
     for v in versions:
         row = [f"[{_label(grid[v, s])}]({grid[v, s].log})" if (v, s) in grid else "-" for s in suites]
         lines.append(f"| {v} | " + " | ".join(row) + " |")
+    lines += _user_input_lines(context or {})
     failing = [c for c in cells if c.failures or c.status != "pass"]
     if failing:
         lines += ["", "## Failing cells", ""]
@@ -401,9 +439,31 @@ def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None
         f"<p>{summary['pass']} passing, {summary['fail']} failing, {summary['error']} errors, "
         f"{summary['not-run']} not run, of {len(cells)} cells.</p><ul>{about}</ul>"
         f"<table><tr><th>release</th>{head}</tr>{''.join(rows)}</table>"
+        + _user_input_html(context or {})
         + (f"<h2>Cells that did not pass</h2>{''.join(details)}" if details else "")
         + "</body></html>\n"
     )
+
+
+def _user_input_html(context: dict) -> str:
+    fuzz, parity = context.get("fuzz") or {}, context.get("parity") or {}
+    if not fuzz and not parity:
+        return ""
+    rows = []
+    for version in sorted(set(fuzz) | set(parity), key=parse_version):
+        f, p = fuzz.get(version, {}), parity.get(version, {})
+        allowed = "".join(f"<li>{html.escape(a['step'])} / {html.escape(a['field'])}: {html.escape(a['reason'])}</li>"
+                          for a in p.get("allowed", []))
+        rows.append(
+            f"<tr><th>{html.escape(version)}</th>"
+            f"<td>{f.get('calls', '-')} calls, {f.get('routes', '-')} routes, {f.get('examples_per_route', '-')} per route, "
+            f"seed {f.get('seed', '-')}</td><td>{sum((f.get('allowed') or {}).values()) if f else '-'}</td>"
+            f"<td>{len(f.get('failures') or []) if f else '-'}</td><td>{p.get('steps', '-')}</td>"
+            f"<td style='text-align:left'><ul>{allowed or '<li>none</li>'}</ul></td>"
+            f"<td>{len(p.get('differences', [])) if p else '-'}</td></tr>")
+    return ("<h2>What users send: fuzz and parity</h2><table><tr><th>release</th><th>fuzz</th><th>allowed upstream 5xx</th>"
+            "<th>fuzz failures</th><th>parity steps</th><th>differences from 0.16.8 allowed</th><th>not allowed</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def write_reports(cells: list[Cell], report_dir: Path, no_patches: bool, context: dict | None = None) -> dict[str, Path]:
@@ -456,8 +516,10 @@ def merge_reports(sources: list[Path], out_dir: Path) -> tuple[list[Cell], bool,
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "logs").mkdir(parents=True)
     (staging / "builds").mkdir()
+    for sub in ("fuzz", "parity"):
+        (staging / sub).mkdir()
     for src in sources:
-        for sub in ("logs", "builds"):
+        for sub in ("logs", "builds", "fuzz", "parity"):
             for f in sorted((src / sub).glob("*")) if (src / sub).is_dir() else []:
                 if f.is_file():
                     shutil.copy2(f, staging / sub / f.name)
@@ -470,6 +532,8 @@ def merge_reports(sources: list[Path], out_dir: Path) -> tuple[list[Cell], bool,
         "date": max((c.get("date") or "" for c in contexts), default=""),
         "total_seconds": round(sum(c.get("total_seconds", 0) for c in contexts), 1),
         "builds": {k: v for c in contexts for k, v in c.get("builds", {}).items()},
+        "fuzz": {k: v for c in contexts for k, v in (c.get("fuzz") or {}).items()},
+        "parity": {k: v for c in contexts for k, v in (c.get("parity") or {}).items()},
         "merged_from": [str(s) for s in sources],
     }
     patched = flavours.pop()
