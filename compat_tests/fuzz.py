@@ -52,7 +52,7 @@ class FuzzRun:
     seed: int
     examples: int  # generated requests per route
     vendor_url: str  # a working OpenAI-compatible vendor, for the providers the checks create
-    allowed: list = field(default_factory=list)  # reviewed upstream 5xx: {route, status, text, reason}
+    allowed: list = field(default_factory=list)  # reviewed upstream 5xx: {route, status, text, query, reason}
     allowed_hits: collections.Counter = field(default_factory=collections.Counter)  # reason -> times met
     calls: collections.Counter = field(default_factory=collections.Counter)  # route -> calls
     statuses: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))  # route -> status -> n
@@ -128,8 +128,9 @@ class FuzzRun:
         self.statuses[label][response.status_code] += 1
         text = response.text or ""
         if response.status_code >= 500:
+            query = urllib.parse.urlencode(case.query or {}, doseq=True)
             known = next((a for a in self.allowed if a["route"] == label and a["status"] == response.status_code
-                          and a["text"] in text), None)
+                          and a["text"] in text and re.search(a.get("query", ""), query)), None)
             if known is not None:
                 self.allowed_hits[known["reason"]] += 1
             else:

@@ -110,6 +110,10 @@ class Script:
         self.record("check a provider that cannot be reached", s.post("/v1/providers/check", {
             "provider_type": "openai", "api_key": self.keys["keyed"], "base_url": UNREACHABLE}))
 
+        r = s.post("/v1/agents/", {"name": "Research / Notes", "model": f"{self.names['keyed']}/gpt-4o",
+                                   "embedding_config": api.EMBEDDING_CONFIG, "agent_type": "letta_v1_agent",
+                                   "include_base_tools": False, "memory_blocks": []})
+        self.record("create an agent whose name holds a slash", r)
         agent = self.agent_talks("keyed", "gpt-4o", embedding="text-embedding-3-small")
         keyless_agent = self.agent_talks("keyless", "gpt-4o-mini")
 
