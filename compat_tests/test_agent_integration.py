@@ -70,3 +70,12 @@ def test_messages_survive_a_collection_in_every_request(servers, vendors):
     for number in range(30):
         resp = api.send_message(stressed, agent["id"], f"message {number}")
         assert resp.status == 200, f"message {number} of 30: HTTP {resp.status}: {resp.text[:300]}"
+
+
+@pytest.mark.parametrize("name", ["Research / Notes", "a:b", 'say "hi"'])
+def test_an_agent_name_the_validator_refuses_is_a_4xx_not_a_500(server, vendors, name):
+    p = api.create_provider(server, api.unique("Names"), vendors["alpha"].base_url, "sk-names")
+    body = {"name": name, "model": f"{p['name']}/gpt-4o-mini", "embedding_config": api.EMBEDDING_CONFIG,
+            "agent_type": "letta_v1_agent", "include_base_tools": False, "memory_blocks": []}
+    resp = server.post("/v1/agents/", body)
+    assert 400 <= resp.status < 500 and "invalid characters" in resp.text, f"HTTP {resp.status}: {resp.text[:300]}"
