@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"cells to run at once, longest first (default: the number of CPUs, {os.cpu_count() or 1} here)")
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
+    mp.add_argument("--rerun", action="store_true", help="run every cell, even one whose inputs have a stored pass")
+    mp.add_argument("--changed", nargs="?", const="", metavar="REF",
+                    help="run only the cells a change since REF can affect (default: the merge base with main, "
+                         "else the last report's series commit)")
+    mp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache, cell results included "
+                                                                  "(default: user cache dir)")
     mp.add_argument("--fuzz-examples", type=int, metavar="N",
                     help=f"generated requests per route in the fuzz suite (default {FUZZ_EXAMPLES_DEFAULT}, "
                          f"{FUZZ_EXAMPLES_THOROUGH} with --all or --suite fuzz)")
@@ -195,12 +201,34 @@ def _cmd_matrix(args, console) -> int:
     colour = {"pass": "green", "fail": "red", "error": "yellow"}
 
     def show(cell) -> None:
+        if cell.status == "not-affected":
+            console.print(f"[dim]not affected[/] {cell.env} (no stored pass for its inputs; the change cannot affect it)")
+            return
+        if cell.reused:
+            proven = cell.proven or {}
+            console.print(f"[green]pass[/] {cell.env}: reused, proven {proven.get('date')} at "
+                          f"{(proven.get('series_commit') or '?')[:10]} ({cell.passed} passed)")
+            return
         console.print(
             f"[{colour.get(cell.status, 'white')}]{cell.status:5}[/] {cell.env}: {cell.passed} passed, "
             f"{cell.failed} failed, {cell.errors} errors in {cell.duration:.0f}s  ({report_dir / cell.log})"
         )
 
-    console.print(f"running {len(versions) * len(suites)} cell(s) with {args.parallel} at a time")
+    _need_tox()
+    from .affected import affected_cells, default_ref
+    from .cache import Cache
+    from .cellcache import CellStore
+    from .releases import parse_version
+
+    cache = Cache(args.cache_dir)
+    store = None if args.rerun else CellStore(cache.root / "cells")
+    changed = None
+    if args.changed is not None:
+        ref = args.changed or default_ref(Path("."), report_dir.absolute())
+        changed = affected_cells(Path("."), ref, [parse_version(v) for v in versions], suites)
+        console.print(f"--changed against {ref[:12]}: " + ("; ".join(changed.why) or "nothing that a cell reads changed"))
+    console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} tox run(s) at a time"
+                  + ("" if store is None else "; cells whose inputs have a stored pass are reused (--rerun runs them)"))
     started = time.time()
     with console.status("matrix: starting") as status:
         done: list = []
@@ -214,7 +242,7 @@ def _cmd_matrix(args, console) -> int:
         fuzz_examples = args.fuzz_examples or (FUZZ_EXAMPLES_THOROUGH if args.all or "fuzz" in (args.suite or []) else None)
         cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
                            no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
-                           fuzz_examples=fuzz_examples,
+                           fuzz_examples=fuzz_examples, store=store, cache=cache, changed=changed,
                            upgrade_pairs=args.upgrade_pairs, on_cell=on_cell)
     context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time())
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
@@ -222,7 +250,17 @@ def _cmd_matrix(args, console) -> int:
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
     _emit_json(args.json, report_json(cells, args.no_patches, context))
-    return 0 if all(c.status == "pass" for c in cells) else 1
+    return 0 if all(c.status in ("pass", "not-affected") for c in cells) else 1
+
+
+def _need_tox() -> None:
+    """The matrix runs tox with tox-uv: say so up front, not as a red cell whose log says it."""
+    import importlib.util
+
+    missing = [name for name, module in (("tox", "tox"), ("tox-uv", "tox_uv")) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise KettaError(f"the matrix runs its cells with {' and '.join(missing)}, which this environment lacks: "
+                         "pip install 'ketta-build[test]' (or pip install tox tox-uv)")
 
 
 def _matrix_table(console, cells) -> None:
@@ -237,7 +275,13 @@ def _matrix_table(console, cells) -> None:
         row = []
         for s in suites:
             c = grid.get((v, s))
-            row.append("-" if c is None else f"[{colour.get(c.status, 'white')}]{c.status}[/] {c.passed}/{c.passed + c.failed + c.errors}")
+            if c is None:
+                row.append("-")
+            elif c.status == "not-affected":
+                row.append("[dim]not affected[/]")
+            else:
+                label = "pass (reused)" if c.reused else c.status
+                row.append(f"[{colour.get(c.status, 'white')}]{label}[/] {c.passed}/{c.passed + c.failed + c.errors}")
         table.add_row(v, *row)
     console.print(table)
 

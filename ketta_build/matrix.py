@@ -10,6 +10,7 @@ per cell and links each log.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -22,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .affected import Affected
+from .cache import Cache
+from .cellcache import CellStore, Proof, cell_key, digest_files, suite_files
 from .errors import KettaError
 from .releases import load_releases, parse_version
 from .upstream import unknown_release
@@ -56,6 +60,9 @@ class Cell:
     log: str = ""
     failures: list[str] = field(default_factory=list)
     session: str = ""  # the tox environment whose run this cell's results came from (its own, or letta<NNNN>-shared)
+    key: str = ""  # the cell's input key (cellcache): same key, same result
+    reused: bool = False  # not run: a stored pass with the same key stands for it
+    proven: dict | None = None  # for a reused cell: the run that proved it (date, series commit, env)
 
 
 @dataclass
@@ -175,7 +182,14 @@ def run_matrix(
     fuzz_examples: int | None = None,
     on_cell=lambda cell: None,
     tox: list[str] | None = None,
+    store: CellStore | None = None,
+    cache: Cache | None = None,
+    changed: Affected | None = None,
+    keys: CellKeys | None = None,
 ) -> list[Cell]:
+    """Run the cells of ``versions`` x ``suites``. With a ``store``, a cell whose input key has a stored
+    pass is reused instead of run, and a fresh pass is stored; with ``changed``, only the cells the
+    change can affect run (the others are reused where stored, else reported as not affected)."""
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise KettaError(f"unknown suite(s) {', '.join(unknown)}; known: {', '.join(SUITES)}")
@@ -203,15 +217,31 @@ def run_matrix(
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
     cells = [Cell(str(parse_version(v)), s, env_name(v, s)) for v in versions for s in suites]
+    series_commit = _git(project, "rev-parse", "HEAD") or None
+    if store is not None or changed is not None:
+        keys = keys or CellKeys(project, cache or Cache(), not no_patches,
+                                Path(env.get("KETTA_BUILD_ROOT") or project / "build"), index_url, upgrade_pairs, env)
+        for cell in cells:
+            cell.key = keys.key(cell.version, cell.suite)
+            proof = store.lookup(cell.key) if store is not None else None
+            if proof is not None:
+                _reuse(cell, proof, report_dir)
+                on_cell(cell)
+            elif changed is not None and not changed.cell(cell.version, cell.suite, keys.related(cell.version, cell.suite)):
+                cell.status = "not-affected"
+                on_cell(cell)
+    to_run = [c for c in cells if c.status == "not-run"]
     # A release's shared suites run in one session (one PostgreSQL, one migrated template, one
     # default server); upgrade runs on its own. Up to ``parallel`` tox runs at once, the longest
     # first, whatever their release: a release's environment is built by whichever run gets there
     # first (prepare_server holds a lock per release and flavour, so the others wait for it and
     # reuse it), and the short runs fill the cores while the long ones go on.
-    order = longest_first(plan_tasks(cells), previous_durations(report_dir))
+    order = longest_first(plan_tasks(to_run), previous_durations(report_dir))
 
     def run_one(task: Task) -> None:
         for cell in run_task(task, report_dir, tox, env, project):
+            if store is not None and cell.key:
+                store.save(cell.key, cell, report_dir / cell.log, report_dir / f"{cell.session}.xml", series_commit)
             on_cell(cell)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -222,6 +252,81 @@ def run_matrix(
 # Rough warm seconds of a suite's cell on a 2-core machine: the order of a first run only (later
 # runs go by the durations in the previous report).
 TYPICAL_SECONDS = {"upgrade": 400, "upstream": 100, "unified": 60, "agent": 60, "harddelete": 30, "handle": 25, "migration": 20}
+
+
+def _git(project: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _reuse(cell: Cell, proof: Proof, report_dir: Path) -> None:
+    """Fill ``cell`` from the stored run that proved its key; its log and JUnit file come along."""
+    logs = report_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(proof.log, logs / f"{cell.env}.reused.log")
+    if proof.junit is not None:
+        shutil.copy2(proof.junit, report_dir / f"{cell.env}.reused.xml")
+    cell.status, cell.reused = "pass", True
+    cell.passed, cell.skipped, cell.xfailed, cell.duration = proof.passed, proof.skipped, proof.xfailed, proof.duration
+    cell.log, cell.session = f"logs/{cell.env}.reused.log", proof.env
+    cell.proven = {"date": proof.date, "series_commit": proof.series_commit, "env": proof.env}
+
+
+class CellKeys:
+    """The input key of each cell (see :mod:`ketta_build.cellcache`), computing each release's wheel once."""
+
+    def __init__(self, project: Path, cache: Cache, patched: bool, build_root: Path, index_url: str | None,
+                 upgrade_pairs: str, env: dict[str, str]) -> None:
+        self.project, self.cache, self.patched = project.absolute(), cache, patched
+        self.build_root, self.index_url, self.upgrade_pairs, self.env = build_root, index_url, upgrade_pairs, env
+        self._releases: dict[tuple[str, bool], dict] = {}
+        self._suites: dict[str, str] = {}
+        self.tox = hashlib.sha256((self.project / "tox.ini").read_bytes()).hexdigest()
+
+    def release(self, version: str, patched: bool) -> dict:
+        if (version, patched) not in self._releases:
+            from .serverenv import prepare_wheel
+            from .upstream import IndexSource, sha256_file
+
+            if patched or not self.patched:  # the wheel under test (a --no-patches run tests the unpatched one)
+                built = prepare_wheel(version, patched=patched, series_dir=self.project / "patches",
+                                      build_root=self.build_root, cache=self.cache, index_url=self.index_url)
+                found = {"wheel": built.wheel.sha256, "constraints": sha256_file(built.constraints)}
+            else:  # a stock start side of an upgrade pair: made from the sdist alone
+                source = IndexSource(self.cache, self.index_url, allow_unsupported=True)
+                found = {"sdist": source.resolve(parse_version(version)).sha256}
+            self._releases[version, patched] = found
+        return self._releases[version, patched]
+
+    def related(self, version: str, suite: str) -> set[str]:
+        """The other releases a cell builds: for ``upgrade``, those its pairs start from."""
+        return {v for v, _ in self._sides(version)} - {version} if suite == "upgrade" else set()
+
+    def _sides(self, version: str) -> set[tuple[str, bool]]:
+        import importlib
+        import sys
+
+        if str(self.project) not in sys.path:
+            sys.path.insert(0, str(self.project))
+        upgrade = importlib.import_module("compat_tests.upgrade")
+        sides = set()
+        for pair in upgrade.selected_pairs(version, self.upgrade_pairs):
+            for side in (pair.start, pair.end):
+                sides.add((side.version, side.flavour != "stock"))
+        return sides
+
+    def key(self, version: str, suite: str) -> str:
+        if suite not in self._suites:
+            tests = self.project / "compat_tests"
+            self._suites[suite] = digest_files(suite_files(tests, suite), self.project)
+        inputs = {"letta": version, "suite": suite, "patched": self.patched, "release": self.release(version, self.patched),
+                  "suite_files": self._suites[suite], "tox": self.tox}
+        if suite == "upgrade":
+            inputs["pairs"] = self.upgrade_pairs
+            inputs["sides"] = {f"{v}-{'ketta' if p else 'stock'}": self.release(v, p) for v, p in sorted(self._sides(version))}
+        if suite == "fuzz":
+            inputs["fuzz"] = {k: self.env.get(k) for k in ("KETTA_FUZZ_EXAMPLES", "KETTA_FUZZ_SEED", "KETTA_FUZZ_STEPS")}
+        return cell_key(inputs)
 
 
 def previous_durations(report_dir: Path) -> dict[str, float]:
@@ -342,7 +447,8 @@ def report_json(cells: list[Cell], no_patches: bool, context: dict | None = None
         "patched": not no_patches,
         "context": context or {},
         "cells": [asdict(c) for c in cells],
-        "summary": {s: sum(1 for c in cells if c.status == s) for s in ("pass", "fail", "error", "not-run")},
+        "summary": {**{s: sum(1 for c in cells if c.status == s) for s in ("pass", "fail", "error", "not-run", "not-affected")},
+                    "reused": sum(1 for c in cells if c.reused)},
     }
 
 
@@ -353,7 +459,12 @@ def cell_grid(cells: list[Cell]) -> tuple[list[str], list[str], dict[tuple[str, 
 
 
 def _label(c: Cell) -> str:
+    if c.status == "not-affected":
+        return "not affected"
     counts = f"{c.passed}/{c.passed + c.failed + c.errors}"
+    if c.reused:
+        proven = c.proven or {}
+        return f"pass (reused: proven {proven.get('date')} at {(proven.get('series_commit') or '?')[:10]}) {counts}"
     return f"{c.status} {counts} {c.duration:.0f}s"
 
 
@@ -389,7 +500,7 @@ def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = 
         row = [f"[{_label(grid[v, s])}]({grid[v, s].log})" if (v, s) in grid else "-" for s in suites]
         lines.append(f"| {v} | " + " | ".join(row) + " |")
     lines += _user_input_lines(context or {})
-    failing = [c for c in cells if c.failures or c.status != "pass"]
+    failing = [c for c in cells if c.failures or c.status not in ("pass", "not-affected")]
     if failing:
         lines += ["", "## Failing cells", ""]
         for c in failing:
@@ -399,7 +510,8 @@ def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = 
 
 def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None, report_dir: Path | None = None) -> str:
     versions, suites, grid = cell_grid(cells)
-    colours = {"pass": "#c8f0c8", "fail": "#f5c2c2", "error": "#f5dfa8", "not-run": "#e4e4e4"}
+    colours = {"pass": "#c8f0c8", "fail": "#f5c2c2", "error": "#f5dfa8", "not-run": "#e4e4e4", "not-affected": "#f4f4f4",
+               "reused": "#e6f7e6"}
     head = "".join(f"<th>{html.escape(s)}</th>" for s in suites)
     rows = []
     for v in versions:
@@ -409,19 +521,28 @@ def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None
             if c is None:
                 tds.append("<td>-</td>")
                 continue
+            if c.status == "not-affected":
+                tds.append(f'<td style="background:{colours["not-affected"]}">not affected</td>')
+                continue
             link = f"#{c.env}" if c.status != "pass" else html.escape(c.log)
+            reused = ""
+            if c.reused:
+                proven = c.proven or {}
+                reused = (f"<br><i>reused: proven {html.escape(str(proven.get('date')))} at "
+                          f"{html.escape((proven.get('series_commit') or '?')[:10])}</i>")
             tds.append(
-                f'<td style="background:{colours.get(c.status, "#fff")}">'
+                f'<td style="background:{colours["reused" if c.reused else c.status] if c.status in colours else "#fff"}">'
                 f'<a href="{link}">{html.escape(c.status)}</a><br>'
-                f"{c.passed} passed, {c.failed} failed, {c.errors} errors<br>{c.duration:.0f} s</td>"
+                f"{c.passed} passed, {c.failed} failed, {c.errors} errors<br>{c.duration:.0f} s{reused}</td>"
             )
         rows.append(f"<tr><th>{html.escape(v)}</th>{''.join(tds)}</tr>")
     title = "unpatched Letta" if no_patches else "Letta + Ketta series"
-    summary = {st: sum(1 for c in cells if c.status == st) for st in ("pass", "fail", "error", "not-run")}
+    summary = {st: sum(1 for c in cells if c.status == st) for st in ("pass", "fail", "error", "not-run", "not-affected")}
+    reused = sum(1 for c in cells if c.reused)
     about = "".join(f"<li>{html.escape(line)}</li>" for line in _context_lines(context or {}))
     details = []
     for c in cells:
-        if c.status == "pass":
+        if c.status in ("pass", "not-affected"):
             continue
         tests = "".join(f"<li><code>{html.escape(n)}</code></li>" for n in c.failures) or "<li>no test results</li>"
         tail = html.escape(log_tail(report_dir, c)) if report_dir else ""
@@ -436,8 +557,9 @@ def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None
         "padding:6px 10px;text-align:center}pre{background:#f4f4f4;padding:8px;overflow-x:auto;font-size:12px}"
         "li{font-size:13px}</style></head><body>"
         f"<h1>Ketta compatibility matrix: {html.escape(title)}</h1>"
-        f"<p>{summary['pass']} passing, {summary['fail']} failing, {summary['error']} errors, "
-        f"{summary['not-run']} not run, of {len(cells)} cells.</p><ul>{about}</ul>"
+        f"<p>{summary['pass']} passing ({reused} of them reused from an earlier run with the same inputs), "
+        f"{summary['fail']} failing, {summary['error']} errors, {summary['not-run']} not run, "
+        f"{summary['not-affected']} not affected by the change, of {len(cells)} cells.</p><ul>{about}</ul>"
         f"<table><tr><th>release</th>{head}</tr>{''.join(rows)}</table>"
         + _user_input_html(context or {})
         + (f"<h2>Cells that did not pass</h2>{''.join(details)}" if details else "")

@@ -142,7 +142,17 @@ def ensure_environment(
     return env
 
 
-def prepare_server(
+@dataclass(frozen=True)
+class ReleaseBuild:
+    """What a server environment is made from: the build tree, its wheel and its constraints."""
+
+    tree: Path
+    wheel: BuiltWheel
+    constraints: Path
+    apply_report: dict | None
+
+
+def prepare_wheel(
     version: str,
     *,
     patched: bool = True,
@@ -151,7 +161,9 @@ def prepare_server(
     cache: Cache | None = None,
     index_url: str | None = None,
     progress=lambda _: None,
-) -> ServerBuild:
+) -> ReleaseBuild:
+    """The build tree, wheel and constraints of ``version`` (patched or not), each only remade when out
+    of date; the matrix asks for it to know a cell's inputs before it decides to run the cell."""
     cache = cache or Cache()
     build_root = build_root.absolute()
     # Matrix cells run side by side and an upgrade cell builds other releases too: one builder
@@ -167,10 +179,26 @@ def prepare_server(
         progress(f"building the wheel of {tree.name}")
         wheel = build_wheel_once(tree, dist / tree.name, number)
         constraints = export_constraints(tree, build_root / f"{tree.name}.constraints.txt")
-    env = ensure_environment(wheel, constraints, cache, progress)
+    return ReleaseBuild(tree, wheel, constraints, report)
+
+
+def prepare_server(
+    version: str,
+    *,
+    patched: bool = True,
+    series_dir: Path = Path("patches"),
+    build_root: Path = Path("build"),
+    cache: Cache | None = None,
+    index_url: str | None = None,
+    progress=lambda _: None,
+) -> ServerBuild:
+    cache = cache or Cache()
+    built = prepare_wheel(version, patched=patched, series_dir=series_dir, build_root=build_root, cache=cache,
+                          index_url=index_url, progress=progress)
+    env = ensure_environment(built.wheel, built.constraints, cache, progress)
     return ServerBuild(
-        version=version, patched=patched, tree=tree, wheel=wheel.path, wheel_version=wheel.version,
-        wheel_sha256=wheel.sha256, constraints=constraints, env=env, apply_report=report,
+        version=version, patched=patched, tree=built.tree, wheel=built.wheel.path, wheel_version=built.wheel.version,
+        wheel_sha256=built.wheel.sha256, constraints=built.constraints, env=env, apply_report=built.apply_report,
     )
 
 

@@ -80,7 +80,7 @@ def test_merge_gathers_one_matrix_from_per_release_jobs(tmp_path: Path):
     assert main(["matrix", "--merge", str(two), str(one), "--report-dir", str(out), "--json", str(tmp_path / "m.json")]) == 1
     data = json.loads((out / "matrix.json").read_text())
     assert [(c["version"], c["suite"]) for c in data["cells"]] == [("0.16.8", "handle"), ("0.16.8", "agent"), ("0.16.7", "handle")]
-    assert data["summary"] == {"pass": 2, "fail": 1, "error": 0, "not-run": 0}
+    assert data["summary"] == {"pass": 2, "fail": 1, "error": 0, "not-run": 0, "not-affected": 0, "reused": 0}
     assert data["context"]["total_seconds"] == 600.0 and len(data["context"]["merged_from"]) == 2
     assert (out / "logs" / "letta0167-handle.log").read_text() == "log of letta0167-handle\n"
     page = (out / "matrix.html").read_text()
