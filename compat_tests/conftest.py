@@ -226,3 +226,26 @@ def pytest_runtest_makereport(item, call):
         for thing in _live:
             if isinstance(thing, EmbeddedCluster):
                 report.sections.append(("postgres log (tail)", "\n".join(thing.log().splitlines()[-60:])))
+
+
+@pytest.fixture(scope="session")
+def lab(pg, pytestconfig, patched, request):
+    """The upgrade suite's lab (compat_tests/upgrade.py), one per session: its filled start databases
+    serve the upgrade pairs and the encryption-key tests alike (one fill, not one per module)."""
+    from ketta_build.serverenv import prepare_server
+
+    from .upgrade import UpgradeLab
+
+    def prepare(version: str, with_patches: bool):
+        return prepare_server(version, patched=with_patches, series_dir=Path(pytestconfig.getoption("--patches")),
+                              build_root=Path(pytestconfig.getoption("--build-root")),
+                              index_url=pytestconfig.getoption("--index-url"))
+
+    lab = UpgradeLab(pg, prepare, patched, _live, workers=int(os.environ.get("KETTA_UPGRADE_WORKERS", "2")))
+    # Only what this run will test (-k and -m deselect), in the order the tests ask for it.
+    selected = [item.callspec.params["pair"] for item in request.session.items
+                if hasattr(item, "callspec") and "pair" in item.callspec.params]
+    lab.plan(list(dict.fromkeys(selected)))
+    yield lab
+    lab.close()
+    SUMMARIES.append("upgrade suite, time per phase (work runs on parallel threads):\n" + lab.timing_table())

@@ -31,7 +31,7 @@ class Keyed:
     home: Path
     key: str  # the key the first server generated
     provider_key: str
-    vendor: str
+    vendor: object  # the FakeVendor the agent's provider points at
     agent_id: str
 
 
@@ -41,24 +41,21 @@ def _server(letta_build, pg, database: str, home: Path | None, prepare: bool = F
 
 
 @pytest.fixture(scope="module")
-def keyed(letta_build, pg, vendors):
-    """A database whose provider key was encrypted with the key its first server generated."""
-    from .conftest import _live
+def keyed(lab, pg, pytestconfig):
+    """A database whose provider keys were encrypted with the key its first server generated: a copy of
+    the upgrade lab's database filled by this release's Ketta server (its home, key file included),
+    so the key tests start no server of their own to make it. (With --no-patches the lab's "Ketta"
+    side is stock Letta, which generates no key: the fixture fails, and the cells are red as they must be.)"""
+    from .upgrade import Side
 
+    fill = lab.filled(Side(pytestconfig.getoption("--letta"), "ketta"))
+    assert fill.key, "the Ketta server that filled the database generated no key"
     database = f"letta_key_{uuid.uuid4().hex[:8]}"
-    server = _server(letta_build, pg, database, None, prepare=True)
-    _live.append(server)
-    try:
-        server.start()
-        provider_key = "sk-" + api.unique("keyed-")
-        provider = api.create_provider(server, api.unique("Keyed"), vendors["alpha"].base_url, provider_key)
-        agent = api.create_agent_ok(server, f"{provider['name']}/gpt-4o")
-        api.ok(api.send_message(server, agent["id"], "before anything moves"))
-    finally:
-        server.stop()
-        _live.remove(server)
-    assert server.key_file.is_file(), "the first server generated no key file"
-    yield Keyed(database, server.home, server.key_file.read_text().strip(), provider_key, "alpha", agent["id"])
+    pg.clone_database(fill.template, database)
+    home = _new_home()
+    shutil.copytree(fill.home / ".letta", home / ".letta")
+    facts = fill.live[fill.agent_provider]
+    yield Keyed(database, home, fill.key, facts["key"], fill.vendors[facts["vendor"]], fill.agent_id)
     pg.drop_database(database)
 
 
@@ -78,14 +75,14 @@ def _refused(letta_build, pg, database: str, home: Path | None, **env: str) -> s
     return lines[-1]
 
 
-def _answers(letta_build, pg, vendors, keyed: Keyed, database: str, home: Path | None, **env: str) -> None:
+def _answers(letta_build, pg, keyed: Keyed, database: str, home: Path | None, **env: str) -> None:
     from .conftest import _live
 
     server = _server(letta_build, pg, database, home, **env)
     _live.append(server)
     try:
         server.start()
-        vendor = vendors[keyed.vendor]
+        vendor = keyed.vendor
         vendor.clear()
         api.ok(api.send_message(server, keyed.agent_id, "after the move"))
         assert {r.bearer for r in vendor.chat_requests()} == {keyed.provider_key}
@@ -133,9 +130,9 @@ def test_wrong_explicit_key_is_refused(letta_build, pg, keyed):
     assert pg.data(keyed.database) == before, "the refused server wrote to the database"
 
 
-def test_the_key_set_explicitly_serves_a_second_host(letta_build, pg, vendors, keyed):
+def test_the_key_set_explicitly_serves_a_second_host(letta_build, pg, keyed):
     home = _new_home()
-    _answers(letta_build, pg, vendors, keyed, keyed.database, home, LETTA_ENCRYPTION_KEY=keyed.key)
+    _answers(letta_build, pg, keyed, keyed.database, home, LETTA_ENCRYPTION_KEY=keyed.key)
     assert not (home / ".letta" / "ketta-encryption.key").exists(), "a server with LETTA_ENCRYPTION_KEY wrote a key file"
 
 
@@ -155,7 +152,7 @@ def _copy(pg, keyed: Keyed) -> tuple[str, Path]:
     return database, home
 
 
-def test_rotating_the_generated_key(letta_build, pg, vendors, keyed):
+def test_rotating_the_generated_key(letta_build, pg, keyed):
     database, home = _copy(pg, keyed)
     try:
         done = _rotate(letta_build, pg, database, home)
@@ -165,18 +162,18 @@ def test_rotating_the_generated_key(letta_build, pg, vendors, keyed):
         assert new != keyed.key
         assert (home / ".letta" / "ketta-encryption.key").stat().st_mode & 0o077 == 0
         _refused(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key)
-        _answers(letta_build, pg, vendors, keyed, database, home)
+        _answers(letta_build, pg, keyed, database, home)
     finally:
         pg.drop_database(database)
 
 
-def test_rotating_an_explicit_key(letta_build, pg, vendors, keyed):
+def test_rotating_an_explicit_key(letta_build, pg, keyed):
     database, home = _copy(pg, keyed)
     new = secrets.token_urlsafe(32)
     try:
         done = _rotate(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key, KETTA_NEW_ENCRYPTION_KEY=new)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-        _answers(letta_build, pg, vendors, keyed, database, _new_home(), LETTA_ENCRYPTION_KEY=new)
+        _answers(letta_build, pg, keyed, database, _new_home(), LETTA_ENCRYPTION_KEY=new)
     finally:
         pg.drop_database(database)
 

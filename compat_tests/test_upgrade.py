@@ -8,13 +8,12 @@ and the agent created before the upgrade answers through its provider with its k
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from . import api
 from .schema import differences
-from .upgrade import UpgradeLab, selected_pairs
+from .upgrade import selected_pairs
 
 pytestmark = pytest.mark.upgrade
 
@@ -25,27 +24,6 @@ def pytest_generate_tests(metafunc):
         pairs = selected_pairs(metafunc.config.getoption("--letta"), os.environ.get("KETTA_UPGRADE_PAIRS", "all"))
         # Module scope groups the tests by pair: each pair's server lives only through its group.
         metafunc.parametrize("pair", pairs, ids=[p.id for p in pairs], scope="module")
-
-
-@pytest.fixture(scope="module")
-def lab(pg, pytestconfig, patched, request):
-    from ketta_build.serverenv import prepare_server
-
-    from .conftest import SUMMARIES, _live
-
-    def prepare(version: str, with_patches: bool):
-        return prepare_server(version, patched=with_patches, series_dir=Path(pytestconfig.getoption("--patches")),
-                              build_root=Path(pytestconfig.getoption("--build-root")),
-                              index_url=pytestconfig.getoption("--index-url"))
-
-    lab = UpgradeLab(pg, prepare, patched, _live, workers=int(os.environ.get("KETTA_UPGRADE_WORKERS", "2")))
-    # Only what this run will test (-k and -m deselect), in the order the tests ask for it.
-    selected = [item.callspec.params["pair"] for item in request.session.items
-                if hasattr(item, "callspec") and "pair" in item.callspec.params]
-    lab.plan(list(dict.fromkeys(selected)))
-    yield lab
-    lab.close()
-    SUMMARIES.append("upgrade suite, time per phase (work runs on parallel threads):\n" + lab.timing_table())
 
 
 def test_schema_equals_a_fresh_migration(lab, pair):
