@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"cells to run at once, longest first (default: the number of CPUs, {os.cpu_count() or 1} here)")
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
-    mp.add_argument("--rerun", action="store_true", help="run every cell, even one whose inputs have a stored pass")
+    mp.add_argument("--rerun", action="store_true",
+                    help="run every cell, even one whose inputs have a stored pass (fresh passes are still stored)")
     mp.add_argument("--changed", nargs="?", const="", metavar="REF",
                     help="run only the cells a change since REF can affect (default: the merge base with main, "
                          "else the last report's series commit)")
@@ -221,14 +222,15 @@ def _cmd_matrix(args, console) -> int:
     from .releases import parse_version
 
     cache = Cache(args.cache_dir)
-    store = None if args.rerun else CellStore(cache.root / "cells")
+    store = CellStore(cache.root / "cells")
     changed = None
     if args.changed is not None:
         ref = args.changed or default_ref(Path("."), report_dir.absolute())
         changed = affected_cells(Path("."), ref, [parse_version(v) for v in versions], suites)
         console.print(f"--changed against {ref[:12]}: " + ("; ".join(changed.why) or "nothing that a cell reads changed"))
     console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} tox run(s) at a time"
-                  + ("" if store is None else "; cells whose inputs have a stored pass are reused (--rerun runs them)"))
+                  + ("; every cell runs (--rerun)" if args.rerun else
+                     "; cells whose inputs have a stored pass are reused (--rerun runs them)"))
     started = time.time()
     with console.status("matrix: starting") as status:
         done: list = []
@@ -242,7 +244,7 @@ def _cmd_matrix(args, console) -> int:
         fuzz_examples = args.fuzz_examples or (FUZZ_EXAMPLES_THOROUGH if args.all or "fuzz" in (args.suite or []) else None)
         cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
                            no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
-                           fuzz_examples=fuzz_examples, store=store, cache=cache, changed=changed,
+                           fuzz_examples=fuzz_examples, store=store, cache=cache, changed=changed, reuse=not args.rerun,
                            upgrade_pairs=args.upgrade_pairs, on_cell=on_cell)
     context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time())
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)

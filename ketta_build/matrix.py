@@ -186,10 +186,12 @@ def run_matrix(
     cache: Cache | None = None,
     changed: Affected | None = None,
     keys: CellKeys | None = None,
+    reuse: bool = True,
 ) -> list[Cell]:
-    """Run the cells of ``versions`` x ``suites``. With a ``store``, a cell whose input key has a stored
-    pass is reused instead of run, and a fresh pass is stored; with ``changed``, only the cells the
-    change can affect run (the others are reused where stored, else reported as not affected)."""
+    """Run the cells of ``versions`` x ``suites``. With a ``store``, a fresh pass is stored under its cell's
+    input key and (unless ``reuse`` is off: ``--rerun``) a cell whose key has a stored pass is reused
+    instead of run; with ``changed``, only the cells the change can affect run (the others are reused
+    where stored, else reported as not affected)."""
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise KettaError(f"unknown suite(s) {', '.join(unknown)}; known: {', '.join(SUITES)}")
@@ -223,7 +225,7 @@ def run_matrix(
                                 Path(env.get("KETTA_BUILD_ROOT") or project / "build"), index_url, upgrade_pairs, env)
         for cell in cells:
             cell.key = keys.key(cell.version, cell.suite)
-            proof = store.lookup(cell.key) if store is not None else None
+            proof = store.lookup(cell.key) if store is not None and reuse else None
             if proof is not None:
                 _reuse(cell, proof, report_dir)
                 on_cell(cell)

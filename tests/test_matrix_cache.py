@@ -67,7 +67,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def run(project: Path, monkeypatch, tmp_path: Path, *, suites=("handle", "agent"), versions=("0.16.8",), outcome="pass",
-        no_patches=False, store=True, changed=None, wheels=None):
+        no_patches=False, reuse=True, changed=None, wheels=None):
     fake = tmp_path / "fake_tox.py"
     fake.write_text(FAKE_TOX)
     log = tmp_path / "tox.log"
@@ -78,7 +78,7 @@ def run(project: Path, monkeypatch, tmp_path: Path, *, suites=("handle", "agent"
     Keys.wheels = wheels or {"0.16.7": "w7", "0.16.8": "w8", "0.16.9": "w9"}
     keys = Keys(project, None, not no_patches, project / "build", None, "all", {})
     cells = matrix.run_matrix(list(versions), list(suites), report_dir=tmp_path / "reports", project=project,
-                              tox=[sys.executable, str(fake)], store=CellStore(tmp_path / "cells") if store else None,
+                              tox=[sys.executable, str(fake)], store=CellStore(tmp_path / "cells"), reuse=reuse,
                               keys=keys, changed=changed, no_patches=no_patches)
     started = {line.split()[1] for line in log.read_text().splitlines() if line.startswith("start")} if log.exists() else set()
     return {c.suite: c for c in cells}, started
@@ -131,10 +131,12 @@ def test_a_failed_cell_is_never_reused(project, monkeypatch, tmp_path):
     assert started == {"letta0168-shared"} and not any(c.reused for c in second.values())
 
 
-def test_rerun_ignores_the_store(project, monkeypatch, tmp_path):
-    run(project, monkeypatch, tmp_path)
-    cells, started = run(project, monkeypatch, tmp_path, store=False)
+def test_rerun_ignores_the_store_but_still_fills_it(project, monkeypatch, tmp_path):
+    run(project, monkeypatch, tmp_path, reuse=False)  # a --rerun run stores what passed ...
+    cells, started = run(project, monkeypatch, tmp_path, reuse=False)
     assert started == {"letta0168-shared"} and not any(c.reused for c in cells.values())
+    cells, started = run(project, monkeypatch, tmp_path)  # ... for the next run that may reuse
+    assert started == set() and all(c.reused for c in cells.values())
 
 
 def test_an_upgrade_cell_depends_on_the_release_its_pairs_start_from(project, monkeypatch, tmp_path):
