@@ -1,8 +1,21 @@
-"""Benchmark: the compatibility matrix, time per phase (targets: one release's suites <= 2.5 min
-warm, and ``ketta-build matrix --all -p 2`` <= 12 min).
+"""Benchmark: the compatibility matrix, time per phase, and what the cell cache saves.
 
 Usage: python bench/matrix.py [--letta 0.16.8] [--suite unified handle ...] [--upgrade-pairs all|ci]
                               [--all-releases] [-p 2] [--keep DIR]
+       python bench/matrix.py --scenario cold-all|warm-all|one-variant|one-patch|one-release [-p 2]
+
+Scenarios (targets in the docs), each in a worktree of HEAD so nothing of yours changes:
+
+* ``cold-all``: every release, a new ketta-build cache (no stored cells, no environments; uv's own
+  download cache is what it is);
+* ``warm-all``: every release again with the cache a previous run filled and nothing changed:
+  every cell reused, no server started;
+* ``one-variant``: a comment in an added line of ``0003-keys-from-database-0.14.diff`` changed (a real
+  change confined to 0.14.0-0.16.1), ``--all --changed HEAD``;
+* ``one-patch``: the same in ``0002`` (every release);
+* ``one-release``: 0.16.8, every suite and upgrade pair, ``--rerun`` (environments already built).
+
+Per scenario: cells run / reused / not affected, server starts, minutes.
 
 Runs ``ketta-build matrix`` into a temporary report directory and prints, per tox run (a release's
 shared session, or a suite on its own), what its fixtures spent on the environment, PostgreSQL,
@@ -15,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -81,8 +95,73 @@ class PeakMemory:
         return self.peak_kb / 1024
 
 
+SCENARIO_EDITS = {  # the patch whose added comment a scenario changes
+    "one-variant": "patches/0003-keys-from-database-0.14.diff",  # 0.14.0-0.16.1 only
+    "one-patch": "patches/0002-handles-use-provider-name.diff",  # every release
+}
+
+
+def _edit(tree: Path, scenario: str) -> None:
+    """The scenario's change: the first added line with a comment gets more words (the diff stays well formed)."""
+    target = tree / SCENARIO_EDITS[scenario]
+    lines = target.read_text().split("\n")
+    body = next(i for i, ln in enumerate(lines) if ln.startswith("diff --git"))
+    at = next(i for i in range(body, len(lines)) if lines[i].startswith("+") and not lines[i].startswith("+++") and "#" in lines[i])
+    lines[at] += "  (bench edit)"
+    target.write_text("\n".join(lines))
+
+
+def scenario(name: str, parallel: int, cache: Path | None) -> int:
+    """Run one scenario in a worktree of HEAD and print its table."""
+    work = Path(tempfile.mkdtemp(prefix=f"ketta-bench-{name}-"))
+    tree = work / "tree"
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), "HEAD"], cwd=ROOT, check=True)
+    try:
+        if (ROOT / "build").is_dir():  # the build trees (and their wheels) of this checkout: warm
+            subprocess.run(["cp", "-a", str(ROOT / "build"), str(tree / "build")], check=True)
+        args = ["--all"]
+        env_cache = []
+        if name == "cold-all":
+            env_cache = ["--cache-dir", str(work / "cache"), "--rerun"]
+        elif name == "one-release":
+            args, env_cache = ["--letta", "0.16.8"], ["--rerun"]
+        elif name in SCENARIO_EDITS:
+            _edit(tree, name)
+            args = ["--all", "--changed", "HEAD"]
+        if cache is not None and "--cache-dir" not in env_cache:
+            env_cache += ["--cache-dir", str(cache)]
+        reports = work / "reports"
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "ketta_build", "matrix", *args, *env_cache, "-p", str(parallel),
+                               "--report-dir", str(reports)], cwd=tree, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(tree)})
+        wall = time.monotonic() - start
+        data = json.loads((reports / "matrix.json").read_text()) if (reports / "matrix.json").is_file() else {"cells": []}
+        cells = data["cells"]
+        ran = [c for c in cells if c["status"] in ("pass", "fail", "error") and not c.get("reused")]
+        reused = [c for c in cells if c.get("reused")]
+        idle = [c for c in cells if c["status"] == "not-affected"]
+        starts = 0
+        for path in (reports / "phases").glob("*.json") if (reports / "phases").is_dir() else []:
+            starts += json.loads(path.read_text()).get("counts", {}).get("server start", 0)
+        failed = [c["env"] for c in ran if c["status"] != "pass"]
+        print(f"{'scenario':12} {'cells':>5} {'run':>4} {'reused':>6} {'not affected':>12} {'server starts':>13} {'minutes':>8}")
+        print(f"{name:12} {len(cells):5} {len(ran):4} {len(reused):6} {len(idle):12} {starts:13} {wall / 60:8.1f}")
+        print("ran: " + (", ".join(c["env"] for c in ran) or "nothing"))
+        if failed:
+            print("not green: " + ", ".join(failed))
+        if proc.returncode not in (0, 1):
+            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+        return proc.returncode
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("cold-all", "warm-all", "one-variant", "one-patch", "one-release"))
+    parser.add_argument("--cache-dir", type=Path, help="the ketta-build cache the scenarios use (default: the user's)")
     parser.add_argument("--letta", default="0.16.8")
     parser.add_argument("--suite", nargs="+", default=None, help="default: every suite")
     parser.add_argument("--upgrade-pairs", choices=("all", "ci"), default="all")
@@ -90,6 +169,8 @@ def main() -> int:
     parser.add_argument("-p", "--parallel", type=int, default=2)
     parser.add_argument("--keep", type=Path, metavar="DIR", help="write the matrix report into DIR and keep it")
     args = parser.parse_args()
+    if args.scenario:
+        return scenario(args.scenario, args.parallel, args.cache_dir)
     with tempfile.TemporaryDirectory(prefix="ketta-bench-matrix-") as tmp:
         reports = args.keep.absolute() if args.keep else Path(tmp)
         where = ["--all"] if args.all_releases else ["--letta", args.letta]
