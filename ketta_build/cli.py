@@ -12,6 +12,8 @@ examples:
   ketta-build range-diff --letta 0.16.8 main HEAD   what a refresh or port changed, patch by patch
   ketta-build upstream check                        new releases upstream, and what porting takes
   ketta-build port --letta 0.16.9                   carry the series onto a new release
+  ketta-build bisect 0004-no-base-providers-0.16.2.diff --letta-git ../letta
+                                                    the upstream commit where a variant stopped applying
   ketta-build matrix --letta 0.16.8                 the compatibility suites on real servers (tox)
   ketta-build serve --letta 0.16.8                  a patched server on 127.0.0.1:8283 with a persistent PostgreSQL
   ketta-build releases --json -                     the supported releases (patches/releases.toml)
@@ -122,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     rd.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     rd.add_argument("--json", metavar="FILE", help="also write the pairs as JSON to FILE ('-' for stdout)")
+    bp = _verb(sub, "bisect", help="the first upstream commit (first-parent path GOOD..BAD) where a patch stops applying "
+                                     "exactly or is already upstream, and the hunk it broke")
+    bp.add_argument("patch", metavar="PATCH", help="a patch of the series (its file name)")
+    bp.add_argument("--letta-git", metavar="PATH_OR_URL", required=True, help="a Letta git repository")
+    bp.add_argument("--good", metavar="REF", help="where the patch applies exactly (default: its Base-Release tag, X or vX)")
+    bp.add_argument("--bad", metavar="REF", help="where to stop (default: the newest release tag of the repository)")
+    bp.add_argument("--until-applies", action="store_true",
+                    help="the other way round: the first commit where a patch that does not apply exactly at GOOD "
+                         "does (a newer variant: the commit that made it necessary; --bad defaults to its Base-Release)")
+    bp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    bp.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-' for stdout)")
     wp = _verb(sub, "wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS")
     wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     wp.add_argument("--all", action="store_true", help="every supported release")
@@ -548,6 +561,48 @@ def _cmd_range_diff(args, console) -> int:
     return 0
 
 
+def _cmd_bisect(args, console) -> int:
+    from .bisect import bisect
+
+    with console.status("bisecting") as status:
+        result = bisect(args.patch, args.letta_git, series_dir=args.patches, good=args.good, bad=args.bad,
+                        until_applies=args.until_applies, progress=status.update)
+
+    def commit(c) -> str:
+        release = f", letta {c.version}" if c.version else ""
+        return f"{c.short} {c.subject} ({c.date}{release})"
+
+    say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+    applies = result.mode == "applies"
+    say(f"{result.patch}: {result.good}..{result.bad} of {result.repo}, {result.path_commits} commit(s) on the "
+        f"first-parent path, {len(result.steps)} probe(s) by binary search")
+    if result.found is None:
+        say(f"does not apply exactly at {result.bad} either: no commit to find" if applies else
+            f"applies exactly at {result.bad}: no break to find")
+    else:
+        say(f"first commit where it applies exactly: {commit(result.found)}" if applies else
+            f"first commit where it stops applying exactly: {commit(result.found)}")
+        if applies and result.breaks:
+            say("  the hunks that did not apply exactly at the commit before it:")
+        for b in result.breaks:
+            what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
+            say(f"  {b.outcome}: {args.patches / result.patch}:{b.patch_line}: {what}: {b.reason}")
+        for b in result.earlier:
+            what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
+            say(f"  (there, earlier patch {b.patch} did not apply exactly either: {what}: {b.reason})")
+    if result.monotone:
+        say(f"monotone: the {result.checked} commit(s) on the path that change its files (or pyproject.toml) were all "
+            f"probed; once {'applying' if applies else 'broken'}, it stays so")
+    else:
+        first = result.first_break or result.found
+        again = ", ".join(commit(c) for c in result.applies_again) or "nowhere"
+        say(f"not monotone: the first {'commit where it applies' if applies else 'break'} on the path is "
+            f"{commit(first) if first else '-'}; it changed back at {again}"
+            + (" (the binary search, as git bisect, found the commit above)" if result.found else ""))
+    _emit_json(args.json, result.as_json())
+    return result.exit_code
+
+
 def _cmd_wheel(args, console) -> int:
     from .cache import Cache
     from .releases import load_releases, parse_version
@@ -649,7 +704,7 @@ def _cmd_releases(args, console) -> int:
 COMMANDS = {
     "apply": _cmd_apply, "series": _cmd_series, "export": _cmd_export, "lint": _cmd_lint, "port": _cmd_port,
     "upstream": _cmd_upstream, "range-diff": _cmd_range_diff, "wheel": _cmd_wheel, "matrix": _cmd_matrix,
-    "releases": _cmd_releases, "serve": _cmd_serve,
+    "releases": _cmd_releases, "serve": _cmd_serve, "bisect": _cmd_bisect,
 }
 
 
