@@ -528,6 +528,8 @@ def _cmd_upstream(args, console) -> int:
         for p in r.patches:
             counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
             console.print(f"    {p.outcome:16} {escape(p.name)}  ({counts})")
+            if p.landing_text():
+                console.print(f"      {p.landing_text()}", markup=False, soft_wrap=True)
         console.print("  review list (upstream changes since the newest supported release):")
         for f in r.review:
             mark = " [checklist]" if f.in_checklist else ""

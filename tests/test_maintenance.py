@@ -308,6 +308,29 @@ def test_upstream_check_carries_over(world):
     assert rc == 10 and "carries-over" in out
 
 
+def test_upstream_check_says_how_many_hunks_landed_and_proposes_shrinking_or_dropping(world, tmp_path):
+    """0.16.9 has 0001's line and one of the two hunks 0003 now has: 0001 is to be dropped, 0003 shrunk."""
+    m8 = BODY.replace("line 15\n", "line fifteen (ketta)\n")
+    (world.patches / "0003-tail.diff").write_text(header("Ketta changes lines 40 and 50", "0.16.8") + make_diff(
+        "letta/m.py", m8, m8.replace("line 40\n", "line forty\n").replace("line 50\n", "line fifty\n")))
+    world.publish("0.16.9", m=BODY.replace("line 15\n", "line fifteen (ketta)\n").replace("line 50\n", "line fifty\n"))
+    report = tmp_path / "check.json"
+    rc, out, err = world.run("upstream", "check", "--json", str(report), "--issue-dir", str(tmp_path / "issues"))
+    assert rc == 11, err  # a whole patch upstream needs porting (its guard narrowed)
+    patches = {p["name"]: p for p in json.loads(report.read_text())["releases"][0]["patches"]}
+    assert patches["0001-change-m.diff"]["landed_upstream"]["proposal"] == "drop"
+    tail = patches["0003-tail.diff"]["landed_upstream"]
+    assert (tail["hunks"], tail["of"], tail["proposal"]) == (1, 2, "shrink")
+    [landed] = tail["landed"]
+    assert landed["path"] == "letta/m.py" and landed["index"] == 2
+    assert patches["0003-tail.diff"]["outcome"] == "clean"
+    text = " ".join(out.split())
+    assert "1 of 1 hunk landed upstream: drop the patch" in text
+    assert f"1 of 2 hunks landed upstream: shrink it (remove hunk #2 of letta/m.py, patch line {landed['patch_line']})" in text
+    body = (tmp_path / "issues" / "0.16.9.md").read_text()
+    assert "| `0003-tail.diff` | clean | 1 already-upstream, 1 clean | 1 of 2 hunks landed upstream: shrink it" in body
+
+
 def test_upstream_check_with_an_unreachable_index(world, tmp_path):
     before = world.snapshot()
     rc = main(["upstream", "check", "--patches", str(world.patches), "--index-url", "http://127.0.0.1:9/simple",
