@@ -557,7 +557,11 @@ def _cmd_range_diff(args, console) -> int:
         result = range_diff(parse_version(args.letta), args.old, args.new, cache=Cache(args.cache_dir),
                             index_url=args.index_url, progress=status.update)
     # With --json - the JSON is alone on stdout; the text goes where the rest of the human output goes.
-    (sys.stderr if args.json == "-" else sys.stdout).write(result.text)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    out.write(result.text)
+    from .rangediff import class_lines
+
+    out.write("\nper patch (old -> new, class):\n" + "".join(f"  {line}\n" for line in class_lines(result.pairs)))
     _emit_json(args.json, {"schema": "ketta-build/range-diff/1", "letta": result.letta, "old": result.old,
                            "new": result.new, "pairs": result.pairs})
     return 0
