@@ -19,6 +19,16 @@ the patch broke, applied again and broke again, the report says so: ``found`` is
 binary search landed on (git bisect's answer), ``first_break`` the earliest break on the path, and
 ``applies_again`` where it applied exactly again.
 
+A project that merges each release (or any branch) with ``--no-ff`` has little on its first-parent
+path: Letta's is one merge per release. When the commit found is a merge whose first parent is an
+ancestor of its second, the same search runs on the second parent's first-parent path (the branch
+the merge brought in), and so on into nested merges, and ``inside`` says what it found there: the
+commit that made the change, not only the release merge that shipped it.
+
+``--until-applies`` asks the other way round (git bisect's ``old``/``new`` terms): the first commit
+where a patch that did not apply exactly does: for a newer variant, the commit that made it
+necessary while the older variant still applies.
+
 JSON schema ``ketta-build/bisect/1`` (README.md, "bisect").
 """
 
@@ -93,6 +103,7 @@ class BisectResult:
     monotone: bool = True
     first_break: Commit | None = None  # the earliest change on the path, when it is not `found`
     applies_again: list[Commit] = field(default_factory=list)  # after a change, where it changed back
+    inside: BisectResult | None = None  # `found` is a merge: the same search on its second parent's path
 
     @property
     def exit_code(self) -> int:
@@ -171,7 +182,7 @@ def _why(hunk: Hunk, lines: list[str] | None) -> str:
     if missing:
         first_line, text = missing[0]
         more = f" (nor {len(missing) - 1} more of its {len(old)} old lines)" if len(missing) > 1 else ""
-        return f"context not found: patch line {first_line} {text.strip()!r} is no longer in the file{more}"
+        return f"context not found: patch line {first_line} {text.strip()!r} is not in the file{more}"
     wanted = [text for _, text in old]
     best = (0, 0)  # (run length, position in the file)
     for pos, line in enumerate(lines):
@@ -182,10 +193,11 @@ def _why(hunk: Hunk, lines: list[str] | None) -> str:
             best = max(best, (run, -pos))
     run, pos = best[0], -best[1]
     if run == 0 or run >= len(wanted):
-        return "context not found: its old lines are all in the file, but no longer together"
+        return "context not found: its old lines are all in the file, but not together"
     there = lines[pos + run].strip() if pos + run < len(lines) else "the end of the file"
-    return (f"context not found: patch lines {old[0][0]}-{old[run - 1][0]} still match at line {pos + 1}, but patch line "
-            f"{old[run][0]} {old[run][1].strip()!r} no longer follows them (the file has {there!r})")
+    kept = f"patch line {old[0][0]} still matches" if run == 1 else f"patch lines {old[0][0]}-{old[run - 1][0]} still match"
+    return (f"context not found: {kept} at line {pos + 1}, but patch line {old[run][0]} {old[run][1].strip()!r} does not "
+            f"follow (the file has {there!r})")
 
 
 class _Prober:
@@ -289,51 +301,74 @@ def bisect(patch: str, letta_git: str, *, series_dir: Path, good: str | None = N
         bad_name, bad_commit = _ref(git_dir, bad)
         if not git_succeeds(git_dir, "merge-base", "--is-ancestor", good_commit, bad_commit):
             raise KettaError(f"{good_name} is not an ancestor of {bad_name}: nothing to bisect between them")
-        path = _first_parent_path(git_dir, good_commit, bad_commit)
-        if not path:
-            raise KettaError(f"{good_name} and {bad_name} are the same commit: nothing to bisect")
-        commits = [c for c, _ in path]
-
-        def changed(probe: Probe) -> bool:  # git bisect's "new"
-            return probe.exact if until_applies else not probe.exact
-
         with Blobs(git_dir) as blobs:
             probe = _Prober(git_dir, series, target, blobs, base)
-            result = BisectResult(target.name, letta_git, good_name, good_commit, bad_name, bad_commit, len(commits),
+            result = BisectResult(target.name, letta_git, good_name, good_commit, bad_name, bad_commit, 0,
                                   mode="applies" if until_applies else "breaks")
             start = probe(good_commit)
-            if changed(start):
+            if _changed(start, until_applies):
                 if until_applies:
                     raise KettaError(f"{target.name} applies exactly at {good_name} already: GOOD must be a commit "
                                      "where it does not")
                 first = start.breaks[0]
                 raise KettaError(f"{target.name} does not apply exactly at {good_name} (hunk "
                                  f"#{first.hunk} of {first.path}: {first.reason}): GOOD must be a commit where it does")
-            progress(f"probing {bad_name}")
-            if not changed(probe(bad_commit)):
-                result.checked = _monotone(result, probe, changed, git_dir, path, blobs, None)
-                return result
-            lo, hi = -1, len(commits) - 1  # commits[lo] is "old" (lo -1: GOOD), commits[hi] is "new"
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                progress(f"probing {commits[mid][:10]} ({hi - lo - 1} commits left)")
-                verdict = probe(commits[mid])
-                result.steps.append({"commit": commits[mid], "version": verdict.version, "exact": verdict.exact})
-                if changed(verdict):
-                    hi = mid
-                else:
-                    lo = mid
-            # Breaking: the hunks that stopped applying there. Applying: those that did not apply just before.
-            shown = probe(commits[hi]) if not until_applies else probe(commits[hi - 1] if hi > 0 else good_commit)
-            result.found = _commit_info(git_dir, commits[hi], blobs)
-            result.breaks, result.earlier = shown.breaks, shown.earlier
-            result.checked = _monotone(result, probe, changed, git_dir, path, blobs, hi)
+            path = _first_parent_path(git_dir, good_commit, bad_commit)
+            if not path:
+                raise KettaError(f"{good_name} and {bad_name} are the same commit: nothing to bisect")
+            _search(result, probe, git_dir, path, blobs, until_applies, progress)
             return result
     finally:
         source.close()
 
 
-def _monotone(result: BisectResult, probe: _Prober, changed, git_dir: Path, path, blobs: Blobs,
+def _changed(probe: Probe, until_applies: bool) -> bool:
+    """git bisect's "new": broken (or, with ``until_applies``, applying exactly)."""
+    return probe.exact if until_applies else not probe.exact
+
+
+MAX_DEPTH = 4  # merges descended into, one inside the other
+
+
+def _search(result: BisectResult, probe: _Prober, git_dir: Path, path: list[tuple[str, str | None]], blobs: Blobs,
+            until_applies: bool, progress, depth: int = 0) -> None:
+    """Binary search on ``path`` (``result.good_commit`` is "old"), then the monotonicity check; when the
+    commit found is a merge whose first parent is an ancestor of its second, the same inside it."""
+    commits = [c for c, _ in path]
+    result.path_commits = len(commits)
+    progress(f"probing {result.bad}")
+    if not _changed(probe(commits[-1]), until_applies):
+        result.checked = _monotone(result, probe, until_applies, git_dir, path, blobs, None)
+        return
+    lo, hi = -1, len(commits) - 1  # commits[lo] is "old" (lo -1: GOOD), commits[hi] is "new"
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        progress(f"probing {commits[mid][:10]} ({hi - lo - 1} commits left)")
+        verdict = probe(commits[mid])
+        result.steps.append({"commit": commits[mid], "version": verdict.version, "exact": verdict.exact})
+        if _changed(verdict, until_applies):
+            hi = mid
+        else:
+            lo = mid
+    # Breaking: the hunks that stopped applying there. Applying: those that did not apply just before.
+    before = commits[hi - 1] if hi > 0 else result.good_commit
+    shown = probe(before) if until_applies else probe(commits[hi])
+    result.found = _commit_info(git_dir, commits[hi], blobs)
+    result.breaks, result.earlier = shown.breaks, shown.earlier
+    result.checked = _monotone(result, probe, until_applies, git_dir, path, blobs, hi)
+    parents = git(git_dir, "rev-list", "--parents", "-n", "1", commits[hi]).split()[1:]
+    if len(parents) < 2 or depth >= MAX_DEPTH or not git_succeeds(git_dir, "merge-base", "--is-ancestor", parents[0], parents[1]):
+        return
+    inner_path = _first_parent_path(git_dir, parents[0], parents[1])
+    if not inner_path or _changed(probe(parents[0]), until_applies) or not _changed(probe(parents[1]), until_applies):
+        return  # the merge itself made the difference (a conflict resolution, or an evil merge)
+    inner = BisectResult(result.patch, result.repo, f"{result.found.short}^1", parents[0], f"{result.found.short}^2",
+                         parents[1], 0, mode=result.mode)
+    _search(inner, probe, git_dir, inner_path, blobs, until_applies, progress, depth + 1)
+    result.inside = inner
+
+
+def _monotone(result: BisectResult, probe: _Prober, until_applies: bool, git_dir: Path, path, blobs: Blobs,
               found: int | None) -> int:
     """Probe every commit on the path that can change the patch's outcome; record a first change before
     ``found`` (the binary search's answer) and every commit after a change where it changed back."""
@@ -342,7 +377,7 @@ def _monotone(result: BisectResult, probe: _Prober, changed, git_dir: Path, path
     for i, (sha, _parent) in enumerate(path):
         if sha not in changing and i != found:
             continue
-        new = changed(probe(sha))
+        new = _changed(probe(sha), until_applies)
         if new and not flipped:
             flipped = True
             if i != found:

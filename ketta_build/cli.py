@@ -580,31 +580,41 @@ def _cmd_bisect(args, console) -> int:
 
     say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
     applies = result.mode == "applies"
+
+    def show(r, indent: str) -> None:
+        if r.found is None:
+            say(f"{indent}does not apply exactly at {r.bad} either: no commit to find" if applies else
+                f"{indent}applies exactly at {r.bad}: no break to find")
+        else:
+            say(f"{indent}first commit where it {'applies exactly' if applies else 'stops applying exactly'}: "
+                f"{commit(r.found)}")
+            if applies and r.breaks:
+                say(f"{indent}  the hunks that did not apply exactly at the commit before it:")
+            for b in r.breaks:
+                what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
+                say(f"{indent}  {b.outcome}: {args.patches / r.patch}:{b.patch_line}: {what}: {b.reason}")
+            for b in r.earlier:
+                what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
+                say(f"{indent}  (there, earlier patch {b.patch} did not apply exactly either: {what}: {b.reason})")
+        if r.monotone:
+            state = ("it never applied" if applies else "it never broke") if r.found is None else \
+                f"once {'applying' if applies else 'broken'}, it stays so"
+            say(f"{indent}monotone: the {r.checked} commit(s) on the path that change its files (or pyproject.toml) were "
+                f"all probed; {state}")
+        else:
+            first = r.first_break or r.found
+            again = ", ".join(commit(c) for c in r.applies_again) or "nowhere"
+            say(f"{indent}not monotone: the first {'commit where it applies' if applies else 'break'} on the path is "
+                f"{commit(first) if first else '-'}; it changed back at {again}"
+                + (" (the binary search, as git bisect, found the commit above)" if r.found else ""))
+        if r.inside is not None:
+            say(f"{indent}{r.found.short} is a merge: inside it, on the first-parent path {r.inside.good}..{r.inside.bad} "
+                f"({r.inside.path_commits} commit(s), {len(r.inside.steps)} probe(s)):")
+            show(r.inside, indent + "  ")
+
     say(f"{result.patch}: {result.good}..{result.bad} of {result.repo}, {result.path_commits} commit(s) on the "
         f"first-parent path, {len(result.steps)} probe(s) by binary search")
-    if result.found is None:
-        say(f"does not apply exactly at {result.bad} either: no commit to find" if applies else
-            f"applies exactly at {result.bad}: no break to find")
-    else:
-        say(f"first commit where it applies exactly: {commit(result.found)}" if applies else
-            f"first commit where it stops applying exactly: {commit(result.found)}")
-        if applies and result.breaks:
-            say("  the hunks that did not apply exactly at the commit before it:")
-        for b in result.breaks:
-            what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
-            say(f"  {b.outcome}: {args.patches / result.patch}:{b.patch_line}: {what}: {b.reason}")
-        for b in result.earlier:
-            what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
-            say(f"  (there, earlier patch {b.patch} did not apply exactly either: {what}: {b.reason})")
-    if result.monotone:
-        say(f"monotone: the {result.checked} commit(s) on the path that change its files (or pyproject.toml) were all "
-            f"probed; once {'applying' if applies else 'broken'}, it stays so")
-    else:
-        first = result.first_break or result.found
-        again = ", ".join(commit(c) for c in result.applies_again) or "nowhere"
-        say(f"not monotone: the first {'commit where it applies' if applies else 'break'} on the path is "
-            f"{commit(first) if first else '-'}; it changed back at {again}"
-            + (" (the binary search, as git bisect, found the commit above)" if result.found else ""))
+    show(result, "")
     _emit_json(args.json, result.as_json())
     return result.exit_code
 

@@ -53,14 +53,16 @@ class Upstream:
             self.git("tag", self.prefix + text.split('version = "')[1].split('"')[0])
         return self.git("rev-parse", "HEAD")
 
-    def side_merge(self, subject: str, **change) -> str:
-        """A merge whose first parent is main's previous commit and whose second parent makes the change."""
-        self.git("checkout", "-q", "-b", f"side{self.count}")
-        self.commit(f"{subject} (on a branch)", **change)
+    def side_merge(self, subject: str, *changes: dict) -> tuple[str, list[str]]:
+        """A merge (as Letta's release merges are) whose first parent is main's previous commit and whose
+        second parent is a branch from it making ``changes``, one commit each; the merge and the branch's commits."""
+        branch = f"side{self.count}"
+        self.git("checkout", "-q", "-b", branch)
+        made = [self.commit(f"{subject} (part {i})", **change) for i, change in enumerate(changes, 1)]
         self.git("checkout", "-q", "main")
-        self.git("merge", "-q", "--no-ff", "-m", subject, f"side{self.count - 1}")
+        self.git("merge", "-q", "--no-ff", "-m", subject, branch)
         self.count += 1
-        return self.git("rev-parse", "HEAD")
+        return self.git("rev-parse", "HEAD"), made
 
 
 def _series(root: Path) -> Path:
@@ -75,12 +77,15 @@ def _series(root: Path) -> Path:
 
 @pytest.fixture
 def history(tmp_path):
-    """0.16.7, then on main's first-parent path: a README commit, a merge that rewrites line 20 (the
-    context of 0002's hunk, at a known commit), two more commits, and 0.16.8."""
+    """0.16.7, then on main's first-parent path: a README commit, a merge whose branch rewrites line 20
+    (the context of 0002's hunk) in the second of its three commits, two more commits, and 0.16.8."""
     up = Upstream(tmp_path / "letta")
     shas = {"0.16.7": up.commit("release 0.16.7", version="0.16.7", m=BODY, tag=True)}
     shas["readme"] = up.commit("docs: readme", files={"README.md": "Letta\n"})
-    shas["break"] = up.side_merge("feat: rework the middle of m.py", m=BODY.replace("line 20\n", "line twenty (upstream)\n"))
+    shas["break"], inside = up.side_merge("feat: rework the middle of m.py", {"files": {"letta/a.py": "a\n"}},
+                                          {"m": BODY.replace("line 20\n", "line twenty (upstream)\n")},
+                                          {"files": {"letta/b.py": "b\n"}})
+    shas["inside"] = inside[1]
     shas["other"] = up.commit("chore: other file", files={"letta/other.py": "x = 1\n"})
     shas["more"] = up.commit("fix: further down m.py", m=BODY.replace("line 20\n", "line twenty (upstream)\n")
                              .replace("line 50\n", "line fifty\n"))
@@ -102,10 +107,15 @@ def test_finds_the_commit_that_changed_the_context_with_its_hunk(history):
     assert text[brk.patch_line - 1].startswith("@@ ")
     # the reason names the patch line the file lost
     lost = next(i for i, line in enumerate(text, 1) if line == " line 20")
-    assert f"patch line {lost} 'line 20' is no longer in the file" in brk.reason
+    assert f"patch line {lost} 'line 20' is not in the file" in brk.reason
     assert result.monotone and result.first_break is None and result.applies_again == []
     assert result.checked == 3  # the commits that change m.py or pyproject.toml: the merge, "more", the bump
     assert result.exit_code == 0
+    # the merge's branch is searched too: the commit in it that changed line 20
+    inner = result.inside
+    assert inner is not None and inner.found.sha == shas["inside"] and inner.path_commits == 3
+    assert inner.found.subject == "feat: rework the middle of m.py (part 2)" and inner.inside is None
+    assert [b.patch_line for b in inner.breaks] == [brk.patch_line]
 
 
 def test_the_earlier_patches_are_applied_first(history):
@@ -197,6 +207,9 @@ def test_cli_text_and_json(history, capsys):
     assert data["breaks"][0]["path"] == "letta/m.py" and data["monotone"] is True
     assert f"first commit where it stops applying exactly: {data['found']['short']} feat: rework the middle of m.py" in err
     assert f"failed: {patches / '0002-next-to-it.diff'}:{data['breaks'][0]['patch_line']}: hunk #1 of letta/m.py" in err
+    assert data["inside"]["found"]["sha"] == shas["inside"]
+    assert f"{data['found']['short']} is a merge: inside it, on the first-parent path" in err
+    assert "first commit where it stops applying exactly: " + data["inside"]["found"]["short"] in err
     rc = main(["bisect", "0002-next-to-it.diff", "--letta-git", str(up.root), "--patches", str(patches),
                "--bad", shas["readme"]])
     assert rc == 1 and "no break to find" in capsys.readouterr().out
@@ -216,4 +229,4 @@ def test_the_earlier_patches_are_those_the_series_selects_for_each_commits_relea
                                     "0002-next-to-it.diff\n")
     result = bisect("0002-next-to-it.diff", str(up.root), series_dir=patches)
     assert result.found.sha == bump and result.found.version == "0.16.8"
-    assert "'line fifteen (ketta)' is no longer in the file" in result.breaks[0].reason
+    assert "'line fifteen (ketta)' is not in the file" in result.breaks[0].reason
