@@ -230,3 +230,36 @@ def test_the_earlier_patches_are_those_the_series_selects_for_each_commits_relea
     result = bisect("0002-next-to-it.diff", str(up.root), series_dir=patches)
     assert result.found.sha == bump and result.found.version == "0.16.8"
     assert "'line fifteen (ketta)' is not in the file" in result.breaks[0].reason
+
+
+# ----------------------------------------------------------------------------- the real history
+
+REAL = os.environ.get("KETTA_LETTA_GIT")  # a clone of Letta's repository (tags X or vX), e.g. a bare mirror
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not REAL, reason="set KETTA_LETTA_GIT to a clone of Letta's git repository")
+@pytest.mark.parametrize("name,good,bad", [
+    ("0003-keys-from-database-0.14.diff", None, "0.16.2"),
+    ("0004-no-base-providers-0.16.2.diff", None, "0.16.7"),
+])
+def test_the_upstream_break_fields_are_what_bisect_finds(name, good, bad):
+    """A variant's Upstream-Break field names the commit bisect finds (inside the release merge)."""
+    from ketta_build.header import field_value
+    from ketta_build.patchfile import parse_patch
+
+    result = bisect(name, REAL, series_dir=REPO / "patches", good=good, bad=bad)
+    assert result.monotone and result.found is not None and result.inside is not None
+    inner = result.inside.found
+    assert field_value(parse_patch(REPO / "patches" / name).header, "Upstream-Break") == f"{inner.short} {inner.subject}"
+
+
+@pytest.mark.skipif(not REAL, reason="set KETTA_LETTA_GIT to a clone of Letta's git repository")
+def test_the_0162_variant_of_0003_never_breaks_and_the_newer_one_says_why_it_exists():
+    result = bisect("0003-keys-from-database-0.16.2.diff", REAL, series_dir=REPO / "patches")
+    assert result.found is None and result.monotone
+    newer = bisect("0003-keys-from-database.diff", REAL, series_dir=REPO / "patches", good="0.16.2", bad="0.16.4",
+                   until_applies=True)
+    inner = newer.inside.found
+    releases = (REPO / "patches" / "0003-keys-from-database-0.16.2.diff").read_text().split("\nReleases: ", 1)[1].split("\n")[0]
+    assert f"{inner.short} {inner.subject}" in releases
