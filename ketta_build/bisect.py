@@ -263,7 +263,8 @@ def _changing(git_dir: Path, path: list[tuple[str, str | None]], files: set[str]
     if not pairs:
         return [c for c, _ in path]
     out = git(git_dir, "diff-tree", "--stdin", "-r", "--name-only", "--no-renames", "--", *sorted(files), input=pairs)
-    hit = {line.strip() for line in out.splitlines() if len(line.strip()) == 40 and line.strip() in {c for c, _ in path}}
+    shas = {c for c, _ in path}
+    hit = {line.strip() for line in out.splitlines() if line.strip() in shas}  # diff-tree names each commit that changed
     return [c for c, p in path if c in hit or p is None]
 
 
