@@ -117,7 +117,7 @@ def _entry(series: Series, patch: str) -> SeriesEntry:
     name = Path(patch).name
     entry = next((e for e in series.entries if e.name == name), None)
     if entry is None:
-        raise KettaError(f"{name} is not in {series.series_file}", path=series.series_file)
+        raise KettaError(f"{name} is not a patch of this series", path=series.series_file)
     return entry
 
 
