@@ -76,6 +76,45 @@ class FileResult:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class LandedHunk:
+    path: str
+    index: int
+    patch_line: int
+
+
+@dataclass(frozen=True)
+class Landing:
+    """How much of a patch is already upstream, and what to do about it: ``drop`` the patch when every
+    hunk is, ``shrink`` it (remove the hunks listed) when some are, nothing when none is."""
+
+    landed: tuple[LandedHunk, ...]
+    of: int
+
+    @property
+    def proposal(self) -> str | None:
+        if not self.landed:
+            return None
+        return "drop" if len(self.landed) == self.of else "shrink"
+
+    def summary(self) -> str:
+        """``3 of 5 hunks landed upstream``."""
+        return f"{len(self.landed)} of {self.of} hunk{'s' if self.of != 1 else ''} landed upstream"
+
+    def note(self) -> str | None:
+        if self.proposal == "drop":
+            return f"{self.summary()}: every hunk is already upstream: consider dropping this patch from the series"
+        if self.proposal == "shrink":
+            which = "; ".join(f"hunk #{h.index} of {h.path} (patch line {h.patch_line})" for h in self.landed)
+            return (f"{self.summary()}: consider shrinking the patch to the other {self.of - len(self.landed)}: "
+                    f"remove {which}")
+        return None
+
+    def as_json(self) -> dict:
+        return {"hunks": len(self.landed), "of": self.of, "proposal": self.proposal,
+                "landed": [{"path": h.path, "index": h.index, "patch_line": h.patch_line} for h in self.landed]}
+
+
 @dataclass
 class PatchResult:
     name: str
@@ -89,6 +128,14 @@ class PatchResult:
     @property
     def hunks(self) -> list[HunkResult]:
         return [h for f in self.files for h in f.hunks]
+
+    @property
+    def landing(self) -> Landing:
+        """Which of the patch's hunks are already upstream (a file the patch creates or deletes counts
+        as its hunks)."""
+        landed = tuple(LandedHunk(f.path, h.index, h.patch_line) for f in self.files for h in f.hunks
+                       if h.outcome is Outcome.ALREADY_UPSTREAM)
+        return Landing(landed, len(self.hunks))
 
 
 #: Given a patch and one of its files, return the exact bytes that file had
@@ -398,12 +445,7 @@ def apply_patch(
         for fp in patch.files
     ]
     outcome = summarise([f.outcome for f in files])
-    note = None
-    if outcome is Outcome.ALREADY_UPSTREAM:
-        note = "every hunk is already upstream: consider dropping this patch from the series"
-    elif any(f.outcome is Outcome.ALREADY_UPSTREAM for f in files) or any(
-        h.outcome is Outcome.ALREADY_UPSTREAM for f in files for h in f.hunks
-    ):
-        note = "part of this patch is already upstream: consider trimming it"
-    return PatchResult(patch.name, patch.header.subject, outcome, files, note=note,
-                       author=f"{patch.header.author_name} <{patch.header.author_email}>")
+    result = PatchResult(patch.name, patch.header.subject, outcome, files,
+                         author=f"{patch.header.author_name} <{patch.header.author_email}>")
+    result.note = result.landing.note()
+    return result

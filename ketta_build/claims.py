@@ -9,6 +9,10 @@ a 3-way merge is not: the patch file itself must apply).
 
 ``lint`` reports every failure (rule ``applies``); ``export`` and ``port`` verify what they are
 about to write before they write it, so no verb leaves the series broken on a release it claims.
+
+The same in-memory applier reads any commit of any repository (:func:`tree_at`): ``bisect`` walks
+upstream's history with it, one commit at a time, and wants every hunk's outcome, not only the
+failures (a hunk that becomes already-upstream is a change too).
 """
 
 from __future__ import annotations
@@ -49,18 +53,40 @@ class ClaimGap:
     reason: str
 
 
-class _InMemory:
-    """One release's files as the series' patches leave them, read lazily from its pristine repository."""
+@dataclass(frozen=True)
+class HunkOutcome:
+    """How one hunk (or a whole file section, ``hunk`` None) of a patch applied in memory."""
 
-    def __init__(self, version: Version, blobs: Blobs) -> None:
+    patch: str
+    path: str
+    hunk: int | None
+    patch_line: int | None
+    outcome: Outcome
+    reason: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.outcome in (Outcome.CLEAN, Outcome.OFFSET)
+
+
+class InMemoryTree:
+    """One tree's files as the series' patches leave them, read lazily from a repository: a release's
+    pristine tag ``upstream/<version>`` by default, or any commit (``rev``). With ``paths`` only those
+    files are followed (the sections of other files are skipped). ``outcomes`` records every hunk."""
+
+    def __init__(self, version: Version, blobs: Blobs, *, rev: str | None = None,
+                 paths: set[str] | None = None) -> None:
         self.version = version
         self.blobs = blobs
+        self.rev = rev or f"upstream/{version}"
+        self.paths = paths
         self.files: dict[str, list[str] | None] = {}
         self.created: dict[str, str] = {}  # path -> the patch that created it
+        self.outcomes: list[HunkOutcome] = []
 
     def current(self, path: str) -> list[str] | None:
         if path not in self.files:
-            content = self.blobs.get(f"upstream/{self.version}", path)
+            content = self.blobs.get(self.rev, path)
             self.files[path] = None if content is None else split_lines(decode(content))
         return self.files[path]
 
@@ -70,7 +96,12 @@ class _InMemory:
 
     def apply(self, patch: Patch) -> list[ClaimFailure]:
         """Apply ``patch`` to the files; what did not apply exactly."""
-        return [f for fp in patch.files for f in self.apply_section(patch, fp)]
+        return [f for fp in patch.files if self.paths is None or fp.path in self.paths
+                for f in self.apply_section(patch, fp)]
+
+    def _whole(self, patch: Patch, fp, outcome: Outcome, reason: str | None) -> None:
+        self.outcomes.append(HunkOutcome(patch.name, fp.path, None, fp.hunks[0].patch_line if fp.hunks else fp.patch_line,
+                                         outcome, reason))
 
     def apply_section(self, patch: Patch, fp) -> list[ClaimFailure]:
         version, files, created = self.version, self.files, self.created
@@ -79,23 +110,34 @@ class _InMemory:
         if fp.is_new:
             wanted = [line for h in fp.hunks for line in h.new_lines]
             if fp.path in created and lines is not None:
-                return [ClaimFailure(version, patch.name, fp.path, None, first_line,
-                                     f"the file exists already: {created[fp.path]} creates it too")]
+                why = f"the file exists already: {created[fp.path]} creates it too"
+                self._whole(patch, fp, Outcome.FAILED, why)
+                return [ClaimFailure(version, patch.name, fp.path, None, first_line, why)]
             if lines is not None and lines != wanted:
+                self._whole(patch, fp, Outcome.FAILED, "the file exists already")
                 return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file exists already")]
+            if lines is not None:
+                self._whole(patch, fp, Outcome.ALREADY_UPSTREAM, "the file already exists with this content")
+            else:
+                self._whole(patch, fp, Outcome.CLEAN, None)
             files[fp.path] = wanted
             created[fp.path] = patch.name
             return []
         if lines is None:
             if fp.is_deleted:
+                self._whole(patch, fp, Outcome.ALREADY_UPSTREAM, "the file is already gone")
                 return []
+            self._whole(patch, fp, Outcome.FAILED, "no such file")
             return [ClaimFailure(version, patch.name, fp.path, None, first_line, "no such file")]
         new_lines, results = apply_hunks(lines, fp.hunks)
+        self.outcomes += [HunkOutcome(patch.name, fp.path, r.index, r.patch_line, r.outcome, r.reason) for r in results]
         out = [ClaimFailure(version, patch.name, fp.path, r.index, r.patch_line, r.reason or r.outcome.value)
                for r in results if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET, Outcome.ALREADY_UPSTREAM)]
         if fp.is_deleted and not out:
             if encode("".join(new_lines)):
-                return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file has content the patch does not delete")]
+                why = "the file has content the patch does not delete"
+                self._whole(patch, fp, Outcome.FAILED, why)
+                return [ClaimFailure(version, patch.name, fp.path, None, first_line, why)]
             files[fp.path] = None
             return []
         files[fp.path] = new_lines
@@ -129,7 +171,7 @@ def check_claims(series: Series, versions: Iterable[Version], repos: PristineRep
             gaps.append(ClaimGap(version, repo))
             continue
         with Blobs(repo) as blobs:
-            release = _InMemory(version, blobs)
+            release = InMemoryTree(version, blobs)
             for entry in select(version) if select is not None else series.select(version):
                 failures += release.apply(load(entry))
     return failures, gaps
@@ -148,7 +190,7 @@ def images_at(series: Series, version: Version, repos: PristineRepos, name: str,
     if name not in {e.name for e in entries}:
         raise ClaimError(f"{name} is not selected for letta {version}")
     with Blobs(repo) as blobs:
-        release = _InMemory(version, blobs)
+        release = InMemoryTree(version, blobs)
         for entry in entries:
             patch = overrides.get(entry.name) or series.load(entry)
             if entry.name == name:
@@ -160,6 +202,17 @@ def images_at(series: Series, version: Version, repos: PristineRepos, name: str,
                 after = {fp.path: c for fp in patch.files if (c := release.content(fp.path)) is not None}
                 return before, after
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def tree_at(blobs: Blobs, rev: str, version: Version, patches: Iterable[Patch], *,
+            paths: set[str] | None = None) -> InMemoryTree:
+    """The tree of commit ``rev`` (any revision ``blobs``' repository knows; ``version`` is only a label)
+    with ``patches`` applied in order, in memory, following only ``paths`` when given. Its ``outcomes``
+    say how every hunk applied; apply more patches to it with ``apply``."""
+    tree = InMemoryTree(version, blobs, rev=rev, paths=paths)
+    for patch in patches:
+        tree.apply(patch)
+    return tree
 
 
 def group_failures(failures: Iterable[ClaimFailure]) -> list[tuple[ClaimFailure, list[Version]]]:

@@ -12,6 +12,8 @@ examples:
   ketta-build range-diff --letta 0.16.8 main HEAD   what a refresh or port changed, patch by patch
   ketta-build upstream check                        new releases upstream, and what porting takes
   ketta-build port --letta 0.16.9                   carry the series onto a new release
+  ketta-build bisect 0004-no-base-providers-0.16.2.diff --letta-git ../letta
+                                                    the upstream commit where a variant stopped applying
   ketta-build matrix --letta 0.16.8                 the compatibility suites on real servers (tox)
   ketta-build serve --letta 0.16.8                  a patched server on 127.0.0.1:8283 with a persistent PostgreSQL
   ketta-build releases --json -                     the supported releases (patches/releases.toml)
@@ -122,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
     rd.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     rd.add_argument("--json", metavar="FILE", help="also write the pairs as JSON to FILE ('-' for stdout)")
+    bp = _verb(sub, "bisect", help="the first upstream commit (first-parent path GOOD..BAD) where a patch stops applying "
+                                     "exactly or is already upstream, and the hunk it broke")
+    bp.add_argument("patch", metavar="PATCH", help="a patch of the series (its file name)")
+    bp.add_argument("--letta-git", metavar="PATH_OR_URL", required=True, help="a Letta git repository")
+    bp.add_argument("--good", metavar="REF", help="where the patch applies exactly (default: its Base-Release tag, X or vX)")
+    bp.add_argument("--bad", metavar="REF", help="where to stop (default: the newest release tag of the repository)")
+    bp.add_argument("--until-applies", action="store_true",
+                    help="the other way round: the first commit where a patch that does not apply exactly at GOOD "
+                         "does (a newer variant: the commit that made it necessary; --bad defaults to its Base-Release)")
+    bp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    bp.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-' for stdout)")
     wp = _verb(sub, "wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS")
     wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     wp.add_argument("--all", action="store_true", help="every supported release")
@@ -515,6 +528,8 @@ def _cmd_upstream(args, console) -> int:
         for p in r.patches:
             counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
             console.print(f"    {p.outcome:16} {escape(p.name)}  ({counts})")
+            if p.landing_text():
+                console.print(f"      {p.landing_text()}", markup=False, soft_wrap=True)
         console.print("  review list (upstream changes since the newest supported release):")
         for f in r.review:
             mark = " [checklist]" if f.in_checklist else ""
@@ -542,10 +557,66 @@ def _cmd_range_diff(args, console) -> int:
         result = range_diff(parse_version(args.letta), args.old, args.new, cache=Cache(args.cache_dir),
                             index_url=args.index_url, progress=status.update)
     # With --json - the JSON is alone on stdout; the text goes where the rest of the human output goes.
-    (sys.stderr if args.json == "-" else sys.stdout).write(result.text)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    out.write(result.text)
+    from .rangediff import class_lines
+
+    out.write("\nper patch (old -> new, class):\n" + "".join(f"  {line}\n" for line in class_lines(result.pairs)))
     _emit_json(args.json, {"schema": "ketta-build/range-diff/1", "letta": result.letta, "old": result.old,
                            "new": result.new, "pairs": result.pairs})
     return 0
+
+
+def _cmd_bisect(args, console) -> int:
+    from .bisect import bisect
+
+    with console.status("bisecting") as status:
+        result = bisect(args.patch, args.letta_git, series_dir=args.patches, good=args.good, bad=args.bad,
+                        until_applies=args.until_applies, progress=status.update)
+
+    def commit(c) -> str:
+        release = f", letta {c.version}" if c.version else ""
+        return f"{c.short} {c.subject} ({c.date}{release})"
+
+    say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+    applies = result.mode == "applies"
+
+    def show(r, indent: str) -> None:
+        if r.found is None:
+            say(f"{indent}does not apply exactly at {r.bad} either: no commit to find" if applies else
+                f"{indent}applies exactly at {r.bad}: no break to find")
+        else:
+            say(f"{indent}first commit where it {'applies exactly' if applies else 'stops applying exactly'}: "
+                f"{commit(r.found)}")
+            if applies and r.breaks:
+                say(f"{indent}  the hunks that did not apply exactly at the commit before it:")
+            for b in r.breaks:
+                what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
+                say(f"{indent}  {b.outcome}: {args.patches / r.patch}:{b.patch_line}: {what}: {b.reason}")
+            for b in r.earlier:
+                what = f"hunk #{b.hunk} of {b.path}" if b.hunk is not None else b.path
+                say(f"{indent}  (there, earlier patch {b.patch} did not apply exactly either: {what}: {b.reason})")
+        if r.monotone:
+            state = ("it never applied" if applies else "it never broke") if r.found is None else \
+                f"once {'applying' if applies else 'broken'}, it stays so"
+            say(f"{indent}monotone: the {r.checked} commit(s) on the path that change its files (or pyproject.toml) were "
+                f"all probed; {state}")
+        else:
+            first = r.first_break or r.found
+            again = ", ".join(commit(c) for c in r.applies_again) or "nowhere"
+            say(f"{indent}not monotone: the first {'commit where it applies' if applies else 'break'} on the path is "
+                f"{commit(first) if first else '-'}; it changed back at {again}"
+                + (" (the binary search, as git bisect, found the commit above)" if r.found else ""))
+        if r.inside is not None:
+            say(f"{indent}{r.found.short} is a merge: inside it, on the first-parent path {r.inside.good}..{r.inside.bad} "
+                f"({r.inside.path_commits} commit(s), {len(r.inside.steps)} probe(s)):")
+            show(r.inside, indent + "  ")
+
+    say(f"{result.patch}: {result.good}..{result.bad} of {result.repo}, {result.path_commits} commit(s) on the "
+        f"first-parent path, {len(result.steps)} probe(s) by binary search")
+    show(result, "")
+    _emit_json(args.json, result.as_json())
+    return result.exit_code
 
 
 def _cmd_wheel(args, console) -> int:
@@ -649,7 +720,7 @@ def _cmd_releases(args, console) -> int:
 COMMANDS = {
     "apply": _cmd_apply, "series": _cmd_series, "export": _cmd_export, "lint": _cmd_lint, "port": _cmd_port,
     "upstream": _cmd_upstream, "range-diff": _cmd_range_diff, "wheel": _cmd_wheel, "matrix": _cmd_matrix,
-    "releases": _cmd_releases, "serve": _cmd_serve,
+    "releases": _cmd_releases, "serve": _cmd_serve, "bisect": _cmd_bisect,
 }
 
 

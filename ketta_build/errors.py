@@ -21,7 +21,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "done"),
-    (EXIT_FAILED, "done, and the answer is no: a patch did not apply, a port stopped at a conflict, a matrix cell is red"),
+    (EXIT_FAILED, "done, and the answer is no: a patch did not apply, a port stopped at a conflict, a matrix cell is red, "
+                  "bisect found no commit"),
     (EXIT_USAGE, "usage or bad input: arguments, series, patch file, releases.toml, unknown or non-server release"),
     (EXIT_SOURCE, "upstream source: index unreachable, download failed, hash mismatch, git repository unusable"),
     (EXIT_CHECK, "a check found something: lint findings, export --check differences, series --check problems"),

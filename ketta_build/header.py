@@ -31,7 +31,7 @@ PATCH_TRAILER = "Ketta-Patch"
 _TRAILER_RE = re.compile(r"^([A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*):[ \t]?(.*)$")
 # Fields a maintainer may add as trailers to a new commit (DEP-3 and ours); anything else in the
 # last paragraph of a new commit's message is description.
-_KNOWN_TRAILERS = {"Upstream-Status", "Base-Release", "Date", "Releases", "Forwarded", "Origin", "Bug",
+_KNOWN_TRAILERS = {"Upstream-Status", "Base-Release", "Date", "Releases", "Upstream-Break", "Forwarded", "Origin", "Bug",
                    "Applied-Upstream", "Reviewed-By", "Last-Update"}
 
 

@@ -4,6 +4,23 @@ OLD and NEW are each a git ref of this repository (its ``patches/`` at that comm
 directory. Both are applied to release X in throw-away build trees; ``git range-diff`` then pairs
 the commits (one per patch) and shows, per patch, whether it is unchanged (``=``), changed (``!``,
 with the interdiff), new (``>``) or gone (``<``). It is the review of a refresh or a port.
+
+Each pair also gets a semantic class, from what the two commits do to the release (their diffs,
+file by file: the added and removed lines in order, and the hunks with their context and numbers):
+
+``unchanged``     the same hunks (the message may differ: ``message_changed``)
+``context-only``  the same added and removed lines in every file; only context or offsets differ
+                  (an earlier patch moved or touched the lines around them, or upstream did)
+``content``       added or removed lines differ
+``new`` / ``dropped``  a patch only NEW has / only OLD had
+``split``         one old patch's changes are now spread over two or more new patches
+``merged``        two or more old patches' changes are now in one new patch
+
+Split and merged are found by comparing the sets of (file, +/-, line) of every old and new patch: a
+new patch belongs to an old one when at least half of its changed lines come from it, and the old
+one is split when two or more new patches belong to it and together carry at least half of its
+changed lines (merged: the same the other way round). A pair in such a group says which patches
+the group holds (``group``: old and new positions).
 """
 
 from __future__ import annotations
@@ -61,6 +78,115 @@ def _series_dir(spec: str, repo: Path, work: Path, label: str) -> Path:
     return target / "patches"
 
 
+@dataclass
+class _Commit:
+    """What one commit of a build tree does: per file the +/- lines in order, and its hunks as text."""
+
+    patch: str | None  # its Ketta-Patch trailer
+    message: str
+    changes: dict[str, tuple[str, ...]]
+    hunks: dict[str, tuple[str, ...]]
+
+    @property
+    def lines(self) -> set[tuple[str, str]]:
+        """(file, "+line" or "-line") of every changed line."""
+        return {(path, line) for path, lines in self.changes.items() for line in lines}
+
+
+def _commits(tree: Path, span: str) -> list[_Commit]:
+    """The commits of ``span``, oldest first (position n in git range-diff's output is the n-th)."""
+    out = []
+    for sha in git(tree, "rev-list", "--reverse", span).split():
+        message = git(tree, "log", "-1", "--format=%B", sha)
+        patch = git(tree, "log", "-1", "--format=%(trailers:key=Ketta-Patch,valueonly,separator=%x2C)", sha) or None
+        diff = git(tree, "-c", "diff.noprefix=false", "show", "--format=", "--no-color", "--no-renames", "--no-ext-diff",
+                   "-U3", sha)
+        changes: dict[str, list[str]] = {}
+        hunks: dict[str, list[str]] = {}
+        path = None
+        in_hunk = False
+        for line in diff.split("\n"):
+            if line.startswith("diff --git "):
+                path = line.split(" b/", 1)[1] if " b/" in line else line
+                changes.setdefault(path, [])
+                hunks.setdefault(path, [])
+                in_hunk = False
+            elif path is None:
+                continue
+            elif line.startswith("@@"):
+                in_hunk = True
+                hunks[path].append(line + "\n")
+            elif in_hunk:
+                hunks[path][-1] += line + "\n"
+                if line[:1] in ("+", "-"):
+                    changes[path].append(line)
+        out.append(_Commit(patch, message, {k: tuple(v) for k, v in changes.items()},
+                           {k: tuple(v) for k, v in hunks.items()}))
+    return out
+
+
+def _belongs(part: set, whole: set) -> bool:
+    """Do at least half of ``part``'s changed lines come from ``whole``?"""
+    shared = len(part & whole)
+    return shared > 0 and 2 * shared >= len(part)
+
+
+def _groups(old: list[_Commit], new: list[_Commit]) -> list[tuple[str, list[int], list[int]]]:
+    """(split|merged, old positions, new positions), 1-based, for every split or merged group."""
+    old_sets = [c.lines for c in old]
+    new_sets = [c.lines for c in new]
+    found = []
+    for i, whole in enumerate(old_sets, 1):
+        parts = [j for j, part in enumerate(new_sets, 1) if _belongs(part, whole)]
+        if len(parts) >= 2 and _belongs(whole, set().union(*(new_sets[j - 1] for j in parts))):
+            found.append(("split", [i], parts))
+    for j, whole in enumerate(new_sets, 1):
+        parts = [i for i, part in enumerate(old_sets, 1) if _belongs(part, whole)]
+        if len(parts) >= 2 and _belongs(whole, set().union(*(old_sets[i - 1] for i in parts))):
+            found.append(("merged", parts, [j]))
+    return found
+
+
+def classify(pairs: list[dict], old: list[_Commit], new: list[_Commit]) -> None:
+    """Give every pair of git range-diff's its semantic class (module docstring), in place."""
+    for pair in pairs:
+        a = old[pair["old"] - 1] if pair["old"] else None
+        b = new[pair["new"] - 1] if pair["new"] else None
+        pair["old_patch"] = a.patch if a else None
+        pair["new_patch"] = b.patch if b else None
+        if a is None or b is None:
+            pair["class"] = "new" if a is None else "dropped"
+            pair["message_changed"] = None
+            continue
+        pair["message_changed"] = a.message != b.message
+        if a.hunks == b.hunks:
+            pair["class"] = "unchanged"
+        elif a.changes == b.changes:
+            pair["class"] = "context-only"
+        else:
+            pair["class"] = "content"
+    for kind, olds, news in _groups(old, new):
+        for pair in pairs:
+            if (pair["old"] in olds) or (pair["new"] in news):
+                pair["class"] = kind
+                pair["group"] = {"old": olds, "new": news}
+
+
+def class_lines(pairs: list[dict]) -> list[str]:
+    """The text output's summary: one line per pair, ``old -> new  class  subject``."""
+    lines = []
+    for p in pairs:
+        where = f"{p['old'] or '-':>3} -> {p['new'] or '-':<3}"
+        cls = p["class"] + (" (message too)" if p.get("message_changed") and p["class"] != "unchanged" else
+                            " (message only)" if p.get("message_changed") else "")
+        group = ""
+        if "group" in p:
+            group = (f"  [old {', '.join(map(str, p['group']['old']))} -> new "
+                     f"{', '.join(map(str, p['group']['new']))}]")
+        lines.append(f"{where} {cls:28} {p['subject']}{group}")
+    return lines
+
+
 def range_diff(version: Version, old: str, new: str, *, repo: Path = Path("."), cache: Cache | None = None,
                index_url: str | None = None, progress=lambda _: None) -> RangeDiff:
     cache = cache or Cache()
@@ -92,6 +218,9 @@ def range_diff(version: Version, old: str, new: str, *, repo: Path = Path("."), 
                 result.pairs.append({"old": None if m.group(1) == "-" else int(m.group(1)),
                                      "new": None if m.group(4) == "-" else int(m.group(4)),
                                      "status": _MEANING[m.group(3)], "subject": m.group(6)})
+        old_commits = _commits(trees["new"], f"upstream/{version}..refs/ketta/old")
+        new_commits = _commits(trees["new"], f"upstream/{version}..HEAD")
+        classify(result.pairs, old_commits, new_commits)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

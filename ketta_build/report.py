@@ -10,6 +10,8 @@ JSON schema ``ketta-build/apply-report/1`` (documented in README.md)::
       "options": {"fuzz", "keep_going"},
       "series": {"directory", "entries": [{"name", "line", "guard", "selected", "reason", "variants"}]},
       "patches": [{"name", "subject", "outcome", "commit", "note",
+                   "landed_upstream": {"hunks", "of", "proposal": "drop|shrink|null",
+                                       "landed": [{"path", "index", "patch_line"}]},
                    "files": [{"path", "action", "outcome", "conflicts", "reject_file", "reason",
                               "hunks": [{"index", "outcome", "label", "patch_line", "old_start",
                                          "applied_at", "offset", "fuzz", "reason"}]}]}],
@@ -55,6 +57,7 @@ def _patch_json(result: PatchResult, series_dir: Path | None = None) -> dict:
         "outcome": result.outcome.value,
         "commit": result.commit,
         "note": result.note,
+        "landed_upstream": result.landing.as_json(),
         "files": [
             {
                 "path": f.path,
@@ -195,6 +198,11 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
                     console.print(f"{h.outcome.value}: {r.name}:{h.patch_line}: hunk #{h.index} of {f.path}: {h.reason}", markup=False)
         if r.note:
             console.print(f"note: {r.name}: {r.note}", markup=False)
+        landing = r.landing
+        if landing.proposal == "shrink":  # one clickable line per hunk to remove
+            for h in landing.landed:
+                console.print(f"  landed upstream: {report.series_dir / r.name}:{h.patch_line}: hunk #{h.index} of {h.path}",
+                              markup=False, soft_wrap=True)
     if report.failed and not report.options.keep_going:
         bad = report.failed[0]
         files = [f for f in bad.files if f.outcome is Outcome.FAILED]

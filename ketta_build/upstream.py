@@ -709,6 +709,20 @@ class GitSource:
                 raise UpstreamError(f"cannot open git repository {self.repo}: {str(exc).splitlines()[0]}") from None
         return self._cached
 
+    def close(self) -> None:
+        """Remove the temporary clone of a URL, if one was made."""
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            if hasattr(self, "_cached"):
+                self._cached.close()
+                del self._cached
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._tmp = None
+
+    def git_dir(self) -> Path:
+        """The repository's git directory (a URL is cloned, bare, into a temporary directory first)."""
+        return Path(self._repo().git_dir)
+
     def _commit_for(self, ref: str):
         import git
 

@@ -8,9 +8,13 @@ merge checklist: for every file the series touches (and the checklist's own file
 upstream changed it since the newest supported release, and which functions a patch modifies
 that upstream changed.
 
+Each patch of the dry run says how many of its hunks are already upstream in the new release, and
+proposes dropping it (all of them) or shrinking it (some: which hunks, by file and patch line).
+
 Exit codes: 0 nothing new (or only Letta Code releases), 10 a new server release onto which the
-series carries over exactly, 11 a new server release that needs porting (a hunk merged, failed or
-already upstream), 2 an error (index unreachable, bad input).
+series carries over exactly, 11 a new server release that needs porting (a hunk merged or failed,
+or a whole patch already upstream; a patch only partly upstream still carries over, with the
+proposal to shrink it), 2 an error (index unreachable, bad input).
 """
 
 from __future__ import annotations
@@ -70,6 +74,19 @@ class PatchDryRun:
     name: str
     outcome: str
     hunks: dict[str, int]
+    # How many of its hunks are already upstream there; proposal "drop" (all) or "shrink" (some, listed).
+    landed_upstream: dict = field(default_factory=lambda: {"hunks": 0, "of": 0, "proposal": None, "landed": []})
+
+    def landing_text(self) -> str | None:
+        """``3 of 5 hunks landed upstream: shrink (remove hunk #1 of letta/x.py, patch line 12)``, or None."""
+        landed = self.landed_upstream
+        if not landed["hunks"]:
+            return None
+        text = f"{landed['hunks']} of {landed['of']} hunk{'s' if landed['of'] != 1 else ''} landed upstream"
+        if landed["proposal"] == "drop":
+            return f"{text}: drop the patch"
+        which = "; ".join(f"hunk #{h['index']} of {h['path']}, patch line {h['patch_line']}" for h in landed["landed"])
+        return f"{text}: shrink it (remove {which})"
 
 
 @dataclass
@@ -117,12 +134,12 @@ def issue_markdown(report: CheckReport, release: NewRelease) -> str:
         f"supported release {report.newest_supported} (source: {report.source}).",
         f"Dry-run port: **{verdict.get(release.status or '', release.status)}**.",
         "",
-        "| patch | outcome | hunks |",
-        "|---|---|---|",
+        "| patch | outcome | hunks | landed upstream |",
+        "|---|---|---|---|",
     ]
     for p in release.patches:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
-        lines.append(f"| `{p.name}` | {p.outcome} | {counts} |")
+        lines.append(f"| `{p.name}` | {p.outcome} | {counts} | {p.landing_text() or '-'} |")
     lines += ["", "## Review list (design document, merge checklist)", ""]
     for f in release.review:
         mark = " (checklist)" if f.in_checklist else ""
@@ -234,7 +251,7 @@ def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, in
         counts: dict[str, int] = {}
         for h in r.hunks:
             counts[h.outcome.value] = counts.get(h.outcome.value, 0) + 1
-        item.patches.append(PatchDryRun(r.name, r.outcome.value, counts))
+        item.patches.append(PatchDryRun(r.name, r.outcome.value, counts, r.landing.as_json()))
         if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET):
             exact = False
     item.status = "carries-over" if exact else "needs-porting"

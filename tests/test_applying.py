@@ -85,6 +85,48 @@ def test_already_upstream_patch_is_not_committed_and_flagged(tmp_path):
     assert _git(out, "rev-list", "--count", "HEAD") == "1"
 
 
+def test_partly_upstream_patch_says_how_many_hunks_landed_and_which_to_remove(tmp_path, capsys):
+    """Three hunks over two files, two of them upstream already: "2 of 3 hunks landed upstream", a proposal
+    to shrink the patch naming each landed hunk by file and patch line, in the JSON and the table."""
+    import json
+
+    from rich.console import Console
+
+    from ketta_build.report import print_report, report_json
+
+    new_a = BODY.replace("line 5\n", "line five\n").replace("line 25\n", "line twenty-five\n")
+    diff = make_diff("letta/a.py", BODY, new_a) + make_diff("letta/b.py", BODY, BODY.replace("line 9\n", "line nine\n"))
+    upstream_a = BODY.replace("line 25\n", "line twenty-five\n")  # a.py's second hunk landed
+    upstream_b = BODY.replace("line 9\n", "line nine\n")  # and b.py's only one
+    report, out = _run(tmp_path, {"letta/a.py": upstream_a, "letta/b.py": upstream_b}, {"0001-a.diff": diff})
+    [result] = report.results
+    assert result.outcome is Outcome.CLEAN and result.commit  # what is left still applies and is committed
+    landing = result.landing
+    assert (len(landing.landed), landing.of, landing.proposal) == (2, 3, "shrink")
+    text = (tmp_path / "patches" / "0001-a.diff").read_text().splitlines()
+    assert [(h.path, h.index) for h in landing.landed] == [("letta/a.py", 2), ("letta/b.py", 1)]
+    assert all(text[h.patch_line - 1].startswith("@@ ") for h in landing.landed)
+    assert result.note.startswith("2 of 3 hunks landed upstream: consider shrinking the patch to the other 1: remove hunk #2 of letta/a.py")
+    data = json.loads(json.dumps(report_json(report)))["patches"][0]["landed_upstream"]
+    assert data == {"hunks": 2, "of": 3, "proposal": "shrink", "landed": [
+        {"path": "letta/a.py", "index": 2, "patch_line": landing.landed[0].patch_line},
+        {"path": "letta/b.py", "index": 1, "patch_line": landing.landed[1].patch_line}]}
+    print_report(report, Console(width=200, highlight=False))
+    printed = capsys.readouterr().out
+    assert "note: 0001-a.diff: 2 of 3 hunks landed upstream" in printed
+    assert f"landed upstream: {tmp_path / 'patches' / '0001-a.diff'}:{landing.landed[1].patch_line}: hunk #1 of letta/b.py" in printed
+
+
+def test_whole_patch_upstream_proposes_dropping_and_none_upstream_proposes_nothing(tmp_path):
+    new = BODY.replace("line 10\n", "line ten\n")
+    report, _ = _run(tmp_path / "all", {"letta/a.py": new}, {"0001-a.diff": make_diff("letta/a.py", BODY, new)})
+    landing = report.results[0].landing
+    assert (len(landing.landed), landing.of, landing.proposal) == (1, 1, "drop")
+    assert report.results[0].note.startswith("1 of 1 hunk landed upstream: every hunk is already upstream")
+    report, _ = _run(tmp_path / "none", {"letta/a.py": BODY}, {"0001-a.diff": make_diff("letta/a.py", BODY, new)})
+    assert report.results[0].landing.proposal is None and report.results[0].note is None
+
+
 def test_pure_insertion_already_upstream_beats_a_distant_forward_match(tmp_path):
     old = "a\nb\n" + BODY + "a\nb\n"
     new = "a\nX\nb\n" + BODY + "a\nb\n"

@@ -308,6 +308,29 @@ def test_upstream_check_carries_over(world):
     assert rc == 10 and "carries-over" in out
 
 
+def test_upstream_check_says_how_many_hunks_landed_and_proposes_shrinking_or_dropping(world, tmp_path):
+    """0.16.9 has 0001's line and one of the two hunks 0003 now has: 0001 is to be dropped, 0003 shrunk."""
+    m8 = BODY.replace("line 15\n", "line fifteen (ketta)\n")
+    (world.patches / "0003-tail.diff").write_text(header("Ketta changes lines 40 and 50", "0.16.8") + make_diff(
+        "letta/m.py", m8, m8.replace("line 40\n", "line forty\n").replace("line 50\n", "line fifty\n")))
+    world.publish("0.16.9", m=BODY.replace("line 15\n", "line fifteen (ketta)\n").replace("line 50\n", "line fifty\n"))
+    report = tmp_path / "check.json"
+    rc, out, err = world.run("upstream", "check", "--json", str(report), "--issue-dir", str(tmp_path / "issues"))
+    assert rc == 11, err  # a whole patch upstream needs porting (its guard narrowed)
+    patches = {p["name"]: p for p in json.loads(report.read_text())["releases"][0]["patches"]}
+    assert patches["0001-change-m.diff"]["landed_upstream"]["proposal"] == "drop"
+    tail = patches["0003-tail.diff"]["landed_upstream"]
+    assert (tail["hunks"], tail["of"], tail["proposal"]) == (1, 2, "shrink")
+    [landed] = tail["landed"]
+    assert landed["path"] == "letta/m.py" and landed["index"] == 2
+    assert patches["0003-tail.diff"]["outcome"] == "clean"
+    text = " ".join(out.split())
+    assert "1 of 1 hunk landed upstream: drop the patch" in text
+    assert f"1 of 2 hunks landed upstream: shrink it (remove hunk #2 of letta/m.py, patch line {landed['patch_line']})" in text
+    body = (tmp_path / "issues" / "0.16.9.md").read_text()
+    assert "| `0003-tail.diff` | clean | 1 already-upstream, 1 clean | 1 of 2 hunks landed upstream: shrink it" in body
+
+
 def test_upstream_check_with_an_unreachable_index(world, tmp_path):
     before = world.snapshot()
     rc = main(["upstream", "check", "--patches", str(world.patches), "--index-url", "http://127.0.0.1:9/simple",
@@ -388,3 +411,65 @@ def test_range_diff_pairs_patches_between_two_series(world, tmp_path):
     assert statuses["A Ketta module"] == "unchanged"
     assert "FIFTEEN" in out
 
+
+
+def _series_dir(root: Path, patches: dict[str, str]) -> Path:
+    """A patch directory for range-diff: ``patches`` (name -> (subject, new m.py or module text)) on 0.16.8."""
+    root.mkdir()
+    (root / "releases.toml").write_text(RELEASES_TOML)
+    (root / "series").write_text("".join(f"{name}\n" for name in patches))
+    for name, text in patches.items():
+        (root / name).write_text(text)
+    return root
+
+
+def test_range_diff_classes_unchanged_context_only_content_and_message(world, tmp_path):
+    import shutil
+
+    old = tmp_path / "old-patches"
+    shutil.copytree(world.patches, old)
+    # 0001 now also inserts a line above 0003's hunk: 0003 does the same, one line further down
+    path = world.patches / "0001-change-m.diff"
+    m1 = BODY.replace("line 15\n", "line fifteen (ketta)\n")
+    path.write_text(header("Ketta changes line 15", "0.16.8") + make_diff("letta/m.py", BODY, m1.replace("line 16\n", "line 16\nline 16a\n")))
+    # 0002: a new description only
+    p2 = world.patches / "0002-new-module.diff"
+    p2.write_text(p2.read_text().replace("Because Ketta needs this change", "Ketta needs this module"))
+    report = tmp_path / "rd.json"
+    rc, out, err = world.run("range-diff", "--letta", "0.16.8", str(old), str(world.patches), "--json", str(report))
+    assert rc == 0, err
+    pairs = {p["new_patch"]: p for p in json.loads(report.read_text())["pairs"]}
+    assert pairs["0001-change-m.diff"]["class"] == "content"
+    assert pairs["0003-tail.diff"]["class"] == "context-only" and pairs["0003-tail.diff"]["status"] == "unchanged"
+    assert pairs["0002-new-module.diff"]["class"] == "unchanged" and pairs["0002-new-module.diff"]["message_changed"] is True
+    assert pairs["0002-new-module.diff"]["status"] == "changed"  # git range-diff sees the message
+    assert pairs["0003-tail.diff"]["old_patch"] == "0003-tail.diff"
+    summary = out[out.index("per patch (old -> new, class):"):]
+    assert "  2 -> 2   unchanged (message only)" in summary and "context-only" in summary and "content" in summary
+
+
+def test_range_diff_finds_a_split_and_a_merge(world, tmp_path):
+    two = BODY.replace("line 10\n", "line ten\n").replace("line 50\n", "line fifty\n")
+    ten = BODY.replace("line 10\n", "line ten\n")
+    whole = _series_dir(tmp_path / "whole", {
+        "0001-ten-and-fifty.diff": header("Lines 10 and 50", "0.16.8") + make_diff("letta/m.py", BODY, two),
+        "0002-new-module.diff": header("A Ketta module", "0.16.8") + make_diff("letta/k.py", None, "KETTA = True\n")})
+    parts = _series_dir(tmp_path / "parts", {
+        "0001-ten.diff": header("Line 10", "0.16.8") + make_diff("letta/m.py", BODY, ten),
+        "0002-fifty.diff": header("Line 50", "0.16.8") + make_diff("letta/m.py", ten, two),
+        "0003-new-module.diff": header("A Ketta module", "0.16.8") + make_diff("letta/k.py", None, "KETTA = True\n")})
+    report = tmp_path / "split.json"
+    rc, out, err = world.run("range-diff", "--letta", "0.16.8", str(whole), str(parts), "--json", str(report))
+    assert rc == 0, err
+    pairs = json.loads(report.read_text())["pairs"]
+    split = [p for p in pairs if p["class"] == "split"]
+    assert {p["new_patch"] for p in split} == {"0001-ten.diff", "0002-fifty.diff"}
+    assert all(p["group"] == {"old": [1], "new": [1, 2]} for p in split)
+    assert [p["class"] for p in pairs if p["new_patch"] == "0003-new-module.diff"] == ["unchanged"]
+    assert "split" in out and "[old 1 -> new 1, 2]" in out
+    report = tmp_path / "merged.json"
+    rc, out, err = world.run("range-diff", "--letta", "0.16.8", str(parts), str(whole), "--json", str(report))
+    assert rc == 0, err
+    merged = [p for p in json.loads(report.read_text())["pairs"] if p["class"] == "merged"]
+    assert {p["old_patch"] for p in merged} == {"0001-ten.diff", "0002-fifty.diff"}
+    assert all(p["group"] == {"old": [1, 2], "new": [1]} for p in merged)
