@@ -9,6 +9,7 @@ a 3-way merge is not: the patch file itself must apply).
 
 ``lint`` reports every failure (rule ``applies``); ``export`` and ``port`` verify what they are
 about to write before they write it, so no verb leaves the series broken on a release it claims.
+:func:`patch_outcomes` gives the same application hunk by hunk (``status`` shows it per release).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode, encode
 from .buildtree import PristineRepos
-from .errors import ClaimError
+from .errors import ClaimError, KettaError
 from .gitcmd import Blobs
 from .patchfile import Patch, split_lines
 from .series import Series, SeriesEntry
@@ -49,6 +50,25 @@ class ClaimGap:
     reason: str
 
 
+@dataclass(frozen=True)
+class PatchOutcome:
+    """How one patch applied in memory to one release, on top of the patches selected before it."""
+
+    version: Version
+    patch: str
+    hunks: tuple[str, ...]  # per hunk, in file order: clean, offset(+n), already-upstream or failed
+    failures: tuple[ClaimFailure, ...]
+
+    @property
+    def outcome(self) -> str:
+        """``failed``, ``already-upstream`` (every hunk), ``offset`` (some hunk) or ``exact``."""
+        if self.failures:
+            return "failed"
+        if self.hunks and all(h == "already-upstream" for h in self.hunks):
+            return "already-upstream"
+        return "offset" if any(h.startswith("offset") for h in self.hunks) else "exact"
+
+
 class _InMemory:
     """One release's files as the series' patches leave them, read lazily from its pristine repository."""
 
@@ -57,6 +77,7 @@ class _InMemory:
         self.blobs = blobs
         self.files: dict[str, list[str] | None] = {}
         self.created: dict[str, str] = {}  # path -> the patch that created it
+        self.hunks: list[str] = []  # per-hunk outcomes of the patch being applied
 
     def current(self, path: str) -> list[str] | None:
         if path not in self.files:
@@ -70,7 +91,12 @@ class _InMemory:
 
     def apply(self, patch: Patch) -> list[ClaimFailure]:
         """Apply ``patch`` to the files; what did not apply exactly."""
+        self.hunks = []
         return [f for fp in patch.files for f in self.apply_section(patch, fp)]
+
+    def outcome(self, patch: Patch) -> PatchOutcome:
+        failures = self.apply(patch)
+        return PatchOutcome(self.version, patch.name, tuple(self.hunks), tuple(failures))
 
     def apply_section(self, patch: Patch, fp) -> list[ClaimFailure]:
         version, files, created = self.version, self.files, self.created
@@ -79,18 +105,25 @@ class _InMemory:
         if fp.is_new:
             wanted = [line for h in fp.hunks for line in h.new_lines]
             if fp.path in created and lines is not None:
+                self.hunks += ["failed"] * len(fp.hunks)
                 return [ClaimFailure(version, patch.name, fp.path, None, first_line,
                                      f"the file exists already: {created[fp.path]} creates it too")]
             if lines is not None and lines != wanted:
+                self.hunks += ["failed"] * len(fp.hunks)
                 return [ClaimFailure(version, patch.name, fp.path, None, first_line, "the file exists already")]
+            self.hunks += ["already-upstream" if lines is not None else "clean"] * len(fp.hunks)
             files[fp.path] = wanted
             created[fp.path] = patch.name
             return []
         if lines is None:
             if fp.is_deleted:
+                self.hunks += ["already-upstream"] * len(fp.hunks)
                 return []
+            self.hunks += ["failed"] * len(fp.hunks)
             return [ClaimFailure(version, patch.name, fp.path, None, first_line, "no such file")]
         new_lines, results = apply_hunks(lines, fp.hunks)
+        self.hunks += [r.label if r.outcome in (Outcome.CLEAN, Outcome.OFFSET, Outcome.ALREADY_UPSTREAM) else "failed"
+                       for r in results]
         out = [ClaimFailure(version, patch.name, fp.path, r.index, r.patch_line, r.reason or r.outcome.value)
                for r in results if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET, Outcome.ALREADY_UPSTREAM)]
         if fp.is_deleted and not out:
@@ -133,6 +166,31 @@ def check_claims(series: Series, versions: Iterable[Version], repos: PristineRep
             for entry in select(version) if select is not None else series.select(version):
                 failures += release.apply(load(entry))
     return failures, gaps
+
+
+def patch_outcomes(series: Series, versions: Iterable[Version], repos: PristineRepos
+                   ) -> tuple[dict[Version, list[PatchOutcome]], list[ClaimGap]]:
+    """Per release, how each patch the series selects there applies in memory, hunk by hunk, in
+    series order (a release whose variants overlap is left out: ``series --check`` says why)."""
+    found: dict[Version, list[PatchOutcome]] = {}
+    gaps: list[ClaimGap] = []
+    loaded: dict[str, Patch] = {}
+    for version in versions:
+        try:
+            entries = series.select(version)
+        except KettaError:
+            continue
+        repo = repos.get(version)
+        if isinstance(repo, str):
+            gaps.append(ClaimGap(version, repo))
+            continue
+        with Blobs(repo) as blobs:
+            release = _InMemory(version, blobs)
+            for entry in entries:
+                if entry.name not in loaded:
+                    loaded[entry.name] = series.load(entry)
+                found.setdefault(version, []).append(release.outcome(loaded[entry.name]))
+    return found, gaps
 
 
 def images_at(series: Series, version: Version, repos: PristineRepos, name: str, *,
