@@ -24,7 +24,7 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode, encode
 from .buildtree import PristineRepos
-from .errors import ClaimError
+from .errors import ClaimError, KettaError
 from .gitcmd import Blobs
 from .patchfile import Patch, split_lines
 from .series import Series, SeriesEntry
@@ -67,6 +67,24 @@ class HunkOutcome:
     @property
     def exact(self) -> bool:
         return self.outcome in (Outcome.CLEAN, Outcome.OFFSET)
+
+
+@dataclass(frozen=True)
+class PatchOutcome:
+    """How one patch applied in memory to one release, on top of the patches selected before it."""
+
+    version: Version
+    patch: str
+    hunks: tuple[HunkOutcome, ...]
+
+    @property
+    def outcome(self) -> str:
+        """``failed``, ``already-upstream`` (every hunk), ``offset`` (some hunk moved) or ``exact``."""
+        if any(h.outcome not in (Outcome.CLEAN, Outcome.OFFSET, Outcome.ALREADY_UPSTREAM) for h in self.hunks):
+            return "failed"
+        if self.hunks and all(h.outcome is Outcome.ALREADY_UPSTREAM for h in self.hunks):
+            return "already-upstream"
+        return "offset" if any(h.outcome is Outcome.OFFSET for h in self.hunks) else "exact"
 
 
 class InMemoryTree:
@@ -175,6 +193,34 @@ def check_claims(series: Series, versions: Iterable[Version], repos: PristineRep
             for entry in select(version) if select is not None else series.select(version):
                 failures += release.apply(load(entry))
     return failures, gaps
+
+
+def patch_outcomes(series: Series, versions: Iterable[Version], repos: PristineRepos
+                   ) -> tuple[dict[Version, list[PatchOutcome]], list[ClaimGap]]:
+    """Per release, how each patch the series selects there applies in memory, hunk by hunk, in
+    series order (a release whose variants overlap is left out: ``series --check`` says why)."""
+    found: dict[Version, list[PatchOutcome]] = {}
+    gaps: list[ClaimGap] = []
+    loaded: dict[str, Patch] = {}
+    for version in versions:
+        try:
+            entries = series.select(version)
+        except KettaError:
+            continue
+        repo = repos.get(version)
+        if isinstance(repo, str):
+            gaps.append(ClaimGap(version, repo))
+            continue
+        with Blobs(repo) as blobs:
+            release = InMemoryTree(version, blobs)
+            for entry in entries:
+                if entry.name not in loaded:
+                    loaded[entry.name] = series.load(entry)
+                before = len(release.outcomes)
+                release.apply(loaded[entry.name])
+                found.setdefault(version, []).append(
+                    PatchOutcome(version, entry.name, tuple(release.outcomes[before:])))
+    return found, gaps
 
 
 def images_at(series: Series, version: Version, repos: PristineRepos, name: str, *,

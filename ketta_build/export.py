@@ -43,7 +43,8 @@ from .claims import check_claims, describe, group_failures, images_at
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
 from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
-from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, with_field, with_served_range)
+from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, with_field, with_served_range,
+                     with_status_defaults)
 from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text, split_lines
 from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series, variant_name
 
@@ -277,6 +278,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
 
         # A commit made in the tree (or one an interrupted export already named): a new patch.
         header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=version, where=short)
+        header = with_status_defaults(header)
         if name is None:
             name = f"{next_number:0{width}d}-{_slug(header.subject)}.diff"
             next_number += 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from datetime import date
 
 from packaging.version import InvalidVersion, Version
 
@@ -32,7 +33,7 @@ _TRAILER_RE = re.compile(r"^([A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*):[ \t]?(.*)$")
 # Fields a maintainer may add as trailers to a new commit (DEP-3 and ours); anything else in the
 # last paragraph of a new commit's message is description.
 _KNOWN_TRAILERS = {"Upstream-Status", "Base-Release", "Date", "Releases", "Upstream-Break", "Forwarded", "Origin", "Bug",
-                   "Applied-Upstream", "Reviewed-By", "Last-Update"}
+                   "Applied-Upstream", "Reviewed-By", "Last-Update", "Owner", "Review-By"}
 
 
 def _folded(value: str) -> list[str]:
@@ -206,3 +207,77 @@ def with_field(h: PatchHeader, name: str, value: str) -> PatchHeader:
 
 def field_value(h: PatchHeader, name: str) -> str | None:
     return next((v for k, v in h.extra if k == name), None)
+
+
+# --------------------------------------------------------------------------- status and ownership
+# DEP-3's Forwarded and Applied-Upstream, and Ketta's Owner and Review-By: extra fields, kept where
+# the author put them. ``lint`` (rule ``status``) checks them, ``status`` shows them.
+
+FORWARDED_WORDS = ("no", "not-needed")
+_URL = re.compile(r"^https?://[^\s]+")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+def forwarded_problem(value: str | None, upstream_status: str) -> str | None:
+    """What is wrong with a ``Forwarded`` value (None if nothing): ``no``, ``not-needed`` or a URL,
+    and not contradicting ``Upstream-Status``."""
+    if not value or not value.strip():
+        return "no Forwarded field: say no, not-needed, or the URL where the patch was sent upstream"
+    word = value.split()[0]
+    if word not in FORWARDED_WORDS and not _URL.match(word):
+        return f"Forwarded must be no, not-needed or a URL, got {value.split(chr(10))[0][:40]!r}"
+    status = upstream_status.split()[0]
+    if status == "Inappropriate" and word != "not-needed":
+        return "an Inappropriate patch is Forwarded: not-needed (it is not meant for upstream)"
+    if status in ("Submitted", "Accepted", "Denied") and word in FORWARDED_WORDS:
+        return f"Upstream-Status {status} says it was sent upstream: Forwarded is the URL where"
+    if status == "Pending" and word == "not-needed":
+        return "a Pending patch is meant for upstream: Forwarded is no (or the URL once sent)"
+    return None
+
+
+def owner_problem(value: str | None) -> str | None:
+    """``Owner``: a team's name, or ``Name <email>``."""
+    if not value or not value.strip():
+        return "no Owner field: name who answers for the patch (Name <email>, or a team)"
+    if ("<" in value or ">" in value) and not re.match(r"^[^<>]+?\s*<[^<>@\s]+@[^<>\s]+>$", value.strip()):
+        return f"Owner must be a team's name or 'Name <email>', got {value.strip()[:40]!r}"
+    return None
+
+
+def review_date(value: str) -> date | None:
+    """A ``Review-By`` value as a date (ISO 8601, YYYY-MM-DD), None if it is not one."""
+    text = value.strip()
+    if not _ISO_DATE.match(text):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def applied_upstream(value: str) -> Version | str | None:
+    """What an ``Applied-Upstream`` value names first: a release (a Version), a commit id (str), or
+    None when it is neither."""
+    word = value.split()[0] if value.split() else ""
+    if _COMMIT.match(word) and not re.match(r"^\d+$", word):
+        return word
+    try:
+        return Version(word.removeprefix("letta").removeprefix("v").strip("=,;"))
+    except InvalidVersion:
+        return None
+
+
+def with_status_defaults(h: PatchHeader) -> PatchHeader:
+    """A new patch's header (export makes one from a commit) with what its trailers did not say:
+    ``Forwarded`` from ``Upstream-Status`` (not-needed for Inappropriate and Backport, no for Pending;
+    the other statuses mean it was sent, and only the author knows the URL) and the commit's author
+    as ``Owner``."""
+    if field_value(h, "Forwarded") is None:
+        word = {"Inappropriate": "not-needed", "Backport": "not-needed", "Pending": "no"}.get(h.upstream_status.split()[0])
+        if word:
+            h = with_field(h, "Forwarded", word)
+    if field_value(h, "Owner") is None:
+        h = with_field(h, "Owner", f"{h.author_name} <{h.author_email}>")
+    return h

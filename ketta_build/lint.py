@@ -20,9 +20,15 @@ Rules (each finding names the file and line):
 ``source``        a supported release that cannot be had (index unreachable, not on it): nothing about it is
                   checked; the CLI exits 3 when these are the only errors;
 ``variant-drift`` (a warning) variants of one patch whose corresponding hunks add different lines:
-                  an edit made to one variant and not carried to the others.
+                  an edit made to one variant and not carried to the others;
+``status``        status and ownership: ``Forwarded`` (no, not-needed or a URL, agreeing with
+                  ``Upstream-Status``) and ``Owner`` are required; ``Review-By`` is a date, and a passed
+                  one is a warning; ``Applied-Upstream`` names a release or commit, and the patch's
+                  guard serves no supported release from that release on (upstream has it there:
+                  the patch should have been retired for them).
 
-``fix=True`` rewrites the files whose only findings are ``canonical`` or ``releases`` into canonical form.
+``fix=True`` rewrites the files whose only findings are ``canonical`` or ``releases`` into canonical form
+(a ``status`` warning does not stop it).
 Warnings are printed and reported but do not fail the run.
 """
 
@@ -33,6 +39,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from packaging.version import Version
@@ -41,11 +48,12 @@ from .applying import Outcome, apply_hunks, decode, encode
 from .atomic import write_atomic
 from .buildtree import PreimageFinder
 from .cache import Cache
-from .claims import check_claims, describe, group_failures
+from .claims import check_claims, describe, group_failures, patch_outcomes
 from .errors import KettaError
 from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
-from .header import field_value, releases_range, render_header, served_range_text, updated_releases, with_field
+from .header import (applied_upstream, field_value, forwarded_problem, owner_problem, releases_range, render_header,
+                     review_date, served_range_text, updated_releases, with_field)
 from .patchfile import Hunk, Patch, parse_patch_text, split_lines
 from .series import Series, SeriesEntry, read_series
 from .upstream import IndexSource
@@ -148,9 +156,15 @@ class _Canon:
         return render_header(patch.header).encode() + diff.encode("utf-8", errors="surrogateescape")
 
 
+def today() -> date:
+    """The date a passed ``Review-By`` is measured against (tests pass their own to lint_series)."""
+    return date.today()
+
+
 def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str | None = None,
-                project: Path | None = None, fix: bool = False) -> tuple[list[Finding], list[Path]]:
-    """Every finding in ``series_dir`` (and ``project``'s tox.ini); with ``fix``, the files rewritten."""
+                project: Path | None = None, fix: bool = False, on: date | None = None) -> tuple[list[Finding], list[Path]]:
+    """Every finding in ``series_dir`` (and ``project``'s tox.ini); with ``fix``, the files rewritten.
+    ``on`` is the day a ``Review-By`` date is compared with (default: today)."""
     findings: list[Finding] = []
     fixed: list[Path] = []
     series = read_series(series_dir)
@@ -178,8 +192,10 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
                 unreadable.add(str(path))
                 continue
             loaded[entry.name] = patch
+            status = _status(series, entry, patch, path, on or today(), canon.finder.repos, unavailable)
             own = _why(patch, path) + _whitespace(path)  # findings --fix does not mend: it leaves the file alone
-            findings += own
+            own += [f for f in status if f.severity == "error"]
+            findings += own + [f for f in status if f.severity != "error"]
             releases_finding = _releases_field(series, entry, patch, path)
             base = patch.header.base_release
             if base in unavailable:
@@ -263,6 +279,57 @@ def _applies(series: Series, canon: "_Canon", versions: list[Version]) -> list[F
     for gap in gaps:
         findings.append(Finding("applies", series.series_file, None, f"cannot check letta {gap.version}: {gap.reason}"))
     return findings
+
+
+def _status(series: Series, entry: SeriesEntry, patch: Patch, path: Path, day: date, repos, unavailable) -> list[Finding]:
+    """Rule ``status``: Forwarded and Owner present and well-formed, Review-By a date (passed: a
+    warning), and no supported release from the one Applied-Upstream names on served by this patch."""
+    h = patch.header
+    found = []
+
+    def add(field: str, message: str, severity: str = "error") -> None:
+        found.append(Finding("status", path, _field_line(path, field) or 1, message, severity))
+
+    problem = forwarded_problem(field_value(h, "Forwarded"), h.upstream_status)
+    if problem:
+        add("Forwarded", problem)
+    problem = owner_problem(field_value(h, "Owner"))
+    if problem:
+        add("Owner", problem)
+    review = field_value(h, "Review-By")
+    if review is not None:
+        when = review_date(review)
+        if when is None:
+            add("Review-By", f"Review-By must be a date, YYYY-MM-DD, got {review.strip()[:40]!r}")
+        elif when < day:
+            add("Review-By", f"the review date {when} has passed (today is {day}): review the patch, then move the date",
+                "warning")
+    value = field_value(h, "Applied-Upstream")
+    if value is not None:
+        named = applied_upstream(value)
+        if named is None:
+            add("Applied-Upstream", f"Applied-Upstream must start with the release or commit that has the change, "
+                                    f"got {value.strip()[:40]!r}")
+        elif not isinstance(named, str):  # a release: from it on, upstream does what the patch does
+            served = [v for v in series.releases.versions if v >= named and entry.matches(v)]
+            if served:
+                add("Applied-Upstream", f"Applied-Upstream says letta {named} has this change, but the guard "
+                                        f"[{entry.guard_text or 'no guard: every release'}] still serves letta "
+                                        f"{', '.join(map(str, served))}{_still_changes(series, entry, served, repos, unavailable)}: "
+                                        f"retire the patch there (guard <{named})")
+    return found
+
+
+def _still_changes(series: Series, entry: SeriesEntry, versions: list, repos, unavailable) -> str:
+    """What the in-memory applier says the patch does on ``versions``: already there, or still a change."""
+    outcomes, _ = patch_outcomes(series, [v for v in versions if v not in unavailable], repos)
+    mine = [(v, o) for v, found in outcomes.items() for o in found if o.patch == entry.name]
+    if not mine:
+        return ""
+    if all(o.outcome == "already-upstream" for _, o in mine):
+        return " (where every hunk is already upstream)"
+    changed = [str(v) for v, o in mine if o.outcome != "already-upstream"]
+    return f" (and still changes letta {', '.join(changed)}: is Applied-Upstream right?)"
 
 
 def _releases_field(series: Series, entry: SeriesEntry, patch: Patch, path: Path) -> tuple[Finding, str] | None:

@@ -176,9 +176,9 @@ def prepare_wheel(
         )
         dist = build_root / "dist"
         number = read_build_number(series_dir) if patched else None
-        progress(f"building the wheel of {tree.name}")
-        wheel = build_wheel_once(tree, dist / tree.name, number)
         constraints = export_constraints(tree, build_root / f"{tree.name}.constraints.txt")
+        progress(f"building the wheel of {tree.name}")
+        wheel = build_wheel_once(tree, dist / tree.name, number, series_dir=series_dir, constraints=constraints)
     return ReleaseBuild(tree, wheel, constraints, report)
 
 

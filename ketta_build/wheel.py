@@ -115,6 +115,55 @@ def provenance(tree: Path, version: str, build_number: int) -> dict:
     }
 
 
+_WHEEL_TABLE = re.compile(r"^\[tool\.hatch\.build\.targets\.wheel\]\s*$", re.MULTILINE)
+_HATCHLING_REQUIREMENT = re.compile(r'"hatchling"')
+SBOM_HATCHLING = "hatchling>=1.28"  # the first hatchling with the wheel target's sbom-files option
+
+
+def _declare_sbom(pyproject: Path, name: str) -> None:
+    """Have hatchling put ``name`` (beside pyproject.toml) in the wheel's ``.dist-info/sboms/`` (PEP 770;
+    its ``sbom-files`` option writes the file into RECORD like any other), and ask for a hatchling
+    that knows the option. The file is checked afterwards: an older hatchling ignores the option."""
+    import tomllib
+
+    text = pyproject.read_text()
+    table = _WHEEL_TABLE.search(text)
+    line = f"sbom-files = [{json.dumps(name)}]"
+    if table is None:
+        text = text.rstrip("\n") + f"\n\n[tool.hatch.build.targets.wheel]\n{line}\n"
+    else:
+        text = text[:table.end()] + f"\n{line}" + text[table.end():]
+    system = re.search(r"^\[build-system\][ \t]*\n(?:(?!\[).*\n?)*", text, re.MULTILINE)  # up to the next table
+    if system is not None and _HATCHLING_REQUIREMENT.search(system.group(0)):
+        start, end = system.span()
+        text = text[:start] + _HATCHLING_REQUIREMENT.sub(json.dumps(SBOM_HATCHLING), system.group(0), count=1) + text[end:]
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KettaError(f"cannot declare the SBOM for hatchling: {exc}", path=pyproject) from None
+    wheel_target = parsed.get("tool", {}).get("hatch", {}).get("build", {}).get("targets", {}).get("wheel", {})
+    if wheel_target.get("sbom-files") != [name]:
+        raise KettaError("cannot declare the SBOM for hatchling: the wheel target already has sbom-files", path=pyproject)
+    pyproject.write_text(text)
+
+
+def _applied_patches(tree: Path, series_dir: Path, data: dict) -> list:
+    """The patch files the build tree was made from (series order), each checked against the sha256
+    its apply report recorded: a patch changed since would make the SBOM lie about the wheel."""
+    from .patchfile import parse_patch_text
+    from .sbom import AppliedPatch
+
+    out = []
+    for entry in data["patches"]:
+        path = series_dir / entry["name"]
+        raw = path.read_bytes() if path.is_file() else None
+        if raw is None or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+            raise BuildTreeError(f"{entry['name']} in {series_dir} is not the file this tree was applied from; "
+                                 "apply again (ketta-build wheel does)", path=tree)
+        out.append(AppliedPatch(entry["name"], raw, parse_patch_text(raw, path, entry["name"]).header, entry["outcome"]))
+    return out
+
+
 def _add_ketta_files(src: Path, data: dict) -> None:
     """Provenance and upstream's migrations, so that the installed wheel can say what it is and migrate."""
     (src / "letta" / PROVENANCE_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -124,11 +173,15 @@ def _add_ketta_files(src: Path, data: dict) -> None:
         shutil.copy2(src / "alembic.ini", target / "alembic.ini")
 
 
-def build_wheel(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWheel:
+def build_wheel(tree: Path, dist_dir: Path, build_number: int | None, *, series_dir: Path | None = None,
+                constraints: Path | None = None) -> BuiltWheel:
     """Build the wheel of ``tree``'s HEAD into ``dist_dir`` (atomically: a temp dir, then a rename).
 
-    With a build number (a Ketta build) the wheel also carries ``letta/ketta_provenance.json`` and
-    upstream's migrations in ``letta/ketta_alembic/``; without one it is upstream's wheel as is.
+    With a build number (a Ketta build) the wheel also carries ``letta/ketta_provenance.json``,
+    upstream's migrations in ``letta/ketta_alembic/`` and the SBOM ``.dist-info/sboms/ketta.cdx.json``
+    (:mod:`ketta_build.sbom`: the patch files from ``series_dir``, the locked dependencies from
+    ``constraints``, exported from the tree's uv.lock when not given); without one it is upstream's
+    wheel as is.
     """
     with tempfile.TemporaryDirectory(prefix="ketta-wheel-") as tmp_name:
         tmp = Path(tmp_name)
@@ -140,21 +193,65 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWh
             raise KettaError("no literal version in pyproject.toml", path=tree / "pyproject.toml")
         version = local_version(upstream.group(1), build_number)
         _set_version(src / "pyproject.toml", version)
-        if build_number is not None:
-            _add_ketta_files(src, provenance(tree, version, build_number))
         epoch = git(tree, "log", "-1", "--format=%ct")
+        sbom = None
+        if build_number is not None:
+            if series_dir is None:
+                raise KettaError("a Ketta wheel needs the series directory its tree was applied from (for its SBOM)")
+            data = provenance(tree, version, build_number)
+            _add_ketta_files(src, data)
+            sbom = _sbom_text(tree, tmp, series_dir, constraints, data, int(epoch))
+            from .sbom import SBOM_FILE
+
+            (src / SBOM_FILE).write_text(sbom)
+            _declare_sbom(src / "pyproject.toml", SBOM_FILE)
         out = tmp / "dist"
         run_uv(["build", "--wheel", "--python", sys.executable, "--out-dir", str(out), str(src)], env={"SOURCE_DATE_EPOCH": epoch})
         wheels = sorted(out.glob("*.whl"))
         if len(wheels) != 1:
             raise KettaError(f"expected one wheel from the build, found {len(wheels)}", path=out)
+        if sbom is not None:
+            _check_sbom(wheels[0], sbom)
         dist_dir.mkdir(parents=True, exist_ok=True)
         final = dist_dir / wheels[0].name
         os.replace(wheels[0], final)
     return BuiltWheel(final, version, sha256_file(final))
 
 
-def build_wheel_once(tree: Path, dist_dir: Path, build_number: int | None) -> BuiltWheel:
+def _sbom_text(tree: Path, tmp: Path, series_dir: Path, constraints: Path | None, data: dict, epoch: int) -> str:
+    from .sbom import sbom_json
+
+    report = json.loads((tree / ".git" / "ketta-build.json").read_text())  # provenance() checked it is there
+    if constraints is None:
+        constraints = export_constraints(tree, tmp / "constraints.txt")
+    return sbom_json(data, _applied_patches(tree, series_dir, report), constraints.read_text(), epoch)
+
+
+def sbom_member(wheel: Path) -> str | None:
+    """The name of the Ketta SBOM inside ``wheel`` (``….dist-info/sboms/ketta.cdx.json``), None if it has none."""
+    import zipfile
+
+    from .sbom import SBOM_FILE
+
+    with zipfile.ZipFile(wheel) as archive:
+        return next((n for n in archive.namelist() if n.endswith(f".dist-info/sboms/{SBOM_FILE}")
+                     and n.count("/") == 2), None)
+
+
+def _check_sbom(wheel: Path, text: str) -> None:
+    import zipfile
+
+    member = sbom_member(wheel)
+    if member is None:
+        raise KettaError(f"the build did not put the SBOM in .dist-info/sboms/ (hatchling older than "
+                         f"{SBOM_HATCHLING.split('>=')[1]}?)", path=wheel)
+    with zipfile.ZipFile(wheel) as archive:
+        if archive.read(member).decode() != text:
+            raise KettaError(f"{member} is not the SBOM ketta-build wrote", path=wheel)
+
+
+def build_wheel_once(tree: Path, dist_dir: Path, build_number: int | None, *, series_dir: Path | None = None,
+                     constraints: Path | None = None) -> BuiltWheel:
     """``build_wheel``, unless ``dist_dir`` already holds the wheel of this very commit and build
     number (builds are reproducible, so the wheel would be byte-identical). The record beside it
     names the commit, the build number and the wheel's sha256; a wheel that no longer matches its
@@ -170,7 +267,7 @@ def build_wheel_once(tree: Path, dist_dir: Path, build_number: int | None) -> Bu
                 return BuiltWheel(path, data["version"], data["sha256"])
         except (ValueError, KeyError, TypeError):
             pass
-    wheel = build_wheel(tree, dist_dir, build_number)
+    wheel = build_wheel(tree, dist_dir, build_number, series_dir=series_dir, constraints=constraints)
     record.write_text(json.dumps({"commit": head, "build_number": build_number, "wheel": wheel.path.name,
                                   "version": wheel.version, "sha256": wheel.sha256}) + "\n")
     return wheel
@@ -233,8 +330,9 @@ def release_wheels(versions: list[str], out: Path, *, series_dir: Path, build_ro
             tree, _ = ensure_tree(version, patched=True, series_dir=series_dir, build_root=build_root.absolute(),
                                   cache=cache, index_url=index_url, progress=progress)
             progress(f"building the wheel of letta {version}+ketta.{number}")
-            wheel = build_wheel(tree, tmp / version, number)
+            (tmp / version).mkdir(exist_ok=True)
             constraints = export_constraints(tree, tmp / version / f"constraints-{version}.txt")
+            wheel = build_wheel(tree, tmp / version, number, series_dir=series_dir, constraints=constraints)
             staged.append((version, wheel, constraints))
         out.mkdir(parents=True, exist_ok=True)
         for version, wheel, constraints in staged:

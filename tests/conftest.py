@@ -25,6 +25,8 @@ Subject: {subject}
 Author: Test Author <test@example.org>
 Upstream-Status: Inappropriate [test]
 Base-Release: {base}
+Forwarded: not-needed
+Owner: Test Author <test@example.org>
 Description: {subject}.
  Second line of the description.
 

@@ -65,6 +65,47 @@ def test_twine_and_check_wheel_contents(wheels):
     assert offenders and all(line.startswith("letta/ketta_alembic/versions/") for line in offenders), offenders
 
 
+def test_the_wheel_carries_its_sbom_with_pedigree(wheels):
+    """PEP 770: .dist-info/sboms/ketta.cdx.json, valid CycloneDX 1.6, whose pedigree names upstream's
+    sdist and every applied patch as the provenance records them, and whose components are the pins
+    of the constraints shipped beside the wheel."""
+    import json
+    import zipfile
+
+    from ketta_build.sbom import read_constraints, validate
+    from ketta_build.wheel import sbom_member
+
+    dist = wheels / "dist1"
+    wheel = _wheel(dist)
+    member = sbom_member(wheel)
+    assert member == f"letta-0.16.8+ketta.{read_build_number(REPO / 'patches')}.dist-info/sboms/ketta.cdx.json"
+    with zipfile.ZipFile(wheel) as archive:
+        text = archive.read(member).decode()
+        provenance = json.loads(archive.read("letta/ketta_provenance.json"))
+        record = archive.read(member.rsplit("/", 2)[0] + "/RECORD").decode()
+    assert f"{member},sha256=" in record, "the SBOM is in RECORD like any other file"
+    validate(text)
+    data = json.loads(text)
+    root = data["metadata"]["component"]
+    assert root["purl"] == f"pkg:pypi/letta@{provenance['version'].replace('+', '%2B')}"
+    [ancestor] = root["pedigree"]["ancestors"]
+    sdist = provenance["upstream"]
+    assert ancestor["purl"] == "pkg:pypi/letta@0.16.8"
+    assert ancestor["hashes"] == [{"alg": "SHA-256", "content": sdist["sha256"]}]
+    applied = {p["name"]: p["sha256"] for p in provenance["patches"] if p["outcome"] != "already-upstream"}
+    assert len(applied) >= 7
+    texts = {p["resolves"][0]["id"]: p["diff"]["text"]["content"] for p in root["pedigree"]["patches"]}
+    assert set(texts) == set(applied)
+    for name, digest in applied.items():
+        assert hashlib.sha256(texts[name].encode()).hexdigest() == digest, name
+    pins = read_constraints((dist / "constraints-0.16.8.txt").read_text())
+    from packageurl import PackageURL
+
+    assert {c["purl"] for c in data["components"]} == {PackageURL("pypi", name=p.name, version=p.version).to_string()
+                                                       for p in pins}
+    assert len(pins) > 200
+
+
 def _venv(path: Path, wheel: Path, constraints: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     run_uv(["pip", "install", "--quiet", "--compile-bytecode", "--python", str(path / "bin" / "python"), "-c",
@@ -160,3 +201,54 @@ def test_a_wheel_is_built_once_per_commit_and_build_number(tmp_path):
     (tree / "letta" / "__init__.py").write_text("X = 1\n")
     git(tree, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "two")
     assert build_wheel_once(tree, dist, None).sha256 != first.sha256, "a new commit is built"
+
+
+def test_a_ketta_wheel_of_a_synthetic_tree_carries_its_sbom(tmp_path):
+    """The SBOM goes through hatchling's sbom-files into .dist-info/sboms/ and RECORD; two builds of the
+    tree are the same bytes; a wheel without a build number (upstream's) has none."""
+    import json
+    import zipfile
+
+    from ketta_build.buildtree import git
+    from ketta_build.sbom import validate
+    from ketta_build.wheel import build_wheel, sbom_member
+
+    tree = tmp_path / "tree"
+    (tree / "letta").mkdir(parents=True)
+    (tree / "pyproject.toml").write_text('[project]\nname = "letta"\nversion = "0.16.8"\n\n[build-system]\n'
+                                         'requires = ["hatchling"]\nbuild-backend = "hatchling.build"\n')
+    (tree / "letta" / "__init__.py").write_text("X = 1\n")
+    for args in (("init", "-q"), ("add", "-A"), ("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")):
+        git(tree, *args)
+    series = tmp_path / "patches"
+    series.mkdir()
+    raw = (b"Subject: One change\nAuthor: Ketta developers <dev@ketta.invalid>\nUpstream-Status: Inappropriate [test]\n"
+           b"Base-Release: 0.16.8\nDescription: The change Ketta needs, for a reason given here at length.\n\n"
+           b"diff --git a/letta/__init__.py b/letta/__init__.py\n--- a/letta/__init__.py\n+++ b/letta/__init__.py\n"
+           b"@@ -0,0 +1 @@\n+X = 1\n")
+    (series / "0001-one.diff").write_bytes(raw)
+    report = {"upstream": {"version": "0.16.8", "filename": "letta-0.16.8.tar.gz", "sha256": "e" * 64, "origin": "index"},
+              "patches": [{"name": "0001-one.diff", "sha256": hashlib.sha256(raw).hexdigest(), "outcome": "clean"}],
+              "tree": {"tree_hash": git(tree, "rev-parse", "HEAD^{tree}")}}
+    (tree / ".git" / "ketta-build.json").write_text(json.dumps(report))
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("anyio==4.10.0\n    # via letta\n")
+    one = build_wheel(tree, tmp_path / "d1", 3, series_dir=series, constraints=constraints)
+    time.sleep(1.1)
+    two = build_wheel(tree, tmp_path / "d2", 3, series_dir=series, constraints=constraints)
+    assert one.path.read_bytes() == two.path.read_bytes()
+    member = sbom_member(one.path)
+    assert member == "letta-0.16.8+ketta.3.dist-info/sboms/ketta.cdx.json"
+    with zipfile.ZipFile(one.path) as archive:
+        text = archive.read(member).decode()
+        record = archive.read("letta-0.16.8+ketta.3.dist-info/RECORD").decode()
+        assert "ketta.cdx.json" not in {n.rsplit("/", 1)[-1] for n in archive.namelist() if ".dist-info/" not in n}
+    digest = hashlib.sha256(text.encode()).digest()
+    import base64
+
+    assert f"{member},sha256={base64.urlsafe_b64encode(digest).rstrip(b'=').decode()},{len(text.encode())}" in record
+    validate(text)
+    assert [c["purl"] for c in json.loads(text)["components"]] == ["pkg:pypi/anyio@4.10.0"]
+    proc = subprocess.run([sys.executable, "-m", "check_wheel_contents", str(one.path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sbom_member(build_wheel(tree, tmp_path / "d3", None).path) is None

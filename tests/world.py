@@ -22,7 +22,7 @@ RELEASES_TOML = '[[release]]\nversion = "0.16.7"\ndate = "2026-03-31"\n\n[[relea
 
 def header(subject: str, base: str, why: str = "Because Ketta needs this change for its unified providers.") -> str:
     return (f"Subject: {subject}\nAuthor: Test Author <test@example.org>\nUpstream-Status: Inappropriate [test]\n"
-            f"Base-Release: {base}\nDescription: {why}\n\n")
+            f"Base-Release: {base}\nForwarded: not-needed\nOwner: Test Author <test@example.org>\nDescription: {why}\n\n")
 
 
 def m_of(version: str) -> str:

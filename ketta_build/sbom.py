@@ -1,0 +1,249 @@
+"""The CycloneDX SBOM a Ketta wheel carries in ``.dist-info/sboms/`` (PEP 770).
+
+One document per wheel, made with ``cyclonedx-python-lib`` (CycloneDX 1.6 JSON):
+
+* the component described is ``letta X+ketta.N``; its **pedigree** says what it is made of: the
+  ancestor is upstream ``letta X`` (with the sdist's sha256), the **patches** are every patch the
+  build applied (the whole patch file as the diff, its type from ``Upstream-Status``, what it
+  resolves from its ``Subject`` and ``Description``), and the notes give their order;
+* the **components** are the release's locked dependencies, one per pin of the constraints file
+  ``uv export`` writes from the release's ``uv.lock``, with purls; the dependency graph comes from
+  that file's ``# via`` lines.
+
+Nothing in it depends on when or where it is made: the timestamp is the build tree's commit date
+(the wheel's ``SOURCE_DATE_EPOCH``), every bom-ref is a purl or a fixed name, and the serial number
+is derived from the rest of the document, so two builds of one tree give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from . import __version__
+from .errors import KettaError
+from .header import field_value
+from .patchfile import PatchHeader
+
+SBOM_FILE = "ketta.cdx.json"  # the file name under .dist-info/sboms/
+PROPERTY_PREFIX = "ketta:"
+# The serial number is a name-based UUID of the document's other content, in this namespace.
+_SERIAL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:ketta-build:sbom")
+_URL = re.compile(r"^https?://\S+$")
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One pinned package of a constraints file: ``name==version ; marker`` and its ``# via`` names."""
+
+    name: str  # canonical (PEP 503)
+    version: str
+    marker: str | None
+    via: tuple[str, ...]  # canonical names of what needs it (the project itself among them)
+
+
+def read_constraints(text: str) -> list[Pin]:
+    """The pins of a constraints file ``uv export`` wrote, with the ``# via`` annotations under each."""
+    pins: list[Pin] = []
+    current: dict | None = None
+
+    def close() -> None:
+        if current is not None:
+            pins.append(Pin(current["name"], current["version"], current["marker"], tuple(current["via"])))
+
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            if current is None or not line.startswith(" "):
+                continue  # the file's own comment lines
+            note = stripped.lstrip("#").strip()
+            if note.startswith("via"):
+                note = note[3:].strip()
+            if note and not note.startswith("-"):  # "-r requirements.in" style sources are not packages
+                current["via"].append(canonicalize_name(note.split()[0]))
+            continue
+        if stripped.startswith("-"):  # options such as -e or --index-url: no pin
+            continue
+        close()
+        try:
+            req = Requirement(stripped)
+        except InvalidRequirement as exc:
+            raise KettaError(f"not a pin: {stripped[:60]!r} ({exc})", line=number) from None
+        specs = list(req.specifier)
+        if len(specs) != 1 or specs[0].operator not in ("==", "==="):
+            raise KettaError(f"{req.name} is not pinned to one version (==)", line=number)
+        current = {"name": canonicalize_name(req.name), "version": specs[0].version,
+                   "marker": str(req.marker) if req.marker else None, "via": []}
+    close()
+    return pins
+
+
+def patch_type(upstream_status: str):
+    """CycloneDX's patch type for a DEP-3 ``Upstream-Status``: ``Backport`` and ``Accepted`` (taken
+    from upstream's later work) are backports; everything else is Ketta's own, unofficial."""
+    from cyclonedx.model.component import PatchClassification
+
+    word = upstream_status.split()[0] if upstream_status.split() else ""
+    return PatchClassification.BACKPORT if word in ("Backport", "Accepted") else PatchClassification.UNOFFICIAL
+
+
+def issue_type(upstream_status: str):
+    """What a patch resolves: a design change Ketta makes on purpose (``Inappropriate`` upstream) is an
+    enhancement; a fix meant for upstream or taken from it is a defect's."""
+    from cyclonedx.model.issue import IssueClassification
+
+    word = upstream_status.split()[0] if upstream_status.split() else ""
+    return IssueClassification.ENHANCEMENT if word == "Inappropriate" else IssueClassification.DEFECT
+
+
+@dataclass(frozen=True)
+class AppliedPatch:
+    """A patch as the build applied it: the patch file's bytes, its parsed header and its outcome."""
+
+    name: str
+    raw: bytes
+    header: PatchHeader
+    outcome: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+def _purl(name: str, version: str):
+    from packageurl import PackageURL
+
+    return PackageURL(type="pypi", name=name, version=version)
+
+
+def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: int, serial: uuid.UUID):
+    try:
+        from cyclonedx.contrib.this.builders import this_component
+    except ImportError:  # cyclonedx-python-lib before its contrib package
+        from cyclonedx.builder.this import this_component
+    from cyclonedx.model import AttachedText, HashAlgorithm, HashType, Property, XsUri
+    from cyclonedx.model.bom import Bom, BomMetaData
+    from cyclonedx.model.component import Component, ComponentType, Diff, Patch, Pedigree
+    from cyclonedx.model.contact import OrganizationalEntity
+    from cyclonedx.model.dependency import Dependency
+    from cyclonedx.model.issue import IssueType, IssueTypeSource
+    from cyclonedx.model.lifecycle import LifecyclePhase, PredefinedLifecycle
+    from cyclonedx.model.tool import ToolRepository
+
+    upstream = provenance.get("upstream") or {}
+    letta, version = provenance["letta"], provenance["version"]
+    ancestor_purl = _purl("letta", letta)
+    ancestor = Component(
+        type=ComponentType.APPLICATION, name="letta", version=letta, purl=ancestor_purl,
+        bom_ref=f"upstream:{ancestor_purl.to_string()}",
+        supplier=OrganizationalEntity(name="Letta"),
+        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=upstream["sha256"])] if upstream.get("sha256") else None,
+        properties=[Property(name=f"{PROPERTY_PREFIX}upstream-file", value=upstream["filename"])]
+        if upstream.get("filename") else None,
+    )
+    cdx_patches = []
+    applied = [p for p in patches if p.outcome != "already-upstream"]
+    for p in applied:
+        h = p.header
+        references = [XsUri(v) for v in (field_value(h, "Forwarded"),) if v and _URL.match(v)]
+        issue = IssueType(type=issue_type(h.upstream_status), id=p.name, name=h.subject,
+                          description=f"{h.description}\n\nUpstream-Status: {h.upstream_status}",
+                          source=IssueTypeSource(name="Ketta patch series"), references=references)
+        text = AttachedText(content=p.raw.decode("utf-8"), content_type="text/x-diff")
+        cdx_patches.append(Patch(type=patch_type(h.upstream_status), diff=Diff(text=text), resolves=[issue]))
+    order = ", ".join(f"{p.name} ({p.outcome})" for p in applied) or "none"
+    notes = (f"letta {version} is upstream letta {letta}"
+             f"{' (' + upstream['filename'] + ')' if upstream.get('filename') else ''} with Ketta's patches applied "
+             f"in this order: {order}.")
+    skipped = [p.name for p in patches if p.outcome == "already-upstream"]
+    if skipped:
+        notes += f" Already upstream, so not applied: {', '.join(skipped)}."
+    properties = [Property(name=f"{PROPERTY_PREFIX}build-number", value=str(provenance["build_number"]))]
+    if provenance.get("tree"):
+        properties.append(Property(name=f"{PROPERTY_PREFIX}git-tree", value=provenance["tree"]))
+    properties += [Property(name=f"{PROPERTY_PREFIX}patch-sha256:{p.name}", value=p.sha256) for p in applied]
+    root_purl = _purl("letta", version)
+    root = Component(
+        type=ComponentType.APPLICATION, name="letta", version=version, purl=root_purl, bom_ref=root_purl.to_string(),
+        supplier=OrganizationalEntity(name="Ketta"),
+        pedigree=Pedigree(ancestors=[ancestor], patches=cdx_patches, notes=notes), properties=properties,
+    )
+    tool = Component(type=ComponentType.APPLICATION, name="ketta-build", version=__version__,
+                     bom_ref=f"tool:ketta-build@{__version__}")
+    library = this_component()
+    library.bom_ref.value = f"tool:{library.name}@{library.version}"
+
+    components: dict[str, Component] = {}
+    by_name: dict[str, list[Component]] = {}
+    for pin in pins:
+        purl = _purl(pin.name, pin.version)
+        ref = purl.to_string()
+        if ref in components:  # one version pinned twice under different markers
+            continue
+        component = Component(type=ComponentType.LIBRARY, name=pin.name, version=pin.version, purl=purl, bom_ref=ref,
+                              properties=[Property(name=f"{PROPERTY_PREFIX}marker", value=pin.marker)]
+                              if pin.marker else None)
+        components[ref] = component
+        by_name.setdefault(pin.name, []).append(component)
+    needs: dict[str, set[str]] = {}
+    for pin in pins:
+        ref = _purl(pin.name, pin.version).to_string()
+        for name in pin.via:
+            for dependent in [root] if name == "letta" else by_name.get(name, []):
+                needs.setdefault(dependent.bom_ref.value, set()).add(ref)
+    # Every component is in the graph, those that need nothing with an empty list (CycloneDX: known to
+    # have no dependencies); made directly, the library's register_dependency is quadratic.
+    graph = [Dependency(ref=c.bom_ref, dependencies=[Dependency(ref=components[r].bom_ref) for r in needs.get(ref, ())])
+             for ref, c in [*components.items(), (root.bom_ref.value, root)]]
+    bom = Bom(
+        serial_number=serial,
+        metadata=BomMetaData(timestamp=datetime.fromtimestamp(epoch, timezone.utc), component=root,
+                             tools=ToolRepository(components=[tool, library]),
+                             lifecycles=[PredefinedLifecycle(LifecyclePhase.BUILD)]),
+        components=components.values(),
+        dependencies=graph,
+    )
+    return bom
+
+
+def sbom_json(provenance: dict, patches: list[AppliedPatch], constraints: str, epoch: int) -> str:
+    """The SBOM document of a Ketta wheel, as CycloneDX 1.6 JSON text.
+
+    ``provenance`` is the wheel's ``ketta_provenance.json`` data, ``patches`` the applied patch files
+    in series order, ``constraints`` the release's constraints file, ``epoch`` the build's
+    ``SOURCE_DATE_EPOCH``. The serial number is a UUID (version 5) of the document written with a nil
+    serial number, so the same inputs give the same bytes and other inputs another serial number.
+    """
+    import warnings
+
+    from cyclonedx.output.json import JsonV1Dot6
+
+    pins = read_constraints(constraints)
+
+    def render(serial: uuid.UUID) -> str:
+        with warnings.catch_warnings():
+            # the library warns about a root without dependencies: a synthetic tree may have none
+            warnings.simplefilter("ignore", UserWarning)
+            return JsonV1Dot6(_bom(provenance, patches, pins, epoch, serial)).output_as_string(indent=2) + "\n"
+
+    draft = render(uuid.UUID(int=0))
+    return render(uuid.uuid5(_SERIAL_NAMESPACE, hashlib.sha256(draft.encode()).hexdigest()))
+
+
+def validate(text: str) -> None:
+    """Raise KettaError unless ``text`` is a valid CycloneDX 1.6 JSON document (the library's strict
+    validator; needs ``cyclonedx-python-lib[json-validation]``)."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+    if error is not None:
+        raise KettaError(f"the SBOM is not valid CycloneDX 1.6: {error}")
