@@ -9,6 +9,7 @@ examples:
   ketta-build series --letta 0.15.1 --check         which variant of each patch a release gets, and why
   ketta-build export --tree build/0.16.8 --check    are patches/ what the build tree's commits say?
   ketta-build lint                                  headers, guards, base releases, canonical form
+  ketta-build status                                per patch: owner, forwarded, age, size, review date, outcome per release
   ketta-build range-diff --letta 0.16.8 main HEAD   what a refresh or port changed, patch by patch
   ketta-build upstream check                        new releases upstream, and what porting takes
   ketta-build port --letta 0.16.9                   carry the series onto a new release
@@ -165,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--index-url", metavar="URL", help="package index for the base releases (default: pip's configuration)")
     lp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
     lp.add_argument("--json", metavar="FILE", help="also write the findings as JSON to FILE ('-' for stdout)")
+    sp = _verb(sub, "status", help="per patch: owner, upstream status, age, size, review date and how it applies on every release")
+    sp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    sp.add_argument("--index-url", metavar="URL", help="package index for the releases (default: pip's configuration)")
+    sp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    sp.add_argument("--json", metavar="FILE", help="also write the status as JSON to FILE ('-' for stdout)")
     mp = _verb(sub, "matrix", help="run the compatibility suites (tox) per release and write the report")
     mp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) to test (repeatable; default: 0.16.8)")
     mp.add_argument("--all", action="store_true", help="every supported release 0.14.0 ... 0.16.8")
@@ -667,6 +673,47 @@ def _cmd_lint(args, console) -> int:
     return EXIT_CHECK if errors else 0
 
 
+def _runs(outcomes: dict[str, str]) -> str:
+    """``exact 0.16.4-0.16.8; variant 0.14.0-0.16.2``: consecutive releases with one outcome, joined."""
+    runs: list[tuple[str, str, str]] = []
+    for version, outcome in outcomes.items():
+        if runs and runs[-1][0] == outcome:
+            runs[-1] = (outcome, runs[-1][1], version)
+        else:
+            runs.append((outcome, version, version))
+    return "; ".join(f"{o} {a}" + (f"-{b}" if b != a else "") for o, a, b in runs if o != "-")
+
+
+def _cmd_status(args, console) -> int:
+    from rich.table import Table
+
+    from .cache import Cache
+    from .status import series_status
+
+    with console.status("applying the series in memory to every release"):
+        status = series_status(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url)
+    table = Table(title=f"{args.patches}: {len(status.patches)} patch files on {len(status.versions)} releases, {status.on}")
+    for column in ("patch", "owner", "upstream", "age", "size", "review by", "releases"):
+        table.add_column(column, overflow="fold")
+    for p in status.patches:
+        upstream = f"{p.upstream_status.split()[0]}, {p.forwarded.split()[0] if p.forwarded else '[red]not forwarded?[/]'}"
+        if p.applied_upstream:
+            upstream += f", upstream in {p.applied_upstream.split()[0]}"
+        age = p.age_days(status.on)
+        review = p.review_by or "-"
+        owner = p.owner.split("<")[0].strip() if p.owner else "[red]none[/]"
+        table.add_row(escape(p.name), owner if not p.owner else escape(owner), upstream,
+                      f"{age} d" if age is not None else "uncommitted",
+                      f"{p.hunks} {'hunk' if p.hunks == 1 else 'hunks'} +{p.added} -{p.removed}",
+                      f"[red]{escape(review)} passed[/]" if p.review_passed else escape(review),
+                      escape(_runs(p.outcomes)))
+    console.print(table)
+    for version, why in status.unavailable.items():
+        print(f"ketta-build: status: letta {version} not checked: {why}", file=sys.stderr)
+    _emit_json(args.json, status.to_json())
+    return EXIT_SOURCE if status.unavailable else 0
+
+
 def _cmd_serve(args, console) -> int:
     import signal
 
@@ -721,6 +768,7 @@ COMMANDS = {
     "apply": _cmd_apply, "series": _cmd_series, "export": _cmd_export, "lint": _cmd_lint, "port": _cmd_port,
     "upstream": _cmd_upstream, "range-diff": _cmd_range_diff, "wheel": _cmd_wheel, "matrix": _cmd_matrix,
     "releases": _cmd_releases, "serve": _cmd_serve, "bisect": _cmd_bisect,
+    "status": _cmd_status,
 }
 
 

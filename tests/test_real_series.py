@@ -65,6 +65,21 @@ def test_lint_finds_nothing(real_cache, capsys):
     assert rc == 0, capsys.readouterr().err
 
 
+def test_status_names_an_owner_and_forwarded_status_for_every_patch_and_release(real_cache):
+    from ketta_build.status import series_status
+
+    status = series_status(REPO / "patches", cache=Cache(real_cache))
+    assert not status.unavailable
+    assert [p.name for p in status.patches] == [e.name for e in read_series(REPO / "patches").entries]
+    for p in status.patches:
+        assert p.owner and p.forwarded and p.review_by, p.name
+        assert "failed" not in p.outcomes.values() and "unselectable" not in p.outcomes.values(), (p.name, p.outcomes)
+    for version in map(str, status.versions):  # each logical patch serves each release through exactly one file
+        for group in {p.group for p in status.patches}:
+            served = [p.name for p in status.patches if p.group == group and p.outcomes[version] not in ("variant", "-")]
+            assert len(served) <= 1, (version, group, served)
+
+
 def _repo_copy(tmp_path: Path) -> Path:
     """patches/ and tox.ini in a repository of their own (committed, as a maintainer's are)."""
     copy = tmp_path / "repo"
