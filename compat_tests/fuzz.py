@@ -135,7 +135,7 @@ class FuzzRun:
                 self.allowed_hits[known["reason"]] += 1
             else:
                 self.fail(f"{label}: HTTP {response.status_code}: {text[:300]}", case)
-        leaked = [k for k in self.keys_sent - self.not_keys if k in text]
+        leaked = self.keys_in(text)
         if leaked:
             self.fail(f"{label}: the response holds an API key the run sent ({leaked[0][:6]}…)", case)
         if not 200 <= response.status_code < 300:
@@ -159,8 +159,24 @@ class FuzzRun:
         self.reused_names += 1
         self._http("DELETE", f"/v1/providers/{json.loads(text)['id']}")
 
+    def keys_in(self, text: str) -> list[str]:
+        """The keys the run sent that ``text`` holds, apart from inside a value the run sent as something
+        else (hypothesis derives strings from one another: a key may be the tail of a provider id, and a
+        log line about that id is no leak of the key)."""
+        found = []
+        for key in sorted(self.keys_sent - self.not_keys):
+            if key not in text:
+                continue
+            rest = text
+            for other in self.not_keys:
+                if key in other:
+                    rest = rest.replace(other, "")
+            if key in rest:
+                found.append(key)
+        return found
+
     def check_log(self, log_text: str) -> None:
-        leaked = sorted(k for k in self.keys_sent - self.not_keys if k in log_text)
+        leaked = self.keys_in(log_text)
         if leaked:
             self.fail(f"the server log holds {len(leaked)} API key(s) the run sent (e.g. {leaked[0][:6]}…)")
 

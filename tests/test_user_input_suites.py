@@ -80,6 +80,27 @@ def test_a_key_sent_also_as_an_id_is_no_leak_when_the_id_shows_up():
     assert len(run.failures) == 1 and "server log holds 1 API key" in run.failures[0]
 
 
+def test_a_key_that_is_the_tail_of_an_id_is_no_leak_but_the_key_alone_is():
+    """Found by the 0.16.8 cell at 40 examples: hypothesis made a key the tail of a provider id the run
+    also sent, and the log line about that id matched the key."""
+    run = FuzzRun("http://127.0.0.1:9", "user-1", 7, 1, "http://127.0.0.1:9/v1")
+
+    class Create(_Case):
+        method, formatted_path, query = "POST", "/v1/providers/", {}
+        body = {"name": "x", "api_key": "Oa\u00fe(\u0097-tail-of-it", "provider_type": "openai"}
+
+    class Lookup(_Case):
+        formatted_path, query, body = "/v1/providers/x", {}, None
+        path_parameters = {"provider_id": "\u00ac\u00a8Oa\u00fe(\u0097-tail-of-it"}
+
+    run.before_call(Create())
+    run.before_call(Lookup())
+    run.check_log("letta.orm.errors.NoResultFound: No Provider found with id \u00ac\u00a8Oa\u00fe(\u0097-tail-of-it\n")
+    assert run.failures == []
+    run.check_log("No Provider found with id \u00ac\u00a8Oa\u00fe(\u0097-tail-of-it; key Oa\u00fe(\u0097-tail-of-it\n")
+    assert len(run.failures) == 1 and "server log holds 1 API key" in run.failures[0]
+
+
 def test_the_matrix_report_shows_fuzz_and_parity_per_release(tmp_path):
     (tmp_path / "fuzz").mkdir()
     (tmp_path / "parity").mkdir()
