@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cellcache import digest_files, suite_files
 from .errors import KettaError
-from .gitcmd import git, git_bytes, git_succeeds
+from .gitcmd import extract_tree, git, git_succeeds
 from .series import read_series
 
 WHOLE = ("ketta_build", "tox.ini", "pyproject.toml")
@@ -89,8 +88,7 @@ def affected_cells(project: Path, ref: str, versions: list, suites: list[str]) -
         return result
     work = Path(tempfile.mkdtemp(prefix="ketta-changed-"))
     try:
-        archive = git_bytes(project, "archive", "--format=tar", ref, "patches", "compat_tests")
-        subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+        extract_tree(project, ref, work, "patches", "compat_tests")
         before = _selected(work / "patches", versions)
         now = _selected(project / "patches", versions)
         result.releases = {v for v in now if before.get(v) != now[v]}

@@ -9,8 +9,10 @@ last line, never a traceback. :class:`Blobs` reads many files of one repository 
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 from .errors import GitError
@@ -50,6 +52,17 @@ def git_succeeds(cwd: Path, *args: str) -> bool:
                               check=False).returncode == 0
     except OSError as exc:
         raise GitError(f"cannot run git in {cwd}: {exc}") from None
+
+
+def extract_tree(repo: Path, rev: str, dest: Path, *paths: str) -> None:
+    """The files of ``rev`` (only ``paths`` when given) written under ``dest``, as ``git archive``
+    gives them: no work-tree noise, no ``.git``. A path outside ``dest`` in the archive is refused."""
+    archive = git_bytes(repo, "archive", "--format=tar", rev, *paths)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        try:
+            tar.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise GitError(f"cannot write {rev} of {repo} into {dest}: {exc}") from None
 
 
 def blob(cwd: Path, rev: str, path: str) -> bytes | None:

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from .errors import BuildTreeError
+from .gitcmd import git, git_bytes
 
 _CONFIG = ("diff.noprefix=false", "diff.mnemonicPrefix=false", "diff.relative=false", "diff.suppressBlankEmpty=false",
            "core.quotePath=true", "color.ui=false", "diff.external=", "core.autocrlf=false")
@@ -70,17 +71,15 @@ def section_contexts(files) -> dict[str, int]:
 def tree_of_files(repo: Path, files: dict[str, tuple[str, bytes]]) -> str:
     """A tree object in ``repo`` holding exactly ``files`` (path -> (mode, content)); its id."""
     if not files:
-        return subprocess.run(["git", "mktree"], cwd=repo, input=b"", capture_output=True, check=True).stdout.decode().strip()
+        return git(repo, "mktree", input="")
     index = repo / ".git" / f"ketta-tmp-index-{os.getpid()}"
-    env = {**os.environ, "GIT_INDEX_FILE": str(index), "GIT_CONFIG_NOSYSTEM": "1"}
+    env = {"GIT_INDEX_FILE": str(index)}
     try:
         lines = []
         for path, (mode, content) in sorted(files.items()):
-            proc = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input=content, capture_output=True,
-                                  check=True)
-            lines.append(f"{mode} {proc.stdout.decode().strip()}\t{path}")
-        subprocess.run(["git", "update-index", "--add", "--index-info"], cwd=repo, env=env, check=True,
-                       input="\n".join(lines).encode() + b"\n", capture_output=True)
-        return subprocess.run(["git", "write-tree"], cwd=repo, env=env, check=True, capture_output=True).stdout.decode().strip()
+            sha = git_bytes(repo, "hash-object", "-w", "--stdin", input=content).decode().strip()
+            lines.append(f"{mode} {sha}\t{path}")
+        git(repo, "update-index", "--add", "--index-info", env=env, input="\n".join(lines) + "\n")
+        return git(repo, "write-tree", env=env)
     finally:
         index.unlink(missing_ok=True)

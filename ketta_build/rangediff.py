@@ -36,9 +36,9 @@ from pathlib import Path
 from packaging.version import Version
 
 from .buildtree import ApplyOptions, apply_series
-from .gitcmd import git
 from .cache import Cache
-from .errors import KettaError
+from .errors import GitError, KettaError
+from .gitcmd import extract_tree, git, git_succeeds
 from .series import read_series
 from .upstream import IndexSource
 
@@ -64,17 +64,14 @@ def _series_dir(spec: str, repo: Path, work: Path, label: str) -> Path:
     path = Path(spec)
     if path.is_dir():
         return path
-    probe = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "-q", f"{spec}^{{commit}}"],
-                           capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
+    if not git_succeeds(repo, "rev-parse", "--verify", "-q", f"{spec}^{{commit}}"):
         raise KettaError(f"'{spec}' is neither a patch directory nor a git ref of {repo}")
     target = work / label
     target.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", spec, "patches"], capture_output=True,
-                             check=False)
-    if archive.returncode != 0:
-        raise KettaError(f"{spec} has no patches/ directory in {repo}")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    try:
+        extract_tree(repo, spec, target, "patches")
+    except GitError:
+        raise KettaError(f"{spec} has no patches/ directory in {repo}") from None
     return target / "patches"
 
 

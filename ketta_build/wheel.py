@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gitcmd import git
 from .errors import BuildTreeError, KettaError
+from .gitcmd import extract_tree, git
 from .upstream import sha256_file
 
 BUILD_NUMBER_FILE = "build-number"
@@ -81,8 +81,7 @@ class BuiltWheel:
 def _export_head(tree: Path, dest: Path) -> None:
     if not (tree / ".git").exists():
         raise BuildTreeError("not a build tree (no .git); run ketta-build apply first", path=tree)
-    archive = subprocess.run(["git", "-C", str(tree), "archive", "--format=tar", "HEAD"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    extract_tree(tree, "HEAD", dest)
 
 
 def _set_version(pyproject: Path, version: str) -> None:
