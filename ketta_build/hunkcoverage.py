@@ -426,7 +426,7 @@ def markdown_lines(coverage: dict[str, dict]) -> list[str]:
         s = r["summary"]
         lines += ["", f"### {version}: {s['covered']} of {s['covered'] + s['not_covered']} executable hunks covered "
                       f"({s['not_executable']} not executable; {s['allowed']} allowed, {s['unlisted']} not listed; "
-                      f"{r.get('processes', 0)} server processes)", ""]
+                      f"{r.get('processes', 0)} measured processes)", ""]
         if r.get("note"):
             lines += [f"**{r['note']}**", ""]
         lines += ["| patch | hunks | covered | not covered (allowed) | not executable |", "|---|---|---|---|---|"]
