@@ -78,18 +78,37 @@ atexit.register(_stop_all)  # a failing fixture or Ctrl-C must not leave process
 
 
 @pytest.fixture(scope="session")
-def letta_build(pytestconfig):
+def measured(pytestconfig):
+    """Under ``matrix --coverage`` (``KETTA_COVERAGE`` set): which build runs under coverage.py, as
+    ``measured(version, patched)``. Only the patched release under test does; its configuration is written
+    and ``COVERAGE_PROCESS_START`` names it for every process this session starts (only environments
+    prepared with ``coverage=True`` act on it)."""
+    from ketta_build.servercoverage import ENV_VAR, touched_paths, write_rc
+
+    root = os.environ.get(ENV_VAR)
+    release = pytestconfig.getoption("--letta")
+    if not root or pytestconfig.getoption("--no-patches"):
+        return lambda version, patched: False
+    series_dir = Path(pytestconfig.getoption("--patches"))
+    os.environ["COVERAGE_PROCESS_START"] = str(write_rc(Path(root), release, touched_paths(series_dir, release)))
+    return lambda version, patched: patched and version == release
+
+
+@pytest.fixture(scope="session")
+def letta_build(pytestconfig, measured):
     from ketta_build.serverenv import prepare_server
 
     from .phases import phase
 
+    version, with_patches = pytestconfig.getoption("--letta"), not pytestconfig.getoption("--no-patches")
     with phase("wheel and environment"):
         build = prepare_server(
-            pytestconfig.getoption("--letta"),
-            patched=not pytestconfig.getoption("--no-patches"),
+            version,
+            patched=with_patches,
             series_dir=Path(pytestconfig.getoption("--patches")),
             build_root=Path(pytestconfig.getoption("--build-root")),
             index_url=pytestconfig.getoption("--index-url"),
+            coverage=measured(version, with_patches),
         )
     report_dir = os.environ.get("KETTA_REPORT_DIR")
     if report_dir:  # what was tested, for the matrix report: sdist and wheel hashes, patches
@@ -229,7 +248,7 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def lab(pg, pytestconfig, patched, request):
+def lab(pg, pytestconfig, patched, request, measured):
     """The upgrade suite's lab (compat_tests/upgrade.py), one per session: its filled start databases
     serve the upgrade pairs and the encryption-key tests alike (one fill, not one per module)."""
     from ketta_build.serverenv import prepare_server
@@ -239,7 +258,8 @@ def lab(pg, pytestconfig, patched, request):
     def prepare(version: str, with_patches: bool):
         return prepare_server(version, patched=with_patches, series_dir=Path(pytestconfig.getoption("--patches")),
                               build_root=Path(pytestconfig.getoption("--build-root")),
-                              index_url=pytestconfig.getoption("--index-url"))
+                              index_url=pytestconfig.getoption("--index-url"),
+                              coverage=measured(version, with_patches))
 
     lab = UpgradeLab(pg, prepare, patched, _live, workers=int(os.environ.get("KETTA_UPGRADE_WORKERS", "2")))
     # Only what this run will test (-k and -m deselect), in the order the tests ask for it.

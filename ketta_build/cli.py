@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="upgrade suite: every pair (default) or the default test run's ('ci')")
     mp.add_argument("--merge", metavar="DIR", type=Path, nargs="+",
                     help="run nothing: merge these report directories (one per CI job) into --report-dir")
+    mp.add_argument("--coverage", action="store_true",
+                    help="run the servers under coverage.py and report which hunks of each patch the suites ran "
+                         "(docs/coverage.md; every cell runs)")
     mp.add_argument("--json", metavar="FILE", help="also write the matrix report as JSON to FILE ('-' for stdout)")
     return parser
 
@@ -264,7 +267,7 @@ def _cmd_matrix(args, console) -> int:
         cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
                            no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
                            fuzz_examples=fuzz_examples, store=store, cache=cache, changed=changed, reuse=not args.rerun,
-                           upgrade_pairs=args.upgrade_pairs, on_cell=on_cell)
+                           upgrade_pairs=args.upgrade_pairs, on_cell=on_cell, coverage=args.coverage)
     context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time())
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
     _matrix_table(console, cells)

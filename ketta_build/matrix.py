@@ -27,6 +27,8 @@ from .affected import Affected
 from .cache import Cache
 from .cellcache import CellStore, Proof, cell_key, digest_files, suite_files
 from .errors import KettaError
+from .hunkcoverage import html_section as coverage_html
+from .hunkcoverage import markdown_lines as coverage_markdown
 from .releases import load_releases, parse_version
 from .upstream import unknown_release
 
@@ -187,16 +189,26 @@ def run_matrix(
     changed: Affected | None = None,
     keys: CellKeys | None = None,
     reuse: bool = True,
+    coverage: bool = False,
 ) -> list[Cell]:
     """Run the cells of ``versions`` x ``suites``. With a ``store``, a fresh pass is stored under its cell's
     input key and (unless ``reuse`` is off: ``--rerun``) a cell whose key has a stored pass is reused
     instead of run; with ``changed``, only the cells the change can affect run (the others are reused
-    where stored, else reported as not affected)."""
+    where stored, else reported as not affected). With ``coverage`` each release's patched server runs
+    under coverage.py and ``report_dir/coverage/<release>.json`` says which hunks of its patches ran
+    (:mod:`ketta_build.hunkcoverage`); no cell is reused then (a reused cell runs no server)."""
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise KettaError(f"unknown suite(s) {', '.join(unknown)}; known: {', '.join(SUITES)}")
     if parallel < 1:
         raise KettaError("-p must be 1 or more")
+    if coverage:
+        from .servercoverage import require_coverage
+
+        if no_patches:
+            raise KettaError("--coverage measures the series' hunks; leave out --no-patches")
+        require_coverage()
+        reuse = False
     supported = load_releases(project / "patches")
     for version in versions:  # tox.ini has environments for the supported releases only
         parsed = parse_version(version)
@@ -218,6 +230,13 @@ def run_matrix(
     if no_patches:
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
+    if coverage:
+        from .servercoverage import ENV_VAR, release_dir
+
+        env[ENV_VAR] = str(report_dir / "coverage")
+        for version in versions:  # this run's data only
+            shutil.rmtree(release_dir(report_dir / "coverage", version), ignore_errors=True)
+            (report_dir / "coverage" / f"{parse_version(version)}.json").unlink(missing_ok=True)
     cells = [Cell(str(parse_version(v)), s, env_name(v, s)) for v in versions for s in suites]
     series_commit = _git(project, "rev-parse", "HEAD") or None
     if store is not None or changed is not None:
@@ -248,6 +267,14 @@ def run_matrix(
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(run_one, order))
+    if coverage:
+        from .hunkcoverage import ALLOWED_FILE, measure_release
+
+        build_root = Path(env.get("KETTA_BUILD_ROOT") or project / "build").absolute()
+        for version in dict.fromkeys(str(parse_version(v)) for v in versions):
+            if (build_root / version).is_dir():
+                measure_release(version, tree=build_root / version, series_dir=project / "patches",
+                                data_root=report_dir / "coverage", allowed_file=project / ALLOWED_FILE)
     return cells
 
 
@@ -391,7 +418,10 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
     for path in sorted((report_dir / "builds").glob("*.json")):
         record = json.loads(path.read_text())
         builds[path.stem] = record
-    return {**user_input_records(report_dir),
+    from .hunkcoverage import records as coverage_records
+
+    coverage = coverage_records(report_dir)
+    return {**user_input_records(report_dir), **({"coverage": coverage} if coverage else {}),
         "tool": f"ketta-build {__version__}",
         "series_commit": git("rev-parse", "HEAD") or None,
         "series_dirty": bool(git("status", "--porcelain", "--", "patches")),
@@ -502,6 +532,7 @@ def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = 
         row = [f"[{_label(grid[v, s])}]({grid[v, s].log})" if (v, s) in grid else "-" for s in suites]
         lines.append(f"| {v} | " + " | ".join(row) + " |")
     lines += _user_input_lines(context or {})
+    lines += coverage_markdown((context or {}).get("coverage") or {})
     failing = [c for c in cells if c.failures or c.status not in ("pass", "not-affected")]
     if failing:
         lines += ["", "## Failing cells", ""]
@@ -564,6 +595,7 @@ def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None
         f"{summary['not-affected']} not affected by the change, of {len(cells)} cells.</p><ul>{about}</ul>"
         f"<table><tr><th>release</th>{head}</tr>{''.join(rows)}</table>"
         + _user_input_html(context or {})
+        + coverage_html((context or {}).get("coverage") or {})
         + (f"<h2>Cells that did not pass</h2>{''.join(details)}" if details else "")
         + "</body></html>\n"
     )
@@ -640,14 +672,15 @@ def merge_reports(sources: list[Path], out_dir: Path) -> tuple[list[Cell], bool,
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "logs").mkdir(parents=True)
     (staging / "builds").mkdir()
-    for sub in ("fuzz", "parity"):
+    for sub in ("fuzz", "parity", "coverage"):
         (staging / sub).mkdir()
     for src in sources:
-        for sub in ("logs", "builds", "fuzz", "parity"):
+        for sub in ("logs", "builds", "fuzz", "parity", "coverage"):
             for f in sorted((src / sub).glob("*")) if (src / sub).is_dir() else []:
                 if f.is_file():
                     shutil.copy2(f, staging / sub / f.name)
     commits = {c.get("series_commit") for c in contexts if c}
+    coverage = {k: v for c in contexts for k, v in (c.get("coverage") or {}).items()}
     context = {
         "tool": next((c["tool"] for c in contexts if c.get("tool")), None),
         "series_commit": commits.pop() if len(commits) == 1 else ", ".join(sorted(filter(None, commits))),
@@ -658,6 +691,7 @@ def merge_reports(sources: list[Path], out_dir: Path) -> tuple[list[Cell], bool,
         "builds": {k: v for c in contexts for k, v in c.get("builds", {}).items()},
         "fuzz": {k: v for c in contexts for k, v in (c.get("fuzz") or {}).items()},
         "parity": {k: v for c in contexts for k, v in (c.get("parity") or {}).items()},
+        **({"coverage": coverage} if coverage else {}),
         "merged_from": [str(s) for s in sources],
     }
     patched = flavours.pop()

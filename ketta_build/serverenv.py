@@ -111,12 +111,19 @@ def server_python() -> str:
 
 
 def ensure_environment(
-    wheel: BuiltWheel, constraints: Path, cache: Cache, progress=lambda _: None, extra_requirements: tuple[str, ...] = ()
+    wheel: BuiltWheel, constraints: Path, cache: Cache, progress=lambda _: None, extra_requirements: tuple[str, ...] = (),
+    coverage: bool = False,
 ) -> Path:
     """A virtual environment with ``wheel[server,postgres]`` (plus ``extra_requirements``) installed
-    under the release's constraints."""
+    under the release's constraints. With ``coverage``, coverage.py and its start-up hook are in it too
+    (an environment of its own: servers of an ordinary run never carry them)."""
+    if coverage:
+        from .servercoverage import REQUIREMENT
+
+        extra_requirements = (*extra_requirements, REQUIREMENT)
     # ENV_LAYOUT is part of the key: environments made another way are rebuilt, not reused.
-    material = ENV_LAYOUT + wheel.sha256 + sha256_file(constraints) + "\0".join(extra_requirements)
+    material = (ENV_LAYOUT + wheel.sha256 + sha256_file(constraints) + "\0".join(extra_requirements)
+                + ("\0coverage-startup-hook" if coverage else ""))
     key = hashlib.sha256(material.encode()).hexdigest()[:20]
     env = cache.ensure("envs") / key
     ready = env / ".ketta-ready"
@@ -135,6 +142,10 @@ def ensure_environment(
             # otherwise make every start compile the whole dependency tree again).
             run_uv(["pip", "install", "--quiet", "--compile-bytecode", "--python", str(env / "bin" / "python"), "-c", str(constraints),
                     "--reinstall-package", "letta", spec, *extra_requirements])
+            if coverage:
+                from .servercoverage import install_startup_hook
+
+                install_startup_hook(env)
             ready.write_text(json.dumps({"wheel": str(wheel.path), "sha256": wheel.sha256}) + "\n")
         except BaseException:
             shutil.rmtree(env, ignore_errors=True)
@@ -191,11 +202,15 @@ def prepare_server(
     cache: Cache | None = None,
     index_url: str | None = None,
     progress=lambda _: None,
+    coverage: bool = False,
 ) -> ServerBuild:
+    """The build of ``version`` and an environment to run its server in; with ``coverage`` (``matrix
+    --coverage``) every Python process of that environment runs under coverage.py whenever
+    ``COVERAGE_PROCESS_START`` names a configuration (see :mod:`ketta_build.servercoverage`)."""
     cache = cache or Cache()
     built = prepare_wheel(version, patched=patched, series_dir=series_dir, build_root=build_root, cache=cache,
                           index_url=index_url, progress=progress)
-    env = ensure_environment(built.wheel, built.constraints, cache, progress)
+    env = ensure_environment(built.wheel, built.constraints, cache, progress, coverage=coverage)
     return ServerBuild(
         version=version, patched=patched, tree=built.tree, wheel=built.wheel.path, wheel_version=built.wheel.version,
         wheel_sha256=built.wheel.sha256, constraints=built.constraints, env=env, apply_report=built.apply_report,
