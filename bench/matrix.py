@@ -2,7 +2,7 @@
 
 Usage: python bench/matrix.py [--letta 0.16.8] [--suite unified handle ...] [--upgrade-pairs all|ci]
                               [--all-releases] [-p 2] [--keep DIR]
-       python bench/matrix.py --scenario cold-all|warm-all|one-variant|one-patch|one-release [-p 2]
+       python bench/matrix.py --scenario cold-all|warm-all|one-variant|one-patch|one-release [-p 2] [--suite ...]
 
 Scenarios (targets in the docs), each in a worktree of HEAD so nothing of yours changes:
 
@@ -111,8 +111,8 @@ def _edit(tree: Path, scenario: str) -> None:
     target.write_text("\n".join(lines))
 
 
-def scenario(name: str, parallel: int, cache: Path | None) -> int:
-    """Run one scenario in a worktree of HEAD and print its table."""
+def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | None = None) -> int:
+    """Run one scenario in a worktree of HEAD and print its table (``suites``: only those, default every suite)."""
     work = Path(tempfile.mkdtemp(prefix=f"ketta-bench-{name}-"))
     tree = work / "tree"
     subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), "HEAD"], cwd=ROOT, check=True)
@@ -132,6 +132,8 @@ def scenario(name: str, parallel: int, cache: Path | None) -> int:
             env_cache += ["--cache-dir", str(cache)]
         reports = work / "reports"
         start = time.monotonic()
+        if suites:
+            args += ["--suite", *suites]
         proc = subprocess.run([sys.executable, "-m", "ketta_build", "matrix", *args, *env_cache, "-p", str(parallel),
                                "--report-dir", str(reports)], cwd=tree, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(tree)})
@@ -170,7 +172,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR", help="write the matrix report into DIR and keep it")
     args = parser.parse_args()
     if args.scenario:
-        return scenario(args.scenario, args.parallel, args.cache_dir)
+        return scenario(args.scenario, args.parallel, args.cache_dir, args.suite)
     with tempfile.TemporaryDirectory(prefix="ketta-bench-matrix-") as tmp:
         reports = args.keep.absolute() if args.keep else Path(tmp)
         where = ["--all"] if args.all_releases else ["--letta", args.letta]

@@ -174,3 +174,24 @@ def test_an_update_cannot_leave_a_provider_at_the_official_url_without_a_key(org
     assert 400 <= resp.status < 500 and "key" in resp.text.lower(), f"HTTP {resp.status}: {resp.text[:300]}"
     [(base_url,)] = org.sql("SELECT base_url FROM providers WHERE id = :p", p=provider["id"])
     assert base_url == provider.get("base_url"), "the refused update changed the provider"
+
+
+@pytest.mark.parametrize("provider_type", ["ollama", "vllm", "lmstudio_openai"])
+def test_a_provider_its_type_cannot_load_is_refused_and_listing_survives(org, own_vendor, provider_type):
+    # These types have no default endpoint: stored without base_url, upstream fails every model
+    # listing of the organisation while loading the provider (found by the fuzz suite on 0.14.0).
+    name = api.unique("NoUrl")
+    resp = org.post("/v1/providers/", {"name": name, "provider_type": provider_type, "api_key": ""})
+    assert 400 <= resp.status < 500, f"a {provider_type} provider without base_url: HTTP {resp.status}: {resp.text[:500]}"
+    assert "base_url" in resp.text, f"the refusal does not name base_url: {resp.text[:500]}"
+    assert org.sql("SELECT id FROM providers WHERE name = :n", n=name) == []
+    for path in ("/v1/models/", "/v1/providers/"):
+        listing = org.get(path)
+        assert listing.status == 200, f"GET {path} after the refusal: HTTP {listing.status}: {listing.text[:500]}"
+
+    # With a base_url the same type is accepted, and listing still answers.
+    accepted = org.post("/v1/providers/", {"name": name, "provider_type": provider_type, "api_key": "",
+                                           "base_url": own_vendor.base_url})
+    assert accepted.status == 200, f"a {provider_type} provider with base_url: HTTP {accepted.status}: {accepted.text[:500]}"
+    listing = org.get("/v1/models/")
+    assert listing.status == 200, f"GET /v1/models/ with a {provider_type} provider: HTTP {listing.status}: {listing.text[:500]}"
