@@ -42,9 +42,10 @@ PHASES = ["wheel and environment", "postgres", "migration", "server start"]
 
 def _pss_kb(pid: int) -> int:
     try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
     except OSError:
         pass
     return 0
@@ -111,7 +112,7 @@ def _edit(tree: Path, scenario: str) -> None:
     target.write_text("\n".join(lines))
 
 
-def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | None = None) -> int:
+def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | None = None, keep: Path | None = None) -> int:
     """Run one scenario in a worktree of HEAD and print its table (``suites``: only those, default every suite)."""
     work = Path(tempfile.mkdtemp(prefix=f"ketta-bench-{name}-"))
     tree = work / "tree"
@@ -122,7 +123,10 @@ def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | N
         args = ["--all"]
         env_cache = []
         if name == "cold-all":
-            env_cache = ["--cache-dir", str(work / "cache"), "--rerun"]
+            # A new cache: a --cache-dir given must not hold anything yet (a later warm-all can then use it).
+            if cache is not None and cache.exists() and any(cache.iterdir()):
+                raise SystemExit(f"cold-all needs an empty cache; {cache} holds files")
+            env_cache = ["--cache-dir", str(cache or work / "cache"), "--rerun"]
         elif name == "one-release":
             args, env_cache = ["--letta", "0.16.8"], ["--rerun"]
         elif name in SCENARIO_EDITS:
@@ -135,7 +139,7 @@ def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | N
         if suites:
             args += ["--suite", *suites]
         proc = subprocess.run([sys.executable, "-m", "ketta_build", "matrix", *args, *env_cache, "-p", str(parallel),
-                               "--report-dir", str(reports)], cwd=tree, capture_output=True, text=True,
+                               "--report-dir", str(reports)], check=False, cwd=tree, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(tree)})
         wall = time.monotonic() - start
         data = json.loads((reports / "matrix.json").read_text()) if (reports / "matrix.json").is_file() else {"cells": []}
@@ -152,6 +156,9 @@ def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | N
         print("ran: " + (", ".join(c["env"] for c in ran) or "nothing"))
         if failed:
             print("not green: " + ", ".join(failed))
+        if keep is not None and reports.is_dir():
+            subprocess.run(["cp", "-a", f"{reports}/.", str(keep)], check=False)
+            print(f"report kept in {keep}")
         if proc.returncode not in (0, 1):
             print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
         return proc.returncode
@@ -172,7 +179,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR", help="write the matrix report into DIR and keep it")
     args = parser.parse_args()
     if args.scenario:
-        return scenario(args.scenario, args.parallel, args.cache_dir, args.suite)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        return scenario(args.scenario, args.parallel, args.cache_dir, args.suite, args.keep)
     with tempfile.TemporaryDirectory(prefix="ketta-bench-matrix-") as tmp:
         reports = args.keep.absolute() if args.keep else Path(tmp)
         where = ["--all"] if args.all_releases else ["--letta", args.letta]
