@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from packaging.version import Version
@@ -64,6 +63,8 @@ def _identity_env(author: tuple[str, str], committer: tuple[str, str], date: str
 
 def _patch_date(patch: Patch) -> str:
     if patch.header.date:
+        from email.utils import parsedate_to_datetime  # only patches with a Date: header need it
+
         try:
             return f"@{int(parsedate_to_datetime(patch.header.date).timestamp())} +0000"
         except (TypeError, ValueError):

@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -128,6 +127,8 @@ class Series:
 
 
 def _parse_guard(text: str, *, source: Path, line: int) -> SpecifierSet:
+    from packaging.requirements import InvalidRequirement, Requirement  # only a series with guards needs it
+
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:

@@ -18,7 +18,6 @@ PyPI name from 0.32 on.
 from __future__ import annotations
 
 import hashlib
-import html.parser
 import io
 import json
 import os
@@ -31,8 +30,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
+# urllib.request, html.parser and zipfile are imported where the index is read: ``apply`` from
+# a cached sdist never reads it, and they are a tenth of its start-up (bench/scale.py).
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -258,35 +257,47 @@ class IndexFile:
             return None
 
 
-class _AnchorParser(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchors: list[tuple[str, str]] = []
-        self.yanked: dict[int, str] = {}  # anchor number -> PEP 592 data-yanked reason
-        self._href: str | None = None
-        self._text: list[str] = []
+def _anchor_parser():
+    """A parser that collects a simple index page's anchors (and PEP 592 yanked marks)."""
+    import html.parser
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            found = dict(attrs)
-            self._href = found.get("href") or ""
-            self._text = []
-            if "data-yanked" in found:
-                self.yanked[len(self.anchors)] = found["data-yanked"] or ""
+    class AnchorParser(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchors: list[tuple[str, str]] = []
+            self.yanked: dict[int, str] = {}  # anchor number -> PEP 592 data-yanked reason
+            self._href: str | None = None
+            self._text: list[str] = []
 
-    def handle_data(self, data: str) -> None:
-        if self._href is not None:
-            self._text.append(data)
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "a":
+                found = dict(attrs)
+                self._href = found.get("href") or ""
+                self._text = []
+                if "data-yanked" in found:
+                    self.yanked[len(self.anchors)] = found["data-yanked"] or ""
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a" and self._href is not None:
-            self.anchors.append((self._href, "".join(self._text).strip()))
-            self._href = None
+        def handle_data(self, data: str) -> None:
+            if self._href is not None:
+                self._text.append(data)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "a" and self._href is not None:
+                self.anchors.append((self._href, "".join(self._text).strip()))
+                self._href = None
+
+    return AnchorParser()
+
+
+def _urllib_request():
+    import urllib.request
+
+    return urllib.request
 
 
 def _open(url: str, headers: dict[str, str] | None = None):
-    req = urllib.request.Request(url, headers=headers or {})
-    return urllib.request.urlopen(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
+    req = _urllib_request().Request(url, headers=headers or {})
+    return _urllib_request().urlopen(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
 
 
 def _redact(url: str) -> str:
@@ -302,7 +313,7 @@ def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile
     page = f"{index_url}/{project}/"
     try:
         if page.startswith("file:"):
-            local = Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path))
+            local = Path(_urllib_request().url2pathname(urllib.parse.urlsplit(page).path))
             if not local.exists():
                 return None
             target = local / "index.html" if local.is_dir() else local
@@ -330,7 +341,7 @@ def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile
             )
             for f in data.get("files", [])
         ]
-    parser = _AnchorParser()
+    parser = _anchor_parser()
     parser.feed(body.decode("utf-8", "replace"))
     files = []
     for number, (href, text) in enumerate(parser.anchors):
@@ -350,8 +361,8 @@ class _RangeFile(io.RawIOBase):
     def __init__(self, url: str) -> None:
         self.url = url
         self.pos = 0
-        req = urllib.request.Request(url, method="HEAD")
-        with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:  # noqa: S310
+        req = _urllib_request().Request(url, method="HEAD")
+        with _urllib_request().urlopen(req, timeout=_TIMEOUT) as resp:  # noqa: S310
             self.size = int(resp.headers["Content-Length"])
 
     def seekable(self) -> bool:
@@ -382,8 +393,10 @@ class _RangeFile(io.RawIOBase):
 
 def wheel_top_level(url: str) -> set[str]:
     """Top-level names inside a (remote or file://) wheel, reading only its zip directory."""
+    import zipfile
+
     if url.startswith("file:"):
-        raw: io.IOBase = open(urllib.request.url2pathname(urllib.parse.urlsplit(url).path), "rb")  # noqa: SIM115
+        raw: io.IOBase = open(_urllib_request().url2pathname(urllib.parse.urlsplit(url).path), "rb")  # noqa: SIM115
     else:
         raw = io.BufferedReader(_RangeFile(url), buffer_size=256 * 1024)
     with raw, zipfile.ZipFile(raw) as zf:
@@ -392,6 +405,8 @@ def wheel_top_level(url: str) -> set[str]:
 
 def _not_server_message(version: Version, files: list[IndexFile], releases: SupportedReleases | None = None) -> str | None:
     """Why ``version`` is not the Letta server, judged from its artifacts; None if it may be."""
+    import zipfile
+
     if any(f.is_sdist for f in files):
         return None
     wheels = [f for f in files if f.filename.endswith(".whl")]
@@ -638,7 +653,7 @@ class IndexSource:
             h = hashlib.sha256()
             try:
                 with os.fdopen(fd, "wb") as out, _open(item.url) if not item.url.startswith("file:") else open(
-                    urllib.request.url2pathname(urllib.parse.urlsplit(item.url).path), "rb"
+                    _urllib_request().url2pathname(urllib.parse.urlsplit(item.url).path), "rb"
                 ) as resp:
                     total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
                     done, start = 0, time.monotonic()
