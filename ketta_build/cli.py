@@ -251,7 +251,7 @@ def _cmd_matrix(args, console) -> int:
         changed = affected_cells(Path("."), ref, [parse_version(v) for v in versions], suites)
         console.print(f"--changed against {ref[:12]}: " + ("; ".join(changed.why) or "nothing that a cell reads changed"))
     console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} tox run(s) at a time"
-                  + ("; every cell runs (--rerun)" if args.rerun else
+                  + ("; every cell runs (--rerun)" if args.rerun else "; every cell runs (--coverage)" if args.coverage else
                      "; cells whose inputs have a stored pass are reused (--rerun runs them)"))
     started = time.time()
     with console.status("matrix: starting") as status:
@@ -274,7 +274,17 @@ def _cmd_matrix(args, console) -> int:
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
     _emit_json(args.json, report_json(cells, args.no_patches, context))
-    return 0 if all(c.status in ("pass", "not-affected") for c in cells) else 1
+    green = all(c.status in ("pass", "not-affected") for c in cells)
+    if args.coverage:
+        from .hunkcoverage import gaps
+
+        found = gaps(context.get("coverage") or {})
+        for line in found:
+            console.print(f"[red]coverage[/]: {escape(line)}")
+        console.print(f"coverage: {len(found)} hunk(s) or allowance(s) to look at" if found else
+                      "coverage: every hunk ran in a suite or is allowed with its reason")
+        green = green and not found
+    return 0 if green else 1
 
 
 def _need_tox() -> None:

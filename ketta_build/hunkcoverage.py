@@ -405,6 +405,26 @@ def records(report_dir: Path) -> dict[str, dict]:
     return found
 
 
+def gaps(coverage: dict[str, dict]) -> list[str]:
+    """What makes a ``matrix --coverage`` run's answer "no", one line each: a hunk no suite ran that
+    the allow-list does not give a reason for, an allowance that no longer matches an uncovered hunk
+    (stale), an allowance naming no patch, file or hunk of the series, and a release no server
+    process reported for."""
+    found = []
+    for release, record in coverage.items():
+        if not record.get("processes"):
+            found.append(f"{release}: {record.get('note') or 'no coverage data'}")
+        for h in _uncovered(record):
+            if h.get("allowed") is None:
+                found.append(f"{release}: {_hunk_name(h)} ran in no suite and is not in {record.get('allowed_file')}")
+        for st in record.get("stale_allowances", []):
+            found.append(f"{release}: stale allowance {st['patch']} {st['file']}"
+                         + (f" hunk #{st['hunk']}" if st.get("hunk") is not None else "")
+                         + f" (its hunks are {', '.join(st['statuses'])})")
+        found.extend(f"{release}: {problem}" for problem in record.get("allowance_problems", []))
+    return found
+
+
 # --------------------------------------------------------------------------- report sections
 
 

@@ -314,3 +314,26 @@ def test_a_continuation_line_counts_as_its_statement():
     assert hc.hunk_status(hunk, statements, {2}).status == hc.COVERED
     assert hc.hunk_status(hunk, statements, {5}).status == hc.NOT_COVERED
     assert hc.python_statements("def broken(:\n") is None
+
+
+def test_gaps_make_the_answer_no_and_name_each_hunk_and_allowance(world, tmp_path):
+    patches, pristine, final, data, tree = world
+    path = tmp_path / "coverage-allowed.toml"
+    path.write_text(ALLOWED)
+    allowed = hc.load_allowed(path)
+    record = hc.release_coverage("0.16.8", hc.place_hunks(patches, pristine, final), final,
+                                 sc.executed_lines(data, [tree]), allowed)
+    record.update(processes=2, allowed_file=str(path),
+                  allowance_problems=hc.allowance_problems(allowed, {p.name: p for p in patches}))
+    found = hc.gaps({"0.16.8": record})
+    unlisted = [line for line in found if "ran in no suite and is not in" in line]
+    assert len(unlisted) == record["summary"]["unlisted"] == 2
+    assert all(line.startswith("0.16.8: 0") and str(path) in line for line in unlisted)
+    assert "0.16.8: stale allowance 0001-alpha.diff pkg/mod.py hunk #1 (its hunks are covered)" in found
+    assert any("the patch does not touch pkg/other.py" in line for line in found)
+    assert len(found) == 4
+    # Everything covered or allowed, no stale or broken entry, data written: nothing to look at.
+    clean = {**record, "patches": [], "stale_allowances": [], "allowance_problems": []}
+    assert hc.gaps({"0.16.8": clean}) == []
+    assert hc.gaps({"0.16.8": {**clean, "processes": 0, "note": "no server process wrote coverage data"}}) == [
+        "0.16.8: no server process wrote coverage data"]
