@@ -31,6 +31,7 @@ from .errors import BuildTreeError, KettaError
 from .gitcmd import blob, git, git_bytes
 from .header import commit_message
 from .patchfile import Patch, split_lines
+from .report import report_json
 from .series import Selection, Series
 from .upstream import IndexSource, UpstreamRelease, UpstreamSource
 
@@ -626,7 +627,6 @@ def apply_series(
             _resolve(writer.close(), pending)
             report.head, report.tree_hash = git(tree, "rev-parse", "HEAD", "HEAD^{tree}").split("\n")
             report.out = out
-            from .report import report_json  # late import: report depends on this module
 
             with uninterruptible():  # Ctrl-C from here on waits until the new tree is in place
                 if out.exists():  # --force: what was committed there and never exported stays reachable

@@ -25,6 +25,7 @@ this module maps the lines they ran back onto each patch's added lines:
 from __future__ import annotations
 
 import ast
+import html
 import json
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -33,8 +34,11 @@ from pathlib import Path
 
 from .applying import Outcome, _find, apply_hunks, decode
 from .errors import KettaError
+from .gitcmd import Blobs
 from .patchfile import Hunk, Patch, split_lines
 from .releases import parse_version
+from .series import read_series
+from .servercoverage import combine, executed_lines
 
 SCHEMA = "ketta-build/hunk-coverage/1"
 ALLOWED_FILE = Path("compat_tests") / "coverage-allowed.toml"
@@ -364,10 +368,6 @@ def _counts(results: Sequence[HunkCoverage]) -> dict[str, int]:
 
 def measure_release(version: str, *, tree: Path, series_dir: Path, data_root: Path, allowed_file: Path) -> dict:
     """Combine a release's data files and write its record to ``<data_root>/<release>.json``; returns it."""
-    from .gitcmd import Blobs
-    from .series import read_series
-    from .servercoverage import combine, executed_lines
-
     version = str(parse_version(version))
     series = read_series(series_dir)
     entries = series.select(parse_version(version))
@@ -469,8 +469,6 @@ def markdown_lines(coverage: dict[str, dict]) -> list[str]:
 
 
 def html_section(coverage: dict[str, dict]) -> str:
-    import html
-
     if not coverage:
         return ""
     parts = ["<h2>Hunk coverage (--coverage)</h2>"]

@@ -56,6 +56,7 @@ from .header import (applied_upstream, field_value, forwarded_problem, owner_pro
                      review_date, served_range_text, updated_releases, with_field)
 from .patchfile import Hunk, Patch, parse_patch_text, split_lines
 from .series import Series, SeriesEntry, read_series
+from .toxini import expected
 from .upstream import IndexSource
 
 
@@ -238,8 +239,6 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
     finally:
         canon.close()
     if project is not None:
-        from .toxini import expected
-
         tox = project / "tox.ini"
         if not tox.is_file() or tox.read_text() != expected(project):
             findings.append(Finding("tox", tox, None, "tox.ini is not the one generated from releases.toml "

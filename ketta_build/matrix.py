@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import importlib
 import json
 import os
 import shutil
@@ -23,26 +24,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import __version__
 from .affected import Affected
 from .cache import Cache
 from .cellcache import CellStore, Proof, cell_key, digest_files, suite_files
 from .errors import KettaError
+from .hunkcoverage import ALLOWED_FILE, measure_release
 from .hunkcoverage import html_section as coverage_html
 from .hunkcoverage import markdown_lines as coverage_markdown
+from .hunkcoverage import records as coverage_records
 from .releases import load_releases, parse_version
-from .upstream import unknown_release
+from .servercoverage import ENV_VAR, release_dir, require_coverage
+from .serverenv import prepare_wheel
+from .toxini import SHARED_FACTOR, SHARED_SUITES, SUITES, factor
+from .upstream import IndexSource, sha256_file, unknown_release
+from .wheel import read_build_number
 
-SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "fuzz", "parity", "upgrade")
-# Suites the matrix runs in one pytest session per release (tox env ``letta<NNNN>-shared``): they
-# share the PostgreSQL, the migrated template and the default server. ``upgrade`` runs on its own:
-# it is the longest cell, and runs beside the shared session.
-SHARED_SUITES = tuple(s for s in SUITES if s != "upgrade")
 SCHEMA = "ketta-build/matrix-report/1"
 
 
 def env_name(version: str, suite: str) -> str:
-    from .toxini import factor
-
     return factor(parse_version(version)) + "-" + suite
 
 
@@ -149,8 +150,6 @@ def run_task(task: Task, report_dir: Path, tox: list[str], env: dict[str, str], 
 
 
 def shared_env(version: str) -> str:
-    from .toxini import SHARED_FACTOR, factor
-
     return f"{factor(parse_version(version))}-{SHARED_FACTOR}"
 
 
@@ -203,8 +202,6 @@ def run_matrix(
     if parallel < 1:
         raise KettaError("-p must be 1 or more")
     if coverage:
-        from .servercoverage import require_coverage
-
         if no_patches:
             raise KettaError("--coverage measures the series' hunks; leave out --no-patches")
         require_coverage()
@@ -231,8 +228,6 @@ def run_matrix(
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
     if coverage:
-        from .servercoverage import ENV_VAR, release_dir
-
         env[ENV_VAR] = str(report_dir / "coverage")
         for version in versions:  # this run's data only
             shutil.rmtree(release_dir(report_dir / "coverage", version), ignore_errors=True)
@@ -268,8 +263,6 @@ def run_matrix(
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(run_one, order))
     if coverage:
-        from .hunkcoverage import ALLOWED_FILE, measure_release
-
         build_root = Path(env.get("KETTA_BUILD_ROOT") or project / "build").absolute()
         for version in dict.fromkeys(str(parse_version(v)) for v in versions):
             if (build_root / version).is_dir():
@@ -314,9 +307,6 @@ class CellKeys:
 
     def release(self, version: str, patched: bool) -> dict:
         if (version, patched) not in self._releases:
-            from .serverenv import prepare_wheel
-            from .upstream import IndexSource, sha256_file
-
             if patched or not self.patched:  # the wheel under test (a --no-patches run tests the unpatched one)
                 built = prepare_wheel(version, patched=patched, series_dir=self.project / "patches",
                                       build_root=self.build_root, cache=self.cache, index_url=self.index_url)
@@ -332,9 +322,6 @@ class CellKeys:
         return {v for v, _ in self._sides(version)} - {version} if suite == "upgrade" else set()
 
     def _sides(self, version: str) -> set[tuple[str, bool]]:
-        import importlib
-        import sys
-
         if str(self.project) not in sys.path:
             sys.path.insert(0, str(self.project))
         upgrade = importlib.import_module("compat_tests.upgrade")
@@ -403,9 +390,6 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
     total time, and the per-release records the cells wrote."""
     from datetime import datetime, timezone
 
-    from . import __version__
-    from .wheel import read_build_number
-
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
         return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -418,8 +402,6 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
     for path in sorted((report_dir / "builds").glob("*.json")):
         record = json.loads(path.read_text())
         builds[path.stem] = record
-    from .hunkcoverage import records as coverage_records
-
     coverage = coverage_records(report_dir)
     return {**user_input_records(report_dir), **({"coverage": coverage} if coverage else {}),
         "tool": f"ketta-build {__version__}",

@@ -41,6 +41,7 @@ from packaging.version import Version
 from .applying import Outcome, apply_patch
 from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineRepos, apply_series, backup_name,
                         check_out_dir, commit_patch, record_head, reword_commits, stripspace)
+from . import toxini
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .claims import check_claims, describe, group_failures
@@ -485,8 +486,6 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
             written.append(series.series_file)
         if add_release(series_dir, new, state.upload_date or "unknown"):
             written.append(load_releases(series_dir).path)
-        from . import toxini
-
         project = series_dir.absolute().parent
         if (project / "tox.ini").exists() and toxini.write(project):
             written.append(project / "tox.ini")

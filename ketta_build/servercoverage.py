@@ -27,6 +27,7 @@ from pathlib import Path
 from .atomic import write_atomic
 from .errors import KettaError
 from .releases import parse_version
+from .series import read_series
 
 ENV_VAR = "KETTA_COVERAGE"  # the directory matrix --coverage collects into (tox passes it on)
 REQUIREMENT = "coverage>=7.4"  # sigterm, and CoverageData/PythonParser as used here
@@ -88,8 +89,6 @@ def write_rc(root: Path, version: str, paths: Iterable[str]) -> Path:
 
 def touched_paths(series_dir: Path, version: str) -> list[str]:
     """The files the patches the series selects for ``version`` touch."""
-    from .series import read_series
-
     series = read_series(series_dir)
     return sorted({path for entry in series.select(parse_version(version)) for path in series.load(entry).touched_paths})
 

@@ -14,19 +14,17 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .buildtree import ApplyOptions, ApplyReport, apply_series
-from .releases import parse_version
 from .cache import Cache
 from .errors import KettaError
-from .series import Series, read_series
-from .upstream import IndexSource, sha256_file
+from .releases import parse_version
+from .releasetree import ensure_tree
+from .servercoverage import REQUIREMENT, install_startup_hook
+from .upstream import sha256_file
 from .wheel import SERVER_EXTRAS, BuiltWheel, build_wheel_once, export_constraints, read_build_number, run_uv
 
-DIGEST_FILE = "ketta-build-digest"
 ENV_LAYOUT = "bytecode-compiled\0"
 
 
@@ -55,54 +53,6 @@ class ServerBuild:
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
 
-def _series_digest(release_sha: str, series: Series, version) -> str:
-    digest = hashlib.sha256(release_sha.encode())
-    for sel in series.explain(version):
-        if sel.selected:
-            digest.update(sel.entry.name.encode() + b"\0")
-            digest.update((series.directory / sel.entry.name).read_bytes())
-    return digest.hexdigest()
-
-
-def _empty_series() -> Series:
-    return Series(directory=Path(tempfile.gettempdir()), entries=())
-
-
-def ensure_tree(
-    version: str,
-    *,
-    patched: bool,
-    series_dir: Path,
-    build_root: Path,
-    cache: Cache,
-    index_url: str | None = None,
-    progress=lambda _: None,
-) -> tuple[Path, dict | None]:
-    """The build tree for ``version`` (patched or pristine), re-applied only if out of date."""
-    from .report import report_json
-
-    from .releases import load_releases
-
-    source = IndexSource(cache, index_url, progress=progress, releases=load_releases(series_dir))
-    release = source.resolve(parse_version(version))
-    series = read_series(series_dir) if patched else _empty_series()
-    out = build_root / (str(release.version) if patched else f"{release.version}-upstream")
-    digest = _series_digest(release.sha256 or "", series, release.version)
-    marker = out / ".git" / DIGEST_FILE
-    if marker.is_file() and marker.read_text().strip() == digest:
-        state = out / ".git" / "ketta-build.json"
-        return out, json.loads(state.read_text()) if state.is_file() else None
-    report: ApplyReport = apply_series(
-        release, source, series, out, options=ApplyOptions(force=True), cache=cache, progress=progress
-    )
-    data = report_json(report)
-    if report.exit_code != 0:
-        failed = ", ".join(r.name for r in report.failed) or ", ".join(report.not_attempted)
-        raise KettaError(f"the series does not apply to letta {release.version} (failed: {failed}); see ketta-build apply --letta {release.version}")
-    marker.write_text(digest + "\n")
-    return out, data
-
-
 def server_python() -> str:
     """The interpreter for server environments: this one, if the releases support it (>=3.11,<3.14)."""
     if not ((3, 11) <= sys.version_info[:2] < (3, 14)):
@@ -118,8 +68,6 @@ def ensure_environment(
     under the release's constraints. With ``coverage``, coverage.py and its start-up hook are in it too
     (an environment of its own: servers of an ordinary run never carry them)."""
     if coverage:
-        from .servercoverage import REQUIREMENT
-
         extra_requirements = (*extra_requirements, REQUIREMENT)
     # ENV_LAYOUT is part of the key: environments made another way are rebuilt, not reused.
     material = (ENV_LAYOUT + wheel.sha256 + sha256_file(constraints) + "\0".join(extra_requirements)
@@ -143,8 +91,6 @@ def ensure_environment(
             run_uv(["pip", "install", "--quiet", "--compile-bytecode", "--python", str(env / "bin" / "python"), "-c", str(constraints),
                     "--reinstall-package", "letta", spec, *extra_requirements])
             if coverage:
-                from .servercoverage import install_startup_hook
-
                 install_startup_hook(env)
             ready.write_text(json.dumps({"wheel": str(wheel.path), "sha256": wheel.sha256}) + "\n")
         except BaseException:

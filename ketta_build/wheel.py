@@ -15,12 +15,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import Cache
 from .errors import BuildTreeError, KettaError
 from .gitcmd import extract_tree, git
-from .upstream import sha256_file
+from .patchfile import parse_patch_text
+from .releasetree import ensure_tree
+from .sbom import SBOM_FILE, AppliedPatch, sbom_json
+from .upstream import sha256_file, uv_environment
 
 BUILD_NUMBER_FILE = "build-number"
 _VERSION_LINE = re.compile(r'^version\s*=\s*"([^"]+)"\s*$', re.MULTILINE)
@@ -41,8 +47,6 @@ def uv_binary() -> str:
 
 def run_uv(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     """Run uv with the user's pip/uv index configuration and without Python downloads."""
-    from .upstream import uv_environment
-
     proc = subprocess.run(
         [uv_binary(), *args],
         cwd=cwd,
@@ -123,8 +127,6 @@ def _declare_sbom(pyproject: Path, name: str) -> None:
     """Have hatchling put ``name`` (beside pyproject.toml) in the wheel's ``.dist-info/sboms/`` (PEP 770;
     its ``sbom-files`` option writes the file into RECORD like any other), and ask for a hatchling
     that knows the option. The file is checked afterwards: an older hatchling ignores the option."""
-    import tomllib
-
     text = pyproject.read_text()
     table = _WHEEL_TABLE.search(text)
     line = f"sbom-files = [{json.dumps(name)}]"
@@ -149,9 +151,6 @@ def _declare_sbom(pyproject: Path, name: str) -> None:
 def _applied_patches(tree: Path, series_dir: Path, data: dict) -> list:
     """The patch files the build tree was made from (series order), each checked against the sha256
     its apply report recorded: a patch changed since would make the SBOM lie about the wheel."""
-    from .patchfile import parse_patch_text
-    from .sbom import AppliedPatch
-
     out = []
     for entry in data["patches"]:
         path = series_dir / entry["name"]
@@ -200,7 +199,6 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None, *, series_
             data = provenance(tree, version, build_number)
             _add_ketta_files(src, data)
             sbom = _sbom_text(tree, tmp, series_dir, constraints, data, int(epoch))
-            from .sbom import SBOM_FILE
 
             (src / SBOM_FILE).write_text(sbom)
             _declare_sbom(src / "pyproject.toml", SBOM_FILE)
@@ -218,8 +216,6 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None, *, series_
 
 
 def _sbom_text(tree: Path, tmp: Path, series_dir: Path, constraints: Path | None, data: dict, epoch: int) -> str:
-    from .sbom import sbom_json
-
     report = json.loads((tree / ".git" / "ketta-build.json").read_text())  # provenance() checked it is there
     if constraints is None:
         constraints = export_constraints(tree, tmp / "constraints.txt")
@@ -228,18 +224,12 @@ def _sbom_text(tree: Path, tmp: Path, series_dir: Path, constraints: Path | None
 
 def sbom_member(wheel: Path) -> str | None:
     """The name of the Ketta SBOM inside ``wheel`` (``….dist-info/sboms/ketta.cdx.json``), None if it has none."""
-    import zipfile
-
-    from .sbom import SBOM_FILE
-
     with zipfile.ZipFile(wheel) as archive:
         return next((n for n in archive.namelist() if n.endswith(f".dist-info/sboms/{SBOM_FILE}")
                      and n.count("/") == 2), None)
 
 
 def _check_sbom(wheel: Path, text: str) -> None:
-    import zipfile
-
     member = sbom_member(wheel)
     if member is None:
         raise KettaError(f"the build did not put the SBOM in .dist-info/sboms/ (hatchling older than "
@@ -314,9 +304,6 @@ def release_wheels(versions: list[str], out: Path, *, series_dir: Path, build_ro
     Everything is built in a temporary directory beside ``out`` and moved in at the end; SHA256SUMS
     then covers every wheel and constraints file in ``out``.
     """
-    from .cache import Cache
-    from .serverenv import ensure_tree
-
     cache = cache or Cache()
     number = read_build_number(series_dir)
     out = out.absolute()

@@ -1,0 +1,93 @@
+"""The package's structure: every module imports on its own, the modules' imports form no circle,
+and no function imports a module of the package to dodge one (``cli.py`` alone loads each verb's
+module when that verb runs, so ``ketta-build lint`` never imports the matrix)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ketta_build"
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__main__")
+LAZY_LOADER = {"cli"}  # the dispatcher: imports a verb's module when the verb runs
+
+
+def _package_imports(tree: ast.AST) -> list[tuple[str, bool]]:
+    """(imported module of the package, whether inside a function) for each relative import."""
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.ImportFrom) and child.level == 1:
+                names = [child.module] if child.module else [a.name for a in child.names]
+                found.extend((n.split(".")[0], inside) for n in names if n)
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                continue  # annotations only
+            visit(child, inside)
+
+    visit(tree, False)
+    return [(m, f) for m, f in found if m in MODULES]
+
+
+GRAPH = {m: _package_imports(ast.parse((PACKAGE / f"{m}.py").read_text())) for m in MODULES}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_imports_on_its_own(module):
+    proc = subprocess.run([sys.executable, "-c", f"import ketta_build.{module}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_no_function_imports_a_module_of_the_package():
+    late = sorted({(m, target) for m, imports in GRAPH.items() if m not in LAZY_LOADER for target, inside in imports if inside})
+    assert late == [], f"function-level imports of the package's modules: {late}"
+
+
+def find_circle(edges: dict[str, list[str]]) -> list[str] | None:
+    """A circle in the import graph, as the modules along it, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def walk(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for t in edges.get(m, []):
+            if state.get(t) == 1:
+                return path[path.index(t):] + [t]
+            if t not in state and (cycle := walk(t)):
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (cycle := walk(m)):
+            return cycle
+    return None
+
+
+def test_the_imports_form_no_circle():
+    edges = {m: sorted({t for t, inside in imports if not inside and t != m}) for m, imports in GRAPH.items()}
+    cycle = find_circle(edges)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_checks_see_a_circle_and_a_late_import():
+    # The detector itself: a module pair that imports each other, one of them late.
+    circle = ast.parse("from .b import x\n")
+    late = ast.parse("def f():\n    from .a import y\n")
+    global MODULES
+    saved = MODULES
+    MODULES = [*saved, "a", "b"]
+    try:
+        assert _package_imports(circle) == [("b", False)]
+        assert _package_imports(late) == [("a", True)]
+    finally:
+        MODULES = saved
+    assert find_circle({"a": ["b"], "b": ["c"], "c": ["a"], "d": []}) == ["a", "b", "c", "a"]
+    assert find_circle({"a": ["b"], "b": ["c"], "c": []}) is None
