@@ -37,6 +37,15 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path(platformdirs.user_cache_dir("ketta-build"))
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class Cache:
     def __init__(self, root: Path | None = None, lock_timeout: float | None = None) -> None:
         self.root = (root or default_cache_dir()).expanduser()

@@ -402,7 +402,7 @@ def _cmd_series(args, console) -> int:
     elif args.letta:
         from .errors import NotAServerRelease
         from .releases import FIRST_LETTA_CODE, parse_version
-        from .upstream import unknown_release
+        from .releases import unknown_release
 
         version = parse_version(args.letta)
         if series.releases.find(version) is None:
@@ -648,7 +648,7 @@ def _cmd_wheel(args, console) -> int:
         str(parse_version(v)) for v in (args.letta or [str(releases.newest.version)])]
     for version in versions:
         if releases.find(parse_version(version)) is None:
-            from .upstream import unknown_release
+            from .releases import unknown_release
 
             raise unknown_release(parse_version(version), "no wheel without a series for it", releases)
     with console.status("building wheels") as status:

@@ -26,18 +26,18 @@ from pathlib import Path
 
 from . import __version__
 from .affected import Affected
-from .cache import Cache
+from .cache import Cache, sha256_file
 from .cellcache import CellStore, Proof, cell_key, digest_files, suite_files
 from .errors import KettaError
 from .hunkcoverage import ALLOWED_FILE, measure_release
 from .hunkcoverage import html_section as coverage_html
 from .hunkcoverage import markdown_lines as coverage_markdown
 from .hunkcoverage import records as coverage_records
-from .releases import load_releases, parse_version
+from .releases import load_releases, parse_version, unknown_release
 from .servercoverage import ENV_VAR, release_dir, require_coverage
 from .serverenv import prepare_wheel
 from .toxini import SHARED_FACTOR, SHARED_SUITES, SUITES, factor
-from .upstream import IndexSource, sha256_file, unknown_release
+from .upstream import IndexSource
 from .wheel import read_build_number
 
 SCHEMA = "ketta-build/matrix-report/1"

@@ -155,9 +155,11 @@ def parse_version(text: str) -> Version:
         raise UnknownRelease(f"'{text}' is not a version number (expected e.g. 0.16.8 or v0.16.8)") from None
 
 
-def find_supported(version: Version, releases: SupportedReleases | None = None) -> ServerRelease | None:
-    return (releases or load_releases()).find(version)
-
-
-def nearest_supported(version: Version, releases: SupportedReleases | None = None) -> list[Version]:
-    return (releases or load_releases()).nearest(version)
+def unknown_release(version: Version, detail: str, releases: SupportedReleases | None = None) -> UnknownRelease:
+    """The error for a release Ketta does not support, naming the nearest supported ones."""
+    releases = releases or load_releases()
+    near = ", ".join(str(v) for v in releases.nearest(version))
+    return UnknownRelease(
+        f"letta {version} is not a supported server release ({detail}); nearest supported: {near} "
+        f"(all: {', '.join(str(v) for v in releases.versions)})"
+    )

@@ -40,9 +40,9 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from .atomic import write_atomic
-from .cache import Cache, default_cache_dir
+from .cache import Cache, default_cache_dir, sha256_file
 from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
-from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases
+from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release
 
 PROJECT = "letta"
 _JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
@@ -441,15 +441,6 @@ def check_server_tree(tree: Path, label: str) -> None:
     raise NotAServerRelease(f"{label} has no letta/ server package (letta/__init__.py and letta/server/): not a Letta server tree")
 
 
-def unknown_release(version: Version, detail: str, releases: SupportedReleases | None = None) -> UnknownRelease:
-    releases = releases or load_releases()
-    near = ", ".join(str(v) for v in releases.nearest(version))
-    return UnknownRelease(
-        f"letta {version} is not a supported server release ({detail}); nearest supported: {near} "
-        f"(all: {', '.join(str(v) for v in releases.versions)})"
-    )
-
-
 # --------------------------------------------------------------------------- safe extraction
 
 
@@ -519,14 +510,6 @@ def _escapes(path: PurePosixPath) -> bool:
 
 
 # --------------------------------------------------------------------------- sources
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sdist_date(path: Path) -> str | None:

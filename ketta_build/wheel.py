@@ -20,13 +20,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import Cache
+from .cache import Cache, sha256_file
 from .errors import BuildTreeError, KettaError
 from .gitcmd import extract_tree, git
 from .patchfile import parse_patch_text
 from .releasetree import ensure_tree
 from .sbom import SBOM_FILE, AppliedPatch, sbom_json
-from .upstream import sha256_file, uv_environment
+from .upstream import uv_environment
 
 BUILD_NUMBER_FILE = "build-number"
 _VERSION_LINE = re.compile(r'^version\s*=\s*"([^"]+)"\s*$', re.MULTILINE)

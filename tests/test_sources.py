@@ -12,7 +12,7 @@ from packaging.version import Version
 
 from ketta_build.cli import main
 from ketta_build.errors import UpstreamError
-from ketta_build.releases import nearest_supported, parse_version
+from ketta_build.releases import load_releases, parse_version
 from ketta_build.upstream import GitSource, discover_index_urls
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,9 +70,9 @@ def test_index_config_order(monkeypatch):
 
 def test_versions():
     assert parse_version("v0.16.8") == Version("0.16.8")
-    assert nearest_supported(Version("0.16.3")) == [Version("0.16.2"), Version("0.16.4")]
-    assert nearest_supported(Version("0.13.0")) == [Version("0.14.0"), Version("0.15.0")]
-    assert nearest_supported(Version("0.33.8")) == [Version("0.16.7"), Version("0.16.8")]
+    assert load_releases().nearest(Version("0.16.3")) == [Version("0.16.2"), Version("0.16.4")]
+    assert load_releases().nearest(Version("0.13.0")) == [Version("0.14.0"), Version("0.15.0")]
+    assert load_releases().nearest(Version("0.33.8")) == [Version("0.16.7"), Version("0.16.8")]
 
 
 @pytest.mark.network
