@@ -37,16 +37,38 @@ from .atomic import Interrupted
 from .errors import EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOURCE, EXIT_USAGE, KettaError, exit_code_table
 
 
+# One definition per flag shared between verbs: the same name means the same thing, with one help text.
+def _patches_flag(p) -> None:
+    p.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+
+
+def _index_flag(p) -> None:
+    p.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+
+
+def _cache_flag(p) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: the user cache directory)")
+
+
+def _json_flag(p) -> None:
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-' for stdout; "
+                                                  "schemas: docs/json-schemas.md)")
+
+
+def _build_root_flag(p) -> None:
+    p.add_argument("--build-root", metavar="DIR", type=Path, default=Path("build"), help="build trees (default: ./build)")
+
+
 def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = False) -> None:
     src = p.add_argument_group("upstream source (one of)")
     src.add_argument("--letta", metavar="VERSION", help="server release from the package index, e.g. 0.16.8 or v0.16.8")
     src.add_argument("--letta-git", metavar="PATH_OR_URL", help="a Letta git repository")
     src.add_argument("--ref", metavar="TAG", help="tag or commit in --letta-git (default: vVERSION)")
     src.add_argument("--letta-dir", metavar="PATH", type=Path, help="an unpacked Letta tree")
-    p.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
-    p.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    p.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    p.add_argument("--json", metavar="FILE", help="also write the machine-readable report to FILE ('-' for stdout)")
+    _index_flag(p)
+    _cache_flag(p)
+    _patches_flag(p)
+    _json_flag(p)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = _verb(sub, "apply", help="apply the series to a Letta release and report every hunk")
     _add_source_args(ap)
-    ap.add_argument("--out", metavar="DIR", type=Path, help="build tree to write (default: build/VERSION)")
+    ap.add_argument("--tree", "--out", dest="tree", metavar="DIR", type=Path,
+                    help="build tree to write (default: build/VERSION; --out is the same flag)")
     ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
     ap.add_argument("--fuzz", metavar="N", type=int, default=0, help="allow ignoring up to N context lines (reported loudly)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failed patch; apply what can be")
@@ -85,15 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--check", action="store_true", help="also check variant guards against every supported release")
     ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
-    ep.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    _patches_flag(ep)
     ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
     ep.add_argument("--split", action="store_true",
                     help="a refreshed patch that no longer applies to releases its guard claims: keep the file as it was "
                          "as a variant for those releases (else nothing is written)")
-    ep.add_argument("--index-url", metavar="URL", help="package index for the other releases the patches claim")
-    ep.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    ep.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
+    _index_flag(ep)
+    _cache_flag(ep)
+    _json_flag(ep)
     pp = _verb(sub, "port", help="carry the series onto a Letta release it does not serve yet")
     what = pp.add_mutually_exclusive_group(required=True)
     what.add_argument("--letta", metavar="VERSION", help="the new release (from the package index)")
@@ -103,28 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--in-place", action="store_true", help="rewrite changed patches for the new release instead of adding variants")
     pp.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; with --abort, remove a "
                                                          "tree holding work done since the stop (saved as a bundle first)")
-    pp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    pp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
-    pp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    pp.add_argument("--json", metavar="FILE", help="also write the port report as JSON to FILE ('-' for stdout)")
+    _patches_flag(pp)
+    _index_flag(pp)
+    _cache_flag(pp)
+    _json_flag(pp)
     up = _verb(sub, "upstream", help="look at upstream: new releases and what porting to them takes")
     upsub = up.add_subparsers(dest="upstream_command", required=True)
     uc = _verb(upsub, "check", help="releases newer than the newest supported one, classified, with a dry-run port "
                                         "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 error)")
-    uc.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
+    _index_flag(uc)
     uc.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
-    uc.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    uc.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
+    _patches_flag(uc)
+    _cache_flag(uc)
     uc.add_argument("--issue-dir", metavar="DIR", type=Path,
                     help="write DIR/<version>.md per new server release: the tracking issue's body")
-    uc.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-' for stdout)")
+    _json_flag(uc)
     rd = _verb(sub, "range-diff", help="what changed between two versions of the series (git refs or patch dirs), per patch")
     rd.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
     rd.add_argument("new", metavar="NEW", help="git ref of this repository, or a patch directory")
     rd.add_argument("--letta", metavar="VERSION", required=True, help="release to apply both to")
-    rd.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
-    rd.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    rd.add_argument("--json", metavar="FILE", help="also write the pairs as JSON to FILE ('-' for stdout)")
+    _index_flag(rd)
+    _cache_flag(rd)
+    _json_flag(rd)
     bp = _verb(sub, "bisect", help="the first upstream commit (first-parent path GOOD..BAD) where a patch stops applying "
                                      "exactly or is already upstream, and the hunk it broke")
     bp.add_argument("patch", metavar="PATCH", help="a patch of the series (its file name)")
@@ -134,46 +157,46 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--until-applies", action="store_true",
                     help="the other way round: the first commit where a patch that does not apply exactly at GOOD "
                          "does (a newer variant: the commit that made it necessary; --bad defaults to its Base-Release)")
-    bp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    bp.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-' for stdout)")
+    _patches_flag(bp)
+    _json_flag(bp)
     wp = _verb(sub, "wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS")
     wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     wp.add_argument("--all", action="store_true", help="every supported release")
     wp.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="default: ./dist")
-    wp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    wp.add_argument("--build-root", type=Path, default=Path("build"), metavar="DIR", help="build trees (default: ./build)")
-    wp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
-    wp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    wp.add_argument("--json", metavar="FILE", help="also write what was built as JSON to FILE ('-' for stdout)")
+    _patches_flag(wp)
+    _build_root_flag(wp)
+    _index_flag(wp)
+    _cache_flag(wp)
+    _json_flag(wp)
     vp = _verb(sub, "serve", help="a patched Letta server here and now: wheel, PostgreSQL (persistent), migration, server")
-    vp.add_argument("--letta", metavar="VERSION", default="0.16.8", help="release to serve (default: 0.16.8)")
+    vp.add_argument("--letta", metavar="VERSION", help="release to serve (default: the newest supported, from releases.toml)")
     vp.add_argument("--data-dir", metavar="DIR", type=Path, help="PostgreSQL data, the server's home and key "
                     "(default: the user data directory, ketta-build/serve/VERSION)")
     vp.add_argument("--pg-uri", metavar="URI", help="your own PostgreSQL with pgvector instead of the embedded one")
     vp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 exposes it)")
     vp.add_argument("--port", type=int, default=8283, help="port (default: 8283, Letta's)")
-    vp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    vp.add_argument("--build-root", metavar="DIR", type=Path, default=Path("build"), help="build trees (default: ./build)")
-    vp.add_argument("--index-url", metavar="URL", help="package index (default: what pip/uv are configured to use)")
-    vp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    vp.add_argument("--json", metavar="FILE", help="also write where the server is as JSON to FILE ('-' for stdout) once it is ready")
+    _patches_flag(vp)
+    _build_root_flag(vp)
+    _index_flag(vp)
+    _cache_flag(vp)
+    _json_flag(vp)  # written once the server is ready
     rp = _verb(sub, "releases", help="the supported releases (patches/releases.toml), e.g. for a CI job matrix")
-    rp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    rp.add_argument("--json", metavar="FILE", help="also write them as JSON to FILE ('-' for stdout)")
+    _patches_flag(rp)
+    _json_flag(rp)
     lp = _verb(sub, "lint", help="check the series: headers, why, base release, variants, whitespace, canonical form, tox.ini")
-    lp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
+    _patches_flag(lp)
     lp.add_argument("--fix", action="store_true", help="rewrite patch files into export's canonical form")
-    lp.add_argument("--index-url", metavar="URL", help="package index for the base releases (default: pip's configuration)")
-    lp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    lp.add_argument("--json", metavar="FILE", help="also write the findings as JSON to FILE ('-' for stdout)")
+    _index_flag(lp)
+    _cache_flag(lp)
+    _json_flag(lp)
     sp = _verb(sub, "status", help="per patch: owner, upstream status, age, size, review date and how it applies on every release")
-    sp.add_argument("--patches", metavar="DIR", type=Path, default=Path("patches"), help="series directory (default: ./patches)")
-    sp.add_argument("--index-url", metavar="URL", help="package index for the releases (default: pip's configuration)")
-    sp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache (default: user cache dir)")
-    sp.add_argument("--json", metavar="FILE", help="also write the status as JSON to FILE ('-' for stdout)")
+    _patches_flag(sp)
+    _index_flag(sp)
+    _cache_flag(sp)
+    _json_flag(sp)
     mp = _verb(sub, "matrix", help="run the compatibility suites (tox) per release and write the report")
-    mp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) to test (repeatable; default: 0.16.8)")
-    mp.add_argument("--all", action="store_true", help="every supported release 0.14.0 ... 0.16.8")
+    mp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) to test (repeatable; default: the newest supported, from releases.toml)")
+    mp.add_argument("--all", action="store_true", help="every supported release (patches/releases.toml)")
     mp.add_argument("--suite", action="extend", nargs="+", metavar="SUITE", help="suite(s) to run (repeatable; default: all)")
     mp.add_argument("-p", "--parallel", type=int, default=os.cpu_count() or 1, metavar="N",
                     help=f"cells to run at once, longest first (default: the number of CPUs, {os.cpu_count() or 1} here)")
@@ -184,12 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--changed", nargs="?", const="", metavar="REF",
                     help="run only the cells a change since REF can affect (default: the merge base with main, "
                          "else the last report's series commit)")
-    mp.add_argument("--cache-dir", metavar="DIR", type=Path, help="content-addressed cache, cell results included "
-                                                                  "(default: user cache dir)")
+    _cache_flag(mp)
     mp.add_argument("--fuzz-examples", type=int, metavar="N",
                     help=f"generated requests per route in the fuzz suite (default {FUZZ_EXAMPLES_DEFAULT}, "
                          f"{FUZZ_EXAMPLES_THOROUGH} with --all or --suite fuzz)")
-    mp.add_argument("--index-url", metavar="URL", help="package index for the releases (default: pip's configuration)")
+    _index_flag(mp)
     mp.add_argument("--upgrade-pairs", choices=("all", "ci"), default="all",
                     help="upgrade suite: every pair (default) or the default test run's ('ci')")
     mp.add_argument("--merge", metavar="DIR", type=Path, nargs="+",
@@ -197,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--coverage", action="store_true",
                     help="run the servers under coverage.py and report which hunks of each patch the suites ran "
                          "(docs/coverage.md; every cell runs)")
-    mp.add_argument("--json", metavar="FILE", help="also write the matrix report as JSON to FILE ('-' for stdout)")
+    _json_flag(mp)
     return parser
 
 
@@ -205,6 +227,7 @@ def _cmd_matrix(args, console) -> int:
     import time
 
     from .matrix import SUITES, default_versions, merge_reports, report_json, run_context, run_matrix, write_reports
+    from .releases import load_releases
 
     if args.merge:
         if args.letta or args.all or args.suite or args.no_patches:
@@ -216,7 +239,7 @@ def _cmd_matrix(args, console) -> int:
         _emit_json(args.json, report_json(cells, not patched, context))
         return 0 if all(c.status == "pass" for c in cells) else 1
 
-    versions = default_versions() if args.all else (args.letta or ["0.16.8"])
+    versions = default_versions() if args.all else (args.letta or [str(load_releases().newest.version)])
     suites = args.suite or list(SUITES)
     report_dir = args.report_dir
     if args.no_patches and report_dir == Path("reports"):
@@ -370,7 +393,7 @@ def _cmd_apply(args, console) -> int:
         series = read_series(args.patches)
         source, version = _source(args, cache, say)
         release = source.resolve(version)
-        out = args.out or Path("build") / str(release.version)
+        out = args.tree or Path("build") / str(release.version)
         report = apply_series(
             release,
             source,
@@ -739,7 +762,9 @@ def _cmd_serve(args, console) -> int:
     # Python then never turns Ctrl-C (or `kill -INT`) into KeyboardInterrupt.
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
-    opts = ServeOptions(version=args.letta, data_dir=args.data_dir, pg_uri=args.pg_uri, host=args.host, port=args.port,
+    from .releases import load_releases
+
+    opts = ServeOptions(version=args.letta or str(load_releases(args.patches).newest.version), data_dir=args.data_dir, pg_uri=args.pg_uri, host=args.host, port=args.port,
                         patches=args.patches, build_root=args.build_root, cache_dir=args.cache_dir, index_url=args.index_url)
     with console.status("preparing") as status:
         serving = start(opts, progress=status.update)

@@ -1,0 +1,60 @@
+"""The verbs' flags: a name means the same thing everywhere, and the defaults come from releases.toml."""
+
+from __future__ import annotations
+
+import argparse
+
+from ketta_build.cli import build_parser
+from ketta_build.releases import load_releases
+
+SHARED = ("--patches", "--index-url", "--cache-dir", "--json", "--build-root", "--tree")
+
+
+def _verbs(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[f"{prefix}{name}"] = sub
+                found.update(_verbs(sub, f"{prefix}{name} "))
+    return found
+
+
+def test_a_shared_flag_has_one_help_text_and_one_meaning():
+    helps: dict[str, set[str]] = {}
+    dests: dict[str, set[str]] = {}
+    for verb, sub in _verbs(build_parser()).items():
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag in SHARED:
+                    helps.setdefault(flag, set()).add(action.help)
+                    dests.setdefault(flag, set()).add(action.dest)
+    assert {"--patches", "--index-url", "--cache-dir", "--json"} <= set(helps)
+    for flag in ("--patches", "--index-url", "--cache-dir", "--json", "--build-root"):
+        assert len(helps[flag]) == 1, f"{flag} has {len(helps[flag])} help texts: {helps[flag]}"
+    assert all(len(d) == 1 for d in dests.values()), dests
+
+
+def test_every_verb_that_reports_can_emit_json():
+    verbs = _verbs(build_parser())
+    without = sorted(v for v, sub in verbs.items() if not any("--json" in a.option_strings for a in sub._actions)
+                     and not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions))
+    assert without == [], f"verbs without --json: {without}"
+
+
+def test_apply_takes_tree_and_keeps_out(tmp_path):
+    parser = build_parser()
+    assert parser.parse_args(["apply", "--letta", "0.16.8", "--tree", str(tmp_path)]).tree == tmp_path
+    assert parser.parse_args(["apply", "--letta", "0.16.8", "--out", str(tmp_path)]).tree == tmp_path
+
+
+def test_serve_and_matrix_default_to_the_newest_supported_release():
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).letta is None  # resolved from releases.toml when the verb runs
+    assert parser.parse_args(["matrix"]).letta is None
+    newest = str(load_releases().newest.version)
+    for verb in ("serve", "matrix"):
+        sub = _verbs(parser)[verb]
+        text = next(a.help for a in sub._actions if "--letta" in a.option_strings)
+        assert "releases.toml" in text and "0.16.8" not in text, text
+    assert newest  # the file names one
