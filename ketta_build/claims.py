@@ -162,6 +162,42 @@ class InMemoryTree:
         return out
 
 
+def _walk(series: Series, versions: Iterable[Version], repos: PristineRepos, entries_of, load,
+          on_patch=lambda version, name, outcomes: None) -> tuple[list[ClaimFailure], list[ClaimGap]]:
+    """Apply, in memory, the entries ``entries_of(version)`` gives (None: leave the release out) to
+    each release, calling ``on_patch`` with each patch's hunk outcomes there. Returns the failures
+    and the releases that could not be read."""
+    failures: list[ClaimFailure] = []
+    gaps: list[ClaimGap] = []
+    for version in versions:
+        entries = entries_of(version)
+        if entries is None:
+            continue
+        repo = repos.get(version)
+        if isinstance(repo, str):
+            gaps.append(ClaimGap(version, repo))
+            continue
+        with Blobs(repo) as blobs:
+            release = InMemoryTree(version, blobs)
+            for entry in entries:
+                before = len(release.outcomes)
+                failures += release.apply(load(entry))
+                on_patch(version, entry.name, tuple(release.outcomes[before:]))
+    return failures, gaps
+
+
+def _loader(series: Series, overrides: dict[str, Patch] | None = None):
+    """Each entry's parsed patch, parsed once (``overrides`` by name first)."""
+    loaded: dict[str, Patch] = dict(overrides or {})
+
+    def load(entry: SeriesEntry) -> Patch:
+        if entry.name not in loaded:
+            loaded[entry.name] = series.load(entry)
+        return loaded[entry.name]
+
+    return load
+
+
 def check_claims(series: Series, versions: Iterable[Version], repos: PristineRepos, *,
                  patches: dict[str, Patch] | None = None,
                  select=None) -> tuple[list[ClaimFailure], list[ClaimGap]]:
@@ -171,28 +207,7 @@ def check_claims(series: Series, versions: Iterable[Version], repos: PristineRep
     ``select(version)`` overrides which entries a release gets (default: the series' guards).
     Returns the failures, and the releases that could not be checked.
     """
-    overrides = patches or {}
-    failures: list[ClaimFailure] = []
-    gaps: list[ClaimGap] = []
-    loaded: dict[str, Patch] = {}
-
-    def load(entry: SeriesEntry) -> Patch:
-        if entry.name in overrides:
-            return overrides[entry.name]
-        if entry.name not in loaded:
-            loaded[entry.name] = series.load(entry)
-        return loaded[entry.name]
-
-    for version in versions:
-        repo = repos.get(version)
-        if isinstance(repo, str):
-            gaps.append(ClaimGap(version, repo))
-            continue
-        with Blobs(repo) as blobs:
-            release = InMemoryTree(version, blobs)
-            for entry in select(version) if select is not None else series.select(version):
-                failures += release.apply(load(entry))
-    return failures, gaps
+    return _walk(series, versions, repos, select or series.select, _loader(series, patches))
 
 
 def patch_outcomes(series: Series, versions: Iterable[Version], repos: PristineRepos
@@ -200,26 +215,17 @@ def patch_outcomes(series: Series, versions: Iterable[Version], repos: PristineR
     """Per release, how each patch the series selects there applies in memory, hunk by hunk, in
     series order (a release whose variants overlap is left out: ``series --check`` says why)."""
     found: dict[Version, list[PatchOutcome]] = {}
-    gaps: list[ClaimGap] = []
-    loaded: dict[str, Patch] = {}
-    for version in versions:
+
+    def entries_of(version: Version):
         try:
-            entries = series.select(version)
+            return series.select(version)
         except KettaError:
-            continue
-        repo = repos.get(version)
-        if isinstance(repo, str):
-            gaps.append(ClaimGap(version, repo))
-            continue
-        with Blobs(repo) as blobs:
-            release = InMemoryTree(version, blobs)
-            for entry in entries:
-                if entry.name not in loaded:
-                    loaded[entry.name] = series.load(entry)
-                before = len(release.outcomes)
-                release.apply(loaded[entry.name])
-                found.setdefault(version, []).append(
-                    PatchOutcome(version, entry.name, tuple(release.outcomes[before:])))
+            return None
+
+    def record(version: Version, name: str, outcomes: tuple) -> None:
+        found.setdefault(version, []).append(PatchOutcome(version, name, outcomes))
+
+    _, gaps = _walk(series, versions, repos, entries_of, _loader(series), record)
     return found, gaps
 
 

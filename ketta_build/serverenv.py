@@ -138,26 +138,17 @@ def prepare_wheel(
     return ReleaseBuild(tree, wheel, constraints, report)
 
 
-def prepare_server(
-    version: str,
-    *,
-    patched: bool = True,
-    series_dir: Path = Path("patches"),
-    build_root: Path = Path("build"),
-    cache: Cache | None = None,
-    index_url: str | None = None,
-    progress=lambda _: None,
-    coverage: bool = False,
-) -> ServerBuild:
+def prepare_server(version: str, *, coverage: bool = False, cache: Cache | None = None, **options) -> ServerBuild:
     """The build of ``version`` and an environment to run its server in; with ``coverage`` (``matrix
     --coverage``) every Python process of that environment runs under coverage.py whenever
-    ``COVERAGE_PROCESS_START`` names a configuration (see :mod:`ketta_build.servercoverage`)."""
+    ``COVERAGE_PROCESS_START`` names a configuration (see :mod:`ketta_build.servercoverage`).
+    ``options`` are :func:`prepare_wheel`'s (``patched``, ``series_dir``, ``build_root``, ``index_url``,
+    ``progress``)."""
     cache = cache or Cache()
-    built = prepare_wheel(version, patched=patched, series_dir=series_dir, build_root=build_root, cache=cache,
-                          index_url=index_url, progress=progress)
-    env = ensure_environment(built.wheel, built.constraints, cache, progress, coverage=coverage)
+    built = prepare_wheel(version, cache=cache, **options)
+    env = ensure_environment(built.wheel, built.constraints, cache, options.get("progress", lambda _: None), coverage=coverage)
     return ServerBuild(
-        version=version, patched=patched, tree=built.tree, wheel=built.wheel.path, wheel_version=built.wheel.version,
+        version=version, patched=options.get("patched", True), tree=built.tree, wheel=built.wheel.path, wheel_version=built.wheel.version,
         wheel_sha256=built.wheel.sha256, constraints=built.constraints, env=env, apply_report=built.apply_report,
     )
 

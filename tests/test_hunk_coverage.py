@@ -153,13 +153,20 @@ reason = "a file the patch does not touch"
 """
 
 
-def test_allow_list_allowed_stale_and_unlisted(world, tmp_path):
+def _record_with_allow_list(world, tmp_path):
+    """0.16.8's record of the world's coverage data under the test allow-list: (record, allowed, its path)."""
     patches, pristine, final, data, tree = world
     path = tmp_path / "coverage-allowed.toml"
     path.write_text(ALLOWED)
     allowed = hc.load_allowed(path)
     record = hc.release_coverage("0.16.8", hc.place_hunks(patches, pristine, final), final,
                                  sc.executed_lines(data, [tree]), allowed)
+    return record, allowed, path
+
+
+def test_allow_list_allowed_stale_and_unlisted(world, tmp_path):
+    patches, pristine, final, data, tree = world
+    record, allowed, _ = _record_with_allow_list(world, tmp_path)
     results = {(h["patch"], h["path"], h["index"]): h for p in record["patches"] for h in p["detail"]}
     assert results["0001-alpha.diff", "pkg/mod.py", 3]["allowed"] == "delta is for the CLI, which no suite runs"
     assert record["summary"]["allowed"] == 1 and record["summary"]["unlisted"] == 2
@@ -315,12 +322,8 @@ def test_a_continuation_line_counts_as_its_statement():
 
 
 def test_gaps_make_the_answer_no_and_name_each_hunk_and_allowance(world, tmp_path):
-    patches, pristine, final, data, tree = world
-    path = tmp_path / "coverage-allowed.toml"
-    path.write_text(ALLOWED)
-    allowed = hc.load_allowed(path)
-    record = hc.release_coverage("0.16.8", hc.place_hunks(patches, pristine, final), final,
-                                 sc.executed_lines(data, [tree]), allowed)
+    patches = world[0]
+    record, allowed, path = _record_with_allow_list(world, tmp_path)
     record.update(processes=2, allowed_file=str(path),
                   allowance_problems=hc.allowance_problems(allowed, {p.name: p for p in patches}))
     found = hc.gaps({"0.16.8": record})
