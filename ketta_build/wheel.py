@@ -26,7 +26,7 @@ from .gitcmd import extract_tree, git
 from .patchfile import parse_patch_text
 from .releasetree import ensure_tree
 from .sbom import SBOM_FILE, AppliedPatch, sbom_json
-from .upstream import uv_environment
+from .index import uv_environment
 
 BUILD_NUMBER_FILE = "build-number"
 _VERSION_LINE = re.compile(r'^version\s*=\s*"([^"]+)"\s*$', re.MULTILINE)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ketta_build import matrix, upstream, wheel
+from ketta_build import index, matrix, upstream, wheel
 from ketta_build.cli import main
 from ketta_build.errors import KettaError
 
@@ -141,17 +141,17 @@ def test_uv_gets_pips_indexes(monkeypatch, tmp_path: Path):
         monkeypatch.delenv(var, raising=False)
     existing = tmp_path / "simple"
     existing.mkdir()
-    monkeypatch.setattr(upstream, "_pip_config", lambda: {
+    monkeypatch.setattr(index, "_pip_config", lambda: {
         "global.index-url": "http://127.0.0.1:9/simple",
         "global.extra-index-url": f"file:///does/not/exist {existing.as_uri()}",
     })
-    env = upstream.uv_environment()
+    env = index.uv_environment()
     assert env["UV_DEFAULT_INDEX"] == "http://127.0.0.1:9/simple"
     assert env["UV_INDEX"] == existing.as_uri()  # pip skips a missing file:// index; so must uv
     assert env["UV_INDEX_STRATEGY"] == "unsafe-best-match"
     assert env["UV_PYTHON_DOWNLOADS"] == "never"
     monkeypatch.setenv("UV_DEFAULT_INDEX", "http://127.0.0.1:8/simple")
-    assert "UV_DEFAULT_INDEX" not in upstream.uv_environment()  # the user's own uv settings win
+    assert "UV_DEFAULT_INDEX" not in index.uv_environment()  # the user's own uv settings win
 
 
 def test_download_progress_says_size_and_rate():

@@ -13,7 +13,8 @@ from packaging.version import Version
 from ketta_build.cli import main
 from ketta_build.errors import UpstreamError
 from ketta_build.releases import load_releases, parse_version
-from ketta_build.upstream import GitSource, discover_index_urls
+from ketta_build.index import discover_index_urls
+from ketta_build.upstream import GitSource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,38 +94,38 @@ def test_real_letta_0_16_8_from_the_index(tmp_path):
 
 
 def test_pip_is_asked_once_per_configuration(monkeypatch, tmp_path):
-    from ketta_build import upstream
+    from ketta_build import index
 
     asked = []
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nindex-url = https://a.invalid/simple\n")
     monkeypatch.setenv("KETTA_BUILD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(upstream, "_PIP_CONFIG", {})
-    monkeypatch.setattr(upstream, "_ask_pip_config",
+    monkeypatch.setattr(index, "_PIP_CONFIG", {})
+    monkeypatch.setattr(index, "_ask_pip_config",
                         lambda: asked.append(1) or ({"global.index-url": "https://a.invalid/simple"}, [str(conf)]))
     monkeypatch.delenv("PIP_CONFIG_FILE", raising=False)
-    assert upstream._pip_config() == upstream._pip_config() == {"global.index-url": "https://a.invalid/simple"}
+    assert index._pip_config() == index._pip_config() == {"global.index-url": "https://a.invalid/simple"}
     assert len(asked) == 1
-    upstream._pip_config()["global.index-url"] = "changed by a caller"
-    assert upstream._pip_config()["global.index-url"] == "https://a.invalid/simple", "callers get a copy"
-    monkeypatch.setattr(upstream, "_PIP_CONFIG", {})  # a new process: the answer on disk is reused
-    assert upstream._pip_config()["global.index-url"] == "https://a.invalid/simple" and len(asked) == 1
+    index._pip_config()["global.index-url"] = "changed by a caller"
+    assert index._pip_config()["global.index-url"] == "https://a.invalid/simple", "callers get a copy"
+    monkeypatch.setattr(index, "_PIP_CONFIG", {})  # a new process: the answer on disk is reused
+    assert index._pip_config()["global.index-url"] == "https://a.invalid/simple" and len(asked) == 1
     conf.write_text("[global]\nindex-url = https://b.invalid/simple\n")  # a file pip read changed: asked again
-    monkeypatch.setattr(upstream, "_PIP_CONFIG", {})
-    upstream._pip_config()
+    monkeypatch.setattr(index, "_PIP_CONFIG", {})
+    index._pip_config()
     assert len(asked) == 2
     monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "other.conf"))  # another configuration: asked again
-    upstream._pip_config()
+    index._pip_config()
     assert len(asked) == 3
 
 
 def test_pip_configuration_is_read_from_the_real_pip(monkeypatch, tmp_path):
-    from ketta_build import upstream
+    from ketta_build import index
 
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nindex-url = https://c.invalid/simple\n")
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
-    config, files = upstream._ask_pip_config()
+    config, files = index._ask_pip_config()
     assert config["global.index-url"] == "https://c.invalid/simple" and str(conf) in files
 
 

@@ -1,0 +1,299 @@
+"""The package index: where it is (the user's pip/uv configuration, never a host of our own) and
+what it lists for a project (PEP 691 JSON or the PEP 503 HTML page, PEP 592 yanks).
+
+``urllib.request`` and ``html.parser`` are imported when a page is read: ``apply`` from a cached
+sdist never reads one, and they are a tenth of its start-up (bench/scale.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from packaging.version import InvalidVersion, Version
+
+from .atomic import write_atomic
+from .cache import default_cache_dir
+from .errors import IndexUnreachable
+
+PROJECT = "letta"
+_JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+_TIMEOUT = 60
+
+
+# --------------------------------------------------------------------------- index configuration
+
+
+def _pip_config() -> dict[str, str]:
+    """``pip config list`` as a dict; empty if pip is not available.
+
+    Asked once per process and configuration, and remembered on disk (in the cache directory)
+    together with the configuration files pip read: while none of them changed and the
+    environment pip reads is the same, the answer is reused without starting pip (which costs a
+    third of a second in-process, a second as ``pip config list``).
+    """
+    where = (sys.executable, *sorted((k, v) for k, v in os.environ.items()
+                                     if k.startswith("PIP_") or k in ("HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "VIRTUAL_ENV")))
+    if where not in _PIP_CONFIG:
+        memo = default_cache_dir() / "pip-config" / (hashlib.sha256(repr(where).encode()).hexdigest()[:24] + ".json")
+        _PIP_CONFIG[where] = _remembered_pip_config(memo)
+    return dict(_PIP_CONFIG[where])
+
+
+_PIP_CONFIG: dict[tuple, dict[str, str]] = {}
+
+
+def _stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+def _remembered_pip_config(memo: Path) -> dict[str, str]:
+    try:
+        data = json.loads(memo.read_text())
+        if all(_stamp(path) == stamp for path, stamp in data["files"].items()):
+            return dict(data["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    found = _ask_pip_config()
+    if found is None:
+        return {}
+    config, files = found
+    if files is not None:
+        try:
+            write_atomic(memo, json.dumps({"files": {f: _stamp(f) for f in files}, "config": config}).encode())
+        except OSError:
+            pass  # a read-only cache: ask pip again next time
+    return config
+
+
+def _ask_pip_config() -> tuple[dict[str, str], list[str] | None] | None:
+    """pip's configuration and the files it was read from (None: unknown, pip ran as a process)."""
+    try:
+        from pip._internal.configuration import Configuration  # the running interpreter's own pip
+    except Exception:
+        Configuration = None  # noqa: N806
+    if Configuration is not None:
+        try:
+            conf = Configuration(isolated=False)
+            conf.load()
+            files = [f for _, paths in conf.iter_config_files() for f in paths]
+            return {k: str(v) for k, v in conf.items()}, files
+        except Exception:
+            pass
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^([^=]+)='(.*)'$", line.strip())
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out, None
+
+
+def _pip_default_index() -> str | None:
+    try:
+        from pip._internal.models.index import PyPI  # pip's own default, not ours
+    except Exception:
+        return None
+    return PyPI.simple_url
+
+
+def discover_index_urls(explicit: str | None = None) -> list[str]:
+    """The indexes to ask, in order, as the user's pip/uv configuration names them.
+
+    ``explicit`` (``--index-url``) wins; otherwise uv's and pip's environment
+    variables, then pip's configuration files, then pip's built-in default;
+    extra indexes follow the primary one.
+    """
+    if explicit:
+        return [explicit.rstrip("/")]
+    env = os.environ
+    primary = env.get("UV_DEFAULT_INDEX") or env.get("UV_INDEX_URL") or env.get("PIP_INDEX_URL")
+    extras = (env.get("UV_INDEX", "") + " " + env.get("UV_EXTRA_INDEX_URL", "") + " " + env.get("PIP_EXTRA_INDEX_URL", "")).split()
+    config = _pip_config()
+    if not primary:
+        for key in (":env:.index-url", "global.index-url", "download.index-url", "install.index-url"):
+            if config.get(key):
+                primary = config[key]
+                break
+    for key in ("global.extra-index-url", "download.extra-index-url", "install.extra-index-url"):
+        extras += config.get(key, "").split()
+    if not primary:
+        primary = _pip_default_index()
+    urls = [u.rstrip("/") for u in [primary, *extras] if u]
+    if not urls:
+        raise IndexUnreachable("no package index is configured for pip or uv; pass --index-url URL")
+    seen: list[str] = []
+    for url in urls:
+        if url not in seen:
+            seen.append(url)
+    return seen
+
+
+def _usable(url: str) -> bool:
+    """pip skips a ``file://`` index that does not exist (with a warning); uv would fail on it."""
+    if url.startswith("file://"):
+        return Path(urllib.parse.urlparse(url).path).exists()
+    return True
+
+
+def uv_environment(explicit: str | None = None) -> dict[str, str]:
+    """Variables that make uv ask the same indexes pip would (uv does not read pip's config).
+
+    Nothing is added when the user already configured uv itself; otherwise pip's primary index
+    becomes ``UV_DEFAULT_INDEX`` and its extra indexes ``UV_INDEX``, searched as pip does (best
+    match across indexes). uv never downloads a Python.
+    """
+    env = {"UV_PYTHON_DOWNLOADS": "never"}
+    if not explicit and any(os.environ.get(k) for k in ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX")):
+        return env
+    urls = [u for u in discover_index_urls(explicit) if _usable(u)]
+    if urls:
+        env["UV_DEFAULT_INDEX"] = urls[0]
+    if len(urls) > 1:
+        env["UV_INDEX"] = " ".join(urls[1:])
+        # pip picks the best version across all its indexes; uv must be told to do the same.
+        env.setdefault("UV_INDEX_STRATEGY", os.environ.get("UV_INDEX_STRATEGY", "unsafe-best-match"))
+    return env
+
+
+# --------------------------------------------------------------------------- index pages
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    filename: str
+    url: str
+    sha256: str | None
+    upload_time: str | None = None
+    yanked: str | None = None  # None: not yanked; otherwise the reason ("" if none given)
+
+    @property
+    def is_sdist(self) -> bool:
+        return self.filename.endswith((".tar.gz", ".zip"))
+
+    @property
+    def version(self) -> Version | None:
+        stem = self.filename
+        if self.is_sdist:
+            stem = re.sub(r"\.(tar\.gz|zip)$", "", stem)
+            parts = stem.rsplit("-", 1)
+        else:
+            parts = stem.split("-")
+        if len(parts) < 2:
+            return None
+        try:
+            return Version(parts[1])
+        except InvalidVersion:
+            return None
+
+
+def _anchor_parser():
+    """A parser that collects a simple index page's anchors (and PEP 592 yanked marks)."""
+    import html.parser
+
+    class AnchorParser(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchors: list[tuple[str, str]] = []
+            self.yanked: dict[int, str] = {}  # anchor number -> PEP 592 data-yanked reason
+            self._href: str | None = None
+            self._text: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "a":
+                found = dict(attrs)
+                self._href = found.get("href") or ""
+                self._text = []
+                if "data-yanked" in found:
+                    self.yanked[len(self.anchors)] = found["data-yanked"] or ""
+
+        def handle_data(self, data: str) -> None:
+            if self._href is not None:
+                self._text.append(data)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "a" and self._href is not None:
+                self.anchors.append((self._href, "".join(self._text).strip()))
+                self._href = None
+
+    return AnchorParser()
+
+
+def _urllib_request():
+    import urllib.request
+
+    return urllib.request
+
+
+def _open(url: str, headers: dict[str, str] | None = None):
+    req = _urllib_request().Request(url, headers=headers or {})
+    return _urllib_request().urlopen(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
+
+
+def _redact(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile] | None:
+    """The files an index lists for ``project``; None if it does not have the project."""
+    page = f"{index_url}/{project}/"
+    try:
+        if page.startswith("file:"):
+            local = Path(_urllib_request().url2pathname(urllib.parse.urlsplit(page).path))
+            if not local.exists():
+                return None
+            target = local / "index.html" if local.is_dir() else local
+            body, ctype, base = target.read_bytes(), "text/html", target.as_uri()
+        else:
+            with _open(page, {"Accept": _JSON_ACCEPT}) as resp:
+                body, ctype, base = resp.read(), resp.headers.get("Content-Type", ""), resp.geturl()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise IndexUnreachable(f"the index at {_redact(index_url)} answered HTTP {exc.code} for {project}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise IndexUnreachable(f"cannot reach the package index at {_redact(index_url)} ({reason})") from None
+
+    if "json" in ctype:
+        data = json.loads(body)
+        return [
+            IndexFile(
+                f["filename"],
+                urllib.parse.urljoin(base, f["url"]),
+                (f.get("hashes") or {}).get("sha256"),
+                f.get("upload-time"),
+                None if not f.get("yanked") else (f["yanked"] if isinstance(f["yanked"], str) else ""),
+            )
+            for f in data.get("files", [])
+        ]
+    parser = _anchor_parser()
+    parser.feed(body.decode("utf-8", "replace"))
+    files = []
+    for number, (href, text) in enumerate(parser.anchors):
+        url, _, frag = href.partition("#")
+        sha = frag.split("=", 1)[1] if frag.startswith("sha256=") else None
+        name = text or PurePosixPath(urllib.parse.urlsplit(url).path).name
+        files.append(IndexFile(name, urllib.parse.urljoin(base, url), sha, yanked=parser.yanked.get(number)))
+    return files
