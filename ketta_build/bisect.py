@@ -29,7 +29,7 @@ commit that made the change, not only the release merge that shipped it.
 where a patch that did not apply exactly does: for a newer variant, the commit that made it
 necessary while the older variant still applies.
 
-JSON schema ``ketta-build/bisect/1`` (README.md, "bisect").
+JSON schema ``ketta-build/bisect/1`` (docs/json-schemas.md).
 """
 
 from __future__ import annotations

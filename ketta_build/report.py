@@ -1,6 +1,6 @@
 """The apply report: a documented JSON document and a human summary table.
 
-JSON schema ``ketta-build/apply-report/1`` (documented in README.md)::
+JSON schema ``ketta-build/apply-report/1`` (documented in docs/json-schemas.md)::
 
     {
       "schema": "ketta-build/apply-report/1",

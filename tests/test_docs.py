@@ -133,3 +133,14 @@ def test_slugs_follow_github():
     assert slug("A maintainer's walk-through (about five minutes)") == "a-maintainers-walk-through-about-five-minutes"
     assert slug("The cell cache and `--changed`") == "the-cell-cache-and---changed"
     assert slug("`ketta-build/apply-report/1`") == "ketta-buildapply-report1"
+
+
+def test_every_schema_id_the_code_writes_is_documented():
+    import re
+
+    code = "\n".join(p.read_text() for p in sorted((REPO / "ketta_build").glob("*.py")))
+    ids = set(re.findall(r"ketta-build/[a-z-]+/[0-9]+", code))
+    doc = (REPO / "docs" / "json-schemas.md").read_text()
+    assert len(ids) >= 16
+    missing = sorted(i for i in ids if f"## `{i}`" not in doc)
+    assert missing == [], f"schema ids without a section in docs/json-schemas.md: {missing}"
