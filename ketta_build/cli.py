@@ -663,17 +663,16 @@ def _cmd_bisect(args, console) -> int:
 
 def _cmd_wheel(args, console) -> int:
     from .cache import Cache
-    from .releases import load_releases, parse_version
+    from .releases import load_releases, parse_version, unknown_release
     from .wheel import SUMS_FILE, release_wheels
 
     releases = load_releases(args.patches)
-    versions = [str(v) for v in releases.versions] if args.all else [
-        str(parse_version(v)) for v in (args.letta or [str(releases.newest.version)])]
-    for version in versions:
-        if releases.find(parse_version(version)) is None:
-            from .releases import unknown_release
-
-            raise unknown_release(parse_version(version), "no wheel without a series for it", releases)
+    # Parsed once, here; the library takes the release numbers as text from now on.
+    parsed = list(releases.versions) if args.all else [parse_version(v) for v in args.letta or []] or [releases.newest.version]
+    unsupported = next((v for v in parsed if releases.find(v) is None), None)
+    if unsupported is not None:
+        raise unknown_release(unsupported, "no wheel without a series for it", releases)
+    versions = [str(v) for v in parsed]
     with console.status("building wheels") as status:
         made = release_wheels(versions, args.out, series_dir=args.patches, build_root=args.build_root,
                               cache=Cache(args.cache_dir), index_url=args.index_url, progress=status.update)
