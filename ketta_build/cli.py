@@ -82,10 +82,17 @@ FUZZ_EXAMPLES_DEFAULT = 10  # compat_tests/test_fuzz.py's own default: the defau
 FUZZ_EXAMPLES_THOROUGH = 40
 
 
-def _verb(sub, name: str, *, help: str) -> argparse.ArgumentParser:
-    """A verb's parser: its help line doubles as the description, the exit codes are the epilog."""
-    return sub.add_parser(name, help=help, description=help, epilog=exit_code_table(),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+def _verb(sub, name: str, *, help: str, leaf: bool = True) -> argparse.ArgumentParser:
+    """A verb's parser: its help line doubles as the description, the exit codes are the epilog;
+    every verb that does the work (``leaf``) takes -v."""
+    p = sub.add_parser(name, help=help, description=help, epilog=exit_code_table(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if leaf:
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="print each step of the work on a line of its own (as a CI log wants) instead of one "
+                            "changing status line" + ("; apply also says why each variant was chosen or skipped"
+                                                      if name == "apply" else ""))
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
     ap.add_argument("--fuzz", metavar="N", type=int, default=0, help="allow ignoring up to N context lines (reported loudly)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failed patch; apply what can be")
-    ap.add_argument("-v", "--verbose", action="store_true", help="also say why each variant was chosen or skipped")
 
     sp = _verb(sub, "series", help="show which patches apply to a release and why")
     _add_source_args(sp)
@@ -130,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _index_flag(pp)
     _cache_flag(pp)
     _json_flag(pp)
-    up = _verb(sub, "upstream", help="look at upstream: new releases and what porting to them takes")
+    up = _verb(sub, "upstream", help="look at upstream: new releases and what porting to them takes", leaf=False)
     upsub = up.add_subparsers(dest="upstream_command", required=True)
     uc = _verb(upsub, "check", help="releases newer than the newest supported one, classified, with a dry-run port "
                                         "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 error)")
@@ -343,10 +349,31 @@ def _matrix_table(console, cells) -> None:
     console.print(table)
 
 
-def _console(stderr: bool):
+class _PrintedStatus:
+    """What ``console.status`` gives under -v: each step printed on a line of its own."""
+
+    def __init__(self, console, text: str) -> None:
+        self.console = console
+        self.update(text)
+
+    def update(self, status=None, **_: object) -> None:
+        if status is not None:
+            self.console.print(f"[dim]{escape(str(status))}[/]")
+
+    def __enter__(self) -> _PrintedStatus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _console(stderr: bool, verbose: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if verbose:
+        console.status = lambda status, **_: _PrintedStatus(console, str(status))  # type: ignore[method-assign]
+    return console
 
 
 def _emit_json(target: str | None, data: dict) -> None:
@@ -811,7 +838,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = _console(stderr=args.json == "-")
+    console = _console(stderr=args.json == "-", verbose=getattr(args, "verbose", False))
     try:
         return COMMANDS[args.command](args, console)
     except KettaError as exc:

@@ -58,3 +58,16 @@ def test_serve_and_matrix_default_to_the_newest_supported_release():
         text = next(a.help for a in sub._actions if "--letta" in a.option_strings)
         assert "releases.toml" in text and "0.16.8" not in text, text
     assert newest  # the file names one
+
+
+def test_every_verb_takes_v_and_it_prints_each_step(capsys):
+    from ketta_build.cli import _console
+
+    verbs = _verbs(build_parser())
+    leaves = [v for v, sub in verbs.items() if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)]
+    assert sorted(v for v in leaves if not any("-v" in a.option_strings for a in verbs[v]._actions)) == []
+    console = _console(stderr=False, verbose=True)
+    with console.status("resolving letta 0.16.8") as status:
+        status.update("building the wheel of 0.16.8")
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["resolving letta 0.16.8", "building the wheel of 0.16.8"]
