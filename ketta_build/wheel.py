@@ -280,7 +280,9 @@ def export_constraints(tree: Path, dest: Path, extras: tuple[str, ...] = SERVER_
         return dest
     tmp = dest.with_name(dest.name + ".tmp")
     extra_args = [arg for extra in extras for arg in ("--extra", extra)]
-    run_uv(["export", "--frozen", "--no-hashes", "--no-emit-project", *extra_args, "-o", str(tmp)], cwd=tree)
+    # No header: it names the output path, and the constraints' sha256 is part of every matrix cell's
+    # key, which must not depend on where the checkout lives.
+    run_uv(["export", "--frozen", "--no-hashes", "--no-emit-project", "--no-header", *extra_args, "-o", str(tmp)], cwd=tree)
     os.replace(tmp, dest)
     record.write_text(source + "\n")
     return dest

@@ -145,3 +145,20 @@ def test_constraints_are_exported_again_only_when_the_lock_changes(tmp_path):
     (project / "uv.lock").write_text((project / "uv.lock").read_text() + "\n")
     wheel.export_constraints(project, dest, ("server",))
     assert dest.stat().st_mtime_ns != first, "a changed lock is exported again"
+
+
+def test_constraints_do_not_depend_on_where_they_are_written(tmp_path):
+    # Their sha256 is part of every matrix cell's key: two checkouts in two places must agree.
+    from ketta_build import wheel
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "1"\nrequires-python = ">=3.11"\n'
+                                            '[project.optional-dependencies]\nserver = []\n')
+    wheel.run_uv(["lock", "--offline", "--quiet"], cwd=project)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)
+    one = wheel.export_constraints(project, tmp_path / "a" / "constraints.txt", ("server",))
+    two = wheel.export_constraints(project, tmp_path / "elsewhere" / "deeper" / "c.txt", ("server",))
+    assert one.read_bytes() == two.read_bytes()
+    assert str(tmp_path) not in one.read_text()
