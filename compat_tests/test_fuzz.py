@@ -41,7 +41,7 @@ def test_the_api_survives_what_schemathesis_sends(server, vendors, pytestconfig)
                if SpecifierSet(a.get("releases", ">=0")).contains(Version(version), prereleases=True)]
     run = FuzzRun(server.url, server.user_id, SEED, EXAMPLES, vendors["alpha"].base_url, allowed=allowed)
     seconds = run.run(schema, {"provider_id": [p["id"] for p in pool]}, STEPS)
-    run.check_log(server.log_text())
+    run.check_log(server.log_text(), own=(str(server.home), str(server.python.parent.parent), str(server.tree)))
     summary = {"letta": version, "seconds": round(seconds, 1), **run.summary()}
     report_dir = os.environ.get("KETTA_REPORT_DIR")
     if report_dir:

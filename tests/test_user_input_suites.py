@@ -101,6 +101,26 @@ def test_a_key_that_is_the_tail_of_an_id_is_no_leak_but_the_key_alone_is():
     assert len(run.failures) == 1 and "server log holds 1 API key" in run.failures[0]
 
 
+def test_a_key_inside_a_path_the_server_logs_on_its_own_is_no_leak():
+    """Found by the 0.14.0 cell at 40 examples: hypothesis drew a key from a constant of the test code
+    (the server home's prefix), and the server's own tracebacks name files under that home."""
+    run = FuzzRun("http://127.0.0.1:9", "user-1", 7, 1, "http://127.0.0.1:9/v1")
+
+    class Create(_Case):
+        method, formatted_path, query = "POST", "/v1/providers/", {}
+        body = {"name": "x", "api_key": "ketta-letta-home-", "provider_type": "openai"}
+
+    run.before_call(Create())
+    home = "/tmp/ketta-letta-home-hwrppm4r"
+    log = f'  File "{home}/.letta/x.py", line 1, in <module>\n'
+    run.check_log(log, own=(home,))
+    assert run.failures == []
+    run.check_log(log + "provider create: api_key=ketta-letta-home-\n", own=(home,))
+    assert len(run.failures) == 1 and "server log holds 1 API key" in run.failures[0]
+    run.check_log(log)  # without knowing the server's own paths, the path looks like a leak
+    assert len(run.failures) == 2
+
+
 def test_the_matrix_report_shows_fuzz_and_parity_per_release(tmp_path):
     (tmp_path / "fuzz").mkdir()
     (tmp_path / "parity").mkdir()
