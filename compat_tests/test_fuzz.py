@@ -39,7 +39,8 @@ def test_the_api_survives_what_schemathesis_sends(server, vendors, pytestconfig)
             api.create_provider(server, api.unique("FuzzKeyless"), vendors["beta"].base_url, "")]
     allowed = [a for a in tomllib.loads(ALLOWED.read_text())["allowed"]
                if SpecifierSet(a.get("releases", ">=0")).contains(Version(version), prereleases=True)]
-    run = FuzzRun(server.url, server.user_id, SEED, EXAMPLES, vendors["alpha"].base_url, allowed=allowed)
+    run = FuzzRun(server.url, server.user_id, SEED, EXAMPLES, vendors["alpha"].base_url, allowed=allowed,
+                  log_size=lambda: len(server.log_text()))
     seconds = run.run(schema, {"provider_id": [p["id"] for p in pool]}, STEPS)
     run.check_log(server.log_text(), own=(str(server.home), str(server.python.parent.parent), str(server.tree)))
     summary = {"letta": version, "seconds": round(seconds, 1), **run.summary()}

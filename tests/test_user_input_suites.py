@@ -121,6 +121,29 @@ def test_a_key_inside_a_path_the_server_logs_on_its_own_is_no_leak():
     assert len(run.failures) == 2
 
 
+def test_a_key_the_server_logged_before_the_run_sent_it_is_its_own_text():
+    """Found by the 0.15.x cells: hypothesis drew "GROQ_API_KEY" (a constant of the test code) as a key,
+    and the server names that setting in its log on its own."""
+    log = ["start-up: GROQ_API_KEY is not set\n"]
+    run = FuzzRun("http://127.0.0.1:9", "user-1", 7, 1, "http://127.0.0.1:9/v1", log_size=lambda: len(log[0]))
+
+    class Create(_Case):
+        method, formatted_path, query = "POST", "/v1/providers/", {}
+        body = {"name": "x", "api_key": "GROQ_API_KEY", "provider_type": "openai"}
+
+    class Leaky(_Case):
+        method, formatted_path, query = "POST", "/v1/providers/", {}
+        body = {"name": "y", "api_key": "sk-only-the-run-knows", "provider_type": "openai"}
+
+    run.before_call(Create())
+    run.before_call(Leaky())
+    log[0] += "later: GROQ_API_KEY is not set\n"
+    run.check_log(log[0])
+    assert run.failures == []
+    run.check_log(log[0] + "body: sk-only-the-run-knows\n")
+    assert len(run.failures) == 1 and "server log holds 1 API key" in run.failures[0]
+
+
 def test_the_matrix_report_shows_fuzz_and_parity_per_release(tmp_path):
     (tmp_path / "fuzz").mkdir()
     (tmp_path / "parity").mkdir()
