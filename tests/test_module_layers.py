@@ -91,3 +91,17 @@ def test_the_checks_see_a_circle_and_a_late_import():
         MODULES = saved
     assert find_circle({"a": ["b"], "b": ["c"], "c": ["a"], "d": []}) == ["a", "b", "c", "a"]
     assert find_circle({"a": ["b"], "b": ["c"], "c": []}) is None
+
+
+def test_each_compat_suite_file_is_named_after_its_suite():
+    import re
+
+    from ketta_build.toxini import SUITES
+
+    tests = PACKAGE.parent / "compat_tests"
+    wrong = []
+    for path in sorted(tests.glob("test_*.py")):
+        marks = set(re.findall(r"pytest\.mark\.(\w+)", path.read_text())) & set(SUITES)
+        if len(marks) != 1 or not re.fullmatch(rf"test_{next(iter(marks))}(_\w+)?", path.stem):
+            wrong.append((path.name, sorted(marks)))
+    assert wrong == [], f"compat_tests files whose name does not start with test_<their one suite>: {wrong}"
