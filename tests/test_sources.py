@@ -129,7 +129,8 @@ def test_pip_configuration_is_read_from_the_real_pip(monkeypatch, tmp_path):
     assert config["global.index-url"] == "https://c.invalid/simple" and str(conf) in files
 
 
-def test_constraints_are_exported_again_only_when_the_lock_changes(tmp_path):
+def _locked_project(tmp_path):
+    """A project with a ``server`` extra and its uv.lock (made offline)."""
     from ketta_build import wheel
 
     project = tmp_path / "proj"
@@ -137,6 +138,13 @@ def test_constraints_are_exported_again_only_when_the_lock_changes(tmp_path):
     (project / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "1"\nrequires-python = ">=3.11"\n'
                                             '[project.optional-dependencies]\nserver = []\n')
     wheel.run_uv(["lock", "--offline", "--quiet"], cwd=project)
+    return project
+
+
+def test_constraints_are_exported_again_only_when_the_lock_changes(tmp_path):
+    from ketta_build import wheel
+
+    project = _locked_project(tmp_path)
     dest = tmp_path / "constraints.txt"
     wheel.export_constraints(project, dest, ("server",))
     first = dest.stat().st_mtime_ns
@@ -151,11 +159,7 @@ def test_constraints_do_not_depend_on_where_they_are_written(tmp_path):
     # Their sha256 is part of every matrix cell's key: two checkouts in two places must agree.
     from ketta_build import wheel
 
-    project = tmp_path / "proj"
-    project.mkdir()
-    (project / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "1"\nrequires-python = ">=3.11"\n'
-                                            '[project.optional-dependencies]\nserver = []\n')
-    wheel.run_uv(["lock", "--offline", "--quiet"], cwd=project)
+    project = _locked_project(tmp_path)
     (tmp_path / "a").mkdir()
     (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)
     one = wheel.export_constraints(project, tmp_path / "a" / "constraints.txt", ("server",))
