@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,7 @@ def test_message_reaches_the_provider_with_its_key_and_model(server, vendors):
     key = "sk-" + api.unique("agent-")
     p = api.create_provider(server, api.unique("CustomOpenAI"), vendor.base_url, key)
     agent = api.create_agent_ok(server, f"{p['name']}/gpt-4o-mini")
-    vendor.clear()
-    body = api.ok(api.send_message(server, agent["id"], "Say hello"))
-    assert api.assistant_text(body) == vendor.reply
-    chats = vendor.chat_requests()
-    assert chats, "the vendor received no chat completion"
+    chats = api.talk(server, agent["id"], vendor, "Say hello")
     assert {r.bearer for r in chats} == {key}
     assert {r.model for r in chats} == {"gpt-4o-mini"}
 
@@ -37,10 +34,7 @@ def test_recreated_provider_key_is_used_by_existing_agent(server, vendors):
     assert api.delete_provider(server, old["id"]).status in (200, 204)
     new = api.create_provider(server, name, vendor.base_url, "sk-new-key")
     assert new["id"] != old["id"]
-    vendor.clear()
-    body = api.ok(api.send_message(server, agent["id"], "second"))
-    assert api.assistant_text(body) == vendor.reply
-    assert {r.bearer for r in vendor.chat_requests()} == {"sk-new-key"}
+    assert {r.bearer for r in api.talk(server, agent["id"], vendor, "second")} == {"sk-new-key"}
 
 
 def test_server_env_key_never_sent_to_a_custom_url(servers, vendors):
@@ -70,6 +64,35 @@ def test_messages_survive_a_collection_in_every_request(servers, vendors):
     for number in range(30):
         resp = api.send_message(stressed, agent["id"], f"message {number}")
         assert resp.status == 200, f"message {number} of 30: HTTP {resp.status}: {resp.text[:300]}"
+
+
+def test_database_connects_survive_provider_checks(servers, vendors):
+    # The same upstream bug in the key check (0.16.2 on: OpenAIProvider.check_api_key makes an
+    # AsyncOpenAI client and never closes it; patch 0012). Found by the parity suite on 0.16.5: after
+    # the checks of its script the next database connect waited 60 s, then 500. Here checks run
+    # beside listings (each a database connect), under a collection in every request.
+    stressed = servers.get(PYTHONPATH=str(GC_STRESS))
+    assert "ketta-test: gc threshold 100" in stressed.log_text(), "the gc stress was not loaded"
+    vendor = vendors["beta"]
+    check = {"provider_type": "openai", "api_key": "sk-check", "base_url": vendor.base_url}
+
+    def checks() -> list[int]:
+        return [stressed.post("/v1/providers/check", check).status for _ in range(40)]
+
+    def listings() -> list[str]:
+        failed = []
+        for number in range(40):
+            resp = stressed.get("/v1/providers/")
+            if resp.status != 200:
+                failed.append(f"listing {number}: HTTP {resp.status}: {resp.text[:200]}")
+        return failed
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        checked = pool.submit(checks)
+        listed = [pool.submit(listings) for _ in range(2)]
+        statuses, failures = checked.result(), [f for job in listed for f in job.result()]
+    assert set(statuses) == {200}, f"the checks themselves: {sorted(set(statuses))}"
+    assert not failures, f"{len(failures)} of 80 listings failed beside the checks:\n" + "\n".join(failures)
 
 
 @pytest.mark.parametrize("name", ["Research / Notes", "a:b", 'say "hi"'])
