@@ -101,3 +101,14 @@ def assistant_text(response_body: dict) -> str:
             content = message.get("content")
             parts.append(content if isinstance(content, str) else "".join(c.get("text", "") for c in content or []))
     return "".join(parts)
+
+
+def talk(server: LettaServer, agent_id: str, vendor, text: str) -> list:
+    """Send ``text`` to the agent and return the chat completions ``vendor`` received for it,
+    after checking the agent answered with the vendor's reply (so the conversation went there)."""
+    vendor.clear()
+    body = ok(send_message(server, agent_id, text))
+    assert assistant_text(body) == vendor.reply
+    chats = vendor.chat_requests()
+    assert chats, "the vendor received no chat completion"
+    return chats

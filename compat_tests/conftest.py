@@ -13,17 +13,27 @@ from pathlib import Path
 
 import pytest
 
-from .letta_server import LettaServer
+from ketta_build.matrix import write_build_record
+from ketta_build.releases import load_releases
+from ketta_build.servercoverage import ENV_VAR, touched_paths, write_rc
+from ketta_build.serverenv import prepare_server
+from ketta_build.toxini import SUITES
+
+from . import api, phases
+from .letta_server import LettaServer, drop_templates
 from .pgcluster import EmbeddedCluster, PgTarget
+from .phases import phase
+from .upgrade import UpgradeLab
 from .vendor import FakeVendor
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ("unified", "handle", "harddelete", "agent", "migration", "upstream", "fuzz", "parity", "upgrade")
+NEWEST = str(load_releases(REPO / "patches").newest.version)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ketta")
-    group.addoption("--letta", default=os.environ.get("KETTA_LETTA", "0.16.8"), help="Letta server release under test")
+    group.addoption("--letta", default=os.environ.get("KETTA_LETTA", NEWEST),
+                    help="Letta server release under test (default: the newest in patches/releases.toml)")
     group.addoption("--no-patches", action="store_true", default=os.environ.get("KETTA_NO_PATCHES") == "1",
                     help="test the unpatched release (the suites must fail)")
     group.addoption("--patches", default=str(REPO / "patches"), help="series directory")
@@ -52,8 +62,6 @@ SUMMARIES: list[str] = []  # printed at the end of the run (e.g. the upgrade sui
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    from . import phases
-
     report_dir = os.environ.get("KETTA_REPORT_DIR")
     if report_dir and phases.PHASES:
         phases.write(Path(report_dir), phases.env_name())
@@ -83,8 +91,6 @@ def measured(pytestconfig):
     ``measured(version, patched)``. Only the patched release under test does; its configuration is written
     and ``COVERAGE_PROCESS_START`` names it for every process this session starts (only environments
     prepared with ``coverage=True`` act on it)."""
-    from ketta_build.servercoverage import ENV_VAR, touched_paths, write_rc
-
     root = os.environ.get(ENV_VAR)
     release = pytestconfig.getoption("--letta")
     if not root or pytestconfig.getoption("--no-patches"):
@@ -96,10 +102,6 @@ def measured(pytestconfig):
 
 @pytest.fixture(scope="session")
 def letta_build(pytestconfig, measured):
-    from ketta_build.serverenv import prepare_server
-
-    from .phases import phase
-
     version, with_patches = pytestconfig.getoption("--letta"), not pytestconfig.getoption("--no-patches")
     with phase("wheel and environment"):
         build = prepare_server(
@@ -112,8 +114,6 @@ def letta_build(pytestconfig, measured):
         )
     report_dir = os.environ.get("KETTA_REPORT_DIR")
     if report_dir:  # what was tested, for the matrix report: sdist and wheel hashes, patches
-        from ketta_build.matrix import write_build_record
-
         write_build_record(Path(report_dir), build)
     return build
 
@@ -127,14 +127,10 @@ def patched(pytestconfig) -> bool:
 def pg():
     uri = os.environ.get("LETTA_PG_URI")
     if uri:
-        from .letta_server import drop_templates
-
         target = PgTarget.from_uri(uri)
         yield target
         drop_templates(target)
         return
-    from .phases import phase
-
     cluster = EmbeddedCluster()
     _live.append(cluster)
     try:
@@ -221,8 +217,6 @@ class InOrganisation:
 def server(servers) -> InOrganisation:
     """The server with Ketta's default flags (and vendor keys in its environment), shared by every
     suite of the session, as a user of an organisation of this test module's own."""
-    from . import api
-
     default = servers.get()
     _, user = api.create_org_user(default)
     return InOrganisation(default, user)
@@ -251,10 +245,6 @@ def pytest_runtest_makereport(item, call):
 def lab(pg, pytestconfig, patched, request, measured):
     """The upgrade suite's lab (compat_tests/upgrade.py), one per session: its filled start databases
     serve the upgrade pairs and the encryption-key tests alike (one fill, not one per module)."""
-    from ketta_build.serverenv import prepare_server
-
-    from .upgrade import UpgradeLab
-
     def prepare(version: str, with_patches: bool):
         return prepare_server(version, patched=with_patches, series_dir=Path(pytestconfig.getoption("--patches")),
                               build_root=Path(pytestconfig.getoption("--build-root")),

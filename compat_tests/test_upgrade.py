@@ -85,10 +85,7 @@ def test_server_runs_on_the_upgraded_database(lab, pair):
 
         facts = fill.live[fill.agent_provider]
         vendor = fill.vendors[facts["vendor"]]
-        vendor.clear()
-        body = api.ok(api.send_message(server, fill.agent_id, "hello after the upgrade"))
-        assert api.assistant_text(body) == vendor.reply
-        arrived = vendor.chat_requests()
+        arrived = api.talk(server, fill.agent_id, vendor, "hello after the upgrade")
         assert {r.bearer for r in arrived} == {facts["key"]}, f"keys that reached the vendor: {[r.bearer for r in arrived]}"
         assert {r.model for r in arrived} == {fill.agent_model}
 

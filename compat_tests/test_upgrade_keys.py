@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from . import api
+from .conftest import _live
 from .letta_server import LettaServer, ServerFailed
+from .upgrade import Side
 
 pytestmark = pytest.mark.upgrade
 
@@ -46,8 +48,6 @@ def keyed(lab, pg, pytestconfig):
     the upgrade lab's database filled by this release's Ketta server (its home, key file included),
     so the key tests start no server of their own to make it. (With --no-patches the lab's "Ketta"
     side is stock Letta, which generates no key: the fixture fails, and the cells are red as they must be.)"""
-    from .upgrade import Side
-
     fill = lab.filled(Side(pytestconfig.getoption("--letta"), "ketta"))
     assert fill.key, "the Ketta server that filled the database generated no key"
     database = f"letta_key_{uuid.uuid4().hex[:8]}"
@@ -76,16 +76,11 @@ def _refused(letta_build, pg, database: str, home: Path | None, **env: str) -> s
 
 
 def _answers(letta_build, pg, keyed: Keyed, database: str, home: Path | None, **env: str) -> None:
-    from .conftest import _live
-
     server = _server(letta_build, pg, database, home, **env)
     _live.append(server)
     try:
         server.start()
-        vendor = keyed.vendor
-        vendor.clear()
-        api.ok(api.send_message(server, keyed.agent_id, "after the move"))
-        assert {r.bearer for r in vendor.chat_requests()} == {keyed.provider_key}
+        assert {r.bearer for r in api.talk(server, keyed.agent_id, keyed.vendor, "after the move")} == {keyed.provider_key}
     finally:
         server.stop()
         _live.remove(server)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from ketta_build.serverenv import prepare_server, prepare_test_environment
+
 from .upstream_runner import UPSTREAM_FILES, compare, load_expected, run_upstream_tests, summary_line
 
 pytestmark = pytest.mark.upstream
@@ -23,8 +25,6 @@ pytestmark = pytest.mark.upstream
 
 @pytest.fixture(scope="module")
 def upstream_runs(letta_build, pg, pytestconfig):
-    from ketta_build.serverenv import prepare_server, prepare_test_environment
-
     build_root = Path(pytestconfig.getoption("--build-root"))
     workroot = build_root / "upstream-tests" / letta_build.tree.name
 

@@ -6,18 +6,15 @@ migration Ketta builds 1-3 shipped, which stamped ``ketta0001`` over upstream's 
 *pair* is a start side and an end side. :class:`UpgradeLab` migrates and fills each start side
 once per run into a template database (PostgreSQL ``CREATE DATABASE ... TEMPLATE``) and clones it
 for every pair that starts there; fresh migrations of each end side are dumped once for the
-schema comparison.
+schema comparison. What a fill writes and what is read back live in ``upgrade_data``; jobs run
+with a release's own Python in ``release_python``; once-per-key work and timings in ``once``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
-import subprocess
 import tempfile
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,14 +22,15 @@ from pathlib import Path
 
 from ketta_build.releases import load_releases
 
-from . import api
+from . import release_python
 from .letta_server import LettaServer, run_alembic
+from .once import Once, Stopwatch
 from .pgcluster import PgTarget
+from .upgrade_data import Fill, Snapshot, read_fill, snapshot, write_fill
 from .vendor import FakeVendor
 
 RELEASES = tuple(str(v) for v in load_releases(Path(__file__).resolve().parent.parent / "patches").versions)
 OLD_MIGRATION = Path(__file__).with_name("fixtures") / "ketta0001_build3.py"
-KETTA_VERSION_TABLE = "ketta_alembic_version"
 
 
 @dataclass(frozen=True)
@@ -104,39 +102,6 @@ def pairs_for(version: str) -> list[Pair]:
 
 
 @dataclass
-class Fill:
-    """What a start side's server wrote, as read back before the upgrade."""
-
-    side: Side
-    template: str
-    home: Path
-    vendors: dict  # the fill's own vendors (name -> FakeVendor), which its providers point at
-    key: str | None  # the encryption key the server used (None: it stored keys in plaintext)
-    live: dict[str, dict]  # provider name -> {"id", "key", "vendor"}
-    deleted: str  # id of the provider deleted through the API
-    base: list[str]  # ids of base providers in the database
-    agent_id: str
-    agent_provider: str  # name of the provider the agent talks through
-    agent_model: str
-    messages: int  # messages of the agent
-    steps: dict[str, str | None]  # step id -> provider id
-    upstream_revision: list[str]
-
-
-@dataclass
-class Snapshot:
-    """The upgraded database as the upgrade left it, before any server touched it."""
-
-    schema: str
-    providers: dict[str, list]  # id -> [name, category, organization_id, is_deleted, api_key]
-    steps: dict[str, str | None]
-    messages: int
-    agents: int
-    revision: list[str]
-    ketta: list[str] | None  # Ketta's version table, None when absent
-
-
-@dataclass
 class Upgraded:
     pair: Pair
     database: str
@@ -163,38 +128,16 @@ class UpgradeLab:
         self.work = Path(tempfile.mkdtemp(prefix="ketta-upgrade-"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upgrade-lab")
         self._lock = threading.Lock()
-        self._memo: dict = {}
+        self._once = Once()
+        self._clock = Stopwatch()
+        self.timed = self._clock.timed
         self._order: list[Pair] = []
         self._ahead = 0
         self._databases: list[str] = []
         self._vendors: list[FakeVendor] = []
-        self.timings: list[tuple[str, float]] = []
-
-    @contextlib.contextmanager
-    def timed(self, what: str):
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.timings.append((what, time.monotonic() - start))
 
     def timing_table(self) -> str:
-        return "\n".join(f"{seconds:7.1f} s  {what}" for what, seconds in self.timings)
-
-    def _once(self, key, make):
-        """``make()`` once per key, whichever thread asks first; a failure is kept and raised to all."""
-        with self._lock:
-            slot = self._memo.setdefault(key, [threading.Lock(), None, None])
-        with slot[0]:
-            if slot[1] is None and slot[2] is None:
-                try:
-                    slot[1] = make()
-                except BaseException as exc:  # noqa: BLE001 - kept and raised to every caller
-                    slot[2] = exc
-        if slot[2] is not None:
-            raise slot[2]
-        return slot[1]
+        return self._clock.table()
 
     # ---------------------------------------------------------------- builds and trees
 
@@ -205,7 +148,7 @@ class UpgradeLab:
             with self.timed(f"build {'Ketta' if patched else 'stock'} {version}"):
                 return self.prepare(version, patched)
 
-        return self._once(("build", version, patched), make)
+        return self._once.get(("build", version, patched), make)
 
     def alembic_dir(self, side: Side) -> Path:
         """Where ``alembic upgrade head`` runs for a side (stale: stock plus the build-3 migration)."""
@@ -222,7 +165,7 @@ class UpgradeLab:
             shutil.copy2(OLD_MIGRATION, target / "alembic" / "versions" / "ketta0001_unified_providers.py")
             return target
 
-        return self._once(("stale-alembic", side.version), make)
+        return self._once.get(("stale-alembic", side.version), make)
 
     def _python(self, side: Side) -> Path:
         return self.build(side.version, side.flavour == "ketta").python
@@ -249,7 +192,7 @@ class UpgradeLab:
             self.pg.drop_database(db)
             return dump
 
-        return self._once(("schema", side), make)
+        return self._once.get(("schema", side), make)
 
     # ---------------------------------------------------------------- servers
 
@@ -272,7 +215,7 @@ class UpgradeLab:
 
     def filled(self, side: Side) -> Fill:
         """A template database migrated by ``side`` and filled through its own server."""
-        return self._once(("fill", side), lambda: self._fill(side))
+        return self._once.get(("fill", side), lambda: self._fill(side))
 
     def _fill(self, side: Side) -> Fill:
         if side.flavour == "stale":
@@ -284,8 +227,7 @@ class UpgradeLab:
             self.migrate(side, db, "build 3's migration on")
             home = self.work / f"home-{side.tag}"
             shutil.copytree(stock.home, home)
-            return self._read_back(side, db, home, stock.vendors, stock.key, stock.live, stock.deleted, stock.agent_id,
-                                   stock.agent_provider, stock.agent_model)
+            return read_fill(self.pg, side, db, home, stock.vendors, stock.key, stock.written)
         db = self._new_database(f"tpl_{side.flavour}")
         self.pg.create_database(db)
         self.migrate(side, db, "migration")
@@ -298,49 +240,11 @@ class UpgradeLab:
         server = self.start_server(side, db, home=home)
         try:
             with self.timed(f"fill {side}"):
-                live, deleted, agent_id, provider, model = self._write(server, vendors, by_handle=side.flavour == "ketta")
+                written = write_fill(server, vendors, by_handle=side.flavour == "ketta")
         finally:
             self.stop_server(server)
         key = server.key_file.read_text().strip() if server.key_file.exists() else None
-        return self._read_back(side, db, home, vendors, key, live, deleted, agent_id, provider, model)
-
-    def _read_back(self, side, db, home, vendors, key, live, deleted, agent_id, provider, model) -> Fill:
-        conn = self.pg.connect(db)
-        try:
-            base = [r[0] for r in conn.run("SELECT id FROM providers WHERE provider_category = 'base'")]
-            messages = conn.run("SELECT count(*) FROM messages WHERE agent_id = :a", a=agent_id)[0][0]
-            steps = dict(conn.run("SELECT id, provider_id FROM steps"))
-            revision = [r[0] for r in conn.run("SELECT version_num FROM alembic_version")]
-        finally:
-            conn.close()
-        return Fill(side, db, home, vendors, key, live, deleted, base, agent_id, provider, model, messages, steps, revision)
-
-    @staticmethod
-    def _write(server: LettaServer, vendors: dict, by_handle: bool) -> tuple[dict, str, str, str, str]:
-        """Providers (two kept, one used and then deleted), an agent with a conversation.
-
-        Agents are made as each side's users make them: by handle on Ketta, by a model
-        configuration naming the provider on stock Letta (whose handles cannot tell two
-        OpenAI-compatible providers apart).
-        """
-        def agent(provider: dict, vendor: str, model: str) -> dict:
-            if by_handle:
-                return api.create_agent_ok(server, f"{provider['name']}/{model}")
-            return api.create_agent_on_provider(server, provider["name"], vendors[vendor].base_url, model)
-
-        live = {}
-        for vendor in ("alpha", "beta"):
-            name, key = api.unique(f"Kept{vendor.title()}"), "sk-" + api.unique(f"{vendor}-")
-            created = api.create_provider(server, name, vendors[vendor].base_url, key)
-            live[name] = {"id": created["id"], "key": key, "vendor": vendor}
-        gone = api.create_provider(server, api.unique("Gone"), vendors["alpha"].base_url, "sk-" + api.unique("gone-"))
-        gone_agent = agent(gone, "alpha", "gpt-4o")
-        api.ok(api.send_message(server, gone_agent["id"], "a step that references a provider about to go"))
-        assert api.delete_provider(server, gone["id"]).status in (200, 204)
-        name = next(iter(live))
-        kept = agent({"name": name}, live[name]["vendor"], "gpt-4o-mini")
-        api.ok(api.send_message(server, kept["id"], "hello before the upgrade"))
-        return live, gone["id"], kept["id"], name, "gpt-4o-mini"
+        return read_fill(self.pg, side, db, home, vendors, key, written)
 
     # ---------------------------------------------------------------- pairs
 
@@ -355,7 +259,7 @@ class UpgradeLab:
             self._submit(self._order[0])
 
     def _submit(self, pair: Pair):
-        return self._once(("future", pair), lambda: self.pool.submit(self._upgraded, pair))
+        return self._once.get(("future", pair), lambda: self.pool.submit(self._upgraded, pair))
 
     def upgraded(self, pair: Pair) -> Upgraded:
         """A clone of the start side's template brought to the end side by the documented command,
@@ -376,7 +280,7 @@ class UpgradeLab:
         else:
             with self.timed(f"remove Ketta's revisions {pair.id}"):
                 log = self.remove_ketta(self.build(pair.start.version, True).python, db)
-        upgraded = Upgraded(pair, db, log, fill, self._snapshot(db))
+        upgraded = Upgraded(pair, db, log, fill, snapshot(self.pg, db))
         if pair.end.flavour == "stock" and fill.key:
             upgraded.server_env["LETTA_ENCRYPTION_KEY"] = fill.key  # stock Letta reads the key from the environment
         home = self.work / f"home-{db}"
@@ -384,59 +288,17 @@ class UpgradeLab:
         upgraded.server = self.start_server(pair.end, db, home=home, **upgraded.server_env)
         return upgraded
 
-    def _snapshot(self, db: str) -> Snapshot:
-        schema = self.pg.dump(db, "--schema-only")
-        conn = self.pg.connect(db)
-        try:
-            providers = {r[0]: r[1:] for r in conn.run(
-                "SELECT id, name, provider_category, organization_id, is_deleted, api_key FROM providers")}
-            steps = dict(conn.run("SELECT id, provider_id FROM steps"))
-            tables = {r[0] for r in conn.run("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-            ketta = ([r[0] for r in conn.run(f"SELECT version_num FROM {KETTA_VERSION_TABLE}")]
-                     if KETTA_VERSION_TABLE in tables else None)
-            revision = [r[0] for r in conn.run("SELECT version_num FROM alembic_version")]
-            counts = {}
-            for table in ("messages", "agents"):
-                counts[table] = conn.run(f"SELECT count(*) FROM {table}")[0][0]
-        finally:
-            conn.close()
-        return Snapshot(schema, providers, steps, counts["messages"], counts["agents"], revision, ketta)
-
     def remove_ketta(self, python: Path, db: str) -> str:
-        proc = subprocess.run(
-            [str(python), "-m", "letta.ketta_migrations", "remove"], capture_output=True, text=True, timeout=600,
-            env={**_clean_env(), "LETTA_PG_URI": self.pg.server_uri(db)}, cwd=self.work,
-        )
-        if proc.returncode != 0:
-            raise AssertionError(f"python -m letta.ketta_migrations remove failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
-        return proc.stdout + proc.stderr
+        return release_python.remove_ketta(python, self.pg.server_uri(db), self.work)
 
     def crypto(self, python: Path, key: str | None, values: list[str]) -> list[dict]:
-        """For each stored value: does it look encrypted (upstream's test), and what it decrypts to."""
-        script = (
-            "import json, sys\n"
-            "from letta.helpers.crypto_utils import CryptoUtils\n"
-            "data = json.load(sys.stdin)\n"
-            "out = []\n"
-            "for v in data['values']:\n"
-            "    try:\n"
-            "        plain = CryptoUtils.decrypt(v, data['key']) if data['key'] else None\n"
-            "    except ValueError:\n"
-            "        plain = None\n"
-            "    out.append({'encrypted': CryptoUtils.is_encrypted(v), 'plain': plain})\n"
-            "print(json.dumps(out))\n"
-        )
-        proc = subprocess.run([str(python), "-c", script], input=json.dumps({"key": key, "values": values}),
-                              capture_output=True, text=True, env=_clean_env(), cwd=self.work, timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(f"decrypting with {python} failed: {proc.stderr[-2000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return release_python.crypto(python, key, values, self.work)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        for key, slot in list(self._memo.items()):
-            if key[0] == "future" and slot[1] is not None and slot[1].done() and not slot[1].exception():
-                server = slot[1].result().server
+        for future in self._once.made("future"):
+            if future.done() and not future.exception():
+                server = future.result().server
                 if server is not None:
                     self.stop_server(server)
         for vendor in self._vendors:
@@ -451,8 +313,3 @@ class UpgradeLab:
                 pass
         shutil.rmtree(self.work, ignore_errors=True)
 
-
-def _clean_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "KETTA_"))}
