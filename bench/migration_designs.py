@@ -34,7 +34,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compat_tests.letta_server import run_alembic  # noqa: E402
 from compat_tests.pgcluster import EmbeddedCluster  # noqa: E402
 from compat_tests.schema import differences  # noqa: E402
 from compat_tests.upgrade import OLD_MIGRATION  # noqa: E402

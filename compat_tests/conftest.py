@@ -36,7 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Letta server release under test (default: the newest in patches/releases.toml)")
     group.addoption("--no-patches", action="store_true", default=os.environ.get("KETTA_NO_PATCHES") == "1",
                     help="test the unpatched release (the suites must fail)")
-    group.addoption("--patches", default=str(REPO / "patches"), help="series directory")
+    group.addoption("--patches", default=os.environ.get("KETTA_PATCHES") or str(REPO / "patches"),
+                    help="series directory (default: $KETTA_PATCHES, else the checkout's patches/)")
     group.addoption("--index-url", default=os.environ.get("KETTA_INDEX_URL") or None,
                     help="package index for the releases (default: pip's configuration)")
     group.addoption("--build-root", default=os.environ.get("KETTA_BUILD_ROOT", str(REPO / "build")),

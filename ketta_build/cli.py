@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("-p", "--parallel", type=int, default=os.cpu_count() or 1, metavar="N",
                     help=f"cells to run at once, longest first (default: the number of CPUs, {os.cpu_count() or 1} here)")
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
+    _patches_flag(mp)
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
     mp.add_argument("--rerun", action="store_true",
                     help="run every cell, even one whose inputs have a stored pass (fresh passes are still stored)")
@@ -245,7 +246,8 @@ def _cmd_matrix(args, console) -> int:
         _emit_json(args.json, report_json(cells, not patched, context))
         return 0 if all(c.status == "pass" for c in cells) else 1
 
-    versions = default_versions() if args.all else (args.letta or [str(load_releases().newest.version)])
+    versions = (default_versions(series_dir=args.patches) if args.all
+                else (args.letta or [str(load_releases(args.patches).newest.version)]))
     suites = args.suite or list(SUITES)
     report_dir = args.report_dir
     if args.no_patches and report_dir == Path("reports"):
@@ -276,6 +278,8 @@ def _cmd_matrix(args, console) -> int:
     store = CellStore(cache.root / "cells")
     changed = None
     if args.changed is not None:
+        if args.patches.absolute() != Path("patches").absolute():
+            raise KettaError("--changed reads the history of ./patches; leave out --patches", path=args.patches)
         ref = args.changed or default_ref(Path("."), report_dir.absolute())
         changed = affected_cells(Path("."), ref, [parse_version(v) for v in versions], suites)
         console.print(f"--changed against {ref[:12]}: " + ("; ".join(changed.why) or "nothing that a cell reads changed"))
@@ -296,8 +300,10 @@ def _cmd_matrix(args, console) -> int:
         cells = run_matrix(versions, suites, report_dir=report_dir, parallel=args.parallel,
                            no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
                            fuzz_examples=fuzz_examples, store=store, cache=cache, changed=changed, reuse=not args.rerun,
-                           upgrade_pairs=args.upgrade_pairs, on_cell=on_cell, coverage=args.coverage)
-    context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time())
+                           upgrade_pairs=args.upgrade_pairs, on_cell=on_cell, coverage=args.coverage,
+                           series_dir=args.patches)
+    context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time(),
+                          series_dir=args.patches)
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
     _matrix_table(console, cells)
     for kind, path in paths.items():
@@ -329,23 +335,22 @@ def _need_tox() -> None:
 def _matrix_table(console, cells) -> None:
     from rich.table import Table
 
-    from .matrix import cell_grid
+    from .matrix import cell_rows
 
-    versions, suites, grid = cell_grid(cells)
+    suites, rows = cell_rows(cells)
     colour = {"pass": "green", "fail": "red", "error": "yellow"}
+
+    def label(c) -> str:
+        if c is None:
+            return "-"
+        if c.status == "not-affected":
+            return "[dim]not affected[/]"
+        return (f"[{colour.get(c.status, 'white')}]{'pass (reused)' if c.reused else c.status}[/] "
+                f"{c.passed}/{c.passed + c.failed + c.errors}")
+
     table = Table("release", *suites, title="compatibility matrix")
-    for v in versions:
-        row = []
-        for s in suites:
-            c = grid.get((v, s))
-            if c is None:
-                row.append("-")
-            elif c.status == "not-affected":
-                row.append("[dim]not affected[/]")
-            else:
-                label = "pass (reused)" if c.reused else c.status
-                row.append(f"[{colour.get(c.status, 'white')}]{label}[/] {c.passed}/{c.passed + c.failed + c.errors}")
-        table.add_row(v, *row)
+    for v, row in rows:
+        table.add_row(v, *map(label, row))
     console.print(table)
 
 
@@ -601,13 +606,10 @@ def _cmd_upstream(args, console) -> int:
                 console.print(f"      {p.landing_text()}", markup=False, soft_wrap=True)
         console.print("  review list (upstream changes since the newest supported release):")
         for f in r.review:
-            mark = " [checklist]" if f.in_checklist else ""
-            by = f" patched by {', '.join(f.touched_by)}" if f.touched_by else ""
-            console.print(f"    {escape(f.path)}: +{f.added} -{f.removed}{mark}{escape(by)}")
+            console.print(f"    {escape(f.path)}: {escape(f.facts())}")
             for fn in f.functions:
                 state = "[red]changed upstream[/]" if fn.changed_upstream else "unchanged"
-                who = f" ({', '.join(fn.patched_by)})" if fn.patched_by else ""
-                console.print(f"      {escape(fn.name)}: {state}{escape(who)}")
+                console.print(f"      {escape(fn.name)}: {state}{escape(fn.who())}")
     if args.issue_dir:
         from .upstream_check import write_issue_bodies
 

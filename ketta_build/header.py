@@ -41,16 +41,20 @@ def _folded(value: str) -> list[str]:
     return [" ." if not line.strip() else " " + line.strip() for line in value.split("\n")]
 
 
-def render_header(h: PatchHeader) -> str:
-    """The header of a patch file in canonical form, ending with the blank line before the diff."""
-    lines = [f"Subject: {h.subject}", f"Author: {h.author_name} <{h.author_email}>",
-             f"Upstream-Status: {h.upstream_status}", f"Base-Release: {h.base_release}"]
-    if h.date:
-        lines.append(f"Date: {h.date}")
+def _optional_fields(h: PatchHeader) -> list[str]:
+    """Date and the other fields (Forwarded, Owner, ...), in order, continuation lines folded."""
+    lines = [f"Date: {h.date}"] if h.date else []
     for name, value in h.extra:
         first, *rest = value.split("\n")
         lines.append(f"{name}: {first}")
         lines.extend(_folded("\n".join(rest)) if rest else [])
+    return lines
+
+
+def render_header(h: PatchHeader) -> str:
+    """The header of a patch file in canonical form, ending with the blank line before the diff."""
+    lines = [f"Subject: {h.subject}", f"Author: {h.author_name} <{h.author_email}>",
+             f"Upstream-Status: {h.upstream_status}", f"Base-Release: {h.base_release}", *_optional_fields(h)]
     first, *rest = h.description.split("\n")
     lines.append(f"Description: {first}")
     if rest:
@@ -60,13 +64,8 @@ def render_header(h: PatchHeader) -> str:
 
 def commit_message(name: str, h: PatchHeader) -> str:
     """The build tree's commit message for patch ``name``."""
-    trailers = [f"{PATCH_TRAILER}: {name}", f"Upstream-Status: {h.upstream_status}", f"Base-Release: {h.base_release}"]
-    if h.date:
-        trailers.append(f"Date: {h.date}")
-    for field_name, value in h.extra:
-        first, *rest = value.split("\n")
-        trailers.append(f"{field_name}: {first}")
-        trailers.extend(_folded("\n".join(rest)) if rest else [])
+    trailers = [f"{PATCH_TRAILER}: {name}", f"Upstream-Status: {h.upstream_status}", f"Base-Release: {h.base_release}",
+                *_optional_fields(h)]
     return f"{h.subject}\n\n{h.description}\n\n" + "\n".join(trailers) + "\n"
 
 

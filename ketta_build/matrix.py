@@ -189,13 +189,16 @@ def run_matrix(
     keys: CellKeys | None = None,
     reuse: bool = True,
     coverage: bool = False,
+    series_dir: Path | None = None,
 ) -> list[Cell]:
     """Run the cells of ``versions`` x ``suites``. With a ``store``, a fresh pass is stored under its cell's
     input key and (unless ``reuse`` is off: ``--rerun``) a cell whose key has a stored pass is reused
     instead of run; with ``changed``, only the cells the change can affect run (the others are reused
     where stored, else reported as not affected). With ``coverage`` each release's patched server runs
     under coverage.py and ``report_dir/coverage/<release>.json`` says which hunks of its patches ran
-    (:mod:`ketta_build.hunkcoverage`); no cell is reused then (a reused cell runs no server)."""
+    (:mod:`ketta_build.hunkcoverage`); no cell is reused then (a reused cell runs no server).
+    ``series_dir`` (default ``project/patches``) is the series the wheels are built from; the suites
+    get it as ``KETTA_PATCHES``."""
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise KettaError(f"unknown suite(s) {', '.join(unknown)}; known: {', '.join(SUITES)}")
@@ -206,7 +209,8 @@ def run_matrix(
             raise KettaError("--coverage measures the series' hunks; leave out --no-patches")
         require_coverage()
         reuse = False
-    supported = load_releases(project / "patches")
+    series_dir = (series_dir or project / "patches").absolute()
+    supported = load_releases(series_dir)
     for version in versions:  # tox.ini has environments for the supported releases only
         parsed = parse_version(version)
         if supported.find(parsed) is None:
@@ -218,7 +222,7 @@ def run_matrix(
         tox = [tox_bin] if tox_bin else [sys.executable, "-m", "tox"]
     report_dir = report_dir.absolute()
     report_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "KETTA_REPORT_DIR": str(report_dir)}
+    env = {**os.environ, "KETTA_REPORT_DIR": str(report_dir), "KETTA_PATCHES": str(series_dir)}
     if index_url:
         env["KETTA_INDEX_URL"] = index_url
     env["KETTA_UPGRADE_PAIRS"] = upgrade_pairs
@@ -236,7 +240,8 @@ def run_matrix(
     series_commit = _git(project, "rev-parse", "HEAD") or None
     if store is not None or changed is not None:
         keys = keys or CellKeys(project, cache or Cache(), not no_patches,
-                                Path(env.get("KETTA_BUILD_ROOT") or project / "build"), index_url, upgrade_pairs, env)
+                                Path(env.get("KETTA_BUILD_ROOT") or project / "build"), index_url, upgrade_pairs, env,
+                                series_dir=series_dir)
         for cell in cells:
             cell.key = keys.key(cell.version, cell.suite)
             proof = store.lookup(cell.key) if store is not None and reuse else None
@@ -266,7 +271,7 @@ def run_matrix(
         build_root = Path(env.get("KETTA_BUILD_ROOT") or project / "build").absolute()
         for version in dict.fromkeys(str(parse_version(v)) for v in versions):
             if (build_root / version).is_dir():
-                measure_release(version, tree=build_root / version, series_dir=project / "patches",
+                measure_release(version, tree=build_root / version, series_dir=series_dir,
                                 data_root=report_dir / "coverage", allowed_file=project / ALLOWED_FILE)
     return cells
 
@@ -298,8 +303,9 @@ class CellKeys:
     """The input key of each cell (see :mod:`ketta_build.cellcache`), computing each release's wheel once."""
 
     def __init__(self, project: Path, cache: Cache, patched: bool, build_root: Path, index_url: str | None,
-                 upgrade_pairs: str, env: dict[str, str]) -> None:
+                 upgrade_pairs: str, env: dict[str, str], series_dir: Path | None = None) -> None:
         self.project, self.cache, self.patched = project.absolute(), cache, patched
+        self.series_dir = (series_dir or self.project / "patches").absolute()
         self.build_root, self.index_url, self.upgrade_pairs, self.env = build_root, index_url, upgrade_pairs, env
         self._releases: dict[tuple[str, bool], dict] = {}
         self._suites: dict[str, str] = {}
@@ -308,7 +314,7 @@ class CellKeys:
     def release(self, version: str, patched: bool) -> dict:
         if (version, patched) not in self._releases:
             if patched or not self.patched:  # the wheel under test (a --no-patches run tests the unpatched one)
-                built = prepare_wheel(version, patched=patched, series_dir=self.project / "patches",
+                built = prepare_wheel(version, patched=patched, series_dir=self.series_dir,
                                       build_root=self.build_root, cache=self.cache, index_url=self.index_url)
                 found = {"wheel": built.wheel.sha256, "constraints": sha256_file(built.constraints)}
             else:  # a stock start side of an upgrade pair: made from the sdist alone
@@ -385,7 +391,8 @@ def write_build_record(report_dir: Path, build) -> Path:
     return out
 
 
-def run_context(project: Path, report_dir: Path, *, started: float, finished: float) -> dict:
+def run_context(project: Path, report_dir: Path, *, started: float, finished: float,
+                series_dir: Path | None = None) -> dict:
     """Where a matrix run came from: the series commit and build number, the tool, the date, the
     total time, and the per-release records the cells wrote."""
     from datetime import datetime, timezone
@@ -395,7 +402,7 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     try:
-        number = read_build_number(project / "patches")
+        number = read_build_number(series_dir or project / "patches")
     except KettaError:
         number = None
     builds = {}
@@ -448,8 +455,8 @@ def _user_input_lines(context: dict) -> list[str]:
     return lines
 
 
-def default_versions(project: Path = Path(".")) -> list[str]:
-    return [str(v) for v in load_releases(project / "patches").versions]
+def default_versions(project: Path = Path("."), series_dir: Path | None = None) -> list[str]:
+    return [str(v) for v in load_releases(series_dir or project / "patches").versions]
 
 
 # --------------------------------------------------------------------------- reports
@@ -466,10 +473,12 @@ def report_json(cells: list[Cell], no_patches: bool, context: dict | None = None
     }
 
 
-def cell_grid(cells: list[Cell]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:
+def cell_rows(cells: list[Cell]) -> tuple[list[str], list[tuple[str, list[Cell | None]]]]:
+    """The suites (columns) and, oldest release first, each release's cell per suite (None: not in the run)."""
     versions = sorted(dict.fromkeys(c.version for c in cells), key=parse_version)
     suites = list(dict.fromkeys(c.suite for c in cells))
-    return versions, suites, {(c.version, c.suite): c for c in cells}
+    grid = {(c.version, c.suite): c for c in cells}
+    return suites, [(v, [grid.get((v, s)) for s in suites]) for v in versions]
 
 
 def _label(c: Cell) -> str:
@@ -505,14 +514,13 @@ def log_tail(report_dir: Path, cell: Cell, lines: int = 30) -> str:
 
 
 def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = None) -> str:
-    versions, suites, grid = cell_grid(cells)
+    suites, rows = cell_rows(cells)
     title = "unpatched Letta (--no-patches)" if no_patches else "Letta + Ketta series"
     lines = [f"# Ketta compatibility matrix: {title}", ""]
     lines += [f"- {line}" for line in _context_lines(context or {})]
     lines += ["", "| release | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]
-    for v in versions:
-        row = [f"[{_label(grid[v, s])}]({grid[v, s].log})" if (v, s) in grid else "-" for s in suites]
-        lines.append(f"| {v} | " + " | ".join(row) + " |")
+    for v, row in rows:
+        lines.append(f"| {v} | " + " | ".join(f"[{_label(c)}]({c.log})" if c else "-" for c in row) + " |")
     lines += _user_input_lines(context or {})
     lines += coverage_markdown((context or {}).get("coverage") or {})
     failing = [c for c in cells if c.failures or c.status not in ("pass", "not-affected")]
@@ -524,15 +532,14 @@ def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = 
 
 
 def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None, report_dir: Path | None = None) -> str:
-    versions, suites, grid = cell_grid(cells)
+    suites, table = cell_rows(cells)
     colours = {"pass": "#c8f0c8", "fail": "#f5c2c2", "error": "#f5dfa8", "not-run": "#e4e4e4", "not-affected": "#f4f4f4",
                "reused": "#e6f7e6"}
     head = "".join(f"<th>{html.escape(s)}</th>" for s in suites)
     rows = []
-    for v in versions:
+    for v, row in table:
         tds = []
-        for s in suites:
-            c = grid.get((v, s))
+        for c in row:
             if c is None:
                 tds.append("<td>-</td>")
                 continue

@@ -58,6 +58,10 @@ class FunctionReview:
     patched_by: list[str]
     changed_upstream: bool
 
+    def who(self) -> str:
+        """`` (0003, 0005)``: the patches that touch the function, or empty."""
+        return f" ({', '.join(self.patched_by)})" if self.patched_by else ""
+
 
 @dataclass
 class FileReview:
@@ -67,6 +71,12 @@ class FileReview:
     added: int
     removed: int
     functions: list[FunctionReview] = field(default_factory=list)
+
+    def facts(self) -> str:
+        """``+12 -3 (checklist), patched by 0001, 0003``: what changed and who cares, after the path."""
+        mark = " (checklist)" if self.in_checklist else ""
+        by = f", patched by {', '.join(self.touched_by)}" if self.touched_by else ""
+        return f"+{self.added} -{self.removed}{mark}{by}"
 
 
 @dataclass
@@ -142,13 +152,9 @@ def issue_markdown(report: CheckReport, release: NewRelease) -> str:
         lines.append(f"| `{p.name}` | {p.outcome} | {counts} | {p.landing_text() or '-'} |")
     lines += ["", "## Review list (design document, merge checklist)", ""]
     for f in release.review:
-        mark = " (checklist)" if f.in_checklist else ""
-        by = f", patched by {', '.join(f.touched_by)}" if f.touched_by else ""
-        lines.append(f"- `{f.path}`: +{f.added} -{f.removed}{mark}{by}")
-        for fn in f.functions:
-            state = "**changed upstream**" if fn.changed_upstream else "unchanged"
-            who = f" ({', '.join(fn.patched_by)})" if fn.patched_by else ""
-            lines.append(f"  - `{fn.name}`: {state}{who}")
+        lines.append(f"- `{f.path}`: {f.facts()}")
+        lines += [f"  - `{fn.name}`: {'**changed upstream**' if fn.changed_upstream else 'unchanged'}{fn.who()}"
+                  for fn in f.functions]
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -169,6 +170,7 @@ if suites is None:
     suites = plan["shared"] if env.endswith("-shared") else [env.split("-", 1)[1]]
 with open(os.environ["FAKE_TOX_LOG"], "a") as log:
     log.write(f"start {env} {time.monotonic()}\\n")
+    log.write(f"patches {os.environ.get('KETTA_PATCHES')}\\n")
 cases = []
 for suite in suites:
     seconds, outcome = plan["suites"][suite]
@@ -185,7 +187,8 @@ sys.exit(1 if any("failure" in c for c in cases) or plan.get("crash") == env els
 '''
 
 
-def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], parallel: int = 2):
+def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], parallel: int = 2, series_dir=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     fake = tmp_path / "fake_tox.py"
     fake.write_text(FAKE_TOX)
     log = tmp_path / "tox.log"
@@ -193,7 +196,7 @@ def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], par
     monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(matrix.SHARED_SUITES), **plan}))
     start = time.monotonic()
     cells = matrix.run_matrix(["0.16.8"], suites, report_dir=tmp_path / "reports", parallel=parallel,
-                              tox=[sys.executable, str(fake)])
+                              tox=[sys.executable, str(fake)], series_dir=series_dir)
     events = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
     return cells, events, time.monotonic() - start
 
@@ -227,6 +230,22 @@ def test_one_shared_suite_runs_in_its_own_environment(tmp_path: Path, monkeypatc
     cells, events, _ = _fake_matrix(tmp_path, monkeypatch, plan, ["handle", "upgrade"])
     assert {e[1] for e in events if e[0] == "start"} == {"letta0168-handle", "letta0168-upgrade"}
     assert all(c.status == "pass" for c in cells)
+
+
+def test_the_suites_get_the_series_the_matrix_was_given(tmp_path: Path, monkeypatch):
+    # matrix --patches DIR: the wheels and the suites (KETTA_PATCHES, read by compat_tests' --patches)
+    # use that series, not the checkout's.
+    plan = {"suites": {"handle": [0.0, "pass"]}}
+    _, default, _ = _fake_matrix(tmp_path / "a", monkeypatch, plan, ["handle"])
+    assert [e[1] for e in default if e[0] == "patches"] == [str((Path(".") / "patches").absolute())]
+    other = tmp_path / "other-series"
+    other.mkdir()
+    shutil.copy2(Path("patches") / "releases.toml", other / "releases.toml")
+    _, events, _ = _fake_matrix(tmp_path / "b", monkeypatch, plan, ["handle"], series_dir=other)
+    assert [e[1] for e in events if e[0] == "patches"] == [str(other.absolute())]
+    (other / "releases.toml").write_text('[[release]]\nversion = "0.16.7"\ndate = "2026-01-01"\n')
+    with pytest.raises(KettaError, match="0.16.8"):
+        _fake_matrix(tmp_path / "c", monkeypatch, plan, ["handle"], series_dir=other)
 
 
 def test_plan_groups_per_release_and_narrows_the_marker():
