@@ -74,10 +74,13 @@ def test_database_connects_survive_provider_checks(servers, vendors):
     stressed = servers.get(PYTHONPATH=str(GC_STRESS))
     assert "ketta-test: gc threshold 100" in stressed.log_text(), "the gc stress was not loaded"
     vendor = vendors["beta"]
-    check = {"provider_type": "openai", "api_key": "sk-check", "base_url": vendor.base_url}
+    # OpenRouter's check is a copy of OpenAI's (0.16.4 on; older releases refuse the type with a 422).
+    kinds = ("openai", "openrouter")
 
-    def checks() -> list[int]:
-        return [stressed.post("/v1/providers/check", check).status for _ in range(40)]
+    def checks() -> list[tuple[str, int]]:
+        return [(kind, stressed.post("/v1/providers/check", {"provider_type": kind, "api_key": "sk-check",
+                                                              "base_url": vendor.base_url}).status)
+                for _ in range(20) for kind in kinds]
 
     def listings() -> list[str]:
         failed = []
@@ -91,7 +94,8 @@ def test_database_connects_survive_provider_checks(servers, vendors):
         checked = pool.submit(checks)
         listed = [pool.submit(listings) for _ in range(2)]
         statuses, failures = checked.result(), [f for job in listed for f in job.result()]
-    assert set(statuses) == {200}, f"the checks themselves: {sorted(set(statuses))}"
+    assert {status for kind, status in statuses if kind == "openai"} == {200}, f"the checks themselves: {statuses}"
+    assert {status for kind, status in statuses if kind == "openrouter"} in ({200}, {422}), f"openrouter's checks: {statuses}"
     assert not failures, f"{len(failures)} of 80 listings failed beside the checks:\n" + "\n".join(failures)
 
 
