@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = pp.add_mutually_exclusive_group(required=True)
     what.add_argument("--letta", metavar="VERSION", help="the new release (from the package index)")
     what.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving a conflict")
+    what.add_argument("--skip", action="store_true",
+                      help="leave the patch the port stopped at out of the new release (it does not need it) and go on")
     what.add_argument("--abort", action="store_true", help="give up: remove the port's build tree (patches/ is untouched)")
     pp.add_argument("--tree", type=Path, metavar="DIR", help="the port's build tree (default: build/VERSION, or the one in progress)")
     pp.add_argument("--in-place", action="store_true", help="rewrite changed patches for the new release instead of adding variants")
@@ -557,8 +559,8 @@ def _cmd_port(args, console) -> int:
         _emit_json(args.json, {"schema": "ketta-build/port/1", "aborted": str(tree), "saved": str(saved) if saved else None})
         return 0
     with console.status("porting") as status:
-        if args.cont:
-            result = continue_port(_port_tree(args), progress=status.update, cache=Cache(args.cache_dir))
+        if args.cont or args.skip:
+            result = continue_port(_port_tree(args), progress=status.update, cache=Cache(args.cache_dir), skip=args.skip)
         else:
             result = start_port(parse_version(args.letta), args.patches, out=args.tree, cache=Cache(args.cache_dir),
                                 index_url=args.index_url, in_place=args.in_place, force=args.force, progress=status.update)

@@ -9,6 +9,8 @@
    patch's commit message prepared (``git commit -a --no-edit`` takes it), the state in
    ``.git/ketta-port.json``. ``port --continue`` takes the resolution (committed by the user in one
    commit, or left in the tree, which it commits with the patch's message) and goes on;
+   ``port --skip`` leaves the stopped patch out (the new release does not need it: no variant
+   is written, and a guard that admitted the release gains ``<NEW``; as ``git am --skip``) and goes on;
    ``port --abort`` removes the tree, and refuses when work was done there since the stop unless
    ``--force``, which first saves that work as a git bundle beside the tree. Nothing in
    ``patches/`` changes before the port finishes.
@@ -62,7 +64,7 @@ STATE = PORT_STATE_FILE
 @dataclass
 class PortedPatch:
     name: str
-    outcome: str  # clean | offset | merged | resolved | already-upstream | failed | not-attempted
+    outcome: str  # clean | offset | merged | resolved | skipped | already-upstream | failed | not-attempted
     commit: str | None = None
     hunks: dict[str, int] = field(default_factory=dict)  # outcome -> count
     action: str | None = None  # what the finish wrote for it
@@ -250,6 +252,7 @@ def _plan(state: PortState, failures: list[str]) -> list[str]:
         "resolve the conflict markers (or .rej hunks) in the files above, then either commit the result "
         f"(git -C {tree} commit -a --no-edit takes the patch's prepared message) or leave it in the tree, and run "
         "ketta-build port --continue",
+        f"or, if letta {state.version} does not need {state.stopped_at}, leave it out: ketta-build port --skip",
         "or give up: ketta-build port --abort (nothing in patches/ has changed)",
     ]
 
@@ -324,7 +327,20 @@ def _take_resolution(tree: Path, state: PortState, patch: Patch) -> tuple[str, s
     return commit_patch(tree, patch, paths), None
 
 
-def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = None) -> PortResult:
+def _skip_stopped(tree: Path, state: PortState) -> None:
+    """Put the tree back as the port left it before the stopped patch (its attempt and markers gone)."""
+    since = git(tree, "rev-list", f"{state.stopped_head}..HEAD").splitlines() if state.stopped_head else []
+    if since:
+        raise BuildTreeError(f"{len(since)} commit(s) since the port stopped at {state.stopped_at}: a committed "
+                             "resolution is taken by port --continue; to skip the patch, git reset --hard "
+                             f"{state.stopped_head[:10]} first", path=tree)
+    git(tree, "reset", "-q", "--hard", "HEAD")
+    git(tree, "clean", "-q", "-f", "-d")
+    (tree / ".git" / "MERGE_MSG").unlink(missing_ok=True)
+
+
+def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = None, skip: bool = False) -> PortResult:
+    """Go on after a stop: take the resolution of the stopped patch, or with ``skip`` leave it out."""
     tree = tree.absolute()
     state = PortState.load(tree)
     series_dir = Path(state.series_dir)
@@ -332,7 +348,15 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
     cache = cache or Cache()
     notes: list[str] = []
     stopped = next((p for p in state.patches if p.name == state.stopped_at), None)
-    if stopped is not None:
+    if skip and stopped is None:
+        raise BuildTreeError("the port is not stopped at a patch: nothing to skip", path=tree)
+    if skip:
+        _skip_stopped(tree, state)
+        stopped.outcome, stopped.commit, stopped.hunks = "skipped", None, {}
+        stopped.action = f"left out (port --skip): no variant serves letta {state.version}"
+        state.stopped_at = state.stopped_head = state.stopped_worktree = None
+        state.save()
+    elif stopped is not None:
         patch = series.load(next(e for e in series.entries if e.name == stopped.name))
         stopped.commit, note = _take_resolution(tree, state, patch)
         if note:
@@ -426,7 +450,7 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
     carried: dict[str, _Carried] = {}
     for ported in state.patches:
         entry = by_name[ported.name]
-        if ported.outcome in ("clean", "offset", "already-upstream"):
+        if ported.outcome in ("clean", "offset", "already-upstream", "skipped"):
             continue
         if ported.outcome not in ("merged", "resolved") or not ported.commit:
             raise KettaError(f"{ported.name} has not been carried onto letta {new} ({ported.outcome}); port --continue first")
@@ -526,6 +550,11 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
                 plan.actions[entry.name] = f"guard widened to admit {new}"
             else:
                 plan.actions[entry.name] = "applies as it is"
+        elif ported.outcome == "skipped":
+            plan.actions[entry.name] = ported.action or f"left out: no variant serves {new}"
+            if entry.matches(new):  # the guard admitted it: it must not any more
+                plan.guards[entry.name] = _narrow(entry.guard, new)
+                plan.actions[entry.name] += f"; guard narrowed to [{plan.guards[entry.name]}]"
         elif ported.outcome == "already-upstream":
             plan.guards[entry.name] = _narrow(entry.guard, new)
             plan.actions[entry.name] = (f"already upstream in {new}: guard narrowed to [{plan.guards[entry.name]}]; "

@@ -222,6 +222,31 @@ def test_port_conflict_stops_continues_after_resolution_and_abort_leaves_nothing
     assert world.run("apply", "--letta", "0.16.9", "--out", str(world.root / "again"), "--force")[0] == 0
 
 
+def test_port_skip_leaves_the_stopped_patch_out_and_writes_nothing_for_it(world):
+    # A release that does not need a patch (its bug is not there): port --skip, as git am --skip.
+    world.publish("0.16.9", m=BODY.replace("line 15\n", "line 15 rewritten upstream\n"))
+    tree = world.root / "build" / "0.16.9"
+    before = (world.patches / "0001-change-m.diff").read_bytes()
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(tree))
+    assert rc == 1 and "ketta-build port --skip" in err
+    (tree / "letta/m.py").write_text("half a resolution\n")  # work on the attempt is discarded by the skip
+    rc, out, err = world.run("port", "--skip", "--tree", str(tree))
+    assert rc == 0, err
+    assert "skipped" in out and "0001-change-m.diff" in out
+    skipped = BODY.replace("line 15\n", "line 15 rewritten upstream\n").replace("line 40\n", "line forty\n")
+    assert (tree / "letta/m.py").read_text() == skipped, "0001 left out, the patches after it applied"
+    assert not (world.patches / "0001-change-m-0.16.9.diff").exists()
+    assert (world.patches / "0001-change-m.diff").read_bytes() == before
+    assert "0001-change-m.diff [letta<0.16.9]" in " ".join((world.patches / "series").read_text().split()), \
+        "the skipped patch's guard still admits 0.16.9"
+    assert '"0.16.9"' in (world.patches / "releases.toml").read_text()
+    again = world.root / "again"
+    assert world.run("apply", "--letta", "0.16.9", "--out", str(again))[0] == 0
+    assert (again / "letta/m.py").read_text() == skipped
+    rc, _, err = world.run("port", "--skip", "--tree", str(again))
+    assert rc == 2 and "no port in progress" in err
+
+
 def test_port_continue_without_a_port_in_progress(world):
     tree = world.apply("0.16.8")
     rc, _, err = world.run("port", "--continue", "--tree", str(tree))

@@ -107,10 +107,14 @@ def test_port_0_14_0_from_the_newer_variants_gives_the_hand_made_tree(tmp_path, 
     report = tmp_path / "port.json"
     rc = _run("port", "--letta", "0.14.0", "--tree", str(tree), "--cache-dir", str(real_cache), "--json", str(report),
               cwd=copy)
-    resolved_by_hand = []
+    resolved_by_hand, skipped = [], []
     while rc == 1:
         state = json.loads(report.read_text())
         stopped = next(p for p in state["patches"] if p["outcome"] == "failed")
+        if stopped["name"][:4] not in hand_made:  # a patch 0.14.0 never had (0012: its bug came in 0.16.2)
+            skipped.append(stopped["name"])
+            rc = _run("port", "--skip", "--tree", str(tree), "--json", str(report), cwd=copy)
+            continue
         resolved_by_hand.append(stopped["name"])
         # The recorded resolution: drop the conflicted attempt and apply the hand-made variant of that patch.
         subprocess.run(["git", "checkout", "-q", "HEAD", "--", "."], cwd=tree, check=True)
@@ -137,6 +141,7 @@ def test_port_0_14_0_from_the_newer_variants_gives_the_hand_made_tree(tmp_path, 
     print(f"0.14 proof: {len(resolved_by_hand)} patches needed a hand ({', '.join(resolved_by_hand)}); hunks: {hunks}")
     assert resolved_by_hand, "the proof is about conflicts: some patch must have needed a hand"
     assert all(by_name[name]["outcome"] == "resolved" for name in resolved_by_hand)
+    assert all(by_name[name]["outcome"] == "skipped" for name in skipped)
     assert _tree_hash(tree) == _tree_hash(expected), "the ported tree differs from the hand-made variants' tree"
     again = tmp_path / "again"
     assert _run("apply", "--letta", "0.14.0", "--patches", str(patches), "--out", str(again), "--cache-dir", str(real_cache)) == 0
