@@ -248,8 +248,8 @@ def _cmd_matrix(args, console) -> int:
         _emit_json(args.json, report_json(cells, not patched, context))
         return 0 if all(c.status == "pass" for c in cells) else 1
 
-    versions = (default_versions(series_dir=args.patches) if args.all
-                else (args.letta or [str(load_releases(args.patches).newest.version)]))
+    supported = load_releases(args.patches)  # a missing or broken series is refused before anything runs
+    versions = default_versions(series_dir=args.patches) if args.all else (args.letta or [str(supported.newest.version)])
     suites = args.suite or list(SUITES)
     report_dir = args.report_dir
     if args.no_patches and report_dir == Path("reports"):
