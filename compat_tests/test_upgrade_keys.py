@@ -162,13 +162,30 @@ def test_rotating_the_generated_key(letta_build, pg, keyed):
         pg.drop_database(database)
 
 
-def test_rotating_an_explicit_key(letta_build, pg, keyed):
+def test_rotating_an_explicit_key(letta_build, pg, lab, keyed):
+    """As the generated key's rotation (whose server answers on the rotated database), with both keys given.
+
+    A server that answers with a key from LETTA_ENCRYPTION_KEY is proven by the second-host test, so
+    here the rotated secrets are read with the release's own crypto (every one under the new key, the
+    agent's provider key among them) and the old key is refused by the server's early check: no
+    full server start for what those two prove."""
     database, home = _copy(pg, keyed)
     new = secrets.token_urlsafe(32)
     try:
         done = _rotate(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key, KETTA_NEW_ENCRYPTION_KEY=new)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-        _answers(letta_build, pg, keyed, database, _new_home(), LETTA_ENCRYPTION_KEY=new)
+        conn = pg.connect(database)
+        try:
+            stored = [r[0] for r in conn.run("SELECT api_key_enc FROM providers WHERE api_key_enc IS NOT NULL")]
+        finally:
+            conn.close()
+        assert stored, "no provider key is stored encrypted"
+        read = lab.crypto(letta_build.python, new, stored)
+        assert all(r["encrypted"] and r["plain"] for r in read), f"secrets the new key does not open: {read}"
+        assert keyed.provider_key in {r["plain"] for r in read}, "the agent's provider key did not survive the rotation"
+        assert not any(r["plain"] for r in lab.crypto(letta_build.python, keyed.key, stored)), "the old key still opens a secret"
+        line = _refused(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key)
+        assert "from LETTA_ENCRYPTION_KEY does not decrypt" in line, line
     finally:
         pg.drop_database(database)
 

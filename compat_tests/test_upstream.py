@@ -6,21 +6,49 @@ reason, in upstream-expected-failures.toml; a listed test that does not fail tha
 entry. Tests failing on both builds (network, missing keys, upstream's own breakage) are not
 Ketta's doing: they are printed, not counted. With ``--no-patches`` the release is compared with
 itself, so this suite is the one that stays green there.
+
+The stock run does not depend on the series: it is stored under its inputs (ketta_build.stockruns)
+and a later cell with the same inputs reuses it, unless the verdict would then blame Ketta or
+excuse a failure that fails otherwise than in the stored run; those are judged against a stock
+run made now. ``matrix --rerun`` runs it again. verdict.json and each test's ``stock_run``
+property name the stored run used.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from ketta_build.cache import Cache
 from ketta_build.serverenv import prepare_server, prepare_test_environment
+from ketta_build.stockruns import StockRunStore, StoredRun, reuse_allowed, stock_run_key
 
-from .upstream_runner import UPSTREAM_FILES, compare, load_expected, run_upstream_tests, summary_line
+from .upstream_runner import (
+    UPSTREAM_FILES, UpstreamRun, baseline_inputs, compare, load_expected, run_from_record, run_record, run_upstream_tests,
+    stored_baseline_holds, summary_line,
+)
 
 pytestmark = pytest.mark.upstream
+
+
+@dataclass
+class Baseline:
+    """The stock run the patched one is judged against: made now, or a stored one (ketta_build.stockruns)."""
+
+    run: UpstreamRun
+    stored: StoredRun | None = None  # the stored run that stands in for a fresh one
+    set_aside: list[str] = field(default_factory=list)  # why a stored run was not good enough for this verdict
+
+    def describe(self) -> str:
+        if self.stored is not None:
+            return f"{summary_line(self.run)} (stored run of {self.stored.date} reused, key {self.stored.key[:12]})"
+        if self.set_aside:
+            return f"{summary_line(self.run)} (run again: the stored one was set aside: {'; '.join(self.set_aside)})"
+        return summary_line(self.run)
 
 
 @pytest.fixture(scope="module")
@@ -28,35 +56,53 @@ def upstream_runs(letta_build, pg, pytestconfig):
     build_root = Path(pytestconfig.getoption("--build-root"))
     workroot = build_root / "upstream-tests" / letta_build.tree.name
 
-    def run(build, label):
-        python = prepare_test_environment(build) / "bin" / "python"
+    def run(build, python, label):
         return run_upstream_tests(
             label=label, python=python, tree=build.tree, pg=pg,
             database=f"up_{uuid.uuid4().hex[:10]}", workdir=workroot / label,
         )
 
-    under_test = run(letta_build, "patched" if letta_build.patched else "unpatched")
+    under_test = run(letta_build, prepare_test_environment(letta_build) / "bin" / "python",
+                     "patched" if letta_build.patched else "unpatched")
     print(summary_line(under_test))
     if not letta_build.patched:
-        return under_test, under_test
+        return under_test, Baseline(under_test)
     baseline_build = prepare_server(
         letta_build.version, patched=False, series_dir=Path(pytestconfig.getoption("--patches")), build_root=build_root,
         index_url=pytestconfig.getoption("--index-url"),
     )
-    baseline = run(baseline_build, "unpatched")
-    print(summary_line(baseline))
+    python = prepare_test_environment(baseline_build) / "bin" / "python"
+    store = StockRunStore(Cache().root / "stock-runs")
+    key = stock_run_key(baseline_inputs(baseline_build, python, pg))
+
+    def fresh(set_aside: list[str]) -> Baseline:
+        made = run(baseline_build, python, "unpatched")
+        store.save(key, run_record(made), {"pytest.log": made.log})
+        return Baseline(made, set_aside=set_aside)
+
+    stored = store.lookup(key) if reuse_allowed() else None
+    if stored is None:
+        baseline = fresh([])
+    else:
+        baseline = Baseline(run_from_record(stored.data, stored.files["pytest.log"]), stored)
+        reasons = stored_baseline_holds(compare(letta_build.version, under_test, baseline.run, load_expected()), baseline.run)
+        if reasons:
+            baseline = fresh(reasons)
+    print(baseline.describe())
     return under_test, baseline
 
 
 @pytest.fixture(scope="module")
 def verdict(letta_build, upstream_runs, pytestconfig):
-    patched, unpatched = upstream_runs
+    patched, baseline = upstream_runs
+    unpatched = baseline.run
     result = compare(letta_build.version, patched, unpatched, load_expected())
     # Kept next to the runs' logs: the record of which upstream tests fail, and whose doing it is.
     out = Path(pytestconfig.getoption("--build-root")) / "upstream-tests" / letta_build.tree.name / "verdict.json"
     out.write_text(json.dumps({
         "release": letta_build.version, "patched": letta_build.patched,
-        "runs": [summary_line(patched), summary_line(unpatched)],
+        "runs": [summary_line(patched), baseline.describe()],
+        "stored_stock_run": {"key": baseline.stored.key, "date": baseline.stored.date} if baseline.stored else None,
         "caused_by_ketta": {t: o.message for t, o in sorted(result.caused_by_ketta.items())},
         "expected": {t: e.reason for t, e in sorted(result.expected.items())},
         "stale": sorted(result.stale),
@@ -66,8 +112,9 @@ def verdict(letta_build, upstream_runs, pytestconfig):
 
 
 @pytest.mark.parametrize("path", UPSTREAM_FILES)
-def test_upstream_file(path, letta_build, upstream_runs, verdict):
-    patched, unpatched = upstream_runs
+def test_upstream_file(path, letta_build, upstream_runs, verdict, record_property):
+    patched, baseline = upstream_runs
+    record_property("stock_run", baseline.describe())
     if not (letta_build.tree / path).is_file():
         pytest.skip(f"letta {letta_build.version} does not ship {path}")
     tests = patched.in_file(path)

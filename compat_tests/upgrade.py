@@ -5,8 +5,8 @@ A *side* is a release plus how its database was made: ``ketta`` (the patched rel
 migration Ketta builds 1-3 shipped, which stamped ``ketta0001`` over upstream's revision). A
 *pair* is a start side and an end side. :class:`UpgradeLab` migrates and fills each start side
 once per run into a template database (PostgreSQL ``CREATE DATABASE ... TEMPLATE``) and clones it
-for every pair that starts there; fresh migrations of each end side are dumped once for the
-schema comparison. What a fill writes and what is read back live in ``upgrade_data``; jobs run
+for every pair that starts there; each side is migrated from empty once, and that one migration
+is both the fresh schema the upgraded databases are compared with and what the side's fill starts from. What a fill writes and what is read back live in ``upgrade_data``; jobs run
 with a release's own Python in ``release_python``; once-per-key work and timings in ``once``.
 """
 
@@ -167,6 +167,10 @@ class UpgradeLab:
 
         return self._once.get(("stale-alembic", side.version), make)
 
+    def _patched(self, side: Side) -> bool:
+        """Whether ``side``'s server is Ketta's (with ``--no-patches`` no side is)."""
+        return side.flavour == "ketta" and self.patched
+
     def _python(self, side: Side) -> Path:
         return self.build(side.version, side.flavour == "ketta").python
 
@@ -182,17 +186,25 @@ class UpgradeLab:
 
     # ---------------------------------------------------------------- fresh schemas
 
+    def migrated(self, side: Side) -> tuple[str, str]:
+        """A template database migrated from empty by ``side``'s release (``ketta`` or ``stock``), made once,
+        and its ``pg_dump --schema-only``: the fresh schema the upgraded ones are compared with, and what
+        that side's fill starts from. (Dumped here, before anything clones it: CREATE DATABASE ... TEMPLATE
+        refuses a template another session is connected to.)"""
+        if side.flavour == "stale":
+            raise ValueError(f"{side}: a stale database is made from the stock one, never migrated from empty")
+
+        def make():
+            db = self._new_database(f"fresh_{side.flavour}")
+            self.pg.create_database(db)
+            self.migrate(side, db, "migration")
+            return db, self.pg.dump(db, "--schema-only")
+
+        return self._once.get(("migrated", side), make)
+
     def fresh_schema(self, side: Side) -> str:
         """``pg_dump --schema-only`` of an empty database migrated by ``side``'s release."""
-        def make():
-            db = self._new_database("fresh")
-            self.pg.create_database(db)
-            self.migrate(side, db, "fresh migration")
-            dump = self.pg.dump(db, "--schema-only")
-            self.pg.drop_database(db)
-            return dump
-
-        return self._once.get(("schema", side), make)
+        return self.migrated(side)[1]
 
     # ---------------------------------------------------------------- servers
 
@@ -229,8 +241,7 @@ class UpgradeLab:
             shutil.copytree(stock.home, home)
             return read_fill(self.pg, side, db, home, stock.vendors, stock.key, stock.written)
         db = self._new_database(f"tpl_{side.flavour}")
-        self.pg.create_database(db)
-        self.migrate(side, db, "migration")
+        self.pg.clone_database(self.migrated(side)[0], db)
         home = self.work / f"home-{side.tag}"
         home.mkdir()
         vendors = {name: FakeVendor(f"{name}-{side.tag}").start() for name in ("alpha", "beta")}
@@ -240,7 +251,7 @@ class UpgradeLab:
         server = self.start_server(side, db, home=home)
         try:
             with self.timed(f"fill {side}"):
-                written = write_fill(server, vendors, by_handle=side.flavour == "ketta")
+                written = write_fill(server, vendors, by_handle=side.flavour == "ketta", stock=not self._patched(side))
         finally:
             self.stop_server(server)
         key = server.key_file.read_text().strip() if server.key_file.exists() else None

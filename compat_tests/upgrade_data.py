@@ -65,16 +65,29 @@ class Snapshot:
     ketta: list[str] | None  # Ketta's version table, None when absent
 
 
-def write_fill(server: LettaServer, vendors: dict, by_handle: bool) -> Written:
+def write_fill(server: LettaServer, vendors: dict, by_handle: bool, stock: bool = False) -> Written:
     """Providers (two kept, one used and then deleted), an agent with a conversation.
 
     Agents are made as each side's users make them: by handle on Ketta, by a model configuration
     naming the provider on stock Letta (whose handles cannot tell two OpenAI-compatible providers apart).
+
+    ``stock``: the server is unpatched Letta, which is not under test here but makes the start
+    database. From 0.16.2 on, stock Letta's key check leaves an HTTP client for the garbage collector
+    (what patch 0012 fixes), whose late close can cost a request a 60-second database timeout and
+    an HTTP 500. A stock fill sends such a message once more (and says so); a Ketta fill never does.
     """
     def agent(provider: dict, vendor: str, model: str) -> dict:
         if by_handle:
             return api.create_agent_ok(server, f"{provider['name']}/{model}")
         return api.create_agent_on_provider(server, provider["name"], vendors[vendor].base_url, model)
+
+    def send(agent_id: str, text: str) -> None:
+        resp = api.send_message(server, agent_id, text)
+        if resp.status == 500 and stock:
+            print(f"stock fill on {server.database}: HTTP 500 on a message (upstream's unclosed client, "
+                  f"see patch 0012); sent again: {resp.text[:200]}")
+            resp = api.send_message(server, agent_id, text)
+        api.ok(resp)
 
     live = {}
     for vendor in ("alpha", "beta"):
@@ -83,11 +96,11 @@ def write_fill(server: LettaServer, vendors: dict, by_handle: bool) -> Written:
         live[name] = {"id": created["id"], "key": key, "vendor": vendor}
     gone = api.create_provider(server, api.unique("Gone"), vendors["alpha"].base_url, "sk-" + api.unique("gone-"))
     gone_agent = agent(gone, "alpha", "gpt-4o")
-    api.ok(api.send_message(server, gone_agent["id"], "a step that references a provider about to go"))
+    send(gone_agent["id"], "a step that references a provider about to go")
     assert api.delete_provider(server, gone["id"]).status in (200, 204)
     name = next(iter(live))
     kept = agent({"name": name}, live[name]["vendor"], "gpt-4o-mini")
-    api.ok(api.send_message(server, kept["id"], "hello before the upgrade"))
+    send(kept["id"], "hello before the upgrade")
     return Written(live, gone["id"], kept["id"], name, "gpt-4o-mini")
 
 

@@ -8,6 +8,7 @@ database migrated by the tree's alembic scripts (Ketta's migration included when
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,6 +19,10 @@ from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from ketta_build.cache import sha256_file
+from ketta_build.serverenv import TEST_REQUIREMENTS, ServerBuild, test_constraints_path
+from ketta_build.stockruns import digest_tree
 
 from .letta_server import run_alembic
 from .pgcluster import PgTarget
@@ -175,3 +180,63 @@ def summary_line(run: UpstreamRun) -> str:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"{run.label}: {parts} in {run.seconds:.0f}s"
+
+
+# ---------------------------------------------------------------------------- stored stock runs
+
+
+def baseline_inputs(build: ServerBuild, python: Path, pg: PgTarget) -> dict:
+    """What a stock run of the release's tests depends on: the key it is stored under."""
+    here = Path(__file__).parent
+    conn = pg.connect()
+    try:
+        postgres = conn.run("SHOW server_version")[0][0]
+    finally:
+        conn.close()
+    venv = (python.parent.parent / "pyvenv.cfg").read_text()
+    return {
+        "letta": build.version, "wheel": build.wheel_sha256, "constraints": sha256_file(test_constraints_path(build)),
+        "requirements": list(TEST_REQUIREMENTS), "python": re.findall(r"(?m)^version(?:_info)?\s*=\s*(\S+)", venv),
+        "tests": digest_tree(build.tree / "tests"), "files": list(UPSTREAM_FILES), "postgres": postgres,
+        "runner": {name: sha256_file(here / name) for name in ("upstream_runner.py", "letta_server.py", "pgcluster.py")},
+    }
+
+
+def run_record(run: UpstreamRun) -> dict:
+    """What is stored of a run (ketta_build.stockruns); its log is stored beside it."""
+    return {"label": run.label, "files": list(run.files), "returncode": run.returncode, "seconds": run.seconds,
+            "outcomes": {test: [o.status, o.message] for test, o in sorted(run.outcomes.items())}}
+
+
+def run_from_record(record: dict, log: Path) -> UpstreamRun:
+    outcomes = {test: CaseOutcome(status, message) for test, (status, message) in record["outcomes"].items()}
+    return UpstreamRun(record["label"], tuple(record["files"]), outcomes, record["returncode"], record["seconds"], log)
+
+
+# Ids, addresses and counts differ from run to run in the same failure.
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|0x[0-9a-f]+|\d+")
+
+
+def message_shape(message: str) -> str:
+    """A failure message with what varies between runs of the same failure (uuids, addresses, numbers) blanked."""
+    return _VARYING.sub("#", message)
+
+
+def stored_baseline_holds(verdict: Verdict, baseline: UpstreamRun) -> list[str]:
+    """Why a stored stock run may not stand in for a fresh one in ``verdict`` (empty: it may).
+
+    A stored run never blames Ketta (a test failing only patched, a listed failure no longer
+    failing because of Ketta) and never excuses a failure whose message differs from the stored
+    one's: each of those is judged against a stock run made now.
+    """
+    reasons = []
+    if verdict.caused_by_ketta:
+        reasons.append(f"{len(verdict.caused_by_ketta)} test(s) fail patched and passed in the stored stock run")
+    if verdict.stale:
+        reasons.append(f"{len(verdict.stale)} listed failure(s) are not failing because of Ketta")
+    for test, outcome in sorted(verdict.upstream.items()):
+        stored = baseline.outcomes[test].message
+        if message_shape(outcome.message) != message_shape(stored):
+            reasons.append(f"{test} fails otherwise than in the stored stock run ({outcome.message!r} vs {stored!r})")
+    return reasons
+

@@ -157,6 +157,11 @@ def prepare_server(version: str, *, coverage: bool = False, cache: Cache | None 
 TEST_REQUIREMENTS = ("pytest", "pytest-asyncio", "pytest-mock", "pytest-order")
 
 
+def test_constraints_path(build: ServerBuild) -> Path:
+    """Where :func:`prepare_test_environment` writes the constraints its environment is installed under."""
+    return build.constraints.with_name(f"{build.tree.name}.test-constraints.txt")
+
+
 def prepare_test_environment(build: ServerBuild, cache: Cache | None = None, progress=lambda _: None) -> Path:
     """An environment for running the release's own tests against ``build``'s wheel.
 
@@ -164,8 +169,6 @@ def prepare_test_environment(build: ServerBuild, cache: Cache | None = None, pro
     packages; pinned by the same lock (its ``dev`` extra), so test tools match the release.
     """
     cache = cache or Cache()
-    constraints = export_constraints(
-        build.tree, build.constraints.with_name(f"{build.tree.name}.test-constraints.txt"), (*SERVER_EXTRAS, "dev")
-    )
+    constraints = export_constraints(build.tree, test_constraints_path(build), (*SERVER_EXTRAS, "dev"))
     wheel = BuiltWheel(path=build.wheel, version=build.wheel_version, sha256=build.wheel_sha256)
     return ensure_environment(wheel, constraints, cache, progress, extra_requirements=TEST_REQUIREMENTS)

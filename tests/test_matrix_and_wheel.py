@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ketta_build import index, matrix, upstream, wheel
+from ketta_build.cache import Cache
 from ketta_build.cli import main
 from ketta_build.errors import KettaError
 
@@ -171,6 +172,7 @@ if suites is None:
 with open(os.environ["FAKE_TOX_LOG"], "a") as log:
     log.write(f"start {env} {time.monotonic()}\\n")
     log.write(f"patches {os.environ.get('KETTA_PATCHES')}\\n")
+    log.write(f"cache {os.environ.get('KETTA_BUILD_CACHE')} {os.environ.get('KETTA_RERUN')}\\n")
 cases = []
 for suite in suites:
     seconds, outcome = plan["suites"][suite]
@@ -187,7 +189,7 @@ sys.exit(1 if any("failure" in c for c in cases) or plan.get("crash") == env els
 '''
 
 
-def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], parallel: int = 2, series_dir=None):
+def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], parallel: int = 2, series_dir=None, **kw):
     tmp_path.mkdir(parents=True, exist_ok=True)
     fake = tmp_path / "fake_tox.py"
     fake.write_text(FAKE_TOX)
@@ -196,7 +198,7 @@ def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], par
     monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(matrix.SHARED_SUITES), **plan}))
     start = time.monotonic()
     cells = matrix.run_matrix(["0.16.8"], suites, report_dir=tmp_path / "reports", parallel=parallel,
-                              tox=[sys.executable, str(fake)], series_dir=series_dir)
+                              tox=[sys.executable, str(fake)], series_dir=series_dir, **kw)
     events = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
     return cells, events, time.monotonic() - start
 
@@ -246,6 +248,18 @@ def test_the_suites_get_the_series_the_matrix_was_given(tmp_path: Path, monkeypa
     (other / "releases.toml").write_text('[[release]]\nversion = "0.16.7"\ndate = "2026-01-01"\n')
     with pytest.raises(KettaError, match="0.16.8"):
         _fake_matrix(tmp_path / "c", monkeypatch, plan, ["handle"], series_dir=other)
+
+
+def test_the_suites_build_in_the_cache_the_matrix_was_given(tmp_path: Path, monkeypatch):
+    # matrix --cache-dir DIR: the suites' wheels, environments and stored stock runs live there too,
+    # not in the user's default cache; --rerun reaches the suites as KETTA_RERUN.
+    monkeypatch.delenv("KETTA_BUILD_CACHE", raising=False)
+    plan = {"suites": {"handle": [0.0, "pass"]}}
+    _, default, _ = _fake_matrix(tmp_path / "a", monkeypatch, plan, ["handle"])
+    assert [e[1:] for e in default if e[0] == "cache"] == [["None", "None"]]
+    own = tmp_path / "own-cache"
+    _, events, _ = _fake_matrix(tmp_path / "b", monkeypatch, plan, ["handle"], cache=Cache(own), reuse=False)
+    assert [e[1:] for e in events if e[0] == "cache"] == [[str(own.absolute()), "1"]]
 
 
 def test_plan_groups_per_release_and_narrows_the_marker():

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from compat_tests.upstream_runner import EXPECTED_FILE, CaseOutcome, UpstreamRun, compare, load_expected, parse_junit
+from packaging.specifiers import SpecifierSet
+
+from compat_tests.upstream_runner import (
+    EXPECTED_FILE, CaseOutcome, ExpectedFailure, UpstreamRun, baseline_inputs, compare, load_expected, message_shape, parse_junit,
+    run_from_record, run_record, stored_baseline_holds,
+)
+from ketta_build.serverenv import ServerBuild
+from ketta_build.stockruns import StockRunStore, reuse_allowed, stock_run_key
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">
@@ -94,3 +101,97 @@ def test_bad_expected_file_is_named_in_the_error(tmp_path, body, message):
 def test_shipped_expected_file_loads():
     for entry in load_expected(EXPECTED_FILE):
         assert entry.reason and entry.test.startswith("tests/")
+
+
+# ---------------------------------------------------------------------------- stored stock runs
+
+
+def failing(label: str, messages: dict[str, str], passing: tuple[str, ...] = ()) -> UpstreamRun:
+    outcomes = {test: CaseOutcome("failed", message) for test, message in messages.items()}
+    outcomes.update({test: CaseOutcome("passed") for test in passing})
+    return UpstreamRun(label, ("tests/t.py",), outcomes, 1, 12.5, Path("log"))
+
+
+def test_a_stored_stock_run_is_kept_whole_and_found_by_its_key(tmp_path):
+    store = StockRunStore(tmp_path / "stock-runs")
+    made = failing("unpatched", {"tests/t.py::test_net": "ConnectError"}, passing=("tests/t.py::test_ok",))
+    log = tmp_path / "pytest.log"
+    log.write_text("the run's log\n")
+    key = stock_run_key({"wheel": "a" * 64})
+    assert store.lookup(key) is None
+    saved = store.save(key, run_record(made), {"pytest.log": log})
+    found = store.lookup(key)
+    assert found is not None and found.date == saved.date and found.files["pytest.log"].read_text() == "the run's log\n"
+    again = run_from_record(found.data, found.files["pytest.log"])
+    assert again.outcomes == made.outcomes and again.failing() == made.failing() and again.files == made.files
+    # Another input, another key; a run whose stored files went missing is not found.
+    assert stock_run_key({"wheel": "b" * 64}) != key and store.lookup(stock_run_key({"wheel": "b" * 64})) is None
+    found.files["pytest.log"].unlink()
+    assert store.lookup(key) is None
+    with pytest.raises(ValueError, match="plain names"):
+        store.save(key, {}, {"../escape": log})
+
+
+def test_rerun_sets_every_stored_stock_run_aside():
+    assert reuse_allowed({}) and reuse_allowed({"KETTA_RERUN": "0"})
+    assert not reuse_allowed({"KETTA_RERUN": "1"})
+
+
+def test_a_stored_stock_run_never_blames_ketta_nor_excuses_a_different_failure():
+    stored = failing("unpatched", {"tests/t.py::test_net": "NoResultFound: Provider id='provider-0f8fad5b-d9cb-469f-a165-70867728950e'"},
+                     passing=("tests/t.py::test_ok", "tests/t.py::test_listed"))
+    # The same failure, another uuid: the stored run may stand in.
+    same = failing("patched", {"tests/t.py::test_net": "NoResultFound: Provider id='provider-7c9e6679-7425-40de-944b-e07fc1f90ae7'"},
+                   passing=("tests/t.py::test_ok", "tests/t.py::test_listed"))
+    assert stored_baseline_holds(compare("0.16.8", same, stored, []), stored) == []
+    # Failing otherwise than stored: judged against a fresh stock run.
+    other = failing("patched", {"tests/t.py::test_net": "AssertionError: 3 providers"}, passing=("tests/t.py::test_ok",))
+    reasons = stored_baseline_holds(compare("0.16.8", other, stored, []), stored)
+    assert len(reasons) == 1 and "tests/t.py::test_net fails otherwise" in reasons[0]
+    # A test failing only patched would be blamed on Ketta: never on a stored run.
+    blamed = failing("patched", {"tests/t.py::test_net": "NoResultFound: Provider id='provider-1'", "tests/t.py::test_ok": "boom"})
+    assert any("fail patched and passed in the stored" in r for r in stored_baseline_holds(compare("0.16.8", blamed, stored, []), stored))
+    # A listed failure that the stored run says is not Ketta's doing (stale): a fresh run decides.
+    listed = ExpectedFailure("tests/t.py::test_gone", SpecifierSet(">=0.16"), "Ketta deletes for real")
+    assert any("not failing because of Ketta" in r for r in stored_baseline_holds(compare("0.16.8", same, stored, [listed]), stored))
+    assert message_shape("at 0x7f3a2b1c line 42") == message_shape("at 0x7f00aa01 line 7")
+
+
+def test_the_stock_run_key_follows_what_the_run_depends_on(tmp_path):
+    tree = tmp_path / "letta-0.16.8"
+    (tree / "tests").mkdir(parents=True)
+    (tree / "tests" / "test_providers.py").write_text("def test_x(): pass\n")
+    constraints = tmp_path / "letta-0.16.8.constraints.txt"
+    constraints.write_text("x==1\n")
+    test_constraints = tmp_path / "letta-0.16.8.test-constraints.txt"
+    test_constraints.write_text("pytest==8\n")
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "pyvenv.cfg").write_text("home = /usr/bin\nversion_info = 3.11.2\n")
+    build = ServerBuild("0.16.8", False, tree, tmp_path / "w.whl", "0.16.8", "c" * 64, constraints, env, None)
+
+    class Postgres:  # what baseline_inputs asks of PostgreSQL: its version
+        version = "16.4"
+
+        def connect(self):
+            return self
+
+        def run(self, sql):
+            assert sql == "SHOW server_version"
+            return [[self.version]]
+
+        def close(self):
+            pass
+
+    pg = Postgres()
+    first = stock_run_key(baseline_inputs(build, env / "bin" / "python", pg))
+    assert stock_run_key(baseline_inputs(build, env / "bin" / "python", pg)) == first
+    (tree / "tests" / "test_providers.py").write_text("def test_x(): assert 0\n")
+    changed_tests = stock_run_key(baseline_inputs(build, env / "bin" / "python", pg))
+    test_constraints.write_text("pytest==9\n")
+    changed_constraints = stock_run_key(baseline_inputs(build, env / "bin" / "python", pg))
+    pg.version = "17.0"
+    changed_postgres = stock_run_key(baseline_inputs(build, env / "bin" / "python", pg))
+    other_wheel = stock_run_key(baseline_inputs(ServerBuild(*[*vars(build).values()][:5], "d" * 64, constraints, env, None),
+                                                env / "bin" / "python", pg))
+    assert len({first, changed_tests, changed_constraints, changed_postgres, other_wheel}) == 5
