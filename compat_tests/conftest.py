@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from ketta_build.cache import Cache
 from ketta_build.matrix import write_build_record
 from ketta_build.releases import load_releases
+from ketta_build.runstore import RunStore, reuse_allowed
 from ketta_build.servercoverage import ENV_VAR, touched_paths, write_rc
 from ketta_build.serverenv import prepare_server
 from ketta_build.toxini import SUITES
@@ -252,7 +254,8 @@ def lab(pg, pytestconfig, patched, request, measured):
                               index_url=pytestconfig.getoption("--index-url"),
                               coverage=measured(version, with_patches))
 
-    lab = UpgradeLab(pg, prepare, patched, _live, workers=int(os.environ.get("KETTA_UPGRADE_WORKERS", "2")))
+    lab = UpgradeLab(pg, prepare, patched, _live, workers=int(os.environ.get("KETTA_UPGRADE_WORKERS", "2")),
+                     fills=RunStore(Cache().root / "fills"), reuse=reuse_allowed())
     # Only what this run will test (-k and -m deselect), in the order the tests ask for it.
     selected = [item.callspec.params["pair"] for item in request.session.items
                 if hasattr(item, "callspec") and "pair" in item.callspec.params]

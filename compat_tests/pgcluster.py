@@ -79,6 +79,21 @@ class PgTarget:
             raise RuntimeError(f"pg_dump {database} failed: {proc.stderr[-2000:]}")
         return proc.stdout
 
+    def _client(self, tool: str, *args: str) -> None:
+        env = {**os.environ, **({"PGPASSWORD": self.password} if self.password else {})}
+        proc = subprocess.run([str(pg_bin() / tool), "-h", self.host, "-p", str(self.port), "-U", self.user, *args],
+                              capture_output=True, text=True, env=env, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)} failed: {proc.stderr[-2000:]}")
+
+    def save_database(self, database: str, path: Path) -> None:
+        """All of ``database`` into ``path`` (pg_dump's custom format), for :meth:`restore_database`."""
+        self._client("pg_dump", "--no-owner", "--no-privileges", "--format=custom", "--file", str(path), database)
+
+    def restore_database(self, path: Path, name: str) -> None:
+        """``name`` as a new database holding what :meth:`save_database` wrote to ``path``."""
+        self.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}" TEMPLATE template0')
+        self._client("pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--dbname", name, str(path))
 
     def data(self, database: str) -> str:
         """Every row of ``database`` (``pg_dump --data-only``), comparable between two dumps: pg_dump 18

@@ -7,7 +7,7 @@ entry. Tests failing on both builds (network, missing keys, upstream's own break
 Ketta's doing: they are printed, not counted. With ``--no-patches`` the release is compared with
 itself, so this suite is the one that stays green there.
 
-The stock run does not depend on the series: it is stored under its inputs (ketta_build.stockruns)
+The stock run does not depend on the series: it is stored under its inputs (ketta_build.runstore)
 and a later cell with the same inputs reuses it, unless the verdict would then blame Ketta or
 excuse a failure that fails otherwise than in the stored run; those are judged against a stock
 run made now. ``matrix --rerun`` runs it again. verdict.json and each test's ``stock_run``
@@ -25,7 +25,7 @@ import pytest
 
 from ketta_build.cache import Cache
 from ketta_build.serverenv import prepare_server, prepare_test_environment
-from ketta_build.stockruns import StockRunStore, StoredRun, reuse_allowed, stock_run_key
+from ketta_build.runstore import RunStore, StoredRun, reuse_allowed, stock_run_key
 
 from .upstream_runner import (
     UPSTREAM_FILES, UpstreamRun, baseline_inputs, compare, load_expected, run_from_record, run_record, run_upstream_tests,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.upstream
 
 @dataclass
 class Baseline:
-    """The stock run the patched one is judged against: made now, or a stored one (ketta_build.stockruns)."""
+    """The stock run the patched one is judged against: made now, or a stored one (ketta_build.runstore)."""
 
     run: UpstreamRun
     stored: StoredRun | None = None  # the stored run that stands in for a fresh one
@@ -72,7 +72,7 @@ def upstream_runs(letta_build, pg, pytestconfig):
         index_url=pytestconfig.getoption("--index-url"),
     )
     python = prepare_test_environment(baseline_build) / "bin" / "python"
-    store = StockRunStore(Cache().root / "stock-runs")
+    store = RunStore(Cache().root / "stock-runs")
     key = stock_run_key(baseline_inputs(baseline_build, python, pg))
 
     def fresh(set_aside: list[str]) -> Baseline:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ketta_build.releases import load_releases
+from ketta_build.runstore import RunStore
 
 from . import release_python
+from .fill_store import fill_key, keep_fill, restore_fill
 from .letta_server import LettaServer, run_alembic
 from .once import Once, Stopwatch
 from .pgcluster import PgTarget
@@ -120,11 +122,14 @@ class UpgradeLab:
     vendors, so the conversations that fill it never reach a vendor a test is listening to.
     """
 
-    def __init__(self, pg: PgTarget, prepare, patched: bool, keep: list, workers: int = 2) -> None:
+    def __init__(self, pg: PgTarget, prepare, patched: bool, keep: list, workers: int = 2,
+                 fills: RunStore | None = None, reuse: bool = True) -> None:
         self.pg = pg
         self.prepare = prepare  # (version, patched) -> ServerBuild
         self.patched = patched  # False (--no-patches): the "ketta" sides are the stock releases
         self.keep = keep  # the session's list of things to stop at exit
+        self.fills = fills  # fills kept by their inputs (fill_store); None: every fill is made here
+        self.reuse = reuse  # False (matrix --rerun): kept fills are made again (and kept anew)
         self.work = Path(tempfile.mkdtemp(prefix="ketta-upgrade-"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upgrade-lab")
         self._lock = threading.Lock()
@@ -240,14 +245,50 @@ class UpgradeLab:
             home = self.work / f"home-{side.tag}"
             shutil.copytree(stock.home, home)
             return read_fill(self.pg, side, db, home, stock.vendors, stock.key, stock.written)
+        key = None
+        if self.fills is not None:
+            build = self.build(side.version, side.flavour == "ketta")
+            key = fill_key(side.tag, side.flavour == "ketta", self._patched(side), build, self.pg)
+            kept = self._restored(side, key) if self.reuse else None
+            if kept is not None:
+                return kept
+        fill = self._made(side)
+        if key is not None:
+            with self.timed(f"keep the fill of {side}"):
+                keep_fill(self.fills, key, fill, self.pg, self.work)
+        return fill
+
+    def _restored(self, side: Side, key: str) -> Fill | None:
+        """The kept fill of ``side`` under ``key`` restored, or None (none kept, or a vendor port is taken)."""
+        stored = self.fills.lookup(key)
+        if stored is None:
+            return None
+        db = self._new_database(f"tpl_{side.flavour}")
+        home = self.work / f"home-{side.tag}"
+        try:
+            with self.timed(f"restore the kept fill of {side} ({stored.date}, key {key[:12]})"):
+                vendors, written, encryption_key = restore_fill(stored, side.tag, self.pg, db, home)
+        except (OSError, RuntimeError) as exc:  # a vendor's port taken; a dump pg_restore refuses
+            print(f"{side}: the kept fill could not be restored ({exc}); filling afresh")
+            shutil.rmtree(home, ignore_errors=True)
+            return None
+        self._own_vendors(vendors)
+        fill = read_fill(self.pg, side, db, home, vendors, encryption_key, written)
+        fill.kept_from = f"{stored.date}, key {key[:12]}"
+        return fill
+
+    def _own_vendors(self, vendors: dict) -> None:
+        with self._lock:
+            self.keep.extend(vendors.values())
+            self._vendors.extend(vendors.values())
+
+    def _made(self, side: Side) -> Fill:
         db = self._new_database(f"tpl_{side.flavour}")
         self.pg.clone_database(self.migrated(side)[0], db)
         home = self.work / f"home-{side.tag}"
         home.mkdir()
         vendors = {name: FakeVendor(f"{name}-{side.tag}").start() for name in ("alpha", "beta")}
-        with self._lock:
-            self.keep.extend(vendors.values())
-            self._vendors.extend(vendors.values())
+        self._own_vendors(vendors)
         server = self.start_server(side, db, home=home)
         try:
             with self.timed(f"fill {side}"):

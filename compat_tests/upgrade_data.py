@@ -46,6 +46,7 @@ class Fill:
     messages: int  # messages of the agent
     steps: dict[str, str | None]  # step id -> provider id
     upstream_revision: list[str]
+    kept_from: str | None = None  # a stored fill (ketta_build.runstore) this one was restored from: its date and key
 
     @property
     def written(self) -> Written:

@@ -22,7 +22,7 @@ from packaging.version import Version
 
 from ketta_build.cache import sha256_file
 from ketta_build.serverenv import TEST_REQUIREMENTS, ServerBuild, test_constraints_path
-from ketta_build.stockruns import digest_tree
+from ketta_build.runstore import digest_tree
 
 from .letta_server import run_alembic
 from .pgcluster import PgTarget
@@ -203,7 +203,7 @@ def baseline_inputs(build: ServerBuild, python: Path, pg: PgTarget) -> dict:
 
 
 def run_record(run: UpstreamRun) -> dict:
-    """What is stored of a run (ketta_build.stockruns); its log is stored beside it."""
+    """What is stored of a run (ketta_build.runstore); its log is stored beside it."""
     return {"label": run.label, "files": list(run.files), "returncode": run.returncode, "seconds": run.seconds,
             "outcomes": {test: [o.status, o.message] for test, o in sorted(run.outcomes.items())}}
 

@@ -56,7 +56,8 @@ class FakeVendor:
         with self._lock:
             self.requests.clear()
 
-    def start(self) -> "FakeVendor":
+    def start(self, port: int = 0) -> "FakeVendor":
+        """Listen on 127.0.0.1:``port`` (0: any free port; a port taken raises OSError)."""
         vendor = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -169,7 +170,7 @@ class FakeVendor:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name=f"vendor-{self.name}", daemon=True).start()
         return self

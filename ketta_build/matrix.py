@@ -228,7 +228,7 @@ def run_matrix(
     env["KETTA_UPGRADE_PAIRS"] = upgrade_pairs
     if cache is not None:  # the suites build and reuse in the cache the matrix was given (--cache-dir)
         env["KETTA_BUILD_CACHE"] = str(cache.root.absolute())
-    if not reuse:  # --rerun: the suites' stored stock runs (ketta_build.stockruns) are run again too
+    if not reuse:  # --rerun: the suites' stored stock runs (ketta_build.runstore) are run again too
         env["KETTA_RERUN"] = "1"
     if fuzz_examples is not None:
         env["KETTA_FUZZ_EXAMPLES"] = str(fuzz_examples)

@@ -13,7 +13,7 @@ from compat_tests.upstream_runner import (
     run_from_record, run_record, stored_baseline_holds,
 )
 from ketta_build.serverenv import ServerBuild
-from ketta_build.stockruns import StockRunStore, reuse_allowed, stock_run_key
+from ketta_build.runstore import RunStore, reuse_allowed, stock_run_key
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">
@@ -113,7 +113,7 @@ def failing(label: str, messages: dict[str, str], passing: tuple[str, ...] = ())
 
 
 def test_a_stored_stock_run_is_kept_whole_and_found_by_its_key(tmp_path):
-    store = StockRunStore(tmp_path / "stock-runs")
+    store = RunStore(tmp_path / "stock-runs")
     made = failing("unpatched", {"tests/t.py::test_net": "ConnectError"}, passing=("tests/t.py::test_ok",))
     log = tmp_path / "pytest.log"
     log.write_text("the run's log\n")

@@ -1,18 +1,21 @@
-"""Runs of stock Letta kept by their inputs, so a change to the series does not run them again.
+"""Work a suite did, kept by its inputs, so a change that cannot affect it does not redo it.
 
 A cell's key (:mod:`ketta_build.cellcache`) holds the wheel under test, so editing one patch reruns
-every cell of every release it touches. Part of some cells' work does not depend on the series at
-all: the upstream suite runs the release's own tests twice, on the patched wheel and on the stock
-one, and the stock run is the same whatever the patches say. That run is stored here under the sha256
-of what it depends on (the stock wheel, the test environment's constraints, the test files, the
-runner's code, the PostgreSQL version) and reused by a later cell with the same inputs.
+every cell of every release it touches. Part of a cell's work often does not depend on what
+changed, and is kept here under the sha256 of what it does depend on:
 
-The suite decides when a stored run may stand in for a fresh one (see
-``compat_tests.upstream_runner.stored_baseline_holds``): never to blame Ketta for a failure, never to
-excuse one whose message differs from the stored one. ``matrix --rerun`` (``KETTA_RERUN=1``) runs
-every stock run again, and stores the new one.
+* ``stock-runs``: the upstream suite runs the release's own tests on the patched wheel and on
+  the stock one; the stock run is the same whatever the patches say (its inputs: the stock wheel,
+  the test environment, the test files, the runner's code, the PostgreSQL version). The suite decides
+  when a stored run may stand in for a fresh one (``compat_tests.upstream_runner.stored_baseline_holds``):
+  never to blame Ketta for a failure, never to excuse one whose message differs from the stored one.
+* ``fills``: the upgrade suite's start databases, each made by one release's server (a stock one,
+  or a Ketta one whose wheel did not change), kept as a dump with the server's home
+  (``compat_tests.upgrade``).
 
-Layout: ``<cache>/stock-runs/<key[:2]>/<key>/run.json`` and the run's files beside it.
+``matrix --rerun`` (``KETTA_RERUN=1``) makes everything again, and stores the new one.
+
+Layout: ``<cache>/<kind>/<key[:2]>/<key>/run.json`` and the files beside it.
 """
 
 from __future__ import annotations
@@ -28,11 +31,17 @@ from pathlib import Path
 from .atomic import write_atomic
 
 KEY_SCHEMA = "ketta-build/stock-run/1"
+FILL_KEY_SCHEMA = "ketta-build/fill/1"
 
 
 def stock_run_key(inputs: dict) -> str:
     """The key of a stock run that depends on ``inputs`` (a JSON-able dict)."""
-    return hashlib.sha256(json.dumps({"schema": KEY_SCHEMA, **inputs}, sort_keys=True).encode()).hexdigest()
+    return run_key(KEY_SCHEMA, inputs)
+
+
+def run_key(schema: str, inputs: dict) -> str:
+    """The key of kept work of the kind ``schema`` that depends on ``inputs`` (a JSON-able dict)."""
+    return hashlib.sha256(json.dumps({"schema": schema, **inputs}, sort_keys=True).encode()).hexdigest()
 
 
 def digest_tree(root: Path) -> str:
@@ -44,7 +53,7 @@ def digest_tree(root: Path) -> str:
 
 
 def reuse_allowed(environ: dict[str, str] | None = None) -> bool:
-    """False under ``matrix --rerun``: every stock run is made again."""
+    """False under ``matrix --rerun``: everything kept is made again."""
     return (environ if environ is not None else os.environ).get("KETTA_RERUN") != "1"
 
 
@@ -56,8 +65,8 @@ class StoredRun:
     files: dict[str, Path]  # name -> the stored copy
 
 
-class StockRunStore:
-    """Stock runs by key under ``root`` (``<cache>/stock-runs``)."""
+class RunStore:
+    """Kept work of one kind by key under ``root`` (``<cache>/stock-runs``, ``<cache>/fills``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
