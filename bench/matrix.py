@@ -2,7 +2,7 @@
 
 Usage: python bench/matrix.py [--letta 0.16.8] [--suite unified handle ...] [--upgrade-pairs all|ci]
                               [--all-releases] [-p 2] [--keep DIR]
-       python bench/matrix.py --scenario cold-all|warm-all|one-variant|one-patch|one-release [-p 2] [--suite ...]
+       python bench/matrix.py --scenario cold-all|warm-all|one-variant|one-patch|one-release|one-release-edit [-p 2] [--suite ...]
 
 Scenarios (targets in the docs), each in a worktree of HEAD so nothing of yours changes:
 
@@ -13,9 +13,13 @@ Scenarios (targets in the docs), each in a worktree of HEAD so nothing of yours 
 * ``one-variant``: a comment in an added line of ``0003-keys-from-database-0.14.diff`` changed (a real
   change confined to 0.14.0-0.16.1), ``--all --changed HEAD``;
 * ``one-patch``: the same in ``0002`` (every release);
-* ``one-release``: 0.16.8, every suite and upgrade pair, ``--rerun`` (environments already built).
+* ``one-release``: 0.16.8, every suite and upgrade pair, ``--rerun`` (environments already built;
+  nothing kept is used: every stock run and fill is made again);
+* ``one-release-edit``: 0.16.8, every suite and upgrade pair after the ``one-patch`` change: every
+  cell runs, the stock runs and upgrade fills kept by an earlier run are used where their inputs match.
 
-Per scenario: cells run / reused / not affected, server starts, minutes.
+Per scenario: cells run / reused / not affected, server starts, kept fills restored and stored
+stock runs used, minutes.
 
 Runs ``ketta-build matrix`` into a temporary report directory and prints, per tox run (a release's
 shared session, or a suite on its own), what its fixtures spent on the environment, PostgreSQL,
@@ -99,6 +103,7 @@ class PeakMemory:
 SCENARIO_EDITS = {  # the patch whose added comment a scenario changes
     "one-variant": "patches/0003-keys-from-database-0.14.diff",  # 0.14.0-0.16.1 only
     "one-patch": "patches/0002-handles-use-provider-name.diff",  # every release
+    "one-release-edit": "patches/0002-handles-use-provider-name.diff",  # run on 0.16.8 only
 }
 
 
@@ -129,6 +134,9 @@ def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | N
             env_cache = ["--cache-dir", str(cache or work / "cache"), "--rerun"]
         elif name == "one-release":
             args, env_cache = ["--letta", "0.16.8"], ["--rerun"]
+        elif name == "one-release-edit":
+            _edit(tree, name)
+            args = ["--letta", "0.16.8"]
         elif name in SCENARIO_EDITS:
             _edit(tree, name)
             args = ["--all", "--changed", "HEAD"]
@@ -151,8 +159,13 @@ def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | N
         for path in (reports / "phases").glob("*.json") if (reports / "phases").is_dir() else []:
             starts += json.loads(path.read_text()).get("counts", {}).get("server start", 0)
         failed = [c["env"] for c in ran if c["status"] != "pass"]
-        print(f"{'scenario':12} {'cells':>5} {'run':>4} {'reused':>6} {'not affected':>12} {'server starts':>13} {'minutes':>8}")
-        print(f"{name:12} {len(cells):5} {len(ran):4} {len(reused):6} {len(idle):12} {starts:13} {wall / 60:8.1f}")
+        restored = sum(log.read_text(errors="replace").count("restore the kept fill of")
+                       for log in (reports / "logs").glob("*-upgrade.log")) if (reports / "logs").is_dir() else 0
+        stock_runs = sum(1 for xml in reports.glob("*.xml") if "stored run of" in xml.read_text(errors="replace"))
+        print(f"{'scenario':16} {'cells':>5} {'run':>4} {'reused':>6} {'not affected':>12} {'server starts':>13} "
+              f"{'fills restored':>14} {'stock runs used':>15} {'minutes':>8}")
+        print(f"{name:16} {len(cells):5} {len(ran):4} {len(reused):6} {len(idle):12} {starts:13} {restored:14} "
+              f"{stock_runs:15} {wall / 60:8.1f}")
         print("ran: " + (", ".join(c["env"] for c in ran) or "nothing"))
         if failed:
             print("not green: " + ", ".join(failed))
@@ -169,7 +182,8 @@ def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | N
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=("cold-all", "warm-all", "one-variant", "one-patch", "one-release"))
+    parser.add_argument("--scenario", choices=("cold-all", "warm-all", "one-variant", "one-patch", "one-release",
+                                               "one-release-edit"))
     parser.add_argument("--cache-dir", type=Path, help="the ketta-build cache the scenarios use (default: the user's)")
     parser.add_argument("--letta", default="0.16.8")
     parser.add_argument("--suite", nargs="+", default=None, help="default: every suite")

@@ -265,16 +265,21 @@ def build_wheel_once(tree: Path, dist_dir: Path, build_number: int | None, *, se
 SERVER_EXTRAS = ("server", "postgres", "sqlite")
 
 
+# The form of an exported constraints file, part of the source recorded beside it: files exported
+# in an earlier form (with uv's header, which names the output path) are exported again, not kept.
+CONSTRAINTS_FORM = b"\0no-header"
+
+
 def export_constraints(tree: Path, dest: Path, extras: tuple[str, ...] = SERVER_EXTRAS) -> Path:
     """The release's own lock as pip constraints for ``extras`` (default: a server's).
 
-    A ``dest`` exported from the same ``uv.lock`` for the same extras (its source is recorded beside
-    it) is kept as it is.
+    A ``dest`` exported from the same ``uv.lock`` for the same extras in the same form (its source is
+    recorded beside it) is kept as it is; one of an older form (``CONSTRAINTS_FORM``) is exported again.
     """
     lock = tree / "uv.lock"
     if not lock.is_file():
         raise KettaError("the release has no uv.lock; cannot pin its dependencies", path=lock)
-    source = hashlib.sha256(lock.read_bytes() + "\0".join(extras).encode()).hexdigest()
+    source = hashlib.sha256(lock.read_bytes() + "\0".join(extras).encode() + CONSTRAINTS_FORM).hexdigest()
     record = dest.with_name(f".{dest.name}.source")
     if dest.is_file() and record.is_file() and record.read_text().strip() == source:
         return dest
