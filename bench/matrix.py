@@ -18,8 +18,9 @@ Scenarios (targets in the docs), each in a worktree of HEAD so nothing of yours 
 * ``one-release-edit``: 0.16.8, every suite and upgrade pair after the ``one-patch`` change: every
   cell runs, the stock runs and upgrade fills kept by an earlier run are used where their inputs match.
 
-Per scenario: cells run / reused / not affected, server starts, kept fills restored and stored
-stock runs used, minutes.
+Per scenario: cells run / reused / not affected, server starts (servers that came up), refusals
+(starts the key tests expect to be refused: a few seconds each), kept fills restored, stored stock
+runs used, minutes.
 
 Runs ``ketta-build matrix`` into a temporary report directory and prints, per tox run (a release's
 shared session, or a suite on its own), what its fixtures spent on the environment, PostgreSQL,
@@ -155,16 +156,18 @@ def scenario(name: str, parallel: int, cache: Path | None, suites: list[str] | N
         ran = [c for c in cells if c["status"] in ("pass", "fail", "error") and not c.get("reused")]
         reused = [c for c in cells if c.get("reused")]
         idle = [c for c in cells if c["status"] == "not-affected"]
-        starts = 0
+        starts = refusals = 0
         for path in (reports / "phases").glob("*.json") if (reports / "phases").is_dir() else []:
-            starts += json.loads(path.read_text()).get("counts", {}).get("server start", 0)
+            counts = json.loads(path.read_text()).get("counts", {})
+            starts += counts.get("server start", 0)
+            refusals += counts.get("server start refused", 0)
         failed = [c["env"] for c in ran if c["status"] != "pass"]
         restored = sum(log.read_text(errors="replace").count("restore the kept fill of")
                        for log in (reports / "logs").glob("*-upgrade.log")) if (reports / "logs").is_dir() else 0
         stock_runs = sum(1 for xml in reports.glob("*.xml") if "stored run of" in xml.read_text(errors="replace"))
         print(f"{'scenario':16} {'cells':>5} {'run':>4} {'reused':>6} {'not affected':>12} {'server starts':>13} "
-              f"{'fills restored':>14} {'stock runs used':>15} {'minutes':>8}")
-        print(f"{name:16} {len(cells):5} {len(ran):4} {len(reused):6} {len(idle):12} {starts:13} {restored:14} "
+              f"{'refusals':>8} {'fills restored':>14} {'stock runs used':>15} {'minutes':>8}")
+        print(f"{name:16} {len(cells):5} {len(ran):4} {len(reused):6} {len(idle):12} {starts:13} {refusals:8} {restored:14} "
               f"{stock_runs:15} {wall / 60:8.1f}")
         print("ran: " + (", ".join(c["env"] for c in ran) or "nothing"))
         if failed:

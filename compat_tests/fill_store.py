@@ -23,7 +23,13 @@ import tempfile
 from pathlib import Path
 
 from ketta_build.cache import sha256_file
-from ketta_build.runstore import FILL_KEY_SCHEMA, RunStore, StoredRun, digest_tree, run_key
+from ketta_build.runstore import (
+    FILL_KEY_SCHEMA,
+    RunStore,
+    StoredRun,
+    digest_tree,
+    run_key,
+)
 
 from .pgcluster import PgTarget
 from .upgrade_data import Fill, Written

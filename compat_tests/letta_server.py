@@ -113,8 +113,12 @@ class LettaServer:
         if self.prepare_database:
             with phase("migration"):
                 self.pg.clone_database(migrated_template(self.pg, self.python, self.tree), self.database)
-        with phase("server start"):
-            return self._start()
+        with phase("server start") as label:
+            try:
+                return self._start()
+            except ServerFailed:
+                label[0] = "server start refused"  # it exited: a refusal the test may have asked for
+                raise
 
     def _start(self) -> "LettaServer":
         if self.home is None:

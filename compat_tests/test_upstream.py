@@ -24,12 +24,20 @@ from pathlib import Path
 import pytest
 
 from ketta_build.cache import Cache
-from ketta_build.serverenv import prepare_server, prepare_test_environment
 from ketta_build.runstore import RunStore, StoredRun, reuse_allowed, stock_run_key
+from ketta_build.serverenv import prepare_server, prepare_test_environment
 
 from .upstream_runner import (
-    UPSTREAM_FILES, UpstreamRun, baseline_inputs, compare, load_expected, run_from_record, run_record, run_upstream_tests,
-    stored_baseline_holds, summary_line,
+    UPSTREAM_FILES,
+    UpstreamRun,
+    baseline_inputs,
+    compare,
+    load_expected,
+    run_from_record,
+    run_record,
+    run_upstream_tests,
+    stored_baseline_holds,
+    summary_line,
 )
 
 pytestmark = pytest.mark.upstream

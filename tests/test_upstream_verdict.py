@@ -5,15 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from packaging.specifiers import SpecifierSet
 
 from compat_tests.upstream_runner import (
-    EXPECTED_FILE, CaseOutcome, ExpectedFailure, UpstreamRun, baseline_inputs, compare, load_expected, message_shape, parse_junit,
-    run_from_record, run_record, stored_baseline_holds,
+    EXPECTED_FILE,
+    CaseOutcome,
+    ExpectedFailure,
+    UpstreamRun,
+    baseline_inputs,
+    compare,
+    load_expected,
+    message_shape,
+    parse_junit,
+    run_from_record,
+    run_record,
+    stored_baseline_holds,
 )
-from ketta_build.serverenv import ServerBuild
 from ketta_build.runstore import RunStore, reuse_allowed, stock_run_key
+from ketta_build.serverenv import ServerBuild
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">
