@@ -84,6 +84,7 @@ def restore_fill(stored: StoredRun, side_tag: str, pg: PgTarget, database: str, 
             vendor.stop()
         raise
     try:
+        written, key = Written(**stored.data["written"]), stored.data["key"]
         pg.restore_database(stored.files["database.dump"], database)
         home.mkdir(parents=True)
         with tarfile.open(stored.files["home.tar"]) as tar:
@@ -92,4 +93,4 @@ def restore_fill(stored: StoredRun, side_tag: str, pg: PgTarget, database: str, 
         for vendor in vendors.values():
             vendor.stop()
         raise
-    return vendors, Written(**stored.data["written"]), stored.data["key"]
+    return vendors, written, key

@@ -26,8 +26,15 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("pair", pairs, ids=[p.id for p in pairs], scope="module")
 
 
-def test_schema_equals_a_fresh_migration(lab, pair):
+def _name_the_start(upgraded, record_property) -> None:
+    """Say in the report where the start database came from: made in this run, or a kept fill restored."""
+    record_property("start_database", f"kept fill of {upgraded.fill.kept_from} restored" if upgraded.fill.kept_from
+                    else "filled in this run")
+
+
+def test_schema_equals_a_fresh_migration(lab, pair, record_property):
     upgraded = lab.upgraded(pair)
+    _name_the_start(upgraded, record_property)
     found = differences(lab.fresh_schema(pair.end), upgraded.snapshot.schema)
     assert not found, (
         f"{pair.start} -> {pair.end}: the upgraded schema differs from a fresh {pair.end} migration "
@@ -35,8 +42,9 @@ def test_schema_equals_a_fresh_migration(lab, pair):
     )
 
 
-def test_data_survives(lab, pair):
+def test_data_survives(lab, pair, record_property):
     upgraded = lab.upgraded(pair)
+    _name_the_start(upgraded, record_property)
     fill, snap = upgraded.fill, upgraded.snapshot
     providers = snap.providers
 
@@ -74,8 +82,9 @@ def test_data_survives(lab, pair):
         assert fill.upstream_revision == snap.revision, f"upstream's revision moved: {fill.upstream_revision} -> {snap.revision}"
 
 
-def test_server_runs_on_the_upgraded_database(lab, pair):
+def test_server_runs_on_the_upgraded_database(lab, pair, record_property):
     upgraded = lab.upgraded(pair)
+    _name_the_start(upgraded, record_property)
     fill, server = upgraded.fill, upgraded.server
     try:
         names = {p["name"] for p in api.list_providers(server)}

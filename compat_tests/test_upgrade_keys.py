@@ -174,20 +174,32 @@ def test_rotating_an_explicit_key(letta_build, pg, lab, keyed):
     try:
         done = _rotate(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key, KETTA_NEW_ENCRYPTION_KEY=new)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-        conn = pg.connect(database)
-        try:
-            stored = [r[0] for r in conn.run("SELECT api_key_enc FROM providers WHERE api_key_enc IS NOT NULL")]
-        finally:
-            conn.close()
-        assert stored, "no provider key is stored encrypted"
-        read = lab.crypto(letta_build.python, new, stored)
+        stored = _secrets(pg, database)
+        assert "providers.api_key_enc" in {where for where, _ in stored}, "no provider key is stored encrypted"
+        read = lab.crypto(letta_build.python, new, [value for _, value in stored])
         assert all(r["encrypted"] and r["plain"] for r in read), f"secrets the new key does not open: {read}"
         assert keyed.provider_key in {r["plain"] for r in read}, "the agent's provider key did not survive the rotation"
-        assert not any(r["plain"] for r in lab.crypto(letta_build.python, keyed.key, stored)), "the old key still opens a secret"
+        assert not any(r["plain"] for r in lab.crypto(letta_build.python, keyed.key, [v for _, v in stored])), \
+            "the old key still opens a secret"
         line = _refused(letta_build, pg, database, _new_home(), LETTA_ENCRYPTION_KEY=keyed.key)
         assert "from LETTA_ENCRYPTION_KEY does not decrypt" in line, line
     finally:
         pg.drop_database(database)
+
+
+def _secrets(pg, database: str) -> list[tuple[str, str]]:
+    """Every stored secret: each non-empty value of every ``*_enc`` column (``table.column``, value)."""
+    conn = pg.connect(database)
+    try:
+        columns = conn.run("SELECT table_name, column_name FROM information_schema.columns "
+                           "WHERE table_schema = current_schema() AND column_name LIKE '%\\_enc' ORDER BY 1, 2")
+        found = []
+        for table, column in columns:
+            found += [(f"{table}.{column}", r[0]) for r in conn.run(
+                f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL AND "{column}" <> \'\'')]
+        return found
+    finally:
+        conn.close()
 
 
 def test_rotation_stops_before_writing_on_a_secret_it_cannot_read(letta_build, pg, keyed):

@@ -254,24 +254,37 @@ class UpgradeLab:
                 return kept
         fill = self._made(side)
         if key is not None:
-            with self.timed(f"keep the fill of {side}"):
-                keep_fill(self.fills, key, fill, self.pg, self.work)
+            self._keep(side, key, fill)
         return fill
 
-    def _restored(self, side: Side, key: str) -> Fill | None:
-        """The kept fill of ``side`` under ``key`` restored, or None (none kept, or a vendor port is taken)."""
-        stored = self.fills.lookup(key)
-        if stored is None:
-            return None
-        db = self._new_database(f"tpl_{side.flavour}")
-        home = self.work / f"home-{side.tag}"
+    def _keep(self, side: Side, key: str, fill: Fill) -> None:
+        """Keep ``fill`` under ``key``, unless a kept one is there and this run may use it (it could not:
+        another run holds its vendors' ports; replacing it would only move the clash to the next run).
+        Best effort: a cache that cannot be written costs the next run time, not this one its fill."""
         try:
-            with self.timed(f"restore the kept fill of {side} ({stored.date}, key {key[:12]})"):
-                vendors, written, encryption_key = restore_fill(stored, side.tag, self.pg, db, home)
-        except (OSError, RuntimeError) as exc:  # a vendor's port taken; a dump pg_restore refuses
-            print(f"{side}: the kept fill could not be restored ({exc}); filling afresh")
-            shutil.rmtree(home, ignore_errors=True)
-            return None
+            with self.fills.locked(key), self.timed(f"keep the fill of {side}"):
+                if self.reuse and self.fills.lookup(key) is not None:
+                    return
+                keep_fill(self.fills, key, fill, self.pg, self.work)
+        except Exception as exc:  # noqa: BLE001 - reported, and the fill in hand is good
+            print(f"{side}: the fill was not kept ({exc})")
+
+    def _restored(self, side: Side, key: str) -> Fill | None:
+        """The kept fill of ``side`` under ``key`` restored, or None (none kept, or it cannot be restored:
+        a vendor's port is taken by another run, the dump or the home will not come back)."""
+        home = self.work / f"home-{side.tag}"
+        with self.fills.locked(key):
+            stored = self.fills.lookup(key)
+            if stored is None:
+                return None
+            db = self._new_database(f"tpl_{side.flavour}")
+            try:
+                with self.timed(f"restore the kept fill of {side} ({stored.date}, key {key[:12]})"):
+                    vendors, written, encryption_key = restore_fill(stored, side.tag, self.pg, db, home)
+            except Exception as exc:  # noqa: BLE001 - a fresh fill is always a correct answer
+                print(f"{side}: the kept fill of {stored.date} could not be restored ({exc}); filling afresh")
+                shutil.rmtree(home, ignore_errors=True)
+                return None
         self._own_vendors(vendors)
         fill = read_fill(self.pg, side, db, home, vendors, encryption_key, written)
         fill.kept_from = f"{stored.date}, key {key[:12]}"

@@ -213,30 +213,52 @@ def run_from_record(record: dict, log: Path) -> UpstreamRun:
     return UpstreamRun(record["label"], tuple(record["files"]), outcomes, record["returncode"], record["seconds"], log)
 
 
-# Ids, addresses and counts differ from run to run in the same failure.
-_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|0x[0-9a-f]+|\d+")
+# Ids and addresses differ from run to run in the same failure (and timestamps, ids made of digits):
+# uuids, hex addresses and numbers of five digits or more. Short numbers, status codes among
+# them ("assert 500 == 200"), are part of what a failure says.
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|0x[0-9a-f]+|\d{5,}")
+STOCK_RUNS_TO_TRUST = 2  # stock runs a stored failure must have happened in before it excuses anything
 
 
 def message_shape(message: str) -> str:
-    """A failure message with what varies between runs of the same failure (uuids, addresses, numbers) blanked."""
+    """A failure message with what varies between runs of the same failure blanked."""
     return _VARYING.sub("#", message)
 
 
-def stored_baseline_holds(verdict: Verdict, baseline: UpstreamRun) -> list[str]:
-    """Why a stored stock run may not stand in for a fresh one in ``verdict`` (empty: it may).
+def merged_record(made: UpstreamRun, previous: dict | None) -> dict:
+    """What to store after a fresh stock run: its outcomes, how many stock runs this key has had, and the
+    failures every one of them had (``stable_failures``, test -> [status, message shape])."""
+    record = run_record(made)
+    failing = {t: [o.status, message_shape(o.message)] for t, o in made.failing().items()}
+    if previous is not None:
+        before = previous.get("stable_failures", {})
+        failing = {t: f for t, f in failing.items() if before.get(t) == f}
+        record["stock_runs"] = int(previous.get("stock_runs", 1)) + 1
+    else:
+        record["stock_runs"] = 1
+    record["stable_failures"] = failing
+    return record
 
-    A stored run never blames Ketta (a test failing only patched, a listed failure no longer
-    failing because of Ketta) and never excuses a failure whose message differs from the stored
-    one's: each of those is judged against a stock run made now.
+
+def stored_baseline_holds(verdict: Verdict, record: dict) -> list[str]:
+    """Why the stored stock run ``record`` may not stand in for a fresh one in ``verdict`` (empty: it may).
+
+    A stored run never blames Ketta (a test failing only on the patched build, a listed failure no
+    longer failing because of Ketta), and excuses a patched failure only when every stock run of
+    the same inputs failed that test with the same status and message (ids and long numbers
+    aside), in at least STOCK_RUNS_TO_TRUST runs: a flaky stock failure frozen into the store never
+    excuses anything. Everything else is judged against a stock run made now.
     """
     reasons = []
+    runs = int(record.get("stock_runs", 1))
     if verdict.caused_by_ketta:
-        reasons.append(f"{len(verdict.caused_by_ketta)} test(s) fail patched and passed in the stored stock run")
+        reasons.append(f"{len(verdict.caused_by_ketta)} test(s) fail patched and did not fail in the stored stock run")
     if verdict.stale:
         reasons.append(f"{len(verdict.stale)} listed failure(s) are not failing because of Ketta")
+    if verdict.upstream and runs < STOCK_RUNS_TO_TRUST:
+        reasons.append(f"the stored failures come from {runs} stock run(s); {STOCK_RUNS_TO_TRUST} must agree before they excuse one")
+    stable = record.get("stable_failures", {})
     for test, outcome in sorted(verdict.upstream.items()):
-        stored = baseline.outcomes[test].message
-        if message_shape(outcome.message) != message_shape(stored):
-            reasons.append(f"{test} fails otherwise than in the stored stock run ({outcome.message!r} vs {stored!r})")
+        if runs >= STOCK_RUNS_TO_TRUST and stable.get(test) != [outcome.status, message_shape(outcome.message)]:
+            reasons.append(f"{test} fails otherwise than in every stored stock run ({outcome.status}: {outcome.message[:120]!r})")
     return reasons
-

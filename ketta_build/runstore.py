@@ -25,8 +25,12 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import filelock
 
 from .atomic import write_atomic
 
@@ -53,8 +57,10 @@ def digest_tree(root: Path) -> str:
 
 
 def reuse_allowed(environ: dict[str, str] | None = None) -> bool:
-    """False under ``matrix --rerun``: everything kept is made again."""
-    return (environ if environ is not None else os.environ).get("KETTA_RERUN") != "1"
+    """False under ``matrix --rerun`` (everything kept is made again) and while coverage is measured
+    (``KETTA_COVERAGE``: kept work runs no server, so its hunks would go unmeasured)."""
+    env = environ if environ is not None else os.environ
+    return env.get("KETTA_RERUN") != "1" and not env.get("KETTA_COVERAGE")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,15 @@ class RunStore:
 
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key
+
+    @contextmanager
+    def locked(self, key: str, timeout: float = 900) -> Iterator[None]:
+        """Hold ``key`` against other processes: around a lookup and the reading of its files, or
+        around a lookup and a save (two tox runs may make the same kept work at once)."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(locks / f"{key}.lock"), timeout=timeout):
+            yield
 
     def lookup(self, key: str) -> StoredRun | None:
         where = self._dir(key)

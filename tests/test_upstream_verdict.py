@@ -15,6 +15,7 @@ from compat_tests.upstream_runner import (
     baseline_inputs,
     compare,
     load_expected,
+    merged_record,
     message_shape,
     parse_junit,
     run_from_record,
@@ -147,23 +148,38 @@ def test_rerun_sets_every_stored_stock_run_aside():
 
 
 def test_a_stored_stock_run_never_blames_ketta_nor_excuses_a_different_failure():
-    stored = failing("unpatched", {"tests/t.py::test_net": "NoResultFound: Provider id='provider-0f8fad5b-d9cb-469f-a165-70867728950e'"},
-                     passing=("tests/t.py::test_ok", "tests/t.py::test_listed"))
-    # The same failure, another uuid: the stored run may stand in.
-    same = failing("patched", {"tests/t.py::test_net": "NoResultFound: Provider id='provider-7c9e6679-7425-40de-944b-e07fc1f90ae7'"},
-                   passing=("tests/t.py::test_ok", "tests/t.py::test_listed"))
-    assert stored_baseline_holds(compare("0.16.8", same, stored, []), stored) == []
-    # Failing otherwise than stored: judged against a fresh stock run.
-    other = failing("patched", {"tests/t.py::test_net": "AssertionError: 3 providers"}, passing=("tests/t.py::test_ok",))
-    reasons = stored_baseline_holds(compare("0.16.8", other, stored, []), stored)
+    uuid_a, uuid_b = "0f8fad5b-d9cb-469f-a165-70867728950e", "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+    passing = ("tests/t.py::test_ok", "tests/t.py::test_listed")
+    first = failing("unpatched", {"tests/t.py::test_net": f"NoResultFound: Provider id='provider-{uuid_a}'"}, passing=passing)
+    second = failing("unpatched", {"tests/t.py::test_net": f"NoResultFound: Provider id='provider-{uuid_b}'"}, passing=passing)
+    once = merged_record(first, None)
+    twice = merged_record(second, once)
+    assert (once["stock_runs"], twice["stock_runs"]) == (1, 2)
+    # The same failure, another uuid: after two agreeing stock runs the stored one may stand in.
+    same = failing("patched", {"tests/t.py::test_net": f"NoResultFound: Provider id='provider-{uuid_b}'"}, passing=passing)
+    assert stored_baseline_holds(compare("0.16.8", same, first, []), twice) == []
+    # One stock run is not enough to excuse anything.
+    assert any("2 must agree" in r for r in stored_baseline_holds(compare("0.16.8", same, first, []), once))
+    # Failing otherwise than stored (another status code counts): judged against a fresh stock run.
+    other = failing("patched", {"tests/t.py::test_net": "AssertionError: assert 422 == 200"}, passing=passing)
+    stock_500 = merged_record(failing("unpatched", {"tests/t.py::test_net": "AssertionError: assert 500 == 200"}, passing=passing),
+                              merged_record(failing("unpatched", {"tests/t.py::test_net": "AssertionError: assert 500 == 200"},
+                                                    passing=passing), None))
+    reasons = stored_baseline_holds(compare("0.16.8", other, first, []), stock_500)
     assert len(reasons) == 1 and "tests/t.py::test_net fails otherwise" in reasons[0]
+    # A stock failure that did not happen in every stock run (a flake) never excuses a patched one.
+    flaky = merged_record(failing("unpatched", {}, passing=(*passing, "tests/t.py::test_net")), stock_500)
+    assert flaky["stable_failures"] == {} and flaky["stock_runs"] == 3
+    patched_500 = failing("patched", {"tests/t.py::test_net": "AssertionError: assert 500 == 200"}, passing=passing)
+    assert stored_baseline_holds(compare("0.16.8", patched_500, first, []), flaky)
     # A test failing only patched would be blamed on Ketta: never on a stored run.
-    blamed = failing("patched", {"tests/t.py::test_net": "NoResultFound: Provider id='provider-1'", "tests/t.py::test_ok": "boom"})
-    assert any("fail patched and passed in the stored" in r for r in stored_baseline_holds(compare("0.16.8", blamed, stored, []), stored))
+    blamed = failing("patched", {"tests/t.py::test_net": f"NoResultFound: Provider id='provider-{uuid_a}'", "tests/t.py::test_ok": "boom"})
+    assert any("did not fail in the stored" in r for r in stored_baseline_holds(compare("0.16.8", blamed, first, []), twice))
     # A listed failure that the stored run says is not Ketta's doing (stale): a fresh run decides.
     listed = ExpectedFailure("tests/t.py::test_gone", SpecifierSet(">=0.16"), "Ketta deletes for real")
-    assert any("not failing because of Ketta" in r for r in stored_baseline_holds(compare("0.16.8", same, stored, [listed]), stored))
-    assert message_shape("at 0x7f3a2b1c line 42") == message_shape("at 0x7f00aa01 line 7")
+    assert any("not failing because of Ketta" in r for r in stored_baseline_holds(compare("0.16.8", same, first, [listed]), twice))
+    assert message_shape("at 0x7f3a2b1c in 1764773531") == message_shape("at 0x7f00aa01 in 1764779999")
+    assert message_shape("assert 500 == 200") != message_shape("assert 422 == 200")
 
 
 def test_the_stock_run_key_follows_what_the_run_depends_on(tmp_path):
@@ -204,3 +220,18 @@ def test_the_stock_run_key_follows_what_the_run_depends_on(tmp_path):
     other_wheel = stock_run_key(baseline_inputs(ServerBuild(*[*vars(build).values()][:5], "d" * 64, constraints, env, None),
                                                 env / "bin" / "python", pg))
     assert len({first, changed_tests, changed_constraints, changed_postgres, other_wheel}) == 5
+
+
+def test_a_key_held_by_one_process_waits_for_it_in_another(tmp_path):
+    import subprocess
+    import sys
+
+    store = RunStore(tmp_path / "stock-runs")
+    probe = ("import sys, filelock; from pathlib import Path; from ketta_build.runstore import RunStore\n"
+             "try:\n    with RunStore(Path(sys.argv[1])).locked(sys.argv[2], timeout=0.3): print('got it')\n"
+             "except filelock.Timeout: print('waited')")
+    with store.locked("k" * 64):
+        held = subprocess.run([sys.executable, "-c", probe, str(store.root), "k" * 64], capture_output=True, text=True)
+        other = subprocess.run([sys.executable, "-c", probe, str(store.root), "o" * 64], capture_output=True, text=True)
+    assert held.stdout.strip() == "waited", held.stderr
+    assert other.stdout.strip() == "got it", other.stderr
