@@ -10,6 +10,7 @@ import pytest
 
 from compat_tests.fill_store import fill_key, keep_fill, restore_fill
 from compat_tests.pgcluster import EmbeddedCluster
+from compat_tests.upgrade import Side, UpgradeLab
 from compat_tests.upgrade_data import Fill
 from compat_tests.vendor import FakeVendor
 from ketta_build.runstore import RunStore
@@ -112,3 +113,29 @@ def test_the_fill_key_follows_the_wheel_the_migrations_and_postgres(pg, tmp_path
     migrations = fill_key("stock0.16.7", False, False, build, pg)
     other_wheel = ServerBuild("0.16.7", False, tree, tmp_path / "w.whl", "0.16.7", "b" * 64, constraints, env, None)
     assert len({first, migrations, fill_key("stock0.16.7", False, False, other_wheel, pg)}) == 3
+
+
+def test_a_kept_fill_is_replaced_only_when_the_run_may_not_use_it(pg, tmp_path):
+    # Two upgrade cells at once restore the same fill; the one whose vendor port is taken makes its
+    # own. Its fill must not replace the kept one (the next run would clash the other way round);
+    # a --rerun run (reuse off) makes everything again and keeps what it made.
+    vendors = {name: FakeVendor(name).start() for name in ("alpha", "beta")}
+    store = RunStore(tmp_path / "fills")
+    side = Side("0.16.7", "stock")
+    labs = [UpgradeLab(pg, prepare=None, patched=True, keep=[], fills=store, reuse=reuse) for reuse in (True, True, False)]
+    try:
+        fill = _fill(pg, tmp_path, vendors)
+        labs[0]._keep(side, "r" * 64, fill)
+        first = store.lookup("r" * 64)
+        assert first is not None
+        kept = tmp_path / "fills" / "rr" / ("r" * 64) / "run.json"
+        before = kept.stat().st_mtime_ns
+        labs[1]._keep(side, "r" * 64, fill)
+        assert kept.stat().st_mtime_ns == before, "a run that may use the kept fill replaced it"
+        labs[2]._keep(side, "r" * 64, fill)
+        assert kept.stat().st_mtime_ns != before, "--rerun keeps its own fill"
+    finally:
+        for lab in labs:
+            lab.close()
+        for vendor in vendors.values():
+            vendor.stop()
