@@ -105,3 +105,15 @@ def test_each_compat_suite_file_is_named_after_its_suite():
         if len(marks) != 1 or not re.fullmatch(rf"test_{next(iter(marks))}(_\w+)?", path.stem):
             wrong.append((path.name, sorted(marks)))
     assert wrong == [], f"compat_tests files whose name does not start with test_<their one suite>: {wrong}"
+
+
+def test_no_name_is_undefined_unused_or_shadowed():
+    # The compatibility suites' fixtures run only in the matrix, so a name an edit left undefined
+    # there (an import block re-sorted over a change) surfaced only after minutes of servers.
+    # pyflakes' checks through ruff find it in a second.
+    ruff = Path(sys.executable).with_name("ruff")
+    root = PACKAGE.parent
+    proc = subprocess.run([str(ruff), "check", "--no-cache", "--isolated", "--select", "F821,F811,F401,F841",
+                           "--output-format", "concise", "ketta_build", "compat_tests", "tests", "bench"],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
