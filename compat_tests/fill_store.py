@@ -17,7 +17,6 @@ fill is rewritten: the database is the one the release's server wrote.
 from __future__ import annotations
 
 import dataclasses
-import re
 import tarfile
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ from ketta_build.runstore import (
 )
 
 from .pgcluster import PgTarget
+from .release_python import venv_python_version
 from .upgrade_data import Fill, Written
 from .vendor import FakeVendor
 
@@ -42,17 +42,11 @@ HARNESS = ("upgrade.py", "upgrade_data.py", "fill_store.py", "api.py", "vendor.p
 def fill_key(side_tag: str, by_handle: bool, patched: bool, build, pg: PgTarget) -> str:
     """The key of the fill of side ``side_tag`` made with ``build`` (a ketta_build ServerBuild)."""
     here = Path(__file__).parent
-    conn = pg.connect()
-    try:
-        postgres = conn.run("SHOW server_version")[0][0]
-    finally:
-        conn.close()
-    venv = (build.env / "pyvenv.cfg").read_text() if (build.env / "pyvenv.cfg").is_file() else ""
     return run_key(FILL_KEY_SCHEMA, {
         "side": side_tag, "by_handle": by_handle, "patched": patched,
         "wheel": build.wheel_sha256, "constraints": sha256_file(build.constraints),
         "alembic": digest_tree(build.tree / "alembic"), "alembic_ini": sha256_file(build.tree / "alembic.ini"),
-        "python": re.findall(r"(?m)^version(?:_info)?\s*=\s*(\S+)", venv), "postgres": postgres,
+        "python": venv_python_version(build.env), "postgres": pg.server_version(),
         "harness": {name: sha256_file(here / name) for name in HARNESS},
     })
 

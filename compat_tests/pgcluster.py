@@ -56,6 +56,13 @@ class PgTarget:
         finally:
             conn.close()
 
+    def server_version(self) -> str:
+        conn = self.connect()
+        try:
+            return conn.run("SHOW server_version")[0][0]
+        finally:
+            conn.close()
+
     def create_database(self, name: str) -> None:
         self.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
         self.run("CREATE EXTENSION IF NOT EXISTS vector", database=name)

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
+
+
+def venv_python_version(env: Path) -> list[str]:
+    """The Python version an environment was made with, as its ``pyvenv.cfg`` says."""
+    cfg = env / "pyvenv.cfg"
+    return re.findall(r"(?m)^version(?:_info)?\s*=\s*(\S+)", cfg.read_text()) if cfg.is_file() else []
 
 
 def clean_env() -> dict[str, str]:

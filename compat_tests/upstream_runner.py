@@ -26,6 +26,7 @@ from ketta_build.serverenv import TEST_REQUIREMENTS, ServerBuild, test_constrain
 
 from .letta_server import run_alembic
 from .pgcluster import PgTarget
+from .release_python import venv_python_version
 
 # The provider tests named by the series issue. Files a release does not ship are reported as such.
 UPSTREAM_FILES = (
@@ -188,16 +189,10 @@ def summary_line(run: UpstreamRun) -> str:
 def baseline_inputs(build: ServerBuild, python: Path, pg: PgTarget) -> dict:
     """What a stock run of the release's tests depends on: the key it is stored under."""
     here = Path(__file__).parent
-    conn = pg.connect()
-    try:
-        postgres = conn.run("SHOW server_version")[0][0]
-    finally:
-        conn.close()
-    venv = (python.parent.parent / "pyvenv.cfg").read_text()
     return {
         "letta": build.version, "wheel": build.wheel_sha256, "constraints": sha256_file(test_constraints_path(build)),
-        "requirements": list(TEST_REQUIREMENTS), "python": re.findall(r"(?m)^version(?:_info)?\s*=\s*(\S+)", venv),
-        "tests": digest_tree(build.tree / "tests"), "files": list(UPSTREAM_FILES), "postgres": postgres,
+        "requirements": list(TEST_REQUIREMENTS), "python": venv_python_version(python.parent.parent),
+        "tests": digest_tree(build.tree / "tests"), "files": list(UPSTREAM_FILES), "postgres": pg.server_version(),
         "runner": {name: sha256_file(here / name) for name in ("upstream_runner.py", "letta_server.py", "pgcluster.py")},
     }
 

@@ -202,15 +202,8 @@ def test_the_stock_run_key_follows_what_the_run_depends_on(tmp_path):
     class Postgres:  # what baseline_inputs asks of PostgreSQL: its version
         version = "16.4"
 
-        def connect(self):
-            return self
-
-        def run(self, sql):
-            assert sql == "SHOW server_version"
-            return [[self.version]]
-
-        def close(self):
-            pass
+        def server_version(self):
+            return self.version
 
     pg = Postgres()
     first = stock_run_key(baseline_inputs(build, env / "bin" / "python", pg))
