@@ -139,3 +139,24 @@ def test_a_kept_fill_is_replaced_only_when_the_run_may_not_use_it(pg, tmp_path):
             lab.close()
         for vendor in vendors.values():
             vendor.stop()
+
+
+def test_a_damaged_kept_fill_raises_and_leaves_nothing_running(pg, tmp_path):
+    # The lab then makes the fill afresh (UpgradeLab._restored catches it); here: the error and the clean-up.
+    vendors = {name: FakeVendor(name).start() for name in ("alpha", "beta")}
+    try:
+        fill = _fill(pg, tmp_path, vendors)
+        store = RunStore(tmp_path / "fills")
+        keep_fill(store, "d" * 64, fill, pg, tmp_path)
+        ports = [int(v.base_url.rsplit(":", 1)[1].split("/")[0]) for v in vendors.values()]
+    finally:
+        for vendor in vendors.values():
+            vendor.stop()
+    stored = store.lookup("d" * 64)
+    stored.files["database.dump"].write_bytes(b"not a dump")
+    with pytest.raises(RuntimeError, match="pg_restore"):
+        restore_fill(stored, "x", pg, "tpl_damaged", tmp_path / "home-damaged")
+    for port in ports:  # both vendors were stopped again
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", port))
+        probe.close()
