@@ -212,8 +212,9 @@ def run_from_record(record: dict, log: Path) -> UpstreamRun:
 # uuids, hex addresses, short hex ids (six or more hex digits, one a digit at least, standing alone
 # between non-alphanumerics: the names upstream's tests make) and numbers of five digits or more. Short numbers, status codes among
 # them ("assert 500 == 200"), are part of what a failure says.
-_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|0x[0-9a-f]+|\d{5,}"
-                      r"|(?<![0-9A-Za-z])(?=[0-9a-f]*\d)[0-9a-f]{6,}(?![0-9A-Za-z])")  # short hex ids: test-byok-a5e478b7
+# (Alternatives in this order: a hex id that starts with five digits is one id, not a number and a word.)
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|0x[0-9a-f]+"
+                      r"|(?<![0-9A-Za-z])(?=[0-9a-f]*\d)[0-9a-f]{6,}(?![0-9A-Za-z])|\d{5,}")  # test-byok-a5e478b7
 STOCK_RUNS_TO_TRUST = 2  # stock runs a stored failure must have happened in before it excuses anything
 
 
