@@ -72,17 +72,27 @@ def test_a_kept_fill_comes_back_with_its_rows_home_and_vendor_ports(pg, tmp_path
             vendor.stop()
 
 
-def test_a_taken_vendor_port_means_a_fresh_fill_and_nothing_left_running(pg, tmp_path):
+def _port(vendor: FakeVendor) -> int:
+    return int(vendor.base_url.rsplit(":", 1)[1].split("/")[0])
+
+
+def _kept(pg, tmp_path: Path, key: str) -> tuple[RunStore, dict]:
+    """A fill kept under ``key``, its vendors still running (the caller stops them)."""
     vendors = {name: FakeVendor(name).start() for name in ("alpha", "beta")}
     try:
-        fill = _fill(pg, tmp_path, vendors)
         store = RunStore(tmp_path / "fills")
-        keep_fill(store, "t" * 64, fill, pg, tmp_path)
-        alpha_port = int(vendors["alpha"].base_url.rsplit(":", 1)[1].split("/")[0])
-    finally:
-        for name, vendor in vendors.items():
-            if name != "beta":
-                vendor.stop()
+        keep_fill(store, key, _fill(pg, tmp_path, vendors), pg, tmp_path)
+    except BaseException:
+        for vendor in vendors.values():
+            vendor.stop()
+        raise
+    return store, vendors
+
+
+def test_a_taken_vendor_port_means_a_fresh_fill_and_nothing_left_running(pg, tmp_path):
+    store, vendors = _kept(pg, tmp_path, "t" * 64)
+    alpha_port = _port(vendors["alpha"])
+    vendors["alpha"].stop()
     # beta is still listening: the restore cannot have its port.
     try:
         with pytest.raises(OSError):
@@ -143,15 +153,10 @@ def test_a_kept_fill_is_replaced_only_when_the_run_may_not_use_it(pg, tmp_path):
 
 def test_a_damaged_kept_fill_raises_and_leaves_nothing_running(pg, tmp_path):
     # The lab then makes the fill afresh (UpgradeLab._restored catches it); here: the error and the clean-up.
-    vendors = {name: FakeVendor(name).start() for name in ("alpha", "beta")}
-    try:
-        fill = _fill(pg, tmp_path, vendors)
-        store = RunStore(tmp_path / "fills")
-        keep_fill(store, "d" * 64, fill, pg, tmp_path)
-        ports = [int(v.base_url.rsplit(":", 1)[1].split("/")[0]) for v in vendors.values()]
-    finally:
-        for vendor in vendors.values():
-            vendor.stop()
+    store, vendors = _kept(pg, tmp_path, "d" * 64)
+    ports = [_port(v) for v in vendors.values()]
+    for vendor in vendors.values():
+        vendor.stop()
     stored = store.lookup("d" * 64)
     stored.files["database.dump"].write_bytes(b"not a dump")
     with pytest.raises(RuntimeError, match="pg_restore"):
