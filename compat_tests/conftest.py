@@ -22,6 +22,7 @@ from ketta_build.serverenv import prepare_server
 from ketta_build.toxini import SUITES
 
 from . import api, phases
+from .keyguard import GUARD
 from .letta_server import LettaServer, drop_templates
 from .pgcluster import EmbeddedCluster, PgTarget
 from .phases import phase
@@ -186,6 +187,24 @@ def servers(letta_build, pg):
     pool = ServerPool(letta_build, pg)
     yield pool
     pool.stop()
+    fail_on_key_leaks("at the end of the session (the servers' shutdown)")
+
+
+def fail_on_key_leaks(when: str) -> None:
+    """Fail with every finding of the key guard (compat_tests/keyguard.py) since the last call."""
+    GUARD.scan()
+    found = GUARD.take()
+    if found:
+        shown = "\n".join(found[:20]) + (f"\n… and {len(found) - 20} more" if len(found) > 20 else "")
+        pytest.fail(f"{len(found)} provider key(s) leaked {when}:\n{shown}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_provider_key_leaks():
+    """Every test of every suite: no key it (or an earlier test) sent shows up in a response it received
+    or in what a Ketta server logged meanwhile (issue #28)."""
+    yield
+    fail_on_key_leaks("during this test")
 
 
 class InOrganisation:
@@ -229,15 +248,21 @@ def server(servers) -> InOrganisation:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    # No key in a report: a failure's text (a response body in an assertion, say) is masked.
+    if report.longrepr is not None and GUARD.keys:
+        text = str(report.longrepr)
+        if GUARD.mask(text) != text:
+            report.longrepr = GUARD.mask(text)
+    report.sections = [(title, GUARD.mask(content)) for title, content in report.sections]
     if report.failed and "servers" in item.fixturenames:
         pool = item.funcargs.get("servers")
         keep = Path(os.environ.get("KETTA_REPORT_DIR", REPO / "reports")) / "server-logs"
         for number, (key, srv) in enumerate(pool.servers.items() if pool else []):
-            report.sections.append((f"letta server log {dict(key) or 'default'} (tail)", srv.log_tail(300)))
+            report.sections.append((f"letta server log {dict(key) or 'default'} (tail)", GUARD.mask(srv.log_tail(300))))
             # The whole log outlives the server's temporary home, for failures a tail cannot explain.
             keep.mkdir(parents=True, exist_ok=True)
             name = "".join(c if c.isalnum() or c in "._-" else "_" for c in item.nodeid)
-            (keep / f"{name}.server{number}.log").write_text(srv.log_text())
+            (keep / f"{name}.server{number}.log").write_text(GUARD.mask(srv.log_text()))
     if report.failed:
         for thing in _live:
             if isinstance(thing, EmbeddedCluster):

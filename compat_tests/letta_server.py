@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .keyguard import GUARD
 from .pgcluster import PgTarget, free_port
 
 STARTUP_TIMEOUT = float(os.environ.get("KETTA_SERVER_STARTUP_TIMEOUT", "180"))
@@ -26,6 +27,7 @@ SERVER_ENV_KEYS = {
     "ANTHROPIC_API_KEY": "sk-server-env-anthropic",
     "GROQ_API_KEY": "sk-server-env-groq",
 }
+GUARD.add(*SERVER_ENV_KEYS.values())
 
 
 # No network but the loopback: anything the server would fetch from the internet (Letta fetches NLTK
@@ -102,6 +104,11 @@ class LettaServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def guarded(self) -> bool:
+        """A Ketta build: its log and responses must hold no provider key (compat_tests/keyguard.py)."""
+        return (self.tree / "letta" / "ketta.py").is_file()
+
+    @property
     def key_file(self) -> Path:
         """Where a Ketta server without LETTA_ENCRYPTION_KEY keeps its generated key."""
         assert self.home is not None
@@ -135,6 +142,8 @@ class LettaServer:
             "NLTK_DATA": str(self.home / "nltk"),
             **self.extra_env,
         }
+        if self.guarded:
+            GUARD.watch(self.log_path)
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [str(self.letta), "server", "--port", str(self.port), "--host", "127.0.0.1"],
@@ -174,11 +183,14 @@ class LettaServer:
                 except ProcessLookupError:
                     pass
                 self.process.wait(timeout=10)
+        if self.guarded:
+            GUARD.scan_log(self.log_path)  # what it wrote while shutting down
 
     # ----------------------------------------------------------------- HTTP
 
     def request(self, method: str, path: str, body: object | None = None, user_id: str | None = None,
                 timeout: float = 120) -> Response:
+        GUARD.learn(body)
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -192,6 +204,8 @@ class LettaServer:
         except urllib.error.HTTPError as err:
             status, raw = err.code, err.read()
         text = raw.decode("utf-8", "replace")
+        if self.guarded:
+            GUARD.check_response(method, path, status, text)
         try:
             parsed = json.loads(text) if text else None
         except ValueError:

@@ -38,6 +38,11 @@ class FakeVendor:
     models: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini")
     reply: str = "Hello from the vendor."
     key_in_model_names: bool = False  # list "<model>-<api key>": each key's provider gets models of its own
+    # The error paths: None answers as a vendor does; "401" and "500" answer every request with that
+    # status and an OpenAI-style error body; "slow" answers only after ``slow_seconds`` (longer than
+    # the 5 s a server's model listing waits). A vendor that is not there at all: ``stop()``.
+    failure: str | None = None
+    slow_seconds: float = 7.0
     requests: list[RecordedRequest] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -86,8 +91,22 @@ class FakeVendor:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _failed(self) -> bool:
+                """Answer as the vendor's ``failure`` says; True if that was the answer."""
+                if vendor.failure == "slow":
+                    time.sleep(vendor.slow_seconds)
+                    return False
+                if vendor.failure in ("401", "500"):
+                    kind = "invalid_api_key" if vendor.failure == "401" else "server_error"
+                    self._send_json(int(vendor.failure), {"error": {"message": f"ketta test vendor: {kind}",
+                                                                    "type": kind, "code": kind}})
+                    return True
+                return False
+
             def do_GET(self) -> None:
                 self._record(None)
+                if self._failed():
+                    return
                 if self.path.rstrip("/").endswith("/models"):
                     auth = self.headers.get("Authorization") or ""
                     key = auth[7:] if vendor.key_in_model_names and auth.lower().startswith("bearer ") else None
@@ -113,6 +132,8 @@ class FakeVendor:
                 except ValueError:
                     body = {"_unparsed": raw.decode("utf-8", "replace")}
                 self._record(body)
+                if self._failed():
+                    return
                 if self.path.rstrip("/").endswith("/embeddings"):
                     self._embeddings(body)
                     return
