@@ -22,13 +22,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GitError
+from .gitcmd import run
 from .patchfile import FilePatch, Hunk, Patch, split_lines
 
 
@@ -290,12 +290,13 @@ def _merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str,
             p = Path(tmp) / name
             p.write_bytes(data)
             paths.append(str(p))
-        cmd = ["git", "merge-file", "-p", "-L", labels[0], "-L", labels[1], "-L", labels[2], *paths]
-        proc = subprocess.run(cmd, capture_output=True, check=False)
+        args = ("-L", labels[0], "-L", labels[1], "-L", labels[2], *paths)
+        # In the temporary directory: no repository's configuration (merge.conflictStyle) applies.
+        proc = run(Path(tmp), "merge-file", "-p", *args)
         if proc.returncode < 0 or proc.returncode > 127:
             raise GitError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
         if favour_theirs and proc.returncode:
-            resolved = subprocess.run([*cmd[:3], "--theirs", *cmd[3:]], capture_output=True, check=False)
+            resolved = run(Path(tmp), "merge-file", "-p", "--theirs", *args)
             return resolved.stdout, proc.returncode
         return proc.stdout, proc.returncode
 

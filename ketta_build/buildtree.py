@@ -28,7 +28,7 @@ from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, a
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .errors import BuildTreeError, KettaError
-from .gitcmd import blob, git, git_bytes
+from .gitcmd import blob, git, git_bytes, popen
 from .header import commit_message
 from .patchfile import Patch, split_lines
 from .report import report_json
@@ -446,12 +446,9 @@ class CommitWriter:
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None:
-            env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1"}
-            self.proc = subprocess.Popen(
-                ["git", "-c", "core.fsync=none", "-c", "gc.auto=0", "fast-import", "--quiet", "--done", "--date-format=raw",
-                 f"--export-marks={self.marks_file}"],
-                cwd=self.tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
+            self.proc = popen(self.tree, "fast-import", "--quiet", "--done", "--date-format=raw",
+                              f"--export-marks={self.marks_file}",
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self.proc
 
     def _fail(self) -> BuildTreeError:

@@ -1,0 +1,348 @@
+"""Issue 29, the git and patch half: an upstream source, a patch file or the user's git set-up can
+never run code, reach outside the tree, or change what ketta-build ships.
+
+* every git the tool runs ignores system, global and environment configuration, hooks, fsmonitor,
+  signing, templates and attribute files, and inherits no ``GIT_*`` variable it did not set itself;
+* nothing is written through a symlink found in a tree (``.rej`` files included);
+* a hunk header claiming an absurd line costs nothing (and is bad input in a patch file);
+* a patch cannot make a symlink, and a patch file that is a symlink is refused unread.
+
+All offline: synthetic releases on a local index, a directory or a git repository.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+from conftest import make_diff, server_files, write_patch, write_series, write_tree
+
+from ketta_build.cli import main
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ketta_build"
+
+HOOKS = ("applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit", "prepare-commit-msg",
+         "commit-msg", "post-commit", "pre-rebase", "post-checkout", "post-merge", "pre-push", "pre-auto-gc",
+         "post-rewrite", "reference-transaction", "post-index-change", "fsmonitor-watchman", "sendemail-validate")
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+class Hostile:
+    """A git set-up that runs a marking script wherever git would run one, and would change commits
+    (hook-edited messages, signatures, a commit encoding) and files (filters, ident, CRLF) if obeyed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.markers = root / "markers"
+        self.markers.mkdir(parents=True)
+        bin_dir = root / "bin"
+        bin_dir.mkdir()
+        mark = f'touch "{self.markers}/$(basename "$0")"\n'
+        self.hooks = root / "hooks"
+        self.hooks.mkdir()
+        for name in HOOKS:
+            extra = 'echo "Hooked-By: hostile" >> "$1"\n' if name == "prepare-commit-msg" else ""
+            _script(self.hooks / name, mark + extra + "exit 0\n")
+        templates = root / "templates"
+        (templates / "hooks").mkdir(parents=True)
+        for name in HOOKS:
+            _script(templates / "hooks" / name, mark + "exit 0\n")
+        (templates / "info").mkdir()
+        (templates / "info" / "attributes").write_text("* filter=hostile ident eol=crlf\n")
+        fsmonitor = _script(bin_dir / "fsmonitor", mark + "exit 1\n")
+        gpg = _script(bin_dir / "gpg", mark + "exit 1\n")
+        clean = _script(bin_dir / "filter-clean", mark + "sed 's/^/HOSTILE /'\n")
+        smudge = _script(bin_dir / "filter-smudge", mark + "sed 's/^/HOSTILE /'\n")
+        external = _script(bin_dir / "external-diff", mark + "exit 0\n")
+        ssh = _script(bin_dir / "ssh", mark + "exit 1\n")
+        self.attributes = root / "attributes"
+        self.attributes.write_text("* filter=hostile ident eol=crlf\n")
+        included = root / "included.cfg"
+        included.write_text(f'[filter "hostile"]\n\tclean = {clean}\n\tsmudge = {smudge}\n\trequired = true\n')
+        self.config = root / "hostile.cfg"
+        self.config.write_text(textwrap.dedent(f"""\
+            [include]
+            \tpath = {included}
+            [core]
+            \thooksPath = {self.hooks}
+            \tfsmonitor = {fsmonitor}
+            \tattributesFile = {self.attributes}
+            \tsshCommand = {ssh}
+            \tautocrlf = true
+            [commit]
+            \tgpgSign = true
+            [tag]
+            \tgpgSign = true
+            \tforceSignAnnotated = true
+            [gpg]
+            \tprogram = {gpg}
+            [init]
+            \ttemplateDir = {templates}
+            \tdefaultBranch = hostile
+            [diff]
+            \texternal = {external}
+            [merge]
+            \tconflictStyle = diff3
+            [log]
+            \tshowSignature = true
+            [i18n]
+            \tcommitEncoding = ISO-8859-1
+            [user]
+            \tname = Mallory
+            \temail = mallory@example.org
+            """))
+        self.home = root / "home"
+        (self.home / ".config" / "git").mkdir(parents=True)
+        (self.home / ".gitconfig").write_text(self.config.read_text())
+        (self.home / ".config" / "git" / "config").write_text(self.config.read_text())
+        (self.home / ".config" / "git" / "attributes").write_text(self.attributes.read_text())
+
+    def global_env(self) -> dict[str, str]:
+        """The hostile configuration as the user's own (HOME, XDG and GIT_CONFIG_GLOBAL)."""
+        return {"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config"),
+                "GIT_CONFIG_GLOBAL": str(self.config)}
+
+    def ran(self) -> list[str]:
+        return sorted(p.name for p in self.markers.iterdir())
+
+
+def _files(tree: Path) -> dict[str, tuple[bytes, bool, bool]]:
+    """Every file of a work tree (not .git): content, executable, symlink."""
+    out = {}
+    for path in sorted(tree.rglob("*")):
+        rel = path.relative_to(tree).as_posix()
+        if rel == ".git" or rel.startswith(".git/") or path.is_dir() and not path.is_symlink():
+            continue
+        link = path.is_symlink()
+        out[rel] = (os.readlink(path).encode() if link else path.read_bytes(), not link and os.access(path, os.X_OK), link)
+    return out
+
+
+def _clean_git(cwd: Path, *args: str) -> str:
+    """git as a test needs it, untouched by any configuration a test planted."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update({"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "Maintainer",
+                "GIT_AUTHOR_EMAIL": "m@example.org", "GIT_COMMITTER_NAME": "Maintainer",
+                "GIT_COMMITTER_EMAIL": "m@example.org"})
+    cmd = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.attributesFile=/dev/null",
+           "-c", "init.templateDir=", "-c", "init.defaultBranch=main", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _apply(world, version: str, out: Path, cache: Path, *extra: str) -> tuple[int, str]:
+    rc = main(["apply", "--letta", version, "--out", str(out), "--index-url", world.index.url, "--cache-dir", str(cache),
+               "--patches", str(world.patches), *extra])
+    return rc, world.capsys.readouterr().err
+
+
+def _set_env(monkeypatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+# ============================================================================ 8. git configuration
+
+
+def test_a_hostile_global_git_configuration_runs_nothing_and_changes_nothing(world, tmp_path, monkeypatch):
+    # The user's own configuration (HOME, XDG, GIT_CONFIG_GLOBAL) sets hooks, fsmonitor, signing with
+    # a gpg that fails, templates, an attributes file with a filter (from an included file), ident and
+    # CRLF, an external diff, a commit encoding. apply into an empty cache, lint and export --check
+    # run none of it, and the trees and commits are those of a run without it.
+    base_out, base_cache = tmp_path / "base" / "0.16.8", tmp_path / "base-cache"
+    rc, err = _apply(world, "0.16.8", base_out, base_cache)
+    assert rc == 0, err
+    hostile = Hostile(tmp_path / "hostile")
+    _set_env(monkeypatch, hostile.global_env())
+
+    out, cache = tmp_path / "hostile-build" / "0.16.8", tmp_path / "hostile-cache"
+    rc, err = _apply(world, "0.16.8", out, cache)
+    assert rc == 0, err
+    assert hostile.ran() == []
+    for rev in ("upstream/0.16.8^{commit}", "HEAD", "HEAD^{tree}"):
+        assert _clean_git(out, "rev-parse", rev) == _clean_git(base_out, "rev-parse", rev), rev
+    assert _files(out) == _files(base_out)
+    assert "Hooked-By" not in _clean_git(out, "log", "--format=%B")
+    assert _clean_git(out, "cat-file", "commit", "upstream/0.16.8").find("gpgsig") == -1
+
+    rc = main(["lint", "--patches", str(world.patches), "--index-url", world.index.url, "--cache-dir", str(cache)])
+    assert rc == 0, world.capsys.readouterr().err
+    rc = main(["export", "--tree", str(out), "--check", "--patches", str(world.patches)])
+    assert rc == 0, world.capsys.readouterr().err
+    assert hostile.ran() == []
+
+
+def test_a_hostile_system_configuration_is_ignored_by_a_git_source(tmp_path, monkeypatch, capsys):
+    # GIT_CONFIG_SYSTEM names the hostile file; the release comes from a git repository (its tag is
+    # read and archived), so this covers the git that reads a --letta-git source.
+    repo = write_tree(tmp_path / "letta-repo", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    _clean_git(repo, "init", "-q")
+    _clean_git(repo, "add", "-A")
+    _clean_git(repo, "commit", "-qm", "0.16.8")
+    _clean_git(repo, "tag", "v0.16.8")
+    pdir = write_series(tmp_path / "patches", "0001-a.diff")
+    write_patch(pdir, "0001-a.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+
+    def apply(out: Path) -> int:
+        return main(["apply", "--letta-git", str(repo), "--ref", "v0.16.8", "--patches", str(pdir), "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache")])
+
+    assert apply(tmp_path / "base") == 0, capsys.readouterr().err
+    hostile = Hostile(tmp_path / "hostile")
+    empty_home = tmp_path / "empty-home"
+    empty_home.mkdir()
+    _set_env(monkeypatch, {"GIT_CONFIG_SYSTEM": str(hostile.config), "HOME": str(empty_home),
+                           "XDG_CONFIG_HOME": str(empty_home / ".config")})
+    monkeypatch.delenv("GIT_CONFIG_NOSYSTEM", raising=False)
+    assert apply(tmp_path / "out") == 0, capsys.readouterr().err
+    assert hostile.ran() == []
+    assert _clean_git(tmp_path / "out", "rev-parse", "HEAD") == _clean_git(tmp_path / "base", "rev-parse", "HEAD")
+    assert _files(tmp_path / "out") == _files(tmp_path / "base")
+
+
+def test_git_variables_of_the_environment_are_not_inherited(world, tmp_path, monkeypatch):
+    # GIT_DIR and friends would point every git of the run at another repository; GIT_CONFIG_* would
+    # inject configuration; GIT_TEMPLATE_DIR hooks; GIT_TRACE writes a file. None of it reaches git.
+    base_out = tmp_path / "base" / "0.16.8"
+    rc, err = _apply(world, "0.16.8", base_out, tmp_path / "base-cache")
+    assert rc == 0, err
+    hostile = Hostile(tmp_path / "hostile")
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    _clean_git(decoy, "init", "-q")
+    decoy_objects = tmp_path / "decoy-objects"
+    decoy_objects.mkdir()
+    before = sorted(p.relative_to(decoy).as_posix() for p in decoy.rglob("*"))
+    _set_env(monkeypatch, {
+        "GIT_DIR": str(decoy / ".git"), "GIT_WORK_TREE": str(decoy), "GIT_INDEX_FILE": str(decoy / "index"),
+        "GIT_OBJECT_DIRECTORY": str(decoy_objects), "GIT_COMMON_DIR": str(decoy / ".git"),
+        "GIT_CONFIG_PARAMETERS": f"'core.hookspath'='{hostile.hooks}'",
+        "GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "commit.gpgSign", "GIT_CONFIG_VALUE_0": "true",
+        "GIT_CONFIG_KEY_1": "gpg.program", "GIT_CONFIG_VALUE_1": str(hostile.root / "bin" / "gpg"),
+        "GIT_TEMPLATE_DIR": str(hostile.root / "templates"), "GIT_EXTERNAL_DIFF": str(hostile.root / "bin" / "external-diff"),
+        "GIT_TRACE": str(hostile.markers / "trace"), "GIT_AUTHOR_NAME": "Mallory", "GIT_COMMITTER_NAME": "Mallory",
+        "GIT_COMMITTER_DATE": "@1 +0000", "GIT_AUTHOR_DATE": "@1 +0000",
+    })
+    out = tmp_path / "hostile-build" / "0.16.8"
+    rc, err = _apply(world, "0.16.8", out, tmp_path / "hostile-cache")
+    assert rc == 0, err
+    for key in [k for k in os.environ if k.startswith("GIT_")]:
+        monkeypatch.delenv(key)
+    assert hostile.ran() == []
+    assert sorted(p.relative_to(decoy).as_posix() for p in decoy.rglob("*")) == before
+    assert list(decoy_objects.iterdir()) == []
+    for rev in ("upstream/0.16.8^{commit}", "HEAD"):
+        assert _clean_git(out, "rev-parse", rev) == _clean_git(base_out, "rev-parse", rev), rev
+
+
+def test_the_tool_never_runs_the_hooks_of_a_maintainers_build_tree(world, tmp_path):
+    # The maintainer's tree has hooks, an fsmonitor and a filter in its own configuration. export
+    # (which rewrites commit messages: commit-tree and update-ref) runs none of them, and leaves them
+    # in place: the maintainer's own git still runs them there.
+    tree = world.apply("0.16.8")
+    hostile = Hostile(tmp_path / "hostile")
+    (tree / "letta" / "new.py").write_text("NEW = 1\n")
+    _clean_git(tree, "add", "letta/new.py")
+    _clean_git(tree, "commit", "-qm", "A new module\n\nKetta needs a new module for its own providers.")
+    for name in HOOKS:
+        (tree / ".git" / "hooks").mkdir(exist_ok=True)
+        (tree / ".git" / "hooks" / name).write_bytes((hostile.hooks / name).read_bytes())
+        (tree / ".git" / "hooks" / name).chmod(0o755)
+    _clean_git(tree, "config", "core.fsmonitor", str(hostile.root / "bin" / "fsmonitor"))
+    _clean_git(tree, "config", "core.attributesFile", str(hostile.attributes))
+    _clean_git(tree, "config", "include.path", str(hostile.root / "included.cfg"))
+    _clean_git(tree, "config", "commit.gpgSign", "true")
+    _clean_git(tree, "config", "gpg.program", str(hostile.root / "bin" / "gpg"))
+
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    assert (world.patches / "0004-a-new-module.diff").is_file()
+    assert hostile.ran() == []
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 0, err
+    assert hostile.ran() == []
+    assert os.access(tree / ".git" / "hooks" / "reference-transaction", os.X_OK)
+    # The maintainer's own git in that tree still obeys the tree's configuration.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    subprocess.run(["git", "status", "--porcelain"], cwd=tree, env=env, capture_output=True)
+    assert "fsmonitor" in hostile.ran()
+
+
+def test_a_three_way_merge_ignores_merge_configuration(tmp_path, monkeypatch):
+    # git merge-file reads merge.conflictStyle from wherever it runs; the markers it leaves in a build
+    # tree must not depend on the user's configuration or on the directory ketta-build was started in.
+    from ketta_build.applying import _merge_file
+
+    ours, base, theirs = b"a\nours\nc\n", b"a\nb\nc\n", b"a\ntheirs\nc\n"
+    labels = ("letta 0.16.8", "letta 0.16.7 (patch base)", "0001-x.diff")
+    plain = _merge_file(ours, base, theirs, labels)
+    assert plain[1] == 1 and b"|||||||" not in plain[0]
+    hostile = Hostile(tmp_path / "hostile")
+    _set_env(monkeypatch, {**hostile.global_env(), "GIT_CONFIG_SYSTEM": str(hostile.config)})
+    monkeypatch.delenv("GIT_CONFIG_NOSYSTEM", raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    _clean_git(project, "init", "-q")
+    _clean_git(project, "config", "merge.conflictStyle", "diff3")
+    monkeypatch.chdir(project)
+    assert _merge_file(ours, base, theirs, labels) == plain
+
+
+def _literal_git_commands(tree: ast.AST) -> list[int]:
+    """Lines where a list or tuple literal starts with "git" (a command line), or GitPython is imported."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.List, ast.Tuple)) and node.elts and isinstance(node.elts[0], ast.Constant) \
+                and node.elts[0].value == "git":
+            found.append(node.lineno)
+        if isinstance(node, ast.Import) and any(a.name == "git" or a.name.startswith("git.") for a in node.names):
+            found.append(node.lineno)
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "git":
+            found.append(node.lineno)
+    return sorted(found)
+
+
+def test_every_git_goes_through_gitcmd():
+    # gitcmd is the one place that makes git's environment and configuration safe; a module that
+    # starts git itself (subprocess or GitPython) would bypass it.
+    offenders = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name == "gitcmd.py":
+            continue
+        lines = _literal_git_commands(ast.parse(path.read_text()))
+        if lines:
+            offenders[path.name] = lines
+    assert offenders == {}
+
+
+def test_the_check_sees_a_git_command_and_gitpython():
+    assert _literal_git_commands(ast.parse('subprocess.run(["git", "status"])\nimport git\nfrom git import Repo\n')) == [1, 2, 3]
+    assert _literal_git_commands(ast.parse('cmd = ("git", "x")\nx = ["gitk"]\n')) == [1]
+
+
+def test_gitcmd_isolates_every_call(tmp_path, monkeypatch):
+    # The environment and configuration gitcmd gives git, seen from git itself.
+    from ketta_build import gitcmd
+
+    hostile = Hostile(tmp_path / "hostile")
+    _set_env(monkeypatch, {**hostile.global_env(), "GIT_CONFIG_SYSTEM": str(hostile.config),
+                           "GIT_DIR": str(tmp_path / "nowhere"), "GIT_SSH_COMMAND": "false"})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    gitcmd.git(repo, "init", "-q", ".")
+    assert not (repo / ".git" / "hooks").exists(), "no template was copied"
+    shown = gitcmd.git(repo, "config", "--show-origin", "--list")
+    assert str(hostile.config) not in shown and "Mallory" not in shown
+    for key, value in (("core.hookspath", "/dev/null"), ("core.fsmonitor", "false"), ("commit.gpgsign", "false"),
+                       ("core.attributesfile", "/dev/null")):
+        assert gitcmd.git(repo, "config", "--get", key) == value
+    env = gitcmd.environment()
+    assert env["GIT_CONFIG_GLOBAL"] == "/dev/null" and env["GIT_CONFIG_NOSYSTEM"] == "1"
+    assert "GIT_DIR" not in env and "GIT_SSH_COMMAND" not in env
