@@ -18,7 +18,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from conftest import make_diff, server_files, write_patch, write_series, write_tree
+from conftest import make_diff, make_sdist, server_files, write_patch, write_series, write_tree
 
 from ketta_build.cli import main
 
@@ -346,3 +346,30 @@ def test_gitcmd_isolates_every_call(tmp_path, monkeypatch):
     env = gitcmd.environment()
     assert env["GIT_CONFIG_GLOBAL"] == "/dev/null" and env["GIT_CONFIG_NOSYSTEM"] == "1"
     assert "GIT_DIR" not in env and "GIT_SSH_COMMAND" not in env
+
+
+# ============================================================================ the release's own attributes
+
+
+def test_the_releases_own_gitattributes_do_not_change_its_files(tmp_path, local_index, capsys):
+    # An sdist's .gitattributes asks for ident expansion and CRLF: the build tree (and so the wheel,
+    # made with git archive from it) must hold the release's bytes as they are.
+    files = server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", "letta/id.py": "ID = '$Id$'\n",
+                                    ".gitattributes": "*.py ident eol=crlf\n"})
+    local_index.add(make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", files))
+    pdir = write_series(tmp_path / "patches", "0001-a.diff")
+    write_patch(pdir, "0001-a.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+    out = tmp_path / "out"
+    rc = main(["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--patches", str(pdir), "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "letta" / "id.py").read_bytes() == b"ID = '$Id$'\n"
+    assert (out / "letta" / "a.py").read_bytes() == b"a\nB\nc\n"
+    from ketta_build.gitcmd import extract_tree
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    extract_tree(out, "HEAD", shipped)
+    assert (shipped / "letta" / "id.py").read_bytes() == b"ID = '$Id$'\n"
+    assert (shipped / "letta" / "a.py").read_bytes() == b"a\nB\nc\n"
+    assert _clean_git(out, "status", "--porcelain") == ""
