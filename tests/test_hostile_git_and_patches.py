@@ -15,9 +15,11 @@ from __future__ import annotations
 import ast
 import os
 import subprocess
+import tarfile
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import make_diff, make_sdist, server_files, write_patch, write_series, write_tree
 
 from ketta_build.cli import main
@@ -346,6 +348,106 @@ def test_gitcmd_isolates_every_call(tmp_path, monkeypatch):
     env = gitcmd.environment()
     assert env["GIT_CONFIG_GLOBAL"] == "/dev/null" and env["GIT_CONFIG_NOSYSTEM"] == "1"
     assert "GIT_DIR" not in env and "GIT_SSH_COMMAND" not in env
+
+
+# ============================================================================ 4. symlinks in a tree
+
+
+def _failing_patch(pdir: Path) -> None:
+    write_series(pdir, "0001-x.diff")
+    write_patch(pdir, "0001-x.diff", make_diff("letta/x.py", "a\nb\nc\n", "a\nB\nc\n"))
+
+
+def test_a_rej_file_is_never_written_through_a_symlink_out_of_the_tree(tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target").write_text("precious\n")
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/x.py": "a\nchanged upstream\nc\n"}))
+    (tree / "letta" / "x.py.rej").symlink_to(outside / "target")
+    pdir = tmp_path / "patches"
+    _failing_patch(pdir)
+    out = tmp_path / "out"
+    rc = main(["apply", "--letta-dir", str(tree), "--patches", str(pdir), "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert (outside / "target").read_text() == "precious\n"
+    assert list(outside.iterdir()) == [outside / "target"]
+    assert rc == 3, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+    assert "letta/x.py.rej" in line and "symlink" in line
+    assert not out.exists(), "nothing half-written"
+
+
+def test_a_rej_file_is_never_written_through_a_symlink_inside_the_tree(tmp_path, local_index, capsys):
+    # A link that stays inside the tree is allowed in an sdist; writing through it would change another
+    # file of the release (here pyproject.toml, which decides the wheel).
+    link = tarfile.TarInfo("letta-0.16.8/letta/x.py.rej")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "../pyproject.toml"
+    sdist = make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8",
+                       server_files("0.16.8", {"letta/x.py": "a\nchanged upstream\nc\n"}), [link])
+    local_index.add(sdist)
+    pdir = tmp_path / "patches"
+    _failing_patch(pdir)
+    out = tmp_path / "out"
+    rc = main(["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--patches", str(pdir), "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "letta/x.py.rej" in err and "symlink" in err
+    assert not out.exists()
+
+
+def test_a_patch_never_writes_through_a_directory_symlink_inside_the_tree(tmp_path):
+    # letta/alias -> server stays inside the tree, but a file written below it is another path than
+    # the patch names (and not the one committed): refused like a link out of the tree.
+    from packaging.version import Version
+
+    from ketta_build.applying import Outcome
+    from ketta_build.buildtree import ApplyOptions, apply_series
+    from ketta_build.series import read_series
+    from ketta_build.upstream import DirSource
+
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/server/app.py": "app = 1\n"}))
+    (tree / "letta" / "alias").symlink_to("server", target_is_directory=True)
+    pdir = write_series(tmp_path / "patches", "0001-new.diff", "0002-change.diff")
+    write_patch(pdir, "0001-new.diff", make_diff("letta/alias/evil.py", None, "evil = 1\n"))
+    write_patch(pdir, "0002-change.diff", make_diff("letta/alias/app.py", "app = 1\n", "app = 2\n"))
+    source = DirSource(tree)
+    report = apply_series(source.resolve(Version("0.16.8")), source, read_series(pdir), tmp_path / "out",
+                          options=ApplyOptions(keep_going=True))
+    assert [r.outcome for r in report.results] == [Outcome.FAILED, Outcome.FAILED]
+    assert all("goes through a symlink to letta/server/" in r.files[0].reason for r in report.results)
+    out = tmp_path / "out"
+    assert not (out / "letta" / "server" / "evil.py").exists()
+    assert (out / "letta" / "server" / "app.py").read_text() == "app = 1\n"
+
+
+def test_a_patched_file_is_never_written_through_a_hard_link(tmp_path):
+    # Without a cache the release is written as it comes: a hard link inside it would let a patch of
+    # one file change another.
+    from packaging.version import Version
+
+    from ketta_build.buildtree import ApplyOptions, apply_series
+    from ketta_build.errors import UpstreamError
+    from ketta_build.series import read_series
+    from ketta_build.upstream import DirSource
+
+    class LinkingSource(DirSource):
+        def export(self, release, dest):
+            super().export(release, dest)
+            (dest / "letta" / "x.py").unlink()
+            os.link(dest / "pyproject.toml", dest / "letta" / "x.py")
+
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/x.py": "x\n"}))
+    pyproject = (tree / "pyproject.toml").read_text()
+    pdir = write_series(tmp_path / "patches", "0001-x.diff")
+    write_patch(pdir, "0001-x.diff", make_diff("letta/x.py", pyproject, pyproject + "# patched\n"))
+    source = LinkingSource(tree)
+    with pytest.raises(UpstreamError, match="letta/x.py.*hard link"):
+        apply_series(source.resolve(Version("0.16.8")), source, read_series(pdir), tmp_path / "out",
+                     options=ApplyOptions())
+    assert not (tmp_path / "out").exists()
 
 
 # ============================================================================ the release's own attributes
