@@ -25,7 +25,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,23 +157,40 @@ def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def _search_order(expected: int, floor: int, last: int, within: int | None = None) -> Iterator[int]:
+    """The positions a search for a hunk tries, nearest to ``expected`` first (on a tie the earlier
+    one): from ``floor`` to ``last``, no further than ``within`` lines from ``expected``. A claimed
+    position beyond either end starts the search at that end, so the work is bounded by the file,
+    never by the line a hunk header claims."""
+    if last < floor:
+        return
+    start = min(max(expected, floor), last)
+    reach = max(start - floor, last - start)
+    if within is not None:
+        skipped = abs(start - expected)
+        if within < skipped:
+            return
+        reach = min(reach, within - skipped)
+    yield start
+    for d in range(1, reach + 1):
+        if start - d >= floor:
+            yield start - d
+        if start + d <= last:
+            yield start + d
+
+
 def _find(lines: Sequence[str], needle: Sequence[str], expected: int, floor: int, within: int | None = None) -> int | None:
     """Nearest position >= floor where ``needle`` occurs, searching outwards from ``expected``
     (on a tie the earlier position wins), and no further than ``within`` lines from it. The cost
-    is the distance searched, not the file size."""
+    is the distance searched, at most the file's length."""
     n = len(needle)
     if n == 0:
         return min(max(expected, floor), len(lines))
-    last = len(lines) - n
-    if last < floor:
-        return None
     wanted = list(needle)
     first = wanted[0]
-    reach = max(abs(expected - floor), abs(last - expected))
-    for d in range((reach if within is None else min(reach, within)) + 1):
-        for pos in (expected - d, expected + d) if d else (expected,):
-            if floor <= pos <= last and lines[pos] == first and list(lines[pos : pos + n]) == wanted:
-                return pos
+    for pos in _search_order(expected, floor, len(lines) - n, within):
+        if lines[pos] == first and list(lines[pos : pos + n]) == wanted:
+            return pos
     return None
 
 

@@ -38,6 +38,9 @@ _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
 _DIFF_GIT_RE = re.compile(r"^diff --git a/(\S+) b/(\S+)$")
 _INDEX_RE = re.compile(r"^index ([0-9a-f]{7,64})\.\.([0-9a-f]{7,64})(?: [0-7]{6})?$")
 _EXTENDED = ("old mode ", "new mode ", "new file mode ", "deleted file mode ", "index ")
+#: The largest line number or line count a hunk header may claim: no source file is that long, and
+#: the claim bounds nothing else (the hunk search is bounded by the file it searches).
+MAX_LINE = 10_000_000
 _UNSUPPORTED_EXTENDED = ("similarity index", "dissimilarity index", "rename from", "rename to", "copy from", "copy to")
 
 
@@ -256,6 +259,11 @@ def _validate_diff(lines: list[str], start: int, source: Path) -> list[tuple[int
                 hm = _HUNK_RE.match(lines[i].rstrip("\n"))
                 if not hm:
                     raise SeriesError(f"malformed hunk header {lines[i].rstrip()[:50]!r}", path=source, line=i + 1)
+                for number in hm.group(1, 2, 3, 4):
+                    if number is not None and (len(number) > len(str(MAX_LINE)) or int(number) > MAX_LINE):
+                        shown = number if len(number) <= 20 else f"{number[:20]}... ({len(number)} digits)"
+                        raise SeriesError(f"hunk header claims line {shown}, more than {MAX_LINE} (no source file is "
+                                          "that long): the header is damaged", path=source, line=i + 1)
                 old_left = int(hm.group(2)) if hm.group(2) is not None else 1
                 new_left = int(hm.group(4)) if hm.group(4) is not None else 1
                 header_line = i + 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import os
 import subprocess
+import sys
 import tarfile
 import textwrap
 from pathlib import Path
@@ -447,6 +448,60 @@ def test_a_patched_file_is_never_written_through_a_hard_link(tmp_path):
     with pytest.raises(UpstreamError, match="letta/x.py.*hard link"):
         apply_series(source.resolve(Version("0.16.8")), source, read_series(pdir), tmp_path / "out",
                      options=ApplyOptions())
+    assert not (tmp_path / "out").exists()
+
+
+# ============================================================================ 7a. absurd line numbers
+
+
+def test_the_hunk_search_is_bounded_by_the_file():
+    # The positions tried, in order: a claimed position beyond the file starts at its last line, and
+    # the search never visits a position the needle cannot start at.
+    from ketta_build.applying import _search_order
+
+    assert list(_search_order(10**12, 0, 2)) == [2, 1, 0]
+    assert list(_search_order(-(10**12), 3, 5)) == [3, 4, 5]
+    assert list(_search_order(3, 0, 6)) == [3, 2, 4, 1, 5, 0, 6]
+    assert list(_search_order(3, 2, 6)) == [3, 2, 4, 5, 6]
+    assert list(_search_order(3, 0, 6, within=1)) == [3, 2, 4]
+    assert list(_search_order(10**12, 0, 2, within=10**12 - 1)) == [2, 1]
+    assert list(_search_order(10**12, 0, 2, within=5)) == []
+    assert list(_search_order(0, 3, 2)) == []
+
+
+def test_a_hunk_claiming_an_absurd_line_fails_or_applies_at_once(tmp_path):
+    # A hang guard, not a speed target: before the bound, this took minutes.
+    code = textwrap.dedent("""\
+        from ketta_build.applying import Outcome, apply_hunks
+        from ketta_build.patchfile import Hunk
+        lines = [f"line {i}\\n" for i in range(200)]
+        far = 10**12
+        missing = Hunk(1, far, ("nowhere\\n",), ("still nowhere\\n",), 10, 0, 0)
+        present = Hunk(2, far, ("line 150\\n",), ("line 150 changed\\n",), 20, 0, 0)
+        new, results = apply_hunks(lines, [missing, present], fuzz=3)
+        assert [r.outcome for r in results] == [Outcome.FAILED, Outcome.OFFSET], results
+        assert new[150] == "line 150 changed\\n"
+        print("ok")
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("header", ["@@ -999999999999,1 +999999999999,1 @@", "@@ -1,1 +10000001,1 @@",
+                                    "@@ -" + "9" * 5000 + ",1 +1,1 @@"])
+def test_a_hunk_header_claiming_an_absurd_line_is_bad_input(tmp_path, capsys, header):
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    diff = make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n", context=0).replace("@@ -2 +2 @@", header)
+    assert header in diff
+    pdir = write_series(tmp_path / "patches", "0001-a.diff")
+    path = write_patch(pdir, "0001-a.diff", diff)
+    rc = main(["apply", "--letta-dir", str(tree), "--patches", str(pdir), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+    number = path.read_text().splitlines().index(header) + 1
+    assert f"0001-a.diff:{number}:" in line and "line" in line
+    assert len(line) < 400
     assert not (tmp_path / "out").exists()
 
 
