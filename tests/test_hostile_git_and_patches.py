@@ -505,6 +505,64 @@ def test_a_hunk_header_claiming_an_absurd_line_is_bad_input(tmp_path, capsys, he
     assert not (tmp_path / "out").exists()
 
 
+# ============================================================================ 10. symlinks in patches
+
+
+SYMLINK_DIFF = ("diff --git a/letta/link.py b/letta/link.py\nnew file mode 120000\nindex 0000000..1234567\n"
+                "--- /dev/null\n+++ b/letta/link.py\n@@ -0,0 +1 @@\n+../pyproject.toml\n\\ No newline at end of file\n")
+
+
+@pytest.mark.parametrize("diff,mode_line", [
+    (SYMLINK_DIFF, "new file mode 120000"),
+    (make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n").replace(" 100644\n", "\n", 1)
+     .replace("index ", "old mode 100644\nnew mode 120000\nindex ", 1), "new mode 120000"),
+    (make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n").replace(" 100644\n", " 120000\n", 1),
+     "index de98044..7be73ce 120000"),
+    (make_diff("letta/a.py", "a\nb\nc\n", None).replace("deleted file mode 100644", "deleted file mode 120000"),
+     "deleted file mode 120000"),
+    (SYMLINK_DIFF.replace("120000", "160000"), "new file mode 160000"),
+])
+def test_a_patch_that_makes_or_changes_a_symlink_is_bad_input(tmp_path, capsys, diff, mode_line):
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    pdir = write_series(tmp_path / "patches", "0001-a.diff")
+    path = write_patch(pdir, "0001-a.diff", diff)
+    rc = main(["apply", "--letta-dir", str(tree), "--patches", str(pdir), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+    number = path.read_text().splitlines().index(mode_line) + 1
+    assert f"0001-a.diff:{number}:" in line
+    assert ("symlink" if "120000" in mode_line else "submodule") in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_check_tells_a_symlink_patch_from_the_regular_file_in_the_tree(world):
+    tree = world.apply("0.16.8")
+    path = world.patches / "0002-new-module.diff"
+    path.write_text(path.read_text().replace("new file mode 100644", "new file mode 120000"))
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc != 0
+    assert "0002-new-module.diff" in err and "symlink" in err
+
+
+def test_export_check_sees_a_changed_file_mode(world):
+    # The commit of 0002 makes letta/k.py executable, the patch a plain file: the blob is the same,
+    # the change is not.
+    tree = world.apply("0.16.8")
+    (tree / "letta" / "k.py").chmod(0o755)
+    module_commit = _clean_git(tree, "log", "--format=%H", "-1", "--grep=0002-new-module.diff")
+    _clean_git(tree, "commit", "-q", "-a", f"--fixup={module_commit}")
+    _clean_git(tree, "-c", "sequence.editor=true", "rebase", "-q", "-i", "--autosquash", "upstream/0.16.8")
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 4, err
+    assert "0002-new-module.diff" in err and "0003" not in err and "0001" not in err
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    assert "new file mode 100755" in (world.patches / "0002-new-module.diff").read_text()
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 0, err
+
+
 # ============================================================================ the release's own attributes
 
 
