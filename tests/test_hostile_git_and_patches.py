@@ -563,6 +563,52 @@ def test_export_check_sees_a_changed_file_mode(world):
     assert rc == 0, err
 
 
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "outside" / "secret"
+    secret.parent.mkdir(exist_ok=True)
+    secret.write_text("SECRET-7f3a: root:x:0:0\n")
+    return secret
+
+
+def test_a_patch_file_that_is_a_symlink_is_refused_unread(tmp_path, capsys):
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    pdir = write_series(tmp_path / "patches", "0001-good.diff")
+    (pdir / "0001-good.diff").symlink_to(_secret(tmp_path))
+    for argv in (["apply", "--letta-dir", str(tree), "--out", str(tmp_path / "out")], ["lint"], ["status"]):
+        rc = main([*argv, "--patches", str(pdir), "--cache-dir", str(tmp_path / "cache")])
+        out, err = capsys.readouterr()
+        assert rc == 2, (argv, err)
+        assert "SECRET" not in out + err
+        [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+        assert "series:2:" in line and "0001-good.diff" in line and "symlink" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_series_file_that_leads_out_of_the_patch_directory_is_refused_unread(tmp_path, capsys):
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    pdir = write_series(tmp_path / "patches", "0001-good.diff")
+    write_patch(pdir, "0001-good.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+    (pdir / "series").unlink()
+    (pdir / "series").symlink_to(_secret(tmp_path))
+    rc = main(["apply", "--letta-dir", str(tree), "--patches", str(pdir), "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert rc == 2, err
+    assert "SECRET" not in out + err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+    assert "series" in line and "outside" in line
+
+
+def test_a_symlinked_patch_directory_still_works(tmp_path, capsys):
+    # Only what leads out of the series directory is refused: the directory itself may be a link.
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    real = write_series(tmp_path / "real-patches", "0001-good.diff")
+    write_patch(real, "0001-good.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+    (tmp_path / "patches").symlink_to(real, target_is_directory=True)
+    rc = main(["apply", "--letta-dir", str(tree), "--patches", str(tmp_path / "patches"), "--out", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "letta" / "a.py").read_text() == "a\nB\nc\n"
+
+
 # ============================================================================ the release's own attributes
 
 
