@@ -427,12 +427,16 @@ class GitSource:
             if path.exists():
                 # That directory's own repository, never one above it.
                 proc = run_git(path, "rev-parse", "--absolute-git-dir",
-                               env={"GIT_CEILING_DIRECTORIES": str(path.absolute().parent)})
+                               env={"GIT_CEILING_DIRECTORIES": str(path.resolve().parent)})
             else:
                 self._tmp = tempfile.mkdtemp(prefix="ketta-letta-git-")
                 proc = run_git(Path(self._tmp), "clone", "-q", "--bare", "--", self.repo, self._tmp)
             if proc.returncode != 0:
-                last = (proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                err = proc.stderr.decode(errors="replace")
+                last = (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                if "dubious ownership" in err:  # git's advice (a global safe.directory) does not apply here
+                    last = ("it belongs to another user, and ketta-build reads no git configuration of yours "
+                            "(safe.directory included): clone it and give the clone")
                 raise UpstreamError(f"cannot open git repository {self.repo}: {last}")
             self._dir = Path(proc.stdout.decode(errors="surrogateescape").strip()) if path.exists() else Path(self._tmp)
         return self._dir

@@ -210,6 +210,24 @@ def test_a_hostile_system_configuration_is_ignored_by_a_git_source(tmp_path, mon
     assert _files(tmp_path / "out") == _files(tmp_path / "base")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs to give a repository to another user")
+def test_a_git_source_of_another_user_is_refused_with_advice_that_works(tmp_path, capsys):
+    # git refuses a repository another user owns, and advises a global safe.directory, which
+    # ketta-build does not read: the one line says what does work.
+    repo = write_tree(tmp_path / "letta-repo", server_files("0.16.8", {}))
+    _clean_git(repo, "init", "-q")
+    _clean_git(repo, "add", "-A")
+    _clean_git(repo, "commit", "-qm", "0.16.8")
+    subprocess.run(["chown", "-R", "nobody", str(repo)], check=True)
+    pdir = write_series(tmp_path / "patches", "0001-a.diff")
+    write_patch(pdir, "0001-a.diff", make_diff("letta/a.py", None, "a\n"))
+    rc = main(["apply", "--letta-git", str(repo), "--ref", "HEAD", "--patches", str(pdir), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+    assert "another user" in line and "clone it" in line and "--global" not in line
+
+
 def test_git_variables_of_the_environment_are_not_inherited(world, tmp_path, monkeypatch):
     # GIT_DIR and friends would point every git of the run at another repository; GIT_CONFIG_* would
     # inject configuration; GIT_TEMPLATE_DIR hooks; GIT_TRACE writes a file. None of it reaches git.
