@@ -28,7 +28,7 @@ from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, a
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .errors import BuildTreeError, KettaError
-from .gitcmd import blob, git, git_bytes, popen
+from .gitcmd import blob, git, git_bytes, keep_bytes_as_they_are, popen
 from .header import commit_message
 from .patchfile import Patch, split_lines
 from .report import report_json
@@ -76,22 +76,9 @@ def _patch_date(patch: Patch) -> str:
 # --------------------------------------------------------------------------- pristine trees
 
 
-#: ``.git/info/attributes`` of every tree the tool makes: it outranks the release's own
-#: ``.gitattributes``, so git keeps every file's bytes as the release has them when it commits
-#: them, checks them out and archives them for the wheel (no CRLF, ident, filter, encoding,
-#: export-subst or export-ignore).
-AS_IS_ATTRIBUTES = "* -text !eol -ident -filter !working-tree-encoding -export-subst -export-ignore\n"
-
-
-def _keep_bytes_as_they_are(tree: Path) -> None:
-    info = tree / ".git" / "info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "attributes").write_text(AS_IS_ATTRIBUTES)
-
-
 def _commit_pristine(tree: Path, version: Version) -> None:
     git(tree, "init", "-q", ".")
-    _keep_bytes_as_they_are(tree)
+    keep_bytes_as_they_are(tree / ".git")  # the release's .gitattributes change no byte
     git(tree, "add", "-A", "-f", ".")
     env = _identity_env(_UPSTREAM_IDENTITY, _TOOL_IDENTITY, f"@{_epoch()} +0000")
     git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", f"Letta {version} (pristine upstream)", env=env)
@@ -130,7 +117,7 @@ def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSour
         _commit_pristine(dest, release.version)
         return
     git(dest.parent, "clone", "-q", "--local", "--no-checkout", str(repo), str(dest))
-    _keep_bytes_as_they_are(dest)
+    keep_bytes_as_they_are(dest / ".git")
     git(dest, "remote", "remove", "origin")
     git(dest, "checkout", "-q", "-f", "-B", "main", f"upstream/{release.version}")
 

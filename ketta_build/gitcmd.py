@@ -38,6 +38,18 @@ _CONFIG = tuple(arg for item in (*ISOLATION, *_QUIET) for arg in ("-c", item))
 _KEPT = ("GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
 
 
+#: ``info/attributes`` of every repository the tool makes: it outranks a tree's own ``.gitattributes``,
+#: so git keeps every file's bytes as they are when it commits them, checks them out and archives
+#: them (no CRLF, ident, filter, encoding, export-subst or export-ignore).
+AS_IS_ATTRIBUTES = "* -text !eol -ident -filter !working-tree-encoding -export-subst -export-ignore\n"
+
+
+def keep_bytes_as_they_are(git_dir: Path) -> None:
+    """Give the repository whose git directory is ``git_dir`` the :data:`AS_IS_ATTRIBUTES`."""
+    (git_dir / "info").mkdir(parents=True, exist_ok=True)
+    (git_dir / "info" / "attributes").write_text(AS_IS_ATTRIBUTES)
+
+
 def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every git ketta-build runs: the caller's without its ``GIT_*`` variables,
     with system and user configuration switched off, plus ``extra`` (what the tool itself sets, e.g.

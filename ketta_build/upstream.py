@@ -39,7 +39,7 @@ from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
 from .index import _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
-from .gitcmd import blob, popen as popen_git, run as run_git
+from .gitcmd import blob, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
 from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release
 
@@ -474,9 +474,20 @@ class GitSource:
             raise UpstreamError(f"{self.repo}@{ref} is letta {tree_version}, not {version}")
         return UpstreamRelease(tree_version, "git", f"{self.repo}@{ref}", None, commit)
 
+    def _reader(self, tmp: Path) -> Path:
+        """A bare repository of the tool's own that reads the source's objects (an alternate) and
+        nothing else of it: neither its config (filters, tar.umask) nor its attributes apply, and the
+        commit's own .gitattributes cannot leave a file out or rewrite one (export-ignore, -subst)."""
+        objects = Path(git(self._repo(), "rev-parse", "--git-path", "objects"))
+        reader = tmp / "reader.git"
+        git(tmp, "init", "-q", "--bare", str(reader))
+        (reader / "objects" / "info" / "alternates").write_text(f"{(self._repo() / objects).resolve()}\n")
+        keep_bytes_as_they_are(reader)
+        return reader
+
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        with tempfile.TemporaryFile() as fh:
-            proc = popen_git(self._repo(), "archive", "--format=tar", str(release.filename), stdout=fh,
+        with tempfile.TemporaryDirectory(prefix="ketta-letta-git-") as tmp, tempfile.TemporaryFile() as fh:
+            proc = popen_git(self._reader(Path(tmp)), "archive", "--format=tar", str(release.filename), stdout=fh,
                              stderr=subprocess.PIPE)
             _, err = proc.communicate()
             if proc.returncode != 0:

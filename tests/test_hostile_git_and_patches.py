@@ -210,6 +210,31 @@ def test_a_hostile_system_configuration_is_ignored_by_a_git_source(tmp_path, mon
     assert _files(tmp_path / "out") == _files(tmp_path / "base")
 
 
+def test_a_git_source_is_read_without_its_own_configuration_or_attributes(tmp_path, capsys):
+    # The --letta-git repository's own config defines a filter its .git/info/attributes applies to
+    # every file, and its committed .gitattributes asks git archive to leave a file out and to
+    # substitute a placeholder: the release is the commit's files, byte for byte, and nothing runs.
+    hostile = Hostile(tmp_path / "hostile")
+    files = server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", "letta/stamp.py": "STAMP = '$Format:%H$'\n",
+                                    ".gitattributes": "letta/a.py export-ignore\nletta/stamp.py export-subst\n"})
+    repo = write_tree(tmp_path / "letta-repo", files)
+    _clean_git(repo, "init", "-q")
+    _clean_git(repo, "add", "-A")
+    _clean_git(repo, "commit", "-qm", "0.16.8")
+    _clean_git(repo, "config", "include.path", str(hostile.root / "included.cfg"))
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "attributes").write_text("* filter=hostile\n")
+    pdir = write_series(tmp_path / "patches", "0001-a.diff")
+    write_patch(pdir, "0001-a.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+    out = tmp_path / "out"
+    rc = main(["apply", "--letta-git", str(repo), "--ref", "HEAD", "--patches", str(pdir), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert hostile.ran() == []
+    assert (out / "letta" / "a.py").read_text() == "a\nB\nc\n"
+    assert (out / "letta" / "stamp.py").read_text() == "STAMP = '$Format:%H$'\n"
+    assert _clean_git(out, "rev-parse", "upstream/0.16.8^{tree}") == _clean_git(repo, "rev-parse", "HEAD^{tree}")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs to give a repository to another user")
 def test_a_git_source_of_another_user_is_refused_with_advice_that_works(tmp_path, capsys):
     # git refuses a repository another user owns, and advises a global safe.directory, which
