@@ -350,9 +350,9 @@ class TreeGuard:
 
 
 def _through_link(rel: str, label: str, what: str) -> UpstreamError:
-    return UpstreamError(f"is {what} in {label}: ketta-build writes patched files, new files and .rej files only as "
-                         "regular files of the tree, never through a link; remove it from the release's source",
-                         path=rel)
+    return UpstreamError(f"is {what} in {label}, where ketta-build writes only a regular file of the tree's own (a "
+                         "patched file, a new file or a .rej), never through a link; remove it from the release's "
+                         "source", path=rel)
 
 
 def write_regular(target: Path, rel: str, content: bytes | None, *, label: str, new: bool = False,
@@ -373,6 +373,8 @@ def write_regular(target: Path, rel: str, content: bytes | None, *, label: str, 
             raise _through_link(rel, label, "a symlink") from None
         if exc.errno == errno.ENXIO:
             raise _through_link(rel, label, "a named pipe") from None
+        if exc.errno == errno.EISDIR:
+            raise _through_link(rel, label, "a directory") from None
         raise
     try:
         info = os.fstat(fd)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -465,6 +466,29 @@ def test_a_patch_never_writes_through_a_directory_symlink_inside_the_tree(tmp_pa
     out = tmp_path / "out"
     assert not (out / "letta" / "server" / "evil.py").exists()
     assert (out / "letta" / "server" / "app.py").read_text() == "app = 1\n"
+
+
+def test_write_regular_writes_only_a_regular_file_of_its_own(tmp_path):
+    from ketta_build.applying import write_regular
+    from ketta_build.errors import UpstreamError
+
+    (tmp_path / "outside").write_text("precious\n")
+    (tmp_path / "link").symlink_to(tmp_path / "outside")
+    os.link(tmp_path / "outside", tmp_path / "hard")
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    for name, what in (("link", "a symlink"), ("hard", "a hard link"), ("dir", "a directory"), ("fifo", "a named pipe")):
+        with pytest.raises(UpstreamError, match=f"^{name}: is {what}.* in letta 0.16.8, ") as caught:
+            write_regular(tmp_path / name, name, b"rejected\n", label="letta 0.16.8")
+        assert caught.value.exit_code == 3
+        with pytest.raises(UpstreamError):
+            write_regular(tmp_path / name, name, None, label="letta 0.16.8", mode=0o755)
+    assert (tmp_path / "outside").read_text() == "precious\n"
+    assert stat.S_IMODE((tmp_path / "outside").stat().st_mode) != 0o755
+    write_regular(tmp_path / "new", "new", b"new\n", label="letta 0.16.8", new=True, mode=0o755)
+    assert (tmp_path / "new").read_bytes() == b"new\n" and os.access(tmp_path / "new", os.X_OK)
+    write_regular(tmp_path / "new", "new", b"shorter", label="letta 0.16.8")
+    assert (tmp_path / "new").read_bytes() == b"shorter" and os.access(tmp_path / "new", os.X_OK)
 
 
 def test_a_patched_file_is_never_written_through_a_hard_link(tmp_path):
