@@ -665,6 +665,24 @@ def test_a_series_file_that_leads_out_of_the_patch_directory_is_refused_unread(t
     assert "series" in line and "outside" in line
 
 
+def test_a_releases_file_that_leads_out_of_the_patch_directory_is_refused_unread(tmp_path, capsys):
+    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    secret = tmp_path / "outside" / "secret.toml"
+    secret.parent.mkdir()
+    secret.write_text('[[release]]\nversion = "SECRET-7f3a"\ndate = "2026-01-01"\n')
+    pdir = tmp_path / "patches"
+    pdir.mkdir()
+    (pdir / "releases.toml").symlink_to(secret)
+    write_series(pdir, "0001-good.diff")
+    write_patch(pdir, "0001-good.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+    for argv in (["lint"], ["status"], ["series", "--letta-dir", str(tree), "--check"]):
+        rc = main([*argv, "--patches", str(pdir), "--cache-dir", str(tmp_path / "cache")])
+        out, err = capsys.readouterr()
+        assert rc == 2, (argv, err)
+        assert "SECRET" not in out + err
+        assert "releases.toml" in err and "outside" in err
+
+
 def test_a_symlinked_patch_directory_still_works(tmp_path, capsys):
     # Only what leads out of the series directory is refused: the directory itself may be a link.
     tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
