@@ -3,9 +3,11 @@ never run code, reach outside the tree, or change what ketta-build ships.
 
 * every git the tool runs ignores system, global and environment configuration, hooks, fsmonitor,
   signing, templates and attribute files, and inherits no ``GIT_*`` variable it did not set itself;
-* nothing is written through a symlink found in a tree (``.rej`` files included);
+  neither the release's own .gitattributes nor a --letta-git repository's config changes a byte;
+* nothing is written through a link found in a tree (``.rej`` files included);
 * a hunk header claiming an absurd line costs nothing (and is bad input in a patch file);
-* a patch cannot make a symlink, and a patch file that is a symlink is refused unread.
+* a patch makes and changes regular files only (export --check compares modes), and a patch,
+  series or releases file that leads out of patches/ is refused unread.
 
 All offline: synthetic releases on a local index, a directory or a git repository.
 """
