@@ -20,15 +20,17 @@ so CRLF files and a missing newline at the end of a file are compared exactly.
 from __future__ import annotations
 
 import enum
+import errno
 import hashlib
 import os
-import subprocess
+import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import GitError
+from .errors import GitError, UpstreamError
+from .gitcmd import run
 from .patchfile import FilePatch, Hunk, Patch, split_lines
 
 
@@ -155,23 +157,40 @@ def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def _search_order(expected: int, floor: int, last: int, within: int | None = None) -> Iterator[int]:
+    """The positions a search for a hunk tries, nearest to ``expected`` first (on a tie the earlier
+    one): from ``floor`` to ``last``, no further than ``within`` lines from ``expected``. A claimed
+    position beyond either end starts the search at that end, so the work is bounded by the file,
+    never by the line a hunk header claims."""
+    if last < floor:
+        return
+    start = min(max(expected, floor), last)
+    reach = max(start - floor, last - start)
+    if within is not None:
+        skipped = abs(start - expected)
+        if within < skipped:
+            return
+        reach = min(reach, within - skipped)
+    yield start
+    for d in range(1, reach + 1):
+        if start - d >= floor:
+            yield start - d
+        if start + d <= last:
+            yield start + d
+
+
 def _find(lines: Sequence[str], needle: Sequence[str], expected: int, floor: int, within: int | None = None) -> int | None:
     """Nearest position >= floor where ``needle`` occurs, searching outwards from ``expected``
     (on a tie the earlier position wins), and no further than ``within`` lines from it. The cost
-    is the distance searched, not the file size."""
+    is the distance searched, at most the file's length."""
     n = len(needle)
     if n == 0:
         return min(max(expected, floor), len(lines))
-    last = len(lines) - n
-    if last < floor:
-        return None
     wanted = list(needle)
     first = wanted[0]
-    reach = max(abs(expected - floor), abs(last - expected))
-    for d in range((reach if within is None else min(reach, within)) + 1):
-        for pos in (expected - d, expected + d) if d else (expected,):
-            if floor <= pos <= last and lines[pos] == first and list(lines[pos : pos + n]) == wanted:
-                return pos
+    for pos in _search_order(expected, floor, len(lines) - n, within):
+        if lines[pos] == first and list(lines[pos : pos + n]) == wanted:
+            return pos
     return None
 
 
@@ -290,12 +309,13 @@ def _merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str,
             p = Path(tmp) / name
             p.write_bytes(data)
             paths.append(str(p))
-        cmd = ["git", "merge-file", "-p", "-L", labels[0], "-L", labels[1], "-L", labels[2], *paths]
-        proc = subprocess.run(cmd, capture_output=True, check=False)
+        args = ("-L", labels[0], "-L", labels[1], "-L", labels[2], *paths)
+        # In the temporary directory: no repository's configuration (merge.conflictStyle) applies.
+        proc = run(Path(tmp), "merge-file", "-p", *args)
         if proc.returncode < 0 or proc.returncode > 127:
             raise GitError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
         if favour_theirs and proc.returncode:
-            resolved = subprocess.run([*cmd[:3], "--theirs", *cmd[3:]], capture_output=True, check=False)
+            resolved = run(Path(tmp), "merge-file", "-p", "--theirs", *args)
             return resolved.stdout, proc.returncode
         return proc.stdout, proc.returncode
 
@@ -305,7 +325,8 @@ class TreeGuard:
 
     Each directory is resolved once. Patches make only regular files and real directories, so a
     directory found inside the tree stays inside for the rest of the run (a long series writes the
-    same few directories again and again).
+    same few directories again and again). The file itself (a patched file, a new file, a ``.rej``)
+    is opened by :func:`write_regular`, which refuses a symlink or hard link there.
     """
 
     def __init__(self, tree: Path) -> None:
@@ -320,8 +341,60 @@ class TreeGuard:
             parent = os.path.realpath(target.parent)
             if parent != self._real_tree and not parent.startswith(self._real_tree + os.sep):
                 raise ValueError(f"{rel} resolves outside the tree through a symlink")
+            if parent != os.path.join(self._real_tree, directory).rstrip(os.sep):
+                # Inside, but elsewhere: the file would be another path of the tree than the patch names.
+                raise ValueError(f"{rel} goes through a symlink to {os.path.relpath(parent, self._real_tree)}/ "
+                                 "in the tree; patches write only below real directories")
             self._inside.add(directory)
         return target
+
+
+def _through_link(rel: str, label: str, what: str) -> UpstreamError:
+    return UpstreamError(f"is {what} in {label}, where ketta-build writes only a regular file of the tree's own (a "
+                         "patched file, a new file or a .rej), never through a link; remove it from the release's "
+                         "source", path=rel)
+
+
+def write_regular(target: Path, rel: str, content: bytes | None, *, label: str, new: bool = False,
+                  mode: int | None = None) -> None:
+    """Write ``content`` (None: leave it) to ``target`` and give it ``mode``, but only as a regular file
+    of its own: its last component is never followed (``O_NOFOLLOW``), a hard link to another file
+    is never written into, and ``new`` files must not exist. ``rel`` and ``label`` name it in the
+    :class:`UpstreamError` (exit 3: the release brought the link) that refuses anything else."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if new:
+        flags |= os.O_CREAT | os.O_EXCL
+    elif content is not None:
+        flags |= os.O_CREAT
+    try:
+        fd = os.open(target, flags, 0o644)
+    except OSError as exc:
+        if target.is_symlink():
+            raise _through_link(rel, label, "a symlink") from None
+        if exc.errno == errno.ENXIO:
+            raise _through_link(rel, label, "a named pipe") from None
+        if exc.errno == errno.EISDIR:
+            raise _through_link(rel, label, "a directory") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _through_link(rel, label, "not a regular file")
+        if info.st_nlink > 1:
+            raise _through_link(rel, label, f"a hard link (one of {info.st_nlink} names of one file)")
+        if content is not None:
+            os.ftruncate(fd, 0)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _mode(fp: FilePatch) -> int | None:
+    return (0o755 if fp.new_mode.endswith("755") else 0o644) if fp.new_mode else None
 
 
 def apply_file(
@@ -341,9 +414,11 @@ def apply_file(
         target = (guard or TreeGuard(tree)).target(fp.path)
     except ValueError as exc:
         return _all_failed(fp, "modify", str(exc))
+    if target.is_symlink():
+        raise _through_link(fp.path, upstream_label, "a symlink")
     if fp.is_new:
-        return _create_file(target, fp)
-    if not target.is_file() or target.is_symlink():
+        return _create_file(target, fp, upstream_label)
+    if not target.is_file():
         if fp.is_deleted:
             return _whole_file(fp, "delete", Outcome.ALREADY_UPSTREAM, "the file is already gone")
         return _all_failed(fp, "modify", f"{fp.path} does not exist in {upstream_label}")
@@ -381,31 +456,28 @@ def apply_file(
 
     if failed and result.conflicts == 0:
         reject = target.with_name(target.name + ".rej")
-        reject.write_text(_reject_text(fp, failed))
+        write_regular(reject, f"{fp.path}.rej", encode(_reject_text(fp, failed)), label=upstream_label)
         result.reject_file = f"{fp.path}.rej"
 
     if fp.is_deleted and not failed:
         if content:
             return _all_failed(fp, "delete", "the file has content the patch does not delete")
         target.unlink()
-    elif content != original:
-        target.write_bytes(content)
-    if fp.new_mode and not fp.is_deleted:
-        target.chmod(0o755 if fp.new_mode.endswith("755") else 0o644)
+    elif content != original or (fp.new_mode and not fp.is_deleted):
+        write_regular(target, fp.path, content if content != original else None, label=upstream_label,
+                      mode=None if fp.is_deleted else _mode(fp))
     result.outcome = summarise([r.outcome for r in results])
     return result
 
 
-def _create_file(target: Path, fp: FilePatch) -> FileResult:
+def _create_file(target: Path, fp: FilePatch, label: str) -> FileResult:
     content = encode("".join(line for h in fp.hunks for line in h.new_lines))
-    if target.exists() or target.is_symlink():
+    if target.exists():
         if target.is_file() and target.read_bytes() == content:
             return _whole_file(fp, "create", Outcome.ALREADY_UPSTREAM, "the file already exists with this content")
         return _all_failed(fp, "create", f"{fp.path} already exists with other content")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(content)
-    if fp.new_mode:
-        target.chmod(0o755 if fp.new_mode.endswith("755") else 0o644)
+    write_regular(target, fp.path, content, label=label, new=True, mode=_mode(fp))
     return _whole_file(fp, "create", Outcome.CLEAN, None)
 
 

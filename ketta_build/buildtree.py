@@ -28,7 +28,7 @@ from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, a
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .errors import BuildTreeError, KettaError
-from .gitcmd import blob, git, git_bytes
+from .gitcmd import blob, git, git_bytes, keep_bytes_as_they_are, popen
 from .header import commit_message
 from .patchfile import Patch, split_lines
 from .report import report_json
@@ -78,6 +78,7 @@ def _patch_date(patch: Patch) -> str:
 
 def _commit_pristine(tree: Path, version: Version) -> None:
     git(tree, "init", "-q", ".")
+    keep_bytes_as_they_are(tree / ".git")  # the release's .gitattributes change no byte
     git(tree, "add", "-A", "-f", ".")
     env = _identity_env(_UPSTREAM_IDENTITY, _TOOL_IDENTITY, f"@{_epoch()} +0000")
     git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", f"Letta {version} (pristine upstream)", env=env)
@@ -116,6 +117,7 @@ def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSour
         _commit_pristine(dest, release.version)
         return
     git(dest.parent, "clone", "-q", "--local", "--no-checkout", str(repo), str(dest))
+    keep_bytes_as_they_are(dest / ".git")
     git(dest, "remote", "remove", "origin")
     git(dest, "checkout", "-q", "-f", "-B", "main", f"upstream/{release.version}")
 
@@ -446,12 +448,9 @@ class CommitWriter:
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None:
-            env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1"}
-            self.proc = subprocess.Popen(
-                ["git", "-c", "core.fsync=none", "-c", "gc.auto=0", "fast-import", "--quiet", "--done", "--date-format=raw",
-                 f"--export-marks={self.marks_file}"],
-                cwd=self.tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
+            self.proc = popen(self.tree, "fast-import", "--quiet", "--done", "--date-format=raw",
+                              f"--export-marks={self.marks_file}",
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self.proc
 
     def _fail(self) -> BuildTreeError:

@@ -154,20 +154,22 @@ def _commits(tree: Path, version: Version) -> list[_Commit]:
     return out
 
 
-def _files_of(tree: Path, sha: str) -> list[tuple[str, str]]:
-    """(status, path) of the files commit ``sha`` changes."""
-    raw = git(tree, "diff-tree", "-r", "--no-renames", "--no-commit-id", "--name-status", f"{sha}^", sha)
-    rows = []
+def _files_of(tree: Path, sha: str) -> dict[str, tuple[str, str]]:
+    """The files commit ``sha`` changes: path -> (mode before, mode after), ``000000`` where there is none."""
+    raw = git(tree, "diff-tree", "-r", "--no-renames", "--no-commit-id", "--raw", f"{sha}^", sha)
+    rows = {}
     for line in raw.splitlines():
-        status, path = line.split("\t", 1)
-        rows.append((status[0], path))
+        fields, path = line.split("\t", 1)
+        old_mode, new_mode = fields.lstrip(":").split()[:2]
+        rows[path] = (old_mode, new_mode)
     return rows
 
 
 def _same_change(tree: Path, sha: str, patch: Patch) -> bool:
-    """Does commit ``sha`` do exactly what ``patch`` does to the tree's release?"""
-    touched = {path for _, path in _files_of(tree, sha)}
-    if touched != {fp.path for fp in patch.files}:
+    """Does commit ``sha`` do exactly what ``patch`` does to the tree's release, file modes included?
+    (A symlink or an executable bit has the blob of a plain file: the content alone cannot tell.)"""
+    touched = _files_of(tree, sha)
+    if set(touched) != {fp.path for fp in patch.files}:
         return False
     for fp in patch.files:
         before = blob(tree, f"{sha}^", fp.path)
@@ -176,6 +178,9 @@ def _same_change(tree: Path, sha: str, patch: Patch) -> bool:
             if after is not None:
                 return False
             continue
+        old_mode, new_mode = touched[fp.path]
+        if new_mode != (fp.new_mode or ("100644" if fp.is_new else old_mode)):
+            return False
         lines, results = apply_hunks(split_lines(decode(before or b"")), fp.hunks)
         if any(r.outcome not in (Outcome.CLEAN, Outcome.OFFSET) for r in results):
             return False

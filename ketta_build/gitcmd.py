@@ -1,10 +1,20 @@
-"""Running git: one runner with a fixed, quiet configuration, and reading blobs.
+"""Running git: one runner with a fixed, quiet and isolated configuration, and reading blobs.
 
-Every git call of ketta-build goes through :func:`git` (text) or :func:`git_bytes` (bytes): the
-user's system configuration is ignored (``GIT_CONFIG_NOSYSTEM``), nothing prompts, fsync is off (a
+Every git call of ketta-build goes through this module (:func:`git` for text, :func:`git_bytes` for
+bytes, :func:`run` for an exit code, :func:`popen` for a stream): nothing prompts, fsync is off (a
 build tree is disposable) and a failure raises :class:`~ketta_build.errors.GitError` with git's own
 last line, never a traceback. :class:`Blobs` reads many files of one repository through a single
 ``git cat-file --batch`` process.
+
+**Isolation.** What git does for ketta-build depends on nothing but its arguments and the
+repository: neither the system nor the user's configuration is read (``GIT_CONFIG_NOSYSTEM``,
+``GIT_CONFIG_SYSTEM`` and ``GIT_CONFIG_GLOBAL`` point at ``/dev/null``, so nothing under ``HOME`` or
+``XDG_CONFIG_HOME`` is either, attribute and ignore files included), no ``GIT_*`` variable of the
+caller's environment is passed on (``GIT_DIR``, ``GIT_INDEX_FILE``, ``GIT_CONFIG_PARAMETERS``,
+``GIT_TRACE``...; only the two that say where TLS certificates are), and the ``-c`` settings of
+:data:`ISOLATION` (command-line configuration outranks a repository's own) switch off hooks,
+fsmonitor, signing and templates and fix the commit encoding, also in a repository the tool did not
+make: a maintainer's build tree keeps its hooks for the maintainer's own git, never for ketta-build's.
 """
 
 from __future__ import annotations
@@ -17,22 +27,67 @@ from pathlib import Path
 
 from .errors import GitError
 
-_QUIET = ("-c", "core.fsync=none", "-c", "checkout.workers=0", "-c", "gc.auto=0", "-c", "core.autocrlf=false",
-          "-c", "init.defaultBranch=main")
+#: On every command line: no hook, fsmonitor, signature, template, attribute or ignore file of the
+#: user's; replacements ignored; commit objects always UTF-8 (no ``encoding`` header).
+ISOLATION = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "core.attributesFile=/dev/null",
+             "core.excludesFile=/dev/null", "commit.gpgSign=false", "tag.gpgSign=false", "tag.forceSignAnnotated=false",
+             "log.showSignature=false", "init.templateDir=", "i18n.commitEncoding=UTF-8", "maintenance.auto=false")
+_QUIET = ("core.fsync=none", "checkout.workers=0", "gc.auto=0", "core.autocrlf=false", "init.defaultBranch=main")
+_CONFIG = tuple(arg for item in (*ISOLATION, *_QUIET) for arg in ("-c", item))
+#: The caller's GIT_* variables that are passed on: where TLS trust anchors are (a --letta-git URL).
+_KEPT = ("GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
 
 
-def _env(extra: dict[str, str] | None) -> dict[str, str]:
-    return {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", **(extra or {})}
+#: ``info/attributes`` of every repository the tool makes: it outranks a tree's own ``.gitattributes``,
+#: so git keeps every file's bytes as they are when it commits them, checks them out and archives
+#: them (no CRLF, ident, filter, encoding, export-subst or export-ignore).
+AS_IS_ATTRIBUTES = "* -text !eol -ident -filter !working-tree-encoding -export-subst -export-ignore\n"
+
+
+def keep_bytes_as_they_are(git_dir: Path) -> None:
+    """Give the repository whose git directory is ``git_dir`` the :data:`AS_IS_ATTRIBUTES`."""
+    (git_dir / "info").mkdir(parents=True, exist_ok=True)
+    (git_dir / "info" / "attributes").write_text(AS_IS_ATTRIBUTES)
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every git ketta-build runs: the caller's without its ``GIT_*`` variables,
+    with system and user configuration switched off, plus ``extra`` (what the tool itself sets, e.g.
+    an identity or ``GIT_INDEX_FILE``)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_") or key in _KEPT}
+    env.update({"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_SYSTEM": os.devnull, "GIT_CONFIG_GLOBAL": os.devnull,
+                "GIT_ATTR_NOSYSTEM": "1", "GIT_NO_REPLACE_OBJECTS": "1", "GIT_TERMINAL_PROMPT": "0"})
+    env.update(extra or {})
+    return env
+
+
+def command(*args: str) -> list[str]:
+    """The command line of ``git args`` with the isolating and quiet configuration."""
+    return ["git", *_CONFIG, *args]
+
+
+def run(cwd: Path, *args: str, env: dict[str, str] | None = None,
+        input: bytes | None = None) -> subprocess.CompletedProcess:
+    """``git args`` in ``cwd``, whatever its exit code (stdout and stderr as bytes)."""
+    try:
+        return subprocess.run(command(*args), cwd=cwd, env=environment(env), input=input, capture_output=True,
+                              check=False)
+    except OSError as exc:
+        raise GitError(f"cannot run git in {cwd}: {exc}") from None
+
+
+def popen(cwd: Path, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """``git args`` in ``cwd`` as a running process (``kwargs`` go to :class:`subprocess.Popen`)."""
+    try:
+        return subprocess.Popen(command(*args), cwd=cwd, env=environment(env), **kwargs)
+    except OSError as exc:
+        raise GitError(f"cannot run git in {cwd}: {exc}") from None
 
 
 def git_bytes(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
               input: bytes | None = None) -> bytes:
     """``git args`` in ``cwd``; its standard output as bytes."""
-    try:
-        proc = subprocess.run(["git", *_QUIET, *args], cwd=cwd, env=_env(env), input=input, capture_output=True,
-                              check=False)
-    except OSError as exc:
-        raise GitError(f"cannot run git in {cwd}: {exc}") from None
+    proc = run(cwd, *args, env=env, input=input)
     if check and proc.returncode != 0:
         last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise GitError(f"git {' '.join(args[:2])} failed in {cwd}: {last[0]}")
@@ -47,11 +102,7 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = 
 
 def git_succeeds(cwd: Path, *args: str) -> bool:
     """Does ``git args`` exit 0 (a question git answers with its exit code, e.g. ``merge-base --is-ancestor``)?"""
-    try:
-        return subprocess.run(["git", *_QUIET, *args], cwd=cwd, env=_env(None), capture_output=True,
-                              check=False).returncode == 0
-    except OSError as exc:
-        raise GitError(f"cannot run git in {cwd}: {exc}") from None
+    return run(cwd, *args).returncode == 0
 
 
 def extract_tree(repo: Path, rev: str, dest: Path, *paths: str) -> None:
@@ -67,8 +118,7 @@ def extract_tree(repo: Path, rev: str, dest: Path, *paths: str) -> None:
 
 def blob(cwd: Path, rev: str, path: str) -> bytes | None:
     """The content of ``path`` at ``rev`` (None if it has no such file); ``cwd`` is a work tree or a bare repository."""
-    proc = subprocess.run(["git", "cat-file", "blob", f"{rev}:{path}"], cwd=cwd, env=_env(None), capture_output=True,
-                          check=False)
+    proc = run(cwd, "cat-file", "blob", f"{rev}:{path}")
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -89,8 +139,8 @@ class Blobs:
         if "\n" in path:
             return blob(self.repo, rev, path)
         if self.proc is None:
-            self.proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=self.repo, env=_env(None),
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self.proc = popen(self.repo, "cat-file", "--batch", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(f"{rev}:{path}\n".encode("utf-8", errors="surrogateescape"))
         self.proc.stdin.flush()

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 from .errors import BuildTreeError
-from .gitcmd import git, git_bytes
+from .gitcmd import git, git_bytes, run
 
 _CONFIG = ("diff.noprefix=false", "diff.mnemonicPrefix=false", "diff.relative=false", "diff.suppressBlankEmpty=false",
            "core.quotePath=true", "color.ui=false", "diff.external=", "core.autocrlf=false")
@@ -27,11 +26,8 @@ ABBREV = 7
 
 
 def _git_raw(repo: Path, *args: str) -> str:
-    cmd = ["git"]
-    for item in _CONFIG:
-        cmd += ["-c", item]
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-    proc = subprocess.run([*cmd, *args], cwd=repo, env=env, capture_output=True, check=False)
+    config = [arg for item in _CONFIG for arg in ("-c", item)]
+    proc = run(repo, *config, *args)
     if proc.returncode != 0:
         raise BuildTreeError(f"git {args[0]} failed in {repo}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
     return proc.stdout.decode("utf-8", errors="surrogateescape")

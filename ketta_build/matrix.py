@@ -29,6 +29,7 @@ from .affected import Affected
 from .cache import Cache, sha256_file
 from .cellcache import CellStore, Proof, cell_key, digest_files, suite_files
 from .errors import KettaError
+from .gitcmd import run as run_git
 from .hunkcoverage import ALLOWED_FILE, measure_release
 from .hunkcoverage import html_section as coverage_html
 from .hunkcoverage import markdown_lines as coverage_markdown
@@ -286,8 +287,9 @@ TYPICAL_SECONDS = {"upgrade": 400, "upstream": 100, "unified": 60, "agent": 60, 
 
 
 def _git(project: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+    """What ``git args`` says in ``project`` ("" if it fails: the project need not be a repository)."""
+    proc = run_git(project, *args)
+    return proc.stdout.decode("utf-8", errors="replace").strip() if proc.returncode == 0 else ""
 
 
 def _reuse(cell: Cell, proof: Proof, report_dir: Path) -> None:
@@ -401,10 +403,6 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
     total time, and the per-release records the cells wrote."""
     from datetime import datetime, timezone
 
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
     try:
         number = read_build_number(series_dir or project / "patches")
     except KettaError:
@@ -416,8 +414,8 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
     coverage = coverage_records(report_dir)
     return {**user_input_records(report_dir), **({"coverage": coverage} if coverage else {}),
         "tool": f"ketta-build {__version__}",
-        "series_commit": git("rev-parse", "HEAD") or None,
-        "series_dirty": bool(git("status", "--porcelain", "--", "patches")),
+        "series_commit": _git(project, "rev-parse", "HEAD") or None,
+        "series_dirty": bool(_git(project, "status", "--porcelain", "--", "patches")),
         "build_number": number,
         "date": datetime.fromtimestamp(finished, timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "total_seconds": round(finished - started, 1),

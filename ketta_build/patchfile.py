@@ -36,8 +36,16 @@ UPSTREAM_STATUSES = ("Inappropriate", "Pending", "Submitted", "Accepted", "Backp
 _AUTHOR_RE = re.compile(r"^(?P<name>[^<>]+?)\s*<(?P<email>[^<>@\s]+@[^<>\s]+)>$")
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
 _DIFF_GIT_RE = re.compile(r"^diff --git a/(\S+) b/(\S+)$")
-_INDEX_RE = re.compile(r"^index ([0-9a-f]{7,64})\.\.([0-9a-f]{7,64})(?: [0-7]{6})?$")
-_EXTENDED = ("old mode ", "new mode ", "new file mode ", "deleted file mode ", "index ")
+_INDEX_RE = re.compile(r"^index ([0-9a-f]{7,64})\.\.([0-9a-f]{7,64})(?: ([0-7]{6}))?$")
+_MODES = ("old mode ", "new mode ", "new file mode ", "deleted file mode ")
+_EXTENDED = (*_MODES, "index ")
+#: The file modes a patch may name: regular files. A symlink (120000) a patch made would be a path
+#: later writes could follow out of the tree, and a wheel does not keep links; a gitlink (160000)
+#: is a submodule. Letta's releases hold neither.
+REGULAR_MODES = ("100644", "100755")
+#: The largest line number or line count a hunk header may claim: no source file is that long, and
+#: the claim bounds nothing else (the hunk search is bounded by the file it searches).
+MAX_LINE = 10_000_000
 _UNSUPPORTED_EXTENDED = ("similarity index", "dissimilarity index", "rename from", "rename to", "copy from", "copy to")
 
 
@@ -239,6 +247,14 @@ def _validate_diff(lines: list[str], start: int, source: Path) -> list[tuple[int
                 raise SeriesError(f"unexpected line in the header of the diff for '{a_path}': {ext[:50]!r}", path=source, line=i + 1)
             if ext.startswith("index ") and not _INDEX_RE.match(ext):
                 raise SeriesError(f"malformed index line {ext!r}", path=source, line=i + 1)
+            if ext.startswith(_MODES):
+                mode = ext.rsplit(" ", 1)[1]
+            else:
+                index = _INDEX_RE.match(ext)
+                mode = index.group(3) if index else None
+            if mode is not None and mode not in REGULAR_MODES:
+                raise SeriesError(f"mode {mode} of '{a_path}' is {_mode_name(mode)}: patches make and change regular "
+                                  f"files only ({' or '.join(REGULAR_MODES)})", path=source, line=i + 1)
             i += 1
         hunks = 0
         if i < n and lines[i].startswith("--- "):
@@ -256,6 +272,11 @@ def _validate_diff(lines: list[str], start: int, source: Path) -> list[tuple[int
                 hm = _HUNK_RE.match(lines[i].rstrip("\n"))
                 if not hm:
                     raise SeriesError(f"malformed hunk header {lines[i].rstrip()[:50]!r}", path=source, line=i + 1)
+                for number in hm.group(1, 2, 3, 4):
+                    if number is not None and (len(number) > len(str(MAX_LINE)) or int(number) > MAX_LINE):
+                        shown = number if len(number) <= 20 else f"{number[:20]}... ({len(number)} digits)"
+                        raise SeriesError(f"hunk header claims line {shown}, more than {MAX_LINE} (no source file is "
+                                          "that long): the header is damaged", path=source, line=i + 1)
                 old_left = int(hm.group(2)) if hm.group(2) is not None else 1
                 new_left = int(hm.group(4)) if hm.group(4) is not None else 1
                 header_line = i + 1
@@ -311,6 +332,11 @@ def _validate_diff(lines: list[str], start: int, source: Path) -> list[tuple[int
         if _only_blank(lines, i):
             break
     return sections
+
+
+def _mode_name(mode: str) -> str:
+    return {"120000": "a symlink", "160000": "a submodule (gitlink)", "040000": "a directory"}.get(
+        mode, "not a regular file's mode")
 
 
 def _only_blank(lines: list[str], start: int) -> bool:

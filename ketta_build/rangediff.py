@@ -25,10 +25,8 @@ the group holds (``group``: old and new positions).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from packaging.version import Version
 from .buildtree import ApplyOptions, apply_series
 from .cache import Cache
 from .errors import GitError, KettaError
-from .gitcmd import extract_tree, git, git_succeeds
+from .gitcmd import extract_tree, git, git_succeeds, run
 from .series import read_series
 from .upstream import IndexSource
 
@@ -202,14 +200,13 @@ def range_diff(version: Version, old: str, new: str, *, repo: Path = Path("."), 
                 raise KettaError(f"{spec}: the series does not apply to letta {version} ({failed}); see ketta-build apply")
             trees[label] = work / f"tree-{label}"
         git(trees["new"], "fetch", "-q", str(trees["old"]), "+HEAD:refs/ketta/old")
-        env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1"}
-        proc = subprocess.run(
-            ["git", "-c", "color.ui=false", "range-diff", "--no-color", "--creation-factor=95", f"upstream/{version}..refs/ketta/old",
-             f"upstream/{version}..HEAD"], cwd=trees["new"], capture_output=True, text=True, env=env, check=False)
+        proc = run(trees["new"], "-c", "color.ui=false", "range-diff", "--no-color", "--creation-factor=95",
+                   f"upstream/{version}..refs/ketta/old", f"upstream/{version}..HEAD")
         if proc.returncode != 0:
-            raise KettaError(f"git range-diff failed: {proc.stderr.strip()[-300:]}")
-        result = RangeDiff(str(version), old, new, proc.stdout)
-        for line in proc.stdout.splitlines():
+            raise KettaError(f"git range-diff failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+        text = proc.stdout.decode("utf-8", errors="replace")
+        result = RangeDiff(str(version), old, new, text)
+        for line in text.splitlines():
             m = _PAIR.match(line)
             if m:
                 result.pairs.append({"old": None if m.group(1) == "-" else int(m.group(1)),

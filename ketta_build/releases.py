@@ -89,6 +89,9 @@ def load_releases(series_dir: Path | None = None) -> SupportedReleases:
         stat = path.stat()
     except OSError:
         raise SeriesError(f"{RELEASES_FILE} is missing: it lists the Letta releases the series supports", path=path) from None
+    if path.resolve().parent != path.parent.resolve():  # read only from the series' own directory
+        raise SeriesError(f"is a symlink to {path.resolve()}, outside {path.parent}: the supported releases are "
+                          "read only from the series' own directory", path=path)
     key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
     if key not in _loaded:
         _loaded[key] = _parse(path)

@@ -16,6 +16,7 @@ skipped for it, with the reason.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -108,7 +109,9 @@ class Series:
         return [s.entry for s in self.explain(version) if s.selected]
 
     def load(self, entry: SeriesEntry) -> Patch:
-        return parse_patch(self.directory / entry.name, entry.name)
+        path = self.directory / entry.name
+        _refuse_link(path, entry, self.series_file)
+        return parse_patch(path, entry.name)
 
     @property
     def releases(self) -> SupportedReleases:
@@ -149,6 +152,10 @@ def read_series(directory: Path) -> Series:
         raise SeriesError("patch directory does not exist", path=directory)
     if not series_file.is_file():
         raise SeriesError("series file is missing (one patch file name per line)", path=series_file)
+    real = series_file.resolve()
+    if real.parent != directory.resolve():
+        raise SeriesError(f"is a symlink to {real}, outside {directory}: the series is read only from its own "
+                          "directory", path=series_file)
     raw = series_file.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raise SeriesError("the file starts with a UTF-8 byte-order mark (an editor added it); save it without one",
@@ -161,6 +168,8 @@ def read_series(directory: Path) -> Series:
     except UnicodeDecodeError as exc:
         raise SeriesError("series file is not valid UTF-8", path=series_file, line=raw[: exc.start].count(b"\n") + 1) from None
     series = parse_series(text, directory, present=lambda name: (directory / name).is_file())
+    for entry in series.entries:
+        _refuse_link(directory / entry.name, entry, series_file)
     listed = {e.name for e in series.entries}
     for candidate in sorted(directory.iterdir()):
         if candidate.is_file() and candidate.name.endswith(PATCH_SUFFIXES) and candidate.name not in listed:
@@ -169,6 +178,14 @@ def read_series(directory: Path) -> Series:
                 path=candidate,
             )
     return series
+
+
+def _refuse_link(path: Path, entry: SeriesEntry, series_file: Path) -> None:
+    """A patch file is read only as a regular file of the series directory: a symlink (which could
+    lead anywhere, and whose target's lines an error would quote) is refused before it is read."""
+    if path.is_symlink():
+        raise SeriesError(f"'{entry.name}' is a symlink (to {os.readlink(path)}); a patch file must be a regular file "
+                          f"in {series_file.parent}: copy it there", path=series_file, line=entry.line)
 
 
 def parse_series(text: str, directory: Path, *, present=lambda name: True) -> Series:

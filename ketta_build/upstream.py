@@ -7,7 +7,7 @@ Three sources, one interface (:class:`UpstreamSource`):
   what the index publishes (PEP 691 JSON, or PEP 503 HTML hash fragments), and
   kept in a content-addressed :class:`~ketta_build.cache.Cache` so that a
   second run needs no network.
-* :class:`GitSource` – a tag or commit of a Letta git repository (gitpython).
+* :class:`GitSource` – a tag or commit of a Letta git repository (through :mod:`ketta_build.gitcmd`).
 * :class:`DirSource` – an unpacked tree on disk.
 
 Every source checks that what it found is the Letta *server* (a ``letta/``
@@ -22,6 +22,7 @@ import io
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -38,6 +39,7 @@ from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
 from .index import _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
+from .gitcmd import blob, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
 from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release
 
@@ -409,49 +411,53 @@ class IndexSource:
 
 
 class GitSource:
-    """A release from a git repository (local path or URL) at a tag or commit."""
+    """A release from a git repository (local path or URL) at a tag or commit, read through
+    :mod:`ketta_build.gitcmd` (no configuration of the user's or the repository's runs anything)."""
 
     def __init__(self, repo: str, ref: str | None) -> None:
         self.repo = repo
         self.ref = ref
+        self._dir: Path | None = None
+        self._tmp: str | None = None
 
-    def _repo(self):
-        import git
-
-        if not hasattr(self, "_cached"):
+    def _repo(self) -> Path:
+        """The repository's git directory; a URL is cloned, bare, into a temporary directory first."""
+        if self._dir is None:
             path = Path(self.repo)
-            try:
-                if path.exists():
-                    self._cached = git.Repo(path)
-                else:
-                    tmp = tempfile.mkdtemp(prefix="ketta-letta-git-")
-                    self._tmp = tmp
-                    self._cached = git.Repo.clone_from(self.repo, tmp, bare=True)
-            except (git.exc.GitError, OSError) as exc:
-                raise UpstreamError(f"cannot open git repository {self.repo}: {str(exc).splitlines()[0]}") from None
-        return self._cached
+            if path.exists():
+                # That directory's own repository, never one above it.
+                proc = run_git(path, "rev-parse", "--absolute-git-dir",
+                               env={"GIT_CEILING_DIRECTORIES": str(path.resolve().parent)})
+            else:
+                self._tmp = tempfile.mkdtemp(prefix="ketta-letta-git-")
+                proc = run_git(Path(self._tmp), "clone", "-q", "--bare", "--", self.repo, self._tmp)
+            if proc.returncode != 0:
+                err = proc.stderr.decode(errors="replace")
+                last = (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                if "dubious ownership" in err:  # git's advice (a global safe.directory) does not apply here
+                    last = ("it belongs to another user, and ketta-build reads no git configuration of yours "
+                            "(safe.directory included): clone it and give the clone")
+                raise UpstreamError(f"cannot open git repository {self.repo}: {last}")
+            self._dir = Path(proc.stdout.decode(errors="surrogateescape").strip()) if path.exists() else Path(self._tmp)
+        return self._dir
 
     def close(self) -> None:
         """Remove the temporary clone of a URL, if one was made."""
-        tmp = getattr(self, "_tmp", None)
-        if tmp is not None:
-            if hasattr(self, "_cached"):
-                self._cached.close()
-                del self._cached
-            shutil.rmtree(tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+            self._dir = None
 
     def git_dir(self) -> Path:
         """The repository's git directory (a URL is cloned, bare, into a temporary directory first)."""
-        return Path(self._repo().git_dir)
+        return self._repo()
 
-    def _commit_for(self, ref: str):
-        import git
-
-        try:
-            return self._repo().commit(ref)
-        except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+    def _commit_for(self, ref: str) -> str | None:
+        if ref.startswith("-"):  # never an option of git's
             return None
+        proc = run_git(self._repo(), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}")
+        sha = proc.stdout.decode(errors="replace").strip()
+        return sha if proc.returncode == 0 and sha else None
 
     def resolve(self, version: Version | None) -> UpstreamRelease:
         ref = self.ref or (f"v{version}" if version else None)
@@ -460,30 +466,39 @@ class GitSource:
         commit = self._commit_for(ref) or (self._commit_for(str(version)) if version and not self.ref else None)
         if commit is None:
             raise UpstreamError(f"ref '{ref}' not found in {self.repo}")
-        tree_version = _version_in_git(commit)
+        pyproject = blob(self._repo(), commit, "pyproject.toml")
+        tree_version = _literal_version(pyproject.decode(errors="replace")) if pyproject is not None else None
         if tree_version is None:
             raise NotAServerRelease(f"{self.repo}@{ref} has no pyproject.toml with a literal version: not a Letta server tree")
         if version is not None and tree_version != version:
             raise UpstreamError(f"{self.repo}@{ref} is letta {tree_version}, not {version}")
-        return UpstreamRelease(tree_version, "git", f"{self.repo}@{ref}", None, commit.hexsha)
+        return UpstreamRelease(tree_version, "git", f"{self.repo}@{ref}", None, commit)
+
+    def _reader(self, tmp: Path) -> Path:
+        """A bare repository of the tool's own that reads the source's objects (an alternate) and
+        nothing else of it: neither its config (filters, tar.umask) nor its attributes apply, and the
+        commit's own .gitattributes cannot leave a file out or rewrite one (export-ignore, -subst)."""
+        objects = Path(git(self._repo(), "rev-parse", "--git-path", "objects"))
+        reader = tmp / "reader.git"
+        git(tmp, "init", "-q", "--bare", str(reader))
+        (reader / "objects" / "info" / "alternates").write_text(f"{(self._repo() / objects).resolve()}\n")
+        keep_bytes_as_they_are(reader)
+        return reader
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        with tempfile.TemporaryFile() as fh:
-            self._repo().archive(fh, treeish=release.filename, format="tar")
+        with tempfile.TemporaryDirectory(prefix="ketta-letta-git-") as tmp, tempfile.TemporaryFile() as fh:
+            proc = popen_git(self._reader(Path(tmp)), "archive", "--format=tar", str(release.filename), stdout=fh,
+                             stderr=subprocess.PIPE)
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                last = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                raise UpstreamError(f"cannot read {release.location}: git archive: {last}")
             fh.seek(0)
             with tarfile.open(fileobj=fh) as tar:
                 for m in tar.getmembers():
                     _check_member(m, release.location)
                 tar.extractall(dest, filter="data")
         check_server_tree(dest, release.location)
-
-
-def _version_in_git(commit) -> Version | None:
-    try:
-        text = (commit.tree / "pyproject.toml").data_stream.read().decode()
-    except KeyError:
-        return None
-    return _literal_version(text)
 
 
 def _literal_version(pyproject_text: str) -> Version | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import difflib
 import shutil
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from .applying import Outcome, apply_hunks, decode
 from .buildtree import ApplyOptions, apply_series, ensure_pristine_repo
 from .cache import Cache
 from .errors import KettaError
+from .gitcmd import blob
+from .gitcmd import run as run_git
 from .patchfile import split_lines
 from .port import carried_entries
 from .series import Series, read_series
@@ -184,11 +185,12 @@ def _index_versions(index_url: str | None) -> dict[Version, list[IndexFile]]:
 
 
 def _git_versions(url: str) -> dict[Version, str]:
-    proc = subprocess.run(["git", "ls-remote", "--tags", url], capture_output=True, text=True, check=False)
+    proc = run_git(Path.cwd(), "ls-remote", "--tags", "--", url)
     if proc.returncode != 0:
-        raise KettaError(f"cannot list the tags of {url}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+        last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or proc.returncode
+        raise KettaError(f"cannot list the tags of {url}: {last}")
     out = {}
-    for line in proc.stdout.splitlines():
+    for line in proc.stdout.decode("utf-8", errors="surrogateescape").splitlines():
         ref = line.split("\t", 1)[1]
         if ref.endswith("^{}"):
             continue
@@ -302,9 +304,8 @@ def _innermost(functions: list[tuple[str, int, int]], line: int) -> tuple[str, i
 
 
 def _blob(repo: Path, version: Version, path: str) -> str | None:
-    proc = subprocess.run(["git", "--git-dir", str(repo), "cat-file", "blob", f"upstream/{version}:{path}"],
-                          capture_output=True, check=False)
-    return decode(proc.stdout) if proc.returncode == 0 else None
+    content = blob(repo, f"upstream/{version}", path)
+    return decode(content) if content is not None else None
 
 
 def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> list[FileReview]:
