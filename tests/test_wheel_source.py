@@ -195,8 +195,13 @@ def test_a_changed_series_is_built_in_its_own_tree_and_said_to_be_uncommitted(wo
     rc, err, built = build(world, "dist2")
     assert rc == 0 and json.loads(members(built)["letta/ketta_provenance.json"])["series"]["dirty"] is False, err
     (world.patches / "notes.txt").write_text("a note\n")
-    rc, err, built = build(world, "dist3")
+    rc, out, err = world.run("wheel", "--letta", "0.16.8", "--out", "dist3", "--json", "dist3.json")
+    built = next((world.root / "repo" / "dist3").glob("*.whl"))
     assert rc == 0 and json.loads(members(built)["letta/ketta_provenance.json"])["series"]["dirty"] is True, err
+    assert "has uncommitted changes: the wheels say so" in " ".join(out.split()), out
+    document = json.loads((world.root / "repo" / "dist3.json").read_text())
+    assert document["series"]["dirty"] is True and document["wheels"][0]["tree"] == \
+        json.loads(members(built)["letta/ketta_provenance.json"])["tree"]
 
 
 def test_wheel_tree_refuses_a_tree_with_unexported_work(world):
