@@ -55,7 +55,7 @@ class JsValidator:
 def cyclonedx_js(tmp_path_factory) -> JsValidator:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.fail("the second CycloneDX validator needs Node.js (>= 20) and npm on PATH: "
+        pytest.fail("the second CycloneDX validator needs Node.js (>= 20.18, the library's engines) and npm on PATH: "
                     f"{'node' if node is None else 'npm'} not found")
     prefix = tmp_path_factory.mktemp("cyclonedx-js")
     proc = subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix), *PACKAGES],
