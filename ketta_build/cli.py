@@ -167,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "does (a newer variant: the commit that made it necessary; --bad defaults to its Base-Release)")
     _patches_flag(bp)
     _json_flag(bp)
-    wp = _verb(sub, "wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS")
+    wp = _verb(sub, "wheel", help="deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS, each built "
+                                   "from patches/ applied to the pristine release in a tree of its own")
     wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     wp.add_argument("--all", action="store_true", help="every supported release")
     wp.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="default: ./dist")
+    wp.add_argument("--tree", type=Path, metavar="DIR", help="a build tree that must hold exactly what patches/ gives "
+                    "(refused, exit 5, if it has commits or edits patches/ does not); the wheel is the same either way")
     _patches_flag(wp)
-    _build_root_flag(wp)
     _index_flag(wp)
     _cache_flag(wp)
     _json_flag(wp)
@@ -695,24 +697,38 @@ def _cmd_bisect(args, console) -> int:
 def _cmd_wheel(args, console) -> int:
     from .cache import Cache
     from .releases import load_releases, parse_version, unknown_release
-    from .wheel import SUMS_FILE, release_wheels
+    from .wheel import SUMS_FILE, release_wheels, series_state
 
     releases = load_releases(args.patches)
     # Parsed once, here; the library takes the release numbers as text from now on.
     parsed = list(releases.versions) if args.all else [parse_version(v) for v in args.letta or []] or [releases.newest.version]
+    if args.tree is not None:
+        from .buildtree import read_tree_state
+
+        if args.all:
+            raise KettaError("--tree builds the one release of that tree; not with --all")
+        version = read_tree_state(args.tree).version
+        if args.letta and set(parsed) != {version}:
+            raise KettaError(f"--tree {args.tree} is letta {version}, not {', '.join(args.letta)}")
+        parsed = [version]
     unsupported = next((v for v in parsed if releases.find(v) is None), None)
     if unsupported is not None:
         raise unknown_release(unsupported, "no wheel without a series for it", releases)
     versions = [str(v) for v in parsed]
     with console.status("building wheels") as status:
-        made = release_wheels(versions, args.out, series_dir=args.patches, build_root=args.build_root,
-                              cache=Cache(args.cache_dir), index_url=args.index_url, progress=status.update)
+        made = release_wheels(versions, args.out, series_dir=args.patches, cache=Cache(args.cache_dir),
+                              index_url=args.index_url, tree=args.tree, progress=status.update)
+    series = made[0].series if made else series_state(args.patches)
     for item in made:
-        console.print(f"{escape(str(item.wheel))}  sha256 {item.sha256}")
+        console.print(f"{escape(str(item.wheel))}  sha256 {item.sha256}  (git tree {item.tree[:12]})")
         console.print(f"{escape(str(item.constraints))}")
     console.print(f"{escape(str(args.out / SUMS_FILE))}")
-    _emit_json(args.json, {"schema": "ketta-build/wheels/1", "wheels": [
-        {"letta": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints)} for m in made]})
+    if series["dirty"]:
+        console.print(f"[yellow]{escape(str(args.patches))} has uncommitted changes: the wheels say so "
+                      "(series.dirty in their provenance)[/]")
+    _emit_json(args.json, {"schema": "ketta-build/wheels/1", "series": series, "wheels": [
+        {"letta": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints), "tree": m.tree}
+        for m in made]})
     return 0
 
 

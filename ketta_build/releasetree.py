@@ -2,8 +2,11 @@
 
 ``build/<X>`` (patched) or ``build/<X>-upstream`` (pristine) carries a digest of the release's sdist
 and of every selected patch in ``.git/ketta-build-digest``; while it matches, the tree and its
-apply report are reused as they are. Servers (:mod:`ketta_build.serverenv`) and release wheels
-(:mod:`ketta_build.wheel`) both start from here.
+apply report are reused as they are. Servers (:mod:`ketta_build.serverenv`) start from here.
+
+Release wheels (:mod:`ketta_build.wheel`) never use such a tree: :func:`fresh_tree` applies the
+series to the pristine release in a directory of the caller's own, and :func:`check_exported`
+tells whether a maintainer's build tree holds exactly that (no commits or edits the series lacks).
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from .buildtree import ApplyOptions, ApplyReport, apply_series
+from .buildtree import (PORT_STATE_FILE, ApplyOptions, ApplyReport, apply_series, dirty_summary, read_tree_state,
+                        uncommitted)
 from .cache import Cache
-from .errors import KettaError
+from .errors import BuildTreeError, KettaError
+from .gitcmd import git, git_bytes
+from .header import parse_commit
 from .releases import load_releases, parse_version
 from .report import report_json
 from .series import Series, read_series
@@ -60,9 +66,103 @@ def ensure_tree(
     report: ApplyReport = apply_series(
         release, source, series, out, options=ApplyOptions(force=True), cache=cache, progress=progress
     )
-    data = report_json(report)
-    if report.exit_code != 0:
-        failed = ", ".join(r.name for r in report.failed) or ", ".join(report.not_attempted)
-        raise KettaError(f"the series does not apply to letta {release.version} (failed: {failed}); see ketta-build apply --letta {release.version}")
+    data = _applied(report)
     marker.write_text(digest + "\n")
     return out, data
+
+
+def _applied(report: ApplyReport) -> dict:
+    """The apply report as JSON, if every patch applied."""
+    if report.exit_code != 0:
+        version = report.release.version
+        failed = ", ".join(r.name for r in report.failed) or ", ".join(report.not_attempted)
+        raise KettaError(f"the series does not apply to letta {version} (failed: {failed}); see ketta-build apply --letta {version}")
+    return report_json(report)
+
+
+def fresh_tree(
+    version: str,
+    *,
+    series_dir: Path,
+    dest: Path,
+    cache: Cache,
+    index_url: str | None = None,
+    progress=lambda _: None,
+) -> tuple[Path, dict]:
+    """``dest`` (a directory that does not exist yet) made by applying the series in ``series_dir`` as
+    it is on disk to the pristine release ``version``, and its apply report: a tree of the caller's
+    own, never anyone's work tree. Applying is reproducible, so its commits are the same every time."""
+    if dest.exists():
+        raise KettaError("a fresh tree needs a directory that does not exist yet", path=dest)
+    source = IndexSource(cache, index_url, progress=progress, releases=load_releases(series_dir))
+    release = source.resolve(parse_version(version))
+    report = apply_series(release, source, read_series(series_dir), dest, cache=cache, progress=progress)
+    return dest, _applied(report)
+
+
+def _patch_ids(tree: Path, revisions: str) -> dict[str, str]:
+    """``git patch-id --stable`` of each commit in ``revisions`` that changes something: commit -> patch id."""
+    log = git_bytes(tree, "log", "-p", "--pretty=medium", "--no-color", "--no-ext-diff", "--no-renames", revisions)
+    pairs = (line.split() for line in git_bytes(tree, "patch-id", "--stable", input=log).decode().splitlines())
+    return {commit: patch_id for patch_id, commit in pairs}
+
+
+def _listed(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def check_exported(tree: Path, series_tree: Path, series_report: dict) -> str:
+    """Refuse (:class:`BuildTreeError`, exit 5) unless the build tree ``tree`` holds exactly what
+    ``series_tree`` (the series applied afresh to the same release by :func:`fresh_tree`, whose apply
+    report is ``series_report``) holds. Returns the git tree hash both hold.
+
+    The refusal names what differs: uncommitted edits (the files); commits ``patches/`` does not have
+    (short hash and subject: commits neither made from a patch file as it is now, by apply, export or
+    port, nor the same change as one of the series' commits); patches whose commit was made from an
+    older version of the file; patches of the series no commit of the tree carries."""
+    state = read_tree_state(tree)  # refuses a directory that is not a build tree
+    version = state.version
+    if (tree / ".git" / PORT_STATE_FILE).is_file():
+        raise BuildTreeError(f"a port to letta {version} is in progress in this tree; finish it (ketta-build port "
+                             "--continue) or build from patches/ without --tree", path=tree)
+    changed = uncommitted(tree)
+    if changed:
+        raise BuildTreeError(f"the tree holds uncommitted edits in {dirty_summary(changed)}, which patches/ does not "
+                             f"have: commit and export them (ketta-build export --tree {tree}) or drop them; or build "
+                             "from patches/ without --tree", path=tree)
+    mine, wanted = git(tree, "rev-parse", "HEAD^{tree}"), git(series_tree, "rev-parse", "HEAD^{tree}")
+    if mine == wanted:
+        return mine
+    base = f"upstream/{version}"
+    ids = _patch_ids(tree, f"{base}..HEAD")
+    series_ids = set(_patch_ids(series_tree, f"{base}..HEAD").values())
+    current = {p["name"]: p.get("sha256") for p in series_report.get("patches", []) if p.get("commit")}
+    made = {commit: (name, sha) for name, (sha, commit) in state.synced.items()}
+    unexported: list[str] = []
+    behind: list[str] = []
+    carried: set[str] = set()
+    for commit in git(tree, "rev-list", "--reverse", f"{base}..HEAD").split():
+        message = parse_commit(git(tree, "show", "-s", "--format=%B", commit))
+        if message.patch:
+            carried.add(message.patch)
+        if commit in made:
+            name, sha = made[commit]
+            if current.get(name) != sha:
+                behind.append(name)  # the file changed (or left the series) since this commit was made from it
+            continue
+        if commit in ids and ids[commit] not in series_ids:
+            unexported.append(git(tree, "show", "-s", "--format=%h %s", "--abbrev=10", commit))
+    absent = [name for name in current if name not in carried]
+    problems = []
+    if unexported:
+        problems.append(f"the tree holds commits patches/ does not have ({_listed(unexported)}): export them first "
+                        f"(ketta-build export --tree {tree})")
+    if behind:
+        problems.append(f"the tree was made from an older patches/ ({_listed(behind)} changed since): make it again "
+                        f"(ketta-build apply --letta {version} --out {tree} --force)")
+    if absent:
+        problems.append(f"no commit of the tree carries {_listed(absent)} of patches/")
+    if not problems:
+        problems.append(f"its files (git tree {mine[:12]}) are not what patches/ gives (git tree {wanted[:12]}): export "
+                        f"it (ketta-build export --tree {tree}) or apply again")
+    raise BuildTreeError("; ".join(problems) + "; or build from patches/ without --tree", path=tree)

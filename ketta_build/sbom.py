@@ -4,8 +4,14 @@ One document per wheel, made with ``cyclonedx-python-lib`` (CycloneDX 1.6 JSON):
 
 * the component described is ``letta X+ketta.N``; its **pedigree** says what it is made of: the
   ancestor is upstream ``letta X`` (with the sdist's sha256), the **patches** are every patch the
-  build applied (the whole patch file as the diff, its type from ``Upstream-Status``, what it
-  resolves from its ``Subject`` and ``Description``), and the notes give their order;
+  build applied, in the order it applied them (the whole patch file as the diff's text, the file's
+  path in the series' repository as the diff's url, the type from ``Upstream-Status``, and as what
+  it resolves only the URLs its header gives as such: ``Bug``, ``Bug-<Vendor>``, ``Forwarded``);
+  the notes repeat the order with each patch's outcome;
+* the component's properties say what is inside and where it came from: the git tree of the
+  sources built (``ketta:git-tree``), the series' commit and whether ``patches/`` had uncommitted
+  changes (``ketta:series-commit``, ``ketta:series-dirty``), each patch's sha256
+  (``ketta:patch-sha256:NAME``);
 * the **components** are the release's locked dependencies, one per pin of the constraints file
   ``uv export`` writes from the release's ``uv.lock``, with purls; the dependency graph comes from
   that file's ``# via`` lines.
@@ -18,6 +24,7 @@ is derived from the rest of the document, so two builds of one tree give the sam
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -28,7 +35,6 @@ from packaging.utils import canonicalize_name
 
 from . import __version__
 from .errors import KettaError
-from .header import field_value
 from .patchfile import PatchHeader
 
 SBOM_FILE = "ketta.cdx.json"  # the file name under .dist-info/sboms/
@@ -106,16 +112,36 @@ def issue_type(upstream_status: str):
 
 @dataclass(frozen=True)
 class AppliedPatch:
-    """A patch as the build applied it: the patch file's bytes, its parsed header and its outcome."""
+    """A patch as the build applied it: the patch file's bytes, its parsed header and its outcome;
+    ``path`` is the file's path in the repository holding the series (``patches/NAME``), or its name
+    when the series is in none."""
 
     name: str
     raw: bytes
     header: PatchHeader
     outcome: str
+    path: str | None = None
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def location(self) -> str:
+        return self.path or self.name
+
+
+def resolved_urls(header: PatchHeader) -> list[tuple[str, str]]:
+    """What a patch's DEP-3 header says it resolves: (field, URL) for ``Bug``, each ``Bug-<Vendor>``
+    and a ``Forwarded`` that is a URL, in header order. ``Forwarded: no`` or ``not-needed`` and
+    anything that is not a URL resolve nothing."""
+    found = []
+    for name, value in header.extra:
+        if name == "Bug" or name.startswith("Bug-") or name == "Forwarded":
+            url = value.strip().split("\n")[0].strip()
+            if _URL.match(url):
+                found.append((name, url))
+    return found
 
 
 def _purl(name: str, version: str):
@@ -153,12 +179,11 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
     applied = [p for p in patches if p.outcome != "already-upstream"]
     for p in applied:
         h = p.header
-        references = [XsUri(v) for v in (field_value(h, "Forwarded"),) if v and _URL.match(v)]
-        issue = IssueType(type=issue_type(h.upstream_status), id=p.name, name=h.subject,
-                          description=f"{h.description}\n\nUpstream-Status: {h.upstream_status}",
-                          source=IssueTypeSource(name="Ketta patch series"), references=references)
+        resolves = [IssueType(type=issue_type(h.upstream_status), source=IssueTypeSource(name=field), references=[XsUri(url)])
+                    for field, url in resolved_urls(h)]
         text = AttachedText(content=p.raw.decode("utf-8"), content_type="text/x-diff")
-        cdx_patches.append(Patch(type=patch_type(h.upstream_status), diff=Diff(text=text), resolves=[issue]))
+        cdx_patches.append(Patch(type=patch_type(h.upstream_status), diff=Diff(text=text, url=XsUri(p.location)),
+                                 resolves=resolves))
     order = ", ".join(f"{p.name} ({p.outcome})" for p in applied) or "none"
     notes = (f"letta {version} is upstream letta {letta}"
              f"{' (' + upstream['filename'] + ')' if upstream.get('filename') else ''} with Ketta's patches applied "
@@ -169,6 +194,11 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
     properties = [Property(name=f"{PROPERTY_PREFIX}build-number", value=str(provenance["build_number"]))]
     if provenance.get("tree"):
         properties.append(Property(name=f"{PROPERTY_PREFIX}git-tree", value=provenance["tree"]))
+    series = provenance.get("series")
+    if series is not None:
+        if series.get("commit"):
+            properties.append(Property(name=f"{PROPERTY_PREFIX}series-commit", value=series["commit"]))
+        properties.append(Property(name=f"{PROPERTY_PREFIX}series-dirty", value=json.dumps(bool(series.get("dirty")))))
     properties += [Property(name=f"{PROPERTY_PREFIX}patch-sha256:{p.name}", value=p.sha256) for p in applied]
     root_purl = _purl("letta", version)
     root = Component(
@@ -227,12 +257,19 @@ def sbom_json(provenance: dict, patches: list[AppliedPatch], constraints: str, e
     from cyclonedx.output.json import JsonV1Dot6
 
     pins = read_constraints(constraints)
+    order = [p.location for p in patches]
 
     def render(serial: uuid.UUID) -> str:
         with warnings.catch_warnings():
             # the library warns about a root without dependencies: a synthetic tree may have none
             warnings.simplefilter("ignore", UserWarning)
-            return JsonV1Dot6(_bom(provenance, patches, pins, epoch, serial)).output_as_string(indent=2) + "\n"
+            text = JsonV1Dot6(_bom(provenance, patches, pins, epoch, serial)).output_as_string(indent=2)
+        # The library keeps a pedigree's patches sorted by their content; a patch series is an order.
+        data = json.loads(text)
+        pedigree = data["metadata"]["component"].get("pedigree", {})
+        if "patches" in pedigree:
+            pedigree["patches"].sort(key=lambda p: order.index(p["diff"]["url"]))
+        return json.dumps(data, indent=2) + "\n"
 
     draft = render(uuid.UUID(int=0))
     return render(uuid.uuid5(_SERIAL_NAMESPACE, hashlib.sha256(draft.encode()).hexdigest()))

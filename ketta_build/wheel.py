@@ -1,8 +1,13 @@
 """Deployable artifacts from a build tree: the ``X+ketta.N`` wheel and the release's dependency constraints.
 
-The wheel is built from ``git archive HEAD`` of the build tree (never from the work tree, so an
-edit someone left there cannot leak into a deployable wheel), with the version rewritten to a
-PEP 440 local version and ``SOURCE_DATE_EPOCH`` fixed, so the same tree gives the same bytes.
+The wheel is built from ``git archive HEAD`` of a build tree (never from the work tree, so an
+edit someone left there cannot leak into a wheel), with the version rewritten to a PEP 440 local
+version and ``SOURCE_DATE_EPOCH`` fixed, so the same tree gives the same bytes.
+
+Release wheels (``ketta-build wheel``, :func:`release_wheels`) come from a tree of their own: the
+series in ``patches/`` applied afresh to the pristine release, never a maintainer's build tree
+(which may hold commits that were never exported, and is never touched). Their provenance records
+the git tree of what was built and the series' commit and dirty flag.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from .cache import Cache, sha256_file
 from .errors import BuildTreeError, KettaError
 from .gitcmd import extract_tree, git
 from .patchfile import parse_patch_text
-from .releasetree import ensure_tree
+from .releasetree import check_exported, fresh_tree
 from .sbom import SBOM_FILE, AppliedPatch, sbom_json
 from .index import uv_environment
 
@@ -97,25 +102,48 @@ def _set_version(pyproject: Path, version: str) -> None:
 
 
 PROVENANCE_FILE = "ketta_provenance.json"  # inside the letta package
+PROVENANCE_SCHEMA = "ketta-build/provenance/2"
 PACKAGED_ALEMBIC = "ketta_alembic"  # upstream's alembic/ and alembic.ini, inside the letta package
 
 
-def provenance(tree: Path, version: str, build_number: int) -> dict:
-    """What a Ketta wheel is made of, from the build tree's apply report (no paths, no times)."""
+def series_state(series_dir: Path) -> dict:
+    """Where the series comes from: ``commit``, the commit checked out in the git repository holding
+    ``series_dir`` (None outside git or before a first commit), and ``dirty``, whether ``series_dir``
+    has uncommitted changes (edited, added, deleted, untracked or ignored files). Outside git, or with
+    none of its files committed, nothing of it is committed: dirty."""
+    if not git(series_dir, "rev-parse", "--show-toplevel", check=False):
+        return {"commit": None, "dirty": True}
+    commit = git(series_dir, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False) or None
+    tracked = git(series_dir, "ls-files", "--", ".", check=False)
+    changed = git(series_dir, "status", "--porcelain=v1", "--untracked-files=all", "--ignored", "--", ".", check=False)
+    return {"commit": commit, "dirty": commit is None or not tracked or bool(changed)}
+
+
+def _series_prefix(series_dir: Path) -> str:
+    """The series directory's path in its git repository (``patches/``); empty outside git."""
+    return git(series_dir, "rev-parse", "--show-prefix", check=False)
+
+
+def provenance(tree: Path, version: str, build_number: int, series: dict | None = None) -> dict:
+    """What a Ketta wheel is made of (no paths, no times): the build tree's apply report, the git tree
+    of HEAD (what is built) and, for a release wheel, ``series`` (:func:`series_state`)."""
     state = tree / ".git" / "ketta-build.json"
     if not state.is_file():
         raise BuildTreeError("not a ketta-build tree (no .git/ketta-build.json)", path=tree)
     report = json.loads(state.read_text())
     upstream = report["upstream"]
-    return {
-        "schema": "ketta-build/provenance/1",
+    data = {
+        "schema": PROVENANCE_SCHEMA,
         "version": version,
         "letta": upstream["version"],
         "build_number": build_number,
         "upstream": {"filename": upstream.get("filename"), "sha256": upstream.get("sha256"), "origin": upstream.get("origin")},
         "patches": [{"name": p["name"], "sha256": p.get("sha256"), "outcome": p["outcome"]} for p in report["patches"]],
-        "tree": report["tree"]["tree_hash"],
+        "tree": git(tree, "rev-parse", "HEAD^{tree}"),
     }
+    if series is not None:
+        data["series"] = {"commit": series["commit"], "dirty": series["dirty"]}
+    return data
 
 
 _WHEEL_TABLE = re.compile(r"^\[tool\.hatch\.build\.targets\.wheel\]\s*$", re.MULTILINE)
@@ -152,13 +180,15 @@ def _applied_patches(tree: Path, series_dir: Path, data: dict) -> list:
     """The patch files the build tree was made from (series order), each checked against the sha256
     its apply report recorded: a patch changed since would make the SBOM lie about the wheel."""
     out = []
+    prefix = _series_prefix(series_dir)
     for entry in data["patches"]:
         path = series_dir / entry["name"]
         raw = path.read_bytes() if path.is_file() else None
         if raw is None or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
             raise BuildTreeError(f"{entry['name']} in {series_dir} is not the file this tree was applied from; "
                                  "apply again (ketta-build wheel does)", path=tree)
-        out.append(AppliedPatch(entry["name"], raw, parse_patch_text(raw, path, entry["name"]).header, entry["outcome"]))
+        out.append(AppliedPatch(entry["name"], raw, parse_patch_text(raw, path, entry["name"]).header, entry["outcome"],
+                                path=prefix + entry["name"]))
     return out
 
 
@@ -172,14 +202,14 @@ def _add_ketta_files(src: Path, data: dict) -> None:
 
 
 def build_wheel(tree: Path, dist_dir: Path, build_number: int | None, *, series_dir: Path | None = None,
-                constraints: Path | None = None) -> BuiltWheel:
+                constraints: Path | None = None, series: dict | None = None) -> BuiltWheel:
     """Build the wheel of ``tree``'s HEAD into ``dist_dir`` (atomically: a temp dir, then a rename).
 
     With a build number (a Ketta build) the wheel also carries ``letta/ketta_provenance.json``,
     upstream's migrations in ``letta/ketta_alembic/`` and the SBOM ``.dist-info/sboms/ketta.cdx.json``
     (:mod:`ketta_build.sbom`: the patch files from ``series_dir``, the locked dependencies from
-    ``constraints``, exported from the tree's uv.lock when not given); without one it is upstream's
-    wheel as is.
+    ``constraints``, exported from the tree's uv.lock when not given; ``series``, the series' commit and
+    dirty flag, goes into both); without one it is upstream's wheel as is.
     """
     with tempfile.TemporaryDirectory(prefix="ketta-wheel-") as tmp_name:
         tmp = Path(tmp_name)
@@ -196,7 +226,7 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None, *, series_
         if build_number is not None:
             if series_dir is None:
                 raise KettaError("a Ketta wheel needs the series directory its tree was applied from (for its SBOM)")
-            data = provenance(tree, version, build_number)
+            data = provenance(tree, version, build_number, series)
             _add_ketta_files(src, data)
             sbom = _sbom_text(tree, tmp, series_dir, constraints, data, int(epoch))
 
@@ -243,8 +273,8 @@ def build_wheel_once(tree: Path, dist_dir: Path, build_number: int | None, *, se
                      constraints: Path | None = None) -> BuiltWheel:
     """``build_wheel``, unless ``dist_dir`` already holds the wheel of this very commit and build
     number (builds are reproducible, so the wheel would be byte-identical). The record beside it
-    names the commit, the build number and the wheel's sha256; a wheel that no longer matches its
-    record is rebuilt."""
+    names the commit, the build number, the provenance schema and the wheel's sha256; a wheel that
+    no longer matches its record, or was made with another provenance schema, is rebuilt."""
     record = dist_dir / ".ketta-built-from.json"
     head = git(tree, "rev-parse", "HEAD")
     if record.is_file():
@@ -252,13 +282,13 @@ def build_wheel_once(tree: Path, dist_dir: Path, build_number: int | None, *, se
             data = json.loads(record.read_text())
             path = dist_dir / data["wheel"]
             if data["commit"] == head and data["build_number"] == build_number and path.is_file() \
-                    and sha256_file(path) == data["sha256"]:
+                    and data.get("provenance") == PROVENANCE_SCHEMA and sha256_file(path) == data["sha256"]:
                 return BuiltWheel(path, data["version"], data["sha256"])
         except (ValueError, KeyError, TypeError):
             pass
     wheel = build_wheel(tree, dist_dir, build_number, series_dir=series_dir, constraints=constraints)
-    record.write_text(json.dumps({"commit": head, "build_number": build_number, "wheel": wheel.path.name,
-                                  "version": wheel.version, "sha256": wheel.sha256}) + "\n")
+    record.write_text(json.dumps({"commit": head, "build_number": build_number, "provenance": PROVENANCE_SCHEMA,
+                                  "wheel": wheel.path.name, "version": wheel.version, "sha256": wheel.sha256}) + "\n")
     return wheel
 
 
@@ -299,40 +329,51 @@ class ReleaseWheel:
     wheel: Path
     constraints: Path
     sha256: str
+    tree: str  # the git tree hash of the sources built
+    series: dict  # series_state() of the series it was built from
 
 
 SUMS_FILE = "SHA256SUMS"
 
 
-def release_wheels(versions: list[str], out: Path, *, series_dir: Path, build_root: Path, cache=None,
-                   index_url: str | None = None, progress=lambda _: None) -> list[ReleaseWheel]:
+def release_wheels(versions: list[str], out: Path, *, series_dir: Path, cache=None, index_url: str | None = None,
+                   tree: Path | None = None, progress=lambda _: None) -> list[ReleaseWheel]:
     """``letta-X+ketta.N-py3-none-any.whl`` and ``constraints-X.txt`` per release into ``out``, plus SHA256SUMS.
 
-    Everything is built in a temporary directory beside ``out`` and moved in at the end; SHA256SUMS
+    Each wheel is built from a tree of its own: the series in ``series_dir``, as it is on disk, applied
+    afresh to the pristine release (:func:`ketta_build.releasetree.fresh_tree`); no build tree of the
+    maintainer's is read or written. With ``tree`` (one release: the tree's), that build tree must hold
+    exactly what the series gives, or nothing is built (:func:`ketta_build.releasetree.check_exported`).
+    Everything is made in a temporary directory beside ``out`` and moved in at the end; SHA256SUMS
     then covers every wheel and constraints file in ``out``.
     """
     cache = cache or Cache()
     number = read_build_number(series_dir)
+    series = series_state(series_dir)
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     made: list[ReleaseWheel] = []
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.ketta-wheel-", dir=out.parent) as tmp_name:
         tmp = Path(tmp_name)
         staged = []
-        for version in versions:
-            tree, _ = ensure_tree(version, patched=True, series_dir=series_dir, build_root=build_root.absolute(),
-                                  cache=cache, index_url=index_url, progress=progress)
+        for version in dict.fromkeys(versions):
+            progress(f"applying {series_dir} to letta {version} in a tree of the wheel's own")
+            own, report = fresh_tree(version, series_dir=series_dir, dest=tmp / "trees" / version, cache=cache,
+                                     index_url=index_url, progress=progress)
+            if tree is not None:
+                progress(f"checking that {tree} holds what {series_dir} gives")
+                check_exported(tree, own, report)
             progress(f"building the wheel of letta {version}+ketta.{number}")
-            (tmp / version).mkdir(exist_ok=True)
-            constraints = export_constraints(tree, tmp / version / f"constraints-{version}.txt")
-            wheel = build_wheel(tree, tmp / version, number, series_dir=series_dir, constraints=constraints)
-            staged.append((version, wheel, constraints))
+            (tmp / version).mkdir()
+            constraints = export_constraints(own, tmp / version / f"constraints-{version}.txt")
+            wheel = build_wheel(own, tmp / version, number, series_dir=series_dir, constraints=constraints, series=series)
+            staged.append((version, wheel, constraints, git(own, "rev-parse", "HEAD^{tree}")))
         out.mkdir(parents=True, exist_ok=True)
-        for version, wheel, constraints in staged:
+        for version, wheel, constraints, source_tree in staged:
             final_wheel, final_constraints = out / wheel.path.name, out / constraints.name
             os.replace(wheel.path, final_wheel)
             os.replace(constraints, final_constraints)
-            made.append(ReleaseWheel(version, final_wheel, final_constraints, wheel.sha256))
+            made.append(ReleaseWheel(version, final_wheel, final_constraints, wheel.sha256, source_tree, series))
     write_sums(out)
     return made
 

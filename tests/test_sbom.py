@@ -1,5 +1,6 @@
-"""The wheel's CycloneDX SBOM (offline): the document made from a synthetic build, checked with the
-library's strict 1.6 validator, and the pyproject change that makes hatchling ship it (PEP 770)."""
+"""The wheel's CycloneDX SBOM: the document made from a synthetic build, checked with the library's
+strict 1.6 validator (offline) and with the JavaScript CycloneDX library's (network: npm), and the
+pyproject change that makes hatchling ship it (PEP 770)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from cyclonedx_js import cyclonedx_js  # noqa: F401 (a fixture)
 
 from ketta_build import sbom, wheel
 from ketta_build.errors import KettaError
@@ -47,19 +49,23 @@ def patch_file(subject: str, status: str, extra: str = "") -> bytes:
 
 
 def applied(name: str, raw: bytes, outcome: str = "clean") -> sbom.AppliedPatch:
-    return sbom.AppliedPatch(name, raw, parse_patch_text(raw, Path(name), name).header, outcome)
+    return sbom.AppliedPatch(name, raw, parse_patch_text(raw, Path(name), name).header, outcome, path=f"patches/{name}")
 
 
+# In series order; the library would order them by type (backports first), so 0002 would come first.
 PATCHES = [
     applied("0001-design.diff", patch_file("A design change", "Inappropriate [Ketta design]",
                                           "Forwarded: not-needed\nOwner: Ketta developers <dev@ketta.invalid>\n")),
     applied("0002-fix.diff", patch_file("A fix taken from upstream", "Backport [upstream 0.16.0]",
-                                        "Forwarded: https://example.org/letta/pull/1\nApplied-Upstream: 0.16.0\n"), "offset"),
+                                        "Forwarded: https://example.org/letta/pull/1\nApplied-Upstream: 0.16.0\n"
+                                        "Bug: https://example.org/letta/issues/7\nBug-Ketta: https://ketta.invalid/issues/3\n"),
+            "offset"),
     applied("0003-gone.diff", patch_file("Already there", "Accepted"), "already-upstream"),
 ]
-PROVENANCE = {"schema": "ketta-build/provenance/1", "version": "0.16.8+ketta.3", "letta": "0.16.8", "build_number": 3,
+PROVENANCE = {"schema": "ketta-build/provenance/2", "version": "0.16.8+ketta.3", "letta": "0.16.8", "build_number": 3,
               "upstream": {"filename": "letta-0.16.8.tar.gz", "sha256": "ab" * 32, "origin": "index"},
-              "patches": [{"name": p.name, "sha256": p.sha256, "outcome": p.outcome} for p in PATCHES], "tree": "c" * 40}
+              "patches": [{"name": p.name, "sha256": p.sha256, "outcome": p.outcome} for p in PATCHES], "tree": "c" * 40,
+              "series": {"commit": "d" * 40, "dirty": False}}
 EPOCH = 1_790_000_000
 
 
@@ -84,23 +90,50 @@ def test_the_component_and_its_pedigree(document):
     assert ancestor["purl"] == "pkg:pypi/letta@0.16.8"
     assert ancestor["hashes"] == [{"alg": "SHA-256", "content": "ab" * 32}]
     patches = root["pedigree"]["patches"]
-    by_id = {p["resolves"][0]["id"]: p for p in patches}
-    assert set(by_id) == {"0001-design.diff", "0002-fix.diff"}, "an already-upstream patch changed nothing"
-    assert by_id["0001-design.diff"]["type"] == "unofficial" and by_id["0002-fix.diff"]["type"] == "backport"
-    assert by_id["0001-design.diff"]["resolves"][0]["type"] == "enhancement"
-    assert by_id["0002-fix.diff"]["resolves"][0]["type"] == "defect"
-    assert by_id["0002-fix.diff"]["resolves"][0]["references"] == ["https://example.org/letta/pull/1"]
-    assert by_id["0002-fix.diff"]["resolves"][0]["name"] == "A fix taken from upstream"
-    assert "Why a fix taken from upstream is needed" in by_id["0002-fix.diff"]["resolves"][0]["description"]
+    # the patch files, in the order they were applied (the series'), an already-upstream one left out
+    assert [p["diff"]["url"] for p in patches] == ["patches/0001-design.diff", "patches/0002-fix.diff"]
+    design, fix = patches
+    assert design["type"] == "unofficial" and fix["type"] == "backport"
     hashes = {p["name"].removeprefix("ketta:patch-sha256:"): p["value"] for p in root["properties"]
               if p["name"].startswith("ketta:patch-sha256:")}
-    for p in PATCHES[:2]:
-        text = by_id[p.name]["diff"]["text"]
+    assert set(hashes) == {"0001-design.diff", "0002-fix.diff"}
+    for p, cdx in zip(PATCHES, patches):
+        text = cdx["diff"]["text"]
         assert text["contentType"] == "text/x-diff"
         assert hashlib.sha256(text["content"].encode()).hexdigest() == p.sha256 == hashes[p.name]
     notes = root["pedigree"]["notes"]
     assert notes.index("0001-design.diff (clean)") < notes.index("0002-fix.diff (offset)"), "the series order"
     assert "Already upstream, so not applied: 0003-gone.diff" in notes
+
+
+def test_resolves_holds_only_what_the_header_says_the_patch_resolves(document):
+    # DEP-3's Bug, Bug-<Vendor> and Forwarded URLs; never the patch's own name, subject or description
+    design, fix = json.loads(document)["metadata"]["component"]["pedigree"]["patches"]
+    assert "resolves" not in design, "Forwarded: not-needed resolves nothing"
+    assert {(r["source"]["name"], tuple(r["references"])) for r in fix["resolves"]} == {
+        ("Bug", ("https://example.org/letta/issues/7",)), ("Bug-Ketta", ("https://ketta.invalid/issues/3",)),
+        ("Forwarded", ("https://example.org/letta/pull/1",))}
+    assert all(r["type"] == "defect" for r in fix["resolves"])
+    assert all(set(r) == {"type", "source", "references"} for r in fix["resolves"]), fix["resolves"]
+    assert ".diff" not in json.dumps(fix["resolves"]) and "A fix taken" not in json.dumps(fix["resolves"])
+
+
+def test_what_is_inside_and_where_it_came_from(document):
+    properties = {p["name"]: p["value"] for p in json.loads(document)["metadata"]["component"]["properties"]}
+    assert properties["ketta:git-tree"] == "c" * 40, "the git tree of what is in the wheel"
+    assert properties["ketta:series-commit"] == "d" * 40 and properties["ketta:series-dirty"] == "false"
+    dirty = sbom.sbom_json({**PROVENANCE, "series": {"commit": None, "dirty": True}}, PATCHES, CONSTRAINTS, EPOCH)
+    properties = {p["name"]: p["value"] for p in json.loads(dirty)["metadata"]["component"]["properties"]}
+    assert "ketta:series-commit" not in properties and properties["ketta:series-dirty"] == "true"
+    sbom.validate(dirty)
+
+
+@pytest.mark.network
+def test_a_second_validator_the_cyclonedx_javascript_library_accepts_it(document, cyclonedx_js):  # noqa: F811
+    assert cyclonedx_js.errors(document) is None, cyclonedx_js.version
+    data = json.loads(document)
+    errors = cyclonedx_js.errors(json.dumps({**data, "components": [{"name": "no type"}]}))
+    assert errors and errors[0]["params"] == {"missingProperty": "type"}, "the validator rejects what it should"
 
 
 def test_locked_dependencies_and_their_graph(document):

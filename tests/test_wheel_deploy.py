@@ -1,10 +1,12 @@
-"""Deployable wheels (network): reproducible, checked by twine and check-wheel-contents, and a plain
-virtualenv holding only the wheel and its constraints migrates a database, serves an agent through a
-provider, and is upgraded to the next build number's wheel."""
+"""Deployable wheels (network): reproducible, checked by twine and check-wheel-contents, every file the
+git tree its provenance names, an SBOM two validators accept, and a plain virtualenv holding only the
+wheel and its constraints migrates a database, serves an agent through a provider, and is upgraded
+to the next build number's wheel."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +16,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cyclonedx_js import cyclonedx_js  # noqa: F401 (a fixture)
+from wheelcheck import check_against_tree, members
 
 from ketta_build.cli import main
 from ketta_build.wheel import read_build_number, run_uv
@@ -24,12 +28,13 @@ pytestmark = pytest.mark.network
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory):
-    """The 0.16.8 wheel built twice (two build roots, two output directories, a second apart)."""
+    """The 0.16.8 wheel built twice (each run applies the series in a tree of its own; two output
+    directories, a second apart)."""
     root = tmp_path_factory.mktemp("wheels")
     cache = root / "cache"
     for n in (1, 2):
-        rc = main(["wheel", "--letta", "0.16.8", "--out", str(root / f"dist{n}"), "--build-root", str(root / f"build{n}"),
-                   "--patches", str(REPO / "patches"), "--cache-dir", str(cache)])
+        rc = main(["wheel", "--letta", "0.16.8", "--out", str(root / f"dist{n}"), "--patches", str(REPO / "patches"),
+                   "--cache-dir", str(cache)])
         assert rc == 0
         time.sleep(1.1)
     return root
@@ -65,11 +70,35 @@ def test_twine_and_check_wheel_contents(wheels):
     assert offenders and all(line.startswith("letta/ketta_alembic/versions/") for line in offenders), offenders
 
 
-def test_the_wheel_carries_its_sbom_with_pedigree(wheels):
-    """PEP 770: .dist-info/sboms/ketta.cdx.json, valid CycloneDX 1.6, whose pedigree names upstream's
-    sdist and every applied patch as the provenance records them, and whose components are the pins
-    of the constraints shipped beside the wheel."""
-    import json
+def test_every_file_of_the_wheel_is_the_tree_its_provenance_names(wheels):
+    """The provenance's git tree is the one `ketta-build apply` makes of the same series, and every file
+    of the wheel is a blob of it (or a copy of one), but for the files the wheel adds, named here."""
+
+    wheel = _wheel(wheels / "dist1")
+    files = members(wheel)
+    provenance = json.loads(files["letta/ketta_provenance.json"])
+    assert provenance["schema"] == "ketta-build/provenance/2"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "patches"], cwd=REPO,
+                                capture_output=True, text=True).stdout)
+    assert provenance["series"] == {"commit": commit or None, "dirty": dirty or not commit}
+    tree = wheels / "apply"
+    assert main(["apply", "--letta", "0.16.8", "--out", str(tree), "--patches", str(REPO / "patches"),
+                 "--cache-dir", str(wheels / "cache")]) == 0
+    assert subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=tree, capture_output=True, text=True,
+                          check=True).stdout.strip() == provenance["tree"]
+    info = f"letta-{provenance['version']}.dist-info"
+    own = {"letta/ketta_provenance.json",  # ketta-build's
+           f"{info}/sboms/ketta.cdx.json",  # ketta-build's
+           f"{info}/METADATA", f"{info}/WHEEL", f"{info}/entry_points.txt", f"{info}/RECORD"}  # hatchling's
+    compared = check_against_tree(wheel, tree, provenance["tree"], own, copies={f"{info}/licenses/LICENSE": "LICENSE"})
+    assert compared + len(own) == len(files), "every file was compared with a blob or is named above"
+
+
+def test_the_wheel_carries_its_sbom_with_pedigree(wheels, cyclonedx_js):  # noqa: F811
+    """PEP 770: .dist-info/sboms/ketta.cdx.json, valid CycloneDX 1.6 for two validators, whose pedigree
+    names upstream's sdist and every applied patch (in series order) as the provenance records them,
+    and whose components are the pins of the constraints shipped beside the wheel."""
     import zipfile
 
     from ketta_build.sbom import read_constraints, validate
@@ -85,6 +114,7 @@ def test_the_wheel_carries_its_sbom_with_pedigree(wheels):
         record = archive.read(member.rsplit("/", 2)[0] + "/RECORD").decode()
     assert f"{member},sha256=" in record, "the SBOM is in RECORD like any other file"
     validate(text)
+    assert cyclonedx_js.errors(text) is None
     data = json.loads(text)
     root = data["metadata"]["component"]
     assert root["purl"] == f"pkg:pypi/letta@{provenance['version'].replace('+', '%2B')}"
@@ -94,10 +124,13 @@ def test_the_wheel_carries_its_sbom_with_pedigree(wheels):
     assert ancestor["hashes"] == [{"alg": "SHA-256", "content": sdist["sha256"]}]
     applied = {p["name"]: p["sha256"] for p in provenance["patches"] if p["outcome"] != "already-upstream"}
     assert len(applied) >= 7
-    texts = {p["resolves"][0]["id"]: p["diff"]["text"]["content"] for p in root["pedigree"]["patches"]}
-    assert set(texts) == set(applied)
+    texts = {p["diff"]["url"]: p["diff"]["text"]["content"] for p in root["pedigree"]["patches"]}
+    assert list(texts) == [f"patches/{name}" for name in applied], "the series order"
     for name, digest in applied.items():
-        assert hashlib.sha256(texts[name].encode()).hexdigest() == digest, name
+        assert hashlib.sha256(texts[f"patches/{name}"].encode()).hexdigest() == digest, name
+    properties = {p["name"]: p["value"] for p in root["properties"]}
+    assert properties["ketta:git-tree"] == provenance["tree"]
+    assert properties["ketta:series-dirty"] == json.dumps(provenance["series"]["dirty"])
     pins = read_constraints((dist / "constraints-0.16.8.txt").read_text())
     from packageurl import PackageURL
 
@@ -134,8 +167,8 @@ def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, 
     shutil.copytree(REPO / "patches", series)
     number = read_build_number(series) + 1
     (series / "build-number").write_text(f"{number}\n")
-    assert main(["wheel", "--letta", "0.16.8", "--out", str(tmp_path / "dist-next"), "--build-root", str(tmp_path / "b"),
-                 "--patches", str(series), "--cache-dir", str(wheels / "cache")]) == 0
+    assert main(["wheel", "--letta", "0.16.8", "--out", str(tmp_path / "dist-next"), "--patches", str(series),
+                 "--cache-dir", str(wheels / "cache")]) == 0
     second = _venv(tmp_path / "venv2", _wheel(tmp_path / "dist-next"), tmp_path / "dist-next" / "constraints-0.16.8.txt")
 
     empty = tmp_path / "nowhere"  # no alembic.ini, no source tree: the wheel's own migrations
@@ -196,6 +229,10 @@ def test_a_wheel_is_built_once_per_commit_and_build_number(tmp_path):
     stamp = first.path.stat().st_mtime_ns
     again = build_wheel_once(tree, dist, None)
     assert again == first and again.path.stat().st_mtime_ns == stamp, "an unchanged commit is not rebuilt"
+    record = dist / ".ketta-built-from.json"
+    old_form = {k: v for k, v in json.loads(record.read_text()).items() if k != "provenance"}
+    record.write_text(json.dumps(old_form))  # a wheel of an earlier provenance schema
+    assert build_wheel_once(tree, dist, None).path.stat().st_mtime_ns != stamp, "a wheel of another provenance is rebuilt"
     first.path.write_bytes(b"tampered")
     assert build_wheel_once(tree, dist, None).sha256 == first.sha256, "a wheel that no longer matches is rebuilt"
     (tree / "letta" / "__init__.py").write_text("X = 1\n")

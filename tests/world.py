@@ -37,10 +37,13 @@ class World:
         self.capsys = capsys
         self.patches = root / "repo" / "patches"
         self.cache = root / "cache"
+        # release -> files added to it when it is published (e.g. a build backend and its pyproject.toml)
+        self.release_files = lambda version: {}
 
     def publish(self, version: str, files: dict[str, str] | None = None, m: str | None = None, yanked=False,
                 mtime: int = 0) -> Path:
-        content = server_files(version, {"letta/m.py": m if m is not None else m_of(version), **(files or {})})
+        content = server_files(version, {"letta/m.py": m if m is not None else m_of(version), **self.release_files(version),
+                                         **(files or {})})
         sdist = make_sdist(self.root / f"letta-{version}.tar.gz", version, content, mtime=mtime)
         self.index.add(sdist, yanked=yanked)
         return sdist
@@ -48,9 +51,9 @@ class World:
     def run(self, *args: str) -> tuple[int, str, str]:
         argv = list(args)
         verb = argv[0]
-        if verb in ("apply", "port", "lint", "range-diff", "export") or argv[:2] == ["upstream", "check"]:
+        if verb in ("apply", "port", "lint", "range-diff", "export", "wheel") or argv[:2] == ["upstream", "check"]:
             argv += ["--index-url", self.index.url, "--cache-dir", str(self.cache)]
-        if verb in ("apply", "port", "lint", "export") or argv[:2] == ["upstream", "check"]:
+        if verb in ("apply", "port", "lint", "export", "wheel") or argv[:2] == ["upstream", "check"]:
             argv += ["--patches", str(self.patches)]
         cwd = os.getcwd()
         os.chdir(self.root / "repo")
@@ -77,8 +80,10 @@ def git(tree: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=tree, env=env, capture_output=True, text=True, check=True).stdout
 
 
-def make_world(tmp_path, local_index, capsys) -> World:
+def make_world(tmp_path, local_index, capsys, release_files=None) -> World:
     w = World(tmp_path, local_index, capsys)
+    if release_files is not None:
+        w.release_files = release_files
     w.publish("0.16.7")
     w.publish("0.16.8")
     w.patches.mkdir(parents=True)
