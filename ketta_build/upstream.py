@@ -22,6 +22,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -40,6 +41,7 @@ from .cache import Cache, sha256_file
 from .index import _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
 from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release
+from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
 
 Progress = Callable[[str], None]
 
@@ -168,69 +170,47 @@ def check_server_tree(tree: Path, label: str) -> None:
 # --------------------------------------------------------------------------- safe extraction
 
 
-def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None) -> None:
-    """Extract a ``.tar.gz`` sdist into ``dest``, dropping its top-level directory.
+def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None, top: str | None = None) -> None:
+    """Extract a ``.tar.gz`` sdist into ``dest`` (missing or empty), dropping its top-level directory.
 
-    Refuses members that are absolute, contain ``..``, are links pointing
-    outside the tree, or are devices/FIFOs, naming the archive and member.
-    ``name`` is how errors call the archive (default: its path).
+    The archive must hold exactly one top-level directory (``top``, when given: ``letta-0.16.8``), be
+    read whole, and pass :mod:`ketta_build.safetree`'s checks: members that are absolute, contain
+    ``..``, are devices/FIFOs, links leaving the tree (also through other links) or version-control
+    metadata are refused, naming the archive and member. ``name`` is how errors call the archive
+    (default: its path). On a refusal nothing is left in ``dest``.
     """
     label = name or str(archive)
     try:
         tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise UpstreamError(f"cannot open the archive: {exc}", path=label) from None
     with tar:
-        members = tar.getmembers()
+        members = read_to_end(tar, label)
         if not members:
             raise UpstreamError("the archive is empty", path=label)
         tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
         for m in members:
-            _check_member(m, label)
+            check_member(m, label)
         if len(tops) != 1:
-            raise UpstreamError(f"expected one top-level directory, found {len(tops)}", path=label)
-        top = tops.pop()
+            raise UpstreamError(f"expected one top-level directory, found {len(tops)} ({', '.join(sorted(tops)[:3])})",
+                                path=label)
+        found = tops.pop()
+        if top is not None and found != top:
+            raise UpstreamError(f"its top-level directory is '{found}', not '{top}' as the sdist of this release "
+                                "must name it", path=label)
         kept = []
         for m in members:
-            rel = PurePosixPath(m.name).relative_to(top)
+            rel = PurePosixPath(m.name).relative_to(found)
             if str(rel) in ("", "."):
+                if not m.isdir():
+                    raise UpstreamError(f"member '{m.name}' is the top-level directory's name but not a directory",
+                                        path=label)
                 continue
             m = m.replace(name=str(rel), deep=False)
             if m.islnk():
-                m = m.replace(linkname=str(PurePosixPath(m.linkname).relative_to(top)), deep=False)
+                m = m.replace(linkname=str(PurePosixPath(m.linkname).relative_to(found)), deep=False)
             kept.append(m)
-        try:
-            tar.extractall(dest, members=kept, filter="data")
-        except tarfile.TarError as exc:  # the data filter is a second line of defence
-            raise UpstreamError(f"unsafe archive member: {exc}", path=label) from None
-
-
-def _check_member(m: tarfile.TarInfo, archive: str | Path) -> None:
-    name = m.name
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UpstreamError(f"member '{name}' has an absolute path", path=archive)
-    if ".." in parts:
-        raise UpstreamError(f"member '{name}' contains '..'", path=archive)
-    if m.isdev() or m.isfifo():
-        raise UpstreamError(f"member '{name}' is a device or FIFO", path=archive)
-    if m.issym() or m.islnk():
-        link = PurePosixPath(m.linkname)
-        base = PurePosixPath(name).parent if m.issym() else PurePosixPath()
-        if link.is_absolute() or _escapes(base / link):
-            raise UpstreamError(f"member '{name}' is a link to '{m.linkname}' outside the tree", path=archive)
-
-
-def _escapes(path: PurePosixPath) -> bool:
-    depth = 0
-    for part in path.parts:
-        if part == "..":
-            depth -= 1
-            if depth < 1:  # must stay inside the top-level directory
-                return True
-        elif part != ".":
-            depth += 1
-    return False
+        extract_members(tar, kept, dest, label)
 
 
 # --------------------------------------------------------------------------- sources
@@ -460,7 +440,10 @@ class GitSource:
         commit = self._commit_for(ref) or (self._commit_for(str(version)) if version and not self.ref else None)
         if commit is None:
             raise UpstreamError(f"ref '{ref}' not found in {self.repo}")
-        tree_version = _version_in_git(commit)
+        try:
+            tree_version = _version_in_git(commit)
+        except (ValueError, UnicodeDecodeError) as exc:  # gitpython refuses a tree holding .git, ..
+            raise UpstreamError(f"{self.repo}@{ref}: its tree cannot be read safely ({exc})") from None
         if tree_version is None:
             raise NotAServerRelease(f"{self.repo}@{ref} has no pyproject.toml with a literal version: not a Letta server tree")
         if version is not None and tree_version != version:
@@ -468,13 +451,21 @@ class GitSource:
         return UpstreamRelease(tree_version, "git", f"{self.repo}@{ref}", None, commit.hexsha)
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
+        import git
+
         with tempfile.TemporaryFile() as fh:
-            self._repo().archive(fh, treeish=release.filename, format="tar")
+            try:
+                self._repo().archive(fh, treeish=release.filename, format="tar")
+            except git.exc.GitCommandError as exc:  # git archive refuses a tree holding .git itself
+                last = (exc.stderr or str(exc)).strip().splitlines()[-1:] or ["failed"]
+                raise UpstreamError(f"git archive of {release.filename} failed: {last[0].strip(chr(39)).strip()}",
+                                    path=release.location) from None
             fh.seek(0)
             with tarfile.open(fileobj=fh) as tar:
-                for m in tar.getmembers():
-                    _check_member(m, release.location)
-                tar.extractall(dest, filter="data")
+                members = read_to_end(tar, release.location)
+                for m in members:
+                    check_member(m, release.location)
+                extract_members(tar, members, dest, release.location)
         check_server_tree(dest, release.location)
 
 
@@ -521,4 +512,22 @@ class DirSource:
         return UpstreamRelease(tree_version, "dir", str(self.path.resolve()))
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        shutil.copytree(self.path, dest, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+        """Copy the tree (its own ``.git`` left out) into a fresh directory, judge the copy as an archive's
+        tree is judged (no link leaving it, no other version-control metadata, no special file), then
+        rename it to ``dest``."""
+        tmp = fresh_dir_beside(dest)
+        try:
+            shutil.copytree(self.path, tmp, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"),
+                            copy_function=_copy_regular_file)
+            verify_tree(tmp, str(self.path))
+            put_in_place(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_regular_file(src: str, dst: str) -> None:
+    """copytree's copy of one file: a FIFO or device is refused, not opened (reading a FIFO would wait forever)."""
+    if not stat.S_ISREG(os.lstat(src).st_mode):
+        raise UpstreamError("is a special file (device, FIFO or socket), which a source tree may not hold", path=src)
+    shutil.copy2(src, dst)

@@ -129,6 +129,7 @@ class LocalIndex:
     files: list[dict] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     fake_sha: dict[str, str] = field(default_factory=dict)
+    page_body: bytes | None = None  # served as the project page instead of the JSON of ``files``, when set
 
     def add(self, path: Path, *, sha256: str | None = None, yanked: str | bool = False) -> None:
         data = path.read_bytes()
@@ -156,6 +157,8 @@ def local_index(tmp_path):
 
         def _body(self):
             index.requests.append(self.path)
+            if self.path.rstrip("/") == "/simple/letta" and index.page_body is not None:
+                return index.page_body, "application/vnd.pypi.simple.v1+json"
             if self.path.rstrip("/") == "/simple/letta":
                 body = json.dumps({"meta": {"api-version": "1.0"}, "name": "letta", "files": index.files}).encode()
                 return body, "application/vnd.pypi.simple.v1+json"

@@ -405,12 +405,19 @@ def test_a_patch_never_writes_through_a_symlink_out_of_the_tree(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": BODY}))
-    (tree / "letta" / "out").symlink_to(outside, target_is_directory=True)
     pdir = tmp_path / "patches"
     write_series(pdir, "0001-inside.diff", "0002-escape.diff")
     write_patch(pdir, "0001-inside.diff", make_diff("letta/new/b.py", None, "b = 1\n"))
     write_patch(pdir, "0002-escape.diff", make_diff("letta/out/evil.py", None, "evil = 1\n"))
-    source = DirSource(tree)
+
+    class LinkOutSource(DirSource):
+        # A source now refuses a tree with a link out of it (tests/test_source_safety.py): the link is
+        # put in after the export, to test the guard behind that check.
+        def export(self, release, dest):
+            super().export(release, dest)
+            (dest / "letta" / "out").symlink_to(outside, target_is_directory=True)
+
+    source = LinkOutSource(tree)
     report = apply_series(source.resolve(Version("0.16.8")), source, read_series(pdir), tmp_path / "out",
                           options=ApplyOptions(keep_going=True))
     inside, escape = report.results

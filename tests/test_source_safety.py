@@ -4,10 +4,17 @@ it is used, and a refusal is one line (exit 3) that leaves nothing behind."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
-from conftest import make_diff, make_sdist, server_files, write_patch, write_series
+import pytest
+from conftest import make_diff, make_sdist, server_files, write_patch, write_series, write_tree
 
 from ketta_build.cli import main
 
@@ -105,8 +112,6 @@ def test_a_remote_page_cannot_point_a_download_at_a_local_file(tmp_path, local_i
 
 
 def test_the_cache_takes_no_path_for_a_hash():
-    import pytest
-
     from ketta_build.cache import Cache
     from ketta_build.errors import UpstreamError
 
@@ -135,3 +140,258 @@ def test_a_cached_release_record_with_a_bad_hash_is_not_used(tmp_path, local_ind
             other.write_text(json.dumps({**json.loads(other.read_text()), "sha256": str(victim)}))
     assert _apply(tmp_path, local_index.url, "0.16.8", "--force") == 0
     assert victim.read_text() == "precious\n"
+
+
+# ----------------------------------------------------------------------------- 1. no version-control metadata
+
+
+def _member(name: str, data: bytes = b"", mode: int = 0o644, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.linkname = link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info
+
+
+def _sdist_with(path: Path, version: str, first: list[tuple[tarfile.TarInfo, bytes]],
+                after: list[tuple[tarfile.TarInfo, bytes]] = ()) -> Path:
+    """An sdist of ``version`` whose members are ``first``, the server files, then ``after``."""
+    top = f"letta-{version}"
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in first:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+        for rel, content in sorted(server_files(version, {"letta/a.py": "a\nb\nc\n"}).items()):
+            tar.addfile(_member(f"{top}/{rel}", content.encode()), io.BytesIO(content.encode()))
+        for info, data in after:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+@pytest.mark.parametrize("member", [".git/hooks/post-commit", ".git", "letta/.git", ".GIT/config", ".hg/hgrc",
+                                    "letta/.svn/entries", "CVS/Root", "letta/.bzr/branch-format"])
+def test_an_sdist_with_version_control_metadata_is_refused(tmp_path, local_index, capsys, member):
+    marker = tmp_path / "pwned"
+    hook = f"#!/bin/sh\necho pwned > {marker}\n".encode()
+    if member == ".git":  # a gitdir pointer: git would take the tree for another repository's work tree
+        hook = f"gitdir: {tmp_path}\n".encode()
+    sdist = _sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", [(_member(f"letta-0.16.8/{member}", hook, 0o755), hook)])
+    local_index.add(sdist)
+    assert _apply(tmp_path, local_index.url) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "letta-0.16.8.tar.gz" in line and f"letta-0.16.8/{member}" in line and "version-control metadata" in line
+    assert not marker.exists(), "the hook never ran"
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*.git"))
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _letta_repo(root: Path, extra: dict[str, str] | None = None) -> Path:
+    repo = write_tree(root, server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", **(extra or {})}))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "0.16.8")
+    _git(repo, "tag", "v0.16.8")
+    return repo
+
+
+def _apply_git(tmp_path: Path, repo: Path) -> int:
+    return main(["apply", "--letta-git", str(repo), "--ref", "v0.16.8", "--patches", str(_series(tmp_path)),
+                 "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+
+
+def test_a_git_source_with_version_control_metadata_is_refused(tmp_path, capsys):
+    repo = _letta_repo(tmp_path / "letta-repo", {"letta/.svn/entries": "12\n"})
+    assert _apply_git(tmp_path, repo) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "letta/.svn" in line and "version-control metadata" in line and not (tmp_path / "out").exists()
+
+
+def test_a_git_source_whose_tree_holds_a_dot_git_is_one_line(tmp_path, capsys):
+    # git itself never adds a .git to a tree, but a made tree object can hold one; git archive refuses it
+    repo = _letta_repo(tmp_path / "letta-repo")
+    hook = repo / "hook"
+    hook.write_text("#!/bin/sh\ntouch pwned\n")
+    blob = _git(repo, "hash-object", "-w", str(hook))
+    hooks = subprocess.run(["git", "mktree"], cwd=repo, input=f"100755 blob {blob}\tpost-commit\n", text=True,
+                           capture_output=True, check=True).stdout.strip()
+    dotgit = subprocess.run(["git", "mktree"], cwd=repo, input=f"040000 tree {hooks}\thooks\n", text=True,
+                            capture_output=True, check=True).stdout.strip()
+    listing = _git(repo, "ls-tree", "HEAD") + f"\n040000 tree {dotgit}\t.git\n"
+    tree = subprocess.run(["git", "mktree"], cwd=repo, input=listing, text=True, capture_output=True, check=True).stdout.strip()
+    commit = _git(repo, "commit-tree", tree, "-p", "HEAD", "-m", "0.16.8 with a .git")
+    _git(repo, "tag", "-f", "v0.16.8", commit)
+    assert _apply_git(tmp_path, repo) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert ".git" in line and not (tmp_path / "out").exists()
+
+
+def test_a_directory_source_with_metadata_or_a_fifo_is_refused(tmp_path, capsys):
+    tree = write_tree(tmp_path / "letta-dir", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", "letta/.hg/hgrc": "x\n"}))
+    run = lambda: main(["apply", "--letta-dir", str(tree), "--patches", str(_series(tmp_path)),  # noqa: E731
+                        "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    assert run() == 3
+    assert "letta/.hg" in _one_error_line(capsys.readouterr().err)
+    shutil.rmtree(tree / "letta" / ".hg")
+    os.mkfifo(tree / "letta" / "pipe")
+    assert run() == 3  # refused, not opened: reading a FIFO would wait forever
+    assert "pipe" in _one_error_line(capsys.readouterr().err)
+    (tree / "letta" / "pipe").unlink()
+    (tree / ".git").mkdir()  # the checkout's own .git is left out, as before
+    (tree / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert run() == 0
+
+
+# ----------------------------------------------------------------------------- 2. chained links
+
+
+def chained_leak(secret: Path, where: str = "letta", depth: int = 10, top: bool = True) -> tuple[str, str, str, str]:
+    """Two links, each inside the tree as written, that together reach ``secret``: (leak name, its target,
+    hop name, its target). The hop ``letta/z1/.../zN/hop -> ../..(N times)`` is the directory ``letta``;
+    the leak goes through it and then climbs as many levels as written names allow (N+1, and one more
+    under an sdist's top directory), which lexically only undo z1..zN and the hop, and really reach /:
+    then the secret's absolute path, without its leading slash."""
+    zs = "/".join(f"z{i}" for i in range(1, depth + 1))
+    hop = f"{where}/{zs}/hop"
+    hop_target = "/".join([".."] * depth)
+    leak_target = f"{zs}/hop/" + "/".join([".."] * (depth + 1 + top)) + "/" + str(secret).lstrip("/")
+    return f"{where}/leak.py", leak_target, hop, hop_target
+
+
+def test_chained_links_out_of_an_sdist_are_refused(tmp_path, local_index, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key\n")
+    leak, leak_target, hop, hop_target = chained_leak(secret)
+    sdist = _sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8",
+                        [(_member(f"letta-0.16.8/{leak}", kind=tarfile.SYMTYPE, link=leak_target), b""),
+                         (_member(f"letta-0.16.8/{hop}", kind=tarfile.SYMTYPE, link=hop_target), b"")])
+    local_index.add(sdist)
+    assert _apply(tmp_path, local_index.url) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "letta-0.16.8.tar.gz" in line and leak in line and "outside the tree" in line
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*.git"))
+
+
+def test_chained_links_out_of_a_git_source_are_refused(tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key\n")
+    leak, leak_target, hop, hop_target = chained_leak(secret, top=False)  # git archive has no top directory
+    repo = write_tree(tmp_path / "letta-repo", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    (repo / hop).parent.mkdir(parents=True)
+    os.symlink(hop_target, repo / hop)
+    os.symlink(leak_target, repo / leak)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "0.16.8")
+    _git(repo, "tag", "v0.16.8")
+    assert _apply_git(tmp_path, repo) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert leak in line and "outside the tree" in line and not (tmp_path / "out").exists()
+
+
+def test_extract_tree_refuses_chained_links_and_writes_nothing(tmp_path):
+    from ketta_build.errors import GitError
+    from ketta_build.gitcmd import extract_tree
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key\n")
+    leak, leak_target, hop, hop_target = chained_leak(secret, top=False)
+    repo = write_tree(tmp_path / "repo", {"README": "r\n"})
+    (repo / hop).parent.mkdir(parents=True)
+    os.symlink(hop_target, repo / hop)
+    os.symlink(leak_target, repo / leak)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "x")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(GitError, match="outside the tree"):
+        extract_tree(repo, "HEAD", dest)
+    assert list(dest.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["dest", "repo", "secret.txt"]
+
+
+def test_a_link_and_a_file_written_through_it_are_refused(tmp_path, local_index, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    leak, leak_target, hop, hop_target = chained_leak(outside)
+    sdist = _sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8",
+                        [(_member(f"letta-0.16.8/{leak}", kind=tarfile.SYMTYPE, link=leak_target), b""),
+                         (_member(f"letta-0.16.8/{hop}", kind=tarfile.SYMTYPE, link=hop_target), b""),
+                         (_member(f"letta-0.16.8/{leak}/planted.txt", b"planted\n"), b"planted\n")])
+    local_index.add(sdist)
+    assert _apply(tmp_path, local_index.url) == 3
+    assert "letta-0.16.8.tar.gz" in _one_error_line(capsys.readouterr().err)
+    assert list(outside.iterdir()) == [], "nothing was written through the link"
+
+
+def test_a_dangling_link_out_of_the_tree_is_refused(tmp_path, local_index, capsys):
+    leak, leak_target, hop, hop_target = chained_leak(tmp_path / "does-not-exist-yet")
+    sdist = _sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8",
+                        [(_member(f"letta-0.16.8/{leak}", kind=tarfile.SYMTYPE, link=leak_target), b""),
+                         (_member(f"letta-0.16.8/{hop}", kind=tarfile.SYMTYPE, link=hop_target), b"")])
+    local_index.add(sdist)
+    assert _apply(tmp_path, local_index.url) == 3
+    assert "outside the tree" in _one_error_line(capsys.readouterr().err)
+
+
+def test_links_inside_the_tree_are_kept(tmp_path, local_index, capsys):
+    sdist = _sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", [], [
+        (_member("letta-0.16.8/letta/sub/deeper/up", kind=tarfile.SYMTYPE, link="../.."), b""),
+        (_member("letta-0.16.8/letta/via.py", kind=tarfile.SYMTYPE, link="sub/deeper/up/a.py"), b""),
+        (_member("letta-0.16.8/docs/readme", kind=tarfile.SYMTYPE, link="../letta/a.py"), b"")])
+    local_index.add(sdist)
+    assert _apply(tmp_path, local_index.url) == 0
+    out = tmp_path / "out"
+    assert os.readlink(out / "letta" / "via.py") == "sub/deeper/up/a.py" and (out / "docs" / "readme").read_text() == "a\nB\nc\n"
+
+
+# ----------------------------------------------------------------------------- 9. whole archives and pages only
+
+
+def _published(local_index, path: Path) -> None:
+    """Publish ``path`` with its own sha256: the index vouches for exactly these bytes."""
+    local_index.add(path)
+
+
+def test_a_truncated_sdist_whose_hash_matches_is_refused(tmp_path, local_index, capsys):
+    whole = _sdist_with(tmp_path / "whole.tar.gz", "0.16.8", [], [
+        (_member(f"letta-0.16.8/letta/m{i}.py", f"x = {i}\n".encode() * 200), f"x = {i}\n".encode() * 200) for i in range(40)])
+    cut = tmp_path / "cut" / "letta-0.16.8.tar.gz"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    _published(local_index, cut)
+    assert _apply(tmp_path, local_index.url) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "letta-0.16.8.tar.gz" in line and "truncated or corrupt" in line
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*"))
+
+
+def test_an_sdist_cut_at_a_member_boundary_is_not_extracted_in_part(tmp_path, local_index, capsys):
+    raw = io.BytesIO()
+    files = server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", **{f"letta/z{i}.py": f"z = {i}\n" for i in range(30)}})
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        offsets = []
+        for rel, content in sorted(files.items()):
+            offsets.append(tar.offset)
+            tar.addfile(_member(f"letta-0.16.8/{rel}", content.encode()), io.BytesIO(content.encode()))
+    cut = tmp_path / "letta-0.16.8.tar.gz"
+    cut.write_bytes(gzip.compress(raw.getvalue()[: offsets[-5]], mtime=0))  # a whole gzip stream of a cut tar
+    _published(local_index, cut)
+    assert _apply(tmp_path, local_index.url) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "end-of-archive marker" in line and "letta-0.16.8.tar.gz" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"files": 3}', b"[]", b'{"files": [{"filename": 1}]}',
+                                  b'{"files": [{"filename": "letta-0.16.8.tar.gz"}]}',
+                                  b'{"files": [{"filename": "letta-0.16.8.tar.gz", "url": "x", "hashes": []}]}',
+                                  b'{"files": [{"filename": "letta-0.16.8.tar.gz", "url": "x", "yanked": [1]}]}',
+                                  b"\xff\xfe\x00"])
+def test_a_malformed_json_page_is_one_line_naming_the_page(tmp_path, local_index, capsys, body):
+    local_index.page_body = body
+    assert _apply(tmp_path, local_index.url) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{local_index.url}/letta/" in line and "JSON" in line
