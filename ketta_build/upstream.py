@@ -38,8 +38,8 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
-from .index import _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
-from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
+from .index import PROJECT, _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
+from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release
 from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
 
@@ -195,7 +195,7 @@ def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None, top: 
             raise UpstreamError(f"expected one top-level directory, found {len(tops)} ({', '.join(sorted(tops)[:3])})",
                                 path=label)
         found = tops.pop()
-        if top is not None and found != top:
+        if top is not None and not _same_sdist_name(found, top):
             raise UpstreamError(f"its top-level directory is '{found}', not '{top}' as the sdist of this release "
                                 "must name it", path=label)
         kept = []
@@ -211,6 +211,43 @@ def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None, top: 
                 m = m.replace(linkname=str(PurePosixPath(m.linkname).relative_to(found)), deep=False)
             kept.append(m)
         extract_members(tar, kept, dest, label)
+
+
+def _same_sdist_name(found: str, wanted: str) -> bool:
+    """Do two ``name-version`` directory names name the same release (names as PEP 503 normalises
+    them, versions as PEP 440 does: ``Letta-0.16.08`` is ``letta-0.16.8``)?"""
+    from packaging.utils import canonicalize_name
+
+    try:
+        (a_name, a_version), (b_name, b_version) = (x.rsplit("-", 1) for x in (found, wanted))
+        return canonicalize_name(a_name) == canonicalize_name(b_name) and Version(a_version) == Version(b_version)
+    except (ValueError, InvalidVersion):
+        return False
+
+
+def check_version_inside(tree: Path, version: Version, label: str) -> None:
+    """Refuse an unpacked sdist whose metadata names another release than ``version``: ``PKG-INFO``'s
+    ``Version:`` and ``pyproject.toml``'s literal version must both say it where they are there, and one
+    of them must be."""
+    said = []
+    pkg_info = tree / "PKG-INFO"
+    if pkg_info.is_file():
+        found = re.search(r"^Version:[ \t]*(\S+)[ \t]*$", pkg_info.read_text(errors="replace").split("\n\n", 1)[0], re.M)
+        said.append(("PKG-INFO", found.group(1) if found else "no version"))
+    pyproject = tree / "pyproject.toml"
+    literal = _literal_version(pyproject.read_text(errors="replace")) if pyproject.is_file() else None
+    if literal is not None:
+        said.append(("pyproject.toml", str(literal)))
+    if not said:
+        raise UpstreamError(f"neither PKG-INFO nor pyproject.toml says which version it is; expected {version}", path=label)
+    for where, text in said:
+        try:
+            same = Version(text) == version
+        except InvalidVersion:
+            same = False
+        if not same:
+            raise UpstreamError(f"its {where} says version {text}, not {version} as the index names it: refusing a "
+                                "release that is not the one asked for", path=label)
 
 
 # --------------------------------------------------------------------------- sources
@@ -384,8 +421,14 @@ class IndexSource:
         return path
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        safe_extract_sdist(self.sdist_path(release), dest, release.filename)
-        check_server_tree(dest, f"letta {release.version} ({release.filename})")
+        label = release.filename or f"letta {release.version}"
+        safe_extract_sdist(self.sdist_path(release), dest, label, top=f"{PROJECT}-{release.version}")
+        try:
+            check_server_tree(dest, f"letta {release.version} ({release.filename})")
+            check_version_inside(dest, release.version, label)
+        except KettaError:
+            shutil.rmtree(dest, ignore_errors=True)  # nothing half-made is left for a caller to take
+            raise
 
 
 class GitSource:

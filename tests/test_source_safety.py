@@ -395,3 +395,37 @@ def test_a_malformed_json_page_is_one_line_naming_the_page(tmp_path, local_index
     assert _apply(tmp_path, local_index.url) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert f"{local_index.url}/letta/" in line and "JSON" in line
+
+
+# ----------------------------------------------------------------------------- 5. the version inside the sdist
+
+
+def _sdist_tree(path: Path, top: str, files: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for rel, content in sorted(files.items()):
+            tar.addfile(_member(f"{top}/{rel}", content.encode()), io.BytesIO(content.encode()))
+    return path
+
+
+@pytest.mark.parametrize("top, files, said", [
+    ("evil-9.9", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}), "top-level directory is 'evil-9.9', not 'letta-0.16.8'"),
+    ("letta-0.16.7", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}), "'letta-0.16.7', not 'letta-0.16.8'"),
+    ("letta-0.16.8", server_files("0.16.7", {"letta/a.py": "a\nb\nc\n"}), "pyproject.toml says version 0.16.7, not 0.16.8"),
+    ("letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", "PKG-INFO": "Metadata-Version: 2.4\nName: letta\n"
+                                                                                    "Version: 0.16.7\n\nbody\n"}),
+     "PKG-INFO says version 0.16.7, not 0.16.8"),
+    ("letta-0.16.8", {**server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}), "pyproject.toml": "[project]\nname = 'letta'\n"},
+     "neither PKG-INFO nor pyproject.toml"),
+])
+def test_an_sdist_must_be_the_release_it_is_published_as(tmp_path, local_index, capsys, top, files, said):
+    local_index.add(_sdist_tree(tmp_path / "letta-0.16.8.tar.gz", top, files))
+    assert _apply(tmp_path, local_index.url) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert said in line and "letta-0.16.8.tar.gz" in line
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*.git"))
+
+
+def test_an_sdist_whose_pkg_info_and_top_directory_agree_is_taken(tmp_path, local_index):
+    files = server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", "PKG-INFO": "Metadata-Version: 2.4\nName: letta\nVersion: 0.16.8\n"})
+    local_index.add(_sdist_tree(tmp_path / "letta-0.16.8.tar.gz", "letta-0.16.8", files))
+    assert _apply(tmp_path, local_index.url) == 0
