@@ -40,7 +40,7 @@ from packaging.version import InvalidVersion, Version
 from .cache import Cache, sha256_file
 from .index import PROJECT, _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
 from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
-from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release
+from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release, unpinned
 from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
 
 Progress = Callable[[str], None]
@@ -272,6 +272,11 @@ def download_progress(name: str, done: int, total: int, seconds: float) -> str:
     return f"downloading {name}: {size} at {rate:.1f} MB/s"
 
 
+def _pinned_source(sha256: str) -> str:
+    """The cache's record key for a pinned sdist, shared by every index that serves it."""
+    return f"sha256:{sha256}"
+
+
 class IndexSource:
     """Releases from the package index, through a content-addressed cache."""
 
@@ -314,14 +319,22 @@ class IndexSource:
         return " ".join(self._index_urls())
 
     def resolve(self, version: Version | None) -> UpstreamRelease:
+        """The sdist of ``version``, in the cache once this returns. A supported release must have a pin in
+        ``releases.toml`` and is only ever the sdist with that sha256 (from the cache, whichever index it was
+        fetched from, or from the index, which must publish that file); a release the series does not
+        support yet (``port``, ``upstream check``) is the sdist with the sha256 the index publishes."""
         if version is None:
             raise UnknownRelease("--letta VERSION is required with the package index as source")
-        record = self.cache.read_release(str(version), self.source_id)
-        if record is not None and self.cache.has_blob(record["sha256"]) and self._still_published(version, record):
-            return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
-
         releases = self.releases or load_releases()
-        supported = releases.find(version) or (self.allow_unsupported or None)
+        listed = releases.find(version)
+        if listed is not None and listed.sha256 is None:
+            raise self._unpinned(listed, releases)
+        pin = listed.sha256 if listed is not None else None
+        cached = self._cached(version, pin)
+        if cached is not None:
+            return cached
+
+        supported = listed or (self.allow_unsupported or None)
         try:
             found = self._find_files(version)
         except IndexUnreachable as exc:
@@ -332,7 +345,7 @@ class IndexSource:
                 "connect to the index, pass --index-url, or use --letta-dir/--letta-git"
             ) from None
         if found is None:
-            if releases.find(version):
+            if listed:
                 raise UpstreamError(f"letta {version} (a supported release) is not on {', '.join(map(_redact, self._index_urls()))}; "
                                     "pass --index-url for an index that has it")
             raise unknown_release(version, "no such version on the index", releases)
@@ -346,14 +359,41 @@ class IndexSource:
         sdist = next((f for f in files if f.filename.endswith(".tar.gz")), None)
         if sdist is None:
             raise UpstreamError(f"letta {version} on {_redact(index_url)} has no .tar.gz sdist")
-        if not sdist.sha256:
+        if pin is not None and sdist.sha256 is not None and sdist.sha256 != pin:
+            raise HashMismatch(
+                f"letta {version} is pinned to sha256 {pin} ({releases.path}:{listed.line}), but {_redact(index_url)} "
+                f"publishes {sdist.filename} with sha256 {sdist.sha256}: refusing a release that is not the pinned one"
+            )
+        expected = pin or sdist.sha256
+        if not expected:
             raise UpstreamError(f"{_redact(index_url)} publishes no sha256 for {sdist.filename}: refusing an unverifiable download")
-        self._download(sdist)
-        self.cache.write_release(
-            str(version), self.source_id,
-            {"filename": sdist.filename, "sha256": sdist.sha256, "url": _redact(sdist.url), "upload_time": sdist.upload_time},
-        )
-        return UpstreamRelease(version, "index", _redact(sdist.url), sdist.sha256, sdist.filename)
+        self._download(sdist, expected, pinned=pin is not None)
+        record = {"filename": sdist.filename, "sha256": expected, "url": _redact(sdist.url), "upload_time": sdist.upload_time}
+        self.cache.write_release(str(version), self.source_id, record)
+        self.cache.write_release(str(version), _pinned_source(expected), record)
+        return UpstreamRelease(version, "index", _redact(sdist.url), expected, sdist.filename)
+
+    def _cached(self, version: Version, pin: str | None) -> UpstreamRelease | None:
+        """The release from the cache alone, if it can be: a pinned one from whichever index it was fetched
+        (the pin says which bytes it is); another one only as this source resolved it."""
+        record = self.cache.read_release(str(version), self.source_id)
+        if pin is not None:
+            if record is None or record["sha256"] != pin:
+                record = self.cache.read_release(str(version), _pinned_source(pin))
+            if record is None or record["sha256"] != pin or not self.cache.has_blob(pin):
+                return None
+        elif record is None or not self.cache.has_blob(record["sha256"]) or not self._still_published(version, record):
+            return None
+        return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
+
+    def _unpinned(self, listed, releases: SupportedReleases) -> KettaError:
+        """The error for a supported release without a pin, with what the index publishes when it can say."""
+        try:
+            found = self._find_files(listed.version)
+        except KettaError:
+            found = None
+        sdist = next((f for f in found[1] if f.filename.endswith(".tar.gz")), None) if found else None
+        return unpinned(listed, releases, sdist.sha256 if sdist else None, sdist.filename if sdist else None)
 
     def _still_published(self, version: Version, record: dict) -> bool:
         """A package index does not change a published file, but a local directory index can: for a
@@ -367,10 +407,9 @@ class IndexSource:
             return True
         return found is not None and any(f.filename == record["filename"] and f.sha256 == record["sha256"] for f in found[1])
 
-    def _download(self, item: IndexFile) -> None:
-        assert item.sha256
-        with self.cache.lock(f"blob-{item.sha256}"):
-            if self.cache.has_blob(item.sha256):
+    def _download(self, item: IndexFile, expected: str, pinned: bool = False) -> None:
+        with self.cache.lock(f"blob-{expected}"):
+            if self.cache.has_blob(expected):
                 return
             self.progress(f"downloading {item.filename}")
             fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=self.cache.ensure("blobs"))
@@ -387,10 +426,11 @@ class IndexSource:
                         done += len(chunk)
                         self.progress(download_progress(item.filename, done, total, time.monotonic() - start))
                 got = h.hexdigest()
-                if got != item.sha256:
+                if got != expected:
+                    said = "the pin (releases.toml) says" if pinned and item.sha256 is None else "the index publishes"
                     raise HashMismatch(
-                        f"sha256 mismatch for {item.filename} from {_redact(item.url)}: the index publishes "
-                        f"{item.sha256}, the download is {got}; nothing was cached"
+                        f"sha256 mismatch for {item.filename} from {_redact(item.url)}: {said} "
+                        f"{expected}, the download is {got}; nothing was cached"
                     )
                 self.cache.add_blob(Path(tmp_name), got)
             except (urllib.error.URLError, OSError, TimeoutError) as exc:

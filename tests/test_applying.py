@@ -6,12 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_diff, make_sdist, server_files, write_patch, write_series, write_tree
+from conftest import make_diff, make_sdist, pin_index, server_files, write_patch, write_series, write_tree
 from packaging.version import Version
 
 from ketta_build.applying import Outcome, apply_hunks
 from ketta_build.buildtree import ApplyOptions, apply_series
 from ketta_build.patchfile import parse_patch
+from ketta_build.releases import load_releases
 from ketta_build.series import read_series
 from ketta_build.upstream import DirSource, IndexSource
 
@@ -258,10 +259,12 @@ def two_releases(tmp_path, local_index, cache):
     """letta 0.16.2 (the patch's base) and 0.16.8 (the target) on a local index."""
 
     def publish(base_text: str, target_text: str, extra_target: dict | None = None):
+        pdir = write_series(tmp_path / "patches")  # its releases.toml, pinned to these made-up releases
         for version, text, extra in (("0.16.2", base_text, {}), ("0.16.8", target_text, extra_target or {})):
             files = server_files(version, {"letta/m.py": text, **extra})
             local_index.add(make_sdist(tmp_path / f"letta-{version}.tar.gz", version, files))
-        return IndexSource(cache, local_index.url)
+        pin_index(pdir, local_index)
+        return IndexSource(cache, local_index.url, releases=load_releases(pdir))
 
     return publish
 

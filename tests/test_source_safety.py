@@ -14,7 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import make_diff, make_sdist, server_files, write_patch, write_series, write_tree
+from conftest import make_diff, make_sdist, pin, pin_index, pin_sdists, server_files, write_patch, write_series, write_tree
+from packaging.version import Version
 
 from ketta_build.cli import main
 
@@ -33,9 +34,13 @@ def _series(tmp_path: Path) -> Path:
     return pdir
 
 
-def _apply(tmp_path: Path, index_url: str, version: str = "0.16.8", *extra: str) -> int:
-    return main(["apply", "--letta", version, "--index-url", index_url, "--cache-dir", str(tmp_path / "cache"),
-                 "--patches", str(_series(tmp_path)), "--out", str(tmp_path / "out"), *extra])
+def _apply(tmp_path: Path, index, version: str = "0.16.8", *extra: str) -> int:
+    """apply from ``index`` (a URL, or a local index whose made-up releases are pinned as it publishes them)."""
+    pdir = _series(tmp_path)
+    if not isinstance(index, str):
+        pin_index(pdir, index)
+    return main(["apply", "--letta", version, "--index-url", index if isinstance(index, str) else index.url,
+                 "--cache-dir", str(tmp_path / "cache"), "--patches", str(pdir), "--out", str(tmp_path / "out"), *extra])
 
 
 def html_index(root: Path, anchors: list[str]) -> str:
@@ -90,7 +95,7 @@ def test_a_file_name_with_a_slash_or_dot_dot_is_refused(tmp_path, local_index, c
     sdist = _sdist(tmp_path)
     local_index.add(sdist)
     local_index.files[0]["filename"] = "../../letta-0.16.8.tar.gz"
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "not a plain file name" in line and "../../letta-0.16.8.tar.gz" in line
     (tmp_path / "idx" / "files").mkdir(parents=True)
@@ -106,7 +111,7 @@ def test_a_remote_page_cannot_point_a_download_at_a_local_file(tmp_path, local_i
     secret.write_text("key\n")
     local_index.add(_sdist(tmp_path))
     local_index.files[0]["url"] = secret.as_uri()
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "file:" in line and "http" in line
 
@@ -126,19 +131,16 @@ def test_the_cache_takes_no_path_for_a_hash():
 
 def test_a_cached_release_record_with_a_bad_hash_is_not_used(tmp_path, local_index, capsys):
     local_index.add(_sdist(tmp_path))
-    assert _apply(tmp_path, local_index.url) == 0
+    assert _apply(tmp_path, local_index) == 0
     import json
 
-    [record] = (tmp_path / "cache" / "releases").rglob("letta-0.16.8.json")
-    data = json.loads(record.read_text())
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    data["sha256"] = str(victim)
-    record.write_text(json.dumps(data))
-    for other in (tmp_path / "cache" / "releases").rglob("*.json"):
-        if other != record:
-            other.write_text(json.dumps({**json.loads(other.read_text()), "sha256": str(victim)}))
-    assert _apply(tmp_path, local_index.url, "0.16.8", "--force") == 0
+    records = list((tmp_path / "cache" / "releases").rglob("letta-0.16.8.json"))
+    assert records
+    for record in records:  # this index's record and the pinned sdist's
+        record.write_text(json.dumps({**json.loads(record.read_text()), "sha256": str(victim)}))
+    assert _apply(tmp_path, local_index, "0.16.8", "--force") == 0
     assert victim.read_text() == "precious\n"
 
 
@@ -177,7 +179,7 @@ def test_an_sdist_with_version_control_metadata_is_refused(tmp_path, local_index
         hook = f"gitdir: {tmp_path}\n".encode()
     sdist = _sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", [(_member(f"letta-0.16.8/{member}", hook, 0o755), hook)])
     local_index.add(sdist)
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "letta-0.16.8.tar.gz" in line and f"letta-0.16.8/{member}" in line and "version-control metadata" in line
     assert not marker.exists(), "the hook never ran"
@@ -269,7 +271,7 @@ def test_chained_links_out_of_an_sdist_are_refused(tmp_path, local_index, capsys
                         [(_member(f"letta-0.16.8/{leak}", kind=tarfile.SYMTYPE, link=leak_target), b""),
                          (_member(f"letta-0.16.8/{hop}", kind=tarfile.SYMTYPE, link=hop_target), b"")])
     local_index.add(sdist)
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "letta-0.16.8.tar.gz" in line and leak in line and "outside the tree" in line
     assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*.git"))
@@ -322,7 +324,7 @@ def test_a_link_and_a_file_written_through_it_are_refused(tmp_path, local_index,
                          (_member(f"letta-0.16.8/{hop}", kind=tarfile.SYMTYPE, link=hop_target), b""),
                          (_member(f"letta-0.16.8/{leak}/planted.txt", b"planted\n"), b"planted\n")])
     local_index.add(sdist)
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     assert "letta-0.16.8.tar.gz" in _one_error_line(capsys.readouterr().err)
     assert list(outside.iterdir()) == [], "nothing was written through the link"
 
@@ -333,7 +335,7 @@ def test_a_dangling_link_out_of_the_tree_is_refused(tmp_path, local_index, capsy
                         [(_member(f"letta-0.16.8/{leak}", kind=tarfile.SYMTYPE, link=leak_target), b""),
                          (_member(f"letta-0.16.8/{hop}", kind=tarfile.SYMTYPE, link=hop_target), b"")])
     local_index.add(sdist)
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     assert "outside the tree" in _one_error_line(capsys.readouterr().err)
 
 
@@ -343,7 +345,7 @@ def test_links_inside_the_tree_are_kept(tmp_path, local_index, capsys):
         (_member("letta-0.16.8/letta/via.py", kind=tarfile.SYMTYPE, link="sub/deeper/up/a.py"), b""),
         (_member("letta-0.16.8/docs/readme", kind=tarfile.SYMTYPE, link="../letta/a.py"), b"")])
     local_index.add(sdist)
-    assert _apply(tmp_path, local_index.url) == 0
+    assert _apply(tmp_path, local_index) == 0
     out = tmp_path / "out"
     assert os.readlink(out / "letta" / "via.py") == "sub/deeper/up/a.py" and (out / "docs" / "readme").read_text() == "a\nB\nc\n"
 
@@ -363,7 +365,7 @@ def test_a_truncated_sdist_whose_hash_matches_is_refused(tmp_path, local_index, 
     cut.parent.mkdir()
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     _published(local_index, cut)
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "letta-0.16.8.tar.gz" in line and "truncated or corrupt" in line
     assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*"))
@@ -380,7 +382,7 @@ def test_an_sdist_cut_at_a_member_boundary_is_not_extracted_in_part(tmp_path, lo
     cut = tmp_path / "letta-0.16.8.tar.gz"
     cut.write_bytes(gzip.compress(raw.getvalue()[: offsets[-5]], mtime=0))  # a whole gzip stream of a cut tar
     _published(local_index, cut)
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert "end-of-archive marker" in line and "letta-0.16.8.tar.gz" in line and not (tmp_path / "out").exists()
 
@@ -392,7 +394,7 @@ def test_an_sdist_cut_at_a_member_boundary_is_not_extracted_in_part(tmp_path, lo
                                   b"\xff\xfe\x00"])
 def test_a_malformed_json_page_is_one_line_naming_the_page(tmp_path, local_index, capsys, body):
     local_index.page_body = body
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert f"{local_index.url}/letta/" in line and "JSON" in line
 
@@ -419,7 +421,7 @@ def _sdist_tree(path: Path, top: str, files: dict[str, str]) -> Path:
 ])
 def test_an_sdist_must_be_the_release_it_is_published_as(tmp_path, local_index, capsys, top, files, said):
     local_index.add(_sdist_tree(tmp_path / "letta-0.16.8.tar.gz", top, files))
-    assert _apply(tmp_path, local_index.url) == 3
+    assert _apply(tmp_path, local_index) == 3
     line = _one_error_line(capsys.readouterr().err)
     assert said in line and "letta-0.16.8.tar.gz" in line
     assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*.git"))
@@ -428,4 +430,153 @@ def test_an_sdist_must_be_the_release_it_is_published_as(tmp_path, local_index, 
 def test_an_sdist_whose_pkg_info_and_top_directory_agree_is_taken(tmp_path, local_index):
     files = server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", "PKG-INFO": "Metadata-Version: 2.4\nName: letta\nVersion: 0.16.8\n"})
     local_index.add(_sdist_tree(tmp_path / "letta-0.16.8.tar.gz", "letta-0.16.8", files))
-    assert _apply(tmp_path, local_index.url) == 0
+    assert _apply(tmp_path, local_index) == 0
+
+
+# ----------------------------------------------------------------------------- pins: releases.toml says which bytes a release is
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _other_sdist(tmp_path: Path) -> Path:
+    """Another made-up letta 0.16.8: what a substituting index would serve."""
+    (tmp_path / "other").mkdir(exist_ok=True)
+    return make_sdist(tmp_path / "other" / "letta-0.16.8.tar.gz", "0.16.8",
+                      server_files("0.16.8", {"letta/a.py": "a\nb\nc\n", "letta/evil.py": "evil = True\n"}))
+
+
+def test_every_supported_release_of_the_series_is_pinned():
+    from ketta_build.cache import is_sha256
+    from ketta_build.releases import load_releases
+
+    releases = load_releases(Path(__file__).resolve().parents[1] / "patches")
+    assert len(releases) >= 11 and all(is_sha256(r.sha256) for r in releases), [str(r) for r in releases if not r.sha256]
+    assert len({r.sha256 for r in releases}) == len(releases)
+
+
+def test_a_release_without_a_pin_is_refused_with_the_line_to_add(tmp_path, local_index, capsys):
+    sdist = _sdist(tmp_path)
+    local_index.add(sdist)
+    pdir = _series(tmp_path)
+    releases = pdir / "releases.toml"
+    text = releases.read_text()
+    pinned = next(ln for ln in text.splitlines() if ln.startswith("sha256") and text.index(ln) > text.index('"0.16.8"'))
+    releases.write_text(text.replace(pinned + "\n", ""))
+    line_no = text.splitlines().index('version = "0.16.8"')  # its [[release]] is the line before
+    rc = main(["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache"),
+               "--patches", str(pdir), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"releases.toml:{line_no}:" in line and "letta 0.16.8 has no pin" in line and f'sha256 = "{_sha(sdist)}"' in line
+    assert not any(r.startswith("/files/") for r in local_index.requests), "nothing was downloaded"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_pin_is_refused(tmp_path, local_index, capsys):
+    local_index.add(_sdist(tmp_path))
+    pdir = _series(tmp_path)
+    pin(pdir, "0.16.8", "not-a-hash")
+    rc = main(["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache"),
+               "--patches", str(pdir), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "releases.toml:" in line and "'not-a-hash'" in line and "64 lowercase hex" in line
+
+
+def test_a_substituted_release_is_refused(tmp_path, local_index, capsys):
+    real, other = _sdist(tmp_path), _other_sdist(tmp_path)
+    local_index.add(other)  # the index serves another 0.16.8, with its own (correct) sha256
+    pdir = _series(tmp_path)
+    pin_sdists(pdir, real)
+    rc = main(["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache"),
+               "--patches", str(pdir), "--out", str(tmp_path / "out")])
+    assert rc == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "letta 0.16.8" in line and _sha(real) in line and _sha(other) in line and "releases.toml" in line
+    assert not any(r.startswith("/files/") for r in local_index.requests) and not (tmp_path / "out").exists()
+
+
+def test_without_a_published_hash_the_download_is_checked_against_the_pin(tmp_path, local_index, capsys):
+    real, other = _sdist(tmp_path), _other_sdist(tmp_path)
+    local_index.add(other)
+    local_index.files[0]["hashes"] = {}
+    pdir = _series(tmp_path)
+    pin_sdists(pdir, real)
+    args = ["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache"),
+            "--patches", str(pdir), "--out", str(tmp_path / "out")]
+    assert main(args) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"the pin (releases.toml) says {_sha(real)}, the download is {_sha(other)}" in line and "nothing was cached" in line
+    pin_sdists(pdir, other)
+    assert main(args) == 0
+
+
+def test_a_cached_release_is_checked_against_the_pin(tmp_path, local_index, capsys):
+    real = _sdist(tmp_path)
+    local_index.add(real)
+    pdir = _series(tmp_path)
+    pin_sdists(pdir, real)
+    args = ["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache"),
+            "--patches", str(pdir), "--out", str(tmp_path / "out"), "--force"]
+    assert main(args) == 0
+    capsys.readouterr()
+    other = _other_sdist(tmp_path)
+    pin_sdists(pdir, other)  # the pin now names other bytes than the cache holds for this index
+    assert main(args) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert _sha(other) in line and _sha(real) in line
+    assert "evil" not in " ".join(p.name for p in (tmp_path / "out" / "letta").iterdir())
+
+
+def test_the_pin_lets_the_cache_serve_a_release_to_any_index(tmp_path, local_index, capsys):
+    import socket
+
+    real = _sdist(tmp_path)
+    local_index.add(real)
+    pdir = _series(tmp_path)
+    pin_sdists(pdir, real)
+    base = ["apply", "--letta", "0.16.8", "--cache-dir", str(tmp_path / "cache"), "--patches", str(pdir),
+            "--out", str(tmp_path / "out"), "--force"]
+    assert main([*base, "--index-url", local_index.url]) == 0
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/simple"
+    asked = len(local_index.requests)
+    assert main([*base, "--index-url", dead, "--json", str(tmp_path / "r.json")]) == 0
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["upstream"]["sha256"] == _sha(real) and report["upstream"]["location"].startswith(local_index.url.rsplit("/", 1)[0])
+    assert len(local_index.requests) == asked
+
+
+def test_lint_requires_every_release_to_be_pinned(world):
+    releases = world.patches / "releases.toml"
+    text = releases.read_text()
+    first_pin = next(ln for ln in text.splitlines() if ln.startswith("sha256"))
+    releases.write_text(text.replace(first_pin + "\n", "", 1))
+    rc, _, err = world.run("lint")
+    assert rc == 4
+    [finding] = [ln for ln in err.splitlines() if "[pin]" in ln]
+    assert "releases.toml:1:" in finding and "letta 0.16.7 has no pin" in finding
+    assert not [ln for ln in err.splitlines() if "[source]" in ln], "the missing pin is said once"
+
+
+def test_port_records_the_pin_of_the_sdist_it_used(world):
+    sdist = world.publish("0.16.9", m=world_body().replace("line 13\n", "line 13 (upstream)\n"))
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 0, err
+    from ketta_build.releases import load_releases
+
+    assert load_releases(world.patches).find(Version("0.16.9")).sha256 == _sha(sdist)
+    assert world.run("lint")[0] == 0
+    rc, _, err = world.run("apply", "--letta", "0.16.9", "--out", str(world.root / "a169"))
+    assert rc == 0, err
+
+
+def world_body() -> str:
+    from world import BODY
+
+    return BODY
