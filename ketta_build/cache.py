@@ -7,6 +7,7 @@ Layout under the cache root (``--cache-dir``, default: the user cache dir)::
                                    which file and sha256 a version resolved to on one source
                                    (the indexes asked, hashed): another index never reuses it
     pristine/<sha256>.git          a bare git repository of the unpacked sdist
+    pristine/<sha256>.json         the commit and tree its tag was made with, checked on every use
     locks/<name>.lock              inter-process locks (filelock)
 
 Blobs only enter the cache after their hash was checked, by an atomic

@@ -580,3 +580,55 @@ def world_body() -> str:
     from world import BODY
 
     return BODY
+
+
+# ----------------------------------------------------------------------------- 6. the cached pristine repository
+
+
+def _tamper_pristine(repo: Path, work: Path, content: str) -> None:
+    """Amend letta/a.py in the cached bare repository and force-move its upstream tag to the new commit."""
+    _git(work.parent, "clone", "-q", str(repo), str(work))
+    tag = _git(work, "tag", "--list", "upstream/*")
+    _git(work, "checkout", "-q", tag)
+    (work / "letta" / "a.py").write_text(content)
+    _git(work, "commit", "-qam", "tampered")
+    _git(work, "tag", "-f", tag)
+    _git(work, "push", "-q", "-f", "origin", f"refs/tags/{tag}")
+
+
+def test_a_tampered_pristine_repository_is_not_used(tmp_path, local_index, capsys):
+    local_index.add(_sdist(tmp_path))
+    assert _apply(tmp_path, local_index) == 0
+    [repo] = (tmp_path / "cache" / "pristine").glob("*.git")
+    _tamper_pristine(repo, tmp_path / "tamper", "a\nb\nc\nbackdoor = True\n")
+    capsys.readouterr()
+    assert _apply(tmp_path, local_index, "0.16.8", "--force") == 0
+    err = capsys.readouterr().err
+    assert (tmp_path / "out" / "letta" / "a.py").read_text() == "a\nB\nc\n", "built from the sdist again"
+    assert "warning" in err and "pristine" in err and str(repo) in err
+    pristine = _git(tmp_path / "out", "show", "upstream/0.16.8:letta/a.py")
+    assert "backdoor" not in pristine and "backdoor" not in _git(repo, "show", "upstream/0.16.8:letta/a.py")
+
+
+def test_a_pristine_object_changed_in_place_is_not_shipped(tmp_path, local_index, capsys):
+    import zlib
+
+    local_index.add(_sdist(tmp_path))
+    assert _apply(tmp_path, local_index) == 0
+    [repo] = (tmp_path / "cache" / "pristine").glob("*.git")
+    # the blob of letta/a.py rewritten under its own name: ids, tag, commit and tree all still match
+    blob = _git(repo, "rev-parse", "upstream/0.16.8:letta/a.py")
+    loose = repo / "objects" / blob[:2] / blob[2:]
+    if not loose.exists():  # packed by the clone: unpack everything to loose objects first
+        for pack in (repo / "objects" / "pack").glob("*.pack"):
+            moved = tmp_path / pack.name
+            pack.rename(moved)
+            pack.with_suffix(".idx").unlink()
+            subprocess.run(["git", "unpack-objects", "-q"], cwd=repo, stdin=moved.open("rb"), check=True)
+    body = b"a\nb\nc\nbackdoor = True\n"
+    loose.chmod(0o644)
+    loose.write_bytes(zlib.compress(b"blob %d\0" % len(body) + body))
+    capsys.readouterr()
+    assert _apply(tmp_path, local_index, "0.16.8", "--force") == 0
+    assert "backdoor" not in (tmp_path / "out" / "letta" / "a.py").read_text()
+    assert "pristine" in capsys.readouterr().err
