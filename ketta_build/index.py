@@ -22,7 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from .atomic import write_atomic
 from .cache import default_cache_dir, is_sha256
-from .errors import IndexUnreachable, UpstreamError
+from .errors import DeadlineExceeded, IndexUnreachable, KettaError, UpstreamError
 
 PROJECT = "letta"
 _JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
@@ -176,6 +176,7 @@ def uv_environment(explicit: str | None = None) -> dict[str, str]:
 # --------------------------------------------------------------------------- index pages
 
 
+
 @dataclass(frozen=True)
 class IndexFile:
     filename: str
@@ -242,9 +243,165 @@ def _urllib_request():
     return urllib.request
 
 
-def _open(url: str, headers: dict[str, str] | None = None):
-    req = _urllib_request().Request(url, headers=headers or {})
-    return _urllib_request().urlopen(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
+DEADLINE_VARIABLE = "KETTA_DOWNLOAD_DEADLINE"
+DOWNLOAD_DEADLINE = 300.0  # seconds for a whole sdist, unless $KETTA_DOWNLOAD_DEADLINE says otherwise
+PAGE_DEADLINE = 60.0  # for a page or a piece of a wheel (never more than the download deadline)
+
+
+def download_deadline() -> float:
+    """Seconds one download may take from its first byte asked to its last read ($KETTA_DOWNLOAD_DEADLINE)."""
+    raw = os.environ.get(DEADLINE_VARIABLE)
+    if raw is None or raw == "":
+        return DOWNLOAD_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise KettaError(f"{DEADLINE_VARIABLE}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def page_deadline() -> float:
+    return min(PAGE_DEADLINE, download_deadline())
+
+
+class _Deadline:
+    """A whole-request deadline. Socket timeouts bound each read, not the request: an index that trickles
+    a byte every 20 s would keep a download going for ever. When this one passes, the request's sockets
+    are shut down (through duplicates of them held here, so no descriptor can have been reused in between),
+    which ends any read blocked on them; the reader then raises :class:`DeadlineExceeded`."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        import threading
+
+        self.seconds = seconds
+        self.what = what
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list = []
+        self._done = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock):
+        """Keep a duplicate of ``sock`` (a connected socket of the request) to shut it down on expiry."""
+        import socket
+
+        with self._lock:
+            if not self._done:
+                try:
+                    self._sockets.append(socket.fromfd(sock.fileno(), sock.family, sock.type))
+                except OSError:
+                    pass
+                if self.expired:
+                    self._shut()
+        return sock
+
+    def _shut(self) -> None:
+        import socket
+
+        for dup in self._sockets:
+            try:
+                dup.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            self._shut()
+
+    def finish(self) -> bool:
+        """Stop watching (the request is over) and close the duplicates; whether the deadline had passed."""
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+            for dup in self._sockets:
+                dup.close()
+            self._sockets = []
+            return self.expired
+
+    def error(self) -> "DeadlineExceeded":
+        return DeadlineExceeded(f"{self.what} took longer than {self.seconds:g} s: the index is too slow or stalled; "
+                                f"try again, or allow more time with {DEADLINE_VARIABLE}=SECONDS")
+
+
+def _watched_opener(deadline: _Deadline):
+    """urllib's default opener, whose HTTP(S) connections hand each socket they open to ``deadline``."""
+    request = _urllib_request()
+
+    def watched(http_class):
+        class Watched(http_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                create = self._create_connection
+                self._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+
+        return Watched
+
+    class HTTP(request.HTTPHandler):
+        def do_open(self, http_class, req, **kwargs):
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    class HTTPS(request.HTTPSHandler):
+        def do_open(self, http_class, req, **kwargs):
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    return request.build_opener(HTTP(), HTTPS())
+
+
+class _Response:
+    """A response read under a :class:`_Deadline`: the deadline's error instead of whatever a shut-down
+    socket makes a read raise or return; closing it stops the deadline."""
+
+    def __init__(self, resp, deadline: _Deadline) -> None:
+        self._resp = resp
+        self._deadline = deadline
+        self.headers = resp.headers
+        self.status = resp.status
+
+    def geturl(self) -> str:
+        return self._resp.geturl()
+
+    def read(self, amount: int | None = None) -> bytes:
+        try:
+            data = self._resp.read() if amount is None else self._resp.read(amount)
+        except BaseException:
+            if self._deadline.expired:
+                raise self._deadline.error() from None
+            raise
+        if self._deadline.expired:
+            raise self._deadline.error()
+        return data
+
+    def close(self) -> None:
+        self._deadline.finish()
+        self._resp.close()
+
+    def __enter__(self) -> "_Response":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open(url: str, headers: dict[str, str] | None = None, *, deadline: float | None = None, what: str | None = None,
+          method: str = "GET"):
+    """``method`` ``url``; the whole request, body included, must be over within ``deadline`` seconds
+    (default: a page's)."""
+    watch = _Deadline(page_deadline() if deadline is None else deadline, what or f"reading {_redact(url)}")
+    req = _urllib_request().Request(url, headers=headers or {}, method=method)
+    try:
+        resp = _watched_opener(watch).open(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
+    except BaseException:
+        if watch.finish():
+            raise watch.error() from None
+        raise
+    return _Response(resp, watch)
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:

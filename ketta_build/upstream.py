@@ -38,7 +38,8 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
-from .index import PROJECT, _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
+from .index import (PROJECT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, download_deadline,
+                    list_project_files, transport_errors)
 from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release, unpinned
 from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
@@ -87,8 +88,7 @@ class _RangeFile(io.RawIOBase):
     def __init__(self, url: str) -> None:
         self.url = url
         self.pos = 0
-        req = _urllib_request().Request(url, method="HEAD")
-        with _urllib_request().urlopen(req, timeout=_TIMEOUT) as resp:  # noqa: S310
+        with _open(url, method="HEAD") as resp:
             self.size = int(resp.headers["Content-Length"])
 
     def seekable(self) -> bool:
@@ -140,7 +140,7 @@ def _not_server_message(version: Version, files: list[IndexFile], releases: Supp
         return None
     try:
         names = wheel_top_level(wheels[-1].url)
-    except (OSError, zipfile.BadZipFile, urllib.error.URLError, KeyError, ValueError):
+    except (*transport_errors(), zipfile.BadZipFile, KeyError, ValueError):
         names = set()
     if names:
         if "letta" in names:
@@ -415,7 +415,9 @@ class IndexSource:
             fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=self.cache.ensure("blobs"))
             h = hashlib.sha256()
             try:
-                with os.fdopen(fd, "wb") as out, _open(item.url) if not item.url.startswith("file:") else open(
+                with os.fdopen(fd, "wb") as out, _open(
+                    item.url, deadline=download_deadline(), what=f"the download of {item.filename} from {_redact(item.url)}"
+                ) if not item.url.startswith("file:") else open(
                     _urllib_request().url2pathname(urllib.parse.urlsplit(item.url).path), "rb"
                 ) as resp:
                     total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
@@ -425,6 +427,9 @@ class IndexSource:
                         out.write(chunk)
                         done += len(chunk)
                         self.progress(download_progress(item.filename, done, total, time.monotonic() - start))
+                if total and done != total:  # http.client ends a read at an early close without a word
+                    raise IndexUnreachable(f"the download of {item.filename} from {_redact(item.url)} ended after {done} "
+                                           f"of {total} bytes; nothing was cached")
                 got = h.hexdigest()
                 if got != expected:
                     said = "the pin (releases.toml) says" if pinned and item.sha256 is None else "the index publishes"
@@ -433,8 +438,9 @@ class IndexSource:
                         f"{expected}, the download is {got}; nothing was cached"
                     )
                 self.cache.add_blob(Path(tmp_name), got)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                raise IndexUnreachable(f"download of {item.filename} failed: {getattr(exc, 'reason', exc)}") from None
+            except transport_errors() as exc:
+                reason = getattr(exc, "reason", None) or f"{exc.__class__.__name__}: {exc}"
+                raise IndexUnreachable(f"download of {item.filename} failed: {reason}") from None
             finally:
                 if os.path.exists(tmp_name):
                     os.unlink(tmp_name)
