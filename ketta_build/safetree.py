@@ -128,6 +128,12 @@ def extract_members(tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo], de
             raise error(f"unsafe archive member: {exc}", path=label) from None
         except (EOFError, zlib.error) as exc:
             raise error(f"the archive is truncated or corrupt ({exc}); nothing was extracted", path=label) from None
+        except KeyError as exc:  # a hard link to a member the archive does not hold before it
+            raise error(f"unsafe archive member: a hard link whose target is not in the archive ({exc.args[0]})",
+                        path=label) from None
+        except OSError as exc:  # members that cannot both be there: a file, then a directory below it
+            raise error(f"cannot unpack the archive: {exc.strerror or exc}: "
+                        f"{os.path.relpath(exc.filename, tmp) if exc.filename else ''}", path=label) from None
         verify_tree(tmp, label, error)
         put_in_place(tmp, dest)
     finally:

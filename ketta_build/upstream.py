@@ -208,7 +208,11 @@ def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None, top: 
                 continue
             m = m.replace(name=str(rel), deep=False)
             if m.islnk():
-                m = m.replace(linkname=str(PurePosixPath(m.linkname).relative_to(found)), deep=False)
+                target = PurePosixPath(m.linkname)
+                if not target.is_relative_to(found) or target == PurePosixPath(found):
+                    raise UpstreamError(f"member '{rel}' is a hard link to '{m.linkname}', outside the top-level "
+                                        "directory", path=label)
+                m = m.replace(linkname=str(target.relative_to(found)), deep=False)
             kept.append(m)
         extract_members(tar, kept, dest, label)
 
