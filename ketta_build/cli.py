@@ -829,7 +829,7 @@ def _cmd_releases(args, console) -> int:
     for r in releases:
         console.print(f"{r.version}  {r.date}")
     _emit_json(args.json, {"schema": "ketta-build/releases/1", "versions": [str(r.version) for r in releases],
-                           "releases": [{"version": str(r.version), "date": r.date} for r in releases]})
+                           "releases": [{"version": str(r.version), "date": r.date, "sha256": r.sha256} for r in releases]})
     return 0
 
 
