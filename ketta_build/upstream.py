@@ -450,10 +450,18 @@ class IndexSource:
                     os.unlink(tmp_name)
 
     def upload_date(self, version: Version) -> str | None:
-        """The day the sdist of ``version`` was uploaded, as the index said (None if it did not say)."""
+        """The day the sdist of ``version`` was uploaded, as the index said (None if it did not say, or said
+        something that is not a date: it goes into ``releases.toml``)."""
+        from datetime import date
+
         record = self.cache.read_release(str(version), self.source_id) or {}
         stamp = record.get("upload_time")
-        return stamp[:10] if isinstance(stamp, str) and len(stamp) >= 10 else None
+        if not isinstance(stamp, str) or len(stamp) < 10:
+            return None
+        try:
+            return date.fromisoformat(stamp[:10]).isoformat()
+        except ValueError:
+            return None
 
     def sdist_path(self, release: UpstreamRelease) -> Path:
         assert release.sha256

@@ -632,3 +632,14 @@ def test_a_pristine_object_changed_in_place_is_not_shipped(tmp_path, local_index
     assert _apply(tmp_path, local_index, "0.16.8", "--force") == 0
     assert "backdoor" not in (tmp_path / "out" / "letta" / "a.py").read_text()
     assert "pristine" in capsys.readouterr().err
+
+
+def test_an_upload_time_from_the_index_is_only_taken_as_a_date(world):
+    # the date port writes into releases.toml comes from the index: garbage there must not get in
+    world.publish("0.16.9", m=world_body().replace("line 13\n", "line 13 (upstream)\n"))
+    world.index.files[-1]["upload-time"] = "2026-99-99T00:00:00Z"
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
+    assert rc == 0, err
+    from ketta_build.releases import load_releases
+
+    assert load_releases(world.patches).find(Version("0.16.9")).date == "unknown"
