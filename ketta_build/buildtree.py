@@ -95,8 +95,8 @@ def _pristine_state(repo: Path, version: Version) -> list[str] | None:
     if not (repo / "HEAD").is_file():
         return None
     tag = f"refs/tags/upstream/{version}"
-    found = git(repo, "rev-parse", "-q", "--verify", f"{tag}^{{commit}}", f"{tag}^{{tree}}", check=False).split()
-    return found if len(found) == 2 else None
+    found = [git(repo, "rev-parse", "-q", "--verify", f"{tag}^{{{kind}}}", check=False) for kind in ("commit", "tree")]
+    return found if all(found) else None
 
 
 def _pristine_intact(repo: Path, release: UpstreamRelease, cache: Cache) -> tuple[bool, str | None]:
@@ -145,7 +145,11 @@ def ensure_pristine_repo(release: UpstreamRelease, source: UpstreamSource, cache
             source.export(release, tree)
             _commit_pristine(tree, release.version)
             git(work, "clone", "-q", "--bare", "--no-local", str(tree), str(work / "repo.git"))
-            commit, tree_id = _pristine_state(work / "repo.git", release.version) or ["", ""]
+            made = _pristine_state(work / "repo.git", release.version)
+            if made is None:
+                raise BuildTreeError(f"the pristine repository of letta {release.version} made in {work} has no tag "
+                                     f"upstream/{release.version}")
+            commit, tree_id = made
             if repo.exists():
                 os.replace(repo, work / "discarded.git")
             write_atomic(_pristine_record(cache, release.sha256), json.dumps(

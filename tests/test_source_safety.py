@@ -600,6 +600,11 @@ def test_a_tampered_pristine_repository_is_not_used(tmp_path, local_index, capsy
     local_index.add(_sdist(tmp_path))
     assert _apply(tmp_path, local_index) == 0
     [repo] = (tmp_path / "cache" / "pristine").glob("*.git")
+    made = (repo / "HEAD").stat().st_ino, (repo / "packed-refs").read_text()
+    capsys.readouterr()
+    assert _apply(tmp_path, local_index, "0.16.8", "--force") == 0
+    assert "warning" not in capsys.readouterr().err, "an intact repository is used as it is"
+    assert ((repo / "HEAD").stat().st_ino, (repo / "packed-refs").read_text()) == made
     _tamper_pristine(repo, tmp_path / "tamper", "a\nb\nc\nbackdoor = True\n")
     capsys.readouterr()
     assert _apply(tmp_path, local_index, "0.16.8", "--force") == 0
