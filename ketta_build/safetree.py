@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import stat
 import tarfile
@@ -102,7 +101,7 @@ def fresh_dir_beside(dest: Path) -> Path:
     the user's umask as ``dest`` itself would be."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = dest.parent / f".{dest.name}.ketta-unpack-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = dest.parent / f".{dest.name}.ketta-unpack-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             tmp.mkdir()
             return tmp
