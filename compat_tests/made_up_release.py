@@ -5,9 +5,10 @@ publishes one.
     --replace letta/llm_api/llm_client_base.py OLD NEW [--add-file PATH SOURCE]``
 
 takes the ``--from`` release's sdist (through the cache and the configured index, as ``apply`` does),
-renames it ``--to``, replaces the first occurrence of OLD by NEW in each file named (an error if OLD is
-not there), adds files, and writes both sdists to a PEP 503 index directory: ``DIR/files/`` and
-``DIR/simple/letta/index.html`` with their sha256. It prints the index URL
+renames it ``--to`` (its top directory, ``pyproject.toml`` and ``PKG-INFO``), replaces the first
+occurrence of OLD by NEW in each file named (an error if OLD is not there), adds files, and writes
+both sdists to a PEP 503 index directory: ``DIR/files/`` and ``DIR/simple/letta/index.html`` with
+their sha256. It prints the index URL
 (``file://…/DIR/simple``), e.g. for ``PIP_EXTRA_INDEX_URL`` or ``--index-url``.
 """
 
@@ -46,6 +47,8 @@ def make_release(base_sdist: Path, old: str, new: str, index_dir: Path, *,
             rel = name.split("/", 1)[1] if "/" in name else ""
             if data is not None and rel == "pyproject.toml":
                 data = data.replace(f'version = "{old}"'.encode(), f'version = "{new}"'.encode(), 1)
+            if data is not None and rel == "PKG-INFO":  # ketta-build checks the version an sdist says it is
+                data = data.replace(f"\nVersion: {old}\n".encode(), f"\nVersion: {new}\n".encode(), 1)
             if data is not None and rel in pending:
                 before, after, *anchor = pending[rel]
                 start = data.find(anchor[0].encode()) if anchor else 0

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -85,16 +86,59 @@ def _commit_pristine(tree: Path, version: Version) -> None:
     git(tree, "tag", f"upstream/{version}")
 
 
+def _pristine_record(cache: Cache, sha256: str) -> Path:
+    """What the cached pristine repository of the sdist ``sha256`` was made as: its tag, commit and tree."""
+    return cache.pristine_repo(sha256).with_suffix(".json")
+
+
+def _pristine_state(repo: Path, version: Version) -> list[str] | None:
+    """[commit, tree] that tag ``upstream/<version>`` of ``repo`` names now (None: no such tag)."""
+    if not (repo / "HEAD").is_file():
+        return None
+    tag = f"refs/tags/upstream/{version}"
+    found = [git(repo, "rev-parse", "-q", "--verify", f"{tag}^{{{kind}}}", check=False) for kind in ("commit", "tree")]
+    return found if all(found) else None
+
+
+def _pristine_intact(repo: Path, release: UpstreamRelease, cache: Cache) -> tuple[bool, str | None]:
+    """(is the cached repository what it was made as, why not when it had a record to say so)."""
+    if not (repo / "HEAD").is_file():
+        return False, None  # not made yet, or removed: made (again) without a word
+    try:
+        record = json.loads(_pristine_record(cache, release.sha256).read_text())
+    except (OSError, ValueError):
+        return False, None  # made before records were kept, or half made: rebuilt without a word
+    state = _pristine_state(repo, release.version)
+    wanted = [record.get("commit"), record.get("tree")] if isinstance(record, dict) else None
+    if state is not None and state == wanted and record.get("sdist_sha256") == release.sha256:
+        return True, None
+    now = f"tag upstream/{release.version} is {'missing' if state is None else f'commit {state[0]}, tree {state[1]}'}"
+    return False, f"{now}, it was made as commit {wanted[0] if wanted else '?'}, tree {wanted[1] if wanted else '?'}"
+
+
+def _pristine_changed(repo: Path, release: UpstreamRelease, why: str) -> None:
+    print(f"ketta-build: warning: {repo}: the cached pristine repository of letta {release.version} was changed since it "
+          f"was made ({why}); discarded and made again from its sdist (sha256 {release.sha256})", file=sys.stderr)
+
+
 def ensure_pristine_repo(release: UpstreamRelease, source: UpstreamSource, cache: Cache) -> Path | None:
-    """A cached bare repository of ``release`` (index releases only); built on first use."""
+    """A cached bare repository of ``release`` (index releases only); built on first use.
+
+    Keyed by the sdist's sha256 (its pin), with a record beside it of the commit and tree tag
+    ``upstream/<version>`` named when it was made. Every use checks tag → commit → tree against the
+    record; a repository that differs (amended, tag moved) or has no record is discarded and made again
+    from the sdist, itself checked against its sha256."""
     if release.sha256 is None:
         return None
     repo = cache.pristine_repo(release.sha256)
-    if (repo / "HEAD").is_file():
+    if _pristine_intact(repo, release, cache)[0]:
         return repo
     with cache.lock(f"pristine-{release.sha256}"):
-        if (repo / "HEAD").is_file():
+        intact, why = _pristine_intact(repo, release, cache)
+        if intact:
             return repo
+        if why is not None:
+            _pristine_changed(repo, release, why)
         work = Path(tempfile.mkdtemp(prefix=".pristine-", dir=cache.ensure("pristine")))
         try:
             tree = work / "tree"
@@ -102,24 +146,61 @@ def ensure_pristine_repo(release: UpstreamRelease, source: UpstreamSource, cache
             source.export(release, tree)
             _commit_pristine(tree, release.version)
             git(work, "clone", "-q", "--bare", "--no-local", str(tree), str(work / "repo.git"))
+            made = _pristine_state(work / "repo.git", release.version)
+            if made is None:
+                raise BuildTreeError(f"the pristine repository of letta {release.version} made in {work} has no tag "
+                                     f"upstream/{release.version}")
+            commit, tree_id = made
+            if repo.exists():
+                os.replace(repo, work / "discarded.git")
+            write_atomic(_pristine_record(cache, release.sha256), json.dumps(
+                {"sdist_sha256": release.sha256, "tag": f"upstream/{release.version}", "commit": commit, "tree": tree_id},
+                indent=2).encode() + b"\n")
             os.replace(work / "repo.git", repo)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return repo
 
 
+def _worktree_tree(tree: Path) -> str:
+    """The tree id of ``tree``'s files as they are on disk, every file read and hashed again (a fresh
+    index: nothing is taken from the object ids checkout wrote down)."""
+    with tempfile.TemporaryDirectory(prefix="ketta-index-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(tree, "add", "-A", "-f", ".", env=env)
+        return git(tree, "write-tree", env=env)
+
+
 def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSource, cache: Cache | None) -> None:
-    """Make ``dest`` (empty) a git work tree whose only commit is the pristine release."""
+    """Make ``dest`` (empty) a git work tree whose only commit is the pristine release.
+
+    From the cached pristine repository, the checked-out files are hashed again and must make the tree
+    that repository was made with: an object changed in place (under its own id) is caught here, and
+    the repository is made again from the sdist."""
     repo = ensure_pristine_repo(release, source, cache) if cache is not None else None
     if repo is None:
         dest.mkdir(parents=True, exist_ok=True)
         source.export(release, dest)
         _commit_pristine(dest, release.version)
         return
-    git(dest.parent, "clone", "-q", "--local", "--no-checkout", str(repo), str(dest))
-    keep_bytes_as_they_are(dest / ".git")
-    git(dest, "remote", "remove", "origin")
-    git(dest, "checkout", "-q", "-f", "-B", "main", f"upstream/{release.version}")
+    for attempt in (1, 2):
+        git(dest.parent, "clone", "-q", "--local", "--no-checkout", str(repo), str(dest))
+        keep_bytes_as_they_are(dest / ".git")
+        git(dest, "remote", "remove", "origin")
+        git(dest, "checkout", "-q", "-f", "-B", "main", f"upstream/{release.version}")
+        wanted = git(dest, "rev-parse", f"upstream/{release.version}^{{tree}}")
+        got = _worktree_tree(dest)
+        if got == wanted:
+            return
+        shutil.rmtree(dest)
+        if attempt == 2:
+            raise BuildTreeError(f"the pristine tree of letta {release.version} checked out from {repo} hashes to tree "
+                                 f"{got}, not {wanted}, even after the repository was made again from its sdist")
+        with cache.lock(f"pristine-{release.sha256}"):
+            _pristine_changed(repo, release, f"a checked-out file is not the object it was stored as (tree {got}, "
+                                             f"not {wanted})")
+            _pristine_record(cache, release.sha256).unlink(missing_ok=True)
+        repo = ensure_pristine_repo(release, source, cache)
 
 
 # --------------------------------------------------------------------------- 3-way preimages

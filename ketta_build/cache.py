@@ -7,6 +7,7 @@ Layout under the cache root (``--cache-dir``, default: the user cache dir)::
                                    which file and sha256 a version resolved to on one source
                                    (the indexes asked, hashed): another index never reuses it
     pristine/<sha256>.git          a bare git repository of the unpacked sdist
+    pristine/<sha256>.json         the commit and tree its tag was made with, checked on every use
     locks/<name>.lock              inter-process locks (filelock)
 
 Blobs only enter the cache after their hash was checked, by an atomic
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +29,23 @@ import filelock
 import platformdirs
 
 from .atomic import write_atomic
-from .errors import LockTimeout
+from .errors import LockTimeout, UpstreamError
 
 DEFAULT_LOCK_TIMEOUT = 600.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """Is ``value`` a sha256 as ketta-build writes and accepts it: exactly 64 lowercase hex digits?
+    Every hash from an index page, a cache record or ``releases.toml`` is checked with this before it
+    is compared, shown or made part of a path."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def _checked(sha256: str) -> str:
+    if not is_sha256(sha256):
+        raise UpstreamError(f"{sha256!r} is not a sha256 (64 lowercase hex digits): refusing to use it as a cache key")
+    return sha256
 
 
 def default_cache_dir() -> Path:
@@ -60,6 +76,8 @@ class Cache:
     # ------------------------------------------------------------ locks
     @contextmanager
     def lock(self, name: str, timeout: float | None = None) -> Iterator[None]:
+        if not re.fullmatch(r"[\w.+!-]+", name):
+            raise UpstreamError(f"{name!r} is not a plain lock name: refusing to make it a path")
         path = self.ensure("locks") / f"{name}.lock"
         lock = filelock.FileLock(str(path), timeout=self.lock_timeout if timeout is None else timeout)
         try:
@@ -74,6 +92,7 @@ class Cache:
 
     # ------------------------------------------------------------ blobs
     def blob_path(self, sha256: str) -> Path:
+        _checked(sha256)
         return self.root / "blobs" / "sha256" / sha256[:2] / sha256
 
     def has_blob(self, sha256: str) -> bool:
@@ -100,6 +119,8 @@ class Cache:
             return None
         if not isinstance(data, dict) or not {"filename", "sha256", "url"} <= data.keys() or data.get("source") != source:
             return None
+        if not is_sha256(data["sha256"]) or not isinstance(data["filename"], str) or not isinstance(data["url"], str):
+            return None  # not a record this tool wrote: ignored, the release is resolved again
         return data
 
     def write_release(self, version: str, source: str, record: dict) -> None:
@@ -108,5 +129,5 @@ class Cache:
 
     # ------------------------------------------------------------ pristine repositories
     def pristine_repo(self, key: str) -> Path:
-        return self.root / "pristine" / f"{key}.git"
+        return self.root / "pristine" / f"{_checked(key)}.git"
 

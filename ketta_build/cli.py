@@ -438,7 +438,7 @@ def _cmd_apply(args, console) -> int:
             options=ApplyOptions(fuzz=args.fuzz, keep_going=args.keep_going, force=args.force),
             cache=cache,
             # 3-way merges need the release each patch was made against: take it from the index (cached).
-            base_source=IndexSource(cache, args.index_url, allow_unsupported=True),
+            base_source=IndexSource(cache, args.index_url, allow_unsupported=True, releases=series.releases),
             progress=say,
             on_patch=lambda r: say(f"applied {r.name}: {r.outcome.value}"),
         )
@@ -502,7 +502,8 @@ def _cmd_export(args, console) -> int:
     if not args.check:
         cache = Cache(args.cache_dir)
         with console.status("checking the releases the changed patches claim") as status:
-            source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True)
+            source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True,
+                                 releases=load_releases(args.patches))
             verify_plan(plan, PristineRepos(source, cache), split=args.split)
     colour = {"unchanged": "dim", "reworded": "green", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow",
               "not-applied": "yellow", "split": "cyan", "newer": "yellow"}
@@ -844,7 +845,7 @@ def _cmd_releases(args, console) -> int:
     for r in releases:
         console.print(f"{r.version}  {r.date}")
     _emit_json(args.json, {"schema": "ketta-build/releases/1", "versions": [str(r.version) for r in releases],
-                           "releases": [{"version": str(r.version), "date": r.date} for r in releases]})
+                           "releases": [{"version": str(r.version), "date": r.date, "sha256": r.sha256} for r in releases]})
     return 0
 
 

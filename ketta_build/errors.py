@@ -84,6 +84,10 @@ class IndexUnreachable(UpstreamError):
     """The package index could not be reached and the cache does not help."""
 
 
+class DeadlineExceeded(IndexUnreachable):
+    """A page or download took longer than its whole-request deadline ($KETTA_DOWNLOAD_DEADLINE)."""
+
+
 class HashMismatch(UpstreamError):
     """A downloaded artifact does not have the sha256 the index publishes."""
 

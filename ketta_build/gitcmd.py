@@ -26,6 +26,7 @@ import tarfile
 from pathlib import Path
 
 from .errors import GitError
+from .safetree import check_member, extract_members, read_to_end
 
 #: On every command line: no hook, fsmonitor, signature, template, attribute or ignore file of the
 #: user's; replacements ignored; commit objects always UTF-8 (no ``encoding`` header).
@@ -106,13 +107,18 @@ def git_succeeds(cwd: Path, *args: str) -> bool:
 
 
 def extract_tree(repo: Path, rev: str, dest: Path, *paths: str) -> None:
-    """The files of ``rev`` (only ``paths`` when given) written under ``dest``, as ``git archive``
-    gives them: no work-tree noise, no ``.git``. A path outside ``dest`` in the archive is refused."""
+    """The files of ``rev`` (only ``paths`` when given) written to ``dest`` (missing or empty), as ``git
+    archive`` gives them: no work-tree noise, no ``.git``. A tree with a path or link leaving ``dest``
+    (also through a chain of links) is refused and nothing is written (:mod:`ketta_build.safetree`)."""
     archive = git_bytes(repo, "archive", "--format=tar", rev, *paths)
+    label = f"{rev} of {repo}"
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = read_to_end(tar, label, GitError)
+        for m in members:
+            check_member(m, label, GitError)
         try:
-            tar.extractall(dest, filter="data")
-        except (tarfile.TarError, OSError) as exc:
+            extract_members(tar, members, dest, label, GitError)
+        except OSError as exc:
             raise GitError(f"cannot write {rev} of {repo} into {dest}: {exc}") from None
 
 

@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from packaging.version import InvalidVersion, Version
 
 from .atomic import write_atomic
-from .cache import default_cache_dir
-from .errors import IndexUnreachable
+from .cache import default_cache_dir, is_sha256
+from .errors import DeadlineExceeded, IndexUnreachable, KettaError, UpstreamError
 
 PROJECT = "letta"
 _JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
@@ -176,6 +176,7 @@ def uv_environment(explicit: str | None = None) -> dict[str, str]:
 # --------------------------------------------------------------------------- index pages
 
 
+
 @dataclass(frozen=True)
 class IndexFile:
     filename: str
@@ -242,9 +243,173 @@ def _urllib_request():
     return urllib.request
 
 
-def _open(url: str, headers: dict[str, str] | None = None):
-    req = _urllib_request().Request(url, headers=headers or {})
-    return _urllib_request().urlopen(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
+DEADLINE_VARIABLE = "KETTA_DOWNLOAD_DEADLINE"
+DOWNLOAD_DEADLINE = 300.0  # seconds for a whole sdist, unless $KETTA_DOWNLOAD_DEADLINE says otherwise
+PAGE_DEADLINE = 60.0  # for a page or a piece of a wheel (never more than the download deadline)
+
+
+def download_deadline() -> float:
+    """Seconds one download may take from its first byte asked to its last read ($KETTA_DOWNLOAD_DEADLINE)."""
+    raw = os.environ.get(DEADLINE_VARIABLE)
+    if raw is None or raw == "":
+        return DOWNLOAD_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise KettaError(f"{DEADLINE_VARIABLE}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def page_deadline() -> float:
+    return min(PAGE_DEADLINE, download_deadline())
+
+
+class _Deadline:
+    """A whole-request deadline. Socket timeouts bound each read, not the request: an index that trickles
+    a byte every 20 s would keep a download going for ever. When this one passes, the request's sockets
+    are shut down (through duplicates of them held here, so no descriptor can have been reused in between),
+    which ends any read blocked on them; the reader then raises :class:`DeadlineExceeded`."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        import threading
+
+        self.seconds = seconds
+        self.what = what
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list = []
+        self._done = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock):
+        """Keep a duplicate of ``sock`` (a connected socket of the request) to shut it down on expiry."""
+        import socket
+
+        with self._lock:
+            if not self._done:
+                try:
+                    self._sockets.append(socket.fromfd(sock.fileno(), sock.family, sock.type))
+                except OSError:
+                    pass
+                if self.expired:
+                    self._shut()
+        return sock
+
+    def _shut(self) -> None:
+        import socket
+
+        for dup in self._sockets:
+            try:
+                dup.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            self._shut()
+
+    def finish(self) -> bool:
+        """Stop watching (the request is over) and close the duplicates; whether the deadline had passed."""
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+            for dup in self._sockets:
+                dup.close()
+            self._sockets = []
+            return self.expired
+
+    def error(self) -> "DeadlineExceeded":
+        return DeadlineExceeded(f"{self.what} took longer than {self.seconds:g} s: the index is too slow or stalled; "
+                                f"try again, or allow more time with {DEADLINE_VARIABLE}=SECONDS")
+
+
+def _watched_opener(deadline: _Deadline):
+    """urllib's default opener, whose HTTP(S) connections hand each socket they open to ``deadline``."""
+    request = _urllib_request()
+
+    def watched(http_class):
+        class Watched(http_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                create = self._create_connection
+                self._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+
+        return Watched
+
+    class HTTP(request.HTTPHandler):
+        def do_open(self, http_class, req, **kwargs):
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    class HTTPS(request.HTTPSHandler):
+        def do_open(self, http_class, req, **kwargs):
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    return request.build_opener(HTTP(), HTTPS())
+
+
+class _Response:
+    """A response read under a :class:`_Deadline`: the deadline's error instead of whatever a shut-down
+    socket makes a read raise or return; closing it stops the deadline."""
+
+    def __init__(self, resp, deadline: _Deadline) -> None:
+        self._resp = resp
+        self._deadline = deadline
+        self.headers = resp.headers
+        self.status = resp.status
+
+    def geturl(self) -> str:
+        return self._resp.geturl()
+
+    def read(self, amount: int | None = None) -> bytes:
+        try:
+            data = self._resp.read() if amount is None else self._resp.read(amount)
+        except BaseException:
+            if self._deadline.expired:
+                raise self._deadline.error() from None
+            raise
+        if self._deadline.expired:
+            raise self._deadline.error()
+        return data
+
+    def close(self) -> None:
+        self._deadline.finish()
+        self._resp.close()
+
+    def __enter__(self) -> "_Response":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open(url: str, headers: dict[str, str] | None = None, *, deadline: float | None = None, what: str | None = None,
+          method: str = "GET"):
+    """``method`` ``url``; the whole request, body included, must be over within ``deadline`` seconds
+    (default: a page's)."""
+    watch = _Deadline(page_deadline() if deadline is None else deadline, what or f"reading {_redact(url)}")
+    req = _urllib_request().Request(url, headers=headers or {}, method=method)
+    try:
+        resp = _watched_opener(watch).open(req, timeout=_TIMEOUT)  # noqa: S310 - index URLs come from the user's config
+    except BaseException:
+        if watch.finish():
+            raise watch.error() from None
+        raise
+    return _Response(resp, watch)
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """What reading from an index can raise: URL and socket errors, and http.client's own (a body that ends
+    before its Content-Length, a malformed status line). http.client is loaded with urllib.request, not before."""
+    import http.client
+
+    return urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException
 
 
 def _redact(url: str) -> str:
@@ -256,7 +421,13 @@ def _redact(url: str) -> str:
 
 
 def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile] | None:
-    """The files an index lists for ``project``; None if it does not have the project."""
+    """The files an index lists for ``project``; None if it does not have the project.
+
+    Every entry is judged before anything uses it: a file name must be a plain name, a sha256 64
+    lowercase hex digits, a link http(s) (or, on a ``file://`` index, a local file); a page that
+    breaks any of these, or is not the JSON or HTML it claims to be, is refused as a whole (one line
+    naming the page), never half read.
+    """
     page = f"{index_url}/{project}/"
     try:
         if page.startswith("file:"):
@@ -272,28 +443,73 @@ def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile
         if exc.code == 404:
             return None
         raise IndexUnreachable(f"the index at {_redact(index_url)} answered HTTP {exc.code} for {project}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except transport_errors() as exc:
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__ + (f": {exc}" if str(exc) else "")
         raise IndexUnreachable(f"cannot reach the package index at {_redact(index_url)} ({reason})") from None
 
+    where = _redact(page)
     if "json" in ctype:
+        entries = _json_entries(body, where)
+    else:
+        entries = _html_entries(body)
+    return [_judged(where, base, *entry) for entry in entries]
+
+
+def _json_entries(body: bytes, where: str) -> list[tuple]:
+    """(file name, href, sha256, upload time, yanked) of each file of a PEP 691 JSON page."""
+    try:
         data = json.loads(body)
-        return [
-            IndexFile(
-                f["filename"],
-                urllib.parse.urljoin(base, f["url"]),
-                (f.get("hashes") or {}).get("sha256"),
-                f.get("upload-time"),
-                None if not f.get("yanked") else (f["yanked"] if isinstance(f["yanked"], str) else ""),
-            )
-            for f in data.get("files", [])
-        ]
+    except ValueError as exc:
+        raise UpstreamError(f"not a valid PEP 691 JSON page ({exc})", path=where) from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list):
+        raise UpstreamError("not a PEP 691 JSON project page: it has no list of files", path=where)
+    entries = []
+    for number, f in enumerate(files, 1):
+        hashes = f.get("hashes", {}) if isinstance(f, dict) else None
+        if (not isinstance(f, dict) or not isinstance(f.get("filename"), str) or not isinstance(f.get("url"), str)
+                or not isinstance(hashes, dict) or not isinstance(f.get("upload-time"), (str, type(None)))
+                or not isinstance(f.get("yanked", False), (bool, str))):
+            raise UpstreamError(f"file entry {number} of the PEP 691 JSON page is malformed (it needs a filename and "
+                                "url string, a hashes table, and yanked true/false or a reason)", path=where)
+        yanked = f.get("yanked")
+        entries.append((f["filename"], f["url"], hashes.get("sha256"), f.get("upload-time"),
+                        None if not yanked else (yanked if isinstance(yanked, str) else "")))
+    return entries
+
+
+def _html_entries(body: bytes) -> list[tuple]:
+    """(file name, href, sha256, upload time, yanked) of each anchor of a PEP 503 HTML page."""
     parser = _anchor_parser()
     parser.feed(body.decode("utf-8", "replace"))
-    files = []
+    entries = []
     for number, (href, text) in enumerate(parser.anchors):
         url, _, frag = href.partition("#")
         sha = frag.split("=", 1)[1] if frag.startswith("sha256=") else None
-        name = text or PurePosixPath(urllib.parse.urlsplit(url).path).name
-        files.append(IndexFile(name, urllib.parse.urljoin(base, url), sha, yanked=parser.yanked.get(number)))
-    return files
+        name = text or urllib.parse.unquote(PurePosixPath(urllib.parse.urlsplit(url).path).name)
+        entries.append((name, url, sha, None, parser.yanked.get(number)))
+    return entries
+
+
+def _judged(where: str, base: str, name: str, href: str, sha: object, upload_time: str | None,
+            yanked: str | None) -> IndexFile:
+    """One entry of a page as an :class:`IndexFile`, or the error that refuses the page."""
+    if not is_plain_file_name(name):
+        raise UpstreamError(f"the page lists {name!r}, which is not a plain file name (no '/', '\\', '..' or control "
+                            "characters): refusing the page", path=where)
+    if sha is not None and not is_sha256(sha):
+        raise UpstreamError(f"the page gives {name} the sha256 {str(sha)!r}, which is not 64 lowercase hex digits: "
+                            "refusing the page", path=where)
+    url = urllib.parse.urljoin(base, href)
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    allowed = ("http", "https", "file") if base.startswith("file:") else ("http", "https")
+    if scheme not in allowed:
+        raise UpstreamError(f"the page links {name} to a {scheme or 'relative'}: URL ({_redact(url)}); a page fetched "
+                            f"over http(s) may only link http(s) files: refusing the page", path=where)
+    return IndexFile(name, url, sha, upload_time, yanked)
+
+
+def is_plain_file_name(name: object) -> bool:
+    """A file name an index may give a file: not empty, no path separator, no ``..``, printable."""
+    return (isinstance(name, str) and bool(name) and name.isprintable() and "/" not in name and "\\" not in name
+            and ".." not in name)

@@ -17,6 +17,8 @@ Rules (each finding names the file and line):
 ``releases``      a ``Releases:`` field starts with the releases the guard really serves;
 ``line-endings``  the file has LF line endings (one finding for a converted file, not one per line);
 ``tox``           tox.ini is the one generated from ``releases.toml`` (``ketta-build port`` keeps it so);
+``pin``           every release in ``releases.toml`` is pinned (``sha256`` of its sdist; a malformed one is a
+                  parse error): a release without a pin is not fetched, so nothing about it is checked;
 ``source``        a supported release that cannot be had (index unreachable, not on it): nothing about it is
                   checked; the CLI exits 3 when these are the only errors;
 ``variant-drift`` (a warning) variants of one patch whose corresponding hunks add different lines:
@@ -118,7 +120,7 @@ class _Canon:
 
     def __init__(self, series: Series, cache: Cache, index_url: str | None) -> None:
         self.series = series
-        self.source = IndexSource(cache, index_url, allow_unsupported=True)
+        self.source = IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases)
         self.finder = PreimageFinder(series, {}, self.source, cache)
         self.scratch = Path(tempfile.mkdtemp(prefix="ketta-lint-"))
         git(self.scratch, "init", "-q", ".")
@@ -173,9 +175,15 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
     versions = releases.versions
     findings += _variants(series, versions)
     canon = _Canon(series, cache or Cache(), index_url)
+    unpinned = [r for r in releases if r.sha256 is None]
+    for release in unpinned:
+        findings.append(Finding("pin", releases.path, release.line,
+                                f"letta {release.version} has no pin: add sha256 = \"<the sha256 of its sdist>\" to its "
+                                "[[release]] (ketta-build apply --letta VERSION says what the index publishes)"))
     unavailable = {v: why for v in versions if isinstance(why := canon.finder.repos.get(v), str)}
     for version, why in unavailable.items():
-        findings.append(Finding("source", series.series_file, None, f"cannot check letta {version}: {why}"))
+        if not any(r.version == version for r in unpinned):  # said once above
+            findings.append(Finding("source", series.series_file, None, f"cannot check letta {version}: {why}"))
     try:
         loaded: dict[str, Patch] = {}
         unreadable: set[str] = set()  # patches already reported; what depends on them is not judged

@@ -324,7 +324,8 @@ class CellKeys:
                                       build_root=self.build_root, cache=self.cache, index_url=self.index_url)
                 found = {"wheel": built.wheel.sha256, "constraints": sha256_file(built.constraints)}
             else:  # a stock start side of an upgrade pair: made from the sdist alone
-                source = IndexSource(self.cache, self.index_url, allow_unsupported=True)
+                source = IndexSource(self.cache, self.index_url, allow_unsupported=True,
+                                     releases=load_releases(self.series_dir))
                 found = {"sdist": source.resolve(parse_version(version)).sha256}
             self._releases[version, patched] = found
         return self._releases[version, patched]

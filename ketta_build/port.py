@@ -82,6 +82,7 @@ class PortState:
     stopped_at: str | None = None
     stopped_head: str | None = None  # HEAD when the port stopped
     stopped_worktree: str | None = None  # the work tree's content then (a tree id), to tell work done since
+    sha256: str | None = None  # of the release's sdist: its pin in releases.toml once the port is finished
 
     def save(self) -> None:
         write_atomic(Path(self.tree) / ".git" / STATE, (json.dumps(asdict(self), indent=2) + "\n").encode())
@@ -212,18 +213,28 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, cache
     check_out_dir(out, force, "--tree")
     entries = carried_entries(series, new)
     report = apply_series(release, source, series, out, options=ApplyOptions(force=force, out_flag="--tree"),
-                          cache=cache, base_source=IndexSource(cache, index_url, allow_unsupported=True),
+                          cache=cache, base_source=IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases),
                           progress=progress, entries=entries)
     patches = [PortedPatch(r.name, r.outcome.value, r.commit, _hunk_counts(r)) for r in report.results]
     patches += [PortedPatch(name, "not-attempted") for name in report.not_attempted]
     date = source.upload_date(new) or sdist_date(source.sdist_path(release))
-    state = PortState(str(new), str(series_dir.absolute()), str(out), in_place, index_url, date, patches)
+    state = PortState(str(new), str(series_dir.absolute()), str(out), in_place, index_url, date, patches,
+                      sha256=release.sha256)
     _register(cache, state)
     if report.failed:
         _stop(state, out, report.failed[0].name, result_failure_lines(series_dir, report.failed))
         return PortResult(state, False, plan=_plan(state, result_failure_lines(series_dir, report.failed)))
     state.save()
     return finish_port(out, cache=cache)
+
+
+def _tree_sdist_sha256(tree: Path) -> str | None:
+    """The sha256 of the sdist the port's tree was made from, as its apply report says (a port started
+    before the state kept it)."""
+    try:
+        return json.loads((tree / ".git" / "ketta-build.json").read_text())["upstream"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _worktree_id(tree: Path) -> str:
@@ -365,7 +376,8 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
         state.stopped_at = state.stopped_head = state.stopped_worktree = None
         state.save()
     release_version = Version(state.version)
-    finder = PreimageFinder(series, {}, IndexSource(cache, state.index_url, allow_unsupported=True), cache)
+    finder = PreimageFinder(series, {}, IndexSource(cache, state.index_url, allow_unsupported=True,
+                                                    releases=series.releases), cache)
     for ported in state.patches:
         if ported.outcome != "not-attempted":
             continue
@@ -445,7 +457,7 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
     series = read_series(series_dir)
     versions = sorted({*series.releases.versions, new})
     cache = cache or Cache()
-    repos = PristineRepos(IndexSource(cache, state.index_url, allow_unsupported=True), cache)
+    repos = PristineRepos(IndexSource(cache, state.index_url, allow_unsupported=True, releases=series.releases), cache)
     by_name = {e.name: e for e in series.entries}
     carried: dict[str, _Carried] = {}
     for ported in state.patches:
@@ -508,7 +520,7 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
         if plan.series_text.encode() != series.series_file.read_bytes():
             write_atomic(series.series_file, plan.series_text.encode())
             written.append(series.series_file)
-        if add_release(series_dir, new, state.upload_date or "unknown"):
+        if add_release(series_dir, new, state.upload_date or "unknown", state.sha256 or _tree_sdist_sha256(tree)):
             written.append(load_releases(series_dir).path)
         project = series_dir.absolute().parent
         if (project / "tox.ini").exists() and toxini.write(project):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date as Date
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from .cache import is_sha256
 from .errors import SeriesError, UnknownRelease
 
 RELEASES_FILE = "releases.toml"
@@ -28,6 +29,8 @@ FIRST_LETTA_CODE = Version("0.32.0")
 class ServerRelease:
     version: Version
     date: str  # release date, ISO 8601, or "unknown"
+    sha256: str | None = None  # the pin: the sha256 of the release's sdist (None: not pinned yet)
+    line: int | None = field(default=None, compare=False)  # of its [[release]] in releases.toml
 
     def __str__(self) -> str:
         return str(self.version)
@@ -111,8 +114,9 @@ def _parse(path: Path) -> SupportedReleases:
     releases: list[ServerRelease] = []
     for number, entry in enumerate(entries):
         line = lines[number] if number < len(lines) else None
-        if not isinstance(entry, dict) or set(entry) != {"version", "date"}:
-            raise SeriesError("each [[release]] has exactly two keys, version and date", path=path, line=line)
+        if not isinstance(entry, dict) or not {"version", "date"} <= set(entry) <= {"version", "date", "sha256"}:
+            raise SeriesError("each [[release]] has version, date and sha256 (the pin: the sha256 of the release's "
+                              "sdist), and no other key", path=path, line=line)
         try:
             version = Version(str(entry["version"]))
         except InvalidVersion:
@@ -123,28 +127,51 @@ def _parse(path: Path) -> SupportedReleases:
         except ValueError:
             raise SeriesError(f"date {entry['date']!r} is neither an ISO date (YYYY-MM-DD) nor {UNKNOWN_DATE!r}",
                               path=path, line=line) from None
+        pin = entry.get("sha256")
+        if pin is not None and not is_sha256(pin):
+            raise SeriesError(f"sha256 {pin!r} of letta {version} is not a sha256 (64 lowercase hex digits)",
+                              path=path, line=line)
         if releases and version <= releases[-1].version:
             raise SeriesError(f"releases must be listed oldest first without repeats ({version} after {releases[-1].version})",
                               path=path, line=line)
-        releases.append(ServerRelease(version, str(entry["date"])))
+        releases.append(ServerRelease(version, str(entry["date"]), pin, line))
     return SupportedReleases(path, tuple(releases))
 
 
-def add_release(series_dir: Path, version: Version, date: str) -> bool:
-    """Put ``version`` into ``series_dir/releases.toml`` in version order; False if it is listed already."""
+def add_release(series_dir: Path, version: Version, date: str, sha256: str | None = None) -> bool:
+    """Put ``version`` (pinned to ``sha256``, its sdist's) into ``series_dir/releases.toml`` in version order;
+    False if it is listed already."""
     current = load_releases(series_dir)
     if current.find(version):
         return False
     if date != UNKNOWN_DATE:
         Date.fromisoformat(date)
-    releases = sorted([*current.releases, ServerRelease(version, date)], key=lambda r: r.version)
+    if sha256 is not None and not is_sha256(sha256):
+        raise SeriesError(f"refusing to pin letta {version} to {sha256!r}, which is not a sha256", path=current.path)
+    releases = sorted([*current.releases, ServerRelease(version, date, sha256)], key=lambda r: r.version)
     text = current.path.read_text(encoding="utf-8")
     head = text[: text.index("[[release]]")] if "[[release]]" in text else text
-    body = "\n".join(f'[[release]]\nversion = "{r.version}"\ndate = "{r.date}"\n' for r in releases)
+    body = "\n".join(f'[[release]]\nversion = "{r.version}"\ndate = "{r.date}"\n'
+                     + (f'sha256 = "{r.sha256}"\n' if r.sha256 else "") for r in releases)
     tmp = current.path.with_name(current.path.name + ".tmp")
     tmp.write_text(head + body, encoding="utf-8")
     os.replace(tmp, current.path)
     return True
+
+
+def unpinned(release: ServerRelease, releases: SupportedReleases, published: str | None = None,
+             filename: str | None = None) -> SeriesError:
+    """The error for a supported release that has no pin; ``published`` is what the index says its sdist's
+    sha256 is, when it could be asked (to be checked before it is written down)."""
+    if published:
+        what = (f'sha256 = "{published}" to its [[release]] once you checked it is the sha256 of the real '
+                f"{filename or 'sdist'} (what the index publishes; e.g. pip download --no-deps --no-binary :all: "
+                f"letta=={release.version} and sha256sum)")
+    else:
+        what = (f'sha256 = "<the sha256 of the sdist of letta {release.version}>" to its [[release]] (e.g. pip download '
+                f"--no-deps --no-binary :all: letta=={release.version} and sha256sum)")
+    return SeriesError(f"letta {release.version} has no pin: add {what}; a release is only fetched to match its pin",
+                       path=releases.path, line=release.line)
 
 
 def parse_version(text: str) -> Version:

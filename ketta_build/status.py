@@ -118,7 +118,8 @@ def series_status(series_dir: Path, *, cache: Cache | None = None, index_url: st
     day = on or date.today()
     series: Series = read_series(series_dir)
     versions = series.releases.versions
-    repos = PristineRepos(IndexSource(cache or Cache(), index_url, allow_unsupported=True), cache or Cache())
+    repos = PristineRepos(IndexSource(cache or Cache(), index_url, allow_unsupported=True, releases=series.releases),
+                          cache or Cache())
     outcomes, gaps = patch_outcomes(series, versions, repos)
     unavailable = {str(g.version): g.reason for g in gaps}
     by_release = {v: {o.patch: o.outcome for o in found} for v, found in outcomes.items()}

@@ -22,6 +22,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -38,10 +39,12 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
-from .index import _TIMEOUT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, list_project_files
+from .index import (PROJECT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, download_deadline,
+                    list_project_files, transport_errors)
 from .gitcmd import blob, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
-from .errors import HashMismatch, IndexUnreachable, NotAServerRelease, UnknownRelease, UpstreamError
-from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release
+from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
+from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release, unpinned
+from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
 
 Progress = Callable[[str], None]
 
@@ -87,8 +90,7 @@ class _RangeFile(io.RawIOBase):
     def __init__(self, url: str) -> None:
         self.url = url
         self.pos = 0
-        req = _urllib_request().Request(url, method="HEAD")
-        with _urllib_request().urlopen(req, timeout=_TIMEOUT) as resp:  # noqa: S310
+        with _open(url, method="HEAD") as resp:
             self.size = int(resp.headers["Content-Length"])
 
     def seekable(self) -> bool:
@@ -140,7 +142,7 @@ def _not_server_message(version: Version, files: list[IndexFile], releases: Supp
         return None
     try:
         names = wheel_top_level(wheels[-1].url)
-    except (OSError, zipfile.BadZipFile, urllib.error.URLError, KeyError, ValueError):
+    except (*transport_errors(), zipfile.BadZipFile, KeyError, ValueError):
         names = set()
     if names:
         if "letta" in names:
@@ -170,69 +172,88 @@ def check_server_tree(tree: Path, label: str) -> None:
 # --------------------------------------------------------------------------- safe extraction
 
 
-def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None) -> None:
-    """Extract a ``.tar.gz`` sdist into ``dest``, dropping its top-level directory.
+def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None, top: str | None = None) -> None:
+    """Extract a ``.tar.gz`` sdist into ``dest`` (missing or empty), dropping its top-level directory.
 
-    Refuses members that are absolute, contain ``..``, are links pointing
-    outside the tree, or are devices/FIFOs, naming the archive and member.
-    ``name`` is how errors call the archive (default: its path).
+    The archive must hold exactly one top-level directory (``top``, when given: ``letta-0.16.8``), be
+    read whole, and pass :mod:`ketta_build.safetree`'s checks: members that are absolute, contain
+    ``..``, are devices/FIFOs, links leaving the tree (also through other links) or version-control
+    metadata are refused, naming the archive and member. ``name`` is how errors call the archive
+    (default: its path). On a refusal nothing is left in ``dest``.
     """
     label = name or str(archive)
     try:
         tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise UpstreamError(f"cannot open the archive: {exc}", path=label) from None
     with tar:
-        members = tar.getmembers()
+        members = read_to_end(tar, label)
         if not members:
             raise UpstreamError("the archive is empty", path=label)
         tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
         for m in members:
-            _check_member(m, label)
+            check_member(m, label)
         if len(tops) != 1:
-            raise UpstreamError(f"expected one top-level directory, found {len(tops)}", path=label)
-        top = tops.pop()
+            raise UpstreamError(f"expected one top-level directory, found {len(tops)} ({', '.join(sorted(tops)[:3])})",
+                                path=label)
+        found = tops.pop()
+        if top is not None and not _same_sdist_name(found, top):
+            raise UpstreamError(f"its top-level directory is '{found}', not '{top}' as the sdist of this release "
+                                "must name it", path=label)
         kept = []
         for m in members:
-            rel = PurePosixPath(m.name).relative_to(top)
+            rel = PurePosixPath(m.name).relative_to(found)
             if str(rel) in ("", "."):
+                if not m.isdir():
+                    raise UpstreamError(f"member '{m.name}' is the top-level directory's name but not a directory",
+                                        path=label)
                 continue
             m = m.replace(name=str(rel), deep=False)
             if m.islnk():
-                m = m.replace(linkname=str(PurePosixPath(m.linkname).relative_to(top)), deep=False)
+                target = PurePosixPath(m.linkname)
+                if not target.is_relative_to(found) or target == PurePosixPath(found):
+                    raise UpstreamError(f"member '{rel}' is a hard link to '{m.linkname}', outside the top-level "
+                                        "directory", path=label)
+                m = m.replace(linkname=str(target.relative_to(found)), deep=False)
             kept.append(m)
+        extract_members(tar, kept, dest, label)
+
+
+def _same_sdist_name(found: str, wanted: str) -> bool:
+    """Do two ``name-version`` directory names name the same release (names as PEP 503 normalises
+    them, versions as PEP 440 does: ``Letta-0.16.08`` is ``letta-0.16.8``)?"""
+    from packaging.utils import canonicalize_name
+
+    try:
+        (a_name, a_version), (b_name, b_version) = (x.rsplit("-", 1) for x in (found, wanted))
+        return canonicalize_name(a_name) == canonicalize_name(b_name) and Version(a_version) == Version(b_version)
+    except (ValueError, InvalidVersion):
+        return False
+
+
+def check_version_inside(tree: Path, version: Version, label: str) -> None:
+    """Refuse an unpacked sdist whose metadata names another release than ``version``: ``PKG-INFO``'s
+    ``Version:`` and ``pyproject.toml``'s literal version must both say it where they are there, and one
+    of them must be."""
+    said = []
+    pkg_info = tree / "PKG-INFO"
+    if pkg_info.is_file():
+        found = re.search(r"^Version:[ \t]*(\S+)[ \t]*$", pkg_info.read_text(errors="replace").split("\n\n", 1)[0], re.M)
+        said.append(("PKG-INFO", found.group(1) if found else "no version"))
+    pyproject = tree / "pyproject.toml"
+    literal = _literal_version(pyproject.read_text(errors="replace")) if pyproject.is_file() else None
+    if literal is not None:
+        said.append(("pyproject.toml", str(literal)))
+    if not said:
+        raise UpstreamError(f"neither PKG-INFO nor pyproject.toml says which version it is; expected {version}", path=label)
+    for where, text in said:
         try:
-            tar.extractall(dest, members=kept, filter="data")
-        except tarfile.TarError as exc:  # the data filter is a second line of defence
-            raise UpstreamError(f"unsafe archive member: {exc}", path=label) from None
-
-
-def _check_member(m: tarfile.TarInfo, archive: str | Path) -> None:
-    name = m.name
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UpstreamError(f"member '{name}' has an absolute path", path=archive)
-    if ".." in parts:
-        raise UpstreamError(f"member '{name}' contains '..'", path=archive)
-    if m.isdev() or m.isfifo():
-        raise UpstreamError(f"member '{name}' is a device or FIFO", path=archive)
-    if m.issym() or m.islnk():
-        link = PurePosixPath(m.linkname)
-        base = PurePosixPath(name).parent if m.issym() else PurePosixPath()
-        if link.is_absolute() or _escapes(base / link):
-            raise UpstreamError(f"member '{name}' is a link to '{m.linkname}' outside the tree", path=archive)
-
-
-def _escapes(path: PurePosixPath) -> bool:
-    depth = 0
-    for part in path.parts:
-        if part == "..":
-            depth -= 1
-            if depth < 1:  # must stay inside the top-level directory
-                return True
-        elif part != ".":
-            depth += 1
-    return False
+            same = Version(text) == version
+        except InvalidVersion:
+            same = False
+        if not same:
+            raise UpstreamError(f"its {where} says version {text}, not {version} as the index names it: refusing a "
+                                "release that is not the one asked for", path=label)
 
 
 # --------------------------------------------------------------------------- sources
@@ -255,6 +276,11 @@ def download_progress(name: str, done: int, total: int, seconds: float) -> str:
     rate = done / seconds / 1e6 if seconds > 0 else 0.0
     size = f"{done / 1e6:.1f} / {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
     return f"downloading {name}: {size} at {rate:.1f} MB/s"
+
+
+def _pinned_source(sha256: str) -> str:
+    """The cache's record key for a pinned sdist, shared by every index that serves it."""
+    return f"sha256:{sha256}"
 
 
 class IndexSource:
@@ -299,14 +325,22 @@ class IndexSource:
         return " ".join(self._index_urls())
 
     def resolve(self, version: Version | None) -> UpstreamRelease:
+        """The sdist of ``version``, in the cache once this returns. A supported release must have a pin in
+        ``releases.toml`` and is only ever the sdist with that sha256 (from the cache, whichever index it was
+        fetched from, or from the index, which must publish that file); a release the series does not
+        support yet (``port``, ``upstream check``) is the sdist with the sha256 the index publishes."""
         if version is None:
             raise UnknownRelease("--letta VERSION is required with the package index as source")
-        record = self.cache.read_release(str(version), self.source_id)
-        if record is not None and self.cache.has_blob(record["sha256"]) and self._still_published(version, record):
-            return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
-
         releases = self.releases or load_releases()
-        supported = releases.find(version) or (self.allow_unsupported or None)
+        listed = releases.find(version)
+        if listed is not None and listed.sha256 is None:
+            raise self._unpinned(listed, releases)
+        pin = listed.sha256 if listed is not None else None
+        cached = self._cached(version, pin)
+        if cached is not None:
+            return cached
+
+        supported = listed or (self.allow_unsupported or None)
         try:
             found = self._find_files(version)
         except IndexUnreachable as exc:
@@ -317,7 +351,7 @@ class IndexSource:
                 "connect to the index, pass --index-url, or use --letta-dir/--letta-git"
             ) from None
         if found is None:
-            if releases.find(version):
+            if listed:
                 raise UpstreamError(f"letta {version} (a supported release) is not on {', '.join(map(_redact, self._index_urls()))}; "
                                     "pass --index-url for an index that has it")
             raise unknown_release(version, "no such version on the index", releases)
@@ -331,14 +365,41 @@ class IndexSource:
         sdist = next((f for f in files if f.filename.endswith(".tar.gz")), None)
         if sdist is None:
             raise UpstreamError(f"letta {version} on {_redact(index_url)} has no .tar.gz sdist")
-        if not sdist.sha256:
+        if pin is not None and sdist.sha256 is not None and sdist.sha256 != pin:
+            raise HashMismatch(
+                f"letta {version} is pinned to sha256 {pin} ({releases.path}:{listed.line}), but {_redact(index_url)} "
+                f"publishes {sdist.filename} with sha256 {sdist.sha256}: refusing a release that is not the pinned one"
+            )
+        expected = pin or sdist.sha256
+        if not expected:
             raise UpstreamError(f"{_redact(index_url)} publishes no sha256 for {sdist.filename}: refusing an unverifiable download")
-        self._download(sdist)
-        self.cache.write_release(
-            str(version), self.source_id,
-            {"filename": sdist.filename, "sha256": sdist.sha256, "url": _redact(sdist.url), "upload_time": sdist.upload_time},
-        )
-        return UpstreamRelease(version, "index", _redact(sdist.url), sdist.sha256, sdist.filename)
+        self._download(sdist, expected, pinned=pin is not None)
+        record = {"filename": sdist.filename, "sha256": expected, "url": _redact(sdist.url), "upload_time": sdist.upload_time}
+        self.cache.write_release(str(version), self.source_id, record)
+        self.cache.write_release(str(version), _pinned_source(expected), record)
+        return UpstreamRelease(version, "index", _redact(sdist.url), expected, sdist.filename)
+
+    def _cached(self, version: Version, pin: str | None) -> UpstreamRelease | None:
+        """The release from the cache alone, if it can be: a pinned one from whichever index it was fetched
+        (the pin says which bytes it is); another one only as this source resolved it."""
+        record = self.cache.read_release(str(version), self.source_id)
+        if pin is not None:
+            if record is None or record["sha256"] != pin:
+                record = self.cache.read_release(str(version), _pinned_source(pin))
+            if record is None or record["sha256"] != pin or not self.cache.has_blob(pin):
+                return None
+        elif record is None or not self.cache.has_blob(record["sha256"]) or not self._still_published(version, record):
+            return None
+        return UpstreamRelease(version, "index", record["url"], record["sha256"], record["filename"])
+
+    def _unpinned(self, listed, releases: SupportedReleases) -> KettaError:
+        """The error for a supported release without a pin, with what the index publishes when it can say."""
+        try:
+            found = self._find_files(listed.version)
+        except KettaError:
+            found = None
+        sdist = next((f for f in found[1] if f.filename.endswith(".tar.gz")), None) if found else None
+        return unpinned(listed, releases, sdist.sha256 if sdist else None, sdist.filename if sdist else None)
 
     def _still_published(self, version: Version, record: dict) -> bool:
         """A package index does not change a published file, but a local directory index can: for a
@@ -352,16 +413,17 @@ class IndexSource:
             return True
         return found is not None and any(f.filename == record["filename"] and f.sha256 == record["sha256"] for f in found[1])
 
-    def _download(self, item: IndexFile) -> None:
-        assert item.sha256
-        with self.cache.lock(f"blob-{item.sha256}"):
-            if self.cache.has_blob(item.sha256):
+    def _download(self, item: IndexFile, expected: str, pinned: bool = False) -> None:
+        with self.cache.lock(f"blob-{expected}"):
+            if self.cache.has_blob(expected):
                 return
             self.progress(f"downloading {item.filename}")
             fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=self.cache.ensure("blobs"))
             h = hashlib.sha256()
             try:
-                with os.fdopen(fd, "wb") as out, _open(item.url) if not item.url.startswith("file:") else open(
+                with os.fdopen(fd, "wb") as out, _open(
+                    item.url, deadline=download_deadline(), what=f"the download of {item.filename} from {_redact(item.url)}"
+                ) if not item.url.startswith("file:") else open(
                     _urllib_request().url2pathname(urllib.parse.urlsplit(item.url).path), "rb"
                 ) as resp:
                     total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
@@ -371,24 +433,37 @@ class IndexSource:
                         out.write(chunk)
                         done += len(chunk)
                         self.progress(download_progress(item.filename, done, total, time.monotonic() - start))
+                if total and done != total:  # http.client ends a read at an early close without a word
+                    raise IndexUnreachable(f"the download of {item.filename} from {_redact(item.url)} ended after {done} "
+                                           f"of {total} bytes; nothing was cached")
                 got = h.hexdigest()
-                if got != item.sha256:
+                if got != expected:
+                    said = "the pin (releases.toml) says" if pinned and item.sha256 is None else "the index publishes"
                     raise HashMismatch(
-                        f"sha256 mismatch for {item.filename} from {_redact(item.url)}: the index publishes "
-                        f"{item.sha256}, the download is {got}; nothing was cached"
+                        f"sha256 mismatch for {item.filename} from {_redact(item.url)}: {said} "
+                        f"{expected}, the download is {got}; nothing was cached"
                     )
                 self.cache.add_blob(Path(tmp_name), got)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                raise IndexUnreachable(f"download of {item.filename} failed: {getattr(exc, 'reason', exc)}") from None
+            except transport_errors() as exc:
+                reason = getattr(exc, "reason", None) or f"{exc.__class__.__name__}: {exc}"
+                raise IndexUnreachable(f"download of {item.filename} failed: {reason}") from None
             finally:
                 if os.path.exists(tmp_name):
                     os.unlink(tmp_name)
 
     def upload_date(self, version: Version) -> str | None:
-        """The day the sdist of ``version`` was uploaded, as the index said (None if it did not say)."""
+        """The day the sdist of ``version`` was uploaded, as the index said (None if it did not say, or said
+        something that is not a date: it goes into ``releases.toml``)."""
+        from datetime import date
+
         record = self.cache.read_release(str(version), self.source_id) or {}
         stamp = record.get("upload_time")
-        return stamp[:10] if isinstance(stamp, str) and len(stamp) >= 10 else None
+        if not isinstance(stamp, str) or len(stamp) < 10:
+            return None
+        try:
+            return date.fromisoformat(stamp[:10]).isoformat()
+        except ValueError:
+            return None
 
     def sdist_path(self, release: UpstreamRelease) -> Path:
         assert release.sha256
@@ -406,8 +481,14 @@ class IndexSource:
         return path
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        safe_extract_sdist(self.sdist_path(release), dest, release.filename)
-        check_server_tree(dest, f"letta {release.version} ({release.filename})")
+        label = release.filename or f"letta {release.version}"
+        safe_extract_sdist(self.sdist_path(release), dest, label, top=f"{PROJECT}-{release.version}")
+        try:
+            check_server_tree(dest, f"letta {release.version} ({release.filename})")
+            check_version_inside(dest, release.version, label)
+        except KettaError:
+            shutil.rmtree(dest, ignore_errors=True)  # nothing half-made is left for a caller to take
+            raise
 
 
 class GitSource:
@@ -495,9 +576,10 @@ class GitSource:
                 raise UpstreamError(f"cannot read {release.location}: git archive: {last}")
             fh.seek(0)
             with tarfile.open(fileobj=fh) as tar:
-                for m in tar.getmembers():
-                    _check_member(m, release.location)
-                tar.extractall(dest, filter="data")
+                members = read_to_end(tar, release.location)
+                for m in members:
+                    check_member(m, release.location)
+                extract_members(tar, members, dest, release.location)
         check_server_tree(dest, release.location)
 
 
@@ -536,4 +618,22 @@ class DirSource:
         return UpstreamRelease(tree_version, "dir", str(self.path.resolve()))
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        shutil.copytree(self.path, dest, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+        """Copy the tree (its own ``.git`` left out) into a fresh directory, judge the copy as an archive's
+        tree is judged (no link leaving it, no other version-control metadata, no special file), then
+        rename it to ``dest``."""
+        tmp = fresh_dir_beside(dest)
+        try:
+            shutil.copytree(self.path, tmp, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"),
+                            copy_function=_copy_regular_file)
+            verify_tree(tmp, str(self.path))
+            put_in_place(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_regular_file(src: str, dst: str) -> None:
+    """copytree's copy of one file: a FIFO or device is refused, not opened (reading a FIFO would wait forever)."""
+    if not stat.S_ISREG(os.lstat(src).st_mode):
+        raise UpstreamError("is a special file (device, FIFO or socket), which a source tree may not hold", path=src)
+    shutil.copy2(src, dst)

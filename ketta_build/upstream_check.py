@@ -251,7 +251,8 @@ def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, in
         progress(f"dry-run port onto letta {new}")
         report = apply_series(release, source, series, work / "tree",
                               options=ApplyOptions(keep_going=True, assume_resolved=True), cache=cache,
-                              base_source=IndexSource(cache, index_url, allow_unsupported=True), entries=entries)
+                              base_source=IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases),
+                              entries=entries)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     exact = True
@@ -314,7 +315,7 @@ def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> l
     ``read_new(path)`` gives a file of the new release (None if it has none).
     """
     newest = series.releases.newest.version
-    old_source = IndexSource(cache, index_url, allow_unsupported=True)
+    old_source = IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases)
     old_repo = ensure_pristine_repo(old_source.resolve(newest), old_source, cache)
     if old_repo is None:
         return []

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import tarfile
 import textwrap
 import threading
@@ -97,6 +98,33 @@ def write_series(directory: Path, *lines: str) -> Path:
     return directory
 
 
+def pin(directory: Path, version: str, sha256: str) -> None:
+    """Pin ``version`` in ``directory/releases.toml`` to ``sha256`` (a test's made-up release, as a
+    maintainer would: ketta-build fetches a supported release only to match its pin)."""
+    path = directory / "releases.toml"
+    text = path.read_text()
+    pattern = re.compile(rf'(version = "{re.escape(version)}"\ndate = "[^"]*"\n)(sha256 = "[^"]*"\n)?')
+    text, count = pattern.subn(lambda m: f'{m.group(1)}sha256 = "{sha256}"\n', text)
+    assert count == 1, f"{version} is not listed in {path}"
+    path.write_text(text)
+
+
+def pin_sdists(directory: Path, *sdists: Path) -> None:
+    """Pin each of ``sdists`` (``letta-VERSION.tar.gz``) in ``directory/releases.toml`` to its sha256."""
+    for sdist in sdists:
+        pin(directory, sdist.name.removeprefix("letta-").removesuffix(".tar.gz"), hashlib.sha256(sdist.read_bytes()).hexdigest())
+
+
+def pin_index(directory: Path, index: "LocalIndex") -> None:
+    """Pin every release ``directory/releases.toml`` lists and ``index`` publishes an sdist of to the
+    sha256 the index publishes for it (right or, in a test of a lying index, wrong)."""
+    listed = (directory / "releases.toml").read_text()
+    for f in index.files:
+        version = str(f["filename"]).removeprefix("letta-").removesuffix(".tar.gz")
+        if str(f["filename"]).endswith(".tar.gz") and f'version = "{version}"' in listed:
+            pin(directory, version, f["hashes"]["sha256"])
+
+
 def make_sdist(path: Path, version: str, files: dict[str, str | bytes], extra_members: list[tarfile.TarInfo] | None = None,
                mtime: int = 0) -> Path:
     top = f"letta-{version}"
@@ -129,6 +157,7 @@ class LocalIndex:
     files: list[dict] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     fake_sha: dict[str, str] = field(default_factory=dict)
+    page_body: bytes | None = None  # served as the project page instead of the JSON of ``files``, when set
 
     def add(self, path: Path, *, sha256: str | None = None, yanked: str | bool = False) -> None:
         data = path.read_bytes()
@@ -156,6 +185,8 @@ def local_index(tmp_path):
 
         def _body(self):
             index.requests.append(self.path)
+            if self.path.rstrip("/") == "/simple/letta" and index.page_body is not None:
+                return index.page_body, "application/vnd.pypi.simple.v1+json"
             if self.path.rstrip("/") == "/simple/letta":
                 body = json.dumps({"meta": {"api-version": "1.0"}, "name": "letta", "files": index.files}).encode()
                 return body, "application/vnd.pypi.simple.v1+json"

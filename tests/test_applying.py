@@ -6,12 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_diff, make_sdist, server_files, write_patch, write_series, write_tree
+from conftest import make_diff, make_sdist, pin_index, server_files, write_patch, write_series, write_tree
 from packaging.version import Version
 
 from ketta_build.applying import Outcome, apply_hunks
 from ketta_build.buildtree import ApplyOptions, apply_series
 from ketta_build.patchfile import parse_patch
+from ketta_build.releases import load_releases
 from ketta_build.series import read_series
 from ketta_build.upstream import DirSource, IndexSource
 
@@ -258,10 +259,12 @@ def two_releases(tmp_path, local_index, cache):
     """letta 0.16.2 (the patch's base) and 0.16.8 (the target) on a local index."""
 
     def publish(base_text: str, target_text: str, extra_target: dict | None = None):
+        pdir = write_series(tmp_path / "patches")  # its releases.toml, pinned to these made-up releases
         for version, text, extra in (("0.16.2", base_text, {}), ("0.16.8", target_text, extra_target or {})):
             files = server_files(version, {"letta/m.py": text, **extra})
             local_index.add(make_sdist(tmp_path / f"letta-{version}.tar.gz", version, files))
-        return IndexSource(cache, local_index.url)
+        pin_index(pdir, local_index)
+        return IndexSource(cache, local_index.url, releases=load_releases(pdir))
 
     return publish
 
@@ -405,12 +408,19 @@ def test_a_patch_never_writes_through_a_symlink_out_of_the_tree(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": BODY}))
-    (tree / "letta" / "out").symlink_to(outside, target_is_directory=True)
     pdir = tmp_path / "patches"
     write_series(pdir, "0001-inside.diff", "0002-escape.diff")
     write_patch(pdir, "0001-inside.diff", make_diff("letta/new/b.py", None, "b = 1\n"))
     write_patch(pdir, "0002-escape.diff", make_diff("letta/out/evil.py", None, "evil = 1\n"))
-    source = DirSource(tree)
+
+    class LinkOutSource(DirSource):
+        # A source now refuses a tree with a link out of it (tests/test_source_safety.py): the link is
+        # put in after the export, to test the guard behind that check.
+        def export(self, release, dest):
+            super().export(release, dest)
+            (dest / "letta" / "out").symlink_to(outside, target_is_directory=True)
+
+    source = LinkOutSource(tree)
     report = apply_series(source.resolve(Version("0.16.8")), source, read_series(pdir), tmp_path / "out",
                           options=ApplyOptions(keep_going=True))
     inside, escape = report.results

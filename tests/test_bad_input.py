@@ -9,7 +9,8 @@ import tarfile
 import textwrap
 
 import pytest
-from conftest import HEADER, make_diff, make_sdist, make_wheel, server_files, write_patch, write_series, write_tree
+from conftest import (HEADER, make_diff, make_sdist, make_wheel, pin_index, server_files, write_patch, write_series,
+                      write_tree)
 
 from ketta_build import buildtree
 from ketta_build.cli import main
@@ -269,6 +270,7 @@ def test_killed_run_leaves_only_a_temp_dir_that_the_next_run_removes(project, ca
 def _index_run(tmp_path, local_index, version="0.16.8", *extra):
     pdir = write_series(tmp_path / "patches", "0001-good.diff")
     write_patch(pdir, "0001-good.diff", GOOD_DIFF)
+    pin_index(pdir, local_index)  # the made-up releases are pinned as the index publishes them
     return main(
         ["apply", "--letta", version, "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache"),
          "--patches", str(pdir), "--out", str(tmp_path / "out"), *extra]
@@ -361,6 +363,7 @@ def test_two_runs_on_one_cache_at_once_both_succeed(tmp_path, local_index):
     local_index.add(sdist)
     pdir = write_series(tmp_path / "patches", "0001-good.diff")
     write_patch(pdir, "0001-good.diff", GOOD_DIFF)
+    pin_index(pdir, local_index)
     script = textwrap.dedent(
         """
         import sys

@@ -52,15 +52,23 @@ def stop_port(world, version: str = "0.16.9") -> Path:
 
 
 def test_1_a_release_cached_from_one_index_is_never_used_for_another(world, tmp_path):
+    # 0.16.8 is pinned (releases.toml): the cache serves the pinned sdist to any index, and another
+    # index's 0.16.8 is refused and never enters the cache
     other = make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8",
                        server_files("0.16.8", {"letta/m.py": BODY.replace("line 1\n", "line 1 (other index)\n")}))
+    other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
     url = file_index(tmp_path / "other-index", [other])
     out = world.root / "b"
-    # World.run adds the world's own index: ask another one directly
-    rc = main(["apply", "--letta", "0.16.8", "--out", str(out), "--force", "--index-url", url, "--cache-dir",
-               str(world.cache), "--patches", str(world.patches)])
-    assert rc == 0 and "(other index)" in (out / "letta/m.py").read_text()
-    world.capsys.readouterr()
+    for cache in (world.cache, world.root / "fresh-cache"):
+        # World.run adds the world's own index: ask another one directly
+        rc = main(["apply", "--letta", "0.16.8", "--out", str(out), "--force", "--index-url", url, "--cache-dir",
+                   str(cache), "--patches", str(world.patches)])
+        err = world.capsys.readouterr().err
+        if cache == world.cache:  # the pinned 0.16.8 is in the cache: the other index is not even read
+            assert rc == 0 and "(other index)" not in (out / "letta/m.py").read_text(), err
+        else:
+            assert rc == 3 and other_sha in err
+        assert not list(cache.glob(f"blobs/sha256/*/{other_sha}"))
     rc, stdout, _ = world.run("apply", "--letta", "0.16.8", "--out", str(out), "--force", "--json", "-")
     report = json.loads(stdout)
     assert rc == 0 and "(other index)" not in (out / "letta/m.py").read_text()

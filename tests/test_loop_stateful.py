@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import make_diff, make_sdist, server_files, write_series
+from conftest import make_diff, make_sdist, pin_sdists, server_files, write_series
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -70,6 +70,7 @@ class Loop(RuleBasedStateMachine):
         self.patches = self.root / "repo" / "patches"
         self.patches.mkdir(parents=True)
         (self.patches / "releases.toml").write_text(RELEASES_TOML)
+        pin_sdists(self.patches, *sdists[:2])  # 0.16.7 and 0.16.8; the port pins 0.16.9
         write_series(self.patches, "0001-change-m.diff", "0002-new-module.diff",
                      "0003-tail.diff                 [letta>=0.16.8]", "0003-tail-0.16.7.diff          [letta<0.16.8]")
         m1 = BODY.replace("line 15\n", "line fifteen (ketta)\n")
@@ -129,7 +130,7 @@ class Loop(RuleBasedStateMachine):
     def assert_claims_hold(self) -> None:  # (c)
         series = read_series(self.patches)
         cache = Cache(self.cache)
-        repos = PristineRepos(IndexSource(cache, self.index, allow_unsupported=True), cache)
+        repos = PristineRepos(IndexSource(cache, self.index, allow_unsupported=True, releases=series.releases), cache)
         failures, gaps = check_claims(series, series.releases.versions, repos)
         assert not failures and not gaps, [str(f) for f in failures]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from datetime import date
@@ -88,9 +89,10 @@ def test_export_gives_a_new_patch_forwarded_and_owner(world):
 def test_status_shows_owner_age_size_and_every_release(world, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # the table's rows on one line each
     # A release where upstream has 0003's change already, and a patch touched in a later commit.
-    world.publish("0.16.9", m="".join(f"line {i}\n" for i in range(1, 61)).replace("line 40\n", "line forty\n"))
+    sdist = world.publish("0.16.9", m="".join(f"line {i}\n" for i in range(1, 61)).replace("line 40\n", "line forty\n"))
     (world.patches / "releases.toml").write_text((world.patches / "releases.toml").read_text()
-                                                 + '\n[[release]]\nversion = "0.16.9"\ndate = "2026-06-01"\n')
+                                                 + '\n[[release]]\nversion = "0.16.9"\ndate = "2026-06-01"\n'
+                                                 + f'sha256 = "{hashlib.sha256(sdist.read_bytes()).hexdigest()}"\n')
     _set(world, "0002-new-module.diff", "Forwarded: not-needed\n", "Forwarded: not-needed\nReview-By: 2026-07-01\n")
     git(world.root / "repo", "commit", "-qam", "review date for 0002")
 

@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import make_diff, make_sdist, server_files, write_series
+from conftest import make_diff, make_sdist, pin_sdists, server_files, write_series
 from packaging.version import Version
 
 from ketta_build.cli import main
@@ -46,6 +46,9 @@ class World:
                                          **(files or {})})
         sdist = make_sdist(self.root / f"letta-{version}.tar.gz", version, content, mtime=mtime)
         self.index.add(sdist, yanked=yanked)
+        releases = self.patches / "releases.toml"
+        if releases.is_file() and f'version = "{version}"' in releases.read_text():
+            pin_sdists(self.patches, sdist)  # the world's maintainer pins a release the series supports
         return sdist
 
     def run(self, *args: str) -> tuple[int, str, str]:
@@ -88,6 +91,7 @@ def make_world(tmp_path, local_index, capsys, release_files=None) -> World:
     w.publish("0.16.8")
     w.patches.mkdir(parents=True)
     (w.patches / "releases.toml").write_text(RELEASES_TOML)
+    pin_sdists(w.patches, w.root / "letta-0.16.7.tar.gz", w.root / "letta-0.16.8.tar.gz")
     (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], SUITES, SHARED_SUITES))
     write_series(w.patches, "0001-change-m.diff", "0002-new-module.diff",
                  "0003-tail.diff                 [letta>=0.16.8]", "0003-tail-0.16.7.diff          [letta<0.16.8]")
