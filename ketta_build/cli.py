@@ -840,8 +840,52 @@ COMMANDS = {
 }
 
 
+class _StdoutGuard:
+    """``sys.stdout`` for the length of a verb, outliving its reader: once the pipe is closed
+    (``ketta-build upstream check | head -1``), the rest goes to /dev/null, as Python's documentation
+    on SIGPIPE advises, and the verb runs on to its own exit code and its ``--json FILE``. (rich's
+    own handling of a closed pipe exits with 1 on the spot.)"""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _StdoutGuard(stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at interpreter exit
+        sys.stdout = stdout
+
+
+def _run(args) -> int:
     console = _console(stderr=args.json == "-", verbose=getattr(args, "verbose", False))
     try:
         return COMMANDS[args.command](args, console)
