@@ -335,9 +335,8 @@ def _need_tox() -> None:
 
 
 def _matrix_table(console, cells) -> None:
-    from rich.table import Table
-
     from .matrix import cell_rows
+    from .tables import print_table
 
     suites, rows = cell_rows(cells)
     colour = {"pass": "green", "fail": "red", "error": "yellow"}
@@ -350,10 +349,7 @@ def _matrix_table(console, cells) -> None:
         return (f"[{colour.get(c.status, 'white')}]{'pass (reused)' if c.reused else c.status}[/] "
                 f"{c.passed}/{c.passed + c.failed + c.errors}")
 
-    table = Table("release", *suites, title="compatibility matrix")
-    for v, row in rows:
-        table.add_row(v, *map(label, row))
-    console.print(table)
+    print_table(console, "compatibility matrix", ("release", *suites), [(v, *map(label, row)) for v, row in rows])
 
 
 class _PrintedStatus:
@@ -378,6 +374,8 @@ def _console(stderr: bool, verbose: bool = False):
     from rich.console import Console
 
     console = Console(stderr=stderr, highlight=False)
+    # Without a terminal (a CI log, a pipe) no line is broken: a log keeps each message, path and command whole.
+    console.soft_wrap = not console.is_terminal
     if verbose:
         console.status = lambda status, **_: _PrintedStatus(console, str(status))  # type: ignore[method-assign]
     return console
@@ -553,8 +551,9 @@ def _cmd_port(args, console) -> int:
     if args.abort:
         tree, saved = abort_port(_port_tree(args), force=args.force, cache=Cache(args.cache_dir))
         if saved:
-            console.print(f"the work done since the port stopped is saved in {escape(str(saved))}; get it back in any "
-                          f"clone with: git fetch {escape(str(saved))} 'refs/ketta/*:refs/ketta/*'")
+            console.print(f"the work done since the port stopped is saved in {saved}; get it back in any clone with:",
+                          markup=False, soft_wrap=True)
+            console.print(f"  git fetch {saved} 'refs/ketta/*:refs/ketta/*'", markup=False, soft_wrap=True)
         console.print(f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
         _emit_json(args.json, {"schema": "ketta-build/port/1", "aborted": str(tree), "saved": str(saved) if saved else None})
         return 0
@@ -575,8 +574,9 @@ def _cmd_port(args, console) -> int:
         return EXIT_FAILED
     for path in result.written:
         console.print(f"wrote {escape(str(path))}")
-    console.print(f"letta {result.state.version} is now supported; run ketta-build lint and ketta-build matrix "
-                  f"--letta {result.state.version}")
+    console.print(f"letta {result.state.version} is now supported; next, lint the series and run its suites:")
+    console.print("  ketta-build lint", markup=False, soft_wrap=True)
+    console.print(f"  ketta-build matrix --letta {result.state.version}", markup=False, soft_wrap=True)
     _emit_json(args.json, {"schema": "ketta-build/port/1", "finished": True, **asdict(result.state),
                            "written": [str(p) for p in result.written]})
     return 0
@@ -751,16 +751,13 @@ def _runs(outcomes: dict[str, str]) -> str:
 
 
 def _cmd_status(args, console) -> int:
-    from rich.table import Table
-
     from .cache import Cache
     from .status import series_status
+    from .tables import print_table
 
     with console.status("applying the series in memory to every release"):
         status = series_status(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url)
-    table = Table(title=f"{args.patches}: {len(status.patches)} patch files on {len(status.versions)} releases, {status.on}")
-    for column in ("patch", "owner", "upstream", "age", "size", "review by", "releases"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for p in status.patches:
         upstream = f"{p.upstream_status.split()[0]}, {p.forwarded.split()[0] if p.forwarded else '[red]not forwarded?[/]'}"
         if p.applied_upstream:
@@ -768,12 +765,14 @@ def _cmd_status(args, console) -> int:
         age = p.age_days(status.on)
         review = p.review_by or "-"
         owner = p.owner.split("<")[0].strip() if p.owner else "[red]none[/]"
-        table.add_row(escape(p.name), owner if not p.owner else escape(owner), upstream,
-                      f"{age} d" if age is not None else "uncommitted",
-                      f"{p.hunks} {'hunk' if p.hunks == 1 else 'hunks'} +{p.added} -{p.removed}",
-                      f"[red]{escape(review)} passed[/]" if p.review_passed else escape(review),
-                      escape(_runs(p.outcomes)))
-    console.print(table)
+        rows.append((escape(p.name), owner if not p.owner else escape(owner), upstream,
+                     f"{age} d" if age is not None else "uncommitted",
+                     f"{p.hunks} {'hunk' if p.hunks == 1 else 'hunks'} +{p.added} -{p.removed}",
+                     f"[red]{escape(review)} passed[/]" if p.review_passed else escape(review),
+                     escape(_runs(p.outcomes))))
+    print_table(console, escape(f"{args.patches}: {len(status.patches)} patch files on {len(status.versions)} releases, "
+                                f"{status.on}"),
+                ("patch", "owner", "upstream", "age", "size", "review by", "releases"), rows)
     for version, why in status.unavailable.items():
         print(f"ketta-build: status: letta {version} not checked: {why}", file=sys.stderr)
     _emit_json(args.json, status.to_json())
