@@ -71,22 +71,81 @@ def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = Fal
     _json_flag(p)
 
 
+class _UsageExit(SystemExit):
+    """A usage error: exit 2 after its one line on stderr; ``main`` also writes the ``--json`` error document."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = f"{message} (see {prog} --help)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its usage errors on one line, like every other error of the tool."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        exc = _UsageExit(self.prog, message)
+        self._print_message(f"{self.prog}: error: {exc.message}\n", sys.stderr)
+        raise exc
 
 
 FUZZ_EXAMPLES_DEFAULT = 10  # compat_tests/test_fuzz.py's own default: the default run's 0.16.8 cell
 FUZZ_EXAMPLES_THOROUGH = 40
 
 
+# Each verb's examples, at the end of its --help above the exit codes: (command, what it does).
+# tests/test_cli_edges.py parses every command with the real parser.
+EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "apply": (("ketta-build apply --letta 0.16.8", "build/0.16.8: the pristine release, then one commit per patch"),
+              ("ketta-build apply --letta 0.16.8 --force --keep-going", "replace the tree; apply what applies"),
+              ("ketta-build apply --letta-git ../letta --ref v0.16.8 --tree build/git", "from a Letta clone")),
+    "series": (("ketta-build series --letta 0.15.1", "which variant of each patch 0.15.1 gets, and why"),
+               ("ketta-build series --letta 0.16.8 --check", "also: do variants overlap on any supported release?")),
+    "export": (("ketta-build export", "refresh patches/ from build/<newest release>"),
+               ("ketta-build export --tree build/0.16.8 --check", "write nothing; exit 4 if patches/ differ"),
+               ("ketta-build export --prune", "also drop patches no commit carries any more")),
+    "lint": (("ketta-build lint", "every check; exit 4 on a finding"),
+             ("ketta-build lint --fix", "rewrite patch files into export's canonical form")),
+    "status": (("ketta-build status", "one row per patch file"),
+               ("ketta-build status --json status.json", "every field, and the outcome per release")),
+    "range-diff": (("ketta-build range-diff --letta 0.16.8 main HEAD", "what a branch changed, patch by patch"),
+                   ("ketta-build range-diff --letta 0.16.8 HEAD patches", "what the uncommitted patches/ change")),
+    "upstream": (("ketta-build upstream check", "new releases upstream, and what porting takes"),),
+    "upstream check": (("ketta-build upstream check", "exit 0 nothing new, 10 carries over, 11 needs porting"),
+                       ("ketta-build upstream check --issue-dir issues --json check.json", "the tracking issues' bodies")),
+    "port": (("ketta-build port --letta 0.16.9", "carry the series onto 0.16.9 (build/0.16.9)"),
+             ("ketta-build port --continue", "after resolving the conflict it stopped at"),
+             ("ketta-build port --skip", "0.16.9 does not need the patch it stopped at"),
+             ("ketta-build port --abort", "give up: build/0.16.9 removed, patches/ untouched")),
+    "bisect": (("ketta-build bisect 0004-no-base-providers-0.16.2.diff --letta-git ../letta --bad 0.16.7",
+                "where the variant stopped applying"),
+               ("ketta-build bisect 0003-keys-from-database.diff --letta-git ../letta --good 0.16.2 --bad 0.16.4 "
+                "--until-applies", "where the newer variant became necessary")),
+    "wheel": (("ketta-build wheel", "dist/: the newest release's wheel, constraints, SHA256SUMS"),
+              ("ketta-build wheel --all --out dist", "every supported release")),
+    "serve": (("ketta-build serve", "the newest release on 127.0.0.1:8283"),
+              ("ketta-build serve --letta 0.16.7 --port 8284", "another release beside it")),
+    "releases": (("ketta-build releases", "one line per supported release"),
+                 ("ketta-build releases --json -", "for a CI job matrix")),
+    "matrix": (("ketta-build matrix --letta 0.16.8", "every suite on 0.16.8"),
+               ("ketta-build matrix --all -p 2", "every release, two cells at a time"),
+               ("ketta-build matrix --changed", "only the cells a change since main can affect"),
+               ("ketta-build matrix --merge reports-0.16.7 reports-0.16.8", "one report from CI's jobs")),
+}
+
+
+def _examples(verb: str) -> str:
+    """The ``examples:`` block of a verb's --help (a long command gets its explanation on the next line)."""
+    lines = []
+    for command, why in EXAMPLES.get(verb, ()):
+        lines.append(f"  {command:<52}  {why}" if len(command) <= 52 else f"  {command}\n      {why}")
+    return "examples:\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
 def _verb(sub, name: str, *, help: str, leaf: bool = True) -> argparse.ArgumentParser:
-    """A verb's parser: its help line doubles as the description, the exit codes are the epilog;
-    every verb that does the work (``leaf``) takes -v."""
-    p = sub.add_parser(name, help=help, description=help, epilog=exit_code_table(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A verb's parser: its help line doubles as the description, its examples and the exit codes are
+    the epilog; every verb that does the work (``leaf``) takes -v."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog = _examples(p.prog.removeprefix("ketta-build ")) + exit_code_table()
     if leaf:
         p.add_argument("-v", "--verbose", action="store_true",
                        help="print each step of the work on a line of its own (as a CI log wants) instead of one "
@@ -115,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
     _patches_flag(ep)
-    ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
+    ep.add_argument("--check", action="store_true", help="write nothing; exit 4 naming the files export would change")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
     ep.add_argument("--split", action="store_true",
                     help="a refreshed patch that no longer applies to releases its guard claims: keep the file as it was "
@@ -141,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = _verb(sub, "upstream", help="look at upstream: new releases and what porting to them takes", leaf=False)
     upsub = up.add_subparsers(dest="upstream_command", required=True)
     uc = _verb(upsub, "check", help="releases newer than the newest supported one, classified, with a dry-run port "
-                                        "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 error)")
+                                        "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 usage, "
+                                        "3 upstream source)")
     _index_flag(uc)
     uc.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
     _patches_flag(uc)
@@ -153,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
     rd.add_argument("new", metavar="NEW", help="git ref of this repository, or a patch directory")
     rd.add_argument("--letta", metavar="VERSION", required=True, help="release to apply both to")
+    _patches_flag(rd)  # a git ref's series: DIR's path in DIR's repository at that ref
     _index_flag(rd)
     _cache_flag(rd)
     _json_flag(rd)
@@ -628,7 +689,7 @@ def _cmd_range_diff(args, console) -> int:
 
     with console.status("applying both series") as status:
         result = range_diff(parse_version(args.letta), args.old, args.new, cache=Cache(args.cache_dir),
-                            index_url=args.index_url, progress=status.update)
+                            index_url=args.index_url, progress=status.update, series_dir=args.patches)
     # With --json - the JSON is alone on stdout; the text goes where the rest of the human output goes.
     out = sys.stderr if args.json == "-" else sys.stdout
     out.write(result.text)
@@ -874,7 +935,11 @@ class _StdoutGuard:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageExit as exc:
+        _usage_json(sys.argv[1:] if argv is None else argv, exc)
+        raise
     stdout = sys.stdout
     sys.stdout = _StdoutGuard(stdout)
     try:
@@ -899,6 +964,25 @@ def _run(args) -> int:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(args, f"ketta-build: error: {where}{exc.strerror or exc}", EXIT_USAGE)
+
+
+def _usage_json(argv: list[str], exc: _UsageExit) -> None:
+    """The error document of a usage error, when the command line asked for ``--json`` (read from the
+    words themselves: the arguments did not parse)."""
+    target = None
+    for i, word in enumerate(argv):
+        if word.startswith("--json="):
+            target = word.removeprefix("--json=")
+        elif word == "--json" and i + 1 < len(argv):
+            target = argv[i + 1]
+    if not target or (target.startswith("-") and target != "-"):
+        return
+    command = next((word for word in argv if word in COMMANDS), None)
+    try:
+        _emit_json(target, {"schema": "ketta-build/error/1", "command": command, "exit_code": EXIT_USAGE,
+                            "error": exc.message})
+    except OSError:
+        pass
 
 
 def _fail(args, line: str, code: int) -> int:

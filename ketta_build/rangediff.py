@@ -1,7 +1,7 @@
 """``ketta-build range-diff --letta X OLD NEW``: what changed between two versions of the series, patch by patch.
 
-OLD and NEW are each a git ref of this repository (its ``patches/`` at that commit) or a patch
-directory. Both are applied to release X in throw-away build trees; ``git range-diff`` then pairs
+OLD and NEW are each a git ref of this repository (its ``patches/`` at that commit; with
+``--patches DIR``, DIR's repository and DIR's path in it) or a patch directory. Both are applied to release X in throw-away build trees; ``git range-diff`` then pairs
 the commits (one per patch) and shows, per patch, whether it is unchanged (``=``), changed (``!``,
 with the interdiff), new (``>``) or gone (``<``). It is the review of a refresh or a port.
 
@@ -59,8 +59,19 @@ class RangeDiff:
         return any(p["status"] != "unchanged" for p in self.pairs)
 
 
-def _series_dir(spec: str, repo: Path, work: Path, label: str) -> Path:
-    """A patch directory: ``spec`` itself, or ``patches/`` of git ref ``spec`` in ``repo``."""
+def _where_in_git(series_dir: Path, repo: Path) -> tuple[Path, str]:
+    """The repository a git ref is read from and the series' path in it: ``series_dir``'s own
+    repository when it is in one, else ``repo`` with ``series_dir`` as given (``patches``)."""
+    if series_dir.is_dir() and git_succeeds(series_dir, "rev-parse", "--is-inside-work-tree"):
+        top = Path(git(series_dir, "rev-parse", "--show-toplevel").strip())
+        inside = series_dir.resolve().relative_to(top.resolve()).as_posix()
+        if inside != ".":
+            return top, inside
+    return repo, series_dir.as_posix()
+
+
+def _series_dir(spec: str, repo: Path, work: Path, label: str, inside: str = "patches") -> Path:
+    """A patch directory: ``spec`` itself, or ``inside`` (``patches/``) of git ref ``spec`` in ``repo``."""
     path = Path(spec)
     if path.is_dir():
         return path
@@ -69,10 +80,10 @@ def _series_dir(spec: str, repo: Path, work: Path, label: str) -> Path:
     target = work / label
     target.mkdir(parents=True)
     try:
-        extract_tree(repo, spec, target, "patches")
+        extract_tree(repo, spec, target, inside)
     except GitError:
-        raise KettaError(f"{spec} has no patches/ directory in {repo}") from None
-    return target / "patches"
+        raise KettaError(f"{spec} has no {inside}/ directory in {repo}") from None
+    return target / inside
 
 
 @dataclass
@@ -185,15 +196,17 @@ def class_lines(pairs: list[dict]) -> list[str]:
 
 
 def range_diff(version: Version, old: str, new: str, *, repo: Path = Path("."), cache: Cache | None = None,
-               index_url: str | None = None, progress=lambda _: None) -> RangeDiff:
+               index_url: str | None = None, progress=lambda _: None, series_dir: Path = Path("patches")) -> RangeDiff:
+    """``series_dir`` says where a git ref's series is: its repository, and its path there."""
     cache = cache or Cache()
+    git_repo, inside = _where_in_git(series_dir, repo.absolute())
     work = Path(tempfile.mkdtemp(prefix="ketta-range-diff-"))
     try:
         source = IndexSource(cache, index_url, progress=progress, allow_unsupported=True)
         release = source.resolve(version)
         trees = {}
         for label, spec in (("old", old), ("new", new)):
-            series = read_series(_series_dir(spec, repo.absolute(), work, label))
+            series = read_series(_series_dir(spec, git_repo, work, label, inside))
             progress(f"applying {label} ({spec}) to letta {version}")
             report = apply_series(release, source, series, work / f"tree-{label}", options=ApplyOptions(), cache=cache,
                                   base_source=source)

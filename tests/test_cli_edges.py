@@ -135,3 +135,97 @@ def test_matrix_table_falls_back_to_one_line_per_release_at_80_columns(tmp_path,
         assert f"{suite}=pass 12/12" in line, out
     assert all(len(ln) <= 80 for ln in out.splitlines() if "│" in ln or "┃" in ln), out
 
+
+# ----------------------------------------------------------------------------- help and docs agree with the tool
+
+def _verbs(parser=None, prefix: str = "") -> dict:
+    import argparse
+
+    from ketta_build.cli import build_parser
+
+    found = {}
+    for action in (parser or build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[f"{prefix}{name}"] = sub
+                found.update(_verbs(sub, f"{prefix}{name} "))
+    return found
+
+
+def _option_help(verb: str, flag: str) -> str:
+    return next(a.help for a in _verbs()[verb]._actions if flag in a.option_strings)
+
+
+def test_export_help_says_check_exits_4():
+    text = _option_help("export", "--check")
+    assert "exit 4" in text and "exit 1" not in text, text
+
+
+def test_upstream_check_help_names_every_exit_code_it_has():
+    # the description, where the verb's own codes are listed (the shared table below lists them all)
+    text = " ".join(_verbs()["upstream check"].description.split())
+    for code in ("0 nothing new", "10 carries over", "11 needs porting", "2 usage", "3 upstream source"):
+        assert code in text, (code, text)
+
+
+def test_every_verb_help_has_examples_that_parse():
+    """The README: "`ketta-build VERB --help` gives each verb's options and examples"."""
+    import shlex
+
+    from ketta_build.cli import build_parser
+
+    for verb, sub in _verbs().items():
+        text = sub.format_help()
+        assert "\nexamples:\n" in text, f"ketta-build {verb} --help has no examples"
+        block = text.split("\nexamples:\n", 1)[1].split("\n\n", 1)[0]
+        commands = [ln.strip() for ln in block.splitlines() if ln.strip().startswith(f"ketta-build {verb}")]
+        assert commands, (verb, block)
+        for line in commands:
+            argv = shlex.split(line.split("  ")[0])[1:]  # the command, before its explanation
+            try:
+                build_parser().parse_args(argv)
+            except SystemExit:
+                raise AssertionError(f"ketta-build {verb} --help: example `{line}` does not parse") from None
+
+
+def test_a_usage_error_with_json_dash_writes_the_error_document(capsys):
+    import pytest
+
+    from ketta_build.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["apply", "--fuzz", "many", "--json", "-"])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    # what docs/json-schemas.md promises for an error
+    section = (REPO / "docs" / "json-schemas.md").read_text().split("## `ketta-build/error/1`", 1)[1].split("\n## ", 1)[0]
+    assert set(doc) == {"schema", "command", "exit_code", "error"}
+    assert all(f"`{key}`" in section for key in ("command", "exit_code", "error"))
+    assert doc["schema"] == "ketta-build/error/1" and doc["command"] == "apply" and doc["exit_code"] == 2
+    assert "--fuzz" in doc["error"] and not doc["error"].startswith("ketta-build")
+    assert len(captured.err.strip().splitlines()) == 1 and "--fuzz" in captured.err
+
+
+def test_a_usage_error_with_json_file_writes_the_error_document(tmp_path, capsys):
+    import pytest
+
+    from ketta_build.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["upstream", "check", "--json", str(tmp_path / "e.json"), "--bogus"])
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["schema"] == "ketta-build/error/1" and doc["command"] == "upstream" and doc["exit_code"] == 2
+
+
+def test_range_diff_takes_patches_for_the_series_a_git_ref_holds(world, tmp_path, monkeypatch):
+    """Every verb takes --patches: for range-diff, where a git ref's series lives (its repository, its path)."""
+    from ketta_build.cli import main
+
+    monkeypatch.chdir(tmp_path)  # outside the repository: --patches says which
+    report = tmp_path / "rd.json"
+    rc = main(["range-diff", "--letta", "0.16.8", "--patches", str(world.patches), "--index-url", world.index.url,
+               "--cache-dir", str(world.cache), "HEAD", str(world.patches), "--json", str(report)])
+    err = world.capsys.readouterr().err
+    assert rc == 0, err
+    assert {p["class"] for p in json.loads(report.read_text())["pairs"]} == {"unchanged"}
