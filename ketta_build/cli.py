@@ -35,6 +35,8 @@ from rich.markup import escape
 from . import __version__
 from .atomic import Interrupted
 from .errors import EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOURCE, EXIT_USAGE, KettaError, exit_code_table
+from .tables import print_result
+from .tables import result as printing_result
 
 
 # One definition per flag shared between verbs: the same name means the same thing, with one help text.
@@ -82,12 +84,28 @@ class _UsageExit(SystemExit):
 class _Parser(argparse.ArgumentParser):
     """argparse with its usage errors on one line, like every other error of the tool."""
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an argument no parser knows is reported by the verb it was given to,
+        so the message points to that verb's --help."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._verb_parser(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _verb_parser(self, parsed) -> argparse.ArgumentParser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and getattr(parsed, action.dest, None) in action.choices:
+                sub = action.choices[getattr(parsed, action.dest)]
+                return sub._verb_parser(parsed) if isinstance(sub, _Parser) else sub
+        return self
+
     def error(self, message: str):  # type: ignore[override]
         exc = _UsageExit(self.prog, message)
         self._print_message(f"{self.prog}: error: {exc.message}\n", sys.stderr)
         raise exc
 
 
+QUIET_HELP = "print only errors and the final result (no progress, no detail)"
 FUZZ_EXAMPLES_DEFAULT = 10  # compat_tests/test_fuzz.py's own default: the default run's 0.16.8 cell
 FUZZ_EXAMPLES_THOROUGH = 40
 
@@ -147,6 +165,8 @@ def _verb(sub, name: str, *, help: str, leaf: bool = True) -> argparse.ArgumentP
     p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.epilog = _examples(p.prog.removeprefix("ketta-build ")) + exit_code_table()
     if leaf:
+        # default SUPPRESS: the verb's -q leaves the top-level one (`ketta-build -q VERB`) as it was
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
         p.add_argument("-v", "--verbose", action="store_true",
                        help="print each step of the work on a line of its own (as a CI log wants) instead of one "
                             "changing status line" + ("; apply also says why each variant was chosen or skipped"
@@ -158,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ketta-build", description=__doc__, epilog=exit_code_table(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ap = _verb(sub, "apply", help="apply the series to a Letta release and report every hunk")
@@ -305,7 +326,7 @@ def _cmd_matrix(args, console) -> int:
         cells, patched, context = merge_reports(args.merge, args.report_dir)
         _matrix_table(console, cells)
         for name in ("matrix.json", "matrix.md", "matrix.html"):
-            console.print(f"{name}: {args.report_dir.absolute() / name}")
+            print_result(console, f"{name}: {args.report_dir.absolute() / name}")
         _emit_json(args.json, report_json(cells, not patched, context))
         return 0 if all(c.status == "pass" for c in cells) else 1
 
@@ -370,7 +391,7 @@ def _cmd_matrix(args, console) -> int:
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
     _matrix_table(console, cells)
     for kind, path in paths.items():
-        console.print(f"{kind}: {path}")
+        print_result(console, f"{kind}: {path}")
     _emit_json(args.json, report_json(cells, args.no_patches, context))
     green = all(c.status in ("pass", "not-affected") for c in cells)
     if args.coverage:
@@ -378,8 +399,8 @@ def _cmd_matrix(args, console) -> int:
 
         found = gaps(context.get("coverage") or {})
         for line in found:
-            console.print(f"[red]coverage[/]: {escape(line)}")
-        console.print(f"coverage: {len(found)} hunk(s) or allowance(s) to look at" if found else
+            print_result(console, f"[red]coverage[/]: {escape(line)}")
+        print_result(console, f"coverage: {len(found)} hunk(s) or allowance(s) to look at" if found else
                       "coverage: every hunk ran in a suite or is allowed with its reason")
         green = green and not found
     return 0 if green else 1
@@ -410,7 +431,8 @@ def _matrix_table(console, cells) -> None:
         return (f"[{colour.get(c.status, 'white')}]{'pass (reused)' if c.reused else c.status}[/] "
                 f"{c.passed}/{c.passed + c.failed + c.errors}")
 
-    print_table(console, "compatibility matrix", ("release", *suites), [(v, *map(label, row)) for v, row in rows])
+    with printing_result(console):
+        print_table(console, "compatibility matrix", ("release", *suites), [(v, *map(label, row)) for v, row in rows])
 
 
 class _PrintedStatus:
@@ -540,9 +562,9 @@ def _cmd_series(args, console) -> int:
     }
     for s in rows:
         mark = "[green]apply[/]" if s.selected else "[dim]skip [/]"
-        console.print(f"{mark} {escape(s.entry.name)}  ({escape(s.reason)})")
+        print_result(console, f"{mark} {escape(s.entry.name)}  ({escape(s.reason)})")
     for problem in data["problems"]:
-        console.print(f"[bold red]problem[/]: {escape(problem)}")
+        print_result(console, f"[bold red]problem[/]: {escape(problem)}")
     _emit_json(args.json, data)
     return EXIT_CHECK if data["problems"] else 0
 
@@ -579,12 +601,12 @@ def _cmd_export(args, console) -> int:
         print(f"ketta-build: export: warning: not checked against {line}; ketta-build lint checks it later", file=sys.stderr)
     written = write_plan(plan)
     if written:
-        console.print(f"{len(written)} file(s) written in {args.patches}")
+        print_result(console, f"{len(written)} file(s) written in {args.patches}")
     elif dropped:
-        console.print(f"nothing written; {len(dropped)} patch(es) have no commit in the tree "
+        print_result(console, f"nothing written; {len(dropped)} patch(es) have no commit in the tree "
                       f"({', '.join(p.name for p in dropped)}): --prune removes them from the series")
     else:
-        console.print("nothing to write: the series matches the tree")
+        print_result(console, "nothing to write: the series matches the tree")
     _emit_json(args.json, report_json(plan, written, check=False))
     return 0
 
@@ -612,10 +634,10 @@ def _cmd_port(args, console) -> int:
     if args.abort:
         tree, saved = abort_port(_port_tree(args), force=args.force, cache=Cache(args.cache_dir))
         if saved:
-            console.print(f"the work done since the port stopped is saved in {saved}; get it back in any clone with:",
+            print_result(console, f"the work done since the port stopped is saved in {saved}; get it back in any clone with:",
                           markup=False, soft_wrap=True)
-            console.print(f"  git fetch {saved} 'refs/ketta/*:refs/ketta/*'", markup=False, soft_wrap=True)
-        console.print(f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
+            print_result(console, f"  git fetch {saved} 'refs/ketta/*:refs/ketta/*'", markup=False, soft_wrap=True)
+        print_result(console, f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
         _emit_json(args.json, {"schema": "ketta-build/port/1", "aborted": str(tree), "saved": str(saved) if saved else None})
         return 0
     with console.status("porting") as status:
@@ -635,9 +657,9 @@ def _cmd_port(args, console) -> int:
         return EXIT_FAILED
     for path in result.written:
         console.print(f"wrote {escape(str(path))}")
-    console.print(f"letta {result.state.version} is now supported; next, lint the series and run its suites:")
-    console.print("  ketta-build lint", markup=False, soft_wrap=True)
-    console.print(f"  ketta-build matrix --letta {result.state.version}", markup=False, soft_wrap=True)
+    print_result(console, f"letta {result.state.version} is now supported; next, lint the series and run its suites:")
+    print_result(console, "  ketta-build lint", markup=False, soft_wrap=True)
+    print_result(console, f"  ketta-build matrix --letta {result.state.version}", markup=False, soft_wrap=True)
     _emit_json(args.json, {"schema": "ketta-build/port/1", "finished": True, **asdict(result.state),
                            "written": [str(p) for p in result.written]})
     return 0
@@ -651,7 +673,7 @@ def _cmd_upstream(args, console) -> int:
         report = check_upstream(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
                                 letta_git=args.letta_git, progress=status.update)
     if not report.releases:
-        console.print(f"nothing newer than {report.newest_supported} on {escape(report.source)}")
+        print_result(console, f"nothing newer than {report.newest_supported} on {escape(report.source)}")
     code = [r for r in report.releases if r.kind != "server"]
     if code:
         console.print(f"{len(code)} Letta Code release(s) ({code[0].version} … {code[-1].version}): not the Letta server; "
@@ -660,8 +682,8 @@ def _cmd_upstream(args, console) -> int:
         if r.kind != "server":
             continue
         flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}", r.yanked is not None)) if on]
-        console.print(f"[bold]letta {r.version}[/] server" + (f" ({', '.join(flags)})" if flags else ""))
-        console.print(f"  dry-run port: {r.status}")
+        print_result(console, f"[bold]letta {r.version}[/] server" + (f" ({', '.join(flags)})" if flags else ""))
+        print_result(console, f"  dry-run port: {r.status}")
         for p in r.patches:
             counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
             console.print(f"    {p.outcome:16} {escape(p.name)}  ({counts})")
@@ -677,7 +699,7 @@ def _cmd_upstream(args, console) -> int:
         from .upstream_check import write_issue_bodies
 
         for path in write_issue_bodies(report, args.issue_dir):
-            console.print(f"issue body: {path}")
+            print_result(console, f"issue body: {path}")
     _emit_json(args.json, report.as_json())
     return report.exit_code
 
@@ -692,7 +714,8 @@ def _cmd_range_diff(args, console) -> int:
                             index_url=args.index_url, progress=status.update, series_dir=args.patches)
     # With --json - the JSON is alone on stdout; the text goes where the rest of the human output goes.
     out = sys.stderr if args.json == "-" else sys.stdout
-    out.write(result.text)
+    if not getattr(args, "quiet", False):  # -q: only the per-patch classes, the result
+        out.write(result.text)
     from .rangediff import class_lines
 
     out.write("\nper patch (old -> new, class):\n" + "".join(f"  {line}\n" for line in class_lines(result.pairs)))
@@ -712,7 +735,7 @@ def _cmd_bisect(args, console) -> int:
         release = f", letta {c.version}" if c.version else ""
         return f"{c.short} {c.subject} ({c.date}{release})"
 
-    say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+    say = lambda text: print_result(console, text, markup=False, soft_wrap=True)  # noqa: E731
     applies = result.mode == "applies"
 
     def show(r, indent: str) -> None:
@@ -769,9 +792,9 @@ def _cmd_wheel(args, console) -> int:
         made = release_wheels(versions, args.out, series_dir=args.patches, build_root=args.build_root,
                               cache=Cache(args.cache_dir), index_url=args.index_url, progress=status.update)
     for item in made:
-        console.print(f"{escape(str(item.wheel))}  sha256 {item.sha256}")
-        console.print(f"{escape(str(item.constraints))}")
-    console.print(f"{escape(str(args.out / SUMS_FILE))}")
+        print_result(console, f"{escape(str(item.wheel))}  sha256 {item.sha256}")
+        print_result(console, f"{escape(str(item.constraints))}")
+    print_result(console, f"{escape(str(args.out / SUMS_FILE))}")
     _emit_json(args.json, {"schema": "ketta-build/wheels/1", "wheels": [
         {"letta": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints)} for m in made]})
     return 0
@@ -790,7 +813,7 @@ def _cmd_lint(args, console) -> int:
     for finding in findings:
         print(f"ketta-build: lint: {finding}", file=sys.stderr)
     if not findings:
-        console.print("lint: no findings")
+        print_result(console, "lint: no findings")
     _emit_json(args.json, {"schema": "ketta-build/lint/1", "findings": [
         {"rule": f.rule, "path": str(f.path), "line": f.line, "message": f.message, "severity": f.severity} for f in findings],
         "fixed": [str(p) for p in fixed]})
@@ -831,9 +854,10 @@ def _cmd_status(args, console) -> int:
                      f"{p.hunks} {'hunk' if p.hunks == 1 else 'hunks'} +{p.added} -{p.removed}",
                      f"[red]{escape(review)} passed[/]" if p.review_passed else escape(review),
                      escape(_runs(p.outcomes))))
-    print_table(console, escape(f"{args.patches}: {len(status.patches)} patch files on {len(status.versions)} releases, "
-                                f"{status.on}"),
-                ("patch", "owner", "upstream", "age", "size", "review by", "releases"), rows)
+    with printing_result(console):
+        print_table(console, escape(f"{args.patches}: {len(status.patches)} patch files on {len(status.versions)} "
+                                    f"releases, {status.on}"),
+                    ("patch", "owner", "upstream", "age", "size", "review by", "releases"), rows)
     for version, why in status.unavailable.items():
         print(f"ketta-build: status: letta {version} not checked: {why}", file=sys.stderr)
     _emit_json(args.json, status.to_json())
@@ -860,7 +884,7 @@ def _cmd_serve(args, console) -> int:
         serving = start(opts, progress=status.update)
     try:
         state = write_state(serving)
-        console.print(f"[bold green]Ketta {serving.build.wheel_version}[/] ready at [bold]{serving.url}[/] "
+        print_result(console, f"[bold green]Ketta {serving.build.wheel_version}[/] ready at [bold]{serving.url}[/] "
                       f"in {serving.timings['total']:.1f} s")
         if serving.key_file:
             console.print(f"encryption key: {serving.key_file} (generated on first start, for this host only; "
@@ -872,7 +896,7 @@ def _cmd_serve(args, console) -> int:
         console.print("Ctrl-C stops the server and PostgreSQL")
         _emit_json(args.json, json.loads(state.read_text()))
         code = serving.wait()
-        console.print(f"letta server exited with {code}; see {serving.log_file}")
+        print_result(console, f"letta server exited with {code}; see {serving.log_file}")
         return 1
     except KeyboardInterrupt:
         console.print("stopping the server and PostgreSQL")
@@ -886,7 +910,7 @@ def _cmd_releases(args, console) -> int:
 
     releases = load_releases(args.patches)
     for r in releases:
-        console.print(f"{r.version}  {r.date}")
+        print_result(console, f"{r.version}  {r.date}")
     _emit_json(args.json, {"schema": "ketta-build/releases/1", "versions": [str(r.version) for r in releases],
                            "releases": [{"version": str(r.version), "date": r.date} for r in releases]})
     return 0
@@ -951,6 +975,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     console = _console(stderr=args.json == "-", verbose=getattr(args, "verbose", False))
+    console.quiet = args.quiet  # what a verb prints with print_result still shows
     try:
         return COMMANDS[args.command](args, console)
     except KettaError as exc:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .applying import Outcome, PatchResult
-from .tables import print_table
+from .tables import print_result, print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -217,4 +217,4 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
                       f"{report.backup_ref} (git log {report.backup_ref})", markup=False)
     summary = report_json(report)["summary"]["hunks"]
     parts = [f"{n} {k}" for k, n in summary.items() if n]
-    console.print(f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")
+    print_result(console, f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")

@@ -1,15 +1,19 @@
-"""The human tables: a rich table where it fits the width, else one record per line.
+"""The human output's shared pieces: tables that fit the width, and the result that ``-q`` keeps.
 
 A table squeezed into 80 columns (a CI log, a narrow terminal) folds its cells, and a patch name
 folded over three lines can be neither read, searched for nor copied. :func:`print_table` prints
 the table only when every cell fits on one line at the console's width; otherwise it prints the
 title and then one line per row, ``FIRST: column=value | column=value``, which the console never
 wraps (a long line is the terminal's to wrap, and a log keeps it whole).
+
+``-q`` quiets the console; what a verb prints through :func:`print_result` (or inside
+:func:`result`) is its final result and is printed all the same. Errors go to stderr either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,3 +42,19 @@ def print_table(console: Console, title: str | None, columns: Sequence[str], row
     for first, *rest in rows:
         fields = " | ".join(f"{column.replace(' ', '-')}={value}" for column, value in zip(columns[1:], rest) if value)
         console.print(f"{first}: {fields}" if fields else first, soft_wrap=True)
+
+
+@contextmanager
+def result(console: Console) -> Iterator[Console]:
+    """What is printed inside is the verb's result: shown under ``-q`` too, which quiets the rest."""
+    quiet, console.quiet = console.quiet, False
+    try:
+        yield console
+    finally:
+        console.quiet = quiet
+
+
+def print_result(console: Console, *objects: object, **kwargs: object) -> None:
+    """``console.print`` for a line of the verb's result (see :func:`result`)."""
+    with result(console):
+        console.print(*objects, **kwargs)  # type: ignore[arg-type]

@@ -229,3 +229,68 @@ def test_range_diff_takes_patches_for_the_series_a_git_ref_holds(world, tmp_path
     err = world.capsys.readouterr().err
     assert rc == 0, err
     assert {p["class"] for p in json.loads(report.read_text())["pairs"]} == {"unchanged"}
+
+
+# ----------------------------------------------------------------------------- -q, --version, misspelt options
+
+def test_version_flag(capsys):
+    import pytest
+
+    from ketta_build import __version__
+    from ketta_build.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"ketta-build {__version__}\n"
+
+
+def test_a_misspelt_option_points_to_its_verbs_help(capsys):
+    import pytest
+
+    from ketta_build.cli import main
+
+    for argv, bad, verb in ((["apply", "--letta", "0.16.8", "--froce"], "--froce", "apply"),
+                            (["upstream", "check", "--index-ulr", "http://x"], "--index-ulr", "upstream check"),
+                            (["status", "--jsno", "-"], "--jsno", "status")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert bad in err and f"(see ketta-build {verb} --help)" in err, err
+        assert err.startswith(f"ketta-build {verb}: error: "), err
+
+
+def _quiet_run(world, *argv: str) -> tuple[int, str, str]:
+    import os as _os
+
+    from ketta_build.cli import main
+
+    cwd = _os.getcwd()
+    _os.chdir(world.root / "repo")
+    try:
+        rc = main(list(argv))
+    finally:
+        _os.chdir(cwd)
+    out, err = world.capsys.readouterr()
+    return rc, out, err
+
+
+def test_quiet_prints_only_errors_and_the_final_result(world):
+    src = ["--index-url", world.index.url, "--cache-dir", str(world.cache), "--patches", str(world.patches)]
+    out_dir = str(world.root / "build" / "0.16.8")
+    rc, out, err = _quiet_run(world, "-q", "apply", "--letta", "0.16.8", "--out", out_dir, *src)
+    assert rc == 0 and err == "", err
+    assert out.splitlines() == [f"hunks: 3 clean; tree {out.split(' tree ')[1].split()[0]} at {out_dir}"], out
+    # the verb's own -q says the same
+    rc, out, err = _quiet_run(world, "apply", "-q", "--letta", "0.16.8", "--out", out_dir, "--force", *src)
+    assert rc == 0 and len(out.splitlines()) == 1 and out.startswith("hunks: 3 clean"), out
+    rc, out, err = _quiet_run(world, "-q", "export", "--tree", out_dir, *src)
+    assert rc == 0 and out == "nothing to write: the series matches the tree\n", out
+    rc, out, err = _quiet_run(world, "-q", "lint", *src)
+    assert rc == 0 and out == "lint: no findings\n", out
+    # a failure: its errors, on stderr, and the result line
+    (world.patches / "0003-tail.diff").write_text((world.patches / "0003-tail.diff").read_text().replace(
+        "-line 40\n", "-line 40 as it never was\n"))
+    rc, out, err = _quiet_run(world, "-q", "apply", "--letta", "0.16.8", "--out", out_dir, "--force", *src)
+    assert rc == 1 and len(out.splitlines()) == 1 and out.startswith("hunks: 2 clean, 1 failed"), out
+    assert err.startswith("ketta-build: failed: ") and "0003-tail.diff" in err, err
