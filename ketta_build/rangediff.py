@@ -18,9 +18,10 @@ file by file: the added and removed lines in order, and the hunks with their con
 
 Split and merged are found by comparing the sets of (file, +/-, line) of every old and new patch: a
 new patch belongs to an old one when at least half of its changed lines come from it, and the old
-one is split when two or more new patches belong to it and together carry at least half of its
-changed lines (merged: the same the other way round). A pair in such a group says which patches
-the group holds (``group``: old and new positions).
+one is split when two or more new patches belong to it, each carrying lines of it the others do
+not, and together carry at least half of its changed lines (merged: the same the other way
+round). A pair in such a group says which patches the group holds (``group``: old and new
+positions).
 """
 
 from __future__ import annotations
@@ -139,17 +140,32 @@ def _belongs(part: set, whole: set) -> bool:
     return shared > 0 and 2 * shared >= len(part)
 
 
+def _parts(whole: set, sets: list[set]) -> list[int]:
+    """The 1-based positions of ``sets`` that ``whole`` was cut into: each belongs to it and carries
+    lines of it that the larger parts do not (a new patch whose lines an unchanged patch already
+    carries, such as a blank line or ``return 1``, is no part: it is new)."""
+    candidates = sorted((j for j, part in enumerate(sets, 1) if _belongs(part, whole)),
+                        key=lambda j: (-len(sets[j - 1] & whole), j))
+    kept, covered = [], set()
+    for j in candidates:
+        mine = sets[j - 1] & whole
+        if mine - covered:
+            kept.append(j)
+            covered |= mine
+    return sorted(kept)
+
+
 def _groups(old: list[_Commit], new: list[_Commit]) -> list[tuple[str, list[int], list[int]]]:
     """(split|merged, old positions, new positions), 1-based, for every split or merged group."""
     old_sets = [c.lines for c in old]
     new_sets = [c.lines for c in new]
     found = []
     for i, whole in enumerate(old_sets, 1):
-        parts = [j for j, part in enumerate(new_sets, 1) if _belongs(part, whole)]
+        parts = _parts(whole, new_sets)
         if len(parts) >= 2 and _belongs(whole, set().union(*(new_sets[j - 1] for j in parts))):
             found.append(("split", [i], parts))
     for j, whole in enumerate(new_sets, 1):
-        parts = [i for i, part in enumerate(old_sets, 1) if _belongs(part, whole)]
+        parts = _parts(whole, old_sets)
         if len(parts) >= 2 and _belongs(whole, set().union(*(old_sets[i - 1] for i in parts))):
             found.append(("merged", parts, [j]))
     return found

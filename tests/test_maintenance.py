@@ -473,6 +473,24 @@ def test_range_diff_classes_unchanged_context_only_content_and_message(world, tm
     assert "  2 -> 2   unchanged (message only)" in summary and "context-only" in summary and "content" in summary
 
 
+def test_range_diff_calls_a_new_patch_new_even_when_it_shares_boilerplate_lines(world, tmp_path):
+    """A new patch whose added lines are mostly ones an unchanged patch adds too (a blank line,
+    ``return 1``) is new: the old patch is still whole in its counterpart, nothing was split."""
+    module = "def a():\n    return 1\n\n\ndef z():\n    return 1\n"
+    more = module + "\n\ndef b():\n    return 1\n"
+    first = header("A Ketta module", "0.16.8") + make_diff("letta/k.py", None, module)
+    old = _series_dir(tmp_path / "old", {"0001-module.diff": first})
+    new = _series_dir(tmp_path / "new", {"0001-module.diff": first,
+                                         "0002-more.diff": header("One more function", "0.16.8")
+                                         + make_diff("letta/k.py", module, more)})
+    report = tmp_path / "rd.json"
+    rc, out, err = world.run("range-diff", "--letta", "0.16.8", str(old), str(new), "--json", str(report))
+    assert rc == 0, err
+    classes = {(p["old_patch"], p["new_patch"]): p["class"] for p in json.loads(report.read_text())["pairs"]}
+    assert classes == {("0001-module.diff", "0001-module.diff"): "unchanged", (None, "0002-more.diff"): "new"}, classes
+    assert "split" not in out
+
+
 def test_range_diff_finds_a_split_and_a_merge(world, tmp_path):
     two = BODY.replace("line 10\n", "line ten\n").replace("line 50\n", "line fifty\n")
     ten = BODY.replace("line 10\n", "line ten\n")
