@@ -327,6 +327,22 @@ def test_upstream_check_classifies_and_reviews(world, tmp_path):
     assert changed["lines 12-18"] is True and changed["lines 37-43"] is False
 
 
+def test_upstream_checks_review_list_sorts_line_ranges_by_number(world, tmp_path):
+    """lines 2-8 before lines 12-18 (as text, "lines 12-18" < "lines 2-8")."""
+    two = BODY.replace("line 5\n", "line five (ketta)\n").replace("line 15\n", "line fifteen (ketta)\n")
+    (world.patches / "0001-change-m.diff").write_text(
+        header("Ketta changes lines 5 and 15", "0.16.8") + make_diff("letta/m.py", BODY, two))
+    world.publish("0.16.9")
+    report = tmp_path / "check.json"
+    rc, out, err = world.run("upstream", "check", "--json", str(report))
+    assert rc == 10, err
+    [m] = [f for f in json.loads(report.read_text())["releases"][0]["review"] if f["path"] == "letta/m.py"]
+    assert [fn["name"] for fn in m["functions"]] == ["lines 2-8", "lines 12-18", "lines 37-43"]
+    text = out.splitlines()
+    assert text.index("      lines 2-8: unchanged (0001-change-m.diff)") < text.index(
+        "      lines 12-18: unchanged (0001-change-m.diff)"), out
+
+
 def test_upstream_check_carries_over(world):
     world.publish("0.16.9")
     rc, out, _ = world.run("upstream", "check")
