@@ -294,3 +294,20 @@ def test_quiet_prints_only_errors_and_the_final_result(world):
     rc, out, err = _quiet_run(world, "-q", "apply", "--letta", "0.16.8", "--out", out_dir, "--force", *src)
     assert rc == 1 and len(out.splitlines()) == 1 and out.startswith("hunks: 2 clean, 1 failed"), out
     assert err.startswith("ketta-build: failed: ") and "0003-tail.diff" in err, err
+
+
+# ----------------------------------------------------------------------------- lint's advice runs as printed
+
+def test_lints_fix_for_a_stale_tox_ini_runs_as_printed(world):
+    import re
+
+    tox = world.root / "repo" / "tox.ini"
+    tox.write_text("[tox]\n")
+    rc, _, err = world.run("lint")
+    [line] = [ln for ln in err.splitlines() if "[tox]" in ln]
+    assert rc == 4, err
+    command = re.search(r"\((python -c .*)\)$", line).group(1)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", command], cwd=world.root / "repo", env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, (command, proc.stderr)
+    assert world.run("lint")[0] == 0
