@@ -35,6 +35,8 @@ from rich.markup import escape
 from . import __version__
 from .atomic import Interrupted
 from .errors import EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOURCE, EXIT_USAGE, KettaError, exit_code_table
+from .tables import print_result
+from .tables import result as printing_result
 
 
 # One definition per flag shared between verbs: the same name means the same thing, with one help text.
@@ -71,23 +73,100 @@ def _add_source_args(p: argparse.ArgumentParser, *, required_version: bool = Fal
     _json_flag(p)
 
 
+class _UsageExit(SystemExit):
+    """A usage error: exit 2 after its one line on stderr; ``main`` also writes the ``--json`` error document."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = f"{message} (see {prog} --help)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its usage errors on one line, like every other error of the tool."""
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an argument no parser knows is reported by the verb it was given to,
+        so the message points to that verb's --help."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._verb_parser(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _verb_parser(self, parsed) -> argparse.ArgumentParser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and getattr(parsed, action.dest, None) in action.choices:
+                sub = action.choices[getattr(parsed, action.dest)]
+                return sub._verb_parser(parsed) if isinstance(sub, _Parser) else sub
+        return self
+
     def error(self, message: str):  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        exc = _UsageExit(self.prog, message)
+        self._print_message(f"{self.prog}: error: {exc.message}\n", sys.stderr)
+        raise exc
 
 
+QUIET_HELP = "print only errors and the final result (no progress, no detail)"
 FUZZ_EXAMPLES_DEFAULT = 10  # compat_tests/test_fuzz.py's own default: the default run's 0.16.8 cell
 FUZZ_EXAMPLES_THOROUGH = 40
 
 
+# Each verb's examples, at the end of its --help above the exit codes: (command, what it does).
+# tests/test_cli_edges.py parses every command with the real parser.
+EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "apply": (("ketta-build apply --letta 0.16.8", "build/0.16.8: the pristine release, then one commit per patch"),
+              ("ketta-build apply --letta 0.16.8 --force --keep-going", "replace the tree; apply what applies"),
+              ("ketta-build apply --letta-git ../letta --ref v0.16.8 --tree build/git", "from a Letta clone")),
+    "series": (("ketta-build series --letta 0.15.1", "which variant of each patch 0.15.1 gets, and why"),
+               ("ketta-build series --letta 0.16.8 --check", "also: do variants overlap on any supported release?")),
+    "export": (("ketta-build export", "refresh patches/ from build/<newest release>"),
+               ("ketta-build export --tree build/0.16.8 --check", "write nothing; exit 4 if patches/ differ"),
+               ("ketta-build export --prune", "also drop patches no commit carries any more")),
+    "lint": (("ketta-build lint", "every check; exit 4 on a finding"),
+             ("ketta-build lint --fix", "rewrite patch files into export's canonical form")),
+    "status": (("ketta-build status", "one row per patch file"),
+               ("ketta-build status --json status.json", "every field, and the outcome per release")),
+    "range-diff": (("ketta-build range-diff --letta 0.16.8 main HEAD", "what a branch changed, patch by patch"),
+                   ("ketta-build range-diff --letta 0.16.8 HEAD patches", "what the uncommitted patches/ change")),
+    "upstream": (("ketta-build upstream check", "new releases upstream, and what porting takes"),),
+    "upstream check": (("ketta-build upstream check", "exit 0 nothing new, 10 carries over, 11 needs porting"),
+                       ("ketta-build upstream check --issue-dir issues --json check.json", "the tracking issues' bodies")),
+    "port": (("ketta-build port --letta 0.16.9", "carry the series onto 0.16.9 (build/0.16.9)"),
+             ("ketta-build port --continue", "after resolving the conflict it stopped at"),
+             ("ketta-build port --skip", "0.16.9 does not need the patch it stopped at"),
+             ("ketta-build port --abort", "give up: build/0.16.9 removed, patches/ untouched")),
+    "bisect": (("ketta-build bisect 0004-no-base-providers-0.16.2.diff --letta-git ../letta --bad 0.16.7",
+                "where the variant stopped applying"),
+               ("ketta-build bisect 0003-keys-from-database.diff --letta-git ../letta --good 0.16.2 --bad 0.16.4 "
+                "--until-applies", "where the newer variant became necessary")),
+    "wheel": (("ketta-build wheel", "dist/: the newest release's wheel, constraints, SHA256SUMS"),
+              ("ketta-build wheel --all --out dist", "every supported release")),
+    "serve": (("ketta-build serve", "the newest release on 127.0.0.1:8283"),
+              ("ketta-build serve --letta 0.16.7 --port 8284", "another release beside it")),
+    "releases": (("ketta-build releases", "one line per supported release"),
+                 ("ketta-build releases --json -", "for a CI job matrix")),
+    "matrix": (("ketta-build matrix --letta 0.16.8", "every suite on 0.16.8"),
+               ("ketta-build matrix --all -p 2", "every release, two cells at a time"),
+               ("ketta-build matrix --changed", "only the cells a change since main can affect"),
+               ("ketta-build matrix --merge reports-0.16.7 reports-0.16.8", "one report from CI's jobs")),
+}
+
+
+def _examples(verb: str) -> str:
+    """The ``examples:`` block of a verb's --help (a long command gets its explanation on the next line)."""
+    lines = []
+    for command, why in EXAMPLES.get(verb, ()):
+        lines.append(f"  {command:<52}  {why}" if len(command) <= 52 else f"  {command}\n      {why}")
+    return "examples:\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
 def _verb(sub, name: str, *, help: str, leaf: bool = True) -> argparse.ArgumentParser:
-    """A verb's parser: its help line doubles as the description, the exit codes are the epilog;
-    every verb that does the work (``leaf``) takes -v."""
-    p = sub.add_parser(name, help=help, description=help, epilog=exit_code_table(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A verb's parser: its help line doubles as the description, its examples and the exit codes are
+    the epilog; every verb that does the work (``leaf``) takes -v."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog = _examples(p.prog.removeprefix("ketta-build ")) + exit_code_table()
     if leaf:
+        # default SUPPRESS: the verb's -q leaves the top-level one (`ketta-build -q VERB`) as it was
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
         p.add_argument("-v", "--verbose", action="store_true",
                        help="print each step of the work on a line of its own (as a CI log wants) instead of one "
                             "changing status line" + ("; apply also says why each variant was chosen or skipped"
@@ -99,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ketta-build", description=__doc__, epilog=exit_code_table(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ap = _verb(sub, "apply", help="apply the series to a Letta release and report every hunk")
@@ -115,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
     _patches_flag(ep)
-    ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
+    ep.add_argument("--check", action="store_true", help="write nothing; exit 4 naming the files export would change")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
     ep.add_argument("--split", action="store_true",
                     help="a refreshed patch that no longer applies to releases its guard claims: keep the file as it was "
@@ -141,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = _verb(sub, "upstream", help="look at upstream: new releases and what porting to them takes", leaf=False)
     upsub = up.add_subparsers(dest="upstream_command", required=True)
     uc = _verb(upsub, "check", help="releases newer than the newest supported one, classified, with a dry-run port "
-                                        "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 error)")
+                                        "and the review list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 usage, "
+                                        "3 upstream source)")
     _index_flag(uc)
     uc.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
     _patches_flag(uc)
@@ -153,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
     rd.add_argument("new", metavar="NEW", help="git ref of this repository, or a patch directory")
     rd.add_argument("--letta", metavar="VERSION", required=True, help="release to apply both to")
+    _patches_flag(rd)  # a git ref's series: DIR's path in DIR's repository at that ref
     _index_flag(rd)
     _cache_flag(rd)
     _json_flag(rd)
@@ -246,7 +328,7 @@ def _cmd_matrix(args, console) -> int:
         cells, patched, context = merge_reports(args.merge, args.report_dir)
         _matrix_table(console, cells)
         for name in ("matrix.json", "matrix.md", "matrix.html"):
-            console.print(f"{name}: {args.report_dir.absolute() / name}")
+            print_result(console, f"{name}: {args.report_dir.absolute() / name}")
         _emit_json(args.json, report_json(cells, not patched, context))
         return 0 if all(c.status == "pass" for c in cells) else 1
 
@@ -311,7 +393,7 @@ def _cmd_matrix(args, console) -> int:
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
     _matrix_table(console, cells)
     for kind, path in paths.items():
-        console.print(f"{kind}: {path}")
+        print_result(console, f"{kind}: {path}")
     _emit_json(args.json, report_json(cells, args.no_patches, context))
     green = all(c.status in ("pass", "not-affected") for c in cells)
     if args.coverage:
@@ -319,8 +401,8 @@ def _cmd_matrix(args, console) -> int:
 
         found = gaps(context.get("coverage") or {})
         for line in found:
-            console.print(f"[red]coverage[/]: {escape(line)}")
-        console.print(f"coverage: {len(found)} hunk(s) or allowance(s) to look at" if found else
+            print_result(console, f"[red]coverage[/]: {escape(line)}")
+        print_result(console, f"coverage: {len(found)} hunk(s) or allowance(s) to look at" if found else
                       "coverage: every hunk ran in a suite or is allowed with its reason")
         green = green and not found
     return 0 if green else 1
@@ -337,9 +419,8 @@ def _need_tox() -> None:
 
 
 def _matrix_table(console, cells) -> None:
-    from rich.table import Table
-
     from .matrix import cell_rows
+    from .tables import print_table
 
     suites, rows = cell_rows(cells)
     colour = {"pass": "green", "fail": "red", "error": "yellow"}
@@ -352,10 +433,8 @@ def _matrix_table(console, cells) -> None:
         return (f"[{colour.get(c.status, 'white')}]{'pass (reused)' if c.reused else c.status}[/] "
                 f"{c.passed}/{c.passed + c.failed + c.errors}")
 
-    table = Table("release", *suites, title="compatibility matrix")
-    for v, row in rows:
-        table.add_row(v, *map(label, row))
-    console.print(table)
+    with printing_result(console):
+        print_table(console, "compatibility matrix", ("release", *suites), [(v, *map(label, row)) for v, row in rows])
 
 
 class _PrintedStatus:
@@ -380,6 +459,8 @@ def _console(stderr: bool, verbose: bool = False):
     from rich.console import Console
 
     console = Console(stderr=stderr, highlight=False)
+    # Without a terminal (a CI log, a pipe) no line is broken: a log keeps each message, path and command whole.
+    console.soft_wrap = not console.is_terminal
     if verbose:
         console.status = lambda status, **_: _PrintedStatus(console, str(status))  # type: ignore[method-assign]
     return console
@@ -483,9 +564,9 @@ def _cmd_series(args, console) -> int:
     }
     for s in rows:
         mark = "[green]apply[/]" if s.selected else "[dim]skip [/]"
-        console.print(f"{mark} {escape(s.entry.name)}  ({escape(s.reason)})")
+        print_result(console, f"{mark} {escape(s.entry.name)}  ({escape(s.reason)})")
     for problem in data["problems"]:
-        console.print(f"[bold red]problem[/]: {escape(problem)}")
+        print_result(console, f"[bold red]problem[/]: {escape(problem)}")
     _emit_json(args.json, data)
     return EXIT_CHECK if data["problems"] else 0
 
@@ -523,12 +604,12 @@ def _cmd_export(args, console) -> int:
         print(f"ketta-build: export: warning: not checked against {line}; ketta-build lint checks it later", file=sys.stderr)
     written = write_plan(plan)
     if written:
-        console.print(f"{len(written)} file(s) written in {args.patches}")
+        print_result(console, f"{len(written)} file(s) written in {args.patches}")
     elif dropped:
-        console.print(f"nothing written; {len(dropped)} patch(es) have no commit in the tree "
+        print_result(console, f"nothing written; {len(dropped)} patch(es) have no commit in the tree "
                       f"({', '.join(p.name for p in dropped)}): --prune removes them from the series")
     else:
-        console.print("nothing to write: the series matches the tree")
+        print_result(console, "nothing to write: the series matches the tree")
     _emit_json(args.json, report_json(plan, written, check=False))
     return 0
 
@@ -556,9 +637,10 @@ def _cmd_port(args, console) -> int:
     if args.abort:
         tree, saved = abort_port(_port_tree(args), force=args.force, cache=Cache(args.cache_dir))
         if saved:
-            console.print(f"the work done since the port stopped is saved in {escape(str(saved))}; get it back in any "
-                          f"clone with: git fetch {escape(str(saved))} 'refs/ketta/*:refs/ketta/*'")
-        console.print(f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
+            print_result(console, f"the work done since the port stopped is saved in {saved}; get it back in any clone with:",
+                          markup=False, soft_wrap=True)
+            print_result(console, f"  git fetch {saved} 'refs/ketta/*:refs/ketta/*'", markup=False, soft_wrap=True)
+        print_result(console, f"port aborted: removed {escape(str(tree))}; patches/ was not changed")
         _emit_json(args.json, {"schema": "ketta-build/port/1", "aborted": str(tree), "saved": str(saved) if saved else None})
         return 0
     with console.status("porting") as status:
@@ -578,8 +660,9 @@ def _cmd_port(args, console) -> int:
         return EXIT_FAILED
     for path in result.written:
         console.print(f"wrote {escape(str(path))}")
-    console.print(f"letta {result.state.version} is now supported; run ketta-build lint and ketta-build matrix "
-                  f"--letta {result.state.version}")
+    print_result(console, f"letta {result.state.version} is now supported; next, lint the series and run its suites:")
+    print_result(console, "  ketta-build lint", markup=False, soft_wrap=True)
+    print_result(console, f"  ketta-build matrix --letta {result.state.version}", markup=False, soft_wrap=True)
     _emit_json(args.json, {"schema": "ketta-build/port/1", "finished": True, **asdict(result.state),
                            "written": [str(p) for p in result.written]})
     return 0
@@ -593,7 +676,7 @@ def _cmd_upstream(args, console) -> int:
         report = check_upstream(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
                                 letta_git=args.letta_git, progress=status.update)
     if not report.releases:
-        console.print(f"nothing newer than {report.newest_supported} on {escape(report.source)}")
+        print_result(console, f"nothing newer than {report.newest_supported} on {escape(report.source)}")
     code = [r for r in report.releases if r.kind != "server"]
     if code:
         console.print(f"{len(code)} Letta Code release(s) ({code[0].version} … {code[-1].version}): not the Letta server; "
@@ -602,8 +685,8 @@ def _cmd_upstream(args, console) -> int:
         if r.kind != "server":
             continue
         flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}", r.yanked is not None)) if on]
-        console.print(f"[bold]letta {r.version}[/] server" + (f" ({', '.join(flags)})" if flags else ""))
-        console.print(f"  dry-run port: {r.status}")
+        print_result(console, f"[bold]letta {r.version}[/] server" + (f" ({', '.join(flags)})" if flags else ""))
+        print_result(console, f"  dry-run port: {r.status}")
         for p in r.patches:
             counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
             console.print(f"    {p.outcome:16} {escape(p.name)}  ({counts})")
@@ -619,7 +702,7 @@ def _cmd_upstream(args, console) -> int:
         from .upstream_check import write_issue_bodies
 
         for path in write_issue_bodies(report, args.issue_dir):
-            console.print(f"issue body: {path}")
+            print_result(console, f"issue body: {path}")
     _emit_json(args.json, report.as_json())
     return report.exit_code
 
@@ -631,10 +714,11 @@ def _cmd_range_diff(args, console) -> int:
 
     with console.status("applying both series") as status:
         result = range_diff(parse_version(args.letta), args.old, args.new, cache=Cache(args.cache_dir),
-                            index_url=args.index_url, progress=status.update)
+                            index_url=args.index_url, progress=status.update, series_dir=args.patches)
     # With --json - the JSON is alone on stdout; the text goes where the rest of the human output goes.
     out = sys.stderr if args.json == "-" else sys.stdout
-    out.write(result.text)
+    if not getattr(args, "quiet", False):  # -q: only the per-patch classes, the result
+        out.write(result.text)
     from .rangediff import class_lines
 
     out.write("\nper patch (old -> new, class):\n" + "".join(f"  {line}\n" for line in class_lines(result.pairs)))
@@ -654,7 +738,7 @@ def _cmd_bisect(args, console) -> int:
         release = f", letta {c.version}" if c.version else ""
         return f"{c.short} {c.subject} ({c.date}{release})"
 
-    say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+    say = lambda text: print_result(console, text, markup=False, soft_wrap=True)  # noqa: E731
     applies = result.mode == "applies"
 
     def show(r, indent: str) -> None:
@@ -721,9 +805,9 @@ def _cmd_wheel(args, console) -> int:
                               index_url=args.index_url, tree=args.tree, progress=status.update)
     series = made[0].series if made else series_state(args.patches)
     for item in made:
-        console.print(f"{escape(str(item.wheel))}  sha256 {item.sha256}  (git tree {item.tree[:12]})")
-        console.print(f"{escape(str(item.constraints))}")
-    console.print(f"{escape(str(args.out / SUMS_FILE))}")
+        print_result(console, f"{escape(str(item.wheel))}  sha256 {item.sha256}  (git tree {item.tree[:12]})")
+        print_result(console, f"{escape(str(item.constraints))}")
+    print_result(console, f"{escape(str(args.out / SUMS_FILE))}")
     if series["dirty"]:
         console.print(f"[yellow]{escape(str(args.patches))} has uncommitted changes: the wheels say so "
                       "(series.dirty in their provenance)[/]")
@@ -746,7 +830,7 @@ def _cmd_lint(args, console) -> int:
     for finding in findings:
         print(f"ketta-build: lint: {finding}", file=sys.stderr)
     if not findings:
-        console.print("lint: no findings")
+        print_result(console, "lint: no findings")
     _emit_json(args.json, {"schema": "ketta-build/lint/1", "findings": [
         {"rule": f.rule, "path": str(f.path), "line": f.line, "message": f.message, "severity": f.severity} for f in findings],
         "fixed": [str(p) for p in fixed]})
@@ -768,16 +852,13 @@ def _runs(outcomes: dict[str, str]) -> str:
 
 
 def _cmd_status(args, console) -> int:
-    from rich.table import Table
-
     from .cache import Cache
     from .status import series_status
+    from .tables import print_table
 
     with console.status("applying the series in memory to every release"):
         status = series_status(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url)
-    table = Table(title=f"{args.patches}: {len(status.patches)} patch files on {len(status.versions)} releases, {status.on}")
-    for column in ("patch", "owner", "upstream", "age", "size", "review by", "releases"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for p in status.patches:
         upstream = f"{p.upstream_status.split()[0]}, {p.forwarded.split()[0] if p.forwarded else '[red]not forwarded?[/]'}"
         if p.applied_upstream:
@@ -785,12 +866,15 @@ def _cmd_status(args, console) -> int:
         age = p.age_days(status.on)
         review = p.review_by or "-"
         owner = p.owner.split("<")[0].strip() if p.owner else "[red]none[/]"
-        table.add_row(escape(p.name), owner if not p.owner else escape(owner), upstream,
-                      f"{age} d" if age is not None else "uncommitted",
-                      f"{p.hunks} {'hunk' if p.hunks == 1 else 'hunks'} +{p.added} -{p.removed}",
-                      f"[red]{escape(review)} passed[/]" if p.review_passed else escape(review),
-                      escape(_runs(p.outcomes)))
-    console.print(table)
+        rows.append((escape(p.name), owner if not p.owner else escape(owner), upstream,
+                     f"{age} d" if age is not None else "uncommitted",
+                     f"{p.hunks} {'hunk' if p.hunks == 1 else 'hunks'} +{p.added} -{p.removed}",
+                     f"[red]{escape(review)} passed[/]" if p.review_passed else escape(review),
+                     escape(_runs(p.outcomes))))
+    with printing_result(console):
+        print_table(console, escape(f"{args.patches}: {len(status.patches)} patch files on {len(status.versions)} "
+                                    f"releases, {status.on}"),
+                    ("patch", "owner", "upstream", "age", "size", "review by", "releases"), rows)
     for version, why in status.unavailable.items():
         print(f"ketta-build: status: letta {version} not checked: {why}", file=sys.stderr)
     _emit_json(args.json, status.to_json())
@@ -817,7 +901,7 @@ def _cmd_serve(args, console) -> int:
         serving = start(opts, progress=status.update)
     try:
         state = write_state(serving)
-        console.print(f"[bold green]Ketta {serving.build.wheel_version}[/] ready at [bold]{serving.url}[/] "
+        print_result(console, f"[bold green]Ketta {serving.build.wheel_version}[/] ready at [bold]{serving.url}[/] "
                       f"in {serving.timings['total']:.1f} s")
         if serving.key_file:
             console.print(f"encryption key: {serving.key_file} (generated on first start, for this host only; "
@@ -829,7 +913,7 @@ def _cmd_serve(args, console) -> int:
         console.print("Ctrl-C stops the server and PostgreSQL")
         _emit_json(args.json, json.loads(state.read_text()))
         code = serving.wait()
-        console.print(f"letta server exited with {code}; see {serving.log_file}")
+        print_result(console, f"letta server exited with {code}; see {serving.log_file}")
         return 1
     except KeyboardInterrupt:
         console.print("stopping the server and PostgreSQL")
@@ -843,7 +927,7 @@ def _cmd_releases(args, console) -> int:
 
     releases = load_releases(args.patches)
     for r in releases:
-        console.print(f"{r.version}  {r.date}")
+        print_result(console, f"{r.version}  {r.date}")
     _emit_json(args.json, {"schema": "ketta-build/releases/1", "versions": [str(r.version) for r in releases],
                            "releases": [{"version": str(r.version), "date": r.date, "sha256": r.sha256} for r in releases]})
     return 0
@@ -857,9 +941,58 @@ COMMANDS = {
 }
 
 
+class _StdoutGuard:
+    """``sys.stdout`` for the length of a verb, outliving its reader: once the pipe is closed
+    (``ketta-build upstream check | head -1``), the rest goes to /dev/null, as Python's documentation
+    on SIGPIPE advises, and the verb runs on to its own exit code and its ``--json FILE``. (rich's
+    own handling of a closed pipe exits with 1 on the spot.)"""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageExit as exc:
+        _usage_json(sys.argv[1:] if argv is None else argv, exc)
+        raise
+    stdout = sys.stdout
+    sys.stdout = _StdoutGuard(stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at interpreter exit
+        sys.stdout = stdout
+
+
+def _run(args) -> int:
     console = _console(stderr=args.json == "-", verbose=getattr(args, "verbose", False))
+    console.quiet = args.quiet  # what a verb prints with print_result still shows
     try:
         return COMMANDS[args.command](args, console)
     except KettaError as exc:
@@ -873,6 +1006,25 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(args, f"ketta-build: error: {where}{exc.strerror or exc}", EXIT_USAGE)
+
+
+def _usage_json(argv: list[str], exc: _UsageExit) -> None:
+    """The error document of a usage error, when the command line asked for ``--json`` (read from the
+    words themselves: the arguments did not parse)."""
+    target = None
+    for i, word in enumerate(argv):
+        if word.startswith("--json="):
+            target = word.removeprefix("--json=")
+        elif word == "--json" and i + 1 < len(argv):
+            target = argv[i + 1]
+    if not target or (target.startswith("-") and target != "-"):
+        return
+    command = next((word for word in argv if word in COMMANDS), None)
+    try:
+        _emit_json(target, {"schema": "ketta-build/error/1", "command": command, "exit_code": EXIT_USAGE,
+                            "error": exc.message})
+    except OSError:
+        pass
 
 
 def _fail(args, line: str, code: int) -> int:

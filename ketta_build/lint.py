@@ -250,7 +250,8 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
         tox = project / "tox.ini"
         if not tox.is_file() or tox.read_text() != expected(project):
             findings.append(Finding("tox", tox, None, "tox.ini is not the one generated from releases.toml "
-                                                      "(python -c 'from ketta_build import toxini; toxini.write(Path(\".\"))')"))
+                                                      "(python -c 'from pathlib import Path; from ketta_build import toxini; "
+                                                      "toxini.write(Path(\".\"))')"))
     return findings, fixed
 
 

@@ -1,7 +1,7 @@
 """``ketta-build range-diff --letta X OLD NEW``: what changed between two versions of the series, patch by patch.
 
-OLD and NEW are each a git ref of this repository (its ``patches/`` at that commit) or a patch
-directory. Both are applied to release X in throw-away build trees; ``git range-diff`` then pairs
+OLD and NEW are each a git ref of this repository (its ``patches/`` at that commit; with
+``--patches DIR``, DIR's repository and DIR's path in it) or a patch directory. Both are applied to release X in throw-away build trees; ``git range-diff`` then pairs
 the commits (one per patch) and shows, per patch, whether it is unchanged (``=``), changed (``!``,
 with the interdiff), new (``>``) or gone (``<``). It is the review of a refresh or a port.
 
@@ -18,9 +18,10 @@ file by file: the added and removed lines in order, and the hunks with their con
 
 Split and merged are found by comparing the sets of (file, +/-, line) of every old and new patch: a
 new patch belongs to an old one when at least half of its changed lines come from it, and the old
-one is split when two or more new patches belong to it and together carry at least half of its
-changed lines (merged: the same the other way round). A pair in such a group says which patches
-the group holds (``group``: old and new positions).
+one is split when two or more new patches belong to it, each carrying lines of it the others do
+not, and together carry at least half of its changed lines (merged: the same the other way
+round). A pair in such a group says which patches the group holds (``group``: old and new
+positions).
 """
 
 from __future__ import annotations
@@ -57,8 +58,19 @@ class RangeDiff:
         return any(p["status"] != "unchanged" for p in self.pairs)
 
 
-def _series_dir(spec: str, repo: Path, work: Path, label: str) -> Path:
-    """A patch directory: ``spec`` itself, or ``patches/`` of git ref ``spec`` in ``repo``."""
+def _where_in_git(series_dir: Path, repo: Path) -> tuple[Path, str]:
+    """The repository a git ref is read from and the series' path in it: ``series_dir``'s own
+    repository when it is in one, else ``repo`` with ``series_dir`` as given (``patches``)."""
+    if series_dir.is_dir() and git_succeeds(series_dir, "rev-parse", "--is-inside-work-tree"):
+        top = Path(git(series_dir, "rev-parse", "--show-toplevel").strip())
+        inside = series_dir.resolve().relative_to(top.resolve()).as_posix()
+        if inside != ".":
+            return top, inside
+    return repo, series_dir.as_posix()
+
+
+def _series_dir(spec: str, repo: Path, work: Path, label: str, inside: str = "patches") -> Path:
+    """A patch directory: ``spec`` itself, or ``inside`` (``patches/``) of git ref ``spec`` in ``repo``."""
     path = Path(spec)
     if path.is_dir():
         return path
@@ -67,10 +79,10 @@ def _series_dir(spec: str, repo: Path, work: Path, label: str) -> Path:
     target = work / label
     target.mkdir(parents=True)
     try:
-        extract_tree(repo, spec, target, "patches")
+        extract_tree(repo, spec, target, inside)
     except GitError:
-        raise KettaError(f"{spec} has no patches/ directory in {repo}") from None
-    return target / "patches"
+        raise KettaError(f"{spec} has no {inside}/ directory in {repo}") from None
+    return target / inside
 
 
 @dataclass
@@ -126,17 +138,32 @@ def _belongs(part: set, whole: set) -> bool:
     return shared > 0 and 2 * shared >= len(part)
 
 
+def _parts(whole: set, sets: list[set]) -> list[int]:
+    """The 1-based positions of ``sets`` that ``whole`` was cut into: each belongs to it and carries
+    lines of it that the larger parts do not (a new patch whose lines an unchanged patch already
+    carries, such as a blank line or ``return 1``, is no part: it is new)."""
+    candidates = sorted((j for j, part in enumerate(sets, 1) if _belongs(part, whole)),
+                        key=lambda j: (-len(sets[j - 1] & whole), j))
+    kept, covered = [], set()
+    for j in candidates:
+        mine = sets[j - 1] & whole
+        if mine - covered:
+            kept.append(j)
+            covered |= mine
+    return sorted(kept)
+
+
 def _groups(old: list[_Commit], new: list[_Commit]) -> list[tuple[str, list[int], list[int]]]:
     """(split|merged, old positions, new positions), 1-based, for every split or merged group."""
     old_sets = [c.lines for c in old]
     new_sets = [c.lines for c in new]
     found = []
     for i, whole in enumerate(old_sets, 1):
-        parts = [j for j, part in enumerate(new_sets, 1) if _belongs(part, whole)]
+        parts = _parts(whole, new_sets)
         if len(parts) >= 2 and _belongs(whole, set().union(*(new_sets[j - 1] for j in parts))):
             found.append(("split", [i], parts))
     for j, whole in enumerate(new_sets, 1):
-        parts = [i for i, part in enumerate(old_sets, 1) if _belongs(part, whole)]
+        parts = _parts(whole, old_sets)
         if len(parts) >= 2 and _belongs(whole, set().union(*(old_sets[i - 1] for i in parts))):
             found.append(("merged", parts, [j]))
     return found
@@ -183,15 +210,17 @@ def class_lines(pairs: list[dict]) -> list[str]:
 
 
 def range_diff(version: Version, old: str, new: str, *, repo: Path = Path("."), cache: Cache | None = None,
-               index_url: str | None = None, progress=lambda _: None) -> RangeDiff:
+               index_url: str | None = None, progress=lambda _: None, series_dir: Path = Path("patches")) -> RangeDiff:
+    """``series_dir`` says where a git ref's series is: its repository, and its path there."""
     cache = cache or Cache()
+    git_repo, inside = _where_in_git(series_dir, repo.absolute())
     work = Path(tempfile.mkdtemp(prefix="ketta-range-diff-"))
     try:
         source = IndexSource(cache, index_url, progress=progress, allow_unsupported=True)
         release = source.resolve(version)
         trees = {}
         for label, spec in (("old", old), ("new", new)):
-            series = read_series(_series_dir(spec, repo.absolute(), work, label))
+            series = read_series(_series_dir(spec, git_repo, work, label, inside))
             progress(f"applying {label} ({spec}) to letta {version}")
             report = apply_series(release, source, series, work / f"tree-{label}", options=ApplyOptions(), cache=cache,
                                   base_source=source)

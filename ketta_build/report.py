@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .applying import Outcome, PatchResult
+from .tables import print_result, print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -151,14 +152,9 @@ LONG_SERIES = 40  # patches; above this the table lists only those that did not 
 
 def print_report(report: ApplyReport, console: Console, verbose: bool = False) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     release = report.release
-    table = Table(title=f"letta {release.version} ({release.origin}: {release.location}) + {report.series_dir}", expand=False)
-    table.add_column("patch")
-    table.add_column("outcome")
-    table.add_column("hunks")
-    table.add_column("commit")
+    rows = []
     # A long series lists the patches that need a look; the clean ones are counted (-v lists all).
     brief = not verbose and len(report.results) > LONG_SERIES
     clean = 0
@@ -168,12 +164,13 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
             continue
         counts = Counter(h.label for h in r.hunks)
         hunks = ", ".join(f"{n}×{label}" for label, n in sorted(counts.items()))
-        table.add_row(r.name, f"[{_STYLE[r.outcome]}]{r.outcome.value}[/]", hunks, (r.commit or "-")[:12])
+        rows.append((escape(r.name), f"[{_STYLE[r.outcome]}]{r.outcome.value}[/]", hunks, (r.commit or "-")[:12]))
     if clean:
-        table.add_row(f"[dim]… {clean} more[/]", f"[{_STYLE[Outcome.CLEAN]}]clean[/]", "", "[dim]-v lists them[/]")
+        rows.append((f"[dim]… {clean} more[/]", f"[{_STYLE[Outcome.CLEAN]}]clean[/]", "", "[dim]-v lists them[/]"))
     for name in report.not_attempted:
-        table.add_row(name, "[dim]not attempted[/]", "", "-")
-    console.print(table)
+        rows.append((escape(name), "[dim]not attempted[/]", "", "-"))
+    print_table(console, escape(f"letta {release.version} ({release.origin}: {release.location}) + {report.series_dir}"),
+                ("patch", "outcome", "hunks", "commit"), rows)
     if verbose:
         for s in report.selections:
             if not s.selected:
@@ -208,15 +205,16 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
         files = [f for f in bad.files if f.outcome is Outcome.FAILED]
         where = ", ".join(f.path + (f" ({f.conflicts} conflict(s))" if f.conflicts else f" (see {f.reject_file})" if f.reject_file else "") for f in files)
         console.print(f"[bold red]stopped at {escape(bad.name)}[/]: {escape(where)}")
-        console.print(
-            f"next: resolve the markers / .rej hunks in {report.out}, commit with the patch's message and author "
-            f"(`git -C {report.out} commit -a --no-edit --author '{bad.author}'`: the message is prepared) and write it back with "
-            f"`ketta-build export --tree {report.out}`; the patches after it were not applied "
-            "(apply again once it is fixed), or rerun with --keep-going to see all failures", markup=False
-        )
+        # Each command to copy is a line of its own, never wrapped.
+        say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+        say(f"next: resolve the markers / .rej hunks in {report.out}, then commit with the patch's message (prepared) and author:")
+        say(f"  git -C {report.out} commit -a --no-edit --author '{bad.author}'")
+        say("and write it back to the series:")
+        say(f"  ketta-build export --tree {report.out}")
+        say("The patches after it were not applied (apply again once it is fixed); rerun with --keep-going to see all failures.")
     if report.backup_ref:
         console.print(f"the replaced tree had commits that were never exported: kept in {report.out} as "
                       f"{report.backup_ref} (git log {report.backup_ref})", markup=False)
     summary = report_json(report)["summary"]["hunks"]
     parts = [f"{n} {k}" for k, n in summary.items() if n]
-    console.print(f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")
+    print_result(console, f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -309,6 +310,11 @@ def _blob(repo: Path, version: Version, path: str) -> str | None:
     return decode(content) if content is not None else None
 
 
+def _natural(name: str) -> tuple:
+    """Sort key: the numbers in a name compared as numbers (``lines 2-8`` before ``lines 12-18``)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
+
+
 def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> list[FileReview]:
     """Per file the series touches (and the checklist's files): upstream's change and the patched functions it hit.
 
@@ -357,6 +363,6 @@ def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> l
             for qual, first, last in functions:
                 if qual.split(".")[-1] == wanted and qual not in hit:
                     hit[qual] = FunctionReview(qual, [], any(a <= last and b >= first for a, b in changed))
-        review.functions = sorted(hit.values(), key=lambda f: f.name)
+        review.functions = sorted(hit.values(), key=lambda f: _natural(f.name))
         reviews.append(review)
     return reviews

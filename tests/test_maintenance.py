@@ -327,6 +327,22 @@ def test_upstream_check_classifies_and_reviews(world, tmp_path):
     assert changed["lines 12-18"] is True and changed["lines 37-43"] is False
 
 
+def test_upstream_checks_review_list_sorts_line_ranges_by_number(world, tmp_path):
+    """lines 2-8 before lines 12-18 (as text, "lines 12-18" < "lines 2-8")."""
+    two = BODY.replace("line 5\n", "line five (ketta)\n").replace("line 15\n", "line fifteen (ketta)\n")
+    (world.patches / "0001-change-m.diff").write_text(
+        header("Ketta changes lines 5 and 15", "0.16.8") + make_diff("letta/m.py", BODY, two))
+    world.publish("0.16.9")
+    report = tmp_path / "check.json"
+    rc, out, err = world.run("upstream", "check", "--json", str(report))
+    assert rc == 10, err
+    [m] = [f for f in json.loads(report.read_text())["releases"][0]["review"] if f["path"] == "letta/m.py"]
+    assert [fn["name"] for fn in m["functions"]] == ["lines 2-8", "lines 12-18", "lines 37-43"]
+    text = out.splitlines()
+    assert text.index("      lines 2-8: unchanged (0001-change-m.diff)") < text.index(
+        "      lines 12-18: unchanged (0001-change-m.diff)"), out
+
+
 def test_upstream_check_carries_over(world):
     world.publish("0.16.9")
     rc, out, _ = world.run("upstream", "check")
@@ -471,6 +487,24 @@ def test_range_diff_classes_unchanged_context_only_content_and_message(world, tm
     assert pairs["0003-tail.diff"]["old_patch"] == "0003-tail.diff"
     summary = out[out.index("per patch (old -> new, class):"):]
     assert "  2 -> 2   unchanged (message only)" in summary and "context-only" in summary and "content" in summary
+
+
+def test_range_diff_calls_a_new_patch_new_even_when_it_shares_boilerplate_lines(world, tmp_path):
+    """A new patch whose added lines are mostly ones an unchanged patch adds too (a blank line,
+    ``return 1``) is new: the old patch is still whole in its counterpart, nothing was split."""
+    module = "def a():\n    return 1\n\n\ndef z():\n    return 1\n"
+    more = module + "\n\ndef b():\n    return 1\n"
+    first = header("A Ketta module", "0.16.8") + make_diff("letta/k.py", None, module)
+    old = _series_dir(tmp_path / "old", {"0001-module.diff": first})
+    new = _series_dir(tmp_path / "new", {"0001-module.diff": first,
+                                         "0002-more.diff": header("One more function", "0.16.8")
+                                         + make_diff("letta/k.py", module, more)})
+    report = tmp_path / "rd.json"
+    rc, out, err = world.run("range-diff", "--letta", "0.16.8", str(old), str(new), "--json", str(report))
+    assert rc == 0, err
+    classes = {(p["old_patch"], p["new_patch"]): p["class"] for p in json.loads(report.read_text())["pairs"]}
+    assert classes == {("0001-module.diff", "0001-module.diff"): "unchanged", (None, "0002-more.diff"): "new"}, classes
+    assert "split" not in out
 
 
 def test_range_diff_finds_a_split_and_a_merge(world, tmp_path):
