@@ -39,6 +39,7 @@ from .cache import Cache
 from .errors import GitError, KettaError
 from .gitcmd import extract_tree, git, git_succeeds, run
 from .series import read_series
+from .releases import load_releases
 from .upstream import IndexSource
 
 _PAIR = re.compile(r"^\s*(-|\d+):\s+(-+|[0-9a-f]+)\s+([<>=!])\s+(-|\d+):\s+(-+|[0-9a-f]+)\s+(.*)$")
@@ -216,7 +217,8 @@ def range_diff(version: Version, old: str, new: str, *, repo: Path = Path("."), 
     git_repo, inside = _where_in_git(series_dir, repo.absolute())
     work = Path(tempfile.mkdtemp(prefix="ketta-range-diff-"))
     try:
-        source = IndexSource(cache, index_url, progress=progress, allow_unsupported=True)
+        source = IndexSource(cache, index_url, progress=progress, allow_unsupported=True,
+                             releases=load_releases(series_dir))  # the pins of the series asked for
         release = source.resolve(version)
         trees = {}
         for label, spec in (("old", old), ("new", new)):

@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_diff, make_sdist, server_files, write_patch, write_series, write_tree
+from conftest import make_diff, make_sdist, pin_index, server_files, write_patch, write_series, write_tree
 
 from ketta_build.cli import main
 
@@ -438,6 +438,7 @@ def test_a_rej_file_is_never_written_through_a_symlink_inside_the_tree(tmp_path,
     local_index.add(sdist)
     pdir = tmp_path / "patches"
     _failing_patch(pdir)
+    pin_index(pdir, local_index)
     out = tmp_path / "out"
     rc = main(["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--patches", str(pdir), "--out", str(out),
                "--cache-dir", str(tmp_path / "cache")])
@@ -709,6 +710,7 @@ def test_the_releases_own_gitattributes_do_not_change_its_files(tmp_path, local_
     local_index.add(make_sdist(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", files))
     pdir = write_series(tmp_path / "patches", "0001-a.diff")
     write_patch(pdir, "0001-a.diff", make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n"))
+    pin_index(pdir, local_index)
     out = tmp_path / "out"
     rc = main(["apply", "--letta", "0.16.8", "--index-url", local_index.url, "--patches", str(pdir), "--out", str(out),
                "--cache-dir", str(tmp_path / "cache")])
