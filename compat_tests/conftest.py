@@ -288,3 +288,4 @@ def lab(pg, pytestconfig, patched, request, measured):
     yield lab
     lab.close()
     SUMMARIES.append("upgrade suite, time per phase (work runs on parallel threads):\n" + lab.timing_table())
+    fail_on_key_leaks("at the end of the session (the upgrade lab's servers' shutdown)")
