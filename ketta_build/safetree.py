@@ -9,9 +9,13 @@ An archive (an sdist, ``git archive`` of a source or of a build tree) is taken i
    would run when the pristine release is committed);
 2. the archive is read to its end: tar's end-of-archive marker must be there and the compressed stream
    must be whole (a truncated or corrupt archive is refused instead of being extracted in part);
-3. the members are extracted with tarfile's ``data`` filter (which resolves every member's path, links
-   included, against what is already on disk, so nothing is written through a link) into a fresh
-   directory beside the destination;
+3. the members are unpacked by :func:`_unpack` into a fresh directory beside the destination:
+   directories and regular files first, each file opened with ``O_NOFOLLOW | O_EXCL``, then hard links,
+   then symlinks last, and a member that lies under another member that is a symlink is refused, so
+   nothing is ever written through a link (tarfile's ``data`` filter is not relied on: before Python
+   3.11.13 its ``realpath`` gave up silently at ``PATH_MAX``, and a chain of long link names let a
+   member be written outside the tree, CVE-2025-4517). The declared sizes add up to at most
+   :data:`MAX_UNPACKED_BYTES` and the archive has at most :data:`MAX_MEMBERS` members;
 4. the finished tree is judged with its real links (:func:`verify_tree`): links are judged one by one
    in step 1, so a link listed before the link it goes through passed there; here every link is
    followed, hop by hop, and must stay inside the tree all the way. Only then is the directory renamed
@@ -35,6 +39,15 @@ from .errors import KettaError, UpstreamError
 #: any case (git itself refuses ``.GIT`` in a tree), ``CVS`` as CVS writes it.
 VCS_NAMES = frozenset({".git", ".hg", ".svn", ".bzr", "_darcs"})
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
+#: What an archive may unpack to, in all (Letta's sdists unpack to about 40 MB) and in members.
+MAX_UNPACKED_BYTES = 1 << 30
+MAX_MEMBERS = 200_000
+
+
+def shown(name: str, limit: int = 200) -> str:
+    """A member name as an error line shows it: control characters escaped, long names shortened."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-limit // 2:]}"
 
 
 def vcs_name(name: str) -> bool:
@@ -47,22 +60,22 @@ def check_member(m: tarfile.TarInfo, label: str, error: type[KettaError] = Upstr
     name = m.name
     parts = PurePosixPath(name).parts
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise error(f"member '{name}' has an absolute path", path=label)
+        raise error(f"member '{shown(name)}' has an absolute path", path=label)
     if ".." in parts:
-        raise error(f"member '{name}' contains '..'", path=label)
+        raise error(f"member '{shown(name)}' contains '..'", path=label)
     if m.isdev() or m.isfifo():
-        raise error(f"member '{name}' is a device or FIFO", path=label)
+        raise error(f"member '{shown(name)}' is a device or FIFO", path=label)
     vcs = next((p for p in parts if vcs_name(p)), None)
     if vcs is not None:
-        raise error(f"member '{name}' is version-control metadata ({vcs}), which no source may bring: refusing the "
+        raise error(f"member '{shown(name)}' is version-control metadata ({vcs}), which no source may bring: refusing the "
                     "archive", path=label)
     if m.issym() or m.islnk():
         link = PurePosixPath(m.linkname)
         base = PurePosixPath(name).parent if m.issym() else PurePosixPath()
         if link.is_absolute() or _escapes(base / link):
-            raise error(f"member '{name}' is a link to '{m.linkname}' outside the tree", path=label)
+            raise error(f"member '{shown(name)}' is a link to '{shown(m.linkname)}' outside the tree", path=label)
         if any(vcs_name(p) for p in link.parts):
-            raise error(f"member '{name}' is a link into version-control metadata ('{m.linkname}')", path=label)
+            raise error(f"member '{shown(name)}' is a link into version-control metadata ('{shown(m.linkname)}')", path=label)
 
 
 def _escapes(path: PurePosixPath) -> bool:
@@ -122,22 +135,80 @@ def extract_members(tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo], de
     tmp = fresh_dir_beside(dest)
     try:
         try:
-            tar.extractall(tmp, members=list(members), filter="data")
-        except tarfile.TarError as exc:  # the data filter: a member that would land or point outside
-            raise error(f"unsafe archive member: {exc}", path=label) from None
-        except (EOFError, zlib.error) as exc:
+            _unpack(tar, list(members), tmp, label, error)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise error(f"the archive is truncated or corrupt ({exc}); nothing was extracted", path=label) from None
-        except KeyError as exc:  # a hard link to a member the archive does not hold before it
-            raise error(f"unsafe archive member: a hard link whose target is not in the archive ({exc.args[0]})",
-                        path=label) from None
-        except OSError as exc:  # members that cannot both be there: a file, then a directory below it
-            raise error(f"cannot unpack the archive: {exc.strerror or exc}: "
-                        f"{os.path.relpath(exc.filename, tmp) if exc.filename else ''}", path=label) from None
+        except OSError as exc:  # members that cannot both be there, a name too long for the file system
+            where = shown(os.path.relpath(exc.filename, tmp)) if exc.filename else ""
+            raise error(f"cannot unpack the archive: {exc.strerror or exc}: {where}", path=label) from None
         verify_tree(tmp, label, error)
         put_in_place(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unpack(tar: tarfile.TarFile, members: list[tarfile.TarInfo], root: Path, label: str,
+            error: type[KettaError]) -> None:
+    """Step 3: ``members`` (judged by :func:`check_member`) under ``root``, never through a link."""
+    if len(members) > MAX_MEMBERS:
+        raise error(f"the archive has {len(members)} members, more than the {MAX_MEMBERS} any release may have",
+                    path=label)
+    declared = sum(m.size for m in members if m.isreg())
+    if declared > MAX_UNPACKED_BYTES:
+        raise error(f"the archive unpacks to {declared} bytes, more than the {MAX_UNPACKED_BYTES} any release may",
+                    path=label)
+    names = [PurePosixPath(m.name).as_posix() for m in members]
+    links = {name for name, m in zip(names, members) if m.issym()}
+    taken: set[str] = set()
+    for name, m in zip(names, members):
+        parts = PurePosixPath(name).parts
+        under = next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) in links), None)
+        if under is not None:
+            raise error(f"member '{shown(m.name)}' lies under '{shown(under)}', a link in the same archive: refusing "
+                        "what would be written through it", path=label)
+        if name in taken and not (m.isdir() and name not in links):
+            raise error(f"member '{shown(m.name)}' is in the archive twice", path=label)
+        taken.add(name)
+    ordered = ([m for m in members if m.isdir()] + [m for m in members if m.isreg()]
+               + [m for m in members if m.islnk()] + [m for m in members if m.issym()])
+    for m in ordered:
+        path = os.path.join(root, *PurePosixPath(m.name).parts)
+        if m.isdir():
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        elif m.isreg():
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            mode = 0o755 if m.mode & 0o100 else 0o644
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            with os.fdopen(fd, "wb") as out:
+                source = tar.extractfile(m)
+                written = 0
+                while chunk := source.read(1 << 20):
+                    written += len(chunk)
+                    if written > m.size:
+                        raise error(f"member '{shown(m.name)}' is longer than its header says", path=label)
+                    out.write(chunk)
+            if written != m.size:
+                raise error(f"member '{shown(m.name)}' is shorter than its header says", path=label)
+            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+        elif m.islnk():
+            target = PurePosixPath(m.linkname).as_posix()
+            if target not in taken or target in links:
+                raise error(f"member '{shown(m.name)}' is a hard link to '{shown(m.linkname)}', which is no file of "
+                            "the archive", path=label)
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.link(os.path.join(root, *PurePosixPath(target).parts), path, follow_symlinks=False)
+        elif m.issym():
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.symlink(m.linkname, path)
+        else:
+            raise error(f"member '{shown(m.name)}' is of a kind no release holds", path=label)
+
+
+def _walk_error(error: type[KettaError], label: str):
+    def fail(exc: OSError) -> None:
+        raise error(f"cannot read the unpacked tree: {exc.strerror or exc}", path=label)
+    return fail
 
 
 def verify_tree(root: Path, label: str, error: type[KettaError] = UpstreamError) -> None:
@@ -147,28 +218,28 @@ def verify_tree(root: Path, label: str, error: type[KettaError] = UpstreamError)
     ``root``; ``label`` names the source."""
     real_root = os.path.realpath(root)
     linked: dict[tuple[int, int], list] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error(error, label)):
         for name in [*dirnames, *filenames]:
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
             if vcs_name(name):
-                raise error(f"'{rel}' is version-control metadata ({name}), which no source may bring", path=label)
+                raise error(f"'{shown(rel)}' is version-control metadata ({name}), which no source may bring", path=label)
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
                 target = os.readlink(path)
                 where = _resolve_inside(root, rel)
                 if where is None or not _within(os.path.realpath(path), real_root):
-                    raise error(f"'{rel}' is a link to '{target}', which resolves outside the tree", path=label)
+                    raise error(f"'{shown(rel)}' is a link to '{shown(target)}', which resolves outside the tree", path=label)
                 if where == "loop":
-                    raise error(f"'{rel}' is a link to '{target}' that never resolves (a loop)", path=label)
+                    raise error(f"'{shown(rel)}' is a link to '{shown(target)}' that never resolves (a loop)", path=label)
             elif stat.S_ISREG(st.st_mode):
                 if st.st_nlink > 1:
                     linked.setdefault((st.st_dev, st.st_ino), [st.st_nlink, 0, rel])[1] += 1
             elif not stat.S_ISDIR(st.st_mode):
-                raise error(f"'{rel}' is a special file (device, FIFO or socket)", path=label)
+                raise error(f"'{shown(rel)}' is a special file (device, FIFO or socket)", path=label)
     for nlink, seen, rel in linked.values():
         if seen < nlink:
-            raise error(f"'{rel}' is a hard link to a file outside the tree", path=label)
+            raise error(f"'{shown(rel)}' is a hard link to a file outside the tree", path=label)
 
 
 def _within(path: str, root: str) -> bool:

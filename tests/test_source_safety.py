@@ -648,3 +648,48 @@ def test_an_upload_time_from_the_index_is_only_taken_as_a_date(world):
     from ketta_build.releases import load_releases
 
     assert load_releases(world.patches).find(Version("0.16.9")).date == "unknown"
+
+
+def test_a_member_under_a_link_of_the_archive_is_refused_even_past_path_max(tmp_path, local_index, capsys):
+    # The chain of the adversarial trial: every link, judged by its text, stays inside; tarfile's data
+    # filter (Python < 3.11.13) trusts os.path.realpath, which gives up silently at PATH_MAX, so a
+    # member written through the last link landed outside. Nothing may be written under a link.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    top, comp, steps = "letta-0.16.8", "d" * 247, "abcdefghijklmnop"
+    members, path = [], ""
+    for step in steps:
+        members.append((_member(f"{top}/{path}{comp}", kind=tarfile.DIRTYPE), b""))
+        members.append((_member(f"{top}/{path}{step}", kind=tarfile.SYMTYPE, link=comp), b""))
+        path += comp + "/"
+    linkpath = "/".join(steps) + "/" + "l" * 254
+    members.append((_member(f"{top}/{linkpath}", kind=tarfile.SYMTYPE, link="../" * len(steps)), b""))
+    escape = linkpath + "/" + "../" * (len(steps) + 1) + str(outside).lstrip("/")
+    members.append((_member(f"{top}/escape", kind=tarfile.SYMTYPE, link=escape), b""))
+    members.append((_member(f"{top}/escape/pwned.txt", data=b"written by a hostile sdist\n"), b"written by a hostile sdist\n"))
+    local_index.add(_sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", members))
+    assert _apply(tmp_path, local_index) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert "letta-0.16.8.tar.gz" in line and "a link in the same archive" in line and len(line) < 600
+    assert list(outside.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_a_member_under_a_link_inside_the_tree_is_refused_too(tmp_path, local_index, capsys):
+    # Even a link that stays inside: what is written through it would change another file of the release.
+    members = [(_member("letta-0.16.8/letta/alias", kind=tarfile.SYMTYPE, link="."), b""),
+               (_member("letta-0.16.8/letta/alias/a.py", data=b"x = 1\n"), b"x = 1\n")]
+    local_index.add(_sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8", members))
+    assert _apply(tmp_path, local_index) == 3
+    assert "letta/alias" in _one_error_line(capsys.readouterr().err)
+
+
+def test_an_archive_that_unpacks_to_more_than_the_bound_is_refused_unwritten(tmp_path, local_index, capsys, monkeypatch):
+    from ketta_build import safetree
+
+    monkeypatch.setattr(safetree, "MAX_UNPACKED_BYTES", 1 << 20)  # the bound, made small for the test
+    big = b"\0" * (2 << 20)
+    local_index.add(_sdist_with(tmp_path / "letta-0.16.8.tar.gz", "0.16.8",
+                                [(_member("letta-0.16.8/letta/zeros.bin", data=big), big)]))
+    assert _apply(tmp_path, local_index) == 3
+    assert "more than the" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
