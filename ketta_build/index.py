@@ -248,6 +248,12 @@ DOWNLOAD_DEADLINE = 300.0  # seconds for a whole sdist, unless $KETTA_DOWNLOAD_D
 PAGE_DEADLINE = 60.0  # for a page or a piece of a wheel (never more than the download deadline)
 
 
+#: The most an index page (one project's files) or a release's sdist may be. PyPI's page of letta
+#: is about 300 KB and its sdists about 8 MB.
+MAX_PAGE_BYTES = 64 << 20
+MAX_DOWNLOAD_BYTES = 512 << 20
+
+
 def download_deadline() -> float:
     """Seconds one download may take from its first byte asked to its last read ($KETTA_DOWNLOAD_DEADLINE)."""
     raw = os.environ.get(DEADLINE_VARIABLE)
@@ -435,10 +441,14 @@ def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile
             if not local.exists():
                 return None
             target = local / "index.html" if local.is_dir() else local
-            body, ctype, base = target.read_bytes(), "text/html", target.as_uri()
+            with open(target, "rb") as fh:
+                body, ctype, base = fh.read(MAX_PAGE_BYTES + 1), "text/html", target.as_uri()
         else:
             with _open(page, {"Accept": _JSON_ACCEPT}) as resp:
-                body, ctype, base = resp.read(), resp.headers.get("Content-Type", ""), resp.geturl()
+                body, ctype, base = resp.read(MAX_PAGE_BYTES + 1), resp.headers.get("Content-Type", ""), resp.geturl()
+        if len(body) > MAX_PAGE_BYTES:
+            raise IndexUnreachable(f"the index page {_redact(page)} is larger than {MAX_PAGE_BYTES} bytes: "
+                                   "not a project page")
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None

@@ -39,8 +39,8 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
-from .index import (PROJECT, IndexFile, _open, _redact, _urllib_request, discover_index_urls, download_deadline,
-                    list_project_files, transport_errors)
+from .index import (MAX_DOWNLOAD_BYTES, PROJECT, IndexFile, _open, _redact, _urllib_request, discover_index_urls,
+                    download_deadline, list_project_files, transport_errors)
 from .gitcmd import blob, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
 from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release, unpinned
@@ -432,6 +432,9 @@ class IndexSource:
                         h.update(chunk)
                         out.write(chunk)
                         done += len(chunk)
+                        if done > MAX_DOWNLOAD_BYTES:
+                            raise IndexUnreachable(f"the download of {item.filename} from {_redact(item.url)} is larger "
+                                                   f"than {MAX_DOWNLOAD_BYTES} bytes: no release is; nothing was cached")
                         self.progress(download_progress(item.filename, done, total, time.monotonic() - start))
                 if total and done != total:  # http.client ends a read at an early close without a word
                     raise IndexUnreachable(f"the download of {item.filename} from {_redact(item.url)} ended after {done} "
