@@ -613,7 +613,14 @@ class DirSource:
             raise UpstreamError("--letta-dir is not a directory", path=self.path)
         check_server_tree(self.path, str(self.path))
         pyproject = self.path / "pyproject.toml"
-        tree_version = _literal_version(pyproject.read_text()) if pyproject.is_file() else None
+        tree_version = None
+        if pyproject.is_symlink() or (pyproject.exists() and not pyproject.is_file()):
+            raise UpstreamError("is not a regular file of the tree (a link or special file): not read", path=pyproject)
+        if pyproject.is_file():
+            try:
+                tree_version = _literal_version(pyproject.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as exc:
+                raise UpstreamError(f"is not UTF-8 text (byte {exc.start}): not a Letta server tree", path=pyproject) from None
         if tree_version is None:
             raise UpstreamError("no literal version in pyproject.toml; cannot tell which release this is", path=pyproject)
         if version is not None and version != tree_version:
@@ -626,7 +633,12 @@ class DirSource:
         rename it to ``dest``."""
         tmp = fresh_dir_beside(dest)
         try:
-            shutil.copytree(self.path, tmp, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"),
+            top = os.path.abspath(self.path)
+
+            def own_git_only(directory: str, names: list[str]) -> set[str]:  # a .git deeper down is refused below
+                return {".git"} & set(names) if os.path.abspath(directory) == top else set()
+
+            shutil.copytree(self.path, tmp, symlinks=True, dirs_exist_ok=True, ignore=own_git_only,
                             copy_function=_copy_regular_file)
             verify_tree(tmp, str(self.path))
             put_in_place(tmp, dest)

@@ -245,6 +245,26 @@ def test_a_directory_source_with_metadata_or_a_fifo_is_refused(tmp_path, capsys)
     (tree / ".git").mkdir()  # the checkout's own .git is left out, as before
     (tree / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     assert run() == 0
+    shutil.rmtree(tmp_path / "out")
+    (tree / "letta" / "sub" / ".git" / "hooks").mkdir(parents=True)  # a .git deeper down is refused, not dropped
+    (tree / "letta" / "sub" / ".git" / "config").write_text("[core]\n\thooksPath = hooks\n")
+    assert run() == 3
+    assert "letta/sub/.git" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_directory_sources_pyproject_is_read_only_as_a_regular_utf8_file(tmp_path, capsys):
+    secret = tmp_path / "secret.toml"
+    secret.write_text('version = "0.16.8"\n')
+    tree = write_tree(tmp_path / "letta-dir", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+    run = lambda: main(["apply", "--letta-dir", str(tree), "--patches", str(_series(tmp_path)),  # noqa: E731
+                        "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    (tree / "pyproject.toml").write_bytes((tree / "pyproject.toml").read_bytes() + b"# caf\xe9\n")
+    assert run() == 3  # not a traceback
+    assert "not UTF-8" in _one_error_line(capsys.readouterr().err)
+    (tree / "pyproject.toml").unlink()
+    (tree / "pyproject.toml").symlink_to(secret)
+    assert run() == 3
+    assert "not read" in _one_error_line(capsys.readouterr().err)
 
 
 # ----------------------------------------------------------------------------- 2. chained links
