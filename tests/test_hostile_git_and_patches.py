@@ -559,18 +559,25 @@ def test_a_hunk_claiming_an_absurd_line_fails_or_applies_at_once(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
-@pytest.mark.parametrize("header", ["@@ -999999999999,1 +999999999999,1 @@", "@@ -1,1 +10000001,1 @@",
-                                    "@@ -" + "9" * 5000 + ",1 +1,1 @@"])
-def test_a_hunk_header_claiming_an_absurd_line_is_bad_input(tmp_path, capsys, header):
+def _refused_as_bad_input(tmp_path: Path, capsys, diff: str) -> tuple[str, Path]:
+    """Apply the one patch ``diff`` to a small release; it must be refused as bad input (exit 2):
+    (the one error line, the patch file)."""
     tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
-    diff = make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n", context=0).replace("@@ -2 +2 @@", header)
-    assert header in diff
     pdir = write_series(tmp_path / "patches", "0001-a.diff")
     path = write_patch(pdir, "0001-a.diff", diff)
     rc = main(["apply", "--letta-dir", str(tree), "--patches", str(pdir), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2, err
     [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+    return line, path
+
+
+@pytest.mark.parametrize("header", ["@@ -999999999999,1 +999999999999,1 @@", "@@ -1,1 +10000001,1 @@",
+                                    "@@ -" + "9" * 5000 + ",1 +1,1 @@"])
+def test_a_hunk_header_claiming_an_absurd_line_is_bad_input(tmp_path, capsys, header):
+    diff = make_diff("letta/a.py", "a\nb\nc\n", "a\nB\nc\n", context=0).replace("@@ -2 +2 @@", header)
+    assert header in diff
+    line, path = _refused_as_bad_input(tmp_path, capsys, diff)
     number = path.read_text().splitlines().index(header) + 1
     assert f"0001-a.diff:{number}:" in line and "line" in line
     assert len(line) < 400
@@ -595,13 +602,7 @@ SYMLINK_DIFF = ("diff --git a/letta/link.py b/letta/link.py\nnew file mode 12000
     (SYMLINK_DIFF.replace("120000", "160000"), "new file mode 160000"),
 ])
 def test_a_patch_that_makes_or_changes_a_symlink_is_bad_input(tmp_path, capsys, diff, mode_line):
-    tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
-    pdir = write_series(tmp_path / "patches", "0001-a.diff")
-    path = write_patch(pdir, "0001-a.diff", diff)
-    rc = main(["apply", "--letta-dir", str(tree), "--patches", str(pdir), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    [line] = [ln for ln in err.splitlines() if ln.startswith("ketta-build: error:")]
+    line, path = _refused_as_bad_input(tmp_path, capsys, diff)
     number = path.read_text().splitlines().index(mode_line) + 1
     assert f"0001-a.diff:{number}:" in line
     assert ("symlink" if "120000" in mode_line else "submodule") in line

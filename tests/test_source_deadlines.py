@@ -156,22 +156,14 @@ def test_a_deadline_that_is_not_a_number_is_bad_input(tmp_path, trickle, capsys,
     assert rc == 2 and "KETTA_DOWNLOAD_DEADLINE='soon'" in _one_error_line(err)
 
 
-def test_a_page_larger_than_any_project_page_is_refused(tmp_path, trickle, capsys, monkeypatch):
-    from ketta_build import index
 
-    monkeypatch.setattr(index, "MAX_PAGE_BYTES", 64)  # the bound, made small for the test
-    server = trickle("fine")
-    rc, err, _ = _apply_in_time(tmp_path, server.url, capsys)
-    assert rc == 3
+@pytest.mark.parametrize("module,bound,what", [("index", "MAX_PAGE_BYTES", "a page larger than any project page"),
+                                               ("upstream", "MAX_DOWNLOAD_BYTES", "a download larger than any release")])
+def test_what_is_larger_than_its_bound_is_refused_and_not_kept(tmp_path, trickle, capsys, monkeypatch, module, bound, what):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(f"ketta_build.{module}"), bound, 64)  # the bound, made small
+    rc, err, _ = _apply_in_time(tmp_path, trickle("fine").url, capsys)
+    assert rc == 3, what
     assert "larger than 64 bytes" in _one_error_line(err)
-
-
-def test_a_download_larger_than_any_release_is_cut_off_and_not_kept(tmp_path, trickle, capsys, monkeypatch):
-    from ketta_build import upstream
-
-    monkeypatch.setattr(upstream, "MAX_DOWNLOAD_BYTES", 100)  # the bound, made small for the test
-    server = trickle("fine")
-    rc, err, _ = _apply_in_time(tmp_path, server.url, capsys)
-    assert rc == 3
-    assert "larger than 100 bytes" in _one_error_line(err)
     assert not list((tmp_path / "cache").rglob("blobs/.download-*")) and not list((tmp_path / "cache").rglob("blobs/sha256/*/*"))

@@ -297,17 +297,25 @@ def test_chained_links_out_of_an_sdist_are_refused(tmp_path, local_index, capsys
     assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("pristine/*.git"))
 
 
-def test_chained_links_out_of_a_git_source_are_refused(tmp_path, capsys):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("key\n")
-    leak, leak_target, hop, hop_target = chained_leak(secret, top=False)  # git archive has no top directory
-    repo = write_tree(tmp_path / "letta-repo", server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
+def _repo_with_chained_leak(root: Path, secret: Path, files: dict[str, str]) -> tuple[str, Path]:
+    """A git repository of ``files`` plus the two links of :func:`chained_leak` (git archive has no top
+    directory), committed: (the leak's name, the repository)."""
+    leak, leak_target, hop, hop_target = chained_leak(secret, top=False)
+    repo = write_tree(root, files)
     (repo / hop).parent.mkdir(parents=True)
     os.symlink(hop_target, repo / hop)
     os.symlink(leak_target, repo / leak)
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "0.16.8")
+    _git(repo, "commit", "-qm", "release")
+    return leak, repo
+
+
+def test_chained_links_out_of_a_git_source_are_refused(tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key\n")
+    leak, repo = _repo_with_chained_leak(tmp_path / "letta-repo", secret,
+                                         server_files("0.16.8", {"letta/a.py": "a\nb\nc\n"}))
     _git(repo, "tag", "v0.16.8")
     assert _apply_git(tmp_path, repo) == 3
     line = _one_error_line(capsys.readouterr().err)
@@ -320,14 +328,7 @@ def test_extract_tree_refuses_chained_links_and_writes_nothing(tmp_path):
 
     secret = tmp_path / "secret.txt"
     secret.write_text("key\n")
-    leak, leak_target, hop, hop_target = chained_leak(secret, top=False)
-    repo = write_tree(tmp_path / "repo", {"README": "r\n"})
-    (repo / hop).parent.mkdir(parents=True)
-    os.symlink(hop_target, repo / hop)
-    os.symlink(leak_target, repo / leak)
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "x")
+    _, repo = _repo_with_chained_leak(tmp_path / "repo", secret, {"README": "r\n"})
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(GitError, match="outside the tree"):
