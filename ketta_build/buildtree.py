@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +28,7 @@ from packaging.version import Version
 from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, apply_patch, decode, encode, git_blob_id
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
-from .errors import BuildTreeError, KettaError
+from .errors import BuildTreeError, KettaError, SeriesError
 from .gitcmd import blob, git, git_bytes
 from .header import commit_message
 from .patchfile import Patch, split_lines
@@ -46,9 +47,18 @@ def _quiet(_: str) -> None:
     pass
 
 
+_MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: the last second git shows (and Python's datetime holds)
+
+
 def _epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` (whole seconds since 1970, up to the year 9999), else 1980-01-01."""
     raw = os.environ.get("SOURCE_DATE_EPOCH")
-    return int(raw) if raw and raw.isdigit() else _DEFAULT_EPOCH
+    if not raw:
+        return _DEFAULT_EPOCH
+    if not re.fullmatch(r"[0-9]+", raw) or int(raw) > _MAX_EPOCH:
+        raise KettaError(f"SOURCE_DATE_EPOCH must be a whole number of seconds from 0 to {_MAX_EPOCH} "
+                         f"(9999-12-31), got {raw!r}")
+    return int(raw)
 
 
 def _identity_env(author: tuple[str, str], committer: tuple[str, str], date: str) -> dict[str, str]:
@@ -71,6 +81,17 @@ def _patch_date(patch: Patch) -> str:
         except (TypeError, ValueError):
             pass
     return f"@{_epoch()} +0000"
+
+
+def _check_author(patch: Patch) -> None:
+    """git takes a commit's author as ``Name <email>`` on one line: refuse one the header folded over
+    several lines (bad input, not a git failure)."""
+    h = patch.header
+    if any(c in h.author_name + h.author_email for c in "\r\n"):
+        lines = patch.path.read_text(encoding="utf-8", errors="replace").splitlines() if patch.path.is_file() else []
+        line = next((i for i, text in enumerate(lines, 1) if text.startswith("Author:")), None)
+        raise SeriesError(f"Author spans several lines ({h.author_name} <{h.author_email}>); write 'Name <email>' on "
+                          "one line", path=patch.path, line=line)
 
 
 # --------------------------------------------------------------------------- pristine trees
@@ -574,6 +595,9 @@ def apply_series(
     selections = series.explain(release.version)
     selected = [s.entry for s in selections if s.selected] if entries is None else list(entries)
     patches = {e.name: series.load(e) for e in selected}  # parse everything before touching disk
+    for patch in patches.values():
+        _check_author(patch)
+    _epoch()  # a SOURCE_DATE_EPOCH git cannot take is refused before anything is made
     check_out_dir(out, options.force, options.out_flag)
     if base_source is None and isinstance(source, IndexSource):
         base_source = source
