@@ -47,7 +47,7 @@ from . import toxini
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .claims import check_claims, describe, group_failures
-from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
+from .errors import BuildTreeError, ClaimError, DamagedPortState, KettaError, SeriesError
 from .gitcmd import git, git_succeeds
 from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
@@ -91,9 +91,18 @@ class PortState:
         path = tree / ".git" / STATE
         if not path.is_file():
             raise KettaError(f"no port in progress in {tree} (no .git/{STATE}); start one with ketta-build port --letta NEW")
-        data = json.loads(path.read_text())
-        data["patches"] = [PortedPatch(**p) for p in data["patches"]]
-        return cls(**data)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["patches"] = [PortedPatch(**p) for p in data["patches"]]
+            state = cls(**data)
+            if not all(isinstance(v, str) for v in (state.version, state.series_dir, state.tree)):
+                raise TypeError("version, series_dir and tree are strings")
+            Version(state.version)
+        except (ValueError, TypeError, KeyError, AttributeError):  # JSON, UTF-8 and versions raise ValueErrors
+            raise DamagedPortState("the port's state is damaged (not what ketta-build wrote); the port cannot go on: "
+                                   "give it up with ketta-build port --abort --force (it saves the tree as a git "
+                                   "bundle first)", path=path) from None
+        return state
 
 
 @dataclass
@@ -393,17 +402,25 @@ def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -
     """Remove the port's build tree; nothing else was changed. Work done in the tree since the port
     stopped (commits, edits) is refused without ``force``, saved as a bundle beside it with."""
     tree = tree.absolute()
-    state = PortState.load(tree)  # refuses a tree with no port in progress (a finished port has none)
+    try:
+        state: PortState | None = PortState.load(tree)  # refuses a tree with no port in progress (a finished port has none)
+    except DamagedPortState as exc:
+        if not force:
+            raise BuildTreeError(f"{exc.message.split(';')[0]}, so whether work was done here since the port stopped "
+                                 "cannot be told: port --abort --force saves the tree (commits and files) as a git "
+                                 "bundle beside it, then removes it", path=exc.path) from None
+        state = None
     head = git(tree, "rev-parse", "HEAD")
-    worked = (state.stopped_head is not None and head != state.stopped_head) or (
+    worked = state is None or (state.stopped_head is not None and head != state.stopped_head) or (
         state.stopped_worktree is not None and _worktree_id(tree) != state.stopped_worktree)
     saved = None
     if worked:
         if not force:
             raise BuildTreeError("work was done here since the port stopped (commits or edited files): port --abort "
                                  "--force saves it as a git bundle beside the tree, then removes the tree", path=tree)
+        what = f"the port to letta {state.version}" if state is not None else "a port"
         snapshot = git(tree, "commit-tree", _worktree_id(tree), "-p", head, "-m",
-                       f"the work tree of the port to letta {state.version} when it was aborted",
+                       f"the work tree of {what} when it was aborted",
                        env={"GIT_AUTHOR_NAME": "ketta-build", "GIT_AUTHOR_EMAIL": "ketta-build@ketta.invalid",
                             "GIT_COMMITTER_NAME": "ketta-build", "GIT_COMMITTER_EMAIL": "ketta-build@ketta.invalid"})
         ref = backup_name("abort", snapshot)
@@ -411,7 +428,11 @@ def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -
         saved = tree.parent / f"{tree.name}-aborted-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bundle"
         git(tree, "bundle", "create", "-q", str(saved), ref)
     shutil.rmtree(tree)
-    _unregister(cache or Cache(), state)
+    if state is not None:
+        _unregister(cache or Cache(), state)
+    else:  # the state named its series: find the tree's entry in any series' list
+        for entry in (cache or Cache()).root.glob(f"ports/*/{hashlib.sha256(str(tree).encode()).hexdigest()[:16]}.json"):
+            entry.unlink(missing_ok=True)
     return tree, saved
 
 

@@ -784,3 +784,24 @@ def test_an_export_from_an_older_tree_does_not_undo_a_newer_export(world):
     subprocess.run(["git", "rebase", "-q", "--onto", amended7, first7], cwd=old_tree, check=True, capture_output=True)
     rc, _, err = world.run("export", "--tree", str(old_tree))
     assert rc == 5 and "changed both" in err and (world.patches / "0001-change-m.diff").read_bytes() == newer
+
+
+# ----------------------------------------------------------------------------- issue 30: a port's state file damaged
+
+
+def test_a_damaged_port_state_is_one_line_and_abort_still_removes_the_port(world):
+    tree = stop_port(world)
+    (tree / ".git" / "ketta-port.json").write_text('{"version": "0.16.9", "patches": [')  # cut short
+    before = world.snapshot()
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 2 and "ketta-port.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    rc, _, err = world.run("apply", "--letta", "0.16.9", "--out", str(tree), "--force")
+    assert rc != 0 and "port --abort" in err and tree.exists()
+    rc, _, err = world.run("port", "--abort", "--tree", str(tree))  # it cannot tell whether work was done since the stop
+    assert rc == 5 and "--force" in err and "ketta-port.json" in err and tree.exists()
+    rc, out, err = world.run("port", "--abort", "--force", "--tree", str(tree))
+    assert rc == 0 and not tree.exists(), err
+    assert list(tree.parent.glob("0.16.9-aborted-*.bundle")) and world.snapshot() == before
+    world.publish("0.16.10")
+    rc, _, err = world.run("port", "--letta", "0.16.10", "--tree", str(world.root / "build" / "0.16.10"))
+    assert rc == 0, "the aborted port is no longer in progress anywhere: " + err
