@@ -12,6 +12,7 @@ only when the run is over; an interrupted run leaves no tree that looks done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from .cache import Cache
 from .errors import BuildTreeError, KettaError, SeriesError
 from .gitcmd import blob, git, git_bytes
 from .header import commit_message
-from .patchfile import Patch, split_lines
+from .patchfile import Patch, parse_patch_text, split_lines
 from .report import report_json
 from .series import Selection, Series
 from .upstream import IndexSource, UpstreamRelease, UpstreamSource
@@ -306,6 +307,16 @@ def backup_name(what: str, commit: str) -> str:
 
 
 @dataclass(frozen=True)
+class Synced:
+    """A patch as the tree and ``patches/`` last agreed on it (apply, export, port): the export's base
+    for telling a change made in the tree from one made in ``patches/`` (a pull, another tree's export)."""
+
+    sha256: str | None  # of the patch file as the tree took it
+    commit: str | None  # the commit that carried it then
+    text: str | None = None  # the file itself; None in trees made before it was kept
+
+
+@dataclass(frozen=True)
 class TreeState:
     """What ``.git/ketta-build.json`` says about a build tree."""
 
@@ -313,9 +324,20 @@ class TreeState:
     head: str | None  # the commit the tool itself left at HEAD (apply, or the last export or port)
     stopped_at: str | None  # the patch apply stopped at (it did not apply), if it stopped
     not_attempted: tuple[str, ...]  # the patches after it
-    # patch name -> (sha256 of the patch file, commit) when the tree and patches/ last agreed on it
-    # (apply, export, port): a file changed since, by an export from another tree, is newer there
-    synced: dict[str, tuple[str | None, str | None]]
+    synced: dict[str, Synced]  # patch name -> the file and commit when the tree and patches/ last agreed on it
+
+
+def synced_record(content: bytes, commit: str | None) -> dict:
+    """How ``.git/ketta-build.json`` keeps a :class:`Synced` (``synced``: name -> this)."""
+    return {"sha256": hashlib.sha256(content).hexdigest(), "commit": commit,
+            "file": content.decode("utf-8", errors="surrogateescape")}
+
+
+def _synced(record) -> Synced:
+    if isinstance(record, dict):
+        text = record.get("file")
+        return Synced(record.get("sha256"), record.get("commit"), text if isinstance(text, str) else None)
+    return Synced(record[0], record[1])  # [sha256, commit]: trees made before the file was kept
 
 
 def read_tree_state(tree: Path) -> TreeState:
@@ -332,9 +354,12 @@ def read_tree_state(tree: Path) -> TreeState:
     # trees made before "synced" was kept: what apply recorded (a false alarm beats a silent revert)
     synced = data.get("synced") or {p["name"]: [p.get("sha256"), p.get("commit")] for p in data.get("patches", [])
                                     if p.get("commit")}
+    try:
+        kept = {name: _synced(record) for name, record in synced.items()}
+    except (AttributeError, IndexError, KeyError, TypeError):
+        raise BuildTreeError(f"its .git/{STATE_FILE} is not readable", path=tree) from None
     return TreeState(version, (data.get("tree") or {}).get("head"), failed[0] if failed and not data.get("options", {}).get(
-        "keep_going") else None, tuple(data.get("not_attempted", [])),
-        {name: (pair[0], pair[1]) for name, pair in synced.items()})
+        "keep_going") else None, tuple(data.get("not_attempted", [])), kept)
 
 
 def recorded_head(tree: Path) -> str | None:
@@ -344,15 +369,16 @@ def recorded_head(tree: Path) -> str | None:
         return None
 
 
-def record_head(tree: Path, head: str, synced: dict[str, tuple[str, str]] | None = None) -> None:
-    """Remember ``head`` as the commit the tool left (after it rewrote commit messages), and for the
-    patches in ``synced`` the file (sha256) and commit that now agree."""
+def record_head(tree: Path, head: str | None, synced: dict[str, tuple[bytes, str | None]] | None = None) -> None:
+    """Remember ``head`` (unless None) as the commit the tool left (after it rewrote commit messages), and
+    for the patches in ``synced`` (name -> (file, commit)) the file and commit that now agree."""
     state_file = tree / ".git" / STATE_FILE
     data = json.loads(state_file.read_text())
-    data.setdefault("tree", {})["head"] = head
+    if head is not None:
+        data.setdefault("tree", {})["head"] = head
     if synced is not None:
-        known = {name: list(pair) for name, pair in read_tree_state(tree).synced.items()}
-        known.update({name: list(pair) for name, pair in synced.items()})
+        known = data.get("synced") or {name: [s.sha256, s.commit] for name, s in read_tree_state(tree).synced.items()}
+        known.update({name: synced_record(content, commit) for name, (content, commit) in synced.items()})
         data["synced"] = known
     write_atomic(state_file, (json.dumps(data, indent=2) + "\n").encode())
 
@@ -594,7 +620,15 @@ def apply_series(
     out = out.absolute()
     selections = series.explain(release.version)
     selected = [s.entry for s in selections if s.selected] if entries is None else list(entries)
-    patches = {e.name: series.load(e) for e in selected}  # parse everything before touching disk
+    raw: dict[str, bytes] = {}  # the files as read: what the tree takes (its state keeps them, for export)
+    for e in selected:
+        try:
+            raw[e.name] = (series.directory / e.name).read_bytes()
+        except OSError:
+            series.load(e)  # says what is wrong with it
+            raise
+    # parse everything before touching disk
+    patches = {e.name: parse_patch_text(raw[e.name], series.directory / e.name, e.name) for e in selected}
     for patch in patches.values():
         _check_author(patch)
     _epoch()  # a SOURCE_DATE_EPOCH git cannot take is refused before anything is made
@@ -656,7 +690,8 @@ def apply_series(
                 if out.exists():  # --force: what was committed there and never exported stays reachable
                     report.backup_ref = carry_backups(out, tree, "apply")
                 state = report_json(report)
-                state["synced"] = {p["name"]: [p["sha256"], p["commit"]] for p in state["patches"] if p["commit"]}
+                commits = {r.name: r.commit for r in report.results}
+                state["synced"] = {name: synced_record(content, commits.get(name)) for name, content in raw.items()}
                 (tree / ".git" / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
                 _move_into_place(tree, out)
         finally:

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
     _patches_flag(ep)
-    ep.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the files export would change")
+    ep.add_argument("--check", action="store_true", help="write nothing; exit 4 naming the files export would change "
+                                                         "and those newer in patches/ than in the tree")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
     ep.add_argument("--split", action="store_true",
                     help="a refreshed patch that no longer applies to releases its guard claims: keep the file as it was "
@@ -514,8 +515,11 @@ def _cmd_export(args, console) -> int:
             print(f"ketta-build: export --check: {path} differs from what export would write", file=sys.stderr)
         for p in dropped:
             print(f"ketta-build: export --check: {args.patches / p.name} has no commit in {tree}", file=sys.stderr)
-        _emit_json(args.json, report_json(plan, differ, check=True))
-        return EXIT_CHECK if differ or dropped else 0
+        newer = [p for p in plan.patches if p.status == "newer"]
+        for p in newer:  # export writes nothing for them, but the tree and the series differ
+            print(f"ketta-build: export --check: {args.patches / p.name} is {p.note}", file=sys.stderr)
+        _emit_json(args.json, report_json(plan, differ + [args.patches / p.name for p in newer], check=True))
+        return EXIT_CHECK if differ or dropped or newer else 0
     for line in plan.unchecked:
         print(f"ketta-build: export: warning: not checked against {line}; ketta-build lint checks it later", file=sys.stderr)
     written = write_plan(plan)

@@ -539,7 +539,7 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
         for ported in state.patches:
             final = plan.variant_names.get(ported.name, ported.name)
             if ported.commit and (series_dir / final).is_file():
-                synced[final] = (hashlib.sha256((series_dir / final).read_bytes()).hexdigest(), ported.commit)
+                synced[final] = ((series_dir / final).read_bytes(), ported.commit)
         record_head(tree, git(tree, "rev-parse", "HEAD"), synced)
         (tree / ".git" / STATE).unlink()
         _unregister(cache, state)

@@ -805,3 +805,154 @@ def test_a_damaged_port_state_is_one_line_and_abort_still_removes_the_port(world
     world.publish("0.16.10")
     rc, _, err = world.run("port", "--letta", "0.16.10", "--tree", str(world.root / "build" / "0.16.10"))
     assert rc == 0, "the aborted port is no longer in progress anywhere: " + err
+
+
+# ----------------------------------------------------------------------------- issue 30: what a teammate pushed
+
+
+def _clones(world) -> tuple[Path, Path]:
+    """A (the world's repository, now with an origin) and B, a teammate's clone of that origin."""
+    a = world.root / "repo"
+    origin = world.root / "origin.git"
+    git(world.root, "clone", "-q", "--bare", str(a), str(origin))
+    git(a, "remote", "add", "origin", str(origin))
+    b = world.root / "clone-b"
+    git(world.root, "clone", "-q", str(origin), str(b))
+    return a, b
+
+
+def _pull(a: Path) -> None:
+    git(a, "pull", "-q", "--ff-only", "origin", git(a, "symbolic-ref", "--short", "HEAD").strip())
+
+
+def _push_field(b: Path, name: str, field: str, value: str) -> None:
+    """B sets ``field`` (a one-line header field) of patch ``name``, commits and pushes."""
+    path = b / "patches" / name
+    lines = path.read_text().splitlines(True)
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(f"{field}: ")), None)
+    if at is None:  # a field the patch does not have yet: before the Description
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("Description: "))
+        lines.insert(at, "")
+    lines[at] = f"{field}: {value}\n"
+    path.write_text("".join(lines))
+    git(b, "commit", "-q", "-a", "-m", f"{name}: {field}")
+    git(b, "push", "-q", "origin", "HEAD")
+
+
+def _push_module(b: Path, content: str) -> None:
+    """B changes what 0002 puts in letta/k.py (a refresh made in B's own tree), commits and pushes."""
+    path = b / "patches" / "0002-new-module.diff"
+    head = path.read_text().split("diff --git", 1)[0]
+    path.write_text(head + make_diff("letta/k.py", None, content))
+    git(b, "commit", "-q", "-a", "-m", "0002: another module")
+    git(b, "push", "-q", "origin", "HEAD")
+
+
+def _edit_in_tree(tree: Path, how: str) -> str:
+    """A edits the tree: amends its last commit (0003) or folds an edit into 0001's commit, which
+    rebases every commit after it (0002's among them). The patch it changed."""
+    m = tree / "letta/m.py"
+    if how == "amend-last":
+        m.write_text(m.read_text().replace("line forty\n", "line FORTY (A)\n"))
+        git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+        return "0003-tail.diff"
+    m.write_text(m.read_text().replace("line 14\n", "line 14 (A)\n"))
+    git(tree, "commit", "-q", "-a", "--fixup", git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip())
+    git(tree, "-c", "sequence.editor=true", "rebase", "-q", "-i", "--autosquash", "upstream/0.16.8")
+    return "0001-change-m.diff"
+
+
+def _reword_in_tree(tree: Path, name: str, old: str, new: str) -> None:
+    """A rewords the commit of patch ``name`` (anywhere in the branch)."""
+    sha = git(tree, "log", "--format=%H", "--grep", f"Ketta-Patch: {name}").strip()
+    message = git(tree, "log", "-1", "--format=%B", sha)
+    assert old in message
+    branch = git(tree, "symbolic-ref", "--short", "HEAD").strip()
+    git(tree, "checkout", "-q", sha)
+    git(tree, "commit", "-q", "--amend", "-m", message.replace(old, new))
+    git(tree, "rebase", "-q", "--onto", git(tree, "rev-parse", "HEAD").strip(), sha, branch)
+
+
+WHY = "Because Ketta needs this change for its unified providers."
+
+
+@pytest.mark.parametrize("how", ["amend-last", "fixup-first"])
+def test_30_export_keeps_a_description_a_teammate_pushed(world, how):
+    """The two-clone team sequence: A applies; B changes 0002's description and pushes; A pulls, edits
+    another patch in the tree made before the pull and exports: B's text stays, reported newer."""
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Description", "A Ketta module, as B wrote it after review.")
+    _pull(a)
+    edited = _edit_in_tree(tree, how)
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    text = (world.patches / "0002-new-module.diff").read_text()
+    assert "Description: A Ketta module, as B wrote it after review.\n" in text and WHY not in text
+    said = " ".join(out.split())
+    assert f"refreshed {edited}" in said and "newer 0002-new-module.diff" in said and "newer in patches/" in said
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")  # tree and series differ: said, exit 4
+    assert rc == 4 and f"{world.patches / '0002-new-module.diff'} is newer in patches/" in err
+    once = world.snapshot()
+    rc, out, err = world.run("export", "--tree", str(tree))  # again: nothing written, B's text still there
+    assert rc == 0 and world.snapshot() == once and "newer 0002-new-module.diff" in " ".join(out.split()), err
+    rc, _, err = world.run("export", "--tree", str(world.apply("0.16.8")), "--check")  # a new apply takes it
+    assert rc == 0, err
+
+
+def test_30_export_keeps_a_diff_a_teammate_pushed_though_the_tree_rebased_its_commit(world):
+    """Once refused as 'changed both': 0002's commit was only rebased (0001 edited before it)."""
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_module(b, "KETTA = 'B'\n")
+    _pull(a)
+    pushed = (world.patches / "0002-new-module.diff").read_bytes()
+    _edit_in_tree(tree, "fixup-first")
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    assert (world.patches / "0002-new-module.diff").read_bytes() == pushed
+    assert "refreshed 0001-change-m.diff" in out and "newer 0002-new-module.diff" in " ".join(out.split())
+
+
+def test_30_a_field_changed_in_both_places_refuses_the_whole_export(world):
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Description", "B's reason for the module.")
+    _pull(a)
+    _edit_in_tree(tree, "amend-last")
+    _reword_in_tree(tree, "0002-new-module.diff", WHY, "A's reason for the module.")
+    before, head = world.snapshot(), git(tree, "rev-parse", "HEAD")
+    for check in ([], ["--check"]):
+        rc, _, err = world.run("export", "--tree", str(tree), *check)
+        line = " ".join(err.split())
+        assert rc == 5 and "0002-new-module.diff" in line and "Description" in line and "changed both" in line, err
+        assert f"apply --letta 0.16.8 --tree {tree} --force" in line and "backup ref" in line
+        assert world.snapshot() == before and git(tree, "rev-parse", "HEAD") == head, "nothing written"
+
+
+def test_30_changes_to_other_parts_of_one_patch_are_both_kept(world):
+    """B changes 0002's Owner and adds a Review-By, A rewords its description; B changes 0001's
+    description, A changes its diff: every change is in the files, none is reverted, nothing refused."""
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Owner", "Team B <b@example.org>")
+    _push_field(b, "0002-new-module.diff", "Review-By", "2027-06-01")
+    _push_field(b, "0001-change-m.diff", "Description", "Because B found why line 15 must change for Ketta.")
+    _pull(a)
+    _reword_in_tree(tree, "0002-new-module.diff", WHY, "Because A found the module needs a reason of its own.")
+    _edit_in_tree(tree, "fixup-first")
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    second = (world.patches / "0002-new-module.diff").read_text()
+    assert "Owner: Team B <b@example.org>\n" in second and "Review-By: 2027-06-01\n" in second
+    assert "Description: Because A found the module needs a reason of its own.\n" in second
+    first = (world.patches / "0001-change-m.diff").read_text()
+    assert "Description: Because B found why line 15 must change for Ketta.\n" in first and "+line 14 (A)\n" in first
+    said = " ".join(out.split())
+    assert "reworded 0002-new-module.diff (Owner, Review-By kept from patches/" in said, said
+    assert "refreshed 0001-change-m.diff (Description kept from patches/" in said, said
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")  # the tree took both: in step
+    assert rc == 0, err
+    rc, lines = lint_lines(world)  # (0003-tail-0.16.7's base-release finding: 0001 changed, as on any edit of it)
+    assert not [ln for ln in lines if "0001-change-m.diff" in ln or "0002-new-module.diff" in ln], lines
+
