@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
@@ -42,7 +42,7 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_patch
 from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineRepos, apply_series, backup_name,
-                        check_out_dir, commit_patch, record_head, reword_commits, stripspace)
+                        check_out_dir, commit_patch, read_tree_state, record_head, reword_commits, stripspace)
 from . import toxini
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
@@ -379,7 +379,8 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
         if ported.outcome != "not-attempted":
             continue
         entry = next(e for e in series.entries if e.name == ported.name)
-        patch = series.load(entry)
+        raw = (series_dir / entry.name).read_bytes() if (series_dir / entry.name).is_file() else None
+        patch = series.load(entry) if raw is None else parse_patch_text(raw, series_dir / entry.name, entry.name)
         progress(f"applying {ported.name}")
         result = apply_patch(tree, patch, preimage=finder, upstream_label=f"letta {release_version}")
         ported.outcome = result.outcome.value
@@ -391,6 +392,7 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
             return PortResult(state, False, plan=_plan(state, lines))
         if result.outcome is not Outcome.ALREADY_UPSTREAM:
             ported.commit = commit_patch(tree, patch, [f.path for f in result.files])
+        record_head(tree, None, {ported.name: (raw, ported.commit)})  # the file this tree took, now
         state.save()
     state.save()
     result = finish_port(tree, cache=cache)
@@ -434,6 +436,35 @@ def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -
         for entry in (cache or Cache()).root.glob(f"ports/*/{hashlib.sha256(str(tree).encode()).hexdigest()[:16]}.json"):
             entry.unlink(missing_ok=True)
     return tree, saved
+
+
+def _moved_under_port(tree: Path, state: PortState, series_dir: Path) -> list[str]:
+    """The patches the port carries whose file changed in ``series_dir`` since the port took it, in a way
+    its finish would undo: the diff (the tree holds the one it took), or, for a patch the finish writes
+    from its commit (merged, resolved), a header the commit does not have. (A header alone changed
+    under a patch that applied as it was is taken: the finish gives its commit the file's message.)"""
+    took = read_tree_state(tree).synced
+    moved = []
+    for ported in state.patches:
+        record, path = took.get(ported.name), series_dir / ported.name
+        if not ported.commit or record is None or record.text is None or not path.is_file():
+            continue
+        then_bytes, now_bytes = record.text.encode("utf-8", errors="surrogateescape"), path.read_bytes()
+        if then_bytes == now_bytes:
+            continue
+        then, now = parse_patch_text(then_bytes, path, ported.name).header, parse_patch_text(now_bytes, path, ported.name).header
+        if (diff_part(then_bytes), then.base_release) != (diff_part(now_bytes), now.base_release):
+            moved.append(f"{ported.name} (its diff)")
+            continue
+        if ported.outcome not in ("merged", "resolved") or render_header(replace(then, base_release=now.base_release)) == \
+                render_header(now):
+            continue
+        name, email = git(tree, "log", "-1", "--format=%an%x00%ae", ported.commit).split("\x00")
+        mine = header_from_commit(parse_commit(git(tree, "log", "-1", "--format=%B", ported.commit)), name, email,
+                                  base_release=now.base_release, where=ported.commit[:10])
+        if render_header(mine) != render_header(now):
+            moved.append(f"{ported.name} (its header)")
+    return moved
 
 
 def _narrow(guard: SpecifierSet | None, new: Version) -> str:
@@ -481,6 +512,12 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
         diff = canonical_diff(tree, f"{ported.commit}^", ported.commit, section_contexts(series.load(entry).files))
         carried[entry.name] = _Carried(entry, ported.commit, header, diff.encode("utf-8", errors="surrogateescape"))
 
+    moved = _moved_under_port(tree, state, series_dir)
+    if moved:
+        raise BuildTreeError(f"{'; '.join(moved)} changed in {series_dir} since the port took it (a pull, or an export "
+                             "from another tree): finishing would carry the file as it was and undo that; give the "
+                             f"port up (ketta-build port --abort --tree {tree}, with --force if you worked there: it "
+                             "saves the work as a bundle) and start it again from the series as it is now", path=tree)
     in_place = set(carried) if state.in_place else set()
     keep_old: set[str] = set()  # rewritten in place, and the previous file kept for the releases it serves
     backwards: dict[str, Version] = {}  # a variant carried backwards -> the first release it does not apply to

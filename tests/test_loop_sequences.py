@@ -956,3 +956,62 @@ def test_30_changes_to_other_parts_of_one_patch_are_both_kept(world):
     rc, lines = lint_lines(world)  # (0003-tail-0.16.7's base-release finding: 0001 changed, as on any edit of it)
     assert not [ln for ln in lines if "0001-change-m.diff" in ln or "0002-new-module.diff" in ln], lines
 
+
+
+def test_30_a_port_stopped_while_a_teammate_changed_a_patch_it_carries_does_not_undo_it(world):
+    """0001 and 0002 went onto 0.16.9, 0003 stopped; meanwhile B's 0002 (another module) and 0001's new
+    Owner arrive. The port took 0001 and 0002 as they were: finishing would carry the old 0002 and
+    record it as taken, so a later export from the port's tree would write the old module back."""
+    world.publish("0.16.9", m=BODY.replace("line 40\n", "line 40 upstream\n"))  # 0003's line
+    tree = world.root / "build" / "0.16.9"
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(tree))[0] == 1
+    a, b = _clones(world)
+    _push_field(b, "0001-change-m.diff", "Owner", "Team B <b@example.org>")
+    _push_module(b, "KETTA = 'B'\n")
+    _pull(a)
+    pulled = world.snapshot()
+    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    line = " ".join(err.split())
+    assert rc == 5 and "0002-new-module.diff (its diff)" in line and "0001-change-m.diff" not in line, err
+    assert "port --abort" in line and world.snapshot() == pulled
+    rc, _, err = world.run("port", "--abort", "--force", "--tree", str(tree))
+    assert rc == 0, err
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(tree))  # from the series as it is now
+    assert rc == 1, err
+    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert (world.patches / "0002-new-module.diff").read_bytes() == pulled["0002-new-module.diff"]
+    assert world.run("export", "--tree", str(tree), "--check")[0] == 0
+
+
+def test_30_a_header_pulled_under_a_stopped_port_is_taken_by_its_finish(world):
+    world.publish("0.16.9", m=BODY.replace("line 40\n", "line 40 upstream\n"))
+    tree = world.root / "build" / "0.16.9"
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(tree))[0] == 1
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Description", "Because B explains the module better now.")
+    _pull(a)
+    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert "Because B explains the module better now." in (world.patches / "0002-new-module.diff").read_text()
+    assert "Because B explains the module better now." in git(tree, "log", "--format=%B")
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 0, err
+
+
+def _take_the_patchs_side(text: str) -> str:
+    """Resolve conflict markers in favour of the patch (the side after ``=======``)."""
+    out, side = [], None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("<<<<<<< "):
+            side = "upstream"
+        elif line.startswith("=======") and side == "upstream":
+            side = "patch"
+        elif line.startswith(">>>>>>> ") and side == "patch":
+            side = None
+        elif side in (None, "patch"):
+            out.append(line)
+    return "".join(out)
