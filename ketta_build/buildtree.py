@@ -296,6 +296,12 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
                                  "them first", path=out)
 
 
+def series_lock(cache: Cache, series_dir: Path):
+    """The lock a verb holds while it reads and then writes ``series_dir`` (export, a port's finish):
+    two at once would each write what they planned from the same series (a new patch listed twice)."""
+    return cache.lock("series-" + hashlib.sha256(str(series_dir.resolve()).encode()).hexdigest()[:16])
+
+
 BACKUP_PREFIX = "refs/ketta/backup/"
 
 

@@ -490,8 +490,16 @@ def _cmd_series(args, console) -> int:
 
 
 def _cmd_export(args, console) -> int:
-    from .buildtree import PristineRepos
+    from .buildtree import series_lock
     from .cache import Cache
+
+    cache = Cache(args.cache_dir)
+    with series_lock(cache, args.patches):  # one export (or port finish) at a time reads and writes patches/
+        return _export_locked(args, console, cache)
+
+
+def _export_locked(args, console, cache) -> int:
+    from .buildtree import PristineRepos
     from .export import plan_export, report_json, verify_plan, write_plan
     from .releases import load_releases
     from .upstream import IndexSource
@@ -499,7 +507,6 @@ def _cmd_export(args, console) -> int:
     tree = args.tree or Path("build") / str(load_releases(args.patches).newest.version)
     plan = plan_export(tree, args.patches, prune=args.prune)
     if not args.check:
-        cache = Cache(args.cache_dir)
         with console.status("checking the releases the changed patches claim") as status:
             source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True)
             verify_plan(plan, PristineRepos(source, cache), split=args.split)

@@ -42,7 +42,8 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_patch
 from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineRepos, apply_series, backup_name,
-                        check_out_dir, commit_patch, read_tree_state, record_head, reword_commits, stripspace)
+                        check_out_dir, commit_patch, read_tree_state, record_head, reword_commits, series_lock,
+                        stripspace)
 from . import toxini
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
@@ -491,12 +492,17 @@ class _Carried:
 def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
     """Write what the port changed into the series, add the release, regenerate tox.ini."""
     tree = tree.absolute()
+    cache = cache or Cache()
+    with series_lock(cache, Path(PortState.load(tree).series_dir)):  # no export writes patches/ meanwhile
+        return _finish_port(tree, cache)
+
+
+def _finish_port(tree: Path, cache: Cache) -> PortResult:
     state = PortState.load(tree)
     new = Version(state.version)
     series_dir = Path(state.series_dir)
     series = read_series(series_dir)
     versions = sorted({*series.releases.versions, new})
-    cache = cache or Cache()
     repos = PristineRepos(IndexSource(cache, state.index_url, allow_unsupported=True), cache)
     by_name = {e.name: e for e in series.entries}
     carried: dict[str, _Carried] = {}

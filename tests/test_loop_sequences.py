@@ -1015,3 +1015,52 @@ def _take_the_patchs_side(text: str) -> str:
         elif side in (None, "patch"):
             out.append(line)
     return "".join(out)
+
+# ----------------------------------------------------------------------------- issue 30: export's writes
+
+
+def _new_commit(tree: Path) -> None:
+    (tree / "letta/extra.py").write_text("X = 1\n")
+    git(tree, "add", "letta/extra.py")
+    git(tree, "commit", "-q", "-m", "Add letta/extra.py", "-m", "The extra module carries a constant Ketta reads elsewhere.")
+
+
+def _series_names(world) -> list[str]:
+    return [ln.split()[0] for ln in (world.patches / "series").read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def test_30_two_exports_at_once_take_turns(world, monkeypatch):
+    """Both plan before either writes (a barrier holds the first writer until the second has planned,
+    or until it gives up waiting): without a lock both wrote the new patch into the series."""
+    import threading
+
+    from ketta_build import export
+
+    tree = world.apply("0.16.8")
+    _new_commit(tree)
+    real_write = export.write_plan
+    both_planned = threading.Barrier(2)
+
+    def write_when_both_planned(plan):
+        try:
+            both_planned.wait(timeout=3)
+        except threading.BrokenBarrierError:
+            pass  # the other one waits for the lock this one holds
+        return real_write(plan)
+
+    monkeypatch.setattr(export, "write_plan", write_when_both_planned)
+    argv = ["export", "--tree", str(tree), "--patches", str(world.patches), "--index-url", world.index.url,
+            "--cache-dir", str(world.cache)]
+    codes: list[int] = []
+    runs = [threading.Thread(target=lambda: codes.append(main(argv))) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=120)
+    world.capsys.readouterr()
+    assert codes == [0, 0]
+    assert _series_names(world).count("0004-add-letta-extra-py.diff") == 1
+    assert not list(world.patches.glob("0005-*"))
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 0, err
+
