@@ -38,7 +38,7 @@ from packaging.version import Version
 from .applying import Outcome, apply_hunks, decode, encode, git_blob_id
 from .buildtree import (PORT_STATE_FILE, PristineRepos, Synced, dirty_summary, read_tree_state, record_head,
                         reword_commits, stripspace, uncommitted)
-from .atomic import uninterruptible, write_atomic
+from .atomic import replacing, uninterruptible
 from .claims import check_claims, describe, group_failures, images_at
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
 from .gitcmd import blob, git
@@ -93,9 +93,10 @@ class ExportPlan:
                 out[sha] = wanted
         return out
 
-    def taken(self) -> dict[str, tuple[bytes, str]]:
+    def taken(self, mapping: dict[str, str]) -> dict[str, tuple[bytes, str]]:
         """Per patch the tree and ``patches/`` agree on once the plan is written, the file as the tree
-        holds it and its commit: the base the next export decides against. A newer patch is not among them (the tree has not taken it), and a patch
+        holds it and its commit (``mapping``: old commit -> reworded one): the base the next export
+        decides against. A newer patch is not among them (the tree has not taken it), and a patch
         written with a diff newer in ``patches/`` is kept with the diff the tree still holds."""
         headers = {name: header for name, header in self.headers.values()}
         out = {}
@@ -107,7 +108,7 @@ class ExportPlan:
             if p.name in self.tree_diff:
                 release, diff = self.tree_diff[p.name]
                 content = render_header(replace(headers[p.name], base_release=release)).encode() + diff
-            out[p.name] = (content, p.commit)
+            out[p.name] = (content, mapping.get(p.commit, p.commit))
         return out
 
     def new_series(self) -> Series:
@@ -613,24 +614,22 @@ def write_plan(plan: ExportPlan) -> list[Path]:
     The commit messages go first: should writing the files be interrupted, the next export finds
     commits that already name their patch files and writes them under those names (no duplicates)."""
     with uninterruptible():  # the commits and the files change together or not at all
-        messages = plan.messages()
-        if messages:
-            mapping = reword_commits(plan.tree, messages, "export: commit messages in step with patches/")
-            for p in plan.patches:
-                if p.commit in mapping:
-                    p.commit = mapping[p.commit]
         if plan.series_edits:
             text = edit_series_text(plan.series.series_file.read_text(encoding="utf-8"), **plan.series_edits)
             plan.files[plan.series.series_file] = text.encode()
         changed = plan.differences()
-        for path in changed:
-            content = plan.files[path]
-            if content is not None:
-                write_atomic(path, content)
-        for path in changed:
-            if plan.files[path] is None:
-                path.unlink(missing_ok=True)
-        record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"), plan.taken())
+        head = git(plan.tree, "rev-parse", "HEAD")
+        branch = git(plan.tree, "symbolic-ref", "-q", "HEAD", check=False) or "HEAD"
+        mapping = reword_commits(plan.tree, plan.messages(), "export: commit messages in step with patches/")
+        try:
+            with replacing({path: plan.files[path] for path in changed}):  # every file or none
+                record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"), plan.taken(mapping))
+        except BaseException:
+            if mapping:  # the commits' messages as they were (the reworded ones stay in the reflog)
+                git(plan.tree, "update-ref", "-m", "ketta-build: export failed, messages as they were", branch, head)
+            raise
+        for p in plan.patches:
+            p.commit = mapping.get(p.commit, p.commit)
     return changed
 
 

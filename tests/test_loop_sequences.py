@@ -1064,3 +1064,28 @@ def test_30_two_exports_at_once_take_turns(world, monkeypatch):
     rc, _, err = world.run("export", "--tree", str(tree), "--check")
     assert rc == 0, err
 
+def test_30_a_write_that_fails_halfway_leaves_nothing_behind(world, monkeypatch):
+    """As with chattr +i patches/series: the new patch file was written, the series not; the next export
+    refused the file 'not listed in the series'. Now every file goes in place or none does."""
+    import os
+
+    tree = world.apply("0.16.8")
+    _new_commit(tree)
+    before, head = world.snapshot(), git(tree, "rev-parse", "HEAD")
+    real_replace = os.replace
+
+    def series_is_immutable(src, dst, *args, **kwargs):
+        if Path(dst) == world.patches / "series":
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", series_is_immutable)
+    rc, _, err = world.run("export", "--tree", str(tree))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert rc == 2 and "series" in err and "Operation not permitted" in err and len(err.strip().splitlines()) == 1
+    assert world.snapshot() == before, "no new patch file, no temporary file, the series as it was"
+    assert git(tree, "rev-parse", "HEAD") == head, "the commits' messages as they were"
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "new       0004-add-letta-extra-py.diff" in out, err
+    assert _series_names(world).count("0004-add-letta-extra-py.diff") == 1
+
