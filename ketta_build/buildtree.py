@@ -246,6 +246,8 @@ class ApplyReport:
     tree_hash: str | None = None
     options: ApplyOptions = field(default_factory=ApplyOptions)
     backup_ref: str | None = None  # where the replaced tree's unexported commits were kept
+    backup_refs: list[str] = field(default_factory=list)  # its other refs and stashes, kept
+    kept_ignored: list[str] = field(default_factory=list)  # its git-ignored files and directories, carried over
 
     @property
     def failed(self) -> list[PatchResult]:
@@ -389,22 +391,90 @@ def record_head(tree: Path, head: str | None, synced: dict[str, tuple[bytes, str
     write_atomic(state_file, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def carry_backups(old: Path, new: Path, what: str) -> str | None:
-    """Before ``old`` is replaced by ``new``: keep, in ``new``, the old tree's backup refs and (as a new
-    backup ref) its HEAD when someone committed there since the tool left it. The name of the new ref."""
+def carry_backups(old: Path, new: Path, what: str) -> tuple[str | None, list[str]]:
+    """Before ``old`` is replaced by ``new``: keep, in ``new``, the old tree's backup refs, (as a new backup
+    ref) its HEAD when someone committed there since the tool left it, and every other ref that holds
+    commits the tool did not leave there (a branch, a tag, each stash) as
+    ``refs/ketta/backup/<time>-<what>/<ref without refs/>`` (stashes: ``.../stash/0``, ``1``, ...).
+    The names of the new refs: HEAD's (or None), the others."""
     if not (old / ".git").is_dir():
-        return None
+        return None, []
     head = git(old, "rev-parse", "-q", "--verify", "HEAD", check=False)
-    backups = [line.split() for line in git(old, "for-each-ref", "--format=%(objectname) %(refname)", BACKUP_PREFIX,
-                                            check=False).splitlines() if line.strip()]
-    made = None
+    left = recorded_head(old)
+    refs = [line.split(" ", 1) for line in git(old, "for-each-ref", "--format=%(objectname) %(refname)",
+                                               check=False).splitlines() if line.strip()]
+    backups = [(commit, ref) for commit, ref in refs if ref.startswith(BACKUP_PREFIX)]
     specs = [f"+{ref}:{ref}" for _, ref in backups]
-    if head and head != recorded_head(old) and head not in {commit for commit, _ in backups}:
+    made = None
+    if head and head != left and head not in {commit for commit, _ in backups}:
         made = backup_name(what, head)
         specs.append(f"+{head}:{made}")
-    if specs:
-        git(new, "fetch", "-q", "--no-tags", str(old), *specs)
-    return made
+    # every other ref with commits the tool did not leave (those of the series are in HEAD's history)
+    merged = set(git(old, "for-each-ref", f"--merged={left}", "--format=%(refname)", check=False).splitlines()) if left else set()
+    current = git(old, "symbolic-ref", "-q", "HEAD", check=False)
+    group = f"{BACKUP_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{what}"
+    while any(ref.startswith(group + "/") for _, ref in backups):  # two runs in one second
+        group += "-again"
+    others: list[tuple[str, str]] = []
+    for commit, ref in refs:
+        if ref.startswith(BACKUP_PREFIX) or ref in merged or ref == "refs/stash" or (ref == current and made):
+            continue
+        others.append((commit, f"{group}/{ref.removeprefix('refs/')}"))
+    if git(old, "rev-parse", "-q", "--verify", "refs/stash", check=False):
+        stashes = git(old, "log", "--walk-reflogs", "--format=%H", "refs/stash", check=False).splitlines()
+        others += [(commit, f"{group}/stash/{n}") for n, commit in enumerate(stashes)]
+    specs += [f"+{commit}:{name}" for commit, name in others]
+    if specs:  # (a stash older than the last is in no ref, only in a reflog: fetched by its id)
+        git(new, "-c", "uploadpack.allowAnySHA1InWant=true", "fetch", "-q", "--no-tags", str(old), *specs)
+    return made, [name for _, name in others]
+
+
+CARRY_FILE = "ketta-carry.json"  # in .git/ of a tree being replaced: its ignored files to carry over
+
+
+def ignored_entries(tree: Path) -> list[str]:
+    """The git-ignored files of ``tree`` (a directory all of whose content is: its name and a slash)."""
+    raw = git_bytes(tree, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory",
+                    "--no-empty-directory")
+    return [entry.decode("utf-8", errors="surrogateescape") for entry in raw.split(b"\0") if entry]
+
+
+def _carry_problems(old: Path, new: Path, entries: list[str]) -> list[str]:
+    """Why ignored files of ``old`` cannot go to the same place in ``new``: ``new`` has something there,
+    or would not ignore them (they would make it dirty)."""
+    problems = []
+    for rel in entries:
+        parts = Path(rel.rstrip("/")).parts
+        spots = [new.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
+        if any(spot.is_symlink() or spot.exists() and (spot == spots[-1] or not spot.is_dir()) for spot in spots):
+            problems.append(f"{rel} (the new tree has it)")
+    if (old / ".git" / "info" / "exclude").is_file():  # patterns the user added there go along
+        (new / ".git" / "info").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old / ".git" / "info" / "exclude", new / ".git" / "info" / "exclude")
+    asked = {}
+    for rel in entries:
+        asked[rel] = rel
+        if rel.endswith("/"):  # a directory not ignored as such: each of its files must be
+            for base, _, files in os.walk(old / rel):
+                for f in files:
+                    asked[str(Path(base, f).relative_to(old))] = rel
+    out = git_bytes(new, "check-ignore", "--no-index", "-z", "--stdin", check=False,
+                    input=b"".join(p.encode("utf-8", errors="surrogateescape") + b"\0" for p in asked))
+    ignored = {p.decode("utf-8", errors="surrogateescape") for p in out.split(b"\0") if p}
+    for rel in entries:
+        inside = [path for path, entry in asked.items() if entry == rel and path != rel]
+        if rel not in ignored and not (rel.endswith("/") and all(path in ignored for path in inside)):
+            problems.append(f"{rel} (the new tree does not ignore it)")
+    return problems
+
+
+def _carry(old: Path, new: Path, entries: list[str]) -> None:
+    """Move the ignored files ``entries`` of ``old`` to the same places in ``new`` (where free)."""
+    for rel in entries:
+        source, target = old / rel.rstrip("/"), new / rel.rstrip("/")
+        if (source.exists() or source.is_symlink()) and not (target.exists() or target.is_symlink()):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
 
 
 def reword_commits(tree: Path, messages: dict[str, str], reason: str,
@@ -459,7 +529,20 @@ def _clean_stale_temp_dirs(out: Path) -> None:
             os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
             continue
         except (OSError, ValueError):
-            shutil.rmtree(stale, ignore_errors=True)
+            pass
+        if not out.exists():  # it died between the two renames: the replaced tree goes back
+            os.replace(stale, out)
+            continue
+        marker = stale / ".git" / CARRY_FILE
+        if marker.is_file():  # it died before it carried the ignored files over: carry them now
+            try:
+                entries = [e for e in json.loads(marker.read_text()) if isinstance(e, str)]
+            except (OSError, ValueError, TypeError):
+                continue  # left for the user to look at
+            _carry(stale, out, entries)
+            if any((stale / rel.rstrip("/")).exists() for rel in entries):
+                continue  # some had nowhere to go: left where they are
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def stripspace(message: str) -> str:
@@ -597,13 +680,17 @@ def commit_patch(tree: Path, patch: Patch, paths: list[str]) -> str:
     return writer.close()[mark]
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
+def _move_into_place(tmp: Path, out: Path, carry: list[str] | None = None) -> None:
+    """``tmp`` becomes ``out``; the git-ignored files ``carry`` of the tree it replaces go along."""
     trash = None
     if out.exists():
         trash = out.with_name(f".{out.name}.ketta-old-{os.getpid()}")
+        if carry:  # should this run die before it moved them, the next one does (_clean_stale_temp_dirs)
+            (out / ".git" / CARRY_FILE).write_text(json.dumps(carry))
         os.replace(out, trash)
     os.replace(tmp, out)
     if trash is not None:
+        _carry(trash, out, carry or [])
         shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -646,8 +733,8 @@ def apply_series(
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_cache = cache or Cache()
     with lock_cache.lock("out-" + git_blob_id(str(out).encode())[:16], timeout=5):
+        _clean_stale_temp_dirs(out)  # (first: it may put back a tree a dead run had moved aside)
         check_out_dir(out, options.force, options.out_flag)
-        _clean_stale_temp_dirs(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ketta-tmp-", dir=out.parent))
         cleanup: list[Callable[[], None]] = []
         try:
@@ -693,13 +780,21 @@ def apply_series(
             report.out = out
 
             with uninterruptible():  # Ctrl-C from here on waits until the new tree is in place
-                if out.exists():  # --force: what was committed there and never exported stays reachable
-                    report.backup_ref = carry_backups(out, tree, "apply")
+                if out.exists():  # --force: what is there and is not the tool's own stays
+                    report.kept_ignored = ignored_entries(out)
+                    problems = _carry_problems(out, tree, report.kept_ignored)
+                    if problems:
+                        raise BuildTreeError(
+                            f"{options.out_flag} holds git-ignored files that cannot go into the new tree at the same "
+                            f"place: {', '.join(problems)}; move them away and apply again (nothing was replaced)",
+                            path=out)
+                    # what was committed there and never exported, other branches, tags and stashes
+                    report.backup_ref, report.backup_refs = carry_backups(out, tree, "apply")
                 state = report_json(report)
                 commits = {r.name: r.commit for r in report.results}
                 state["synced"] = {name: synced_record(content, commits.get(name)) for name, content in raw.items()}
                 (tree / ".git" / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-                _move_into_place(tree, out)
+                _move_into_place(tree, out, report.kept_ignored)
         finally:
             for step in cleanup:
                 step()

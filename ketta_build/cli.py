@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(ap)
     ap.add_argument("--tree", "--out", dest="tree", metavar="DIR", type=Path,
                     help="build tree to write (default: build/VERSION; --out is the same flag)")
-    ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
+    ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; its unexported commits, "
+                                                         "other branches, tags and stashes are kept as backup refs and its "
+                                                         "git-ignored files are carried over")
     ap.add_argument("--fuzz", metavar="N", type=int, default=0, help="allow ignoring up to N context lines (reported loudly)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failed patch; apply what can be")
 

@@ -655,9 +655,9 @@ def test_ctrl_c_while_the_new_tree_is_put_in_place_waits_for_it(world, monkeypat
     old_inode = tree.stat().st_ino
     real_move = buildtree._move_into_place
 
-    def interrupted_move(tmp, out):
+    def interrupted_move(tmp, out, *carry):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between the two renames
-        real_move(tmp, out)
+        real_move(tmp, out, *carry)
 
     monkeypatch.setattr(buildtree, "_move_into_place", interrupted_move)
     rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
@@ -1064,6 +1064,7 @@ def test_30_two_exports_at_once_take_turns(world, monkeypatch):
     rc, _, err = world.run("export", "--tree", str(tree), "--check")
     assert rc == 0, err
 
+
 def test_30_a_write_that_fails_halfway_leaves_nothing_behind(world, monkeypatch):
     """As with chattr +i patches/series: the new patch file was written, the series not; the next export
     refused the file 'not listed in the series'. Now every file goes in place or none does."""
@@ -1088,4 +1089,105 @@ def test_30_a_write_that_fails_halfway_leaves_nothing_behind(world, monkeypatch)
     rc, out, err = world.run("export", "--tree", str(tree))
     assert rc == 0 and "new       0004-add-letta-extra-py.diff" in out, err
     assert _series_names(world).count("0004-add-letta-extra-py.diff") == 1
+
+
+# ----------------------------------------------------------------------------- issue 30: what apply --force replaces
+
+
+def test_30_apply_force_keeps_every_branch_tag_and_stash_and_says_so(world):
+    tree = world.apply("0.16.8")
+    branch = git(tree, "symbolic-ref", "--short", "HEAD").strip()
+    git(tree, "switch", "-q", "-c", "exp")
+    (tree / "letta/exp.py").write_text("E = 1\n")
+    git(tree, "add", "letta/exp.py")
+    git(tree, "commit", "-q", "-m", "Experiment", "-m", "Something to try before it becomes a patch.")
+    exp = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "tag", "-a", "-m", "worth keeping", "tried", "HEAD")
+    git(tree, "switch", "-q", branch)
+    stashed = []
+    for n in range(2):
+        (tree / "letta/m.py").write_text((tree / "letta/m.py").read_text() + f"# stashed {n}\n")
+        git(tree, "stash", "-q")
+        stashed.append(git(tree, "rev-parse", "refs/stash").strip())
+    rc, out, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force", "--json", str(world.root / "a.json"))
+    assert rc == 0, err
+    kept = dict(line.split(" ", 1) for line in git(tree, "for-each-ref", "--format=%(refname) %(objectname)",
+                                                   "refs/ketta/backup/").splitlines())
+    assert exp in kept.values() and set(stashed) <= set(kept.values())
+    named = {ref.split("-apply/", 1)[1]: sha for ref, sha in kept.items() if "-apply/" in ref}
+    assert named["heads/exp"] == exp and {named["stash/0"], named["stash/1"]} == set(stashed) and "tags/tried" in named
+    assert branch not in {name.removeprefix("heads/") for name in named}, "the tool's own branch needs no backup"
+    said = "".join(out.split())
+    assert all(ref in said for ref in kept if "-apply/" in ref)
+    report = json.loads((world.root / "a.json").read_text())
+    assert sorted(report["backup_refs"]) == sorted(ref for ref in kept if "-apply/" in ref)
+    git(tree, "stash", "apply", "-q", next(ref for ref in kept if ref.endswith("stash/0")))  # as the message says
+    assert "# stashed 1" in (tree / "letta/m.py").read_text()
+
+
+def test_30_apply_force_carries_git_ignored_files_over_and_says_so(world):
+    tree = world.apply("0.16.8")
+    (tree / ".git" / "info" / "exclude").write_text("/.env\n/.venv/\n")  # the maintainer's own
+    (tree / ".env").write_text("KEY=secret\n")
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
+    (tree / "server.log").write_text("a log\n")  # the release's .gitignore: *.log, build/
+    (tree / "letta" / "build").mkdir()
+    (tree / "letta" / "build" / "x.py").write_text("built\n")
+    rc, out, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 0, err
+    assert (tree / ".env").read_text() == "KEY=secret\n" and (tree / ".venv" / "bin" / "python").is_file()
+    assert (tree / "server.log").read_text() == "a log\n" and (tree / "letta" / "build" / "x.py").read_text() == "built\n"
+    said = " ".join(out.split())
+    assert "git-ignored files" in said and all(name in said for name in (".env", ".venv/", "server.log", "letta/build/"))
+    assert not git(tree, "status", "--porcelain").strip(), "the new tree is clean: it ignores them too"
+    assert world.run("export", "--tree", str(tree), "--check")[0] == 0
+    assert not list(tree.parent.glob(f".{tree.name}.ketta-*")), "nothing left beside the tree"
+
+
+def test_30_apply_force_refuses_an_ignored_file_the_new_tree_would_track_or_not_ignore(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta" / "notes.log").write_text("mine\n")  # ignored (*.log) ...
+    (world.patches / "0004-notes.diff").write_text(header("Ketta adds letta/notes.log", "0.16.8")
+                                                   + make_diff("letta/notes.log", None, "Ketta's\n"))
+    (world.patches / "series").write_text((world.patches / "series").read_text() + "0004-notes.diff\n")
+    head = git(tree, "rev-parse", "HEAD")
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")  # ... which a patch now adds
+    assert rc == 5 and "letta/notes.log (the new tree has it)" in err and "nothing was replaced" in err
+    assert (tree / "letta" / "notes.log").read_text() == "mine\n" and git(tree, "rev-parse", "HEAD") == head
+    (tree / "letta" / "notes.log").unlink()
+    (world.patches / "series").write_text((world.patches / "series").read_text().replace("0004-notes.diff\n", ""))
+    (world.patches / "0004-notes.diff").unlink()
+    (tree / ".git" / "info" / "exclude").unlink()  # the new tree gets git's own: the file below is not ignored there
+    (tree / ".git" / "info" / "exclude").write_text("")
+    git(tree, "config", "core.excludesFile", str(world.root / "my-excludes"))
+    (world.root / "my-excludes").write_text("*.secret\n")
+    (tree / "letta" / "key.secret").write_text("k\n")
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 5 and "letta/key.secret (the new tree does not ignore it)" in err, err
+    assert (tree / "letta" / "key.secret").is_file()
+
+
+def test_30_a_run_that_died_while_replacing_a_tree_loses_nothing(world):
+    """Killed (not Ctrl-C, which waits) between its renames: the replaced tree aside, or its ignored
+    files not yet carried over. The next run finishes the job instead of deleting them."""
+    tree = world.apply("0.16.8")
+    _new_commit(tree)
+    work = git(tree, "rev-parse", "HEAD").strip()
+    aside = tree.parent / f".{tree.name}.ketta-old-999999999"  # a pid no process has
+    tree.rename(aside)  # moved aside, the new tree not yet in place
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree))
+    assert rc == 5 and "--force" in err and not aside.exists(), "put back, so it is not replaced without --force"
+    assert git(tree, "rev-parse", "HEAD").strip() == work
+    (tree / "notes.log").write_text("mine\n")
+    git(tree, "reset", "-q", "--hard", "HEAD~1")
+    world.apply("0.16.8")  # (the commit is in a backup ref by now)
+    old = tree.parent / f".{tree.name}.ketta-old-999999999"
+    (old / ".git").mkdir(parents=True)
+    (old / "server.log").write_text("a log\n")
+    (old / ".git" / "ketta-carry.json").write_text('["server.log"]')
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 0, err
+    assert (tree / "server.log").read_text() == "a log\n" and (tree / "notes.log").read_text() == "mine\n"
+    assert not old.exists()
 
