@@ -780,7 +780,7 @@ def apply_series(
             report.out = out
 
             with uninterruptible():  # Ctrl-C from here on waits until the new tree is in place
-                if out.exists():  # --force: what is there and is not the tool's own stays
+                if (out / ".git").is_dir():  # --force: what is there and is not the tool's own stays
                     report.kept_ignored = ignored_entries(out)
                     problems = _carry_problems(out, tree, report.kept_ignored)
                     if problems:

@@ -478,3 +478,17 @@ def test_a_source_date_epoch_out_of_range_or_malformed_is_bad_input(project, cap
     line = _one_error_line(err)
     assert rc == 2 and "SOURCE_DATE_EPOCH" in line and repr(value) in line and not project.out.exists()
     assert not list(project.root.glob(".out.ketta-tmp-*")), "nothing left beside the tree"
+
+
+@pytest.mark.parametrize("in_a_repository", [False, True])
+def test_an_empty_out_directory_is_simply_filled(project, capsys, in_a_repository):
+    """Nothing there to keep: no ignored files are looked for (git would fail there, or answer for an
+    enclosing repository)."""
+    project.out.mkdir()
+    if in_a_repository:
+        subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    (project.root / ".gitignore").write_text("*.log\n")
+    (project.root / "x.log").write_text("not the tree's\n")
+    rc, err = project.run(capsys=capsys)
+    assert rc == 0, err
+    assert (project.out / ".git").is_dir() and (project.root / "x.log").is_file()
