@@ -451,21 +451,25 @@ def _carry_problems(old: Path, new: Path, entries: list[str]) -> list[str]:
     if (old / ".git" / "info" / "exclude").is_file():  # patterns the user added there go along
         (new / ".git" / "info").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(old / ".git" / "info" / "exclude", new / ".git" / "info" / "exclude")
-    asked = {}
+    ignored = _ignored_in(new, entries)
     for rel in entries:
-        asked[rel] = rel
-        if rel.endswith("/"):  # a directory not ignored as such: each of its files must be
-            for base, _, files in os.walk(old / rel):
-                for f in files:
-                    asked[str(Path(base, f).relative_to(old))] = rel
-    out = git_bytes(new, "check-ignore", "--no-index", "-z", "--stdin", check=False,
-                    input=b"".join(p.encode("utf-8", errors="surrogateescape") + b"\0" for p in asked))
-    ignored = {p.decode("utf-8", errors="surrogateescape") for p in out.split(b"\0") if p}
-    for rel in entries:
-        inside = [path for path, entry in asked.items() if entry == rel and path != rel]
-        if rel not in ignored and not (rel.endswith("/") and all(path in ignored for path in inside)):
-            problems.append(f"{rel} (the new tree does not ignore it)")
+        if rel in ignored:
+            continue
+        if rel.endswith("/"):  # a directory not ignored as such (logs/ of *.log files): each of its files must be
+            inside = [str(Path(base, f).relative_to(old)) for base, _, files in os.walk(old / rel) for f in files]
+            if len(_ignored_in(new, inside)) == len(inside):
+                continue
+        problems.append(f"{rel} (the new tree does not ignore it)")
     return problems
+
+
+def _ignored_in(tree: Path, paths: list[str]) -> set[str]:
+    """Those of ``paths`` the ignore rules of ``tree`` ignore (whether they exist there or not)."""
+    if not paths:
+        return set()
+    out = git_bytes(tree, "check-ignore", "--no-index", "-z", "--stdin", check=False,
+                    input=b"".join(p.encode("utf-8", errors="surrogateescape") + b"\0" for p in paths))
+    return {p.decode("utf-8", errors="surrogateescape") for p in out.split(b"\0") if p}
 
 
 def _carry(old: Path, new: Path, entries: list[str]) -> None:

@@ -1134,12 +1134,15 @@ def test_30_apply_force_carries_git_ignored_files_over_and_says_so(world):
     (tree / "server.log").write_text("a log\n")  # the release's .gitignore: *.log, build/
     (tree / "letta" / "build").mkdir()
     (tree / "letta" / "build" / "x.py").write_text("built\n")
+    (tree / "logs").mkdir()  # a directory of ignored files, not ignored as such
+    (tree / "logs" / "run.log").write_text("a run\n")
     rc, out, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
     assert rc == 0, err
+    assert (tree / "logs" / "run.log").read_text() == "a run\n"
     assert (tree / ".env").read_text() == "KEY=secret\n" and (tree / ".venv" / "bin" / "python").is_file()
     assert (tree / "server.log").read_text() == "a log\n" and (tree / "letta" / "build" / "x.py").read_text() == "built\n"
     said = " ".join(out.split())
-    assert "git-ignored files" in said and all(name in said for name in (".env", ".venv/", "server.log", "letta/build/"))
+    assert "git-ignored files" in said and all(name in said for name in (".env", ".venv/", "server.log", "letta/build/", "logs/"))
     assert not git(tree, "status", "--porcelain").strip(), "the new tree is clean: it ignores them too"
     assert world.run("export", "--tree", str(tree), "--check")[0] == 0
     assert not list(tree.parent.glob(f".{tree.name}.ketta-*")), "nothing left beside the tree"
