@@ -12,8 +12,10 @@ only when the run is over; an interrupted run leaves no tree that looks done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,10 +30,10 @@ from packaging.version import Version
 from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, apply_patch, decode, encode, git_blob_id
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
-from .errors import BuildTreeError, KettaError
+from .errors import BuildTreeError, KettaError, SeriesError
 from .gitcmd import blob, git, git_bytes, keep_bytes_as_they_are, popen
 from .header import commit_message
-from .patchfile import Patch, split_lines
+from .patchfile import Patch, parse_patch_text, split_lines
 from .report import report_json
 from .series import Selection, Series
 from .upstream import IndexSource, UpstreamRelease, UpstreamSource
@@ -47,9 +49,18 @@ def _quiet(_: str) -> None:
     pass
 
 
+_MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: the last second git shows (and Python's datetime holds)
+
+
 def _epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` (whole seconds since 1970, up to the year 9999), else 1980-01-01."""
     raw = os.environ.get("SOURCE_DATE_EPOCH")
-    return int(raw) if raw and raw.isdigit() else _DEFAULT_EPOCH
+    if not raw:
+        return _DEFAULT_EPOCH
+    if not re.fullmatch(r"[0-9]+", raw) or int(raw) > _MAX_EPOCH:
+        raise KettaError(f"SOURCE_DATE_EPOCH must be a whole number of seconds from 0 to {_MAX_EPOCH} "
+                         f"(9999-12-31), got {raw!r}")
+    return int(raw)
 
 
 def _identity_env(author: tuple[str, str], committer: tuple[str, str], date: str) -> dict[str, str]:
@@ -72,6 +83,17 @@ def _patch_date(patch: Patch) -> str:
         except (TypeError, ValueError):
             pass
     return f"@{_epoch()} +0000"
+
+
+def _check_author(patch: Patch) -> None:
+    """git takes a commit's author as ``Name <email>`` on one line: refuse one the header folded over
+    several lines (bad input, not a git failure)."""
+    h = patch.header
+    if any(c in h.author_name + h.author_email for c in "\r\n"):
+        lines = patch.path.read_text(encoding="utf-8", errors="replace").splitlines() if patch.path.is_file() else []
+        line = next((i for i, text in enumerate(lines, 1) if text.startswith("Author:")), None)
+        raise SeriesError(f"Author spans several lines ({h.author_name} <{h.author_email}>); write 'Name <email>' on "
+                          "one line", path=patch.path, line=line)
 
 
 # --------------------------------------------------------------------------- pristine trees
@@ -307,6 +329,8 @@ class ApplyReport:
     tree_hash: str | None = None
     options: ApplyOptions = field(default_factory=ApplyOptions)
     backup_ref: str | None = None  # where the replaced tree's unexported commits were kept
+    backup_refs: list[str] = field(default_factory=list)  # its other refs and stashes, kept
+    kept_ignored: list[str] = field(default_factory=list)  # its git-ignored files and directories, carried over
 
     @property
     def failed(self) -> list[PatchResult]:
@@ -357,6 +381,12 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
                                  "them first", path=out)
 
 
+def series_lock(cache: Cache, series_dir: Path):
+    """The lock a verb holds while it reads and then writes ``series_dir`` (export, a port's finish):
+    two at once would each write what they planned from the same series (a new patch listed twice)."""
+    return cache.lock("series-" + hashlib.sha256(str(series_dir.resolve()).encode()).hexdigest()[:16])
+
+
 BACKUP_PREFIX = "refs/ketta/backup/"
 
 
@@ -368,6 +398,16 @@ def backup_name(what: str, commit: str) -> str:
 
 
 @dataclass(frozen=True)
+class Synced:
+    """A patch as the tree and ``patches/`` last agreed on it (apply, export, port): the export's base
+    for telling a change made in the tree from one made in ``patches/`` (a pull, another tree's export)."""
+
+    sha256: str | None  # of the patch file as the tree took it
+    commit: str | None  # the commit that carried it then
+    text: str | None = None  # the file itself; None in trees made before it was kept
+
+
+@dataclass(frozen=True)
 class TreeState:
     """What ``.git/ketta-build.json`` says about a build tree."""
 
@@ -375,9 +415,20 @@ class TreeState:
     head: str | None  # the commit the tool itself left at HEAD (apply, or the last export or port)
     stopped_at: str | None  # the patch apply stopped at (it did not apply), if it stopped
     not_attempted: tuple[str, ...]  # the patches after it
-    # patch name -> (sha256 of the patch file, commit) when the tree and patches/ last agreed on it
-    # (apply, export, port): a file changed since, by an export from another tree, is newer there
-    synced: dict[str, tuple[str | None, str | None]]
+    synced: dict[str, Synced]  # patch name -> the file and commit when the tree and patches/ last agreed on it
+
+
+def synced_record(content: bytes, commit: str | None) -> dict:
+    """How ``.git/ketta-build.json`` keeps a :class:`Synced` (``synced``: name -> this)."""
+    return {"sha256": hashlib.sha256(content).hexdigest(), "commit": commit,
+            "file": content.decode("utf-8", errors="surrogateescape")}
+
+
+def _synced(record) -> Synced:
+    if isinstance(record, dict):
+        text = record.get("file")
+        return Synced(record.get("sha256"), record.get("commit"), text if isinstance(text, str) else None)
+    return Synced(record[0], record[1])  # [sha256, commit]: trees made before the file was kept
 
 
 def read_tree_state(tree: Path) -> TreeState:
@@ -394,9 +445,12 @@ def read_tree_state(tree: Path) -> TreeState:
     # trees made before "synced" was kept: what apply recorded (a false alarm beats a silent revert)
     synced = data.get("synced") or {p["name"]: [p.get("sha256"), p.get("commit")] for p in data.get("patches", [])
                                     if p.get("commit")}
+    try:
+        kept = {name: _synced(record) for name, record in synced.items()}
+    except (AttributeError, IndexError, KeyError, TypeError):
+        raise BuildTreeError(f"its .git/{STATE_FILE} is not readable", path=tree) from None
     return TreeState(version, (data.get("tree") or {}).get("head"), failed[0] if failed and not data.get("options", {}).get(
-        "keep_going") else None, tuple(data.get("not_attempted", [])),
-        {name: (pair[0], pair[1]) for name, pair in synced.items()})
+        "keep_going") else None, tuple(data.get("not_attempted", [])), kept)
 
 
 def recorded_head(tree: Path) -> str | None:
@@ -406,35 +460,108 @@ def recorded_head(tree: Path) -> str | None:
         return None
 
 
-def record_head(tree: Path, head: str, synced: dict[str, tuple[str, str]] | None = None) -> None:
-    """Remember ``head`` as the commit the tool left (after it rewrote commit messages), and for the
-    patches in ``synced`` the file (sha256) and commit that now agree."""
+def record_head(tree: Path, head: str | None, synced: dict[str, tuple[bytes, str | None]] | None = None) -> None:
+    """Remember ``head`` (unless None) as the commit the tool left (after it rewrote commit messages), and
+    for the patches in ``synced`` (name -> (file, commit)) the file and commit that now agree."""
     state_file = tree / ".git" / STATE_FILE
     data = json.loads(state_file.read_text())
-    data.setdefault("tree", {})["head"] = head
+    if head is not None:
+        data.setdefault("tree", {})["head"] = head
     if synced is not None:
-        known = {name: list(pair) for name, pair in read_tree_state(tree).synced.items()}
-        known.update({name: list(pair) for name, pair in synced.items()})
+        known = data.get("synced") or {name: [s.sha256, s.commit] for name, s in read_tree_state(tree).synced.items()}
+        known.update({name: synced_record(content, commit) for name, (content, commit) in synced.items()})
         data["synced"] = known
     write_atomic(state_file, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def carry_backups(old: Path, new: Path, what: str) -> str | None:
-    """Before ``old`` is replaced by ``new``: keep, in ``new``, the old tree's backup refs and (as a new
-    backup ref) its HEAD when someone committed there since the tool left it. The name of the new ref."""
+def carry_backups(old: Path, new: Path, what: str) -> tuple[str | None, list[str]]:
+    """Before ``old`` is replaced by ``new``: keep, in ``new``, the old tree's backup refs, (as a new backup
+    ref) its HEAD when someone committed there since the tool left it, and every other ref that holds
+    commits the tool did not leave there (a branch, a tag, each stash) as
+    ``refs/ketta/backup/<time>-<what>/<ref without refs/>`` (stashes: ``.../stash/0``, ``1``, ...).
+    The names of the new refs: HEAD's (or None), the others."""
     if not (old / ".git").is_dir():
-        return None
+        return None, []
     head = git(old, "rev-parse", "-q", "--verify", "HEAD", check=False)
-    backups = [line.split() for line in git(old, "for-each-ref", "--format=%(objectname) %(refname)", BACKUP_PREFIX,
-                                            check=False).splitlines() if line.strip()]
-    made = None
+    left = recorded_head(old)
+    refs = [line.split(" ", 1) for line in git(old, "for-each-ref", "--format=%(objectname) %(refname)",
+                                               check=False).splitlines() if line.strip()]
+    backups = [(commit, ref) for commit, ref in refs if ref.startswith(BACKUP_PREFIX)]
     specs = [f"+{ref}:{ref}" for _, ref in backups]
-    if head and head != recorded_head(old) and head not in {commit for commit, _ in backups}:
+    made = None
+    if head and head != left and head not in {commit for commit, _ in backups}:
         made = backup_name(what, head)
         specs.append(f"+{head}:{made}")
-    if specs:
-        git(new, "fetch", "-q", "--no-tags", str(old), *specs)
-    return made
+    # every other ref with commits the tool did not leave (those of the series are in HEAD's history)
+    merged = set(git(old, "for-each-ref", f"--merged={left}", "--format=%(refname)", check=False).splitlines()) if left else set()
+    current = git(old, "symbolic-ref", "-q", "HEAD", check=False)
+    group = f"{BACKUP_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{what}"
+    while any(ref.startswith(group + "/") for _, ref in backups):  # two runs in one second
+        group += "-again"
+    others: list[tuple[str, str]] = []
+    for commit, ref in refs:
+        if ref.startswith(BACKUP_PREFIX) or ref in merged or ref == "refs/stash" or (ref == current and made):
+            continue
+        others.append((commit, f"{group}/{ref.removeprefix('refs/')}"))
+    if git(old, "rev-parse", "-q", "--verify", "refs/stash", check=False):
+        stashes = git(old, "log", "--walk-reflogs", "--format=%H", "refs/stash", check=False).splitlines()
+        others += [(commit, f"{group}/stash/{n}") for n, commit in enumerate(stashes)]
+    specs += [f"+{commit}:{name}" for commit, name in others]
+    if specs:  # (a stash older than the last is in no ref, only in a reflog: fetched by its id)
+        git(new, "-c", "uploadpack.allowAnySHA1InWant=true", "fetch", "-q", "--no-tags", str(old), *specs)
+    return made, [name for _, name in others]
+
+
+CARRY_FILE = "ketta-carry.json"  # in .git/ of a tree being replaced: its ignored files to carry over
+
+
+def ignored_entries(tree: Path) -> list[str]:
+    """The git-ignored files of ``tree`` (a directory all of whose content is: its name and a slash)."""
+    raw = git_bytes(tree, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory",
+                    "--no-empty-directory")
+    return [entry.decode("utf-8", errors="surrogateescape") for entry in raw.split(b"\0") if entry]
+
+
+def _carry_problems(old: Path, new: Path, entries: list[str]) -> list[str]:
+    """Why ignored files of ``old`` cannot go to the same place in ``new``: ``new`` has something there,
+    or would not ignore them (they would make it dirty)."""
+    problems = []
+    for rel in entries:
+        parts = Path(rel.rstrip("/")).parts
+        spots = [new.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
+        if any(spot.is_symlink() or spot.exists() and (spot == spots[-1] or not spot.is_dir()) for spot in spots):
+            problems.append(f"{rel} (the new tree has it)")
+    if (old / ".git" / "info" / "exclude").is_file():  # patterns the user added there go along
+        (new / ".git" / "info").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old / ".git" / "info" / "exclude", new / ".git" / "info" / "exclude")
+    ignored = _ignored_in(new, entries)
+    for rel in entries:
+        if rel in ignored:
+            continue
+        if rel.endswith("/"):  # a directory not ignored as such (logs/ of *.log files): each of its files must be
+            inside = [str(Path(base, f).relative_to(old)) for base, _, files in os.walk(old / rel) for f in files]
+            if len(_ignored_in(new, inside)) == len(inside):
+                continue
+        problems.append(f"{rel} (the new tree does not ignore it)")
+    return problems
+
+
+def _ignored_in(tree: Path, paths: list[str]) -> set[str]:
+    """Those of ``paths`` the ignore rules of ``tree`` ignore (whether they exist there or not)."""
+    if not paths:
+        return set()
+    out = git_bytes(tree, "check-ignore", "--no-index", "-z", "--stdin", check=False,
+                    input=b"".join(p.encode("utf-8", errors="surrogateescape") + b"\0" for p in paths))
+    return {p.decode("utf-8", errors="surrogateescape") for p in out.split(b"\0") if p}
+
+
+def _carry(old: Path, new: Path, entries: list[str]) -> None:
+    """Move the ignored files ``entries`` of ``old`` to the same places in ``new`` (where free)."""
+    for rel in entries:
+        source, target = old / rel.rstrip("/"), new / rel.rstrip("/")
+        if (source.exists() or source.is_symlink()) and not (target.exists() or target.is_symlink()):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
 
 
 def reword_commits(tree: Path, messages: dict[str, str], reason: str,
@@ -489,7 +616,20 @@ def _clean_stale_temp_dirs(out: Path) -> None:
             os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
             continue
         except (OSError, ValueError):
-            shutil.rmtree(stale, ignore_errors=True)
+            pass
+        if not out.exists():  # it died between the two renames: the replaced tree goes back
+            os.replace(stale, out)
+            continue
+        marker = stale / ".git" / CARRY_FILE
+        if marker.is_file():  # it died before it carried the ignored files over: carry them now
+            try:
+                entries = [e for e in json.loads(marker.read_text()) if isinstance(e, str)]
+            except (OSError, ValueError, TypeError):
+                continue  # left for the user to look at
+            _carry(stale, out, entries)
+            if any((stale / rel.rstrip("/")).exists() for rel in entries):
+                continue  # some had nowhere to go: left where they are
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def stripspace(message: str) -> str:
@@ -624,13 +764,17 @@ def commit_patch(tree: Path, patch: Patch, paths: list[str]) -> str:
     return writer.close()[mark]
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
+def _move_into_place(tmp: Path, out: Path, carry: list[str] | None = None) -> None:
+    """``tmp`` becomes ``out``; the git-ignored files ``carry`` of the tree it replaces go along."""
     trash = None
     if out.exists():
         trash = out.with_name(f".{out.name}.ketta-old-{os.getpid()}")
+        if carry:  # should this run die before it moved them, the next one does (_clean_stale_temp_dirs)
+            (out / ".git" / CARRY_FILE).write_text(json.dumps(carry))
         os.replace(out, trash)
     os.replace(tmp, out)
     if trash is not None:
+        _carry(trash, out, carry or [])
         shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -653,7 +797,18 @@ def apply_series(
     out = out.absolute()
     selections = series.explain(release.version)
     selected = [s.entry for s in selections if s.selected] if entries is None else list(entries)
-    patches = {e.name: series.load(e) for e in selected}  # parse everything before touching disk
+    raw: dict[str, bytes] = {}  # the files as read: what the tree takes (its state keeps them, for export)
+    for e in selected:
+        try:
+            raw[e.name] = (series.directory / e.name).read_bytes()
+        except OSError:
+            series.load(e)  # says what is wrong with it
+            raise
+    # parse everything before touching disk
+    patches = {e.name: parse_patch_text(raw[e.name], series.directory / e.name, e.name) for e in selected}
+    for patch in patches.values():
+        _check_author(patch)
+    _epoch()  # a SOURCE_DATE_EPOCH git cannot take is refused before anything is made
     check_out_dir(out, options.force, options.out_flag)
     if base_source is None and isinstance(source, IndexSource):
         base_source = source
@@ -662,8 +817,8 @@ def apply_series(
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_cache = cache or Cache()
     with lock_cache.lock("out-" + git_blob_id(str(out).encode())[:16], timeout=5):
+        _clean_stale_temp_dirs(out)  # (first: it may put back a tree a dead run had moved aside)
         check_out_dir(out, options.force, options.out_flag)
-        _clean_stale_temp_dirs(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ketta-tmp-", dir=out.parent))
         cleanup: list[Callable[[], None]] = []
         try:
@@ -709,12 +864,21 @@ def apply_series(
             report.out = out
 
             with uninterruptible():  # Ctrl-C from here on waits until the new tree is in place
-                if out.exists():  # --force: what was committed there and never exported stays reachable
-                    report.backup_ref = carry_backups(out, tree, "apply")
+                if (out / ".git").is_dir():  # --force: what is there and is not the tool's own stays
+                    report.kept_ignored = ignored_entries(out)
+                    problems = _carry_problems(out, tree, report.kept_ignored)
+                    if problems:
+                        raise BuildTreeError(
+                            f"{options.out_flag} holds git-ignored files that cannot go into the new tree at the same "
+                            f"place: {', '.join(problems)}; move them away and apply again (nothing was replaced)",
+                            path=out)
+                    # what was committed there and never exported, other branches, tags and stashes
+                    report.backup_ref, report.backup_refs = carry_backups(out, tree, "apply")
                 state = report_json(report)
-                state["synced"] = {p["name"]: [p["sha256"], p["commit"]] for p in state["patches"] if p["commit"]}
+                commits = {r.name: r.commit for r in report.results}
+                state["synced"] = {name: synced_record(content, commits.get(name)) for name, content in raw.items()}
                 (tree / ".git" / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-                _move_into_place(tree, out)
+                _move_into_place(tree, out, report.kept_ignored)
         finally:
             for step in cleanup:
                 step()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ import filelock
 import platformdirs
 
 from .atomic import write_atomic
-from .errors import LockTimeout, UpstreamError
+from .errors import KettaError, LockTimeout, UpstreamError
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -62,11 +63,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _seconds(text: str) -> float:
+    """``KETTA_BUILD_LOCK_TIMEOUT``: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise KettaError(f"KETTA_BUILD_LOCK_TIMEOUT must be a number of seconds (0 or more), got {text!r}")
+    return value
+
+
 class Cache:
     def __init__(self, root: Path | None = None, lock_timeout: float | None = None) -> None:
         self.root = (root or default_cache_dir()).expanduser()
         env = os.environ.get("KETTA_BUILD_LOCK_TIMEOUT")
-        self.lock_timeout = lock_timeout if lock_timeout is not None else float(env) if env else DEFAULT_LOCK_TIMEOUT
+        self.lock_timeout = lock_timeout if lock_timeout is not None else _seconds(env) if env else DEFAULT_LOCK_TIMEOUT
 
     def ensure(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)

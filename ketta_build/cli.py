@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(ap)
     ap.add_argument("--tree", "--out", dest="tree", metavar="DIR", type=Path,
                     help="build tree to write (default: build/VERSION; --out is the same flag)")
-    ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree")
+    ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; its unexported commits, "
+                                                         "other branches, tags and stashes are kept as backup refs and its "
+                                                         "git-ignored files are carried over")
     ap.add_argument("--fuzz", metavar="N", type=int, default=0, help="allow ignoring up to N context lines (reported loudly)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failed patch; apply what can be")
 
@@ -195,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
     _patches_flag(ep)
-    ep.add_argument("--check", action="store_true", help="write nothing; exit 4 naming the files export would change")
+    ep.add_argument("--check", action="store_true", help="write nothing; exit 4 naming the files export would change "
+                                                         "and those newer in patches/ than in the tree")
     ep.add_argument("--prune", action="store_true", help="remove patches that no commit carries any more from the series")
     ep.add_argument("--split", action="store_true",
                     help="a refreshed patch that no longer applies to releases its guard claims: keep the file as it was "
@@ -572,8 +575,16 @@ def _cmd_series(args, console) -> int:
 
 
 def _cmd_export(args, console) -> int:
-    from .buildtree import PristineRepos
+    from .buildtree import series_lock
     from .cache import Cache
+
+    cache = Cache(args.cache_dir)
+    with series_lock(cache, args.patches):  # one export (or port finish) at a time reads and writes patches/
+        return _export_locked(args, console, cache)
+
+
+def _export_locked(args, console, cache) -> int:
+    from .buildtree import PristineRepos
     from .export import plan_export, report_json, verify_plan, write_plan
     from .releases import load_releases
     from .upstream import IndexSource
@@ -581,7 +592,6 @@ def _cmd_export(args, console) -> int:
     tree = args.tree or Path("build") / str(load_releases(args.patches).newest.version)
     plan = plan_export(tree, args.patches, prune=args.prune)
     if not args.check:
-        cache = Cache(args.cache_dir)
         with console.status("checking the releases the changed patches claim") as status:
             source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True,
                                  releases=load_releases(args.patches))
@@ -598,8 +608,11 @@ def _cmd_export(args, console) -> int:
             print(f"ketta-build: export --check: {path} differs from what export would write", file=sys.stderr)
         for p in dropped:
             print(f"ketta-build: export --check: {args.patches / p.name} has no commit in {tree}", file=sys.stderr)
-        _emit_json(args.json, report_json(plan, differ, check=True))
-        return EXIT_CHECK if differ or dropped else 0
+        newer = [p for p in plan.patches if p.status == "newer"]
+        for p in newer:  # export writes nothing for them, but the tree and the series differ
+            print(f"ketta-build: export --check: {args.patches / p.name} is {p.note}", file=sys.stderr)
+        _emit_json(args.json, report_json(plan, differ + [args.patches / p.name for p in newer], check=True))
+        return EXIT_CHECK if differ or dropped or newer else 0
     for line in plan.unchecked:
         print(f"ketta-build: export: warning: not checked against {line}; ketta-build lint checks it later", file=sys.stderr)
     written = write_plan(plan)

@@ -98,6 +98,11 @@ class BuildTreeError(KettaError):
     exit_code = EXIT_REFUSED
 
 
+class DamagedPortState(KettaError):
+    """A port's ``.git/ketta-port.json`` is there but is not what ketta-build wrote: the port can only be
+    aborted (``port --abort --force``, which saves the tree first)."""
+
+
 class GitError(KettaError):
     """A git command failed where it should not have."""
 

@@ -36,9 +36,9 @@ from pathlib import Path
 from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode, encode, git_blob_id
-from .buildtree import (PORT_STATE_FILE, PristineRepos, dirty_summary, read_tree_state, record_head, reword_commits,
-                        stripspace, uncommitted)
-from .atomic import uninterruptible, write_atomic
+from .buildtree import (PORT_STATE_FILE, PristineRepos, Synced, dirty_summary, read_tree_state, record_head,
+                        reword_commits, stripspace, uncommitted)
+from .atomic import replacing, uninterruptible
 from .claims import check_claims, describe, group_failures, images_at
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
 from .gitcmd import blob, git
@@ -71,6 +71,8 @@ class ExportPlan:
     files: dict[Path, bytes | None] = field(default_factory=dict)  # path -> new content (None: delete)
     headers: dict[str, tuple[str, PatchHeader]] = field(default_factory=dict)  # commit -> (patch name, header)
     series_edits: dict = field(default_factory=dict)  # edit_series_text arguments
+    # patches written with the diff patches/ has while the tree still holds the one it took: (Base-Release, diff)
+    tree_diff: dict[str, tuple[Version, bytes]] = field(default_factory=dict)
     unchecked: list[str] = field(default_factory=list)  # releases the claim check could not look at
 
     def differences(self) -> list[Path]:
@@ -89,6 +91,24 @@ class ExportPlan:
             wanted = stripspace(commit_message(name, header))
             if stripspace(git(self.tree, "show", "-s", "--format=%B", sha) + "\n") != wanted:
                 out[sha] = wanted
+        return out
+
+    def taken(self, mapping: dict[str, str]) -> dict[str, tuple[bytes, str]]:
+        """Per patch the tree and ``patches/`` agree on once the plan is written, the file as the tree
+        holds it and its commit (``mapping``: old commit -> reworded one): the base the next export
+        decides against. A newer patch is not among them (the tree has not taken it), and a patch
+        written with a diff newer in ``patches/`` is kept with the diff the tree still holds."""
+        headers = {name: header for name, header in self.headers.values()}
+        out = {}
+        for p in self.patches:
+            path = self.series_dir / p.name
+            if not p.commit or p.status not in ("unchanged", "reworded", "refreshed", "new") or not path.is_file():
+                continue
+            content = path.read_bytes()
+            if p.name in self.tree_diff:
+                release, diff = self.tree_diff[p.name]
+                content = render_header(replace(headers[p.name], base_release=release)).encode() + diff
+            out[p.name] = (content, mapping.get(p.commit, p.commit))
         return out
 
     def new_series(self) -> Series:
@@ -202,18 +222,125 @@ def _index_lines_hold(tree: Path, sha: str, patch: Patch) -> bool:
     return True
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _does_what(tree: Path, sha: str, patch: Patch, version: Version) -> bool:
+    """Does commit ``sha`` do exactly what ``patch`` does, and (on the patch's own base release) with
+    the blobs its index lines name? Then its diff is the patch's."""
+    return _same_change(tree, sha, patch) and (patch.header.base_release != version or _index_lines_hold(tree, sha, patch))
+
+
+# A patch's header as fields, for deciding field by field which side changed it. Base-Release is not
+# among them: it goes with the diff (a refresh moves it).
+_FIXED_FIELDS = ("Subject", "Author", "Upstream-Status", "Date", "Description")
+
+
+def _fields(h: PatchHeader) -> dict[str, str]:
+    out = {"Subject": h.subject, "Author": f"{h.author_name} <{h.author_email}>", "Upstream-Status": h.upstream_status}
+    if h.date:
+        out["Date"] = h.date
+    count: dict[str, int] = {}
+    for name, value in h.extra:  # a field given twice is told apart by its place
+        count[name] = count.get(name, 0) + 1
+        out[name if count[name] == 1 else f"{name}\0{count[name]}"] = value
+    out["Description"] = h.description
+    return out
+
+
+def _header_of(fields: dict[str, str], base_release: Version) -> PatchHeader:
+    name, _, email = fields["Author"].rpartition(" <")
+    extra = tuple((k.split("\0")[0], v) for k, v in fields.items() if k not in _FIXED_FIELDS)
+    return PatchHeader(subject=fields["Subject"], author_name=name, author_email=email.removesuffix(">"),
+                       description=fields["Description"], upstream_status=fields["Upstream-Status"],
+                       base_release=base_release, date=fields.get("Date"), extra=extra)
+
+
+def _same_value(a: str | None, b: str | None) -> bool:
+    """Equal as the patch file keeps them (each line stripped, as the header is written)."""
+    fold = lambda v: None if v is None else [line.strip() for line in v.strip().split("\n")]  # noqa: E731
+    return fold(a) == fold(b)
+
+
+@dataclass
+class _ThreeWay:
+    """What export makes of one patch from the tree, ``patches/`` and the file the tree took (the base)."""
+
+    fields: dict[str, str]  # the header to write (Base-Release aside)
+    diff: str  # "file": keep the file's diff; "tree": the commit's, refreshed
+    newer: list[str]  # what changed in patches/ only, and is kept ("its diff" for the diff)
+    mine: list[str]  # what changed in the tree only, and is written
+    conflicts: list[str]  # what changed in both, differently
+    tree_diff: tuple[Version, bytes] | None = None  # diff == "file" and newer: what the tree still holds
+
+
+def _three_way(tree: Path, sha: str, version: Version, current_patch: Patch, current: bytes, tree_header: PatchHeader,
+               synced: Synced | None) -> _ThreeWay:
+    """Decide, field by field for the header and as a whole for the diff, which side changed a patch since
+    the tree took it (``synced``): changed in the tree only → the tree's; in ``patches/`` only (a pull,
+    another tree's export) → the file's, newer; in both, differently → a conflict."""
+    tree_fields, file_fields = _fields(tree_header), _fields(current_patch.header)
+    same = _does_what(tree, sha, current_patch, version)
+    base: Patch | None = None
+    base_bytes = b""
+    if synced is None or (synced.text is None and synced.sha256 == hashlib.sha256(current).hexdigest()):
+        base, base_bytes = current_patch, current  # no record (or only its sha256, and it matches): patches/ did not move
+    elif synced.text is not None:
+        base_bytes = synced.text.encode("utf-8", errors="surrogateescape")
+        try:
+            base = parse_patch_text(base_bytes, current_patch.path, current_patch.name)
+        except SeriesError:
+            base = None
+    if base is None:  # a tree of an earlier ketta-build: only the sha256 of the file it took, and the file moved since
+        untouched = synced is not None and synced.commit == sha  # the tree did not touch the commit
+        differ = [k for k in dict.fromkeys([*file_fields, *tree_fields])
+                  if not _same_value(file_fields.get(k), tree_fields.get(k))]
+        if not same:
+            differ.append("its diff")
+        if untouched:
+            return _ThreeWay(file_fields, "file", differ, [], [])
+        return _ThreeWay(tree_fields, "file" if same else "tree", [], [], differ)
+
+    base_fields = _fields(base.header)
+    out: dict[str, str] = {}
+    newer: list[str] = []
+    mine: list[str] = []
+    conflicts: list[str] = []
+    for key in dict.fromkeys([*file_fields, *tree_fields, *base_fields]):
+        b, t, f = base_fields.get(key), tree_fields.get(key), file_fields.get(key)
+        label = key.split("\0")[0]
+        if _same_value(t, f):
+            value = t
+        elif _same_value(t, b):
+            value = f
+            newer.append(label)
+        elif _same_value(f, b):
+            value = t
+            mine.append(label)
+        else:
+            value = t
+            conflicts.append(label)
+        if value is not None:
+            out[key] = value
+    # the fields in the order of the side that moved them (the tree's when both did, with the file's new ones)
+    order = list(file_fields) if not mine else [*tree_fields, *(k for k in file_fields if k not in tree_fields)]
+    fields = {k: out[k] for k in dict.fromkeys([*order, *out]) if k in out}
+
+    diff, tree_diff = "file", None
+    if not same:
+        file_moved = (diff_part(current), current_patch.header.base_release) != (diff_part(base_bytes), base.header.base_release)
+        if file_moved and _does_what(tree, sha, base, version):  # the tree still does what it took
+            newer.append("its diff")
+            tree_diff = (base.header.base_release, diff_part(base_bytes))
+        elif not file_moved:
+            diff = "tree"
+            mine.append("its diff")
+        else:
+            conflicts.append("its diff")
+    return _ThreeWay(fields, diff, newer, mine, conflicts, tree_diff)
 
 
 def _slug(subject: str) -> str:
     words = re.findall(r"[a-z0-9]+", subject.lower())
     slug = "-".join(words)[:48].rstrip("-")
     return slug or "patch"
-
-
-def _diff_part(path: Path) -> bytes:
-    return diff_part(path.read_bytes())
 
 
 def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportPlan:
@@ -231,6 +358,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
     seen: dict[str, str] = {}
     new_entries: list[tuple[str, str]] = []
     order: list[str] = []  # patch names in the tree's commit order
+    conflicts: list[str] = []  # patches changed both in patches/ and in the tree, and how
 
     for commit in _commits(tree, version):
         short = commit.sha[:10]
@@ -248,37 +376,41 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
                                   path=series.series_file, line=entries[name].line)
             seen[name] = commit.sha
             order.append(name)
-            old = series.load(entries[name])
-            # The same change, and (on its own base release) index lines that still hold: keep the file.
-            same = _same_change(tree, commit.sha, old) and (
-                old.header.base_release != version or _index_lines_hold(tree, commit.sha, old))
-            synced_sha, synced_commit = state.synced.get(name, (None, None))
-            if not same and synced_sha is not None and synced_sha != _sha256(series_dir / name):
-                # patches/ has a newer file than this tree was made from (an export from another tree)
-                if synced_commit == commit.sha:  # and this tree did not touch the patch: nothing to write
-                    plan.patches.append(ExportedPatch(name, "newer", commit.sha, entries[name].guard_text,
-                                                      "patches/ has a newer version (apply again to work on it); kept"))
-                    continue
-                raise BuildTreeError(f"{name} was changed both in {series_dir} (since this tree was made) and in this "
-                                     "tree: export would throw one of the two away; apply again (with --force: the "
-                                     "commits here are kept as a backup ref) and carry the edit over", path=tree)
-            base = old.header.base_release if same else version
-            header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=base, where=short)
-            if same:
-                diff = _diff_part(series_dir / name)
-                status = "unchanged" if render_header(header).encode() + diff == (series_dir / name).read_bytes() else "reworded"
+            path = series_dir / name
+            current = path.read_bytes()
+            old = parse_patch_text(current, path, name)
+            tree_header = header_from_commit(parsed, commit.author_name, commit.author_email, base_release=version,
+                                             where=short)
+            way = _three_way(tree, commit.sha, version, old, current, tree_header, state.synced.get(name))
+            if way.conflicts:
+                conflicts.append(f"{name} ({', '.join(way.conflicts)})")
+                continue
+            newer = ", ".join(way.newer)
+            if way.newer and not way.mine:  # only patches/ changed it since the tree took it: keep the file as it is
+                plan.patches.append(ExportedPatch(
+                    name, "newer", commit.sha, entries[name].guard_text,
+                    f"newer in patches/ than in this tree: {newer} changed there since the tree took it; kept as it is "
+                    "(apply again to take it into the tree)"))
+                continue
+            header = _header_of(way.fields, old.header.base_release if way.diff == "file" else version)
+            if way.diff == "file":
+                content = render_header(header).encode() + diff_part(current)
+                status = "unchanged" if content == current else "reworded"
+                if way.tree_diff is not None:  # the tree still holds the diff it took
+                    plan.tree_diff[name] = way.tree_diff
             else:
-                diff = canonical_diff(tree, f"{commit.sha}^", commit.sha, section_contexts(old.files)).encode(
-                    "utf-8", errors="surrogateescape")
+                content = render_header(header).encode() + canonical_diff(
+                    tree, f"{commit.sha}^", commit.sha, section_contexts(old.files)).encode("utf-8", errors="surrogateescape")
                 status = "refreshed"
-            content = render_header(header).encode() + diff
-            parse_patch_text(content, series_dir / name, name)  # what export writes must read back
-            plan.files[series_dir / name] = content
+            parse_patch_text(content, path, name)  # what export writes must read back
+            plan.files[path] = content
             plan.headers[commit.sha] = (name, header)
-            note = None
+            notes = []
             if status == "refreshed" and old.header.base_release != version:
-                note = f"Base-Release {old.header.base_release} -> {version}: the change was made on this release"
-            plan.patches.append(ExportedPatch(name, status, commit.sha, entries[name].guard_text, note))
+                notes.append(f"Base-Release {old.header.base_release} -> {version}: the change was made on this release")
+            if way.newer:
+                notes.append(f"{newer} kept from patches/, newer there than in this tree")
+            plan.patches.append(ExportedPatch(name, status, commit.sha, entries[name].guard_text, "; ".join(notes) or None))
             continue
 
         # A commit made in the tree (or one an interrupted export already named): a new patch.
@@ -298,6 +430,12 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         plan.patches.append(ExportedPatch(name, "new", commit.sha, guard,
                                           f"guard [{guard}]: widen it in {series.series_file} if it serves older releases"))
 
+    if conflicts:
+        raise BuildTreeError(
+            f"{'; '.join(conflicts)}: changed both in {series_dir} since this tree took it and in this tree; export "
+            "would throw one of the two away, so nothing is written. To go on, take the series as it is now and carry "
+            f"your edit over: ketta-build apply --letta {version} --tree {tree} --force (your commits stay in the new "
+            "tree as a backup ref: git cherry-pick or rebase them onto it), or undo the edit here", path=tree)
     never_applied = {state.stopped_at, *state.not_attempted} - {None}
     dropped = [e for e in selected if e.name not in seen and e.name not in never_applied]
     for entry in selected:
@@ -481,26 +619,22 @@ def write_plan(plan: ExportPlan) -> list[Path]:
     The commit messages go first: should writing the files be interrupted, the next export finds
     commits that already name their patch files and writes them under those names (no duplicates)."""
     with uninterruptible():  # the commits and the files change together or not at all
-        messages = plan.messages()
-        if messages:
-            mapping = reword_commits(plan.tree, messages, "export: commit messages in step with patches/")
-            for p in plan.patches:
-                if p.commit in mapping:
-                    p.commit = mapping[p.commit]
         if plan.series_edits:
             text = edit_series_text(plan.series.series_file.read_text(encoding="utf-8"), **plan.series_edits)
             plan.files[plan.series.series_file] = text.encode()
         changed = plan.differences()
-        for path in changed:
-            content = plan.files[path]
-            if content is not None:
-                write_atomic(path, content)
-        for path in changed:
-            if plan.files[path] is None:
-                path.unlink(missing_ok=True)
-        synced = {p.name: (_sha256(plan.series_dir / p.name), p.commit) for p in plan.patches
-                  if p.commit and p.status not in ("newer",) and (plan.series_dir / p.name).is_file()}
-        record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"), synced)
+        head = git(plan.tree, "rev-parse", "HEAD")
+        branch = git(plan.tree, "symbolic-ref", "-q", "HEAD", check=False) or "HEAD"
+        mapping = reword_commits(plan.tree, plan.messages(), "export: commit messages in step with patches/")
+        try:
+            with replacing({path: plan.files[path] for path in changed}):  # every file or none
+                record_head(plan.tree, git(plan.tree, "rev-parse", "HEAD"), plan.taken(mapping))
+        except BaseException:
+            if mapping:  # the commits' messages as they were (the reworded ones stay in the reflog)
+                git(plan.tree, "update-ref", "-m", "ketta-build: export failed, messages as they were", branch, head)
+            raise
+        for p in plan.patches:
+            p.commit = mapping.get(p.commit, p.commit)
     return changed
 
 

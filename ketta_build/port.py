@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
@@ -42,12 +42,13 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_patch
 from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineRepos, apply_series, backup_name,
-                        check_out_dir, commit_patch, record_head, reword_commits, stripspace)
+                        check_out_dir, commit_patch, read_tree_state, record_head, reword_commits, series_lock,
+                        stripspace)
 from . import toxini
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .claims import check_claims, describe, group_failures
-from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
+from .errors import BuildTreeError, ClaimError, DamagedPortState, KettaError, SeriesError
 from .gitcmd import git, git_succeeds
 from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
@@ -92,9 +93,18 @@ class PortState:
         path = tree / ".git" / STATE
         if not path.is_file():
             raise KettaError(f"no port in progress in {tree} (no .git/{STATE}); start one with ketta-build port --letta NEW")
-        data = json.loads(path.read_text())
-        data["patches"] = [PortedPatch(**p) for p in data["patches"]]
-        return cls(**data)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["patches"] = [PortedPatch(**p) for p in data["patches"]]
+            state = cls(**data)
+            if not all(isinstance(v, str) for v in (state.version, state.series_dir, state.tree)):
+                raise TypeError("version, series_dir and tree are strings")
+            Version(state.version)
+        except (ValueError, TypeError, KeyError, AttributeError):  # JSON, UTF-8 and versions raise ValueErrors
+            raise DamagedPortState("the port's state is damaged (not what ketta-build wrote); the port cannot go on: "
+                                   "give it up with ketta-build port --abort --force (it saves the tree as a git "
+                                   "bundle first)", path=path) from None
+        return state
 
 
 @dataclass
@@ -382,7 +392,8 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
         if ported.outcome != "not-attempted":
             continue
         entry = next(e for e in series.entries if e.name == ported.name)
-        patch = series.load(entry)
+        raw = (series_dir / entry.name).read_bytes() if (series_dir / entry.name).is_file() else None
+        patch = series.load(entry) if raw is None else parse_patch_text(raw, series_dir / entry.name, entry.name)
         progress(f"applying {ported.name}")
         result = apply_patch(tree, patch, preimage=finder, upstream_label=f"letta {release_version}")
         ported.outcome = result.outcome.value
@@ -394,6 +405,7 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
             return PortResult(state, False, plan=_plan(state, lines))
         if result.outcome is not Outcome.ALREADY_UPSTREAM:
             ported.commit = commit_patch(tree, patch, [f.path for f in result.files])
+        record_head(tree, None, {ported.name: (raw, ported.commit)})  # the file this tree took, now
         state.save()
     state.save()
     result = finish_port(tree, cache=cache)
@@ -405,17 +417,25 @@ def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -
     """Remove the port's build tree; nothing else was changed. Work done in the tree since the port
     stopped (commits, edits) is refused without ``force``, saved as a bundle beside it with."""
     tree = tree.absolute()
-    state = PortState.load(tree)  # refuses a tree with no port in progress (a finished port has none)
+    try:
+        state: PortState | None = PortState.load(tree)  # refuses a tree with no port in progress (a finished port has none)
+    except DamagedPortState as exc:
+        if not force:
+            raise BuildTreeError(f"{exc.message.split(';')[0]}, so whether work was done here since the port stopped "
+                                 "cannot be told: port --abort --force saves the tree (commits and files) as a git "
+                                 "bundle beside it, then removes it", path=exc.path) from None
+        state = None
     head = git(tree, "rev-parse", "HEAD")
-    worked = (state.stopped_head is not None and head != state.stopped_head) or (
+    worked = state is None or (state.stopped_head is not None and head != state.stopped_head) or (
         state.stopped_worktree is not None and _worktree_id(tree) != state.stopped_worktree)
     saved = None
     if worked:
         if not force:
             raise BuildTreeError("work was done here since the port stopped (commits or edited files): port --abort "
                                  "--force saves it as a git bundle beside the tree, then removes the tree", path=tree)
+        what = f"the port to letta {state.version}" if state is not None else "a port"
         snapshot = git(tree, "commit-tree", _worktree_id(tree), "-p", head, "-m",
-                       f"the work tree of the port to letta {state.version} when it was aborted",
+                       f"the work tree of {what} when it was aborted",
                        env={"GIT_AUTHOR_NAME": "ketta-build", "GIT_AUTHOR_EMAIL": "ketta-build@ketta.invalid",
                             "GIT_COMMITTER_NAME": "ketta-build", "GIT_COMMITTER_EMAIL": "ketta-build@ketta.invalid"})
         ref = backup_name("abort", snapshot)
@@ -423,8 +443,41 @@ def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -
         saved = tree.parent / f"{tree.name}-aborted-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bundle"
         git(tree, "bundle", "create", "-q", str(saved), ref)
     shutil.rmtree(tree)
-    _unregister(cache or Cache(), state)
+    if state is not None:
+        _unregister(cache or Cache(), state)
+    else:  # the state named its series: find the tree's entry in any series' list
+        for entry in (cache or Cache()).root.glob(f"ports/*/{hashlib.sha256(str(tree).encode()).hexdigest()[:16]}.json"):
+            entry.unlink(missing_ok=True)
     return tree, saved
+
+
+def _moved_under_port(tree: Path, state: PortState, series_dir: Path) -> list[str]:
+    """The patches the port carries whose file changed in ``series_dir`` since the port took it, in a way
+    its finish would undo: the diff (the tree holds the one it took), or, for a patch the finish writes
+    from its commit (merged, resolved), a header the commit does not have. (A header alone changed
+    under a patch that applied as it was is taken: the finish gives its commit the file's message.)"""
+    took = read_tree_state(tree).synced
+    moved = []
+    for ported in state.patches:
+        record, path = took.get(ported.name), series_dir / ported.name
+        if not ported.commit or record is None or record.text is None or not path.is_file():
+            continue
+        then_bytes, now_bytes = record.text.encode("utf-8", errors="surrogateescape"), path.read_bytes()
+        if then_bytes == now_bytes:
+            continue
+        then, now = parse_patch_text(then_bytes, path, ported.name).header, parse_patch_text(now_bytes, path, ported.name).header
+        if (diff_part(then_bytes), then.base_release) != (diff_part(now_bytes), now.base_release):
+            moved.append(f"{ported.name} (its diff)")
+            continue
+        if ported.outcome not in ("merged", "resolved") or render_header(replace(then, base_release=now.base_release)) == \
+                render_header(now):
+            continue
+        name, email = git(tree, "log", "-1", "--format=%an%x00%ae", ported.commit).split("\x00")
+        mine = header_from_commit(parse_commit(git(tree, "log", "-1", "--format=%B", ported.commit)), name, email,
+                                  base_release=now.base_release, where=ported.commit[:10])
+        if render_header(mine) != render_header(now):
+            moved.append(f"{ported.name} (its header)")
+    return moved
 
 
 def _narrow(guard: SpecifierSet | None, new: Version) -> str:
@@ -451,12 +504,17 @@ class _Carried:
 def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
     """Write what the port changed into the series, add the release, regenerate tox.ini."""
     tree = tree.absolute()
+    cache = cache or Cache()
+    with series_lock(cache, Path(PortState.load(tree).series_dir)):  # no export writes patches/ meanwhile
+        return _finish_port(tree, cache)
+
+
+def _finish_port(tree: Path, cache: Cache) -> PortResult:
     state = PortState.load(tree)
     new = Version(state.version)
     series_dir = Path(state.series_dir)
     series = read_series(series_dir)
     versions = sorted({*series.releases.versions, new})
-    cache = cache or Cache()
     repos = PristineRepos(IndexSource(cache, state.index_url, allow_unsupported=True, releases=series.releases), cache)
     by_name = {e.name: e for e in series.entries}
     carried: dict[str, _Carried] = {}
@@ -472,6 +530,12 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
         diff = canonical_diff(tree, f"{ported.commit}^", ported.commit, section_contexts(series.load(entry).files))
         carried[entry.name] = _Carried(entry, ported.commit, header, diff.encode("utf-8", errors="surrogateescape"))
 
+    moved = _moved_under_port(tree, state, series_dir)
+    if moved:
+        raise BuildTreeError(f"{'; '.join(moved)} changed in {series_dir} since the port took it (a pull, or an export "
+                             "from another tree): finishing would carry the file as it was and undo that; give the "
+                             f"port up (ketta-build port --abort --tree {tree}, with --force if you worked there: it "
+                             "saves the work as a bundle) and start it again from the series as it is now", path=tree)
     in_place = set(carried) if state.in_place else set()
     keep_old: set[str] = set()  # rewritten in place, and the previous file kept for the releases it serves
     backwards: dict[str, Version] = {}  # a variant carried backwards -> the first release it does not apply to
@@ -530,7 +594,7 @@ def finish_port(tree: Path, cache: Cache | None = None) -> PortResult:
         for ported in state.patches:
             final = plan.variant_names.get(ported.name, ported.name)
             if ported.commit and (series_dir / final).is_file():
-                synced[final] = (hashlib.sha256((series_dir / final).read_bytes()).hexdigest(), ported.commit)
+                synced[final] = ((series_dir / final).read_bytes(), ported.commit)
         record_head(tree, git(tree, "rev-parse", "HEAD"), synced)
         (tree / ".git" / STATE).unlink()
         _unregister(cache, state)

@@ -102,7 +102,11 @@ def load_releases(series_dir: Path | None = None) -> SupportedReleases:
 
 
 def _parse(path: Path) -> SupportedReleases:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise SeriesError("not valid UTF-8 (TOML is UTF-8)", path=path, line=line) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

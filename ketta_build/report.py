@@ -122,6 +122,8 @@ def report_json(report: ApplyReport) -> dict:
             "tree_hash": report.tree_hash,
         },
         "backup_ref": report.backup_ref,
+        "backup_refs": list(report.backup_refs),
+        "kept_ignored": list(report.kept_ignored),
     }
 
 
@@ -215,6 +217,12 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
     if report.backup_ref:
         console.print(f"the replaced tree had commits that were never exported: kept in {report.out} as "
                       f"{report.backup_ref} (git log {report.backup_ref})", markup=False)
+    if report.backup_refs:
+        console.print(f"the replaced tree's other branches, tags and stashes: kept in {report.out} as "
+                      f"{', '.join(report.backup_refs)} (git log REF; a stash: git stash apply REF)", markup=False)
+    if report.kept_ignored:
+        console.print(f"the replaced tree's git-ignored files are in the new tree as they were: "
+                      f"{', '.join(report.kept_ignored)}", markup=False)
     summary = report_json(report)["summary"]["hunks"]
     parts = [f"{n} {k}" for k, n in summary.items() if n]
     print_result(console, f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")

@@ -447,3 +447,51 @@ def test_series_command_prints_the_guard_text(project, capsys):
     assert main(["series", "--letta", "v0.16.7", "--patches", str(project.patches)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "outside [letta>=0.16.8]" in out
+
+
+# ----------------------------------------------------------------------------- issue 30: tracebacks and exit codes
+
+
+def test_a_releases_toml_that_is_not_utf8_is_one_line(project, capsys):
+    path = project.patches / "releases.toml"
+    path.write_bytes(b"# caf\xe9\n" + path.read_bytes())
+    rc = main(["lint", "--patches", str(project.patches)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and str(path) in line and "UTF-8" in line
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_a_lock_timeout_that_is_not_a_number_is_one_line(project, capsys, monkeypatch, value):
+    monkeypatch.setenv("KETTA_BUILD_LOCK_TIMEOUT", value)
+    rc, err = project.run(capsys=capsys)
+    line = _one_error_line(err)
+    assert rc == 2 and "KETTA_BUILD_LOCK_TIMEOUT" in line and repr(value) in line and not project.out.exists()
+
+
+def test_an_author_on_two_lines_is_bad_input(project, capsys):
+    line = _bad_patch(project, _patch_text(GOOD_DIFF, **{"Author: Test Author <test@example.org>":
+                                                         "Author: Test\n Author <test@example.org>"}), capsys)
+    assert "0001-good.diff:2:" in line and "Author" in line
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "12x", "-5"])
+def test_a_source_date_epoch_out_of_range_or_malformed_is_bad_input(project, capsys, monkeypatch, value):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    rc, err = project.run(capsys=capsys)
+    line = _one_error_line(err)
+    assert rc == 2 and "SOURCE_DATE_EPOCH" in line and repr(value) in line and not project.out.exists()
+    assert not list(project.root.glob(".out.ketta-tmp-*")), "nothing left beside the tree"
+
+
+@pytest.mark.parametrize("in_a_repository", [False, True])
+def test_an_empty_out_directory_is_simply_filled(project, capsys, in_a_repository):
+    """Nothing there to keep: no ignored files are looked for (git would fail there, or answer for an
+    enclosing repository)."""
+    project.out.mkdir()
+    if in_a_repository:
+        subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    (project.root / ".gitignore").write_text("*.log\n")
+    (project.root / "x.log").write_text("not the tree's\n")
+    rc, err = project.run(capsys=capsys)
+    assert rc == 0, err
+    assert (project.out / ".git").is_dir() and (project.root / "x.log").is_file()

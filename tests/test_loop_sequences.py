@@ -663,9 +663,9 @@ def test_ctrl_c_while_the_new_tree_is_put_in_place_waits_for_it(world, monkeypat
     old_inode = tree.stat().st_ino
     real_move = buildtree._move_into_place
 
-    def interrupted_move(tmp, out):
+    def interrupted_move(tmp, out, *carry):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between the two renames
-        real_move(tmp, out)
+        real_move(tmp, out, *carry)
 
     monkeypatch.setattr(buildtree, "_move_into_place", interrupted_move)
     rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
@@ -792,3 +792,413 @@ def test_an_export_from_an_older_tree_does_not_undo_a_newer_export(world):
     subprocess.run(["git", "rebase", "-q", "--onto", amended7, first7], cwd=old_tree, check=True, capture_output=True)
     rc, _, err = world.run("export", "--tree", str(old_tree))
     assert rc == 5 and "changed both" in err and (world.patches / "0001-change-m.diff").read_bytes() == newer
+
+
+# ----------------------------------------------------------------------------- issue 30: a port's state file damaged
+
+
+def test_a_damaged_port_state_is_one_line_and_abort_still_removes_the_port(world):
+    tree = stop_port(world)
+    (tree / ".git" / "ketta-port.json").write_text('{"version": "0.16.9", "patches": [')  # cut short
+    before = world.snapshot()
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 2 and "ketta-port.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    rc, _, err = world.run("apply", "--letta", "0.16.9", "--out", str(tree), "--force")
+    assert rc != 0 and "port --abort" in err and tree.exists()
+    rc, _, err = world.run("port", "--abort", "--tree", str(tree))  # it cannot tell whether work was done since the stop
+    assert rc == 5 and "--force" in err and "ketta-port.json" in err and tree.exists()
+    rc, out, err = world.run("port", "--abort", "--force", "--tree", str(tree))
+    assert rc == 0 and not tree.exists(), err
+    assert list(tree.parent.glob("0.16.9-aborted-*.bundle")) and world.snapshot() == before
+    world.publish("0.16.10")
+    rc, _, err = world.run("port", "--letta", "0.16.10", "--tree", str(world.root / "build" / "0.16.10"))
+    assert rc == 0, "the aborted port is no longer in progress anywhere: " + err
+
+
+# ----------------------------------------------------------------------------- issue 30: what a teammate pushed
+
+
+def _clones(world) -> tuple[Path, Path]:
+    """A (the world's repository, now with an origin) and B, a teammate's clone of that origin."""
+    a = world.root / "repo"
+    origin = world.root / "origin.git"
+    git(world.root, "clone", "-q", "--bare", str(a), str(origin))
+    git(a, "remote", "add", "origin", str(origin))
+    b = world.root / "clone-b"
+    git(world.root, "clone", "-q", str(origin), str(b))
+    return a, b
+
+
+def _pull(a: Path) -> None:
+    git(a, "pull", "-q", "--ff-only", "origin", git(a, "symbolic-ref", "--short", "HEAD").strip())
+
+
+def _push_field(b: Path, name: str, field: str, value: str) -> None:
+    """B sets ``field`` (a one-line header field) of patch ``name``, commits and pushes."""
+    path = b / "patches" / name
+    lines = path.read_text().splitlines(True)
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(f"{field}: ")), None)
+    if at is None:  # a field the patch does not have yet: before the Description
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("Description: "))
+        lines.insert(at, "")
+    lines[at] = f"{field}: {value}\n"
+    path.write_text("".join(lines))
+    git(b, "commit", "-q", "-a", "-m", f"{name}: {field}")
+    git(b, "push", "-q", "origin", "HEAD")
+
+
+def _push_module(b: Path, content: str) -> None:
+    """B changes what 0002 puts in letta/k.py (a refresh made in B's own tree), commits and pushes."""
+    path = b / "patches" / "0002-new-module.diff"
+    head = path.read_text().split("diff --git", 1)[0]
+    path.write_text(head + make_diff("letta/k.py", None, content))
+    git(b, "commit", "-q", "-a", "-m", "0002: another module")
+    git(b, "push", "-q", "origin", "HEAD")
+
+
+def _edit_in_tree(tree: Path, how: str) -> str:
+    """A edits the tree: amends its last commit (0003) or folds an edit into 0001's commit, which
+    rebases every commit after it (0002's among them). The patch it changed."""
+    m = tree / "letta/m.py"
+    if how == "amend-last":
+        m.write_text(m.read_text().replace("line forty\n", "line FORTY (A)\n"))
+        git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+        return "0003-tail.diff"
+    m.write_text(m.read_text().replace("line 14\n", "line 14 (A)\n"))
+    git(tree, "commit", "-q", "-a", "--fixup", git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff").strip())
+    git(tree, "-c", "sequence.editor=true", "rebase", "-q", "-i", "--autosquash", "upstream/0.16.8")
+    return "0001-change-m.diff"
+
+
+def _reword_in_tree(tree: Path, name: str, old: str, new: str) -> None:
+    """A rewords the commit of patch ``name`` (anywhere in the branch)."""
+    sha = git(tree, "log", "--format=%H", "--grep", f"Ketta-Patch: {name}").strip()
+    message = git(tree, "log", "-1", "--format=%B", sha)
+    assert old in message
+    branch = git(tree, "symbolic-ref", "--short", "HEAD").strip()
+    git(tree, "checkout", "-q", sha)
+    git(tree, "commit", "-q", "--amend", "-m", message.replace(old, new))
+    git(tree, "rebase", "-q", "--onto", git(tree, "rev-parse", "HEAD").strip(), sha, branch)
+
+
+WHY = "Because Ketta needs this change for its unified providers."
+
+
+@pytest.mark.parametrize("how", ["amend-last", "fixup-first"])
+def test_30_export_keeps_a_description_a_teammate_pushed(world, how):
+    """The two-clone team sequence: A applies; B changes 0002's description and pushes; A pulls, edits
+    another patch in the tree made before the pull and exports: B's text stays, reported newer."""
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Description", "A Ketta module, as B wrote it after review.")
+    _pull(a)
+    edited = _edit_in_tree(tree, how)
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    text = (world.patches / "0002-new-module.diff").read_text()
+    assert "Description: A Ketta module, as B wrote it after review.\n" in text and WHY not in text
+    said = " ".join(out.split())
+    assert f"refreshed {edited}" in said and "newer 0002-new-module.diff" in said and "newer in patches/" in said
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")  # tree and series differ: said, exit 4
+    assert rc == 4 and f"{world.patches / '0002-new-module.diff'} is newer in patches/" in err
+    once = world.snapshot()
+    rc, out, err = world.run("export", "--tree", str(tree))  # again: nothing written, B's text still there
+    assert rc == 0 and world.snapshot() == once and "newer 0002-new-module.diff" in " ".join(out.split()), err
+    rc, _, err = world.run("export", "--tree", str(world.apply("0.16.8")), "--check")  # a new apply takes it
+    assert rc == 0, err
+
+
+def test_30_export_keeps_a_diff_a_teammate_pushed_though_the_tree_rebased_its_commit(world):
+    """Once refused as 'changed both': 0002's commit was only rebased (0001 edited before it)."""
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_module(b, "KETTA = 'B'\n")
+    _pull(a)
+    pushed = (world.patches / "0002-new-module.diff").read_bytes()
+    _edit_in_tree(tree, "fixup-first")
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    assert (world.patches / "0002-new-module.diff").read_bytes() == pushed
+    assert "refreshed 0001-change-m.diff" in out and "newer 0002-new-module.diff" in " ".join(out.split())
+
+
+def test_30_a_field_changed_in_both_places_refuses_the_whole_export(world):
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Description", "B's reason for the module.")
+    _pull(a)
+    _edit_in_tree(tree, "amend-last")
+    _reword_in_tree(tree, "0002-new-module.diff", WHY, "A's reason for the module.")
+    before, head = world.snapshot(), git(tree, "rev-parse", "HEAD")
+    for check in ([], ["--check"]):
+        rc, _, err = world.run("export", "--tree", str(tree), *check)
+        line = " ".join(err.split())
+        assert rc == 5 and "0002-new-module.diff" in line and "Description" in line and "changed both" in line, err
+        assert f"apply --letta 0.16.8 --tree {tree} --force" in line and "backup ref" in line
+        assert world.snapshot() == before and git(tree, "rev-parse", "HEAD") == head, "nothing written"
+
+
+def test_30_changes_to_other_parts_of_one_patch_are_both_kept(world):
+    """B changes 0002's Owner and adds a Review-By, A rewords its description; B changes 0001's
+    description, A changes its diff: every change is in the files, none is reverted, nothing refused."""
+    tree = world.apply("0.16.8")
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Owner", "Team B <b@example.org>")
+    _push_field(b, "0002-new-module.diff", "Review-By", "2027-06-01")
+    _push_field(b, "0001-change-m.diff", "Description", "Because B found why line 15 must change for Ketta.")
+    _pull(a)
+    _reword_in_tree(tree, "0002-new-module.diff", WHY, "Because A found the module needs a reason of its own.")
+    _edit_in_tree(tree, "fixup-first")
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    second = (world.patches / "0002-new-module.diff").read_text()
+    assert "Owner: Team B <b@example.org>\n" in second and "Review-By: 2027-06-01\n" in second
+    assert "Description: Because A found the module needs a reason of its own.\n" in second
+    first = (world.patches / "0001-change-m.diff").read_text()
+    assert "Description: Because B found why line 15 must change for Ketta.\n" in first and "+line 14 (A)\n" in first
+    said = " ".join(out.split())
+    assert "reworded 0002-new-module.diff (Owner, Review-By kept from patches/" in said, said
+    assert "refreshed 0001-change-m.diff (Description kept from patches/" in said, said
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")  # the tree took both: in step
+    assert rc == 0, err
+    rc, lines = lint_lines(world)  # (0003-tail-0.16.7's base-release finding: 0001 changed, as on any edit of it)
+    assert not [ln for ln in lines if "0001-change-m.diff" in ln or "0002-new-module.diff" in ln], lines
+
+
+
+def test_30_a_port_stopped_while_a_teammate_changed_a_patch_it_carries_does_not_undo_it(world):
+    """0001 and 0002 went onto 0.16.9, 0003 stopped; meanwhile B's 0002 (another module) and 0001's new
+    Owner arrive. The port took 0001 and 0002 as they were: finishing would carry the old 0002 and
+    record it as taken, so a later export from the port's tree would write the old module back."""
+    world.publish("0.16.9", m=BODY.replace("line 40\n", "line 40 upstream\n"))  # 0003's line
+    tree = world.root / "build" / "0.16.9"
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(tree))[0] == 1
+    a, b = _clones(world)
+    _push_field(b, "0001-change-m.diff", "Owner", "Team B <b@example.org>")
+    _push_module(b, "KETTA = 'B'\n")
+    _pull(a)
+    pulled = world.snapshot()
+    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    line = " ".join(err.split())
+    assert rc == 5 and "0002-new-module.diff (its diff)" in line and "0001-change-m.diff" not in line, err
+    assert "port --abort" in line and world.snapshot() == pulled
+    rc, _, err = world.run("port", "--abort", "--force", "--tree", str(tree))
+    assert rc == 0, err
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(tree))  # from the series as it is now
+    assert rc == 1, err
+    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert (world.patches / "0002-new-module.diff").read_bytes() == pulled["0002-new-module.diff"]
+    assert world.run("export", "--tree", str(tree), "--check")[0] == 0
+
+
+def test_30_a_header_pulled_under_a_stopped_port_is_taken_by_its_finish(world):
+    world.publish("0.16.9", m=BODY.replace("line 40\n", "line 40 upstream\n"))
+    tree = world.root / "build" / "0.16.9"
+    assert world.run("port", "--letta", "0.16.9", "--tree", str(tree))[0] == 1
+    a, b = _clones(world)
+    _push_field(b, "0002-new-module.diff", "Description", "Because B explains the module better now.")
+    _pull(a)
+    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert "Because B explains the module better now." in (world.patches / "0002-new-module.diff").read_text()
+    assert "Because B explains the module better now." in git(tree, "log", "--format=%B")
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 0, err
+
+
+def _take_the_patchs_side(text: str) -> str:
+    """Resolve conflict markers in favour of the patch (the side after ``=======``)."""
+    out, side = [], None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("<<<<<<< "):
+            side = "upstream"
+        elif line.startswith("=======") and side == "upstream":
+            side = "patch"
+        elif line.startswith(">>>>>>> ") and side == "patch":
+            side = None
+        elif side in (None, "patch"):
+            out.append(line)
+    return "".join(out)
+
+# ----------------------------------------------------------------------------- issue 30: export's writes
+
+
+def _new_commit(tree: Path) -> None:
+    (tree / "letta/extra.py").write_text("X = 1\n")
+    git(tree, "add", "letta/extra.py")
+    git(tree, "commit", "-q", "-m", "Add letta/extra.py", "-m", "The extra module carries a constant Ketta reads elsewhere.")
+
+
+def _series_names(world) -> list[str]:
+    return [ln.split()[0] for ln in (world.patches / "series").read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def test_30_two_exports_at_once_take_turns(world, monkeypatch):
+    """Both plan before either writes (a barrier holds the first writer until the second has planned,
+    or until it gives up waiting): without a lock both wrote the new patch into the series."""
+    import threading
+
+    from ketta_build import export
+
+    tree = world.apply("0.16.8")
+    _new_commit(tree)
+    real_write = export.write_plan
+    both_planned = threading.Barrier(2)
+
+    def write_when_both_planned(plan):
+        try:
+            both_planned.wait(timeout=3)
+        except threading.BrokenBarrierError:
+            pass  # the other one waits for the lock this one holds
+        return real_write(plan)
+
+    monkeypatch.setattr(export, "write_plan", write_when_both_planned)
+    argv = ["export", "--tree", str(tree), "--patches", str(world.patches), "--index-url", world.index.url,
+            "--cache-dir", str(world.cache)]
+    codes: list[int] = []
+    runs = [threading.Thread(target=lambda: codes.append(main(argv))) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=120)
+    world.capsys.readouterr()
+    assert codes == [0, 0]
+    assert _series_names(world).count("0004-add-letta-extra-py.diff") == 1
+    assert not list(world.patches.glob("0005-*"))
+    rc, _, err = world.run("export", "--tree", str(tree), "--check")
+    assert rc == 0, err
+
+
+def test_30_a_write_that_fails_halfway_leaves_nothing_behind(world, monkeypatch):
+    """As with chattr +i patches/series: the new patch file was written, the series not; the next export
+    refused the file 'not listed in the series'. Now every file goes in place or none does."""
+    import os
+
+    tree = world.apply("0.16.8")
+    _new_commit(tree)
+    before, head = world.snapshot(), git(tree, "rev-parse", "HEAD")
+    real_replace = os.replace
+
+    def series_is_immutable(src, dst, *args, **kwargs):
+        if Path(dst) == world.patches / "series":
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", series_is_immutable)
+    rc, _, err = world.run("export", "--tree", str(tree))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert rc == 2 and "series" in err and "Operation not permitted" in err and len(err.strip().splitlines()) == 1
+    assert world.snapshot() == before, "no new patch file, no temporary file, the series as it was"
+    assert git(tree, "rev-parse", "HEAD") == head, "the commits' messages as they were"
+    rc, out, err = world.run("export", "--tree", str(tree))
+    assert rc == 0 and "new       0004-add-letta-extra-py.diff" in out, err
+    assert _series_names(world).count("0004-add-letta-extra-py.diff") == 1
+
+
+# ----------------------------------------------------------------------------- issue 30: what apply --force replaces
+
+
+def test_30_apply_force_keeps_every_branch_tag_and_stash_and_says_so(world):
+    tree = world.apply("0.16.8")
+    branch = git(tree, "symbolic-ref", "--short", "HEAD").strip()
+    git(tree, "switch", "-q", "-c", "exp")
+    (tree / "letta/exp.py").write_text("E = 1\n")
+    git(tree, "add", "letta/exp.py")
+    git(tree, "commit", "-q", "-m", "Experiment", "-m", "Something to try before it becomes a patch.")
+    exp = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "tag", "-a", "-m", "worth keeping", "tried", "HEAD")
+    git(tree, "switch", "-q", branch)
+    stashed = []
+    for n in range(2):
+        (tree / "letta/m.py").write_text((tree / "letta/m.py").read_text() + f"# stashed {n}\n")
+        git(tree, "stash", "-q")
+        stashed.append(git(tree, "rev-parse", "refs/stash").strip())
+    rc, out, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force", "--json", str(world.root / "a.json"))
+    assert rc == 0, err
+    kept = dict(line.split(" ", 1) for line in git(tree, "for-each-ref", "--format=%(refname) %(objectname)",
+                                                   "refs/ketta/backup/").splitlines())
+    assert exp in kept.values() and set(stashed) <= set(kept.values())
+    named = {ref.split("-apply/", 1)[1]: sha for ref, sha in kept.items() if "-apply/" in ref}
+    assert named["heads/exp"] == exp and {named["stash/0"], named["stash/1"]} == set(stashed) and "tags/tried" in named
+    assert branch not in {name.removeprefix("heads/") for name in named}, "the tool's own branch needs no backup"
+    said = "".join(out.split())
+    assert all(ref in said for ref in kept if "-apply/" in ref)
+    report = json.loads((world.root / "a.json").read_text())
+    assert sorted(report["backup_refs"]) == sorted(ref for ref in kept if "-apply/" in ref)
+    git(tree, "stash", "apply", "-q", next(ref for ref in kept if ref.endswith("stash/0")))  # as the message says
+    assert "# stashed 1" in (tree / "letta/m.py").read_text()
+
+
+def test_30_apply_force_carries_git_ignored_files_over_and_says_so(world):
+    tree = world.apply("0.16.8")
+    (tree / ".git" / "info" / "exclude").write_text("/.env\n/.venv/\n")  # the maintainer's own
+    (tree / ".env").write_text("KEY=secret\n")
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
+    (tree / "server.log").write_text("a log\n")  # the release's .gitignore: *.log, build/
+    (tree / "letta" / "build").mkdir()
+    (tree / "letta" / "build" / "x.py").write_text("built\n")
+    (tree / "logs").mkdir()  # a directory of ignored files, not ignored as such
+    (tree / "logs" / "run.log").write_text("a run\n")
+    rc, out, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 0, err
+    assert (tree / "logs" / "run.log").read_text() == "a run\n"
+    assert (tree / ".env").read_text() == "KEY=secret\n" and (tree / ".venv" / "bin" / "python").is_file()
+    assert (tree / "server.log").read_text() == "a log\n" and (tree / "letta" / "build" / "x.py").read_text() == "built\n"
+    said = " ".join(out.split())
+    assert "git-ignored files" in said and all(name in said for name in (".env", ".venv/", "server.log", "letta/build/", "logs/"))
+    assert not git(tree, "status", "--porcelain").strip(), "the new tree is clean: it ignores them too"
+    assert world.run("export", "--tree", str(tree), "--check")[0] == 0
+    assert not list(tree.parent.glob(f".{tree.name}.ketta-*")), "nothing left beside the tree"
+
+
+def test_30_apply_force_refuses_an_ignored_file_the_new_tree_would_track_or_not_ignore(world):
+    tree = world.apply("0.16.8")
+    (tree / "letta" / "notes.log").write_text("mine\n")  # ignored (*.log) ...
+    (world.patches / "0004-notes.diff").write_text(header("Ketta adds letta/notes.log", "0.16.8")
+                                                   + make_diff("letta/notes.log", None, "Ketta's\n"))
+    (world.patches / "series").write_text((world.patches / "series").read_text() + "0004-notes.diff\n")
+    head = git(tree, "rev-parse", "HEAD")
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")  # ... which a patch now adds
+    assert rc == 5 and "letta/notes.log (the new tree has it)" in err and "nothing was replaced" in err
+    assert (tree / "letta" / "notes.log").read_text() == "mine\n" and git(tree, "rev-parse", "HEAD") == head
+    (tree / "letta" / "notes.log").unlink()
+    (world.patches / "series").write_text((world.patches / "series").read_text().replace("0004-notes.diff\n", ""))
+    (world.patches / "0004-notes.diff").unlink()
+    (tree / ".git" / "info" / "exclude").unlink()  # the new tree gets git's own: the file below is not ignored there
+    (tree / ".git" / "info" / "exclude").write_text("")
+    git(tree, "config", "core.excludesFile", str(world.root / "my-excludes"))
+    (world.root / "my-excludes").write_text("*.secret\n")
+    (tree / "letta" / "key.secret").write_text("k\n")
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 5 and "letta/key.secret (the new tree does not ignore it)" in err, err
+    assert (tree / "letta" / "key.secret").is_file()
+
+
+def test_30_a_run_that_died_while_replacing_a_tree_loses_nothing(world):
+    """Killed (not Ctrl-C, which waits) between its renames: the replaced tree aside, or its ignored
+    files not yet carried over. The next run finishes the job instead of deleting them."""
+    tree = world.apply("0.16.8")
+    _new_commit(tree)
+    work = git(tree, "rev-parse", "HEAD").strip()
+    aside = tree.parent / f".{tree.name}.ketta-old-999999999"  # a pid no process has
+    tree.rename(aside)  # moved aside, the new tree not yet in place
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree))
+    assert rc == 5 and "--force" in err and not aside.exists(), "put back, so it is not replaced without --force"
+    assert git(tree, "rev-parse", "HEAD").strip() == work
+    (tree / "notes.log").write_text("mine\n")
+    git(tree, "reset", "-q", "--hard", "HEAD~1")
+    world.apply("0.16.8")  # (the commit is in a backup ref by now)
+    old = tree.parent / f".{tree.name}.ketta-old-999999999"
+    (old / ".git").mkdir(parents=True)
+    (old / "server.log").write_text("a log\n")
+    (old / ".git" / "ketta-carry.json").write_text('["server.log"]')
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--out", str(tree), "--force")
+    assert rc == 0, err
+    assert (tree / "server.log").read_text() == "a log\n" and (tree / "notes.log").read_text() == "mine\n"
+    assert not old.exists()
+
