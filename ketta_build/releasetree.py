@@ -137,7 +137,7 @@ def check_exported(tree: Path, series_tree: Path, series_report: dict) -> str:
     ids = _patch_ids(tree, f"{base}..HEAD")
     series_ids = set(_patch_ids(series_tree, f"{base}..HEAD").values())
     current = {p["name"]: p.get("sha256") for p in series_report.get("patches", []) if p.get("commit")}
-    made = {commit: (name, sha) for name, (sha, commit) in state.synced.items()}
+    made = {s.commit: (name, s.sha256) for name, s in state.synced.items()}
     unexported: list[str] = []
     behind: list[str] = []
     carried: set[str] = set()
