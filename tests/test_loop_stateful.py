@@ -2,16 +2,23 @@
 
 Synthetic releases 0.16.7 and 0.16.8 (supported) and 0.16.9 (to port to; its line 15 conflicts with
 patch 0001 in some examples) on a ``file://`` index. Steps: apply (with and without --force),
-commit an edit (amend a patch's commit, fixup + autosquash, a new commit), leave an edit uncommitted,
-export (with --prune/--split), lint, port to 0.16.9, resolve and continue, abort (with and without
---force). After every step the loop's invariants hold:
+commit an edit (amend a patch's commit, fixup + autosquash, a new commit), reword a patch's description
+or change what 0002 adds in a tree, leave an edit uncommitted, pull a teammate's change (a header field
+of 0001 or 0002, or 0002's diff) into patches/, export (with --prune/--split), lint, port to 0.16.9,
+resolve and continue, abort (with and without --force). After every step the loop's invariants hold:
 
 (b) no work is lost: the content (tree) of every commit the maintainer made is still reachable from
     a ref of a build tree or a saved bundle, and uncommitted edits are either still in their tree
     or saved; a verb that fails leaves patches/ as it was;
 (c) after a verb that wrote patches/, the series applies exactly on every release it claims;
 (d) a second export right after a successful one writes nothing;
-(e) every verb's ``--json -`` is alone on stdout.
+(e) every verb's ``--json -`` is alone on stdout;
+(f) export never reverts what changed in patches/ since the tree took it (a pull, another tree's export,
+    a port) and never loses a change made in the tree without refusing: after an export from a tree,
+    each part (a header field, the diff) changed outside it still has that value unless the tree changed
+    it too, each change the maintainer made there is in the file, and a part changed on both sides
+    differently is refused (exit 5), never exported over the other; a refusal names a patch that
+    changed in patches/ since the tree took it.
 
 The default run tries a bounded number of sequences (``TestLoop``); ``pytest -m long`` runs
 ``TestLoopLong`` with KETTA_STATEFUL_EXAMPLES sequences (default 200) of up to 25 steps.
@@ -40,6 +47,7 @@ from ketta_build.buildtree import PristineRepos
 from ketta_build.cache import Cache
 from ketta_build.claims import check_claims
 from ketta_build.cli import main
+from ketta_build.patchfile import diff_part, parse_patch_text
 from ketta_build.series import read_series
 from ketta_build.upstream import IndexSource
 
@@ -55,9 +63,28 @@ def git(tree: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+def _norm(value: str) -> str:
+    return "\n".join(line.strip() for line in value.strip().split("\n"))
+
+
+def parts(content: bytes) -> dict[str, object]:
+    """A patch file as the model sees it: each header field (Base-Release aside), and the diff (with its
+    Base-Release, which a refresh moves)."""
+    h = parse_patch_text(content, Path("model.diff"), "model.diff").header
+    fields = {"Subject": h.subject, "Author": f"{h.author_name} <{h.author_email}>",
+              "Upstream-Status": h.upstream_status, "Date": h.date, "Description": h.description, **dict(h.extra)}
+    out: dict[str, object] = {k: _norm(v) for k, v in fields.items() if v is not None}
+    out["diff"] = (str(h.base_release), diff_part(content))
+    return out
+
+
+def added_lines(content: bytes) -> set[str]:
+    return {line[1:] for line in diff_part(content).decode().splitlines() if line.startswith("+")}
+
+
 class Loop(RuleBasedStateMachine):
-    @initialize(conflicting_port=st.booleans())
-    def make_world(self, conflicting_port: bool) -> None:
+    @initialize(conflicting_port=st.booleans(), tree=st.sampled_from([None, "0.16.7", "0.16.8"]))
+    def make_world(self, conflicting_port: bool, tree: str | None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="ketta-stateful-"))
         sdists = []
         for version, m in (("0.16.7", m_of("0.16.7")), ("0.16.8", BODY),
@@ -89,6 +116,12 @@ class Loop(RuleBasedStateMachine):
         self.bundles: list[Path] = []
         self.port: Path | None = None
         self.made = 0  # edits made, so no two are the same
+        # (f): per tree, what changed in patches/ since it took the files ((patch, part) -> value), and
+        # what the maintainer changed in it since ((patch, field) -> value, (patch, "diff") -> added lines)
+        self.outside: dict[Path, dict[tuple[str, str], object]] = {}
+        self.pending: dict[Path, dict[tuple[str, str], object]] = {}
+        if tree is not None:  # some sequences start with a tree made, so the steps that need one come sooner
+            self.apply(tree, force=False)
 
     def teardown(self) -> None:
         shutil.rmtree(getattr(self, "root", "/nonexistent"), ignore_errors=True)
@@ -149,6 +182,8 @@ class Loop(RuleBasedStateMachine):
             self.trees[version] = out
         else:
             assert rc in (1, 5), err
+        if rc in (0, 1) and out.is_dir():
+            self.took(out)  # (what --force replaced is in a backup ref: no longer in the tree)
 
     @precondition(lambda self: self.trees)
     @rule(data=st.data(), line=st.integers(1, 60), how=st.sampled_from(["amend-last", "fixup-first", "new-commit"]))
@@ -167,9 +202,14 @@ class Loop(RuleBasedStateMachine):
             target = f"line {line}\n"
             if target not in text:
                 return
-            m.write_text(text.replace(target, f"line {line} (edited)\n"))
+            self.made += 1
+            edited = f"line {line} (edited {self.made})"
+            m.write_text(text.replace(target, edited + "\n"))
             if how == "amend-last":
+                name = _trailer(git(tree, "log", "-1", "--format=%B"))
                 git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+                if name:
+                    self.pending.setdefault(tree, {}).setdefault((name, "diff"), set()).add(edited)
             else:
                 first = git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff")
                 if not first:
@@ -182,7 +222,82 @@ class Loop(RuleBasedStateMachine):
                     git(tree, "rebase", "--abort")
                     git(tree, "reset", "-q", "--hard", "HEAD~1")
                     return
+                self.pending.setdefault(tree, {}).setdefault(("0001-change-m.diff", "diff"), set()).add(edited)
         self.work[tree] = git(tree, "rev-parse", "HEAD^{tree}")  # what they did before this they replaced themselves
+
+    @precondition(lambda self: self.trees)
+    @rule(data=st.data(), name=st.sampled_from(["0001-change-m.diff", "0002-new-module.diff"]))
+    def reword_in_a_tree(self, data, name: str) -> None:
+        """The maintainer rewrites a patch's description in its commit (wherever it is in the branch)."""
+        tree = data.draw(st.sampled_from(sorted(self.trees.values())))
+        if git(tree, "status", "--porcelain") or not git(tree, "symbolic-ref", "-q", "HEAD", check=False):
+            return
+        sha = git(tree, "log", "--format=%H", "--grep", f"^Ketta-Patch: {name}$")
+        if not sha or "\n" in sha:
+            return
+        self.made += 1
+        why = f"Because the maintainer of {tree.name} says so (edit {self.made})."
+        message = git(tree, "log", "-1", "--format=%B", sha)
+        paragraphs = message.split("\n\n")
+        reworded = "\n\n".join([paragraphs[0], why, paragraphs[-1]])
+        branch = git(tree, "symbolic-ref", "--short", "HEAD")
+        git(tree, "checkout", "-q", sha)
+        git(tree, "commit", "-q", "--amend", "-m", reworded)
+        git(tree, "rebase", "-q", "--onto", git(tree, "rev-parse", "HEAD"), sha, branch)  # only messages moved
+        self.pending.setdefault(tree, {})[(name, "Description")] = _norm(why)
+        self.work[tree] = git(tree, "rev-parse", "HEAD^{tree}")
+
+    @precondition(lambda self: self.trees)
+    @rule(data=st.data())
+    def edit_the_module_in_a_tree(self, data) -> None:
+        """The maintainer changes what 0002 adds (letta/k.py), folded into 0002's commit."""
+        tree = data.draw(st.sampled_from(sorted(self.trees.values())))
+        if git(tree, "status", "--porcelain") or not git(tree, "symbolic-ref", "-q", "HEAD", check=False):
+            return
+        sha = git(tree, "log", "--format=%H", "--grep", "^Ketta-Patch: 0002-new-module.diff$")
+        if not sha or "\n" in sha or not (tree / "letta/k.py").is_file():
+            return
+        self.made += 1
+        line = f"KETTA = 'tree {self.made}'"
+        (tree / "letta/k.py").write_text(line + "\n")
+        git(tree, "commit", "-q", "-a", "--fixup", sha)
+        git(tree, "rebase", "-q", "-i", "--autosquash", f"{sha}~1")  # k.py is 0002's alone: no conflict
+        self.pending.setdefault(tree, {})[("0002-new-module.diff", "diff")] = {line}  # the file's one line, replaced
+        self.work[tree] = git(tree, "rev-parse", "HEAD^{tree}")
+
+    @rule(what=st.sampled_from([("0001-change-m.diff", "Description"), ("0001-change-m.diff", "Owner"),
+                                ("0002-new-module.diff", "Description"), ("0002-new-module.diff", "Review-By"),
+                                ("0002-new-module.diff", "diff")]))
+    def pull(self, what: tuple[str, str]) -> None:
+        """A teammate's commit arrives (git pull): one patch file changes under every tree."""
+        name, part = what
+        path = self.patches / name
+        if not path.is_file():
+            return
+        before = self.snapshot()
+        self.made += 1
+        text = path.read_text()
+        if part == "diff":
+            text = text.split("diff --git", 1)[0] + make_diff("letta/k.py", None, f"KETTA = 'pulled {self.made}'\n")
+        else:
+            value = {"Description": f"Because a teammate says so (pull {self.made}).", "Owner": f"Team {self.made}",
+                     "Review-By": f"{2027 + self.made % 50}-01-01"}[part]
+            lines = text.split("\n\n", 1)[0].split("\n")
+            kept, skipping = [], False
+            for line in lines:  # the field's line and its continuation lines go
+                if line.startswith(f"{part}: "):
+                    skipping = True
+                    continue
+                if skipping and line.startswith(" "):
+                    continue
+                skipping = False
+                kept.append(line)
+            at = len(kept) if part == "Description" else next(i for i, line in enumerate(kept)
+                                                              if line.startswith("Description: "))
+            kept.insert(at, f"{part}: {value}")
+            text = "\n".join(kept) + "\n\n" + text.split("\n\n", 1)[1]
+        path.write_text(text)
+        self.changed_outside(before, source=None)
 
     @precondition(lambda self: self.trees)
     @rule(data=st.data())
@@ -191,14 +306,28 @@ class Loop(RuleBasedStateMachine):
         (tree / "letta" / "scratch.txt").write_text("unsaved work\n")
         self.uncommitted[tree] = "scratch.txt"
 
+    @precondition(lambda self: self.uncommitted)
+    @rule(data=st.data())
+    def stash_it(self, data) -> None:
+        """The maintainer puts the uncommitted edit aside (git stash -u): the tree is clean again, and
+        the stash is work that must not be lost (apply --force keeps it as a backup ref)."""
+        tree = data.draw(st.sampled_from(sorted(self.uncommitted)))
+        if not (tree / ".git").is_dir() or not (tree / "letta" / self.uncommitted[tree]).exists():
+            return
+        git(tree, "stash", "-q", "-u")
+        self.work[Path(f"{tree}#stash{self.made}")] = git(tree, "rev-parse", "stash@{0}^3^{tree}")
+        self.made += 1
+        del self.uncommitted[tree]
+
     @precondition(lambda self: self.trees)
     @rule(data=st.data(), prune=st.booleans(), split=st.booleans())
     def export(self, data, prune: bool, split: bool) -> None:
         tree = data.draw(st.sampled_from(sorted(self.trees.values())))
         before = self.snapshot()
         flags = [*(["--prune"] if prune else []), *(["--split"] if split else [])]
-        rc, _, err = self.ketta("export", "--tree", str(tree), *flags)
+        rc, out, err = self.ketta("export", "--tree", str(tree), *flags)
         self.checked(before, rc, err)
+        self.check_no_revert(tree, before, rc, out, err)
         if rc == 0:  # (d)
             once = self.snapshot()
             rc2, out2, err2 = self.ketta("export", "--tree", str(tree), *flags)
@@ -222,10 +351,13 @@ class Loop(RuleBasedStateMachine):
         if rc == 1:
             assert self.snapshot() == before
             self.port = tree
+            self.took(tree)
         else:
             self.checked(before, rc, err)
             if rc == 0:
                 self.trees["0.16.9"] = tree
+                self.took(tree)
+                self.changed_outside(before, source=tree)
                 assert not (tree / ".git" / "ketta-port.json").exists()
                 assert self.ketta("export", "--tree", str(tree), "--check")[0] == 0, "a finished port's tree exports as is"
 
@@ -246,6 +378,8 @@ class Loop(RuleBasedStateMachine):
         if rc == 0:
             self.port = None
             self.trees["0.16.9"] = tree
+            self.took(tree)
+            self.changed_outside(before, source=tree)
             assert self.ketta("export", "--tree", str(tree), "--check")[0] == 0, "a finished port's tree exports as is"
         else:
             assert rc in (1, 4, 5), err
@@ -265,13 +399,67 @@ class Loop(RuleBasedStateMachine):
         else:
             assert rc == 5 and tree.exists(), err
 
+    # ------------------------------------------------------------------ (f): export never reverts
+
+    def took(self, tree: Path) -> None:
+        """``tree`` took the files as they are now (apply, a port's start and finish)."""
+        self.outside[tree] = {}
+        self.pending[tree] = {}
+
+    def changed_outside(self, before: dict[str, bytes], source: Path | None) -> None:
+        """What changed in patches/ since ``before`` changed outside every tree but ``source``."""
+        after = self.snapshot()
+        for name, content in after.items():
+            if not name.endswith(".diff") or name not in before or before[name] == content:
+                continue
+            old, new = parts(before[name]), parts(content)
+            for key in {*old, *new}:
+                if old.get(key) != new.get(key):
+                    for tree in {*self.trees.values(), *([self.port] if self.port else [])} - {source}:
+                        self.outside.setdefault(tree, {})[(name, key)] = new.get(key)
+
+    def check_no_revert(self, tree: Path, before: dict[str, bytes], rc: int, out: str, err: str) -> None:  # (f)
+        outside, pending = self.outside.get(tree, {}), self.pending.get(tree, {})
+        if rc == 5 and "changed both" in err:
+            assert any(name in err for name, _ in outside), f"refused with nothing changed in patches/: {err}"
+            event("(f) export refused: changed both in patches/ and in the tree")
+            return
+        if rc != 0:
+            return
+        if outside:
+            event("(f) export from a tree with changes made outside it since it took the files")
+        if {k for k in pending} & {k for k in outside}:
+            event("(f) export of a tree change to a patch also changed outside, in another part")
+        files = self.snapshot()
+        for (name, key), value in pending.items():
+            assert name in files, f"{name}, changed in {tree.name}, is gone"
+            if key == "diff":
+                assert value <= added_lines(files[name]), f"{tree.name}'s change of {name} was lost: {value}"
+                clash = (name, "diff") in outside and not value <= added_lines(before[name])
+            else:
+                assert parts(files[name]).get(key) == value, f"{tree.name}'s {key} of {name} was lost"
+                clash = (name, key) in outside and outside[(name, key)] != value
+            assert not clash, f"{name}'s {key} changed in patches/ and in {tree.name}: export had to refuse"
+        for (name, key), value in outside.items():
+            if name in files and (name, key) not in pending:
+                assert parts(files[name]).get(key) == value, f"export from {tree.name} reverted {name}'s {key}"
+        # what the tree took: the patches it wrote (all but a diff kept from patches/) and its own edits
+        self.changed_outside(before, source=tree)
+        self.pending[tree] = {}
+        for p in json.loads(out)["patches"]:
+            if p["commit"] and p["status"] in ("unchanged", "reworded", "refreshed", "new"):
+                for key in [k for k in outside if k[0] == p["name"]]:
+                    if key[1] != "diff" or "its diff kept" not in (p["note"] or ""):
+                        del outside[key]
+
     # ------------------------------------------------------------------ (b): nothing is lost
 
     @invariant()
     def no_work_is_lost(self) -> None:
         if not hasattr(self, "work"):
             return
-        for tree, tree_id in self.work.items():
+        for where, tree_id in self.work.items():
+            tree = Path(str(where).split("#", 1)[0])  # (a stash made there: "TREE#stashN")
             kept = set(git(tree, "log", "--all", "--format=%T").split()) if (tree / ".git").is_dir() else set()
             if tree_id in kept:
                 continue
@@ -280,6 +468,10 @@ class Loop(RuleBasedStateMachine):
             if (tree / "letta" / name).exists():
                 continue
             assert any(b.name.startswith(tree.name) for b in self.bundles), f"the uncommitted edit in {tree} is gone"
+
+
+def _trailer(message: str) -> str | None:
+    return next((line.split(":", 1)[1].strip() for line in message.splitlines() if line.startswith("Ketta-Patch:")), None)
 
 
 def _take_the_patchs_side(text: str) -> str:
