@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_diff, make_sdist, server_files
-from world import BODY, git, header
+from world import BODY, git, header, take_the_patchs_side
 
 from ketta_build.cli import main
 
@@ -978,7 +978,7 @@ def test_30_a_port_stopped_while_a_teammate_changed_a_patch_it_carries_does_not_
     _push_module(b, "KETTA = 'B'\n")
     _pull(a)
     pulled = world.snapshot()
-    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    (tree / "letta/m.py").write_text(take_the_patchs_side((tree / "letta/m.py").read_text()))
     rc, _, err = world.run("port", "--continue", "--tree", str(tree))
     line = " ".join(err.split())
     assert rc == 5 and "0002-new-module.diff (its diff)" in line and "0001-change-m.diff" not in line, err
@@ -987,7 +987,7 @@ def test_30_a_port_stopped_while_a_teammate_changed_a_patch_it_carries_does_not_
     assert rc == 0, err
     rc, _, err = world.run("port", "--letta", "0.16.9", "--tree", str(tree))  # from the series as it is now
     assert rc == 1, err
-    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    (tree / "letta/m.py").write_text(take_the_patchs_side((tree / "letta/m.py").read_text()))
     rc, _, err = world.run("port", "--continue", "--tree", str(tree))
     assert rc == 0, err
     assert (world.patches / "0002-new-module.diff").read_bytes() == pulled["0002-new-module.diff"]
@@ -1001,7 +1001,7 @@ def test_30_a_header_pulled_under_a_stopped_port_is_taken_by_its_finish(world):
     a, b = _clones(world)
     _push_field(b, "0002-new-module.diff", "Description", "Because B explains the module better now.")
     _pull(a)
-    (tree / "letta/m.py").write_text(_take_the_patchs_side((tree / "letta/m.py").read_text()))
+    (tree / "letta/m.py").write_text(take_the_patchs_side((tree / "letta/m.py").read_text()))
     rc, _, err = world.run("port", "--continue", "--tree", str(tree))
     assert rc == 0, err
     assert "Because B explains the module better now." in (world.patches / "0002-new-module.diff").read_text()
@@ -1009,20 +1009,6 @@ def test_30_a_header_pulled_under_a_stopped_port_is_taken_by_its_finish(world):
     rc, _, err = world.run("export", "--tree", str(tree), "--check")
     assert rc == 0, err
 
-
-def _take_the_patchs_side(text: str) -> str:
-    """Resolve conflict markers in favour of the patch (the side after ``=======``)."""
-    out, side = [], None
-    for line in text.splitlines(keepends=True):
-        if line.startswith("<<<<<<< "):
-            side = "upstream"
-        elif line.startswith("=======") and side == "upstream":
-            side = "patch"
-        elif line.startswith(">>>>>>> ") and side == "patch":
-            side = None
-        elif side in (None, "patch"):
-            out.append(line)
-    return "".join(out)
 
 # ----------------------------------------------------------------------------- issue 30: export's writes
 

@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from test_loop_sequences import file_index
-from world import BODY, RELEASES_TOML, header, m_of
+from world import BODY, RELEASES_TOML, header, m_of, take_the_patchs_side
 
 from ketta_build.buildtree import PristineRepos
 from ketta_build.cache import Cache
@@ -366,7 +366,7 @@ class Loop(RuleBasedStateMachine):
     def resolve_and_continue(self, commit: bool) -> None:
         tree = self.port
         m = tree / "letta/m.py"
-        m.write_text(_take_the_patchs_side(m.read_text()))
+        m.write_text(take_the_patchs_side(m.read_text()))
         for rej in tree.rglob("*.rej"):
             rej.unlink()
         if commit:
@@ -473,20 +473,6 @@ class Loop(RuleBasedStateMachine):
 def _trailer(message: str) -> str | None:
     return next((line.split(":", 1)[1].strip() for line in message.splitlines() if line.startswith("Ketta-Patch:")), None)
 
-
-def _take_the_patchs_side(text: str) -> str:
-    """Resolve conflict markers in favour of the patch (the side after ``=======``)."""
-    out, side = [], None
-    for line in text.splitlines(keepends=True):
-        if line.startswith("<<<<<<< "):
-            side = "upstream"
-        elif line.startswith("=======") and side == "upstream":
-            side = "patch"
-        elif line.startswith(">>>>>>> ") and side == "patch":
-            side = None
-        elif side in (None, "patch"):
-            out.append(line)
-    return "".join(out)
 
 
 def self_releases(machine: Loop) -> str:

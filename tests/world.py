@@ -113,3 +113,16 @@ def make_world(tmp_path, local_index, capsys, release_files=None) -> World:
     return w
 
 
+def take_the_patchs_side(text: str) -> str:
+    """Resolve conflict markers in favour of the patch (the side after ``=======``)."""
+    out, side = [], None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("<<<<<<< "):
+            side = "upstream"
+        elif line.startswith("=======") and side == "upstream":
+            side = "patch"
+        elif line.startswith(">>>>>>> ") and side == "patch":
+            side = None
+        elif side in (None, "patch"):
+            out.append(line)
+    return "".join(out)
