@@ -196,6 +196,7 @@ class Loop(RuleBasedStateMachine):
             (tree / "letta" / f"extra{line}.py").write_text(f"X = {line}  # edit {self.made}\n")
             git(tree, "add", "-A")
             git(tree, "commit", "-q", "-m", f"Add extra{line}", "-m", "A module Ketta needs for a reason of its own.")
+            self.pending.setdefault(tree, {}).setdefault((NEW_PATCH, "diff"), set()).add(f"X = {line}  # edit {self.made}")
         else:
             m = tree / "letta/m.py"
             text = m.read_text()
@@ -208,8 +209,7 @@ class Loop(RuleBasedStateMachine):
             if how == "amend-last":
                 name = _trailer(git(tree, "log", "-1", "--format=%B"))
                 git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
-                if name:
-                    self.pending.setdefault(tree, {}).setdefault((name, "diff"), set()).add(edited)
+                self.pending.setdefault(tree, {}).setdefault((name or NEW_PATCH, "diff"), set()).add(edited)
             else:
                 first = git(tree, "log", "--format=%H", "--grep", "Ketta-Patch: 0001-change-m.diff")
                 if not first:
@@ -432,6 +432,10 @@ class Loop(RuleBasedStateMachine):
             event("(f) export of a tree change to a patch also changed outside, in another part")
         files = self.snapshot()
         for (name, key), value in pending.items():
+            if name == NEW_PATCH:  # a commit made in the tree: some patch has it now
+                added = set().union(*(added_lines(c) for n, c in files.items() if n.endswith(".diff")))
+                assert value <= added, f"{tree.name}'s new commit was not exported: {value}"
+                continue
             assert name in files, f"{name}, changed in {tree.name}, is gone"
             if key == "diff":
                 assert value <= added_lines(files[name]), f"{tree.name}'s change of {name} was lost: {value}"
@@ -446,6 +450,9 @@ class Loop(RuleBasedStateMachine):
         # what the tree took: the patches it wrote (all but a diff kept from patches/) and its own edits
         self.changed_outside(before, source=tree)
         self.pending[tree] = {}
+        # (b): what the maintainer did there is in patches/ now (checked above), which a new apply
+        # brings back with what changed outside it (so not as the same tree id)
+        self.work.pop(tree, None)
         for p in json.loads(out)["patches"]:
             if p["commit"] and p["status"] in ("unchanged", "reworded", "refreshed", "new"):
                 for key in [k for k in outside if k[0] == p["name"]]:
@@ -468,6 +475,9 @@ class Loop(RuleBasedStateMachine):
             if (tree / "letta" / name).exists():
                 continue
             assert any(b.name.startswith(tree.name) for b in self.bundles), f"the uncommitted edit in {tree} is gone"
+
+
+NEW_PATCH = "(a new patch)"  # the model's name for a commit made in a tree, until export names it
 
 
 def _trailer(message: str) -> str | None:
