@@ -36,6 +36,7 @@ from .hunkcoverage import markdown_lines as coverage_markdown
 from .hunkcoverage import records as coverage_records
 from .releases import load_releases, parse_version, unknown_release
 from .servercoverage import ENV_VAR, release_dir, require_coverage
+from .releasetree import server_tree
 from .serverenv import prepare_wheel
 from .toxini import SHARED_FACTOR, SHARED_SUITES, SUITES, factor
 from .upstream import IndexSource
@@ -275,8 +276,8 @@ def run_matrix(
     if coverage:
         build_root = Path(env.get("KETTA_BUILD_ROOT") or project / "build").absolute()
         for version in dict.fromkeys(str(parse_version(v)) for v in versions):
-            if (build_root / version).is_dir():
-                measure_release(version, tree=build_root / version, series_dir=series_dir,
+            if server_tree(build_root, version).is_dir():
+                measure_release(version, tree=server_tree(build_root, version), series_dir=series_dir,
                                 data_root=report_dir / "coverage", allowed_file=project / ALLOWED_FILE)
     return cells
 

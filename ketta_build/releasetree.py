@@ -1,8 +1,11 @@
 """The build tree of a release, made by applying the series and remade only when out of date.
 
-``build/<X>`` (patched) or ``build/<X>-upstream`` (pristine) carries a digest of the release's sdist
-and of every selected patch in ``.git/ketta-build-digest``; while it matches, the tree and its
-apply report are reused as they are. Servers (:mod:`ketta_build.serverenv`) start from here.
+``build/servers/<X>`` (patched) or ``build/servers/<X>-upstream`` (pristine) carries a digest of the
+release's sdist and of every selected patch in ``.git/ketta-build-digest``; while it matches (and
+nobody committed or edited there), the tree and its apply report are reused as they are. Servers
+(:mod:`ketta_build.serverenv`: the matrix, the suites, ``serve``) start from here. These trees are
+the tool's own: a maintainer's build tree (``build/<X>``, made by ``apply``) is never read or
+re-applied by them, so its unexported work is neither lost nor tested as if it were the series.
 
 Release wheels (:mod:`ketta_build.wheel`) never use such a tree: :func:`fresh_tree` applies the
 series to the pristine release in a directory of the caller's own, and :func:`check_exported`
@@ -39,6 +42,20 @@ def _series_digest(release_sha: str, series: Series, version) -> str:
     return digest.hexdigest()
 
 
+def server_tree(build_root: Path, version, patched: bool = True) -> Path:
+    """Where the servers' tree of ``version`` lives under ``build_root`` (the tool's own, never a work tree)."""
+    return build_root / "servers" / (str(version) if patched else f"{version}-upstream")
+
+
+def _unchanged_since_applied(tree: Path) -> bool:
+    """Whether ``tree`` is still what its last apply made: HEAD as recorded, nothing edited."""
+    try:
+        head = git(tree, "rev-parse", "HEAD").strip()
+        return read_tree_state(tree).head == head and not uncommitted(tree)
+    except KettaError:
+        return False
+
+
 def _empty_series() -> Series:
     return Series(directory=Path(tempfile.gettempdir()), entries=())
 
@@ -57,12 +74,13 @@ def ensure_tree(
     source = IndexSource(cache, index_url, progress=progress, releases=load_releases(series_dir))
     release = source.resolve(parse_version(version))
     series = read_series(series_dir) if patched else _empty_series()
-    out = build_root / (str(release.version) if patched else f"{release.version}-upstream")
+    out = server_tree(build_root, release.version, patched)
     digest = _series_digest(release.sha256 or "", series, release.version)
     marker = out / ".git" / DIGEST_FILE
-    if marker.is_file() and marker.read_text().strip() == digest:
+    if marker.is_file() and marker.read_text().strip() == digest and _unchanged_since_applied(out):
         state = out / ".git" / "ketta-build.json"
         return out, json.loads(state.read_text()) if state.is_file() else None
+    out.parent.mkdir(parents=True, exist_ok=True)
     report: ApplyReport = apply_series(
         release, source, series, out, options=ApplyOptions(force=True), cache=cache, progress=progress
     )

@@ -1190,3 +1190,35 @@ def test_30_a_run_that_died_while_replacing_a_tree_loses_nothing(world):
     assert (tree / "server.log").read_text() == "a log\n" and (tree / "notes.log").read_text() == "mine\n"
     assert not old.exists()
 
+
+
+def test_servers_build_in_a_tree_of_their_own_and_never_touch_a_work_tree(world):
+    """The matrix, the suites and ``serve`` once re-applied ``build/X`` when the series changed (the
+    maintainer's unexported commit survived only on a backup ref) and, while the series had not
+    changed, built their wheel from it, unexported commit included, as if it were the series."""
+    from ketta_build.cache import Cache
+    from ketta_build.releasetree import ensure_tree
+
+    repo = world.root / "repo"
+    assert world.run("apply", "--letta", "0.16.8", "--out", str(repo / "build" / "0.16.8"))[0] == 0
+    mine = repo / "build" / "0.16.8"
+    (mine / "letta" / "k.py").write_text("KETTA = 'work in progress'\n")
+    git(mine, "commit", "-q", "-a", "-m", "WIP")
+    head = git(mine, "rev-parse", "HEAD")
+    options = dict(patched=True, series_dir=world.patches, build_root=repo / "build", cache=Cache(world.cache),
+                   index_url=world.index.url)
+    tree, report = ensure_tree("0.16.8", **options)
+    assert tree == repo / "build" / "servers" / "0.16.8"
+    assert (tree / "letta" / "k.py").read_text() == "KETTA = True\n"  # the series, not the WIP
+    assert report is not None and report["exit_code"] == 0
+    # someone commits in the servers' tree: the next start does not trust it, it re-applies
+    (tree / "letta" / "k.py").write_text("KETTA = 'stray'\n")
+    git(tree, "commit", "-q", "-a", "-m", "stray")
+    tree, _ = ensure_tree("0.16.8", **options)
+    assert (tree / "letta" / "k.py").read_text() == "KETTA = True\n"
+    # the series changes: still only the servers' tree is re-applied
+    (world.patches / "0002-new-module.diff").write_text(
+        (world.patches / "0002-new-module.diff").read_text().replace("+KETTA = True", "+KETTA = 'yes'"))
+    tree, _ = ensure_tree("0.16.8", **options)
+    assert (tree / "letta" / "k.py").read_text() == "KETTA = 'yes'\n"
+    assert git(mine, "rev-parse", "HEAD") == head and (mine / "letta" / "k.py").read_text() == "KETTA = 'work in progress'\n"
