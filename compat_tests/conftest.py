@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from ketta_build import suiteenv
 from ketta_build.cache import Cache
-from ketta_build.matrix import write_build_record
+from ketta_build.matrixreport import write_build_record
 from ketta_build.releases import load_releases
 from ketta_build.runstore import RunStore, reuse_allowed
 from ketta_build.servercoverage import ENV_VAR, touched_paths, write_rc
 from ketta_build.serverenv import prepare_server
-from ketta_build.toxini import SUITES
+from ketta_build.suites import load_suites
 
 from . import api, phases
 from .keyguard import GUARD
@@ -31,19 +32,20 @@ from .vendor import FakeVendor
 
 REPO = Path(__file__).resolve().parent.parent
 NEWEST = str(load_releases(REPO / "patches").newest.version)
+SUITES = load_suites(Path(__file__).resolve().parent).names  # compat_tests/suites.toml
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ketta")
-    group.addoption("--letta", default=os.environ.get("KETTA_LETTA", NEWEST),
+    group.addoption("--letta", default=suiteenv.get("KETTA_LETTA") or NEWEST,
                     help="Letta server release under test (default: the newest in patches/releases.toml)")
-    group.addoption("--no-patches", action="store_true", default=os.environ.get("KETTA_NO_PATCHES") == "1",
+    group.addoption("--no-patches", action="store_true", default=suiteenv.flag("KETTA_NO_PATCHES"),
                     help="test the unpatched release (the suites must fail)")
-    group.addoption("--patches", default=os.environ.get("KETTA_PATCHES") or str(REPO / "patches"),
+    group.addoption("--patches", default=suiteenv.get("KETTA_PATCHES") or str(REPO / "patches"),
                     help="series directory (default: $KETTA_PATCHES, else the checkout's patches/)")
-    group.addoption("--index-url", default=os.environ.get("KETTA_INDEX_URL") or None,
+    group.addoption("--index-url", default=suiteenv.get("KETTA_INDEX_URL"),
                     help="package index for the releases (default: pip's configuration)")
-    group.addoption("--build-root", default=os.environ.get("KETTA_BUILD_ROOT", str(REPO / "build")),
+    group.addoption("--build-root", default=suiteenv.get("KETTA_BUILD_ROOT") or str(REPO / "build"),
                     help="where build trees, wheels and constraints go")
 
 
@@ -66,7 +68,7 @@ SUMMARIES: list[str] = []  # printed at the end of the run (e.g. the upgrade sui
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    report_dir = os.environ.get("KETTA_REPORT_DIR")
+    report_dir = suiteenv.get("KETTA_REPORT_DIR")
     if report_dir and phases.PHASES:
         phases.write(Path(report_dir), phases.env_name())
     if phases.PHASES:
@@ -116,7 +118,7 @@ def letta_build(pytestconfig, measured):
             index_url=pytestconfig.getoption("--index-url"),
             coverage=measured(version, with_patches),
         )
-    report_dir = os.environ.get("KETTA_REPORT_DIR")
+    report_dir = suiteenv.get("KETTA_REPORT_DIR")
     if report_dir:  # what was tested, for the matrix report: sdist and wheel hashes, patches
         write_build_record(Path(report_dir), build)
     return build
@@ -256,7 +258,7 @@ def pytest_runtest_makereport(item, call):
     report.sections = [(title, GUARD.mask(content)) for title, content in report.sections]
     if report.failed and "servers" in item.fixturenames:
         pool = item.funcargs.get("servers")
-        keep = Path(os.environ.get("KETTA_REPORT_DIR", REPO / "reports")) / "server-logs"
+        keep = Path(suiteenv.get("KETTA_REPORT_DIR") or REPO / "reports") / "server-logs"
         for number, (key, srv) in enumerate(pool.servers.items() if pool else []):
             report.sections.append((f"letta server log {dict(key) or 'default'} (tail)", GUARD.mask(srv.log_tail(300))))
             # The whole log outlives the server's temporary home, for failures a tail cannot explain.
@@ -279,7 +281,7 @@ def lab(pg, pytestconfig, patched, request, measured):
                               index_url=pytestconfig.getoption("--index-url"),
                               coverage=measured(version, with_patches))
 
-    lab = UpgradeLab(pg, prepare, patched, _live, workers=int(os.environ.get("KETTA_UPGRADE_WORKERS", "2")),
+    lab = UpgradeLab(pg, prepare, patched, _live, workers=suiteenv.integer("KETTA_UPGRADE_WORKERS"),
                      fills=RunStore(Cache().root / "fills"), reuse=reuse_allowed())
     # Only what this run will test (-k and -m deselect), in the order the tests ask for it.
     selected = [item.callspec.params["pair"] for item in request.session.items

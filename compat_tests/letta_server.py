@@ -10,15 +10,17 @@ import tempfile
 import threading
 import time
 import urllib.error
-import uuid
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ketta_build import suiteenv
 
 from .keyguard import GUARD
 from .pgcluster import PgTarget, free_port
 
-STARTUP_TIMEOUT = float(os.environ.get("KETTA_SERVER_STARTUP_TIMEOUT", "180"))
+STARTUP_TIMEOUT = suiteenv.number("KETTA_SERVER_STARTUP_TIMEOUT")
 
 # Keys the server's own environment carries in every test: they must never show up as providers,
 # models, or an Authorization header at a user-supplied URL.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pg8000.native
 
+from ketta_build import suiteenv
 from ketta_build.postgres import THROWAWAY_OPTIONS, Postgres, free_port, pg_bin  # noqa: F401 (free_port: for the tests)
 
 
@@ -114,7 +115,7 @@ class EmbeddedCluster:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="ketta-pg-"))
-        options = THROWAWAY_OPTIONS + (" " + os.environ["KETTA_PG_OPTIONS"] if os.environ.get("KETTA_PG_OPTIONS") else "")
+        options = THROWAWAY_OPTIONS + (" " + suiteenv.get("KETTA_PG_OPTIONS") if suiteenv.get("KETTA_PG_OPTIONS") else "")
         self.cluster = Postgres(self.root / "data", self.root, extra_options=options)  # e.g. -c log_connections=on
         self.bin = self.cluster.bin
         self.port = self.cluster.port

@@ -9,7 +9,6 @@ requests. The run's figures go to ``$KETTA_REPORT_DIR/fuzz/<release>.json`` for 
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
@@ -17,15 +16,17 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from ketta_build import suiteenv
+
 from . import api
 from .conftest import SUMMARIES
 from .fuzz import FuzzRun
 
 pytestmark = pytest.mark.fuzz
 
-SEED = int(os.environ.get("KETTA_FUZZ_SEED", "20261202"))
-EXAMPLES = int(os.environ.get("KETTA_FUZZ_EXAMPLES", "10"))
-STEPS = int(os.environ.get("KETTA_FUZZ_STEPS", "8"))
+SEED = suiteenv.integer("KETTA_FUZZ_SEED")
+EXAMPLES = suiteenv.integer("KETTA_FUZZ_EXAMPLES")
+STEPS = suiteenv.integer("KETTA_FUZZ_STEPS")
 ALLOWED = Path(__file__).with_name("fuzz-allowed.toml")
 
 
@@ -44,7 +45,7 @@ def test_the_api_survives_what_schemathesis_sends(server, vendors, pytestconfig)
     seconds = run.run(schema, {"provider_id": [p["id"] for p in pool]}, STEPS)
     run.check_log(server.log_text(), own=(str(server.home), str(server.python.parent.parent), str(server.tree)))
     summary = {"letta": version, "seconds": round(seconds, 1), **run.summary()}
-    report_dir = os.environ.get("KETTA_REPORT_DIR")
+    report_dir = suiteenv.get("KETTA_REPORT_DIR")
     if report_dir:
         out = Path(report_dir) / "fuzz" / f"{version}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,12 @@ anew (review the diff). The comparison goes to ``$KETTA_REPORT_DIR/parity/<relea
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from ketta_build import suiteenv
 
 from .conftest import SUMMARIES
 from .parity import Script, allowed_for, differences, judge
@@ -36,7 +37,7 @@ def parity_vendors():
 def test_every_release_answers_the_script_as_0_16_8_does(server, parity_vendors, pytestconfig, patched):
     version = pytestconfig.getoption("--letta")
     steps = Script(server, *parity_vendors).run()
-    if os.environ.get("KETTA_PARITY_RECORD") == "1":
+    if suiteenv.flag("KETTA_PARITY_RECORD"):
         assert version == REFERENCE_RELEASE and patched, f"the reference is {REFERENCE_RELEASE}'s, patched"
         REFERENCE.write_text(json.dumps(steps, indent=2, ensure_ascii=False) + "\n")
     reference = json.loads(REFERENCE.read_text())
@@ -44,7 +45,7 @@ def test_every_release_answers_the_script_as_0_16_8_does(server, parity_vendors,
     unexplained, explained, stale = judge(differences(steps, reference), allowed_for(entries, version))
     report = {"letta": version, "steps": steps, "differences": unexplained, "allowed": explained,
               "stale_allowances": stale}
-    report_dir = os.environ.get("KETTA_REPORT_DIR")
+    report_dir = suiteenv.get("KETTA_REPORT_DIR")
     if report_dir:
         out = Path(report_dir) / "parity" / f"{version}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

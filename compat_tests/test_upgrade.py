@@ -7,9 +7,9 @@ and the agent created before the upgrade answers through its provider with its k
 
 from __future__ import annotations
 
-import os
-
 import pytest
+
+from ketta_build import suiteenv
 
 from . import api
 from .schema import differences
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.upgrade
 def pytest_generate_tests(metafunc):
     if "pair" in metafunc.fixturenames:
         # KETTA_UPGRADE_PAIRS=ci (ketta-build matrix --upgrade-pairs ci): the default test run's pairs only.
-        pairs = selected_pairs(metafunc.config.getoption("--letta"), os.environ.get("KETTA_UPGRADE_PAIRS", "all"))
+        pairs = selected_pairs(metafunc.config.getoption("--letta"), suiteenv.get("KETTA_UPGRADE_PAIRS"))
         # Module scope groups the tests by pair: each pair's server lives only through its group.
         metafunc.parametrize("pair", pairs, ids=[p.id for p in pairs], scope="module")
 

@@ -3,7 +3,8 @@
 A *side* is a release plus how its database was made: ``ketta`` (the patched release),
 ``stock`` (the unpatched release) or ``stale`` (a stock release's database migrated by the
 migration Ketta builds 1-3 shipped, which stamped ``ketta0001`` over upstream's revision). A
-*pair* is a start side and an end side. :class:`UpgradeLab` migrates and fills each start side
+*pair* is a start side and an end side (:mod:`ketta_build.upgradepairs`; the extra pairs per
+release are data, in ``upgrade-pairs.toml``). :class:`UpgradeLab` migrates and fills each start side
 once per run into a template database (PostgreSQL ``CREATE DATABASE ... TEMPLATE``) and clones it
 for every pair that starts there; each side is migrated from empty once, and that one migration
 is both the fresh schema the upgraded databases are compared with and what the side's fill starts from. What a fill writes and what is read back live in ``upgrade_data``; jobs run
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ketta_build.releases import load_releases
 from ketta_build.runstore import RunStore
+from ketta_build.upgradepairs import Pair, Side, UpgradePairs
 
 from . import release_python
 from .fill_store import fill_key, keep_fill, restore_fill
@@ -33,74 +35,17 @@ from .vendor import FakeVendor
 
 RELEASES = tuple(str(v) for v in load_releases(Path(__file__).resolve().parent.parent / "patches").versions)
 OLD_MIGRATION = Path(__file__).with_name("fixtures") / "ketta0001_build3.py"
-
-
-@dataclass(frozen=True)
-class Side:
-    version: str
-    flavour: str  # ketta | stock | stale
-
-    def __str__(self) -> str:
-        return {"ketta": "Ketta", "stock": "stock", "stale": "Ketta build 3"}[self.flavour] + f" {self.version}"
-
-    @property
-    def tag(self) -> str:
-        return f"{self.flavour}{self.version}"
-
-
-@dataclass(frozen=True)
-class Pair:
-    start: Side
-    end: Side
-    why: str
-    ci: bool = False  # in the default test run (KETTA_UPGRADE_PAIRS=ci); every pair runs in the full matrix
-
-    @property
-    def id(self) -> str:
-        return f"{self.start.tag}-to-{self.end.tag}"
-
-
-def _previous(version: str) -> str | None:
-    index = RELEASES.index(version)
-    return RELEASES[index - 1] if index else None
-
-
-# Pairs a cell runs besides the standard four (see pairs_for).
-EXTRA_PAIRS = {
-    "0.16.7": (
-        Pair(Side("0.16.5", "stale"), Side("0.16.7", "ketta"),
-             "the reported failure: build 3 on 0.16.5 hid 0.16.7's four revisions"),
-    ),
-    "0.16.8": (
-        Pair(Side("0.16.5", "ketta"), Side("0.16.8", "ketta"), "crosses 0.16.7's four upstream revisions", ci=True),
-        Pair(Side("0.16.2", "ketta"), Side("0.16.8", "ketta"), "long jump"),
-        Pair(Side("0.14.0", "ketta"), Side("0.16.8", "ketta"), "long jump over every release"),
-        Pair(Side("0.16.8", "stock"), Side("0.16.8", "ketta"), "a stock deployment moves to Ketta of the same release",
-             ci=True),
-        Pair(Side("0.16.5", "stale"), Side("0.16.8", "ketta"), "build 3's stamp that hid 0.16.7's revisions", ci=True),
-    ),
-}
+# The pairs each release's cell runs: the standard ones and those listed in upgrade-pairs.toml.
+PAIRS = UpgradePairs.load(RELEASES, Path(__file__).with_name("upgrade-pairs.toml"))
 
 
 def selected_pairs(version: str, which: str = "all") -> list[Pair]:
     """``all`` pairs of a release's cell, or the ``ci`` ones (the default test run's)."""
-    if which not in ("all", "ci"):
-        raise ValueError(f"KETTA_UPGRADE_PAIRS must be 'all' or 'ci', not {which!r}")
-    pairs = pairs_for(version)
-    return pairs if which == "all" else [p for p in pairs if p.ci]
+    return PAIRS.selected(version, which)
 
 
 def pairs_for(version: str) -> list[Pair]:
-    """The pairs whose end is ``version``: from the previous release, Ketta to Ketta, stock to Ketta and
-    the stale stamp of builds 1-3 repaired; Ketta back to stock on the same release; the cell's extras."""
-    start = _previous(version) or version
-    return [
-        *([Pair(Side(start, "ketta"), Side(version, "ketta"), "consecutive releases")] if start != version else []),
-        Pair(Side(start, "stock"), Side(version, "ketta"), "a stock Letta deployment moves to Ketta (and upgrades)"),
-        Pair(Side(start, "stale"), Side(version, "ketta"), "the stamp of builds 1-3 repaired, hidden revisions run"),
-        Pair(Side(version, "ketta"), Side(version, "stock"), "back to stock Letta (Ketta's revisions removed)", ci=True),
-        *EXTRA_PAIRS.get(version, ()),
-    ]
+    return PAIRS.pairs_for(version)
 
 
 @dataclass

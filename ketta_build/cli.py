@@ -322,13 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_matrix(args, console) -> int:
     import time
 
-    from .matrix import SUITES, default_versions, merge_reports, report_json, run_context, run_matrix, write_reports
+    from .matrix import default_versions, run_matrix
+    from .matrixreport import merge_reports, report_json, run_context, write_reports
     from .releases import load_releases
+    from .suites import project_suites
 
     if args.merge:
         if args.letta or args.all or args.suite or args.no_patches:
             raise KettaError("--merge runs nothing; leave out --letta, --all, --suite and --no-patches")
-        cells, patched, context = merge_reports(args.merge, args.report_dir)
+        cells, patched, context = merge_reports(args.merge, args.report_dir, project_suites(Path(".")).records)
         _matrix_table(console, cells)
         for name in ("matrix.json", "matrix.md", "matrix.html"):
             print_result(console, f"{name}: {args.report_dir.absolute() / name}")
@@ -337,11 +339,11 @@ def _cmd_matrix(args, console) -> int:
 
     supported = load_releases(args.patches)  # a missing or broken series is refused before anything runs
     versions = default_versions(series_dir=args.patches) if args.all else (args.letta or [str(supported.newest.version)])
-    suites = args.suite or list(SUITES)
+    suites = args.suite or list(project_suites(Path(".")).names)
     report_dir = args.report_dir
     if args.no_patches and report_dir == Path("reports"):
         report_dir = Path("reports") / "no-patches"
-    colour = {"pass": "green", "fail": "red", "error": "yellow"}
+    from .matrixreport import STATUS_STYLE as colour
 
     def show(cell) -> None:
         if cell.status == "not-affected":
@@ -422,11 +424,11 @@ def _need_tox() -> None:
 
 
 def _matrix_table(console, cells) -> None:
-    from .matrix import cell_rows
+    from .matrixreport import STATUS_STYLE as colour
+    from .matrixreport import cell_rows
     from .tables import print_table
 
     suites, rows = cell_rows(cells)
-    colour = {"pass": "green", "fail": "red", "error": "yellow"}
 
     def label(c) -> str:
         if c is None:

@@ -54,11 +54,22 @@ from .claims import check_claims, describe, group_failures, patch_outcomes
 from .errors import KettaError
 from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
-from .header import (applied_upstream, field_value, forwarded_problem, owner_problem, releases_range, render_header,
-                     review_date, served_range_text, updated_releases, with_field)
+from .header import (
+    applied_upstream,
+    field_value,
+    forwarded_problem,
+    owner_problem,
+    releases_range,
+    render_header,
+    review_date,
+    served_range_text,
+    updated_releases,
+    with_field,
+)
 from .patchfile import Hunk, Patch, parse_patch_text, split_lines
 from .series import Series, SeriesEntry, read_series
 from .toxini import expected
+from .toxini import write as write_tox
 from .upstream import IndexSource
 
 
@@ -248,10 +259,13 @@ def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str 
         canon.close()
     if project is not None:
         tox = project / "tox.ini"
-        if not tox.is_file() or tox.read_text() != expected(project):
-            findings.append(Finding("tox", tox, None, "tox.ini is not the one generated from releases.toml "
-                                                      "(python -c 'from pathlib import Path; from ketta_build import toxini; "
-                                                      "toxini.write(Path(\".\"))')"))
+        if not tox.is_file() or tox.read_text() != expected(project, series_dir):
+            if fix:
+                write_tox(project, series_dir)
+                fixed.append(tox)
+            else:
+                findings.append(Finding("tox", tox, None, "tox.ini is not the one generated from releases.toml and "
+                                                          "compat_tests/suites.toml (ketta-build lint --fix writes it)"))
     return findings, fixed
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from . import suiteenv
 from .cache import is_sha256
 from .errors import SeriesError, UnknownRelease
 
@@ -74,8 +75,9 @@ class SupportedReleases:
 
 def default_series_dir() -> Path:
     """``$KETTA_PATCHES``, else ``./patches``, else the checkout this package runs from."""
-    if os.environ.get("KETTA_PATCHES"):
-        return Path(os.environ["KETTA_PATCHES"])
+    from_env = suiteenv.path("KETTA_PATCHES")
+    if from_env is not None:
+        return from_env
     here = Path("patches")
     if (here / RELEASES_FILE).is_file():
         return here

@@ -16,7 +16,7 @@ import pytest
 
 from ketta_build import hunkcoverage as hc
 from ketta_build import servercoverage as sc
-from ketta_build.matrix import report_html, report_json, report_markdown
+from ketta_build.matrixreport import report_html, report_json, report_markdown
 from ketta_build.patchfile import parse_patch
 
 from conftest import make_diff, write_patch

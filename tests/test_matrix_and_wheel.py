@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ketta_build import index, matrix, upstream, wheel
+from ketta_build import index, matrix, matrixreport, upstream, wheel
+from ketta_build.suites import project_suites
 from ketta_build.cache import Cache
 from ketta_build.cli import main
 from ketta_build.errors import KettaError
@@ -23,6 +24,8 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testcase classname="compat_tests.test_handle" name="test_d"><skipped type="pytest.xfail" message="x"/></testcase>
 </testsuite></testsuites>
 """
+
+REGISTRY = project_suites(Path(__file__).resolve().parent.parent)
 
 
 def test_env_names_follow_tox_factors():
@@ -55,7 +58,7 @@ CONTEXT = {"tool": "ketta-build 9.9", "series_commit": "a" * 40, "series_dirty":
 def test_reports_link_logs_and_show_every_cell(tmp_path: Path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "letta0168-agent.log").write_text("".join(f"line {n}\n" for n in range(100)) + "AssertionError: boom\n")
-    paths = matrix.write_reports(_cells(), tmp_path, no_patches=True, context=CONTEXT)
+    paths = matrixreport.write_reports(_cells(), tmp_path, no_patches=True, context=CONTEXT)
     md = paths["markdown"].read_text()
     assert "[pass 3/3 19s](logs/letta0168-handle.log)" in md and "letta0168-agent (fail, exit 1): t::x" in md
     assert "build number 4" in md and "b" * 64 in md
@@ -66,7 +69,7 @@ def test_reports_link_logs_and_show_every_cell(tmp_path: Path):
     assert "line 99" in page and "line 10\n" not in page, "the page shows the log's tail, not all of it"
     assert "aaaaaaaaaaaa" in page and "letta-0.16.8.tar.gz sha256 " + "b" * 64 in page and "10.0 min" in page
     data = json.loads(paths["json"].read_text())
-    assert data["schema"] == matrix.SCHEMA and data["summary"]["fail"] == 1 and data["patched"] is False
+    assert data["schema"] == matrixreport.SCHEMA and data["summary"]["fail"] == 1 and data["patched"] is False
     assert data["context"]["build_number"] == 4
 
 
@@ -77,7 +80,7 @@ def test_merge_gathers_one_matrix_from_per_release_jobs(tmp_path: Path):
         (job / "logs").mkdir(parents=True)
         for c in cells:
             (job / c.log).write_text(f"log of {c.env}\n")
-        matrix.write_reports(cells, job, no_patches=False, context={**CONTEXT, "total_seconds": 300.0})
+        matrixreport.write_reports(cells, job, no_patches=False, context={**CONTEXT, "total_seconds": 300.0})
     out = tmp_path / "merged"
     assert main(["matrix", "--merge", str(two), str(one), "--report-dir", str(out), "--json", str(tmp_path / "m.json")]) == 1
     data = json.loads((out / "matrix.json").read_text())
@@ -93,7 +96,7 @@ def test_merge_gathers_one_matrix_from_per_release_jobs(tmp_path: Path):
 
 def test_merge_refuses_duplicates_missing_reports_and_its_own_source(tmp_path: Path, capsys):
     job = tmp_path / "job"
-    matrix.write_reports(_cells(), job, no_patches=False)
+    matrixreport.write_reports(_cells(), job, no_patches=False)
     assert main(["matrix", "--merge", str(job), str(job), "--report-dir", str(tmp_path / "out")]) == 2
     assert "letta0168-handle is in two reports" in capsys.readouterr().err
     assert main(["matrix", "--merge", str(tmp_path / "nothing"), "--report-dir", str(tmp_path / "out")]) == 2
@@ -195,7 +198,7 @@ def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], par
     fake.write_text(FAKE_TOX)
     log = tmp_path / "tox.log"
     monkeypatch.setenv("FAKE_TOX_LOG", str(log))
-    monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(matrix.SHARED_SUITES), **plan}))
+    monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(REGISTRY.shared), **plan}))
     start = time.monotonic()
     cells = matrix.run_matrix(["0.16.8"], suites, report_dir=tmp_path / "reports", parallel=parallel,
                               tox=[sys.executable, str(fake)], series_dir=series_dir, **kw)
@@ -264,17 +267,17 @@ def test_the_suites_build_in_the_cache_the_matrix_was_given(tmp_path: Path, monk
 
 def test_plan_groups_per_release_and_narrows_the_marker():
     cells = [matrix.Cell(v, s, matrix.env_name(v, s)) for v in ("0.16.7", "0.16.8") for s in ("handle", "agent", "upgrade")]
-    tasks = matrix.plan_tasks(cells)
+    tasks = matrix.plan_tasks(cells, REGISTRY)
     assert [(t.env, t.marker, [c.suite for c in t.cells]) for t in tasks] == [
         ("letta0167-shared", "handle or agent", ["handle", "agent"]), ("letta0167-upgrade", None, ["upgrade"]),
         ("letta0168-shared", "handle or agent", ["handle", "agent"]), ("letta0168-upgrade", None, ["upgrade"]),
     ]
-    whole = matrix.plan_tasks([matrix.Cell("0.16.8", s, matrix.env_name("0.16.8", s)) for s in matrix.SHARED_SUITES])
+    whole = matrix.plan_tasks([matrix.Cell("0.16.8", s, matrix.env_name("0.16.8", s)) for s in REGISTRY.shared], REGISTRY)
     assert [(t.env, t.marker) for t in whole] == [("letta0168-shared", None)]
     # Longest first: measured durations (the previous report's), else the suites' typical ones.
-    assert [t.env for t in matrix.longest_first(tasks, {})][:2] == ["letta0168-upgrade", "letta0167-upgrade"]
+    assert [t.env for t in matrix.longest_first(tasks, {}, REGISTRY)][:2] == ["letta0168-upgrade", "letta0167-upgrade"]
     measured = {"letta0167-handle": 500.0}
-    assert matrix.longest_first(tasks, measured)[0].env == "letta0167-shared"
+    assert matrix.longest_first(tasks, measured, REGISTRY)[0].env == "letta0167-shared"
 
 
 def test_previous_durations_come_from_the_last_report(tmp_path: Path):

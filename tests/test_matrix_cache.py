@@ -16,9 +16,12 @@ import pytest
 from conftest import write_series
 from test_matrix_and_wheel import FAKE_TOX
 
-from ketta_build import matrix
+from ketta_build import matrix, matrixreport
 from ketta_build.affected import affected_cells
 from ketta_build.cellcache import CellStore, suite_files
+from ketta_build.suites import project_suites
+
+REGISTRY = project_suites(Path(__file__).resolve().parent.parent)
 
 RELEASES = ('[[release]]\nversion = "0.16.7"\ndate = "2026-03-31"\n\n[[release]]\nversion = "0.16.8"\ndate = "2026-05-14"\n\n'
             '[[release]]\nversion = "0.16.9"\ndate = "2026-06-01"\n')
@@ -32,7 +35,9 @@ class Keys(matrix.CellKeys):
     def release(self, version: str, patched: bool) -> dict:
         return {"wheel": self.wheels[version] + ("" if patched else "-unpatched")}
 
-    def _sides(self, version: str) -> set[tuple[str, bool]]:
+    def _sides(self, version: str, suite: str) -> set[tuple[str, bool]]:
+        if suite != "upgrade":
+            return set()
         previous = {"0.16.8": "0.16.7", "0.16.9": "0.16.8"}.get(version, version)
         return {(previous, True), (version, True)}
 
@@ -53,6 +58,7 @@ def project(tmp_path: Path) -> Path:
     (tests / "test_handle.py").write_text("import pytest\nfrom . import helper\npytestmark = pytest.mark.handle\n")
     (tests / "test_agent.py").write_text("import pytest\npytestmark = pytest.mark.agent\nDATA = 'allowed.toml'\n")
     (tests / "test_upgrade.py").write_text("import pytest\npytestmark = pytest.mark.upgrade\n")
+    (tests / "suites.toml").write_bytes((Path(__file__).resolve().parent.parent / "compat_tests" / "suites.toml").read_bytes())
     (root / "tox.ini").write_text("[tox]\n")
     patches = root / "patches"
     patches.mkdir()
@@ -73,10 +79,10 @@ def run(project: Path, monkeypatch, tmp_path: Path, *, suites=("handle", "agent"
     log = tmp_path / "tox.log"
     log.unlink(missing_ok=True)
     monkeypatch.setenv("FAKE_TOX_LOG", str(log))
-    monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(matrix.SHARED_SUITES),
-                                                    "suites": {s: [0.0, outcome] for s in matrix.SUITES}}))
+    monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(REGISTRY.shared),
+                                                    "suites": {s: [0.0, outcome] for s in REGISTRY.names}}))
     Keys.wheels = wheels or {"0.16.7": "w7", "0.16.8": "w8", "0.16.9": "w9"}
-    keys = Keys(project, None, not no_patches, project / "build", None, "all", {})
+    keys = Keys(project, None, not no_patches, project / "build", None, {"KETTA_UPGRADE_PAIRS": "all"})
     cells = matrix.run_matrix(list(versions), list(suites), report_dir=tmp_path / "reports", project=project,
                               tox=[sys.executable, str(fake)], store=CellStore(tmp_path / "cells"), reuse=reuse,
                               keys=keys, changed=changed, no_patches=no_patches)
@@ -93,7 +99,7 @@ def test_a_second_run_with_the_same_inputs_reuses_every_cell_and_names_the_run_t
         assert cell.status == "pass" and cell.reused and cell.key == first[cell.suite].key
         assert cell.proven["env"] == "letta0168-shared" and cell.proven["date"]
         assert (tmp_path / "reports" / cell.log).is_file(), "a reused cell links its evidence"
-    md = matrix.report_markdown(list(second.values()), False)
+    md = matrixreport.report_markdown(list(second.values()), False)
     assert "pass (reused: proven" in md
 
 

@@ -96,9 +96,10 @@ def test_the_checks_see_a_circle_and_a_late_import():
 def test_each_compat_suite_file_is_named_after_its_suite():
     import re
 
-    from ketta_build.toxini import SUITES
+    from ketta_build.suites import load_suites
 
     tests = PACKAGE.parent / "compat_tests"
+    SUITES = load_suites(tests).names
     wrong = []
     for path in sorted(tests.glob("test_*.py")):
         marks = set(re.findall(r"pytest\.mark\.(\w+)", path.read_text())) & set(SUITES)
@@ -117,3 +118,20 @@ def test_no_name_is_undefined_unused_or_shadowed():
                            "--output-format", "concise", "ketta_build", "compat_tests", "tests", "bench"],
                           cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_suite_variable_is_defined_once_and_read_through_the_contract():
+    """The KETTA_* variables between the matrix and the suites are defined in ketta_build/suiteenv.py,
+    listed in docs/testing.md, and read nowhere by hand (``os.environ`` with a KETTA_ name)."""
+    import re
+
+    from ketta_build.suiteenv import VARIABLES
+
+    docs = (PACKAGE.parent / "docs" / "testing.md").read_text()
+    assert [v.name for v in VARIABLES if f"| `{v.name}` |" not in docs] == []
+    by_hand = []
+    for path in [*(PACKAGE.parent / "compat_tests").glob("*.py"), *PACKAGE.glob("*.py")]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"os\.environ(\.get)?[\[(]\s*[\"']KETTA_", line) and path.name not in ("cache.py", "index.py"):
+                by_hand.append(f"{path.name}:{number}")
+    assert by_hand == [], f"KETTA_* read by hand (use ketta_build.suiteenv): {by_hand}"

@@ -7,7 +7,8 @@ import json
 from compat_tests.fuzz import FuzzRun, selected
 from compat_tests.parity import allowed_for, differences, judge
 
-from ketta_build.matrix import Cell, report_html, report_markdown, user_input_records
+from ketta_build.matrix import Cell
+from ketta_build.matrixreport import report_html, report_markdown, user_input_records
 
 REFERENCE = [{"step": "list models", "status": 200, "handles": ["<keyed>/gpt-4o"]},
              {"step": "create one with no api_key field", "status": 422}]

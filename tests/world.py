@@ -13,9 +13,10 @@ from conftest import make_diff, make_sdist, pin_sdists, server_files, write_seri
 from packaging.version import Version
 
 from ketta_build.cli import main
-from ketta_build.matrix import SHARED_SUITES, SUITES
+from ketta_build.suites import REGISTRY_FILE, TESTS_DIR, load_suites
 from ketta_build.toxini import render
 
+PROJECT = Path(__file__).resolve().parent.parent
 BODY = "".join(f"line {i}\n" for i in range(1, 61))
 RELEASES_TOML = '[[release]]\nversion = "0.16.7"\ndate = "2026-03-31"\n\n[[release]]\nversion = "0.16.8"\ndate = "2026-05-14"\n'
 
@@ -92,7 +93,10 @@ def make_world(tmp_path, local_index, capsys, release_files=None) -> World:
     w.patches.mkdir(parents=True)
     (w.patches / "releases.toml").write_text(RELEASES_TOML)
     pin_sdists(w.patches, w.root / "letta-0.16.7.tar.gz", w.root / "letta-0.16.8.tar.gz")
-    (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], SUITES, SHARED_SUITES))
+    registry = w.root / "repo" / TESTS_DIR / REGISTRY_FILE  # the project's suites, as the checkout has them
+    registry.parent.mkdir(parents=True)
+    registry.write_bytes((PROJECT / TESTS_DIR / REGISTRY_FILE).read_bytes())
+    (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], load_suites(registry.parent)))
     write_series(w.patches, "0001-change-m.diff", "0002-new-module.diff",
                  "0003-tail.diff                 [letta>=0.16.8]", "0003-tail-0.16.7.diff          [letta<0.16.8]")
     (w.patches / "0001-change-m.diff").write_text(

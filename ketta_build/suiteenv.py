@@ -1,0 +1,101 @@
+"""The contract between ``ketta-build matrix`` and the compatibility suites: every ``KETTA_*`` variable.
+
+The matrix (and tox.ini, generated from :data:`PASS_ENV`) sets them; the suites read them through
+:func:`get` and the typed readers below, never ``os.environ`` by hand, so a variable is named,
+explained and defaulted once. ``docs/testing.md`` lists them from :data:`VARIABLES` (a test checks
+that it does).
+
+Not here: the settings of a Ketta *server* (``KETTA_UNIFIED_PROVIDERS`` and the other switches the
+series adds to Letta, read by the server itself) and the tool's own knobs read by the library
+(``KETTA_BUILD_CACHE``, ``KETTA_BUILD_LOCK_TIMEOUT``, ``KETTA_DOWNLOAD_DEADLINE``), which are listed
+here too because the suites' processes pass them on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import KettaError
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    meaning: str
+    default: str | None = None
+    set_by: str = "matrix"  # matrix | tox | user | tool
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("KETTA_LETTA", "the release a suite runs against", None, "tox"),
+    Variable("KETTA_SUITE", "the pytest marker expression of the suites a tox run selects", None, "tox"),
+    Variable("KETTA_REPORT_DIR", "the matrix's report directory: JUnit files, logs, per-release records", None),
+    Variable("KETTA_PATCHES", "the series directory the servers' wheels are built from", None),
+    Variable("KETTA_INDEX_URL", "the package index the releases come from (else pip's configuration)", None),
+    Variable("KETTA_NO_PATCHES", "1: the suites run against unpatched Letta (matrix --no-patches)", "0"),
+    Variable("KETTA_BUILD_ROOT", "where the servers' trees and wheels are built (build/servers/X)", None),
+    Variable("KETTA_BUILD_CACHE", "the tool's cache directory (matrix --cache-dir)", None, "tool"),
+    Variable("KETTA_RERUN", "1: stored stock runs and cells are made again (matrix --rerun)", "0"),
+    Variable("KETTA_COVERAGE", "the directory hunk coverage is collected into (matrix --coverage)", None),
+    Variable("KETTA_UPGRADE_PAIRS", "which upgrade pairs a cell runs: all, or ci (the default run's)", "all"),
+    Variable("KETTA_UPGRADE_WORKERS", "threads preparing upgrade pairs ahead of the tests", "2", "user"),
+    Variable("KETTA_FUZZ_EXAMPLES", "generated requests per route in the fuzz suite", "10"),
+    Variable("KETTA_FUZZ_SEED", "the fuzz suite's seed (a failure prints it: replay with it)", "20261202", "user"),
+    Variable("KETTA_FUZZ_STEPS", "steps of the fuzz suite's request sequences", "8", "user"),
+    Variable("KETTA_PARITY_RECORD", "1 on the newest release: write the parity reference anew", "0", "user"),
+    Variable("KETTA_PG_OPTIONS", "extra PostgreSQL server options for the suites' throw-away cluster", "", "user"),
+    Variable("KETTA_SERVER_STARTUP_TIMEOUT", "seconds a suite waits for a server to start", "180", "user"),
+    Variable("KETTA_BUILD_LOCK_TIMEOUT", "seconds to wait for another run's lock on the cache or series", None, "tool"),
+    Variable("KETTA_DOWNLOAD_DEADLINE", "seconds a whole download may take", None, "tool"),
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
+
+# What tox passes from the matrix's environment into a suite's: the contract's variables (KETTA_LETTA
+# and KETTA_SUITE tox sets itself), PostgreSQL and the index configuration of pip and uv.
+PASS_ENV: tuple[str, ...] = ("LETTA_PG_URI", *(v.name for v in VARIABLES if v.set_by != "tox"), "PIP_*", "UV_*", "HOME")
+
+
+def variable(name: str) -> Variable:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KettaError(f"{name} is not a suite variable; ketta_build/suiteenv.py lists them") from None
+
+
+def get(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of contract variable ``name`` (its default when unset or empty)."""
+    value = (os.environ if env is None else env).get(variable(name).name)
+    return value if value else variable(name).default
+
+
+def flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    return get(name, env) == "1"
+
+
+def number(name: str, env: Mapping[str, str] | None = None) -> float:
+    text = get(name, env)
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise KettaError(f"{name} must be a number, got {text!r}") from None
+
+
+def integer(name: str, env: Mapping[str, str] | None = None) -> int:
+    text = get(name, env)
+    try:
+        return int(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise KettaError(f"{name} must be a whole number, got {text!r}") from None
+
+
+def path(name: str, env: Mapping[str, str] | None = None) -> Path | None:
+    text = get(name, env)
+    return Path(text) if text else None
+
+
+def for_suites(**values: str | None) -> dict[str, str]:
+    """Variables for a suite run, by contract name; refuses a name the contract does not define."""
+    return {variable(name).name: value for name, value in values.items() if value is not None}
