@@ -1,8 +1,9 @@
 """Writing so that a reader, a crash or Ctrl-C never sees half of it.
 
 :func:`write_atomic` writes a file through a temporary sibling and a rename; :func:`replacing` puts
-several files in place all or none (a failed rename puts back those already made). :func:`uninterruptible`
-holds Ctrl-C (SIGINT) back while a verb puts several finished things in place (a build tree's
+several files in place all or none (a failed rename puts back those already made); :func:`moving` does
+the same for files already made (wheels). :func:`uninterruptible`
+holds Ctrl-C and SIGTERM back while a verb puts several finished things in place (a build tree's
 renames, the files of an export or a port): an interrupt that comes then is honoured when the
 section ends, so the verb either has not started to replace anything or has replaced all of it.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import KettaError
+from .interrupts import Interrupted, deferred  # noqa: F401 (Interrupted: where callers found it)
 
 
 def write_atomic(path: Path, content: bytes) -> None:
@@ -113,21 +113,34 @@ def replacing(changes: dict[Path, bytes | None]) -> Iterator[None]:
                     leftover.unlink(missing_ok=True)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C that came during an uninterruptible section: what it protected was completed."""
-
-
 @contextmanager
-def uninterruptible() -> Iterator[None]:
-    """Defer SIGINT to the end of the block (main thread only; elsewhere the block just runs)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+def moving(moves: list[tuple[Path, Path]]) -> Iterator[None]:
+    """Rename every ``(source, target)`` of ``moves`` (same file system), or none of them: should a
+    rename fail, or the body of the ``with`` raise, the targets already replaced get their previous
+    file back (new ones are removed) and the error goes on."""
+    done: list[tuple[Path, Path, Path | None]] = []  # (source, target, the target's previous file kept)
     try:
+        for source, target in moves:
+            old = _keep(target) if target.exists() else None
+            done.append((source, target, old))
+            os.replace(source, target)
         yield
+    except BaseException:
+        for source, target, old in reversed(done):
+            try:
+                if target.exists() and not source.exists():
+                    os.replace(target, source)  # the new file back where it was made
+                if old is not None:
+                    os.replace(old, target)
+            except OSError:
+                pass
+        raise
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise Interrupted()
+        for _, _, old in done:
+            if old is not None:
+                old.unlink(missing_ok=True)
+
+
+def uninterruptible():
+    """Hold Ctrl-C and SIGTERM back to the end of the block (:func:`ketta_build.interrupts.deferred`)."""
+    return deferred()

@@ -360,7 +360,11 @@ def dirty_summary(paths: list[str]) -> str:
 
 def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
     """May ``out`` be written? Empty or missing, or (with ``force``) a clean ketta-build tree with no
-    port in progress. ``flag`` is how the command calls the directory."""
+    port in progress. ``flag`` is how the command calls the directory. A symbolic link is refused,
+    whatever it points to: the tree is renamed into place, which would replace the link itself."""
+    if out.is_symlink():
+        raise BuildTreeError(f"{flag} is a symbolic link (to {os.readlink(out)}); a build tree is put in place by a "
+                             "rename, which would replace the link: give the directory it points to", path=out)
     if out.exists() and not out.is_dir():
         raise BuildTreeError(f"{flag} exists and is not a directory", path=out)
     for parent in out.absolute().parents:

@@ -27,14 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from rich.markup import escape
 
 from . import __version__
-from .atomic import Interrupted
-from .errors import EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOURCE, EXIT_USAGE, KettaError, exit_code_table
+from .errors import (EXIT_CHECK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SOURCE, EXIT_TERMINATED, EXIT_USAGE, KettaError,
+                     exit_code_table)
+from .interrupts import Interrupted, sigterm_raises, signal_of
 from .tables import print_result
 from .tables import result as printing_result
 
@@ -999,7 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = _StdoutGuard(stdout)
     try:
-        return _run(args)
+        with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: the same clean-up, exit 143
+            return _run(args)
     finally:
         sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at interpreter exit
         sys.stdout = stdout
@@ -1012,12 +1015,14 @@ def _run(args) -> int:
         return COMMANDS[args.command](args, console)
     except KettaError as exc:
         return _fail(args, f"ketta-build: error: {exc}", exc.exit_code)
-    except Interrupted:
-        return _fail(args, "ketta-build: interrupted; the files being put in place were completed first, nothing is "
-                           "half-written", EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        return _fail(args, "ketta-build: interrupted before anything was put in place; nothing is half-written",
-                     EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        term = signal_of(exc) == signal.SIGTERM
+        what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if term else ("interrupted", EXIT_INTERRUPTED)
+        if isinstance(exc, Interrupted):
+            return _fail(args, f"ketta-build: {what}; the files being put in place were completed first, nothing is "
+                               "half-written", code)
+        return _fail(args, f"ketta-build: {what} before anything was put in place; nothing is half-written",
+                     code)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(args, f"ketta-build: error: {where}{exc.strerror or exc}", EXIT_USAGE)

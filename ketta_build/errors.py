@@ -17,7 +17,8 @@ EXIT_USAGE = 2  # usage or bad input: arguments, series, patch file, releases.to
 EXIT_SOURCE = 3  # the upstream source: index unreachable, download failed, hash mismatch, git source
 EXIT_CHECK = 4  # a check found something: lint findings, export --check differences, series --check
 EXIT_REFUSED = 5  # refused to protect work: dirty or foreign build tree, work since a stop, lock held
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "done"),
@@ -29,7 +30,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_REFUSED, "refused to protect work: dirty or foreign build tree, unexported work, port in progress, lock held"),
     (10, "upstream check: a new server release onto which the series carries over exactly"),
     (11, "upstream check: a new server release that needs porting"),
-    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); nothing half-written is left"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); nothing half-written or temporary is left"),
+    (EXIT_TERMINATED, "terminated (SIGTERM); cleaned up as for Ctrl-C"),
 )
 
 
@@ -105,6 +107,13 @@ class DamagedPortState(KettaError):
 
 class GitError(KettaError):
     """A git command failed where it should not have."""
+
+
+class StaleLock(GitError):
+    """A git of the tool's found a ``*.lock`` file in its way in a repository: left by a git that died
+    (or held by one that is running); the message names it."""
+
+    exit_code = EXIT_REFUSED
 
 
 class LockTimeout(KettaError):

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
 
-from .errors import GitError
+from .errors import GitError, StaleLock
 from .safetree import check_member, extract_members, read_to_end
 
 #: On every command line: no hook, fsmonitor, signature, template, attribute or ignore file of the
@@ -70,19 +72,55 @@ def command(*args: str) -> list[str]:
 def run(cwd: Path, *args: str, env: dict[str, str] | None = None,
         input: bytes | None = None) -> subprocess.CompletedProcess:
     """``git args`` in ``cwd``, whatever its exit code (stdout and stderr as bytes)."""
-    try:
-        return subprocess.run(command(*args), cwd=cwd, env=environment(env), input=input, capture_output=True,
-                              check=False)
-    except OSError as exc:
-        raise GitError(f"cannot run git in {cwd}: {exc}") from None
+    proc = popen(cwd, *args, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = communicate(proc, input)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def popen(cwd: Path, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    """``git args`` in ``cwd`` as a running process (``kwargs`` go to :class:`subprocess.Popen`)."""
+    """``git args`` in ``cwd`` as a running process (``kwargs`` go to :class:`subprocess.Popen`), in a
+    session of its own: the terminal's Ctrl-C reaches the tool, which stops git itself
+    (:func:`communicate`, :func:`stop`), never git half-way through writing a ref or the index."""
     try:
-        return subprocess.Popen(command(*args), cwd=cwd, env=environment(env), **kwargs)
+        return subprocess.Popen(command(*args), cwd=cwd, env=environment(env), start_new_session=True, **kwargs)
     except OSError as exc:
         raise GitError(f"cannot run git in {cwd}: {exc}") from None
+
+
+#: Seconds a git stopped with SIGTERM has to remove its locks and exit, before SIGKILL.
+STOP_GRACE = 10.0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End ``proc`` (and what it started) gracefully: SIGTERM, on which git removes its own ``*.lock``
+    files, then wait for it; SIGKILL only if it is still there after :data:`STOP_GRACE` seconds or
+    the wait itself is interrupted again."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the group is its pid
+    except OSError:
+        proc.terminate()
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except BaseException:  # too slow, or a second Ctrl-C while it cleans up
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        proc.wait()
+        raise
+
+
+def communicate(proc: subprocess.Popen, input: bytes | None = None) -> tuple[bytes, bytes]:
+    """:meth:`subprocess.Popen.communicate`, except that an interrupt (Ctrl-C, SIGTERM) or any other
+    error while git runs stops it with :func:`stop` before it goes on."""
+    try:
+        return proc.communicate(input)
+    except BaseException:
+        stop(proc)
+        raise
 
 
 def git_bytes(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
@@ -90,9 +128,23 @@ def git_bytes(cwd: Path, *args: str, env: dict[str, str] | None = None, check: b
     """``git args`` in ``cwd``; its standard output as bytes."""
     proc = run(cwd, *args, env=env, input=input)
     if check and proc.returncode != 0:
+        stale = stale_lock(proc.stderr)
+        if stale is not None:
+            raise StaleLock(f"git {' '.join(args[:2])} in {cwd} found {stale} in the way: a git that was interrupted "
+                            "or crashed there left it (or another git is still running there); if none is, remove "
+                            "that file and run again", path=stale)
         last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise GitError(f"git {' '.join(args[:2])} failed in {cwd}: {last[0]}")
     return proc.stdout
+
+
+_LOCK_IN_THE_WAY = re.compile(rb"Unable to create '([^\n]+?\.lock)': File exists")
+
+
+def stale_lock(stderr: bytes) -> str | None:
+    """The ``*.lock`` file git found in its way, from what it said (None if that was not it)."""
+    found = _LOCK_IN_THE_WAY.search(stderr)
+    return found.group(1).decode("utf-8", errors="surrogateescape") if found else None
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True, input: str | None = None) -> str:

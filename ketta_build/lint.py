@@ -40,6 +40,7 @@ import difflib
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -48,7 +49,7 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode, encode
 from .atomic import write_atomic
-from .buildtree import PreimageFinder
+from .buildtree import PreimageFinder, series_lock
 from .cache import Cache
 from .claims import check_claims, describe, group_failures, patch_outcomes
 from .errors import KettaError
@@ -178,14 +179,23 @@ def today() -> date:
 def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str | None = None,
                 project: Path | None = None, fix: bool = False, on: date | None = None) -> tuple[list[Finding], list[Path]]:
     """Every finding in ``series_dir`` (and ``project``'s tox.ini); with ``fix``, the files rewritten.
-    ``on`` is the day a ``Review-By`` date is compared with (default: today)."""
+    ``on`` is the day a ``Review-By`` date is compared with (default: today). With ``fix`` the series
+    lock is held from the first read to the last write, as export and a port's finish hold it: none of
+    them rewrites a file another has just read."""
+    cache = cache or Cache()
+    with series_lock(cache, series_dir) if fix else nullcontext():
+        return _lint_series(series_dir, cache, index_url, project, fix, on)
+
+
+def _lint_series(series_dir: Path, cache: Cache, index_url: str | None, project: Path | None, fix: bool,
+                 on: date | None) -> tuple[list[Finding], list[Path]]:
     findings: list[Finding] = []
     fixed: list[Path] = []
     series = read_series(series_dir)
     releases = series.releases
     versions = releases.versions
     findings += _variants(series, versions)
-    canon = _Canon(series, cache or Cache(), index_url)
+    canon = _Canon(series, cache, index_url)
     unpinned = [r for r in releases if r.sha256 is None]
     for release in unpinned:
         findings.append(Finding("pin", releases.path, release.line,

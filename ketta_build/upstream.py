@@ -26,6 +26,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import weakref
 import time
 import urllib.error
 import urllib.parse
@@ -41,7 +42,7 @@ from packaging.version import InvalidVersion, Version
 from .cache import Cache, sha256_file
 from .index import (MAX_DOWNLOAD_BYTES, PROJECT, IndexFile, _open, _redact, _urllib_request, discover_index_urls,
                     download_deadline, list_project_files, transport_errors)
-from .gitcmd import blob, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
+from .gitcmd import blob, communicate, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
 from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
 from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release, unpinned
 from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
@@ -514,7 +515,15 @@ class GitSource:
                                env={"GIT_CEILING_DIRECTORIES": str(path.resolve().parent)})
             else:
                 self._tmp = tempfile.mkdtemp(prefix="ketta-letta-git-")
-                proc = run_git(Path(self._tmp), "clone", "-q", "--bare", "--", self.repo, self._tmp)
+                # removed when the source is closed, or at the latest when the program ends
+                self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
+                try:
+                    proc = run_git(Path(self._tmp), "clone", "-q", "--bare", "--", self.repo, self._tmp)
+                except BaseException:  # interrupted: the half-made clone goes
+                    self.close()
+                    raise
+                if proc.returncode != 0:
+                    self.close()  # nothing of a failed clone is left behind
             if proc.returncode != 0:
                 err = proc.stderr.decode(errors="replace")
                 last = (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
@@ -528,7 +537,7 @@ class GitSource:
     def close(self) -> None:
         """Remove the temporary clone of a URL, if one was made."""
         if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._finalizer()
             self._tmp = None
             self._dir = None
 
@@ -573,7 +582,7 @@ class GitSource:
         with tempfile.TemporaryDirectory(prefix="ketta-letta-git-") as tmp, tempfile.TemporaryFile() as fh:
             proc = popen_git(self._reader(Path(tmp)), "archive", "--format=tar", str(release.filename), stdout=fh,
                              stderr=subprocess.PIPE)
-            _, err = proc.communicate()
+            _, err = communicate(proc)
             if proc.returncode != 0:
                 last = (err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                 raise UpstreamError(f"cannot read {release.location}: git archive: {last}")

@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import moving, uninterruptible
 from .cache import Cache, sha256_file
 from .errors import BuildTreeError, KettaError
 from .gitcmd import extract_tree, git
@@ -350,7 +351,9 @@ def release_wheels(versions: list[str], out: Path, *, series_dir: Path, cache=No
     cache = cache or Cache()
     number = read_build_number(series_dir)
     series = series_state(series_dir)
-    out = out.absolute()
+    # A link to a directory is written through, never replaced: the work is done beside the directory
+    # it names (the wheels are renamed into it, which needs one file system).
+    out = out.resolve() if out.is_symlink() else out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     made: list[ReleaseWheel] = []
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.ketta-wheel-", dir=out.parent) as tmp_name:
@@ -369,12 +372,15 @@ def release_wheels(versions: list[str], out: Path, *, series_dir: Path, cache=No
             wheel = build_wheel(own, tmp / version, number, series_dir=series_dir, constraints=constraints, series=series)
             staged.append((version, wheel, constraints, git(own, "rev-parse", "HEAD^{tree}")))
         out.mkdir(parents=True, exist_ok=True)
+        moves = []
         for version, wheel, constraints, source_tree in staged:
             final_wheel, final_constraints = out / wheel.path.name, out / constraints.name
-            os.replace(wheel.path, final_wheel)
-            os.replace(constraints, final_constraints)
+            moves += [(wheel.path, final_wheel), (constraints, final_constraints)]
             made.append(ReleaseWheel(version, final_wheel, final_constraints, wheel.sha256, source_tree, series))
-    write_sums(out)
+        # The wheels, their constraints and SHA256SUMS change together: Ctrl-C or SIGTERM waits for the
+        # three, a failure puts back what was there.
+        with uninterruptible(), moving(moves):
+            write_sums(out)
     return made
 
 

@@ -305,3 +305,33 @@ def test_the_series_state_outside_git_and_in_it(tmp_path):
     assert wheel_module.series_state(series)["dirty"] is False
     (series / "0001-x.diff").write_text("an ignored file is not committed either\n")
     assert wheel_module.series_state(series)["dirty"] is True
+
+
+def test_ctrl_c_between_the_wheel_and_its_sums_waits_for_the_sums(world, monkeypatch):
+    """The wheels, their constraints and SHA256SUMS are put in place together: a Ctrl-C that comes
+    between them is honoured once SHA256SUMS names every wheel (issue 30)."""
+    import hashlib
+    import signal
+
+    real = wheel_module.write_sums
+
+    def interrupted(directory):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the wheel is in dist/, before its sums are
+        return real(directory)
+
+    monkeypatch.setattr(wheel_module, "write_sums", interrupted)
+    rc, err, built = build(world, "dist-int")
+    assert rc == 130 and "completed first" in err, err
+    sums = (world.root / "repo" / "dist-int" / "SHA256SUMS").read_text()
+    assert built is not None and f"{hashlib.sha256(built.read_bytes()).hexdigest()}  {built.name}" in sums
+
+
+def test_wheel_writes_through_a_dist_dir_that_is_a_symbolic_link(world):
+    real = world.root / "repo" / "dist-real"
+    real.mkdir()
+    link = world.root / "repo" / "dist-link"
+    link.symlink_to(real, target_is_directory=True)
+    rc, err, built = build(world, "dist-link")
+    assert rc == 0, err
+    assert link.is_symlink() and built is not None and (real / built.name).is_file() and (real / "SHA256SUMS").is_file()
+    assert not list(world.root.glob("repo/.dist-*"))
