@@ -8,7 +8,6 @@ same PyPI name ships Letta Code, a different product (detected in :mod:`ketta_bu
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date as Date
@@ -17,6 +16,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from . import suiteenv
+from .atomic import write_atomic
 from .cache import is_sha256
 from .errors import SeriesError, UnknownRelease
 
@@ -159,9 +159,7 @@ def add_release(series_dir: Path, version: Version, date: str, sha256: str | Non
     head = text[: text.index("[[release]]")] if "[[release]]" in text else text
     body = "\n".join(f'[[release]]\nversion = "{r.version}"\ndate = "{r.date}"\n'
                      + (f'sha256 = "{r.sha256}"\n' if r.sha256 else "") for r in releases)
-    tmp = current.path.with_name(current.path.name + ".tmp")
-    tmp.write_text(head + body, encoding="utf-8")
-    os.replace(tmp, current.path)
+    write_atomic(current.path, (head + body).encode("utf-8"))
     return True
 
 

@@ -30,15 +30,16 @@ from pathlib import Path
 from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode
+from .atomic import write_atomic
 from .buildtree import ApplyOptions, apply_series, ensure_pristine_repo
 from .cache import Cache
 from .errors import KettaError
 from .gitcmd import blob
 from .gitcmd import run as run_git
+from .index import IndexFile, discover_index_urls, list_project_files
 from .patchfile import split_lines
 from .port import carried_entries
 from .series import Series, read_series
-from .index import IndexFile, discover_index_urls, list_project_files
 from .upstream import GitSource, IndexSource, _not_server_message, check_server_tree
 
 EXIT_NOTHING_NEW = 0
@@ -168,9 +169,7 @@ def write_issue_bodies(report: CheckReport, out_dir: Path) -> list[Path]:
         if release.kind != "server":
             continue
         path = out_dir / f"{release.version}.md"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(issue_markdown(report, release))
-        tmp.replace(path)
+        write_atomic(path, issue_markdown(report, release).encode())
         written.append(path)
     return written
 
