@@ -45,7 +45,7 @@ from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineR
                         check_out_dir, commit_patch, read_tree_state, record_head, reword_commits, series_lock,
                         stripspace)
 from . import toxini
-from .atomic import uninterruptible, write_atomic
+from .atomic import replacing, uninterruptible, write_atomic
 from .cache import Cache
 from .claims import check_claims, describe, group_failures
 from .errors import BuildTreeError, ClaimError, DamagedPortState, KettaError, SeriesError
@@ -54,9 +54,10 @@ from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
                      with_field)
 from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text
-from .releases import add_release, load_releases
+from .releases import load_releases, with_release
 from .report import result_failure_lines
 from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series, variant_name
+from .suites import project_suites
 from .upstream import IndexSource, UpstreamRelease, sdist_date
 
 STATE = PORT_STATE_FILE
@@ -568,28 +569,32 @@ def _finish_port(tree: Path, cache: Cache) -> PortResult:
         wanted = stripspace(commit_message(final, parse_patch_text(content, series_dir / final, final).header))
         if stripspace(git(tree, "show", "-s", "--format=%B", ported.commit) + "\n") != wanted:
             messages[ported.commit] = wanted
-    with uninterruptible():  # the tree's commits, patches/, releases.toml and tox.ini change together
+    # patches/, releases.toml and tox.ini are put in place together or not at all (atomic.replacing),
+    # and the tree's commits are reworded inside: should that fail, the files go back as they were.
+    changes: dict[Path, bytes | None] = {}
+    for name, content in plan.contents.items():
+        path = series_dir / name
+        if not path.exists() or path.read_bytes() != content:
+            changes[path] = content
+    if plan.series_text.encode() != series.series_file.read_bytes():
+        changes[series.series_file] = plan.series_text.encode()
+    releases_text = with_release(series_dir, new, state.upload_date or "unknown", state.sha256 or _tree_sdist_sha256(tree))
+    if releases_text is not None:
+        changes[load_releases(series_dir).path] = releases_text
+    project = series_dir.absolute().parent
+    tox = project / "tox.ini"
+    if tox.exists():
+        tox_text = toxini.render(versions, project_suites(project)).encode()
+        if tox.read_bytes() != tox_text:
+            changes[tox] = tox_text
+    written = list(changes)
+    with uninterruptible(), replacing(changes):  # the tree's commits, patches/, releases.toml and tox.ini change together
+        read_series(series_dir).explain(new)  # the written series must select one variant per patch for NEW
         mapping = reword_commits(tree, messages, f"port to {new}: commit messages in step with patches/")
         for ported in state.patches:
             if ported.commit in mapping:
                 ported.commit = mapping[ported.commit]
             ported.action = ported.action or plan.actions.get(ported.name)
-
-        written = []
-        for name, content in plan.contents.items():
-            path = series_dir / name
-            if not path.exists() or path.read_bytes() != content:
-                write_atomic(path, content)
-                written.append(path)
-        if plan.series_text.encode() != series.series_file.read_bytes():
-            write_atomic(series.series_file, plan.series_text.encode())
-            written.append(series.series_file)
-        if add_release(series_dir, new, state.upload_date or "unknown", state.sha256 or _tree_sdist_sha256(tree)):
-            written.append(load_releases(series_dir).path)
-        project = series_dir.absolute().parent
-        if (project / "tox.ini").exists() and toxini.write(project):
-            written.append(project / "tox.ini")
-        read_series(series_dir).explain(new)  # the written series must select one variant per patch for NEW
         synced = {}
         for ported in state.patches:
             final = plan.variant_names.get(ported.name, ported.name)

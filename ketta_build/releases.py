@@ -144,12 +144,12 @@ def _parse(path: Path) -> SupportedReleases:
     return SupportedReleases(path, tuple(releases))
 
 
-def add_release(series_dir: Path, version: Version, date: str, sha256: str | None = None) -> bool:
-    """Put ``version`` (pinned to ``sha256``, its sdist's) into ``series_dir/releases.toml`` in version order;
-    False if it is listed already."""
+def with_release(series_dir: Path, version: Version, date: str, sha256: str | None = None) -> bytes | None:
+    """``series_dir/releases.toml`` with ``version`` (pinned to ``sha256``, its sdist's) put in version
+    order, to be written by the caller; None if it is listed already."""
     current = load_releases(series_dir)
     if current.find(version):
-        return False
+        return None
     if date != UNKNOWN_DATE:
         Date.fromisoformat(date)
     if sha256 is not None and not is_sha256(sha256):
@@ -159,7 +159,15 @@ def add_release(series_dir: Path, version: Version, date: str, sha256: str | Non
     head = text[: text.index("[[release]]")] if "[[release]]" in text else text
     body = "\n".join(f'[[release]]\nversion = "{r.version}"\ndate = "{r.date}"\n'
                      + (f'sha256 = "{r.sha256}"\n' if r.sha256 else "") for r in releases)
-    write_atomic(current.path, (head + body).encode("utf-8"))
+    return (head + body).encode("utf-8")
+
+
+def add_release(series_dir: Path, version: Version, date: str, sha256: str | None = None) -> bool:
+    """Put ``version`` into ``series_dir/releases.toml`` (see :func:`with_release`); False if it is listed already."""
+    content = with_release(series_dir, version, date, sha256)
+    if content is None:
+        return False
+    write_atomic(load_releases(series_dir).path, content)
     return True
 
 

@@ -155,7 +155,7 @@ def test_a_stale_lock_in_a_tree_is_named_in_one_line(world):
 
 def test_sigterm_during_port_continues_finish_waits_for_it_and_exits_143(world):
     tree = _stopped_port_with_a_resolution(world)
-    rc, err = drive(world, "ketta_build.port:add_release", "SIGTERM",
+    rc, err = drive(world, "ketta_build.port:_unregister", "SIGTERM",
                     *world_args(world, "port", "--continue", "--tree", str(tree)))
     assert rc == 143 and "terminated" in err and "completed first" in err, err
     assert '"0.16.9"' in (world.patches / "releases.toml").read_text()
@@ -259,3 +259,28 @@ def test_lint_fix_refuses_while_another_run_holds_the_series_lock(world, monkeyp
         rc, _, err = world.run("lint")  # reading only: no lock
         assert rc == 0, err
     assert world.run("lint", "--fix")[0] == 0
+
+
+def test_a_port_finish_that_fails_halfway_writes_nothing(world, monkeypatch):
+    """The finish wrote patch files, series, releases.toml and tox.ini one by one: a failure after the
+    first (a full disk, a tox.ini it could not write) left a series listing a release nobody ported."""
+    import ketta_build.port as port
+
+    tree = _stopped_port_with_a_resolution(world)
+    before = {p.name: p.read_bytes() for p in world.patches.iterdir()}
+    tox_before = (world.root / "repo" / "tox.ini").read_bytes()
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(port, "reword_commits", full_disk)
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc != 0 and "No space left on device" in err, err
+    assert {p.name: p.read_bytes() for p in world.patches.iterdir()} == before
+    assert (world.root / "repo" / "tox.ini").read_bytes() == tox_before
+    assert (tree / ".git" / "ketta-port.json").exists()  # the port can go on once the disk has room
+    monkeypatch.undo()
+    rc, _, err = world.run("port", "--continue", "--tree", str(tree))
+    assert rc == 0, err
+    assert '"0.16.9"' in (world.patches / "releases.toml").read_text()
+    assert "letta{0167,0168,0169}" in (world.root / "repo" / "tox.ini").read_text()
