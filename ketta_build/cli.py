@@ -105,6 +105,21 @@ class _Parser(argparse.ArgumentParser):
         raise exc
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: it still works, says once on stderr what to type instead, and
+    remembers the spelling so an error about the value names the flag the user typed."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated here; use {self.new} (same meaning)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 QUIET_HELP = "print only errors and the final result (no progress, no detail)"
 FUZZ_EXAMPLES_DEFAULT = 10  # compat_tests/test_fuzz.py's own default: the default run's 0.16.8 cell
 FUZZ_EXAMPLES_THOROUGH = 40
@@ -139,7 +154,7 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
                ("ketta-build bisect 0003-keys-from-database.diff --letta-git ../letta --good 0.16.2 --bad 0.16.4 "
                 "--until-applies", "where the newer variant became necessary")),
     "wheel": (("ketta-build wheel", "dist/: the newest release's wheel, constraints, SHA256SUMS"),
-              ("ketta-build wheel --all --out dist", "every supported release")),
+              ("ketta-build wheel --all --dist-dir dist", "every supported release")),
     "serve": (("ketta-build serve", "the newest release on 127.0.0.1:8283"),
               ("ketta-build serve --letta 0.16.7 --port 8284", "another release beside it")),
     "releases": (("ketta-build releases", "one line per supported release"),
@@ -256,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from patches/ applied to the pristine release in a tree of its own")
     wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     wp.add_argument("--all", action="store_true", help="every supported release")
-    wp.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="default: ./dist")
+    wp.add_argument("--dist-dir", dest="dist_dir", type=Path, default=Path("dist"), metavar="DIR",
+                    help="where the wheels, constraints and SHA256SUMS go (default: ./dist)")
+    # --out is the build tree everywhere else (apply): on wheel it is only the old spelling of --dist-dir
+    wp.add_argument("--out", dest="dist_dir", type=Path, metavar="DIR", action=_DeprecatedAlias, new="--dist-dir",
+                    help=argparse.SUPPRESS)
     wp.add_argument("--tree", type=Path, metavar="DIR", help="a build tree that must hold exactly what patches/ gives "
                     "(refused, exit 5, if it has commits or edits patches/ does not); the wheel is the same either way")
     _patches_flag(wp)
@@ -813,14 +832,18 @@ def _cmd_wheel(args, console) -> int:
     if unsupported is not None:
         raise unknown_release(unsupported, "no wheel without a series for it", releases)
     versions = [str(v) for v in parsed]
+    flag = getattr(args, "dist_dir_flag", "--dist-dir")
+    blocker = next((p for p in (args.dist_dir, *args.dist_dir.absolute().parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise KettaError(f"{flag} {args.dist_dir}: {blocker} is a file, not a directory")
     with console.status("building wheels") as status:
-        made = release_wheels(versions, args.out, series_dir=args.patches, cache=Cache(args.cache_dir),
+        made = release_wheels(versions, args.dist_dir, series_dir=args.patches, cache=Cache(args.cache_dir),
                               index_url=args.index_url, tree=args.tree, progress=status.update)
     series = made[0].series if made else series_state(args.patches)
     for item in made:
         print_result(console, f"{escape(str(item.wheel))}  sha256 {item.sha256}  (git tree {item.tree[:12]})")
         print_result(console, f"{escape(str(item.constraints))}")
-    print_result(console, f"{escape(str(args.out / SUMS_FILE))}")
+    print_result(console, f"{escape(str(args.dist_dir / SUMS_FILE))}")
     if series["dirty"]:
         console.print(f"[yellow]{escape(str(args.patches))} has uncommitted changes: the wheels say so "
                       "(series.dirty in their provenance)[/]")

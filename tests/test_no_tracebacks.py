@@ -68,9 +68,9 @@ CASES = [
     ("serve", "--letta 0.16.8 --patches {garbage} --data-dir {file} --cache-dir {cache} --index-url " + UNREACHABLE),
     ("releases", "--patches {missing}"),
     ("releases", "--patches {garbage} --json {notgit}"),
-    ("wheel", "--letta 0.16.8 --patches {garbage} --out {file} --cache-dir {cache} --index-url " + UNREACHABLE),
+    ("wheel", "--letta 0.16.8 --patches {garbage} --dist-dir {file} --cache-dir {cache} --index-url " + UNREACHABLE),
     ("wheel", "--letta 0.16.8 --patches {garbage} --tree {file} --cache-dir {cache} --index-url " + UNREACHABLE),
-    ("wheel", "--patches {garbage} --tree {notgit} --out {out}"),
+    ("wheel", "--patches {garbage} --tree {notgit} --dist-dir {out}"),
     ("wheel", "--letta banana"),
 ]
 
