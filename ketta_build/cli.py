@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(ap)
     ap.add_argument("--tree", "--out", dest="tree", metavar="DIR", type=Path,
                     help="build tree to write (default: build/VERSION; --out is the same flag)")
+    _build_root_flag(ap)
     ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; its unexported commits, "
                                                          "other branches, tags and stashes are kept as backup refs and its "
                                                          "git-ignored files are carried over")
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--check", action="store_true", help="also check variant guards against every supported release")
     ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
+    _build_root_flag(ep)
     _patches_flag(ep)
     ep.add_argument("--check", action="store_true", help="write nothing; exit 4 naming the files export would change "
                                                          "and those newer in patches/ than in the tree")
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave the patch the port stopped at out of the new release (it does not need it) and go on")
     what.add_argument("--abort", action="store_true", help="give up: remove the port's build tree (patches/ is untouched)")
     pp.add_argument("--tree", type=Path, metavar="DIR", help="the port's build tree (default: build/VERSION, or the one in progress)")
+    _build_root_flag(pp)
     pp.add_argument("--in-place", action="store_true", help="rewrite changed patches for the new release instead of adding variants")
     pp.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; with --abort, remove a "
                                                          "tree holding work done since the stop (saved as a bundle first)")
@@ -317,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
     _patches_flag(mp)
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
+    _build_root_flag(mp)
     mp.add_argument("--rerun", action="store_true",
                     help="run every cell, even one whose inputs have a stored pass (fresh passes are still stored)")
     mp.add_argument("--changed", nargs="?", const="", metavar="REF",
@@ -409,7 +413,7 @@ def _cmd_matrix(args, console) -> int:
                            no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
                            fuzz_examples=fuzz_examples, store=store, cache=cache, changed=changed, reuse=not args.rerun,
                            upgrade_pairs=args.upgrade_pairs, on_cell=on_cell, coverage=args.coverage,
-                           series_dir=args.patches)
+                           series_dir=args.patches, build_root=args.build_root)
     context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time(),
                           series_dir=args.patches)
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
@@ -532,7 +536,7 @@ def _cmd_apply(args, console) -> int:
         series = read_series(args.patches)
         source, version = _source(args, cache, say)
         release = source.resolve(version)
-        out = args.tree or Path("build") / str(release.version)
+        out = args.tree or args.build_root / str(release.version)
         report = apply_series(
             release,
             source,
@@ -608,7 +612,7 @@ def _export_locked(args, console, cache) -> int:
     from .releases import load_releases
     from .upstream import IndexSource
 
-    tree = args.tree or Path("build") / str(load_releases(args.patches).newest.version)
+    tree = args.tree or args.build_root / str(load_releases(args.patches).newest.version)
     plan = plan_export(tree, args.patches, prune=args.prune)
     if not args.check:
         with console.status("checking the releases the changed patches claim") as status:
@@ -652,9 +656,9 @@ def _port_tree(args) -> Path:
 
     if args.tree:
         return args.tree
-    found = ports_in_progress(args.patches, Cache(args.cache_dir), (Path("build"),))
+    found = ports_in_progress(args.patches, Cache(args.cache_dir), (args.build_root,))
     if len(found) != 1:
-        raise KettaError("no port in progress under build/ (say which tree with --tree)" if not found else
+        raise KettaError(f"no port in progress under {args.build_root}/ (say which tree with --tree)" if not found else
                          f"several ports in progress ({', '.join(str(t) for t, _ in found)}); say which with --tree")
     return found[0][0]
 
@@ -679,7 +683,8 @@ def _cmd_port(args, console) -> int:
         if args.cont or args.skip:
             result = continue_port(_port_tree(args), progress=status.update, cache=Cache(args.cache_dir), skip=args.skip)
         else:
-            result = start_port(parse_version(args.letta), args.patches, out=args.tree, cache=Cache(args.cache_dir),
+            result = start_port(parse_version(args.letta), args.patches, out=args.tree, build_root=args.build_root,
+                                cache=Cache(args.cache_dir),
                                 index_url=args.index_url, in_place=args.in_place, force=args.force, progress=status.update)
     for p in result.state.patches:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))

@@ -191,6 +191,7 @@ def run_matrix(
     reuse: bool = True,
     coverage: bool = False,
     series_dir: Path | None = None,
+    build_root: Path | None = None,
 ) -> list[Cell]:
     """Run the cells of ``versions`` x ``suites``. With a ``store``, a fresh pass is stored under its cell's
     input key and (unless ``reuse`` is off: ``--rerun``) a cell whose key has a stored pass is reused
@@ -199,7 +200,9 @@ def run_matrix(
     under coverage.py and ``report_dir/coverage/<release>.json`` says which hunks of its patches ran
     (:mod:`ketta_build.hunkcoverage`); no cell is reused then (a reused cell runs no server).
     ``series_dir`` (default ``project/patches``) is the series the wheels are built from; the suites
-    get it as ``KETTA_PATCHES``."""
+    get it as ``KETTA_PATCHES``. ``build_root`` (``--build-root``) is where the suites build the
+    patched releases' trees (``KETTA_BUILD_ROOT``; default ``project/build``); an unpatched run builds
+    under ``report_dir/build``."""
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise KettaError(f"unknown suite(s) {', '.join(unknown)}; known: {', '.join(SUITES)}")
@@ -236,6 +239,8 @@ def run_matrix(
     if no_patches:
         env["KETTA_NO_PATCHES"] = "1"
         env["KETTA_BUILD_ROOT"] = str(report_dir / "build")
+    elif build_root is not None:
+        env["KETTA_BUILD_ROOT"] = str(build_root.absolute())
     if coverage:
         env[ENV_VAR] = str(report_dir / "coverage")
         for version in versions:  # this run's data only

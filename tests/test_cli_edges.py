@@ -311,3 +311,37 @@ def test_lints_fix_for_a_stale_tox_ini_runs_as_printed(world):
     proc = subprocess.run(["bash", "-c", command], cwd=world.root / "repo", env=env, capture_output=True, text=True)
     assert proc.returncode == 0, (command, proc.stderr)
     assert world.run("lint")[0] == 0
+
+
+# ----------------------------------------------------------------------------- --build-root: nothing under ./build
+
+def test_build_root_keeps_every_verb_out_of_dot_build(world, monkeypatch):
+    """apply, export and port (start, continue's lookup) with --build-root write their trees there;
+    ./build of the directory they run in stays absent. matrix hands the root to its suites."""
+    elsewhere = world.root / "elsewhere"
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--build-root", str(elsewhere))
+    assert rc == 0, err
+    assert (elsewhere / "0.16.8" / ".git").is_dir()
+    rc, out, err = world.run("export", "--build-root", str(elsewhere))  # the default tree: <root>/<newest>
+    assert rc == 0 and "nothing to write" in out, err
+    world.publish("0.16.9")
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--build-root", str(elsewhere))
+    assert rc == 0, err
+    assert (elsewhere / "0.16.9" / ".git").is_dir()
+    assert not (world.root / "repo" / "build").exists()
+
+    from ketta_build import cli, matrix
+
+    seen = {}
+    monkeypatch.setattr(cli, "_need_tox", lambda: None)
+    monkeypatch.setattr(matrix, "run_matrix", lambda *a, **kw: seen.update(kw) or [])
+    world.run("matrix", "--letta", "0.16.8", "--build-root", str(elsewhere), "--patches", str(world.patches),
+              "--cache-dir", str(world.cache), "--report-dir", str(world.root / "reports"))
+    assert seen["build_root"] == elsewhere
+    assert not (world.root / "repo" / "build").exists()
+
+
+def test_every_verb_that_builds_trees_takes_build_root():
+    verbs = _verbs()
+    for verb in ("apply", "export", "port", "matrix", "serve"):
+        assert any("--build-root" in a.option_strings for a in verbs[verb]._actions), verb
