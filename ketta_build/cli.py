@@ -19,6 +19,7 @@ examples:
   ketta-build serve --letta 0.16.8                  a patched server on 127.0.0.1:8283 with a persistent PostgreSQL
   ketta-build releases --json -                     the supported releases (patches/releases.toml)
   ketta-build wheel --letta 0.16.8                  dist/letta-0.16.8+ketta.N-py3-none-any.whl, constraints, SHA256SUMS
+  ketta-build cache prune --older-than 30           the cache's stores; remove what was not used for 30 days
 """
 # The command line parses arguments, calls the library and prints; nothing else lives here.
 
@@ -157,6 +158,9 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
               ("ketta-build wheel --all --dist-dir dist", "every supported release")),
     "serve": (("ketta-build serve", "the newest release on 127.0.0.1:8283"),
               ("ketta-build serve --letta 0.16.7 --port 8284", "another release beside it")),
+    "cache": (("ketta-build cache", "each store of the cache: entries and size"),
+              ("ketta-build cache prune --older-than 30 --dry-run", "what a prune would remove, removing nothing"),
+              ("ketta-build cache prune --max-size 5G", "the least recently used entries until 5 GiB are left")),
     "releases": (("ketta-build releases", "one line per supported release"),
                  ("ketta-build releases --json -", "for a CI job matrix")),
     "matrix": (("ketta-build matrix --letta 0.16.8", "every suite on 0.16.8"),
@@ -339,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the servers under coverage.py and report which hunks of each patch the suites ran "
                          "(docs/coverage.md; every cell runs)")
     _json_flag(mp)
+    cp = _verb(sub, "cache", help="what the cache holds, per store (entries, size); prune it by age or size, "
+                                  "least recently used first, never an entry in use")
+    cp.add_argument("action", nargs="?", choices=("info", "prune"), default="info",
+                    help="info (the default): each store's entries and size; prune: remove entries")
+    cp.add_argument("--older-than", metavar="DAYS", type=float, help="prune: entries not used for DAYS days")
+    cp.add_argument("--max-size", metavar="SIZE", help="prune: the least recently used entries until the cache holds "
+                                                     "at most SIZE (bytes, or e.g. 500M, 2G)")
+    cp.add_argument("--dry-run", action="store_true", help="prune: say what would be removed; remove nothing")
+    _cache_flag(cp)
+    _json_flag(cp)
     return parser
 
 
@@ -974,11 +988,47 @@ def _cmd_releases(args, console) -> int:
     return 0
 
 
+def _cmd_cache(args, console) -> int:
+    from .cache import Cache
+    from .cacheadmin import human, inspect, parse_size, prune, report_json
+    from .tables import print_table
+
+    cache = Cache(args.cache_dir)
+    pruned = max_bytes = None
+    if args.action == "info":
+        given = [flag for flag, value in (("--older-than", args.older_than), ("--max-size", args.max_size),
+                                          ("--dry-run", args.dry_run)) if value not in (None, False)]
+        if given:
+            raise KettaError(f"{', '.join(given)} only go with cache prune")
+    else:
+        max_bytes = parse_size(args.max_size) if args.max_size is not None else None
+        with console.status("pruning the cache") as status:
+            pruned = prune(cache, older_than_days=args.older_than, max_bytes=max_bytes, dry_run=args.dry_run,
+                           progress=status.update)
+        verb = "would remove" if args.dry_run else "removed"
+        for entry in pruned.removed:
+            console.print(f"{verb} {escape(str(entry.path))} ({human(entry.bytes)})")
+        for entry in pruned.in_use:
+            print(f"ketta-build: cache prune: kept {entry.path}: in use", file=sys.stderr)
+    stores = inspect(cache)
+    with printing_result(console):
+        print_table(console, escape(f"cache {cache.root}"), ("store", "entries", "size", "holds"),
+                    [*((s.store.name, str(len(s.entries)), human(s.bytes), escape(s.store.what)) for s in stores),
+                     ("total", str(sum(len(s.entries) for s in stores)), human(sum(s.bytes for s in stores)), "")])
+    if pruned is not None:
+        print_result(console, f"{len(pruned.removed)} entr{'y' if len(pruned.removed) == 1 else 'ies'} "
+                      f"{'would be ' if args.dry_run else ''}removed, {human(pruned.freed)} "
+                      f"{'would be ' if args.dry_run else ''}freed" +
+                      (f"; {len(pruned.in_use)} in use, kept" if pruned.in_use else ""))
+    _emit_json(args.json, report_json(cache, stores, pruned, args.older_than, max_bytes))
+    return 0
+
+
 COMMANDS = {
     "apply": _cmd_apply, "series": _cmd_series, "export": _cmd_export, "lint": _cmd_lint, "port": _cmd_port,
     "upstream": _cmd_upstream, "range-diff": _cmd_range_diff, "wheel": _cmd_wheel, "matrix": _cmd_matrix,
     "releases": _cmd_releases, "serve": _cmd_serve, "bisect": _cmd_bisect,
-    "status": _cmd_status,
+    "status": _cmd_status, "cache": _cmd_cache,
 }
 
 
