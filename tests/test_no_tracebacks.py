@@ -72,6 +72,9 @@ CASES = [
     ("wheel", "--letta 0.16.8 --patches {garbage} --tree {file} --cache-dir {cache} --index-url " + UNREACHABLE),
     ("wheel", "--patches {garbage} --tree {notgit} --dist-dir {out}"),
     ("wheel", "--letta banana"),
+    ("cache", "prune --max-size banana --cache-dir {cache}"),
+    ("cache", "prune --older-than 1 --cache-dir {file} --json {notgit}"),
+    ("cache", "--cache-dir {missing} --dry-run"),
 ]
 
 
