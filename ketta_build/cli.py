@@ -20,6 +20,7 @@ examples:
   ketta-build releases --json -                     the supported releases (patches/releases.toml)
   ketta-build wheel --letta 0.16.8                  dist/letta-0.16.8+ketta.N-py3-none-any.whl, constraints, SHA256SUMS
   ketta-build cache prune --older-than 30           the cache's stores; remove what was not used for 30 days
+  ketta-build completion bash                       tab completion of verbs, flags and releases (bash, zsh, fish)
 """
 # The command line parses arguments, calls the library and prints; nothing else lives here.
 
@@ -161,6 +162,9 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "cache": (("ketta-build cache", "each store of the cache: entries and size"),
               ("ketta-build cache prune --older-than 30 --dry-run", "what a prune would remove, removing nothing"),
               ("ketta-build cache prune --max-size 5G", "the least recently used entries until 5 GiB are left")),
+    "completion": (("ketta-build completion bash", "save as ~/.local/share/bash-completion/completions/ketta-build"),
+                   ("ketta-build completion zsh", "save as _ketta-build in a directory of $fpath"),
+                   ("ketta-build completion fish", "save as ~/.config/fish/completions/ketta-build.fish")),
     "releases": (("ketta-build releases", "one line per supported release"),
                  ("ketta-build releases --json -", "for a CI job matrix")),
     "matrix": (("ketta-build matrix --letta 0.16.8", "every suite on 0.16.8"),
@@ -353,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--dry-run", action="store_true", help="prune: say what would be removed; remove nothing")
     _cache_flag(cp)
     _json_flag(cp)
+    op = _verb(sub, "completion", help="print a shell completion script (verbs, flags, the supported releases of "
+                                        "--patches) made from this parser")
+    op.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete in")
+    _patches_flag(op)
+    # a script, not a report: no --json document; without --patches, a missing ./patches only
+    # leaves the releases out (the script is often made outside the checkout)
+    op.set_defaults(json=None, patches=None)
     return parser
 
 
@@ -1024,11 +1035,25 @@ def _cmd_cache(args, console) -> int:
     return 0
 
 
+def _cmd_completion(args, console) -> int:
+    from .completion import script
+    from .releases import load_releases
+
+    if args.patches is None and not Path("patches", "releases.toml").exists():
+        versions = []
+        print("ketta-build completion: warning: no ./patches/releases.toml here: release versions are not completed "
+              "(--patches DIR names the series)", file=sys.stderr)
+    else:
+        versions = [str(r.version) for r in load_releases(args.patches or Path("patches"))]
+    sys.stdout.write(script(build_parser(), args.shell, versions))
+    return 0
+
+
 COMMANDS = {
     "apply": _cmd_apply, "series": _cmd_series, "export": _cmd_export, "lint": _cmd_lint, "port": _cmd_port,
     "upstream": _cmd_upstream, "range-diff": _cmd_range_diff, "wheel": _cmd_wheel, "matrix": _cmd_matrix,
     "releases": _cmd_releases, "serve": _cmd_serve, "bisect": _cmd_bisect,
-    "status": _cmd_status, "cache": _cmd_cache,
+    "status": _cmd_status, "cache": _cmd_cache, "completion": _cmd_completion,
 }
 
 

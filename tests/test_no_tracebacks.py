@@ -75,6 +75,8 @@ CASES = [
     ("cache", "prune --max-size banana --cache-dir {cache}"),
     ("cache", "prune --older-than 1 --cache-dir {file} --json {notgit}"),
     ("cache", "--cache-dir {missing} --dry-run"),
+    ("completion", "bash --patches {file}"),
+    ("completion", "fish --patches {missing}"),
 ]
 
 
