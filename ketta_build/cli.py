@@ -489,15 +489,17 @@ def _matrix_table(console, cells) -> None:
 
 
 class _PrintedStatus:
-    """What ``console.status`` gives under -v: each step printed on a line of its own."""
+    """What ``console.status`` gives under -v: each step printed on a line of its own, on stderr
+    (``steps``), so stdout holds only the results; ``-q`` (the verb's console) silences them."""
 
-    def __init__(self, console, text: str) -> None:
+    def __init__(self, console, text: str, steps=None) -> None:
         self.console = console
+        self.steps = steps or console
         self.update(text)
 
     def update(self, status=None, **_: object) -> None:
-        if status is not None:
-            self.console.print(f"[dim]{escape(str(status))}[/]")
+        if status is not None and not self.console.quiet:
+            self.steps.print(f"[dim]{escape(str(status))}[/]")
 
     def __enter__(self) -> _PrintedStatus:
         return self
@@ -513,7 +515,9 @@ def _console(stderr: bool, verbose: bool = False):
     # Without a terminal (a CI log, a pipe) no line is broken: a log keeps each message, path and command whole.
     console.soft_wrap = not console.is_terminal
     if verbose:
-        console.status = lambda status, **_: _PrintedStatus(console, str(status))  # type: ignore[method-assign]
+        steps = console if stderr else Console(stderr=True, highlight=False)
+        steps.soft_wrap = not steps.is_terminal
+        console.status = lambda status, **_: _PrintedStatus(console, str(status), steps)  # type: ignore[method-assign]
     return console
 
 
@@ -643,7 +647,7 @@ def _export_locked(args, console, cache) -> int:
         with console.status("checking the releases the changed patches claim") as status:
             source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True,
                                  releases=load_releases(args.patches))
-            verify_plan(plan, PristineRepos(source, cache), split=args.split)
+            verify_plan(plan, PristineRepos(source, cache, status.update), split=args.split, progress=status.update)
     colour = {"unchanged": "dim", "reworded": "green", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow",
               "not-applied": "yellow", "split": "cyan", "newer": "yellow"}
     for p in plan.patches:
@@ -888,9 +892,10 @@ def _cmd_lint(args, console) -> int:
     from .lint import lint_series
 
     project = args.patches.absolute().parent
-    with console.status("linting the series (base releases come from the cache or the index)"):
+    with console.status("linting the series (base releases come from the cache or the index)") as status:
         findings, fixed = lint_series(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
-                                      project=project if (project / "tox.ini").exists() else None, fix=args.fix)
+                                      project=project if (project / "tox.ini").exists() else None, fix=args.fix,
+                                      progress=status.update)
     for path in fixed:
         console.print(f"rewrote {escape(str(path))} in canonical form")
     for finding in findings:
@@ -922,8 +927,9 @@ def _cmd_status(args, console) -> int:
     from .status import series_status
     from .tables import print_table
 
-    with console.status("applying the series in memory to every release"):
-        status = series_status(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url)
+    with console.status("applying the series in memory to every release") as progress:
+        status = series_status(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
+                               progress=progress.update)
     rows = []
     for p in status.patches:
         upstream = f"{p.upstream_status.split()[0]}, {p.forwarded.split()[0] if p.forwarded else '[red]not forwarded?[/]'}"

@@ -60,7 +60,7 @@ def test_serve_and_matrix_default_to_the_newest_supported_release():
     assert newest  # the file names one
 
 
-def test_every_verb_takes_v_and_it_prints_each_step(capsys):
+def test_every_verb_takes_v_and_it_prints_each_step_on_stderr(capsys):
     from ketta_build.cli import _console
 
     verbs = _verbs(build_parser())
@@ -69,8 +69,8 @@ def test_every_verb_takes_v_and_it_prints_each_step(capsys):
     console = _console(stderr=False, verbose=True)
     with console.status("resolving letta 0.16.8") as status:
         status.update("building the wheel of 0.16.8")
-    out = capsys.readouterr().out
-    assert out.splitlines() == ["resolving letta 0.16.8", "building the wheel of 0.16.8"]
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["resolving letta 0.16.8", "building the wheel of 0.16.8"] and out == ""
 
 
 def test_out_means_the_build_tree_and_wheel_says_dist_dir(tmp_path, capsys):
