@@ -231,9 +231,10 @@ def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSour
 class PristineRepos:
     """The cached bare repository of each release a run reads (resolved and built once per run)."""
 
-    def __init__(self, source: UpstreamSource | None, cache: Cache | None) -> None:
+    def __init__(self, source: UpstreamSource | None, cache: Cache | None, progress=lambda _: None) -> None:
         self.source = source
         self.cache = cache
+        self.progress = progress  # one line per release read the first time (a fetch can take a while)
         self._repos: dict[Version, Path | str] = {}
 
     def get(self, version: Version) -> Path | str:
@@ -242,6 +243,7 @@ class PristineRepos:
             if self.source is None or self.cache is None:
                 self._repos[version] = "no source for other releases"
             else:
+                self.progress(f"reading letta {version} (from the cache, else the index)")
                 try:
                     release = self.source.resolve(version)
                     self._repos[version] = ensure_pristine_repo(release, self.source, self.cache) or "no cache"
@@ -258,10 +260,11 @@ class PreimageFinder:
     ``index`` blob ids, the result must match them.
     """
 
-    def __init__(self, series: Series, patches: dict[str, Patch], base_source: UpstreamSource | None, cache: Cache | None):
+    def __init__(self, series: Series, patches: dict[str, Patch], base_source: UpstreamSource | None, cache: Cache | None,
+                 progress=lambda _: None):
         self.series = series
         self.patches = patches
-        self.repos = PristineRepos(base_source, cache)
+        self.repos = PristineRepos(base_source, cache, progress)
 
     def _load(self, name: str) -> Patch:
         if name not in self.patches:

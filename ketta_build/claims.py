@@ -163,7 +163,7 @@ class InMemoryTree:
 
 
 def _walk(series: Series, versions: Iterable[Version], repos: PristineRepos, entries_of, load,
-          on_patch=lambda version, name, outcomes: None) -> tuple[list[ClaimFailure], list[ClaimGap]]:
+          on_patch=lambda version, name, outcomes: None, progress=lambda _: None) -> tuple[list[ClaimFailure], list[ClaimGap]]:
     """Apply, in memory, the entries ``entries_of(version)`` gives (None: leave the release out) to
     each release, calling ``on_patch`` with each patch's hunk outcomes there. Returns the failures
     and the releases that could not be read."""
@@ -177,6 +177,7 @@ def _walk(series: Series, versions: Iterable[Version], repos: PristineRepos, ent
         if isinstance(repo, str):
             gaps.append(ClaimGap(version, repo))
             continue
+        progress(f"applying {len(entries)} patch(es) in memory to letta {version}")
         with Blobs(repo) as blobs:
             release = InMemoryTree(version, blobs)
             for entry in entries:
@@ -200,17 +201,17 @@ def _loader(series: Series, overrides: dict[str, Patch] | None = None):
 
 def check_claims(series: Series, versions: Iterable[Version], repos: PristineRepos, *,
                  patches: dict[str, Patch] | None = None,
-                 select=None) -> tuple[list[ClaimFailure], list[ClaimGap]]:
+                 select=None, progress=lambda _: None) -> tuple[list[ClaimFailure], list[ClaimGap]]:
     """Apply the series in memory to each of ``versions``.
 
     ``patches`` overrides the parsed patch of an entry by name (what a verb is about to write);
     ``select(version)`` overrides which entries a release gets (default: the series' guards).
-    Returns the failures, and the releases that could not be checked.
+    Returns the failures, and the releases that could not be checked. ``progress`` gets a line per release.
     """
-    return _walk(series, versions, repos, select or series.select, _loader(series, patches))
+    return _walk(series, versions, repos, select or series.select, _loader(series, patches), progress=progress)
 
 
-def patch_outcomes(series: Series, versions: Iterable[Version], repos: PristineRepos
+def patch_outcomes(series: Series, versions: Iterable[Version], repos: PristineRepos, progress=lambda _: None
                    ) -> tuple[dict[Version, list[PatchOutcome]], list[ClaimGap]]:
     """Per release, how each patch the series selects there applies in memory, hunk by hunk, in
     series order (a release whose variants overlap is left out: ``series --check`` says why)."""
@@ -225,7 +226,7 @@ def patch_outcomes(series: Series, versions: Iterable[Version], repos: PristineR
     def record(version: Version, name: str, outcomes: tuple) -> None:
         found.setdefault(version, []).append(PatchOutcome(version, name, outcomes))
 
-    _, gaps = _walk(series, versions, repos, entries_of, _loader(series), record)
+    _, gaps = _walk(series, versions, repos, entries_of, _loader(series), record, progress)
     return found, gaps
 
 

@@ -19,6 +19,8 @@ examples:
   ketta-build serve --letta 0.16.8                  a patched server on 127.0.0.1:8283 with a persistent PostgreSQL
   ketta-build releases --json -                     the supported releases (patches/releases.toml)
   ketta-build wheel --letta 0.16.8                  dist/letta-0.16.8+ketta.N-py3-none-any.whl, constraints, SHA256SUMS
+  ketta-build cache prune --older-than 30           the cache's stores; remove what was not used for 30 days
+  ketta-build completion bash                       tab completion of verbs, flags and releases (bash, zsh, fish)
 """
 # The command line parses arguments, calls the library and prints; nothing else lives here.
 
@@ -107,6 +109,21 @@ class _Parser(argparse.ArgumentParser):
         raise exc
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: it still works, says once on stderr what to type instead, and
+    remembers the spelling so an error about the value names the flag the user typed."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated here; use {self.new} (same meaning)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 QUIET_HELP = "print only errors and the final result (no progress, no detail)"
 FUZZ_EXAMPLES_DEFAULT = 10  # compat_tests/test_fuzz.py's own default: the default run's 0.16.8 cell
 FUZZ_EXAMPLES_THOROUGH = 40
@@ -141,9 +158,15 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
                ("ketta-build bisect 0003-keys-from-database.diff --letta-git ../letta --good 0.16.2 --bad 0.16.4 "
                 "--until-applies", "where the newer variant became necessary")),
     "wheel": (("ketta-build wheel", "dist/: the newest release's wheel, constraints, SHA256SUMS"),
-              ("ketta-build wheel --all --out dist", "every supported release")),
+              ("ketta-build wheel --all --dist-dir dist", "every supported release")),
     "serve": (("ketta-build serve", "the newest release on 127.0.0.1:8283"),
               ("ketta-build serve --letta 0.16.7 --port 8284", "another release beside it")),
+    "cache": (("ketta-build cache", "each store of the cache: entries and size"),
+              ("ketta-build cache prune --older-than 30 --dry-run", "what a prune would remove, removing nothing"),
+              ("ketta-build cache prune --max-size 5G", "the least recently used entries until 5 GiB are left")),
+    "completion": (("ketta-build completion bash", "save as ~/.local/share/bash-completion/completions/ketta-build"),
+                   ("ketta-build completion zsh", "save as _ketta-build in a directory of $fpath"),
+                   ("ketta-build completion fish", "save as ~/.config/fish/completions/ketta-build.fish")),
     "releases": (("ketta-build releases", "one line per supported release"),
                  ("ketta-build releases --json -", "for a CI job matrix")),
     "matrix": (("ketta-build matrix --letta 0.16.8", "every suite on 0.16.8"),
@@ -187,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(ap)
     ap.add_argument("--tree", "--out", dest="tree", metavar="DIR", type=Path,
                     help="build tree to write (default: build/VERSION; --out is the same flag)")
+    _build_root_flag(ap)
     ap.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; its unexported commits, "
                                                          "other branches, tags and stashes are kept as backup refs and its "
                                                          "git-ignored files are carried over")
@@ -198,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--check", action="store_true", help="also check variant guards against every supported release")
     ep = _verb(sub, "export", help="write the build tree's commits back to the patch files (refresh)")
     ep.add_argument("--tree", type=Path, default=None, metavar="DIR", help="build tree (default: build/<newest supported release>)")
+    _build_root_flag(ep)
     _patches_flag(ep)
     ep.add_argument("--check", action="store_true", help="write nothing; exit 4 naming the files export would change "
                                                          "and those newer in patches/ than in the tree")
@@ -216,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave the patch the port stopped at out of the new release (it does not need it) and go on")
     what.add_argument("--abort", action="store_true", help="give up: remove the port's build tree (patches/ is untouched)")
     pp.add_argument("--tree", type=Path, metavar="DIR", help="the port's build tree (default: build/VERSION, or the one in progress)")
+    _build_root_flag(pp)
     pp.add_argument("--in-place", action="store_true", help="rewrite changed patches for the new release instead of adding variants")
     pp.add_argument("--force", action="store_true", help="replace an existing (clean) build tree; with --abort, remove a "
                                                          "tree holding work done since the stop (saved as a bundle first)")
@@ -258,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from patches/ applied to the pristine release in a tree of its own")
     wp.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     wp.add_argument("--all", action="store_true", help="every supported release")
-    wp.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="default: ./dist")
+    wp.add_argument("--dist-dir", dest="dist_dir", type=Path, default=Path("dist"), metavar="DIR",
+                    help="where the wheels, constraints and SHA256SUMS go (default: ./dist)")
+    # --out is the build tree everywhere else (apply): on wheel it is only the old spelling of --dist-dir
+    wp.add_argument("--out", dest="dist_dir", type=Path, metavar="DIR", action=_DeprecatedAlias, new="--dist-dir",
+                    help=argparse.SUPPRESS)
     wp.add_argument("--tree", type=Path, metavar="DIR", help="a build tree that must hold exactly what patches/ gives "
                     "(refused, exit 5, if it has commits or edits patches/ does not); the wheel is the same either way")
     _patches_flag(wp)
@@ -300,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--no-patches", action="store_true", help="test the unpatched releases (the suites must fail)")
     _patches_flag(mp)
     mp.add_argument("--report-dir", type=Path, default=Path("reports"), metavar="DIR", help="default: ./reports")
+    _build_root_flag(mp)
     mp.add_argument("--rerun", action="store_true",
                     help="run every cell, even one whose inputs have a stored pass (fresh passes are still stored)")
     mp.add_argument("--changed", nargs="?", const="", metavar="REF",
@@ -318,6 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the servers under coverage.py and report which hunks of each patch the suites ran "
                          "(docs/coverage.md; every cell runs)")
     _json_flag(mp)
+    cp = _verb(sub, "cache", help="what the cache holds, per store (entries, size); prune it by age or size, "
+                                  "least recently used first, never an entry in use")
+    cp.add_argument("action", nargs="?", choices=("info", "prune"), default="info",
+                    help="info (the default): each store's entries and size; prune: remove entries")
+    cp.add_argument("--older-than", metavar="DAYS", type=float, help="prune: entries not used for DAYS days")
+    cp.add_argument("--max-size", metavar="SIZE", help="prune: the least recently used entries until the cache holds "
+                                                     "at most SIZE (bytes, or e.g. 500M, 2G)")
+    cp.add_argument("--dry-run", action="store_true", help="prune: say what would be removed; remove nothing")
+    _cache_flag(cp)
+    _json_flag(cp)
+    op = _verb(sub, "completion", help="print a shell completion script (verbs, flags, the supported releases of "
+                                        "--patches) made from this parser")
+    op.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete in")
+    _patches_flag(op)
+    # a script, not a report: no --json document; without --patches, a missing ./patches only
+    # leaves the releases out (the script is often made outside the checkout)
+    op.set_defaults(json=None, patches=None)
     return parser
 
 
@@ -394,7 +442,7 @@ def _cmd_matrix(args, console) -> int:
                            no_patches=args.no_patches, project=Path("."), index_url=args.index_url,
                            fuzz_examples=fuzz_examples, store=store, cache=cache, changed=changed, reuse=not args.rerun,
                            upgrade_pairs=args.upgrade_pairs, on_cell=on_cell, coverage=args.coverage,
-                           series_dir=args.patches)
+                           series_dir=args.patches, build_root=args.build_root)
     context = run_context(Path("."), report_dir.absolute(), started=started, finished=time.time(),
                           series_dir=args.patches)
     paths = write_reports(cells, report_dir.absolute(), args.no_patches, context)
@@ -445,15 +493,17 @@ def _matrix_table(console, cells) -> None:
 
 
 class _PrintedStatus:
-    """What ``console.status`` gives under -v: each step printed on a line of its own."""
+    """What ``console.status`` gives under -v: each step printed on a line of its own, on stderr
+    (``steps``), so stdout holds only the results; ``-q`` (the verb's console) silences them."""
 
-    def __init__(self, console, text: str) -> None:
+    def __init__(self, console, text: str, steps=None) -> None:
         self.console = console
+        self.steps = steps or console
         self.update(text)
 
     def update(self, status=None, **_: object) -> None:
-        if status is not None:
-            self.console.print(f"[dim]{escape(str(status))}[/]")
+        if status is not None and not self.console.quiet:
+            self.steps.print(f"[dim]{escape(str(status))}[/]")
 
     def __enter__(self) -> _PrintedStatus:
         return self
@@ -469,7 +519,9 @@ def _console(stderr: bool, verbose: bool = False):
     # Without a terminal (a CI log, a pipe) no line is broken: a log keeps each message, path and command whole.
     console.soft_wrap = not console.is_terminal
     if verbose:
-        console.status = lambda status, **_: _PrintedStatus(console, str(status))  # type: ignore[method-assign]
+        steps = console if stderr else Console(stderr=True, highlight=False)
+        steps.soft_wrap = not steps.is_terminal
+        console.status = lambda status, **_: _PrintedStatus(console, str(status), steps)  # type: ignore[method-assign]
     return console
 
 
@@ -517,7 +569,7 @@ def _cmd_apply(args, console) -> int:
         series = read_series(args.patches)
         source, version = _source(args, cache, say)
         release = source.resolve(version)
-        out = args.tree or Path("build") / str(release.version)
+        out = args.tree or args.build_root / str(release.version)
         report = apply_series(
             release,
             source,
@@ -593,13 +645,13 @@ def _export_locked(args, console, cache) -> int:
     from .releases import load_releases
     from .upstream import IndexSource
 
-    tree = args.tree or Path("build") / str(load_releases(args.patches).newest.version)
+    tree = args.tree or args.build_root / str(load_releases(args.patches).newest.version)
     plan = plan_export(tree, args.patches, prune=args.prune)
     if not args.check:
         with console.status("checking the releases the changed patches claim") as status:
             source = IndexSource(cache, args.index_url, progress=status.update, allow_unsupported=True,
                                  releases=load_releases(args.patches))
-            verify_plan(plan, PristineRepos(source, cache), split=args.split)
+            verify_plan(plan, PristineRepos(source, cache, status.update), split=args.split, progress=status.update)
     colour = {"unchanged": "dim", "reworded": "green", "refreshed": "green", "new": "cyan", "dropped": "yellow", "pruned": "yellow",
               "not-applied": "yellow", "split": "cyan", "newer": "yellow"}
     for p in plan.patches:
@@ -637,9 +689,9 @@ def _port_tree(args) -> Path:
 
     if args.tree:
         return args.tree
-    found = ports_in_progress(args.patches, Cache(args.cache_dir), (Path("build"),))
+    found = ports_in_progress(args.patches, Cache(args.cache_dir), (args.build_root,))
     if len(found) != 1:
-        raise KettaError("no port in progress under build/ (say which tree with --tree)" if not found else
+        raise KettaError(f"no port in progress under {args.build_root}/ (say which tree with --tree)" if not found else
                          f"several ports in progress ({', '.join(str(t) for t, _ in found)}); say which with --tree")
     return found[0][0]
 
@@ -664,7 +716,8 @@ def _cmd_port(args, console) -> int:
         if args.cont or args.skip:
             result = continue_port(_port_tree(args), progress=status.update, cache=Cache(args.cache_dir), skip=args.skip)
         else:
-            result = start_port(parse_version(args.letta), args.patches, out=args.tree, cache=Cache(args.cache_dir),
+            result = start_port(parse_version(args.letta), args.patches, out=args.tree, build_root=args.build_root,
+                                cache=Cache(args.cache_dir),
                                 index_url=args.index_url, in_place=args.in_place, force=args.force, progress=status.update)
     for p in result.state.patches:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
@@ -817,14 +870,18 @@ def _cmd_wheel(args, console) -> int:
     if unsupported is not None:
         raise unknown_release(unsupported, "no wheel without a series for it", releases)
     versions = [str(v) for v in parsed]
+    flag = getattr(args, "dist_dir_flag", "--dist-dir")
+    blocker = next((p for p in (args.dist_dir, *args.dist_dir.absolute().parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise KettaError(f"{flag} {args.dist_dir}: {blocker} is a file, not a directory")
     with console.status("building wheels") as status:
-        made = release_wheels(versions, args.out, series_dir=args.patches, cache=Cache(args.cache_dir),
+        made = release_wheels(versions, args.dist_dir, series_dir=args.patches, cache=Cache(args.cache_dir),
                               index_url=args.index_url, tree=args.tree, progress=status.update)
     series = made[0].series if made else series_state(args.patches)
     for item in made:
         print_result(console, f"{escape(str(item.wheel))}  sha256 {item.sha256}  (git tree {item.tree[:12]})")
         print_result(console, f"{escape(str(item.constraints))}")
-    print_result(console, f"{escape(str(args.out / SUMS_FILE))}")
+    print_result(console, f"{escape(str(args.dist_dir / SUMS_FILE))}")
     if series["dirty"]:
         console.print(f"[yellow]{escape(str(args.patches))} has uncommitted changes: the wheels say so "
                       "(series.dirty in their provenance)[/]")
@@ -839,9 +896,10 @@ def _cmd_lint(args, console) -> int:
     from .lint import lint_series
 
     project = args.patches.absolute().parent
-    with console.status("linting the series (base releases come from the cache or the index)"):
+    with console.status("linting the series (base releases come from the cache or the index)") as status:
         findings, fixed = lint_series(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
-                                      project=project if (project / "tox.ini").exists() else None, fix=args.fix)
+                                      project=project if (project / "tox.ini").exists() else None, fix=args.fix,
+                                      progress=status.update)
     for path in fixed:
         console.print(f"rewrote {escape(str(path))} in canonical form")
     for finding in findings:
@@ -873,8 +931,9 @@ def _cmd_status(args, console) -> int:
     from .status import series_status
     from .tables import print_table
 
-    with console.status("applying the series in memory to every release"):
-        status = series_status(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url)
+    with console.status("applying the series in memory to every release") as progress:
+        status = series_status(args.patches, cache=Cache(args.cache_dir), index_url=args.index_url,
+                               progress=progress.update)
     rows = []
     for p in status.patches:
         upstream = f"{p.upstream_status.split()[0]}, {p.forwarded.split()[0] if p.forwarded else '[red]not forwarded?[/]'}"
@@ -950,11 +1009,61 @@ def _cmd_releases(args, console) -> int:
     return 0
 
 
+def _cmd_cache(args, console) -> int:
+    from .cache import Cache
+    from .cacheadmin import human, inspect, parse_size, prune, report_json
+    from .tables import print_table
+
+    cache = Cache(args.cache_dir)
+    pruned = max_bytes = None
+    if args.action == "info":
+        given = [flag for flag, value in (("--older-than", args.older_than), ("--max-size", args.max_size),
+                                          ("--dry-run", args.dry_run)) if value not in (None, False)]
+        if given:
+            raise KettaError(f"{', '.join(given)} only go with cache prune")
+    else:
+        max_bytes = parse_size(args.max_size) if args.max_size is not None else None
+        with console.status("pruning the cache") as status:
+            pruned = prune(cache, older_than_days=args.older_than, max_bytes=max_bytes, dry_run=args.dry_run,
+                           progress=status.update)
+        verb = "would remove" if args.dry_run else "removed"
+        for entry in pruned.removed:
+            console.print(f"{verb} {escape(str(entry.path))} ({human(entry.bytes)})")
+        for entry in pruned.in_use:
+            print(f"ketta-build: cache prune: kept {entry.path}: in use", file=sys.stderr)
+    stores = inspect(cache)
+    with printing_result(console):
+        print_table(console, escape(f"cache {cache.root}"), ("store", "entries", "size", "holds"),
+                    [*((s.store.name, str(len(s.entries)), human(s.bytes), escape(s.store.what)) for s in stores),
+                     ("total", str(sum(len(s.entries) for s in stores)), human(sum(s.bytes for s in stores)), "")])
+    if pruned is not None:
+        print_result(console, f"{len(pruned.removed)} entr{'y' if len(pruned.removed) == 1 else 'ies'} "
+                      f"{'would be ' if args.dry_run else ''}removed, {human(pruned.freed)} "
+                      f"{'would be ' if args.dry_run else ''}freed" +
+                      (f"; {len(pruned.in_use)} in use, kept" if pruned.in_use else ""))
+    _emit_json(args.json, report_json(cache, stores, pruned, args.older_than, max_bytes))
+    return 0
+
+
+def _cmd_completion(args, console) -> int:
+    from .completion import script
+    from .releases import load_releases
+
+    if args.patches is None and not Path("patches", "releases.toml").exists():
+        versions = []
+        print("ketta-build completion: warning: no ./patches/releases.toml here: release versions are not completed "
+              "(--patches DIR names the series)", file=sys.stderr)
+    else:
+        versions = [str(r.version) for r in load_releases(args.patches or Path("patches"))]
+    sys.stdout.write(script(build_parser(), args.shell, versions))
+    return 0
+
+
 COMMANDS = {
     "apply": _cmd_apply, "series": _cmd_series, "export": _cmd_export, "lint": _cmd_lint, "port": _cmd_port,
     "upstream": _cmd_upstream, "range-diff": _cmd_range_diff, "wheel": _cmd_wheel, "matrix": _cmd_matrix,
     "releases": _cmd_releases, "serve": _cmd_serve, "bisect": _cmd_bisect,
-    "status": _cmd_status,
+    "status": _cmd_status, "cache": _cmd_cache, "completion": _cmd_completion,
 }
 
 

@@ -477,7 +477,7 @@ def _check_order(tree: Path, series: Series, names: list[str]) -> None:
                                  f"{series.series_file} and apply again, or rebase the commits back", path=tree)
 
 
-def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False) -> None:
+def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False, progress=lambda _: None) -> None:
     """Apply what ``plan`` writes, in memory, to every supported release it claims; raise ClaimError
     (nothing written) if a release would be left with a patch that does not apply, unless ``split``
     keeps the current file of a refreshed patch as a variant for those releases. A new patch's guard
@@ -493,7 +493,9 @@ def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False) 
         claimed = [v for v in versions if {e.name for e in new_series.select(v)} & written
                    or {e.name for e in plan.series.select(v)} & pruned]
         overrides = {name: plan.new_patch(name) for name in written}
-        failures, gaps = check_claims(new_series, claimed, repos, patches=overrides)
+        progress(f"checking the patches export writes on the releases their guards claim: "
+                 f"letta {', '.join(map(str, claimed))}")
+        failures, gaps = check_claims(new_series, claimed, repos, patches=overrides, progress=progress)
         plan.unchecked = [f"letta {g.version}: {g.reason}" for g in gaps]
         if not failures:
             return

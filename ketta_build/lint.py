@@ -130,10 +130,11 @@ def _variants(series: Series, versions: list[Version]) -> list[Finding]:
 class _Canon:
     """Pre-images at each patch's Base-Release, and the canonical text of a patch made from them."""
 
-    def __init__(self, series: Series, cache: Cache, index_url: str | None) -> None:
+    def __init__(self, series: Series, cache: Cache, index_url: str | None, progress=lambda _: None) -> None:
         self.series = series
-        self.source = IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases)
-        self.finder = PreimageFinder(series, {}, self.source, cache)
+        self.progress = progress
+        self.source = IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases, progress=progress)
+        self.finder = PreimageFinder(series, {}, self.source, cache, progress)
         self.scratch = Path(tempfile.mkdtemp(prefix="ketta-lint-"))
         git(self.scratch, "init", "-q", ".")
 
@@ -177,25 +178,27 @@ def today() -> date:
 
 
 def lint_series(series_dir: Path, *, cache: Cache | None = None, index_url: str | None = None,
-                project: Path | None = None, fix: bool = False, on: date | None = None) -> tuple[list[Finding], list[Path]]:
+                project: Path | None = None, fix: bool = False, on: date | None = None,
+                progress=lambda _: None) -> tuple[list[Finding], list[Path]]:
     """Every finding in ``series_dir`` (and ``project``'s tox.ini); with ``fix``, the files rewritten.
-    ``on`` is the day a ``Review-By`` date is compared with (default: today). With ``fix`` the series
-    lock is held from the first read to the last write, as export and a port's finish hold it: none of
-    them rewrites a file another has just read."""
+    ``on`` is the day a ``Review-By`` date is compared with (default: today); ``progress`` gets a
+    line per step (a release read, a patch checked, the claims of each release). With ``fix`` the
+    series lock is held from the first read to the last write, as export and a port's finish hold it:
+    none of them rewrites a file another has just read."""
     cache = cache or Cache()
     with series_lock(cache, series_dir) if fix else nullcontext():
-        return _lint_series(series_dir, cache, index_url, project, fix, on)
+        return _lint_series(series_dir, cache, index_url, project, fix, on, progress)
 
 
 def _lint_series(series_dir: Path, cache: Cache, index_url: str | None, project: Path | None, fix: bool,
-                 on: date | None) -> tuple[list[Finding], list[Path]]:
+                 on: date | None, progress) -> tuple[list[Finding], list[Path]]:
     findings: list[Finding] = []
     fixed: list[Path] = []
     series = read_series(series_dir)
     releases = series.releases
     versions = releases.versions
     findings += _variants(series, versions)
-    canon = _Canon(series, cache, index_url)
+    canon = _Canon(series, cache, index_url, progress)
     unpinned = [r for r in releases if r.sha256 is None]
     for release in unpinned:
         findings.append(Finding("pin", releases.path, release.line,
@@ -210,6 +213,7 @@ def _lint_series(series_dir: Path, cache: Cache, index_url: str | None, project:
         unreadable: set[str] = set()  # patches already reported; what depends on them is not judged
         for entry in series.entries:
             path = series_dir / entry.name
+            progress(f"checking {entry.name}")
             if b"\r\n" in path.read_bytes() and _converted(path):
                 findings.append(Finding("line-endings", path, _first_crlf(path),
                                         "the file has CRLF line endings: it was converted (run dos2unix on it)"))
@@ -300,7 +304,8 @@ def _applies(series: Series, canon: "_Canon", versions: list[Version]) -> list[F
             return False
         return True
 
-    failures, gaps = check_claims(series, [v for v in versions if selectable(v)], canon.finder.repos)
+    failures, gaps = check_claims(series, [v for v in versions if selectable(v)], canon.finder.repos,
+                                  progress=canon.progress)
     findings = []
     entries = {e.name: e for e in series.entries}
     for failure, failed_on in group_failures(failures):

@@ -184,6 +184,7 @@ def run_matrix(
     reuse: bool = True,
     coverage: bool = False,
     series_dir: Path | None = None,
+    build_root: Path | None = None,
 ) -> list[Cell]:
     """Run the cells of ``versions`` x ``suites``. With a ``store``, a fresh pass is stored under its cell's
     input key and (unless ``reuse`` is off: ``--rerun``) a cell whose key has a stored pass is reused
@@ -192,7 +193,9 @@ def run_matrix(
     under coverage.py and ``report_dir/coverage/<release>.json`` says which hunks of its patches ran
     (:mod:`ketta_build.hunkcoverage`); no cell is reused then (a reused cell runs no server).
     ``series_dir`` (default ``project/patches``) is the series the wheels are built from; the suites
-    get it as ``KETTA_PATCHES``."""
+    get it as ``KETTA_PATCHES``. ``build_root`` (``--build-root``) is where the suites build the
+    patched releases' trees (``KETTA_BUILD_ROOT``; default ``project/build``); an unpatched run builds
+    under ``report_dir/build``."""
     registry = project_suites(project)
     registry.check(suites)
     if parallel < 1:
@@ -224,7 +227,8 @@ def run_matrix(
         KETTA_RERUN="1" if not reuse else None,
         KETTA_FUZZ_EXAMPLES=str(fuzz_examples) if fuzz_examples is not None else None,
         KETTA_NO_PATCHES="1" if no_patches else None,
-        KETTA_BUILD_ROOT=str(report_dir / "build") if no_patches else None,
+        KETTA_BUILD_ROOT=str(report_dir / "build") if no_patches else
+        (str(build_root.absolute()) if build_root is not None else None),
         KETTA_COVERAGE=str(report_dir / "coverage") if coverage else None,
     )}
     if coverage:

@@ -206,7 +206,8 @@ def ports_in_progress(series_dir: Path, cache: Cache | None = None, roots: tuple
     return found
 
 
-def start_port(new: Version, series_dir: Path, *, out: Path | None = None, cache: Cache | None = None,
+def start_port(new: Version, series_dir: Path, *, out: Path | None = None, build_root: Path = Path("build"),
+               cache: Cache | None = None,
                index_url: str | None = None, in_place: bool = False, force: bool = False,
                progress=lambda _: None) -> PortResult:
     cache = cache or Cache()
@@ -215,8 +216,8 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, cache
         raise KettaError(f"letta {new} is a supported release already ({series.releases.path}) and every patch that "
                          "serves it has its variant: change its patches with ketta-build apply and export; port carries "
                          "the series onto a release it does not serve yet")
-    out = (out or Path("build") / str(new)).absolute()
-    for tree, state in ports_in_progress(series_dir, cache, (out.parent, Path("build"))):
+    out = (out or build_root / str(new)).absolute()
+    for tree, state in ports_in_progress(series_dir, cache, (out.parent, build_root)):
         raise BuildTreeError(f"a port to letta {state.version} is in progress in {tree}: finish it (ketta-build port "
                              f"--continue --tree {tree}) or give it up (--abort) before starting another", path=tree)
     source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)

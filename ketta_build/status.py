@@ -113,14 +113,14 @@ def _size(patch: Patch) -> tuple[int, int, int]:
 
 
 def series_status(series_dir: Path, *, cache: Cache | None = None, index_url: str | None = None,
-                  on: date | None = None) -> SeriesStatus:
+                  on: date | None = None, progress=lambda _: None) -> SeriesStatus:
     """The status of every patch in ``series_dir`` on every supported release."""
     day = on or date.today()
     series: Series = read_series(series_dir)
     versions = series.releases.versions
-    repos = PristineRepos(IndexSource(cache or Cache(), index_url, allow_unsupported=True, releases=series.releases),
-                          cache or Cache())
-    outcomes, gaps = patch_outcomes(series, versions, repos)
+    repos = PristineRepos(IndexSource(cache or Cache(), index_url, allow_unsupported=True, releases=series.releases,
+                                      progress=progress), cache or Cache(), progress)
+    outcomes, gaps = patch_outcomes(series, versions, repos, progress)
     unavailable = {str(g.version): g.reason for g in gaps}
     by_release = {v: {o.patch: o.outcome for o in found} for v, found in outcomes.items()}
     groups = series.groups()

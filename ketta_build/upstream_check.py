@@ -211,6 +211,7 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
     if letta_git:
         tags = {v: t for v, t in _git_versions(letta_git).items() if v > newest}
         for version in sorted(tags):
+            progress(f"reading letta {version} from {letta_git} ({tags[version]})")
             source = GitSource(letta_git, tags[version])
             item = NewRelease(str(version), version.is_prerelease, None, "server")
             work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
@@ -230,12 +231,14 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
             releases.append(item)
         return CheckReport(str(newest), letta_git, releases)
 
+    progress(f"asking {index_url or 'the package index'} for letta's releases")
     found = _index_versions(index_url)
     for version in sorted(v for v in found if v > newest):
         files = found[version]
         yanked = next((f.yanked for f in files if f.yanked is not None), None)
         why = _not_server_message(version, files, series.releases)
         item = NewRelease(str(version), version.is_prerelease, yanked, "letta-code" if why else "server", why)
+        progress(f"letta {version}: {'Letta Code, nothing to port' if why else 'a server release'}")
         if item.kind == "server":
             source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
             _dry_run(item, series, source.resolve(version), source, cache, index_url, progress)
@@ -252,7 +255,7 @@ def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, in
         report = apply_series(release, source, series, work / "tree",
                               options=ApplyOptions(keep_going=True, assume_resolved=True), cache=cache,
                               base_source=IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases),
-                              entries=entries)
+                              entries=entries, progress=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     exact = True

@@ -308,3 +308,65 @@ def test_lints_fix_for_a_stale_tox_ini_runs_as_printed(world):
     assert world.run("lint", "--fix")[0] == 0
     assert "[testenv:letta{0167,0168}-shared]" in tox.read_text()
     assert world.run("lint")[0] == 0
+
+
+# ----------------------------------------------------------------------------- --build-root: nothing under ./build
+
+def test_build_root_keeps_every_verb_out_of_dot_build(world, monkeypatch):
+    """apply, export and port (start, continue's lookup) with --build-root write their trees there;
+    ./build of the directory they run in stays absent. matrix hands the root to its suites."""
+    elsewhere = world.root / "elsewhere"
+    rc, _, err = world.run("apply", "--letta", "0.16.8", "--build-root", str(elsewhere))
+    assert rc == 0, err
+    assert (elsewhere / "0.16.8" / ".git").is_dir()
+    rc, out, err = world.run("export", "--build-root", str(elsewhere))  # the default tree: <root>/<newest>
+    assert rc == 0 and "nothing to write" in out, err
+    world.publish("0.16.9")
+    rc, _, err = world.run("port", "--letta", "0.16.9", "--build-root", str(elsewhere))
+    assert rc == 0, err
+    assert (elsewhere / "0.16.9" / ".git").is_dir()
+    assert not (world.root / "repo" / "build").exists()
+
+    from ketta_build import cli, matrix
+
+    seen = {}
+    monkeypatch.setattr(cli, "_need_tox", lambda: None)
+    monkeypatch.setattr(matrix, "run_matrix", lambda *a, **kw: seen.update(kw) or [])
+    world.run("matrix", "--letta", "0.16.8", "--build-root", str(elsewhere), "--patches", str(world.patches),
+              "--cache-dir", str(world.cache), "--report-dir", str(world.root / "reports"))
+    assert seen["build_root"] == elsewhere
+    assert not (world.root / "repo" / "build").exists()
+
+
+def test_every_verb_that_builds_trees_takes_build_root():
+    verbs = _verbs()
+    for verb in ("apply", "export", "port", "matrix", "serve"):
+        assert any("--build-root" in a.option_strings for a in verbs[verb]._actions), verb
+
+
+# ----------------------------------------------------------------------------- -v: a line per step of the long work
+
+def test_v_shows_the_steps_of_lint_export_and_upstream_check_on_stderr(world):
+    from world import git
+
+    rc, out, err = world.run("lint", "-v")
+    assert rc == 0, err
+    assert "checking 0001-change-m.diff" in err and "reading letta 0.16.7" in err, err
+    assert "applying 3 patch(es) in memory to letta 0.16.8" in err, err
+    assert "checking" not in out
+    tree = world.apply("0.16.8")
+    (tree / "letta" / "m.py").write_text((tree / "letta" / "m.py").read_text().replace("line 41\n", "line 41 (ketta)\n"))
+    git(tree, "commit", "-q", "-a", "--amend", "--no-edit")
+    world.capsys.readouterr()
+    rc, out, err = world.run("export", "-v", "--tree", str(tree))
+    assert rc == 0, err
+    assert "checking the patches export writes on the releases their guards claim: letta 0.16.7, 0.16.8" in err, err
+    assert "applying 3 patch(es) in memory to letta 0.16.8" in err, err
+    world.publish("0.16.9")
+    rc, out, err = world.run("upstream", "check", "-v")
+    assert rc == 10, err
+    assert f"asking {world.index.url} for letta's releases" in err, err
+    assert "letta 0.16.9: a server release" in err and "dry-run port onto letta 0.16.9" in err, err
+    rc, out, err = world.run("status", "-v", "--patches", str(world.patches), "--cache-dir", str(world.cache),
+                             "--index-url", world.index.url)
+    assert "applying" in err and "in memory to letta 0.16.7" in err, err

@@ -39,7 +39,7 @@ def test_every_verb_that_reports_can_emit_json():
     verbs = _verbs(build_parser())
     without = sorted(v for v, sub in verbs.items() if not any("--json" in a.option_strings for a in sub._actions)
                      and not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions))
-    assert without == [], f"verbs without --json: {without}"
+    assert without == ["completion"], f"verbs without --json: {without}"  # completion prints a script, not a report
 
 
 def test_apply_takes_tree_and_keeps_out(tmp_path):
@@ -60,7 +60,7 @@ def test_serve_and_matrix_default_to_the_newest_supported_release():
     assert newest  # the file names one
 
 
-def test_every_verb_takes_v_and_it_prints_each_step(capsys):
+def test_every_verb_takes_v_and_it_prints_each_step_on_stderr(capsys):
     from ketta_build.cli import _console
 
     verbs = _verbs(build_parser())
@@ -69,5 +69,34 @@ def test_every_verb_takes_v_and_it_prints_each_step(capsys):
     console = _console(stderr=False, verbose=True)
     with console.status("resolving letta 0.16.8") as status:
         status.update("building the wheel of 0.16.8")
-    out = capsys.readouterr().out
-    assert out.splitlines() == ["resolving letta 0.16.8", "building the wheel of 0.16.8"]
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["resolving letta 0.16.8", "building the wheel of 0.16.8"] and out == ""
+
+
+def test_out_means_the_build_tree_and_wheel_says_dist_dir(tmp_path, capsys):
+    """One flag name per meaning: --out is apply's build tree; wheel's output directory is --dist-dir,
+    and wheel's old --out still works, with one line on stderr saying what to type instead."""
+    parser = build_parser()
+    wheel = _verbs(parser)["wheel"]
+    shown = [f for a in wheel._actions if a.help != argparse.SUPPRESS for f in a.option_strings]
+    assert "--dist-dir" in shown and "--out" not in shown
+    assert parser.parse_args(["wheel", "--dist-dir", str(tmp_path)]).dist_dir == tmp_path
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args(["wheel", "--out", str(tmp_path)]).dist_dir == tmp_path
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--out" in err and "--dist-dir" in err and "deprecated" in err, err
+    for verb, sub in _verbs(parser).items():
+        for action in sub._actions:
+            if "--out" in action.option_strings and action.help != argparse.SUPPRESS:
+                assert action.dest == "tree", f"{verb}: --out is not the build tree"
+
+
+def test_a_wheel_error_about_the_output_directory_names_the_flag_typed(tmp_path, capsys):
+    from ketta_build.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x\n")
+    for flag in ("--dist-dir", "--out"):
+        rc = main(["wheel", "--letta", "0.16.8", flag, str(afile / "dist"), "--cache-dir", str(tmp_path / "cache")])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"error: {flag} {afile / 'dist'}" in err and "is a file" in err, err

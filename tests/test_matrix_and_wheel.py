@@ -176,6 +176,7 @@ with open(os.environ["FAKE_TOX_LOG"], "a") as log:
     log.write(f"start {env} {time.monotonic()}\\n")
     log.write(f"patches {os.environ.get('KETTA_PATCHES')}\\n")
     log.write(f"cache {os.environ.get('KETTA_BUILD_CACHE')} {os.environ.get('KETTA_RERUN')}\\n")
+    log.write(f"build-root {os.environ.get('KETTA_BUILD_ROOT')}\\n")
 cases = []
 for suite in suites:
     seconds, outcome = plan["suites"][suite]
@@ -251,6 +252,18 @@ def test_the_suites_get_the_series_the_matrix_was_given(tmp_path: Path, monkeypa
     (other / "releases.toml").write_text('[[release]]\nversion = "0.16.7"\ndate = "2026-01-01"\n')
     with pytest.raises(KettaError, match="0.16.8"):
         _fake_matrix(tmp_path / "c", monkeypatch, plan, ["handle"], series_dir=other)
+
+
+def test_the_suites_build_under_the_build_root_the_matrix_was_given(tmp_path: Path, monkeypatch):
+    # matrix --build-root DIR: the suites build the patched trees there (KETTA_BUILD_ROOT), not in ./build;
+    # an unpatched run keeps its trees under its report directory.
+    monkeypatch.delenv("KETTA_BUILD_ROOT", raising=False)
+    plan = {"suites": {"handle": [0.0, "pass"]}}
+    _, events, _ = _fake_matrix(tmp_path / "a", monkeypatch, plan, ["handle"], build_root=tmp_path / "elsewhere")
+    assert [e[1:] for e in events if e[0] == "build-root"] == [[str((tmp_path / "elsewhere").absolute())]]
+    _, events, _ = _fake_matrix(tmp_path / "b", monkeypatch, plan, ["handle"], build_root=tmp_path / "elsewhere",
+                                no_patches=True)
+    assert [e[1:] for e in events if e[0] == "build-root"] == [[str((tmp_path / "b" / "reports" / "build").absolute())]]
 
 
 def test_the_suites_build_in_the_cache_the_matrix_was_given(tmp_path: Path, monkeypatch):

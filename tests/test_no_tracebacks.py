@@ -68,10 +68,15 @@ CASES = [
     ("serve", "--letta 0.16.8 --patches {garbage} --data-dir {file} --cache-dir {cache} --index-url " + UNREACHABLE),
     ("releases", "--patches {missing}"),
     ("releases", "--patches {garbage} --json {notgit}"),
-    ("wheel", "--letta 0.16.8 --patches {garbage} --out {file} --cache-dir {cache} --index-url " + UNREACHABLE),
+    ("wheel", "--letta 0.16.8 --patches {garbage} --dist-dir {file} --cache-dir {cache} --index-url " + UNREACHABLE),
     ("wheel", "--letta 0.16.8 --patches {garbage} --tree {file} --cache-dir {cache} --index-url " + UNREACHABLE),
-    ("wheel", "--patches {garbage} --tree {notgit} --out {out}"),
+    ("wheel", "--patches {garbage} --tree {notgit} --dist-dir {out}"),
     ("wheel", "--letta banana"),
+    ("cache", "prune --max-size banana --cache-dir {cache}"),
+    ("cache", "prune --older-than 1 --cache-dir {file} --json {notgit}"),
+    ("cache", "--cache-dir {missing} --dry-run"),
+    ("completion", "bash --patches {file}"),
+    ("completion", "fish --patches {missing}"),
 ]
 
 

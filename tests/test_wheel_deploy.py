@@ -33,7 +33,7 @@ def wheels(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheels")
     cache = root / "cache"
     for n in (1, 2):
-        rc = main(["wheel", "--letta", "0.16.8", "--out", str(root / f"dist{n}"), "--patches", str(REPO / "patches"),
+        rc = main(["wheel", "--letta", "0.16.8", "--dist-dir", str(root / f"dist{n}"), "--patches", str(REPO / "patches"),
                    "--cache-dir", str(cache)])
         assert rc == 0
         time.sleep(1.1)
@@ -167,7 +167,7 @@ def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, 
     shutil.copytree(REPO / "patches", series)
     number = read_build_number(series) + 1
     (series / "build-number").write_text(f"{number}\n")
-    assert main(["wheel", "--letta", "0.16.8", "--out", str(tmp_path / "dist-next"), "--patches", str(series),
+    assert main(["wheel", "--letta", "0.16.8", "--dist-dir", str(tmp_path / "dist-next"), "--patches", str(series),
                  "--cache-dir", str(wheels / "cache")]) == 0
     second = _venv(tmp_path / "venv2", _wheel(tmp_path / "dist-next"), tmp_path / "dist-next" / "constraints-0.16.8.txt")
 

@@ -109,8 +109,8 @@ def apply(world, out: str = "build/0.16.8") -> Path:
 
 
 def build(world, out: str, *more: str) -> tuple[int, str, Path | None]:
-    """``ketta-build wheel --letta 0.16.8 --out OUT ...`` in the repository: exit code, stderr, the wheel."""
-    rc, _, err = world.run("wheel", "--letta", "0.16.8", "--out", out, *more)
+    """``ketta-build wheel --letta 0.16.8 --dist-dir OUT ...`` in the repository: exit code, stderr, the wheel."""
+    rc, _, err = world.run("wheel", "--letta", "0.16.8", "--dist-dir", out, *more)
     wheels = sorted((world.root / "repo" / out).glob("*.whl"))
     return rc, err, wheels[0] if wheels else None
 
@@ -195,7 +195,7 @@ def test_a_changed_series_is_built_in_its_own_tree_and_said_to_be_uncommitted(wo
     rc, err, built = build(world, "dist2")
     assert rc == 0 and json.loads(members(built)["letta/ketta_provenance.json"])["series"]["dirty"] is False, err
     (world.patches / "notes.txt").write_text("a note\n")
-    rc, out, err = world.run("wheel", "--letta", "0.16.8", "--out", "dist3", "--json", "dist3.json")
+    rc, out, err = world.run("wheel", "--letta", "0.16.8", "--dist-dir", "dist3", "--json", "dist3.json")
     built = next((world.root / "repo" / "dist3").glob("*.whl"))
     assert rc == 0 and json.loads(members(built)["letta/ketta_provenance.json"])["series"]["dirty"] is True, err
     assert "has uncommitted changes: the wheels say so" in " ".join(out.split()), out
@@ -237,7 +237,7 @@ def test_wheel_tree_refuses_a_tree_with_unexported_work(world):
     [line] = err.strip().splitlines()
     assert "0002-new-module.diff" in line and "ketta-build apply" in line, line
 
-    rc, _, err = world.run("wheel", "--letta", "0.16.7", "--tree", "build/0.16.8", "--out", "dist-other")
+    rc, _, err = world.run("wheel", "--letta", "0.16.7", "--tree", "build/0.16.8", "--dist-dir", "dist-other")
     assert rc == 2 and "0.16.8" in err, err
 
 
