@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from ketta_build.cache import Cache  # noqa: E402
 from ketta_build.releases import parse_version  # noqa: E402
 from ketta_build.series import read_series  # noqa: E402
-from ketta_build.upstream import IndexSource  # noqa: E402
+from ketta_build.sources import IndexSource  # noqa: E402
 
 
 def _timed(fn) -> float:

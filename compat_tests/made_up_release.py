@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ketta_build.cache import Cache
 from ketta_build.releases import parse_version
-from ketta_build.upstream import IndexSource
+from ketta_build.sources import IndexSource
 
 
 def make_release(base_sdist: Path, old: str, new: str, index_dir: Path, *,

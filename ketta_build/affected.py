@@ -5,7 +5,7 @@ Compared with REF (a git ref of the checkout), the working tree:
 * a release is affected when the patches the series selects for it (variant guards included) or
   their files, or ``patches/build-number``, differ: a change to ``0003-keys-from-database-0.14.diff``
   affects 0.14.0 … 0.16.1 only;
-* a suite is affected when a file it depends on (:func:`ketta_build.cellcache.suite_files`) differs;
+* a suite is affected when a file it depends on (:func:`ketta_build.cellstore.suite_files`) differs;
 * everything is affected when the tool itself (``ketta_build/``), ``tox.ini`` or ``pyproject.toml``
   differs.
 
@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cellcache import digest_files, suite_files
+from .cellstore import digest_files, suite_files
 from .errors import KettaError
 from .gitcmd import extract_tree, git, git_succeeds
 from .series import read_series

@@ -8,7 +8,7 @@ patches as selected for that commit's release (the version in its ``pyproject.to
 applies exactly: a hunk fails (it would need a 3-way merge or a hand) or is already upstream. An
 offset is still exact.
 
-Each probe is the in-memory applier of :mod:`ketta_build.claims` reading the commit's blobs
+Each probe is the in-memory applier of :mod:`ketta_build.memapply` reading the commit's blobs
 through one ``git cat-file --batch``; only the files the patch touches are read (and the commit's
 ``pyproject.toml``, which picks the earlier patches' variants), so a probe costs milliseconds.
 
@@ -40,12 +40,12 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from .applying import Outcome, decode
-from .claims import tree_at
+from .memapply import tree_at
 from .errors import KettaError, UpstreamError
 from .gitcmd import Blobs, git, git_succeeds
 from .patchfile import Hunk, Patch
 from .series import Series, SeriesEntry, read_series
-from .upstream import GitSource, _literal_version
+from .sources import GitSource, _literal_version
 
 SCHEMA = "ketta-build/bisect/1"
 EXIT_FOUND = 0

@@ -36,7 +36,7 @@ from .header import commit_message
 from .patchfile import Patch, parse_patch_text, split_lines
 from .report import report_json
 from .series import Selection, Series
-from .upstream import IndexSource, UpstreamRelease, UpstreamSource
+from .sources import IndexSource, UpstreamRelease, UpstreamSource
 
 STATE_FILE = "ketta-build.json"  # inside .git/ of the build tree
 _UPSTREAM_IDENTITY = ("Letta upstream", "upstream@letta.invalid")

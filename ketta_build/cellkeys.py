@@ -1,4 +1,4 @@
-"""The input key of each matrix cell: what its result depends on (see :mod:`ketta_build.cellcache`).
+"""The input key of each matrix cell: what its result depends on (see :mod:`ketta_build.cellstore`).
 
 A cell's key covers the wheel under test and its constraints, the suite's files (and the suite
 registry), tox.ini, the suite variables the registry says its result depends on (``key_env``), and
@@ -13,12 +13,12 @@ from pathlib import Path
 
 from . import suiteenv
 from .cache import Cache, sha256_file
-from .cellcache import cell_key, digest_files, suite_files
+from .cellstore import cell_key, digest_files, suite_files
 from .releases import load_releases, parse_version
 from .serverenv import prepare_wheel
 from .suites import REGISTRY_FILE, SuiteRegistry, project_suites
 from .upgradepairs import UpgradePairs
-from .upstream import IndexSource
+from .sources import IndexSource
 
 
 class CellKeys:

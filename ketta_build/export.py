@@ -16,7 +16,7 @@ edits there (``git commit --amend``, ``git rebase -i``, new commits, dropped com
   stopped at an earlier one) is neither.
 
 Before anything is written, what export would write is applied in memory to every supported release
-it claims (:mod:`ketta_build.claims`): a refreshed patch that no longer applies to an older release
+it claims (:mod:`ketta_build.memapply`): a refreshed patch that no longer applies to an older release
 its guard covers stops the export (``split`` keeps the file as it was as a variant for those releases
 instead). Then the commits' messages are brought in step with the files (a new patch's commit gets its
 ``Ketta-Patch`` trailer, a refreshed one its new ``Base-Release``), so a second export writes nothing.
@@ -39,7 +39,7 @@ from .applying import Outcome, apply_hunks, decode, encode, git_blob_id
 from .buildtree import (PORT_STATE_FILE, PristineRepos, Synced, dirty_summary, read_tree_state, record_head,
                         reword_commits, stripspace, uncommitted)
 from .atomic import replacing, uninterruptible
-from .claims import check_claims, describe, group_failures, images_at
+from .memapply import check_claims, describe, group_failures, images_at
 from .errors import BuildTreeError, ClaimError, KettaError, SeriesError
 from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files

@@ -13,7 +13,7 @@ Rules (each finding names the file and line):
 ``canonical``     the file is exactly what ``ketta-build export`` writes: canonical header, and the
                   diff git makes with fixed options from the ``Base-Release`` pre-image;
 ``applies``       on every supported release, the patches its guards select apply exactly, in order
-                  (:mod:`ketta_build.claims`): a guard claims nothing the patch cannot do;
+                  (:mod:`ketta_build.memapply`): a guard claims nothing the patch cannot do;
 ``releases``      a ``Releases:`` field starts with the releases the guard really serves;
 ``line-endings``  the file has LF line endings (one finding for a converted file, not one per line);
 ``tox``           tox.ini is the one generated from ``releases.toml`` (``ketta-build port`` keeps it so);
@@ -51,8 +51,8 @@ from .applying import Outcome, apply_hunks, decode, encode
 from .atomic import write_atomic
 from .buildtree import PreimageFinder, series_lock
 from .cache import Cache
-from .claims import check_claims, describe, group_failures, patch_outcomes
-from .errors import KettaError
+from .memapply import check_claims, describe, group_failures, patch_outcomes
+from .errors import EXIT_CHECK, EXIT_SOURCE, KettaError
 from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
 from .header import (
@@ -71,7 +71,7 @@ from .patchfile import Hunk, Patch, parse_patch_text, split_lines
 from .series import Series, SeriesEntry, read_series
 from .toxini import expected
 from .toxini import write as write_tox
-from .upstream import IndexSource
+from .sources import IndexSource
 
 
 @dataclass(frozen=True)
@@ -487,3 +487,12 @@ def _first_difference(have: bytes, want: bytes) -> int:
     return min(len(a), len(b)) + 1
 
 
+
+
+def exit_code(findings: list[Finding]) -> int:
+    """The exit code of a lint run: 0 with no errors, 3 when every error is about the upstream source
+    (a release could not be fetched), else 4."""
+    errors = [f for f in findings if f.severity == "error"]
+    if errors and all(f.rule == "source" for f in errors):
+        return EXIT_SOURCE
+    return EXIT_CHECK if errors else 0

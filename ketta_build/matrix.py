@@ -24,12 +24,12 @@ from pathlib import Path
 from . import suiteenv
 from .affected import Affected
 from .cache import Cache
-from .cellcache import CellStore, Proof
+from .cellstore import CellStore, Proof
 from .cellkeys import CellKeys
 from .errors import KettaError
 from .gitcmd import run as run_git
 from .hunkcoverage import ALLOWED_FILE, measure_release
-from .releases import load_releases, parse_version, unknown_release
+from .releases import load_releases, parse_version, require_served
 from .releasetree import server_tree
 from .servercoverage import release_dir, require_coverage
 from .suites import SuiteRegistry, project_suites
@@ -171,7 +171,7 @@ def run_matrix(
     report_dir: Path,
     parallel: int = 1,
     no_patches: bool = False,
-    project: Path = Path("."),
+    project: Path,
     index_url: str | None = None,
     upgrade_pairs: str = "all",
     fuzz_examples: int | None = None,
@@ -208,9 +208,7 @@ def run_matrix(
     series_dir = (series_dir or project / "patches").absolute()
     supported = load_releases(series_dir)
     for version in versions:  # tox.ini has environments for the supported releases only
-        parsed = parse_version(version)
-        if supported.find(parsed) is None:
-            raise unknown_release(parsed, "the matrix has no cells for it", supported)
+        require_served(parse_version(version), supported, "the matrix has no cells for it")
     if not (project / "tox.ini").is_file():
         raise KettaError("no tox.ini here; run ketta-build matrix from the Ketta checkout", path=project / "tox.ini")
     if tox is None:
@@ -274,6 +272,29 @@ def run_matrix(
     return cells
 
 
+# Generated requests per route when the fuzz suite is the point of the run (--all, or --suite fuzz);
+# otherwise the suite's own default (KETTA_FUZZ_EXAMPLES in ketta_build.suiteenv) holds.
+FUZZ_EXAMPLES_THOROUGH = 40
+
+
+def fuzz_examples(given: int | None, every_release: bool, suites_asked: list[str] | None) -> int | None:
+    """The fuzz suite's examples per route for a run: ``given``, else thorough for a full or fuzz run,
+    else None (the suite's default)."""
+    if given is not None:
+        return given
+    return FUZZ_EXAMPLES_THOROUGH if every_release or "fuzz" in (suites_asked or []) else None
+
+
+def need_tox() -> None:
+    """The matrix runs tox with tox-uv: say so up front, not as a red cell whose log says it."""
+    import importlib.util
+
+    missing = [name for name, module in (("tox", "tox"), ("tox-uv", "tox_uv")) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise KettaError(f"the matrix runs its cells with {' and '.join(missing)}, which this environment lacks: "
+                         "pip install 'ketta-build[test]' (or pip install tox tox-uv)")
+
+
 def _build_root(project: Path, env: dict[str, str]) -> Path:
     """Where the suites build their servers' trees and wheels (``KETTA_BUILD_ROOT``, else the checkout's build/)."""
     return (suiteenv.path("KETTA_BUILD_ROOT", env) or project / "build").absolute()
@@ -321,7 +342,7 @@ def longest_first(tasks: list[Task], durations: dict[str, float], registry: Suit
     return sorted(newest_first, key=lambda t: (-measured(t), -typical(t)))
 
 
-def default_versions(project: Path = Path("."), series_dir: Path | None = None) -> list[str]:
+def default_versions(project: Path, series_dir: Path | None = None) -> list[str]:
     return [str(v) for v in load_releases(series_dir or project / "patches").versions]
 
 

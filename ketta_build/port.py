@@ -47,7 +47,7 @@ from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineR
 from . import toxini
 from .atomic import replacing, uninterruptible, write_atomic
 from .cache import Cache
-from .claims import check_claims, describe, group_failures
+from .memapply import check_claims, describe, group_failures
 from .errors import BuildTreeError, ClaimError, DamagedPortState, KettaError, SeriesError
 from .gitcmd import git, git_succeeds
 from .gitdiff import canonical_diff, section_contexts
@@ -58,7 +58,7 @@ from .releases import load_releases, with_release
 from .report import result_failure_lines
 from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series, variant_name
 from .suites import project_suites
-from .upstream import IndexSource, UpstreamRelease, sdist_date
+from .sources import IndexSource, UpstreamRelease, sdist_date
 
 STATE = PORT_STATE_FILE
 
@@ -206,7 +206,7 @@ def ports_in_progress(series_dir: Path, cache: Cache | None = None, roots: tuple
     return found
 
 
-def start_port(new: Version, series_dir: Path, *, out: Path | None = None, build_root: Path = Path("build"),
+def start_port(new: Version, series_dir: Path, *, out: Path | None = None, build_root: Path,
                cache: Cache | None = None,
                index_url: str | None = None, in_place: bool = False, force: bool = False,
                progress=lambda _: None) -> PortResult:

@@ -40,7 +40,7 @@ from .errors import GitError, KettaError
 from .gitcmd import extract_tree, git, git_succeeds, run
 from .series import read_series
 from .releases import load_releases
-from .upstream import IndexSource
+from .sources import IndexSource
 
 _PAIR = re.compile(r"^\s*(-|\d+):\s+(-+|[0-9a-f]+)\s+([<>=!])\s+(-|\d+):\s+(-+|[0-9a-f]+)\s+(.*)$")
 _MEANING = {"=": "unchanged", "!": "changed", "<": "removed", ">": "added"}
@@ -210,8 +210,8 @@ def class_lines(pairs: list[dict]) -> list[str]:
     return lines
 
 
-def range_diff(version: Version, old: str, new: str, *, repo: Path = Path("."), cache: Cache | None = None,
-               index_url: str | None = None, progress=lambda _: None, series_dir: Path = Path("patches")) -> RangeDiff:
+def range_diff(version: Version, old: str, new: str, *, repo: Path, series_dir: Path, cache: Cache | None = None,
+               index_url: str | None = None, progress=lambda _: None) -> RangeDiff:
     """``series_dir`` says where a git ref's series is: its repository, and its path there."""
     cache = cache or Cache()
     git_repo, inside = _where_in_git(series_dir, repo.absolute())

@@ -3,7 +3,7 @@
 The list is data: ``releases.toml`` beside the series file (``patches/releases.toml``), read by
 every command (apply, series --check, lint, matrix, tox.ini's generated lines) and extended by
 ``ketta-build port``. The upstream server repository was archived after 0.16.8; from 0.32 on the
-same PyPI name ships Letta Code, a different product (detected in :mod:`ketta_build.upstream`).
+same PyPI name ships Letta Code, a different product (detected in :mod:`ketta_build.sources`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from packaging.version import InvalidVersion, Version
 from . import suiteenv
 from .atomic import write_atomic
 from .cache import is_sha256
-from .errors import SeriesError, UnknownRelease
+from .errors import NotAServerRelease, SeriesError, UnknownRelease
 
 RELEASES_FILE = "releases.toml"
 UNKNOWN_DATE = "unknown"  # a release whose index gave no upload time and whose sdist carries no date
@@ -205,3 +205,15 @@ def unknown_release(version: Version, detail: str, releases: SupportedReleases |
         f"letta {version} is not a supported server release ({detail}); nearest supported: {near} "
         f"(all: {', '.join(str(v) for v in releases.versions)})"
     )
+
+
+def require_served(version: Version, releases: SupportedReleases, detail: str) -> Version:
+    """``version`` if the series serves it; else the error that says why not: a Letta Code release (a
+    different product under the same name), or a release the series does not support (``detail``
+    says what the verb needs it for)."""
+    if releases.find(version) is not None:
+        return version
+    if version >= FIRST_LETTA_CODE:
+        raise NotAServerRelease(f"letta {version} is Letta Code (from {FIRST_LETTA_CODE} on the name ships it), "
+                                "not the Letta agent server: no series serves it")
+    raise unknown_release(version, detail, releases)

@@ -28,7 +28,7 @@ from .header import parse_commit
 from .releases import load_releases, parse_version
 from .report import report_json
 from .series import Series, read_series
-from .upstream import IndexSource
+from .sources import IndexSource
 
 DIGEST_FILE = "ketta-build-digest"
 

@@ -1,6 +1,6 @@
 """Work a suite did, kept by its inputs, so a change that cannot affect it does not redo it.
 
-A cell's key (:mod:`ketta_build.cellcache`) holds the wheel under test, so editing one patch reruns
+A cell's key (:mod:`ketta_build.cellstore`) holds the wheel under test, so editing one patch reruns
 every cell of every release it touches. Part of a cell's work often does not depend on what
 changed, and is kept here under the sha256 of what it does depend on:
 

@@ -35,15 +35,15 @@ def default_data_dir(version: str) -> Path:
     return Path(platformdirs.user_data_dir("ketta-build")) / "serve" / version
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ServeOptions:
     version: str
     data_dir: Path | None = None
     pg_uri: str | None = None
     host: str = "127.0.0.1"
     port: int = 8283
-    patches: Path = Path("patches")
-    build_root: Path = Path("build")
+    patches: Path
+    build_root: Path
     cache_dir: Path | None = None
     index_url: str | None = None
 

@@ -21,13 +21,13 @@ from packaging.version import Version
 
 from .buildtree import PristineRepos
 from .cache import Cache
-from .claims import patch_outcomes
+from .memapply import patch_outcomes
 from .errors import GitError
 from .gitcmd import git, git_succeeds
 from .header import applied_upstream, field_value, review_date
 from .patchfile import Patch
 from .series import Series, read_series
-from .upstream import IndexSource
+from .sources import IndexSource
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class PatchStatus:
     def age_days(self, on: date) -> int | None:
         return (on - self.history.added).days if self.history.added else None
 
-    def to_json(self, on: date) -> dict:
+    def as_json(self, on: date) -> dict:
         return {"patch": self.name, "group": self.group, "guard": self.guard, "owner": self.owner,
                 "upstream_status": self.upstream_status, "forwarded": self.forwarded,
                 "applied_upstream": self.applied_upstream, "review_by": self.review_by,
@@ -78,10 +78,10 @@ class SeriesStatus:
     patches: list[PatchStatus]
     unavailable: dict[str, str]  # release -> why its outcomes could not be computed
 
-    def to_json(self) -> dict:
+    def as_json(self) -> dict:
         return {"schema": "ketta-build/status/1", "date": self.on.isoformat(),
                 "releases": [str(v) for v in self.versions], "unavailable": self.unavailable,
-                "patches": [p.to_json(self.on) for p in self.patches]}
+                "patches": [p.as_json(self.on) for p in self.patches]}
 
 
 def _history(series_dir: Path, path: Path) -> History:
@@ -151,3 +151,14 @@ def series_status(series_dir: Path, *, cache: Cache | None = None, index_url: st
             history=_history(series_dir, series_dir / entry.name), hunks=hunks, added=added, removed=removed,
             outcomes=cells))
     return SeriesStatus(day, list(versions), rows, unavailable)
+
+
+def runs_text(outcomes: dict[str, str]) -> str:
+    """``exact 0.16.4-0.16.8; variant 0.14.0-0.16.2``: consecutive releases with one outcome, joined."""
+    runs: list[tuple[str, str, str]] = []
+    for version, outcome in outcomes.items():
+        if runs and runs[-1][0] == outcome:
+            runs[-1] = (outcome, runs[-1][1], version)
+        else:
+            runs.append((outcome, version, version))
+    return "; ".join(f"{o} {a}" + (f"-{b}" if b != a else "") for o, a, b in runs if o != "-")

@@ -40,7 +40,7 @@ from .index import IndexFile, discover_index_urls, list_project_files
 from .patchfile import split_lines
 from .port import carried_entries
 from .series import Series, read_series
-from .upstream import GitSource, IndexSource, _not_server_message, check_server_tree
+from .sources import GitSource, IndexSource, _not_server_message, check_server_tree
 
 EXIT_NOTHING_NEW = 0
 EXIT_CARRIES_OVER = 10

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import moving, uninterruptible
+from .buildtree import read_tree_state
 from .cache import Cache, sha256_file
 from .errors import BuildTreeError, KettaError
 from .gitcmd import extract_tree, git
 from .patchfile import parse_patch_text
+from .releases import load_releases, parse_version, require_served
 from .releasetree import check_exported, fresh_tree
 from .sbom import SBOM_FILE, AppliedPatch, sbom_json
 from .index import uv_environment
@@ -393,3 +395,25 @@ def write_sums(directory: Path) -> Path:
     tmp.write_text("".join(lines))
     os.replace(tmp, sums)
     return sums
+
+
+def releases_to_build(series_dir: Path, asked: list[str] | None, every: bool, tree: Path | None) -> list[str]:
+    """The releases a ``wheel`` run builds: ``asked``, every supported one, or the newest; with ``tree``
+    the one release of that build tree. Refuses a release the series does not serve."""
+    releases = load_releases(series_dir)
+    parsed = list(releases.versions) if every else [parse_version(v) for v in asked or []] or [releases.newest.version]
+    if tree is not None:
+        if every:
+            raise KettaError("--tree builds the one release of that tree; not with --all")
+        version = read_tree_state(tree).version
+        if asked and set(parsed) != {version}:
+            raise KettaError(f"--tree {tree} is letta {version}, not {', '.join(asked)}")
+        parsed = [version]
+    return [str(require_served(v, releases, "no wheel without a series for it")) for v in parsed]
+
+
+def check_dist_dir(dist_dir: Path, flag: str) -> None:
+    """Refuse a dist directory that cannot be one (a file in its place or above it), naming the flag typed."""
+    blocker = next((p for p in (dist_dir, *dist_dir.absolute().parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise KettaError(f"{flag} {dist_dir}: {blocker} is a file, not a directory")

@@ -14,7 +14,7 @@ from ketta_build.buildtree import ApplyOptions, apply_series
 from ketta_build.patchfile import parse_patch
 from ketta_build.releases import load_releases
 from ketta_build.series import read_series
-from ketta_build.upstream import DirSource, IndexSource
+from ketta_build.sources import DirSource, IndexSource
 
 BODY = "".join(f"line {i}\n" for i in range(1, 31))
 

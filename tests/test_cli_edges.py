@@ -327,10 +327,10 @@ def test_build_root_keeps_every_verb_out_of_dot_build(world, monkeypatch):
     assert (elsewhere / "0.16.9" / ".git").is_dir()
     assert not (world.root / "repo" / "build").exists()
 
-    from ketta_build import cli, matrix
+    from ketta_build import matrix
 
     seen = {}
-    monkeypatch.setattr(cli, "_need_tox", lambda: None)
+    monkeypatch.setattr(matrix, "need_tox", lambda: None)
     monkeypatch.setattr(matrix, "run_matrix", lambda *a, **kw: seen.update(kw) or [])
     world.run("matrix", "--letta", "0.16.8", "--build-root", str(elsewhere), "--patches", str(world.patches),
               "--cache-dir", str(world.cache), "--report-dir", str(world.root / "reports"))

@@ -138,7 +138,7 @@ def test_slugs_follow_github():
 def test_every_schema_id_the_code_writes_is_documented():
     import re
 
-    code = "\n".join(p.read_text() for p in sorted((REPO / "ketta_build").glob("*.py")))
+    code = "\n".join(p.read_text() for p in sorted((REPO / "ketta_build").rglob("*.py")))
     ids = set(re.findall(r"ketta-build/[a-z-]+/[0-9]+", code))
     doc = (REPO / "docs" / "json-schemas.md").read_text()
     assert len(ids) >= 16

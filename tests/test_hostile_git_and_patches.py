@@ -456,7 +456,7 @@ def test_a_patch_never_writes_through_a_directory_symlink_inside_the_tree(tmp_pa
     from ketta_build.applying import Outcome
     from ketta_build.buildtree import ApplyOptions, apply_series
     from ketta_build.series import read_series
-    from ketta_build.upstream import DirSource
+    from ketta_build.sources import DirSource
 
     tree = write_tree(tmp_path / "letta-0.16.8", server_files("0.16.8", {"letta/server/app.py": "app = 1\n"}))
     (tree / "letta" / "alias").symlink_to("server", target_is_directory=True)
@@ -504,7 +504,7 @@ def test_a_patched_file_is_never_written_through_a_hard_link(tmp_path):
     from ketta_build.buildtree import ApplyOptions, apply_series
     from ketta_build.errors import UpstreamError
     from ketta_build.series import read_series
-    from ketta_build.upstream import DirSource
+    from ketta_build.sources import DirSource
 
     class LinkingSource(DirSource):
         def export(self, release, dest):

@@ -280,7 +280,8 @@ def test_coverage_refuses_no_patches(tmp_path):
     from ketta_build.errors import KettaError
 
     with pytest.raises(KettaError, match="leave out --no-patches"):
-        matrix.run_matrix(["0.16.8"], ["handle"], report_dir=tmp_path, no_patches=True, coverage=True)
+        matrix.run_matrix(["0.16.8"], ["handle"], report_dir=tmp_path, no_patches=True, coverage=True,
+                          project=Path(__file__).resolve().parent.parent)
 
 
 def test_the_suites_receive_the_coverage_directory():

@@ -220,7 +220,7 @@ def test_sigterm_while_a_letta_git_url_is_cloned_leaves_no_temporary_directory(w
     git(upstream, "add", "-A")
     git(upstream, "commit", "-q", "-m", "0.16.8")
     git(upstream, "tag", "v0.16.8")
-    proc = subprocess.run([sys.executable, str(DRIVER), "ketta_build.upstream:run_git", "SIGTERM",
+    proc = subprocess.run([sys.executable, str(DRIVER), "ketta_build.sources:run_git", "SIGTERM",
                            *world_args(world, "apply", "--letta-git", upstream.as_uri(), "--ref", "v0.16.8",
                                        "--out", str(tmp_path / "out"))],
                           cwd=world.root / "repo", env=_env({"TMPDIR": str(scratch)}), capture_output=True, text=True,

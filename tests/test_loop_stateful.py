@@ -45,11 +45,11 @@ from world import BODY, RELEASES_TOML, header, m_of, take_the_patchs_side
 
 from ketta_build.buildtree import PristineRepos
 from ketta_build.cache import Cache
-from ketta_build.claims import check_claims
+from ketta_build.memapply import check_claims
 from ketta_build.cli import main
 from ketta_build.patchfile import diff_part, parse_patch_text
 from ketta_build.series import read_series
-from ketta_build.upstream import IndexSource
+from ketta_build.sources import IndexSource
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "Maintainer", "GIT_AUTHOR_EMAIL": "m@example.org",
        "GIT_COMMITTER_NAME": "Maintainer", "GIT_COMMITTER_EMAIL": "m@example.org", "GIT_EDITOR": "true",

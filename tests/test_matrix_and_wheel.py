@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ketta_build import index, matrix, matrixreport, upstream, wheel
+from ketta_build import index, matrix, matrixreport, sources, wheel
 from ketta_build.suites import project_suites
 from ketta_build.cache import Cache
 from ketta_build.cli import main
@@ -112,11 +112,11 @@ def test_merge_refuses_duplicates_missing_reports_and_its_own_source(tmp_path: P
 
 def test_matrix_refuses_unknown_suite_and_bad_parallelism(tmp_path: Path):
     with pytest.raises(KettaError, match="unknown suite"):
-        matrix.run_matrix(["0.16.8"], ["bogus"], report_dir=tmp_path)
+        matrix.run_matrix(["0.16.8"], ["bogus"], report_dir=tmp_path, project=Path(__file__).resolve().parent.parent)
     with pytest.raises(KettaError, match="-p must be"):
-        matrix.run_matrix(["0.16.8"], ["handle"], report_dir=tmp_path, parallel=0)
+        matrix.run_matrix(["0.16.8"], ["handle"], report_dir=tmp_path, parallel=0, project=Path(__file__).resolve().parent.parent)
     with pytest.raises(KettaError, match="0.16.3 is not a supported server release.*nearest supported: 0.16.2, 0.16.4"):
-        matrix.run_matrix(["0.16.3"], ["handle"], report_dir=tmp_path)
+        matrix.run_matrix(["0.16.3"], ["handle"], report_dir=tmp_path, project=Path(__file__).resolve().parent.parent)
     assert not any(tmp_path.iterdir()), "a refused matrix must not write a report"
 
 
@@ -160,9 +160,9 @@ def test_uv_gets_pips_indexes(monkeypatch, tmp_path: Path):
 
 
 def test_download_progress_says_size_and_rate():
-    assert upstream.download_progress("letta-0.16.8.tar.gz", 3_100_000, 9_800_000, 0.74) == \
+    assert sources.download_progress("letta-0.16.8.tar.gz", 3_100_000, 9_800_000, 0.74) == \
         "downloading letta-0.16.8.tar.gz: 3.1 / 9.8 MB at 4.2 MB/s"
-    assert upstream.download_progress("x.tar.gz", 1_000_000, 0, 0) == "downloading x.tar.gz: 1.0 MB at 0.0 MB/s"
+    assert sources.download_progress("x.tar.gz", 1_000_000, 0, 0) == "downloading x.tar.gz: 1.0 MB at 0.0 MB/s"
 
 
 FAKE_TOX = '''
@@ -202,7 +202,8 @@ def _fake_matrix(tmp_path: Path, monkeypatch, plan: dict, suites: list[str], par
     monkeypatch.setenv("FAKE_TOX_PLAN", json.dumps({"shared": list(REGISTRY.shared), **plan}))
     start = time.monotonic()
     cells = matrix.run_matrix(["0.16.8"], suites, report_dir=tmp_path / "reports", parallel=parallel,
-                              tox=[sys.executable, str(fake)], series_dir=series_dir, **kw)
+                              tox=[sys.executable, str(fake)], series_dir=series_dir,
+                              **{"project": Path(__file__).resolve().parent.parent, **kw})
     events = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
     return cells, events, time.monotonic() - start
 

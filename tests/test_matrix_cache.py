@@ -18,7 +18,7 @@ from test_matrix_and_wheel import FAKE_TOX
 
 from ketta_build import matrix, matrixreport
 from ketta_build.affected import affected_cells
-from ketta_build.cellcache import CellStore, suite_files
+from ketta_build.cellstore import CellStore, suite_files
 from ketta_build.suites import project_suites
 
 REGISTRY = project_suites(Path(__file__).resolve().parent.parent)

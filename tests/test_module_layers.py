@@ -12,29 +12,67 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ketta_build"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__main__")
-LAZY_LOADER = {"cli"}  # the dispatcher: imports a verb's module when the verb runs
+# Every module of the package by dotted name below it: "wheel", "commands.apply", ...
+MODULES = sorted(".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+                 for p in PACKAGE.rglob("*.py") if p.stem != "__main__" and "__pycache__" not in p.parts)
+VERBS = "commands"  # the verbs' modules: each loads the library when its verb runs, so `ketta-build lint`
+# never imports the matrix; the dispatcher, cli, loads the verbs' modules
 
 
-def _package_imports(tree: ast.AST) -> list[tuple[str, bool]]:
-    """(imported module of the package, whether inside a function) for each relative import."""
+def _is_lazy_loader(module: str) -> bool:
+    return module == "cli" or module.startswith(VERBS + ".") or module == VERBS
+
+
+def _source(module: str) -> Path:
+    path = PACKAGE.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _resolve(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The package's modules ``node`` (in ``module``) imports, relative or absolute, by dotted name."""
+    if isinstance(node, ast.Import):
+        names = [a.name.removeprefix("ketta_build.") for a in node.names if a.name.startswith("ketta_build.")]
+    elif node.level:
+        here = module.split(".")
+        if not _source(module).name == "__init__.py":
+            here = here[:-1]
+        base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+        prefix = ".".join([*base, node.module] if node.module else base)
+        names = [prefix] if node.module else [f"{prefix}.{a.name}".lstrip(".") for a in node.names]
+        names += [f"{prefix}.{a.name}".lstrip(".") for a in node.names] if node.module else []
+    elif node.module and (node.module == "ketta_build" or node.module.startswith("ketta_build.")):
+        prefix = node.module.removeprefix("ketta_build").lstrip(".")
+        names = [prefix] if prefix else []
+        names += [f"{prefix}.{a.name}".lstrip(".") for a in node.names]
+    else:
+        return []
+    found = []
+    for name in names:
+        while name and name not in MODULES:
+            name = name.rpartition(".")[0]
+        if name:
+            found.append(name)
+    return list(dict.fromkeys(found))
+
+
+def _package_imports(tree: ast.AST, module: str = "") -> list[tuple[str, bool]]:
+    """(imported module of the package, whether inside a function) for each import of the package."""
     found = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
-            if isinstance(child, ast.ImportFrom) and child.level == 1:
-                names = [child.module] if child.module else [a.name for a in child.names]
-                found.extend((n.split(".")[0], inside) for n in names if n)
+            if isinstance(child, (ast.ImportFrom, ast.Import)):
+                found.extend((n, inside) for n in _resolve(module, child))
             if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
                 continue  # annotations only
             visit(child, inside)
 
     visit(tree, False)
-    return [(m, f) for m, f in found if m in MODULES]
+    return [(m, f) for m, f in dict.fromkeys(found) if m != module]
 
 
-GRAPH = {m: _package_imports(ast.parse((PACKAGE / f"{m}.py").read_text())) for m in MODULES}
+GRAPH = {m: _package_imports(ast.parse(_source(m).read_text()), m) for m in MODULES}
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -44,8 +82,43 @@ def test_each_module_imports_on_its_own(module):
 
 
 def test_no_function_imports_a_module_of_the_package():
-    late = sorted({(m, target) for m, imports in GRAPH.items() if m not in LAZY_LOADER for target, inside in imports if inside})
+    late = sorted({(m, target) for m, imports in GRAPH.items() if not _is_lazy_loader(m) for target, inside in imports
+                   if inside})
     assert late == [], f"function-level imports of the package's modules: {late}"
+
+
+def test_the_layers_point_one_way():
+    """The library never imports a verb or the CLI; a verb imports the library and commands.common,
+    never another verb or the CLI; nothing in the package imports the compatibility suites or edits
+    sys.path to reach them (absolute imports included)."""
+    wrong = []
+    for module, imports in GRAPH.items():
+        for target, _ in imports:
+            if not _is_lazy_loader(module) and (target == "cli" or target.startswith(VERBS)):
+                wrong.append(f"library {module} imports {target}")
+            if module.startswith(VERBS + ".") and (target == "cli" or (target.startswith(VERBS + ".") and
+                                                                       target != VERBS + ".common")):
+                wrong.append(f"verb {module} imports {target}")
+    for module in MODULES:
+        text = _source(module).read_text()
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "compat_tests" or \
+                    isinstance(node, ast.Import) and any(a.name.split(".")[0] == "compat_tests" for a in node.names):
+                wrong.append(f"{module} imports compat_tests")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__import__":
+                wrong.append(f"{module} calls __import__")
+        if "sys.path" in text:
+            wrong.append(f"{module} touches sys.path")
+    assert wrong == []
+
+
+def test_the_layer_checks_see_absolute_and_relative_imports():
+    assert _resolve("commands.apply", ast.parse("from ..buildtree import x").body[0]) == ["buildtree"]
+    assert _resolve("commands.apply", ast.parse("from .common import x").body[0]) == ["commands.common"]
+    assert _resolve("wheel", ast.parse("from ketta_build.matrix import run_matrix").body[0]) == ["matrix"]
+    assert _resolve("wheel", ast.parse("import ketta_build.commands.apply").body[0]) == ["commands.apply"]
+    assert _resolve("wheel", ast.parse("from ketta_build import cli").body[0]) == ["cli"]
 
 
 def find_circle(edges: dict[str, list[str]]) -> list[str] | None:
@@ -85,8 +158,8 @@ def test_the_checks_see_a_circle_and_a_late_import():
     saved = MODULES
     MODULES = [*saved, "a", "b"]
     try:
-        assert _package_imports(circle) == [("b", False)]
-        assert _package_imports(late) == [("a", True)]
+        assert _package_imports(circle, "x") == [("b", False)]
+        assert _package_imports(late, "x") == [("a", True)]
     finally:
         MODULES = saved
     assert find_circle({"a": ["b"], "b": ["c"], "c": ["a"], "d": []}) == ["a", "b", "c", "a"]

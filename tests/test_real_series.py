@@ -189,7 +189,7 @@ ASYNC_ANCHOR = "async def get_byok_overrides_async"
 def make_release_0_16_9(real_cache: Path, index_dir: Path) -> str:
     """letta 0.16.9 made up from the cached 0.16.8 sdist, and both on a PEP 503 index directory; its URL."""
     from compat_tests.made_up_release import make_release
-    from ketta_build.upstream import IndexSource
+    from ketta_build.sources import IndexSource
 
     source = IndexSource(Cache(real_cache))
     base = source.sdist_path(source.resolve(Version("0.16.8")))

@@ -158,7 +158,7 @@ def test_a_deadline_that_is_not_a_number_is_bad_input(tmp_path, trickle, capsys,
 
 
 @pytest.mark.parametrize("module,bound,what", [("index", "MAX_PAGE_BYTES", "a page larger than any project page"),
-                                               ("upstream", "MAX_DOWNLOAD_BYTES", "a download larger than any release")])
+                                               ("sources", "MAX_DOWNLOAD_BYTES", "a download larger than any release")])
 def test_what_is_larger_than_its_bound_is_refused_and_not_kept(tmp_path, trickle, capsys, monkeypatch, module, bound, what):
     import importlib
 

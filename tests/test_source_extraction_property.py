@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from ketta_build.errors import UpstreamError
 from ketta_build.safetree import vcs_name
-from ketta_build.upstream import safe_extract_sdist
+from ketta_build.sources import safe_extract_sdist
 
 TOP = "letta-0.16.8"
 # placeholders for paths known only once an example's directories exist

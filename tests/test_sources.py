@@ -14,7 +14,7 @@ from ketta_build.cli import main
 from ketta_build.errors import UpstreamError
 from ketta_build.releases import load_releases, parse_version
 from ketta_build.index import discover_index_urls
-from ketta_build.upstream import GitSource
+from ketta_build.sources import GitSource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,68 @@
+"""``ketta-build upstream check``: new releases upstream, classified, with a dry-run port and a review list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..tables import print_result
+from .common import (Context, Result, cache_flag, escape, hunk_counts_text, index_flag, json_flag, patches_flag,
+                     verb_parser)
+
+NAME = "upstream"
+HELP = "look at upstream: new releases and what porting to them takes"
+EXAMPLES = (("ketta-build upstream check", "new releases upstream, and what porting takes"),)
+CHECK_EXAMPLES = (("ketta-build upstream check", "exit 0 nothing new, 10 carries over, 11 needs porting"),
+                  ("ketta-build upstream check --issue-dir issues --json check.json", "the tracking issues' bodies"))
+
+
+def register(sub) -> None:
+    up = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES, leaf=False)
+    upsub = up.add_subparsers(dest="upstream_command", required=True)
+    p = verb_parser(upsub, "check", examples=CHECK_EXAMPLES,
+                    help="releases newer than the newest supported one, classified, with a dry-run port and the review "
+                         "list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 usage, 3 upstream source)")
+    index_flag(p)
+    p.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
+    patches_flag(p)
+    cache_flag(p)
+    p.add_argument("--issue-dir", metavar="DIR", type=Path,
+                   help="write DIR/<version>.md per new server release: the tracking issue's body")
+    json_flag(p)
+
+
+def run(ctx: Context, args) -> Result:
+    from ..upstream_check import check_upstream, write_issue_bodies
+
+    with ctx.status("asking upstream") as status:
+        report = check_upstream(ctx.patches, cache=ctx.cache, index_url=ctx.index_url, letta_git=args.letta_git,
+                                progress=status.update)
+    bodies = write_issue_bodies(report, args.issue_dir) if args.issue_dir else []
+
+    def show(console) -> None:
+        if not report.releases:
+            print_result(console, f"nothing newer than {report.newest_supported} on {escape(report.source)}")
+        code = [r for r in report.releases if r.kind != "server"]
+        if code:
+            console.print(f"{len(code)} Letta Code release(s) ({code[0].version} … {code[-1].version}): not the Letta "
+                          "server; noted, nothing to port")
+        for r in report.releases:
+            if r.kind != "server":
+                continue
+            flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}",
+                                                                     r.yanked is not None)) if on]
+            print_result(console, f"[bold]letta {r.version}[/] server" + (f" ({', '.join(flags)})" if flags else ""))
+            print_result(console, f"  dry-run port: {r.status}")
+            for p in r.patches:
+                console.print(f"    {p.outcome:16} {escape(p.name)}  ({hunk_counts_text(p.hunks)})")
+                if p.landing_text():
+                    console.print(f"      {p.landing_text()}", markup=False, soft_wrap=True)
+            console.print("  review list (upstream changes since the newest supported release):")
+            for f in r.review:
+                console.print(f"    {escape(f.path)}: {escape(f.facts())}")
+                for fn in f.functions:
+                    state = "[red]changed upstream[/]" if fn.changed_upstream else "unchanged"
+                    console.print(f"      {escape(fn.name)}: {state}{escape(fn.who())}")
+        for path in bodies:
+            print_result(console, f"issue body: {path}")
+
+    return Result(report.exit_code, report.as_json(), show)
