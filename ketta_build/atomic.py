@@ -22,15 +22,13 @@ from .interrupts import Interrupted, deferred  # noqa: F401 (Interrupted: where 
 
 
 def write_atomic(path: Path, content: bytes) -> None:
-    """Write ``content`` to ``path`` whole or not at all: a temporary file beside it, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write ``content`` to ``path`` whole or not at all: a temporary file beside it (with the mode
+    ``path`` has, or the umask's for a new file), then a rename."""
+    tmp = _stage(path, content)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -495,3 +495,24 @@ def test_an_empty_out_directory_is_simply_filled(project, capsys, in_a_repositor
     rc, err = project.run(capsys=capsys)
     assert rc == 0, err
     assert (project.out / ".git").is_dir() and (project.root / "x.log").is_file()
+
+
+def test_a_file_written_whole_keeps_its_mode_or_gets_the_umasks(tmp_path):
+    """write_atomic once left every file it wrote (patches, releases.toml, reports) at mode 0600."""
+    import os
+
+    from ketta_build.atomic import write_atomic
+
+    umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.txt"
+        write_atomic(new, b"x\n")
+        assert new.stat().st_mode & 0o777 == 0o644
+        script = tmp_path / "run.sh"
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o755)
+        write_atomic(script, b"#!/bin/sh\necho\n")
+        assert script.stat().st_mode & 0o777 == 0o755 and script.read_bytes() == b"#!/bin/sh\necho\n"
+    finally:
+        os.umask(umask)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
