@@ -584,7 +584,7 @@ def _finish_port(tree: Path, cache: Cache) -> PortResult:
         changes[load_releases(series_dir).path] = releases_text
     project = series_dir.absolute().parent
     tox = project / "tox.ini"
-    if tox.exists():
+    if toxini.managed(project):
         tox_text = toxini.render(versions, project_suites(project)).encode()
         if tox.read_bytes() != tox_text:
             changes[tox] = tox_text

@@ -1222,3 +1222,16 @@ def test_servers_build_in_a_tree_of_their_own_and_never_touch_a_work_tree(world)
     tree, _ = ensure_tree("0.16.8", **options)
     assert (tree / "letta" / "k.py").read_text() == "KETTA = 'yes'\n"
     assert git(mine, "rev-parse", "HEAD") == head and (mine / "letta" / "k.py").read_text() == "KETTA = 'work in progress'\n"
+
+
+def test_a_port_leaves_a_tox_ini_it_does_not_manage_alone(world):
+    """tox.ini is ketta-build's only beside a suite registry: a project without one keeps its own."""
+    repo = world.root / "repo"
+    (repo / "compat_tests" / "suites.toml").unlink()
+    (repo / "tox.ini").write_text("[tox]\nenv_list = py311\n")
+    world.publish("0.16.9")
+    rc, _, err = world.run("port", "--letta", "0.16.9")
+    assert rc == 0, err
+    assert (repo / "tox.ini").read_text() == "[tox]\nenv_list = py311\n"
+    assert '"0.16.9"' in (world.patches / "releases.toml").read_text()
+    assert world.run("lint")[0] == 0  # and lint does not ask for it to be regenerated

@@ -81,10 +81,13 @@ def test_status_names_an_owner_and_forwarded_status_for_every_patch_and_release(
 
 
 def _repo_copy(tmp_path: Path) -> Path:
-    """patches/ and tox.ini in a repository of their own (committed, as a maintainer's are)."""
+    """patches/, tox.ini and the suite registry it is made from, in a repository of their own (committed,
+    as a maintainer's are)."""
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "patches", copy / "patches")
     shutil.copy2(REPO / "tox.ini", copy / "tox.ini")
+    (copy / "compat_tests").mkdir()
+    shutil.copy2(REPO / "compat_tests" / "suites.toml", copy / "compat_tests" / "suites.toml")
     for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "copy"]):
         subprocess.run(["git", *args], cwd=copy, check=True)
     return copy
