@@ -3,7 +3,7 @@
 Layout under the cache root (``--cache-dir``, default: the user cache dir)::
 
     blobs/sha256/ab/abcdef...      downloaded artifacts, named by their sha256
-    releases/<source>/letta-0.16.8.json
+    releases/<source>/<project>-<version>.json  (e.g. letta-0.16.8.json)
                                    which file and sha256 a version resolved to on one source
                                    (the indexes asked, hashed): another index never reuses it
     pristine/<sha256>.git          a bare git repository of the unpacked sdist
@@ -118,13 +118,15 @@ class Cache:
         return dest
 
     # ------------------------------------------------------------ release records
-    def _record_path(self, version: str, source: str) -> Path:
+    def _record_path(self, project: str, version: str, source: str) -> Path:
         key = hashlib.sha256(source.encode()).hexdigest()[:16]
-        return self.root / "releases" / key / f"letta-{version}.json"
+        if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", project):
+            raise UpstreamError(f"{project!r} is not a normalised project name: refusing to use it as a cache key")
+        return self.root / "releases" / key / f"{project}-{version}.json"
 
-    def read_release(self, version: str, source: str) -> dict | None:
-        """What ``version`` resolved to on ``source`` (the indexes asked), or None."""
-        path = self._record_path(version, source)
+    def read_release(self, version: str, source: str, project: str) -> dict | None:
+        """What ``version`` of ``project`` (its normalised name) resolved to on ``source`` (the indexes asked), or None."""
+        path = self._record_path(project, version, source)
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -135,8 +137,8 @@ class Cache:
             return None  # not a record this tool wrote: ignored, the release is resolved again
         return data
 
-    def write_release(self, version: str, source: str, record: dict) -> None:
-        path = self._record_path(version, source)
+    def write_release(self, version: str, source: str, record: dict, project: str) -> None:
+        path = self._record_path(project, version, source)
         write_atomic(path, json.dumps({"version": version, "source": source, **record}, indent=2, sort_keys=True).encode())
 
     # ------------------------------------------------------------ pristine repositories

@@ -1,4 +1,4 @@
-"""Which versions of the ``letta`` distribution are Letta *server* releases the series supports.
+"""Which releases of the upstream distribution the series supports (for Letta: its *server* releases).
 
 The list is data: ``releases.toml`` beside the series file (``patches/releases.toml``), read by
 every command (apply, series --check, lint, matrix, tox.ini's generated lines) and extended by
@@ -9,7 +9,7 @@ same PyPI name ships Letta Code, a different product (detected in :mod:`ketta_bu
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date as Date
 from pathlib import Path
 
@@ -19,11 +19,12 @@ from . import suiteenv
 from .atomic import write_atomic
 from .cache import is_sha256
 from .errors import NotAServerRelease, SeriesError, UnknownRelease
+from .profile import LETTA, PROFILE_FILE, Profile, load_profile
 
 RELEASES_FILE = "releases.toml"
 UNKNOWN_DATE = "unknown"  # a release whose index gave no upload time and whose sdist carries no date
-#: First version number of the Letta Code product on the same PyPI name.
-FIRST_LETTA_CODE = Version("0.32.0")
+#: First version number of the Letta Code product on the same PyPI name (the Letta profile's other product).
+FIRST_LETTA_CODE = LETTA.other_product.first
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class SupportedReleases:
 
     path: Path
     releases: tuple[ServerRelease, ...]
+    profile: Profile = field(default=LETTA, compare=False)  # the upstream the series is kept for (upstream.toml)
 
     def __iter__(self):
         return iter(self.releases)
@@ -84,7 +86,7 @@ def default_series_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "patches"
 
 
-_loaded: dict[tuple[Path, int, int], SupportedReleases] = {}
+_loaded: dict[tuple, SupportedReleases] = {}
 
 
 def load_releases(series_dir: Path | None = None) -> SupportedReleases:
@@ -97,9 +99,12 @@ def load_releases(series_dir: Path | None = None) -> SupportedReleases:
     if path.resolve().parent != path.parent.resolve():  # read only from the series' own directory
         raise SeriesError(f"is a symlink to {path.resolve()}, outside {path.parent}: the supported releases are "
                           "read only from the series' own directory", path=path)
-    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    profile_path = path.parent / PROFILE_FILE
+    profile_stat = profile_path.stat() if profile_path.exists() else None
+    key = (path.resolve(), stat.st_mtime_ns, stat.st_size,
+           (profile_stat.st_mtime_ns, profile_stat.st_size) if profile_stat else None)
     if key not in _loaded:
-        _loaded[key] = _parse(path)
+        _loaded[key] = replace(_parse(path), profile=load_profile(path.parent))
     return _loaded[key]
 
 
@@ -135,7 +140,7 @@ def _parse(path: Path) -> SupportedReleases:
                               path=path, line=line) from None
         pin = entry.get("sha256")
         if pin is not None and not is_sha256(pin):
-            raise SeriesError(f"sha256 {pin!r} of letta {version} is not a sha256 (64 lowercase hex digits)",
+            raise SeriesError(f"sha256 {pin!r} of release {version} is not a sha256 (64 lowercase hex digits)",
                               path=path, line=line)
         if releases and version <= releases[-1].version:
             raise SeriesError(f"releases must be listed oldest first without repeats ({version} after {releases[-1].version})",
@@ -153,7 +158,7 @@ def with_release(series_dir: Path, version: Version, date: str, sha256: str | No
     if date != UNKNOWN_DATE:
         Date.fromisoformat(date)
     if sha256 is not None and not is_sha256(sha256):
-        raise SeriesError(f"refusing to pin letta {version} to {sha256!r}, which is not a sha256", path=current.path)
+        raise SeriesError(f"refusing to pin {current.profile.name} {version} to {sha256!r}, which is not a sha256", path=current.path)
     releases = sorted([*current.releases, ServerRelease(version, date, sha256)], key=lambda r: r.version)
     text = current.path.read_text(encoding="utf-8")
     head = text[: text.index("[[release]]")] if "[[release]]" in text else text
@@ -175,14 +180,14 @@ def unpinned(release: ServerRelease, releases: SupportedReleases, published: str
              filename: str | None = None) -> SeriesError:
     """The error for a supported release that has no pin; ``published`` is what the index says its sdist's
     sha256 is, when it could be asked (to be checked before it is written down)."""
+    name = releases.profile.name
+    how = f"e.g. pip download --no-deps --no-binary :all: {name}=={release.version} and sha256sum"
     if published:
         what = (f'sha256 = "{published}" to its [[release]] once you checked it is the sha256 of the real '
-                f"{filename or 'sdist'} (what the index publishes; e.g. pip download --no-deps --no-binary :all: "
-                f"letta=={release.version} and sha256sum)")
+                f"{filename or 'sdist'} (what the index publishes; {how})")
     else:
-        what = (f'sha256 = "<the sha256 of the sdist of letta {release.version}>" to its [[release]] (e.g. pip download '
-                f"--no-deps --no-binary :all: letta=={release.version} and sha256sum)")
-    return SeriesError(f"letta {release.version} has no pin: add {what}; a release is only fetched to match its pin",
+        what = f'sha256 = "<the sha256 of the sdist of {name} {release.version}>" to its [[release]] ({how})'
+    return SeriesError(f"{name} {release.version} has no pin: add {what}; a release is only fetched to match its pin",
                        path=releases.path, line=release.line)
 
 
@@ -202,7 +207,8 @@ def unknown_release(version: Version, detail: str, releases: SupportedReleases |
     releases = releases or load_releases()
     near = ", ".join(str(v) for v in releases.nearest(version))
     return UnknownRelease(
-        f"letta {version} is not a supported server release ({detail}); nearest supported: {near} "
+        f"{releases.profile.name} {version} is not a supported {'server ' if releases.profile.is_letta else ''}release "
+        f"({detail}); nearest supported: {near} "
         f"(all: {', '.join(str(v) for v in releases.versions)})"
     )
 
@@ -213,7 +219,8 @@ def require_served(version: Version, releases: SupportedReleases, detail: str) -
     says what the verb needs it for)."""
     if releases.find(version) is not None:
         return version
-    if version >= FIRST_LETTA_CODE:
-        raise NotAServerRelease(f"letta {version} is Letta Code (from {FIRST_LETTA_CODE} on the name ships it), "
-                                "not the Letta agent server: no series serves it")
+    other = releases.profile.other_product
+    if other is not None and version >= other.first:
+        raise NotAServerRelease(f"{releases.profile.name} {version} is {other.name} (from {other.first} on the name "
+                                f"ships it), not {releases.profile.what}: no series serves it")
     raise unknown_release(version, detail, releases)

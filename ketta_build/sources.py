@@ -40,11 +40,12 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
-from .index import (MAX_DOWNLOAD_BYTES, PROJECT, IndexFile, _open, _redact, _urllib_request, discover_index_urls,
+from .index import (MAX_DOWNLOAD_BYTES, IndexFile, _open, _redact, _urllib_request, discover_index_urls,
                     download_deadline, list_project_files, transport_errors)
 from .gitcmd import blob, communicate, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
 from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
-from .releases import FIRST_LETTA_CODE, SupportedReleases, load_releases, unknown_release, unpinned
+from .profile import LETTA, Profile
+from .releases import SupportedReleases, load_releases, unknown_release, unpinned
 from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
 
 Progress = Callable[[str], None]
@@ -133,10 +134,13 @@ def wheel_top_level(url: str) -> set[str]:
 
 
 def _not_server_message(version: Version, files: list[IndexFile], releases: SupportedReleases | None = None) -> str | None:
-    """Why ``version`` is not the Letta server, judged from its artifacts; None if it may be."""
+    """Why ``version`` is not the project the series is kept for but the profile's other product (Letta
+    Code, for Letta), judged from its artifacts; None if it may be."""
     import zipfile
 
-    if any(f.is_sdist for f in files):
+    releases = releases or load_releases()
+    profile = releases.profile
+    if profile.other_product is None or any(f.is_sdist for f in files):
         return None
     wheels = [f for f in files if f.filename.endswith(".whl")]
     if not wheels:
@@ -146,28 +150,34 @@ def _not_server_message(version: Version, files: list[IndexFile], releases: Supp
     except (*transport_errors(), zipfile.BadZipFile, KeyError, ValueError):
         names = set()
     if names:
-        if "letta" in names:
+        if profile.package in names:
             return None
         found = ", ".join(sorted(n for n in names if not n.endswith(".dist-info"))) or "no package"
         return (
-            f"letta {version} is not the Letta agent server: its wheel {wheels[-1].filename} holds {found}/ and no letta/ "
-            f"package (Letta Code took over the name from {FIRST_LETTA_CODE}); the newest server release Ketta supports is {(releases or load_releases()).newest}"
+            f"{profile.name} {version} is not {profile.what}: its wheel {wheels[-1].filename} holds "
+            f"{found}/ and no {profile.package}/ package ({profile.other_product.name} took over the name from "
+            f"{profile.other_product.first}); the newest release the series supports is {releases.newest}"
         )
     return (
-        f"letta {version} has no sdist, only platform wheels ({wheels[0].filename}, ...): that is Letta Code, not the "
-        f"Letta agent server; the newest server release Ketta supports is {(releases or load_releases()).newest}"
+        f"{profile.name} {version} has no sdist, only platform wheels ({wheels[0].filename}, ...): that is "
+        f"{profile.other_product.name}, not {profile.what}; the newest release the series "
+        f"supports is {releases.newest}"
     )
 
 
-def check_server_tree(tree: Path, label: str) -> None:
-    """Refuse a tree that is not the Letta server."""
-    if (tree / "letta" / "__init__.py").is_file() and (tree / "letta" / "server").is_dir():
+def check_server_tree(tree: Path, label: str, profile: Profile = LETTA) -> None:
+    """Refuse a tree that is not a release of the profile's project: it lacks a path every release has
+    (``must_contain``), or it carries a mark of the profile's other product."""
+    missing = profile.missing_paths(tree)
+    if not missing:
         return
-    if (tree / "letta_code").exists():
-        raise NotAServerRelease(
-            f"{label} is Letta Code (letta_code/, no letta/ server package), not the Letta agent server"
-        )
-    raise NotAServerRelease(f"{label} has no letta/ server package (letta/__init__.py and letta/server/): not a Letta server tree")
+    other = profile.other_product
+    if other is not None and any((tree / mark).exists() for mark in other.marks):
+        marks = ", ".join(f"{m}/" for m in other.marks if (tree / m).exists())
+        raise NotAServerRelease(f"{label} is {other.name} ({marks} and no {', '.join(missing)}), not {profile.what}")
+    raise NotAServerRelease(f"{label} has no {', '.join(missing)}: not a release of {profile.name} "
+                            f"({profile.path or 'the Letta profile'} says every release has "
+                            f"{', '.join(profile.must_contain)})")
 
 
 # --------------------------------------------------------------------------- safe extraction
@@ -297,6 +307,9 @@ class IndexSource:
         self.allow_unsupported = allow_unsupported
         self._urls: list[str] | None = None
 
+    def _releases(self) -> SupportedReleases:
+        return self.releases or load_releases()
+
     def _index_urls(self) -> list[str]:
         if self._urls is None:
             self._urls = discover_index_urls(self.index_url)
@@ -307,7 +320,7 @@ class IndexSource:
         errors = []
         for url in self._index_urls():
             try:
-                files = list_project_files(url)
+                files = list_project_files(url, self._releases().profile.project)
             except IndexUnreachable as exc:
                 errors.append(exc)
                 continue
@@ -331,8 +344,9 @@ class IndexSource:
         fetched from, or from the index, which must publish that file); a release the series does not
         support yet (``port``, ``upstream check``) is the sdist with the sha256 the index publishes."""
         if version is None:
-            raise UnknownRelease("--letta VERSION is required with the package index as source")
-        releases = self.releases or load_releases()
+            raise UnknownRelease("--release VERSION is required with the package index as source")
+        releases = self._releases()
+        name = releases.profile.name
         listed = releases.find(version)
         if listed is not None and listed.sha256 is None:
             raise self._unpinned(listed, releases)
@@ -348,12 +362,12 @@ class IndexSource:
             if supported is None:
                 raise unknown_release(version, "and the index cannot be asked about it", releases) from None
             raise IndexUnreachable(
-                f"{exc.message}; the cache at {self.cache.root} has no letta {version} either: "
+                f"{exc.message}; the cache at {self.cache.root} has no {name} {version} either: "
                 "connect to the index, pass --index-url, or use --letta-dir/--letta-git"
             ) from None
         if found is None:
             if listed:
-                raise UpstreamError(f"letta {version} (a supported release) is not on {', '.join(map(_redact, self._index_urls()))}; "
+                raise UpstreamError(f"{name} {version} (a supported release) is not on {', '.join(map(_redact, self._index_urls()))}; "
                                     "pass --index-url for an index that has it")
             raise unknown_release(version, "no such version on the index", releases)
         index_url, files = found
@@ -361,14 +375,14 @@ class IndexSource:
         if why_not:
             raise NotAServerRelease(why_not)
         if supported is None:
-            detail = "older than the supported range" if version < releases.versions[0] else "not a release Ketta supports"
+            detail = "older than the supported range" if version < releases.versions[0] else "not a release the series supports"
             raise unknown_release(version, detail, releases)
         sdist = next((f for f in files if f.filename.endswith(".tar.gz")), None)
         if sdist is None:
-            raise UpstreamError(f"letta {version} on {_redact(index_url)} has no .tar.gz sdist")
+            raise UpstreamError(f"{name} {version} on {_redact(index_url)} has no .tar.gz sdist")
         if pin is not None and sdist.sha256 is not None and sdist.sha256 != pin:
             raise HashMismatch(
-                f"letta {version} is pinned to sha256 {pin} ({releases.path}:{listed.line}), but {_redact(index_url)} "
+                f"{name} {version} is pinned to sha256 {pin} ({releases.path}:{listed.line}), but {_redact(index_url)} "
                 f"publishes {sdist.filename} with sha256 {sdist.sha256}: refusing a release that is not the pinned one"
             )
         expected = pin or sdist.sha256
@@ -376,17 +390,19 @@ class IndexSource:
             raise UpstreamError(f"{_redact(index_url)} publishes no sha256 for {sdist.filename}: refusing an unverifiable download")
         self._download(sdist, expected, pinned=pin is not None)
         record = {"filename": sdist.filename, "sha256": expected, "url": _redact(sdist.url), "upload_time": sdist.upload_time}
-        self.cache.write_release(str(version), self.source_id, record)
-        self.cache.write_release(str(version), _pinned_source(expected), record)
+        project = releases.profile.project
+        self.cache.write_release(str(version), self.source_id, record, project)
+        self.cache.write_release(str(version), _pinned_source(expected), record, project)
         return UpstreamRelease(version, "index", _redact(sdist.url), expected, sdist.filename)
 
     def _cached(self, version: Version, pin: str | None) -> UpstreamRelease | None:
         """The release from the cache alone, if it can be: a pinned one from whichever index it was fetched
         (the pin says which bytes it is); another one only as this source resolved it."""
-        record = self.cache.read_release(str(version), self.source_id)
+        project = self._releases().profile.project
+        record = self.cache.read_release(str(version), self.source_id, project)
         if pin is not None:
             if record is None or record["sha256"] != pin:
-                record = self.cache.read_release(str(version), _pinned_source(pin))
+                record = self.cache.read_release(str(version), _pinned_source(pin), project)
             if record is None or record["sha256"] != pin or not self.cache.has_blob(pin):
                 return None
         elif record is None or not self.cache.has_blob(record["sha256"]) or not self._still_published(version, record):
@@ -460,7 +476,7 @@ class IndexSource:
         something that is not a date: it goes into ``releases.toml``)."""
         from datetime import date
 
-        record = self.cache.read_release(str(version), self.source_id) or {}
+        record = self.cache.read_release(str(version), self.source_id, self._releases().profile.project) or {}
         stamp = record.get("upload_time")
         if not isinstance(stamp, str) or len(stamp) < 10:
             return None
@@ -478,17 +494,18 @@ class IndexSource:
         if got != release.sha256:
             path.unlink()
             raise HashMismatch(
-                f"cached sdist of letta {release.version} is corrupt (sha256 {got}, expected {release.sha256}); "
+                f"cached sdist of {self._releases().profile.name} {release.version} is corrupt (sha256 {got}, expected {release.sha256}); "
                 "it was removed, run again to fetch it",
                 path=path,
             )
         return path
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        label = release.filename or f"letta {release.version}"
-        safe_extract_sdist(self.sdist_path(release), dest, label, top=f"{PROJECT}-{release.version}")
+        profile = self._releases().profile
+        label = release.filename or profile.release_name(release.version)
+        safe_extract_sdist(self.sdist_path(release), dest, label, top=profile.sdist_top(release.version))
         try:
-            check_server_tree(dest, f"letta {release.version} ({release.filename})")
+            check_server_tree(dest, f"{profile.release_name(release.version)} ({release.filename})", profile)
             check_version_inside(dest, release.version, label)
         except KettaError:
             shutil.rmtree(dest, ignore_errors=True)  # nothing half-made is left for a caller to take
@@ -499,9 +516,10 @@ class GitSource:
     """A release from a git repository (local path or URL) at a tag or commit, read through
     :mod:`ketta_build.gitcmd` (no configuration of the user's or the repository's runs anything)."""
 
-    def __init__(self, repo: str, ref: str | None) -> None:
+    def __init__(self, repo: str, ref: str | None, profile: Profile = LETTA) -> None:
         self.repo = repo
         self.ref = ref
+        self.profile = profile
         self._dir: Path | None = None
         self._tmp: str | None = None
 
@@ -553,18 +571,21 @@ class GitSource:
         return sha if proc.returncode == 0 and sha else None
 
     def resolve(self, version: Version | None) -> UpstreamRelease:
-        ref = self.ref or (f"v{version}" if version else None)
+        ref = self.ref or (self.profile.tag_for(version) if version else None)
         if ref is None:
-            raise UpstreamError("--letta-git needs --ref TAG (or --letta VERSION to use tag vVERSION)")
+            raise UpstreamError(f"--letta-git needs --ref TAG (or --release VERSION to use tag {self.profile.tag})")
         commit = self._commit_for(ref) or (self._commit_for(str(version)) if version and not self.ref else None)
         if commit is None:
             raise UpstreamError(f"ref '{ref}' not found in {self.repo}")
         pyproject = blob(self._repo(), commit, "pyproject.toml")
         tree_version = _literal_version(pyproject.decode(errors="replace")) if pyproject is not None else None
+        if tree_version is None and not self.profile.is_letta and version is not None and self.ref is None:
+            tree_version = version  # a dynamic version (setuptools-scm, ...): the release tag says which it is
         if tree_version is None:
-            raise NotAServerRelease(f"{self.repo}@{ref} has no pyproject.toml with a literal version: not a Letta server tree")
+            raise NotAServerRelease(f"{self.repo}@{ref} has no pyproject.toml with a literal version: cannot tell "
+                                    f"which release of {self.profile.name} it is")
         if version is not None and tree_version != version:
-            raise UpstreamError(f"{self.repo}@{ref} is letta {tree_version}, not {version}")
+            raise UpstreamError(f"{self.repo}@{ref} is {self.profile.name} {tree_version}, not {version}")
         return UpstreamRelease(tree_version, "git", f"{self.repo}@{ref}", None, commit)
 
     def _reader(self, tmp: Path) -> Path:
@@ -592,7 +613,7 @@ class GitSource:
                 for m in members:
                     check_member(m, release.location)
                 extract_members(tar, members, dest, release.location)
-        check_server_tree(dest, release.location)
+        check_server_tree(dest, release.location, self.profile)
 
 
 def _literal_version(pyproject_text: str) -> Version | None:
@@ -614,13 +635,14 @@ def _literal_version(pyproject_text: str) -> Version | None:
 class DirSource:
     """An unpacked Letta tree on disk (copied, never modified)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, profile: Profile = LETTA) -> None:
         self.path = path
+        self.profile = profile
 
     def resolve(self, version: Version | None) -> UpstreamRelease:
         if not self.path.is_dir():
             raise UpstreamError("--letta-dir is not a directory", path=self.path)
-        check_server_tree(self.path, str(self.path))
+        check_server_tree(self.path, str(self.path), self.profile)
         pyproject = self.path / "pyproject.toml"
         tree_version = None
         if pyproject.is_symlink() or (pyproject.exists() and not pyproject.is_file()):
@@ -633,7 +655,7 @@ class DirSource:
         if tree_version is None:
             raise UpstreamError("no literal version in pyproject.toml; cannot tell which release this is", path=pyproject)
         if version is not None and version != tree_version:
-            raise UpstreamError(f"the tree is letta {tree_version}, not {version}", path=pyproject)
+            raise UpstreamError(f"the tree is {self.profile.name} {tree_version}, not {version}", path=pyproject)
         return UpstreamRelease(tree_version, "dir", str(self.path.resolve()))
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:

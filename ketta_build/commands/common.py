@@ -57,7 +57,8 @@ def build_root_flag(p: argparse.ArgumentParser) -> None:
 def source_flags(p: argparse.ArgumentParser) -> None:
     """Where the release comes from (one of): the index, a git repository, an unpacked tree."""
     src = p.add_argument_group("upstream source (one of)")
-    src.add_argument("--letta", metavar="VERSION", help="server release from the package index, e.g. 0.16.8 or v0.16.8")
+    src.add_argument("--letta", "--release", dest="letta", metavar="VERSION",
+                     help="release from the package index, e.g. 0.16.8 or v0.16.8 (--release: the same, for any upstream)")
     src.add_argument("--letta-git", metavar="PATH_OR_URL", help="a Letta git repository")
     src.add_argument("--ref", metavar="TAG", help="tag or commit in --letta-git (default: vVERSION)")
     src.add_argument("--letta-dir", metavar="PATH", type=Path, help="an unpacked Letta tree")
@@ -183,13 +184,14 @@ def upstream_source(ctx: Context, args: argparse.Namespace, progress):
     if len(chosen) > 1:
         raise KettaError("give only one of --letta-git and --letta-dir")
     version = parse_version(args.letta) if args.letta else None
+    releases = load_releases(ctx.patches)
     if args.letta_dir:
-        return DirSource(args.letta_dir), version
+        return DirSource(args.letta_dir, releases.profile), version
     if args.letta_git:
-        return GitSource(args.letta_git, args.ref), version
+        return GitSource(args.letta_git, args.ref, releases.profile), version
     if version is None:
-        raise KettaError("say which release: --letta VERSION, --letta-git PATH --ref TAG, or --letta-dir PATH")
-    return IndexSource(ctx.cache, ctx.index_url, progress=progress, releases=load_releases(ctx.patches)), version
+        raise KettaError("say which release: --release VERSION, --letta-git PATH --ref TAG, or --letta-dir PATH")
+    return IndexSource(ctx.cache, ctx.index_url, progress=progress, releases=releases), version
 
 
 def say(console: Console, text: str) -> None:

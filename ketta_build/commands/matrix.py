@@ -24,7 +24,7 @@ def register(sub) -> None:
     from ..suiteenv import variable
 
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
-    p.add_argument("--letta", metavar="VERSION", action="extend", nargs="+",
+    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", action="extend", nargs="+",
                    help="release(s) to test (repeatable; default: the newest supported, from releases.toml)")
     p.add_argument("--all", action="store_true", help="every supported release (patches/releases.toml)")
     p.add_argument("--suite", action="extend", nargs="+", metavar="SUITE",

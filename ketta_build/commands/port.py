@@ -23,7 +23,7 @@ SCHEMA = "ketta-build/port/1"
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--letta", metavar="VERSION", help="the new release (from the package index)")
+    what.add_argument("--letta", "--release", dest="letta", metavar="VERSION", help="the new release (from the package index)")
     what.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving a conflict")
     what.add_argument("--skip", action="store_true",
                       help="leave the patch the port stopped at out of the new release (it does not need it) and go on")

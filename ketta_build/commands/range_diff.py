@@ -16,7 +16,7 @@ def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
     p.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
     p.add_argument("new", metavar="NEW", help="git ref of this repository, or a patch directory")
-    p.add_argument("--letta", metavar="VERSION", required=True, help="release to apply both to")
+    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", required=True, help="release to apply both to")
     patches_flag(p)  # a git ref's series: DIR's path in DIR's repository at that ref
     index_flag(p)
     cache_flag(p)

@@ -18,7 +18,7 @@ EXAMPLES = (("ketta-build serve", "the newest release on 127.0.0.1:8283"),
 
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
-    p.add_argument("--letta", metavar="VERSION", help="release to serve (default: the newest supported, from releases.toml)")
+    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", help="release to serve (default: the newest supported, from releases.toml)")
     p.add_argument("--data-dir", metavar="DIR", type=Path, help="PostgreSQL data, the server's home and key "
                    "(default: the user data directory, ketta-build/serve/VERSION)")
     p.add_argument("--pg-uri", metavar="URI", help="your own PostgreSQL with pgvector instead of the embedded one")

@@ -18,7 +18,7 @@ EXAMPLES = (("ketta-build wheel", "dist/: the newest release's wheel, constraint
 
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
-    p.add_argument("--letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
+    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     p.add_argument("--all", action="store_true", help="every supported release")
     p.add_argument("--dist-dir", dest="dist_dir", type=Path, default=Path("dist"), metavar="DIR",
                    help="where the wheels, constraints and SHA256SUMS go (default: ./dist)")

@@ -1,0 +1,208 @@
+"""The upstream profile: what is specific to the project a series is kept for, beside the series.
+
+``patches/upstream.toml`` says which distribution the series patches and how to recognise a real
+release of it; the core reads the profile, never a project's name. A series directory without the
+file is Letta's (the series this tool was first written for): :data:`LETTA` is that profile, and
+``patches/upstream.toml`` of this repository spells it out. ``ketta-build init`` writes one for
+any other project.
+
+::
+
+    [upstream]
+    name = "tomli"                 # the distribution on the package index
+    package = "tomli"              # its top-level import package (the provenance file goes in it)
+    git = "https://github.com/hukkin/tomli"   # optional: where bisect and --git look
+    tag = "{version}"              # the git tag of a release
+    label = "acme"                 # the local version label: 2.2.1+acme.N
+    must_contain = ["src/tomli/__init__.py"]  # a real release's tree has these paths
+    # optional: a different product took the name over from this version on
+    # other_product = { name = "Letta Code", from = "0.32.0", marks = ["letta_code"] }
+
+    [wheel]
+    kind = "any"                   # any: the upstream's own backend, relabeled; letta: Letta's server wheel
+    extras = []                    # extras whose locked dependencies go into the constraints (kind letta)
+
+    [review]
+    checklist = ["..."]            # what a port's review list asks of a maintainer
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from .errors import SeriesError
+
+PROFILE_FILE = "upstream.toml"
+WHEEL_KINDS = ("any", "letta")
+_LABEL = re.compile(r"^[a-z][a-z0-9]*$")  # a PEP 440 local version segment we can parse back
+_PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class OtherProduct:
+    """A different product that took the distribution name over from ``first`` on."""
+
+    name: str
+    first: Version
+    marks: tuple[str, ...] = ()  # top-level names of its wheels or trees
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str  # the distribution, as the index names it
+    package: str  # the top-level import package
+    label: str = "ketta"
+    git: str | None = None
+    tag: str = "v{version}"
+    must_contain: tuple[str, ...] = ()
+    other_product: OtherProduct | None = None
+    wheel_kind: str = "any"
+    extras: tuple[str, ...] = ()
+    checklist: tuple[str, ...] = ()
+    product: str = ""  # how messages name what the series is kept for ("the Letta agent server"); default: the name
+    path: Path | None = field(default=None, compare=False)  # the file it was read from (None: built in)
+
+    @property
+    def project(self) -> str:
+        """The normalised distribution name (PEP 503): how the index and the cache key it."""
+        return canonicalize_name(self.name)
+
+    @property
+    def what(self) -> str:
+        return self.product or self.name
+
+    @property
+    def is_letta(self) -> bool:
+        return self.wheel_kind == "letta"
+
+    def tag_for(self, version: Version | str) -> str:
+        return self.tag.format(version=version)
+
+    def local_version(self, version: str, build_number: int) -> str:
+        return f"{version}+{self.label}.{build_number}"
+
+    def sdist_top(self, version: Version | str) -> str:
+        """The top directory of a release's sdist, ``name-version`` (compared as PEP 503/440 normalise them)."""
+        return f"{self.name}-{version}"
+
+    def release_name(self, version: Version | str) -> str:
+        """How messages name a release: ``letta 0.16.8``."""
+        return f"{self.name} {version}"
+
+    def missing_paths(self, tree: Path) -> list[str]:
+        """The paths a real release must contain that ``tree`` lacks."""
+        return [p for p in self.must_contain if not (tree / p).exists()]
+
+
+LETTA = Profile(
+    name="letta", package="letta", label="ketta", git="https://github.com/letta-ai/letta", tag="v{version}",
+    must_contain=("letta/__init__.py", "letta/server"),
+    other_product=OtherProduct("Letta Code", Version("0.32.0"), ("letta_code",)),
+    wheel_kind="letta", extras=("server", "postgres"), product="the Letta agent server",
+)
+
+
+def load_profile(series_dir: Path) -> Profile:
+    """The profile in ``series_dir/upstream.toml``; Letta's when the series has none."""
+    path = series_dir / PROFILE_FILE
+    if not path.exists():
+        return LETTA
+    if path.is_symlink() or not path.is_file():
+        raise SeriesError("must be a regular file in the series directory", path=path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SeriesError("not valid UTF-8 (TOML is UTF-8)", path=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SeriesError(f"not valid TOML: {exc}", path=path, line=getattr(exc, "lineno", None)) from None
+    return parse_profile(data, path)
+
+
+def _line(path: Path, key: str) -> int | None:
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+                return number
+    except OSError:
+        pass
+    return None
+
+
+def parse_profile(data: dict, path: Path) -> Profile:
+    """A :class:`Profile` from the TOML ``data`` of ``path``; one-line errors name the key's line."""
+    unknown = set(data) - {"upstream", "wheel", "review"}
+    if unknown:
+        raise SeriesError(f"unknown table(s) {', '.join(sorted(unknown))}; known: upstream, wheel, review", path=path)
+    up, wheel, review = data.get("upstream"), data.get("wheel", {}), data.get("review", {})
+    if not isinstance(up, dict):
+        raise SeriesError("needs an [upstream] table with at least name", path=path)
+
+    def text(table: dict, key: str, default: str | None = None) -> str | None:
+        value = table.get(key, default)
+        if value not in (None, "") and (not isinstance(value, str) or not value.strip()):
+            raise SeriesError(f"{key} must be a non-empty string", path=path, line=_line(path, key))
+        return value
+
+    def strings(table: dict, key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise SeriesError(f"{key} must be a list of strings", path=path, line=_line(path, key))
+        return tuple(value)
+
+    name = text(up, "name")
+    if name is None or not re.match(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$", name):
+        raise SeriesError("upstream.name must be a distribution name (letters, digits, . _ -)", path=path,
+                          line=_line(path, "name"))
+    package = text(up, "package", name.replace("-", "_").replace(".", "_").lower())
+    if not _PACKAGE.match(package or ""):
+        raise SeriesError(f"upstream.package {package!r} is not an import name", path=path, line=_line(path, "package"))
+    label = text(up, "label", "ketta")
+    if not _LABEL.match(label or ""):
+        raise SeriesError(f"upstream.label {label!r} must be lower-case letters and digits, starting with a letter "
+                          "(it becomes the local version: X+LABEL.N)", path=path, line=_line(path, "label"))
+    tag = text(up, "tag", "v{version}")
+    if "{version}" not in (tag or ""):
+        raise SeriesError("upstream.tag must contain {version}", path=path, line=_line(path, "tag"))
+    must_contain = strings(up, "must_contain")
+    for item in must_contain:
+        if item.startswith("/") or ".." in Path(item).parts:
+            raise SeriesError(f"must_contain path {item!r} must stay inside the tree", path=path,
+                              line=_line(path, "must_contain"))
+    other = None
+    if "other_product" in up:
+        raw = up["other_product"]
+        try:
+            other = OtherProduct(str(raw["name"]), Version(str(raw["from"])), tuple(raw.get("marks", [])))
+        except (TypeError, KeyError, InvalidVersion):
+            raise SeriesError("other_product needs name, from (a version) and optional marks", path=path,
+                              line=_line(path, "other_product")) from None
+    if not isinstance(wheel, dict) or not isinstance(review, dict):
+        raise SeriesError("[wheel] and [review] must be tables", path=path)
+    kind = text(wheel, "kind", "any")
+    if kind not in WHEEL_KINDS:
+        raise SeriesError(f"wheel.kind must be one of {', '.join(WHEEL_KINDS)}", path=path, line=_line(path, "kind"))
+    return Profile(name=name, package=package, label=label, git=text(up, "git"), tag=tag, must_contain=must_contain,
+                   other_product=other, wheel_kind=kind, extras=strings(wheel, "extras"),
+                   checklist=strings(review, "checklist"), product=text(up, "product", "") or "", path=path)
+
+
+def render_profile(profile: Profile) -> str:
+    """``upstream.toml`` for ``profile`` (what ``init`` writes)."""
+    def quoted(values) -> str:
+        return "[" + ", ".join(f'"{v}"' for v in values) + "]"
+
+    lines = ["# What is specific to the upstream this series is kept for: ketta-build reads it, never a name",
+             "# of its own (docs/any-upstream.md).", "", "[upstream]", f'name = "{profile.name}"',
+             f'package = "{profile.package}"']
+    if profile.git:
+        lines.append(f'git = "{profile.git}"')
+    lines += [f'tag = "{profile.tag}"', f'label = "{profile.label}"', f"must_contain = {quoted(profile.must_contain)}",
+              "", "[wheel]", f'kind = "{profile.wheel_kind}"', "", "[review]",
+              f"checklist = {quoted(profile.checklist)}", ""]
+    return "\n".join(lines)
