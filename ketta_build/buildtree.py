@@ -31,6 +31,7 @@ from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, a
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .errors import BuildTreeError, KettaError, SeriesError
+from .profile import LETTA
 from .gitcmd import blob, git, git_bytes, keep_bytes_as_they_are, popen
 from .header import commit_message
 from .patchfile import Patch, parse_patch_text, split_lines
@@ -243,12 +244,13 @@ class PristineRepos:
             if self.source is None or self.cache is None:
                 self._repos[version] = "no source for other releases"
             else:
-                self.progress(f"reading letta {version} (from the cache, else the index)")
+                name = getattr(getattr(self.source, "releases", None), "profile", LETTA).name
+                self.progress(f"reading {name} {version} (from the cache, else the index)")
                 try:
                     release = self.source.resolve(version)
                     self._repos[version] = ensure_pristine_repo(release, self.source, self.cache) or "no cache"
                 except KettaError as exc:
-                    self._repos[version] = f"letta {version} unavailable ({exc.message})"
+                    self._repos[version] = f"{name} {version} unavailable ({exc.message})"
         return self._repos[version]
 
 
@@ -831,10 +833,10 @@ def apply_series(
         try:
             (tmp / ".ketta-pid").write_text(str(os.getpid()))
             tree = tmp / "tree"
-            progress(f"unpacking letta {release.version}")
+            progress(f"unpacking {series.releases.profile.release_name(release.version)}")
             populate_pristine(tree, release, source, cache)
             finder = PreimageFinder(series, dict(patches), base_source, cache)
-            label = f"letta {release.version}"
+            label = series.releases.profile.release_name(release.version)
             stopped = False
             writer = CommitWriter(tree)
             guard = TreeGuard(tree)

@@ -46,7 +46,7 @@ from .gitdiff import canonical_diff, section_contexts, tree_of_files
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, with_field, with_served_range,
                      with_status_defaults)
 from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text, split_lines
-from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series, variant_name
+from .series import Series, SeriesEntry, edit_series_text, guard_name, parse_series, read_series, variant_name
 
 _NUMBER = re.compile(r"^(\d+)-")
 
@@ -424,7 +424,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         parse_patch_text(content, series_dir / name, name)
         plan.files[series_dir / name] = content
         plan.headers[commit.sha] = (name, header)
-        guard = f"letta>={version}"
+        guard = f"{guard_name(series_dir)}>={version}"
         new_entries.append((name, guard))
         order.append(name)
         plan.patches.append(ExportedPatch(name, "new", commit.sha, guard,
@@ -494,9 +494,9 @@ def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False, 
                    or {e.name for e in plan.series.select(v)} & pruned]
         overrides = {name: plan.new_patch(name) for name in written}
         progress(f"checking the patches export writes on the releases their guards claim: "
-                 f"letta {', '.join(map(str, claimed))}")
+                 f"{plan.series.releases.profile.name} {', '.join(map(str, claimed))}")
         failures, gaps = check_claims(new_series, claimed, repos, patches=overrides, progress=progress)
-        plan.unchecked = [f"letta {g.version}: {g.reason}" for g in gaps]
+        plan.unchecked = [f"{plan.series.releases.profile.name} {g.version}: {g.reason}" for g in gaps]
         if not failures:
             return
         if not _mend(plan, new_series, failures, split, repos):
@@ -556,7 +556,7 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
             if not keep or keep[0] != plan.version:
                 return False
             upper = next((v for v in served if v > keep[-1]), None)
-            guard = f"letta>={plan.version}" + (f",<{upper}" if upper else "")
+            guard = f"{guard_name(plan.series_dir)}>={plan.version}" + (f",<{upper}" if upper else "")
             plan.series_edits["appends"] = [(n, guard if n == name else g) for n, g in plan.series_edits["appends"]]
             plan.series_edits["inserts"] = {anchor: [(n, guard if n == name else g) for n, g in added]
                                             for anchor, added in plan.series_edits["inserts"].items()}
@@ -575,11 +575,11 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
         if variant in entries or (plan.series_dir / variant).exists():
             raise SeriesError(f"{variant} exists already; split {name} by hand", path=plan.series_dir / variant)
         if run == served[:len(run)]:  # the older releases keep the old file
-            variant_guard = f"letta>={run[0]}" + f",<{kept[0]}"
-            main_guard = _replace_lower(entry, kept[0])
+            variant_guard = f"{guard_name(plan.series_dir)}>={run[0]}" + f",<{kept[0]}"
+            main_guard = _replace_lower(entry, kept[0], guard_name(plan.series_dir))
         else:
-            variant_guard = f"letta>={run[0]}" + (f",<{_upper_bound(entry)}" if _upper_bound(entry) else "")
-            main_guard = _replace_upper(entry, run[0])
+            variant_guard = f"{guard_name(plan.series_dir)}>={run[0]}" + (f",<{_upper_bound(entry)}" if _upper_bound(entry) else "")
+            main_guard = _replace_upper(entry, run[0], guard_name(plan.series_dir))
         plan.series_edits.setdefault("guards", {})[name] = main_guard
         plan.series_edits.setdefault("inserts", {}).setdefault(name, []).append((variant, variant_guard))
         # The old file, made again on the newest release it keeps serving (its Base-Release must be one of them).
@@ -605,14 +605,14 @@ def _upper_bound(entry: SeriesEntry) -> str | None:
     return next((str(s.version) for s in entry.guard or [] if s.operator == "<"), None)
 
 
-def _replace_lower(entry: SeriesEntry, lower: Version) -> str:
+def _replace_lower(entry: SeriesEntry, lower: Version, name: str) -> str:
     kept = [str(s) for s in entry.guard or [] if s.operator not in (">=", ">", "==")]
-    return "letta" + ",".join([f">={lower}", *kept])
+    return name + ",".join([f">={lower}", *kept])
 
 
-def _replace_upper(entry: SeriesEntry, upper: Version) -> str:
+def _replace_upper(entry: SeriesEntry, upper: Version, name: str) -> str:
     kept = [str(s) for s in entry.guard or [] if s.operator not in ("<", "<=", "==")]
-    return "letta" + ",".join([*kept, f"<{upper}"])
+    return name + ",".join([*kept, f"<{upper}"])
 
 
 def write_plan(plan: ExportPlan) -> list[Path]:

@@ -202,8 +202,8 @@ def _lint_series(series_dir: Path, cache: Cache, index_url: str | None, project:
     unpinned = [r for r in releases if r.sha256 is None]
     for release in unpinned:
         findings.append(Finding("pin", releases.path, release.line,
-                                f"letta {release.version} has no pin: add sha256 = \"<the sha256 of its sdist>\" to its "
-                                "[[release]] (ketta-build apply --letta VERSION says what the index publishes)"))
+                                f"{releases.profile.name} {release.version} has no pin: add sha256 = \"<the sha256 of its sdist>\" to its "
+                                "[[release]] (ketta-build apply --release VERSION says what the index publishes)"))
     unavailable = {v: why for v in versions if isinstance(why := canon.finder.repos.get(v), str)}
     for version, why in unavailable.items():
         if not any(r.version == version for r in unpinned):  # said once above

@@ -56,7 +56,7 @@ from .header import (commit_message, field_value, header_from_commit, parse_comm
 from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text
 from .releases import load_releases, with_release
 from .report import result_failure_lines
-from .series import Series, SeriesEntry, edit_series_text, parse_series, read_series, variant_name
+from .series import Series, SeriesEntry, edit_series_text, guard_name, parse_series, read_series, variant_name
 from .suites import project_suites
 from .sources import IndexSource, UpstreamRelease, sdist_date
 
@@ -482,15 +482,15 @@ def _moved_under_port(tree: Path, state: PortState, series_dir: Path) -> list[st
     return moved
 
 
-def _narrow(guard: SpecifierSet | None, new: Version) -> str:
+def _narrow(guard: SpecifierSet | None, new: Version, name: str) -> str:
     """``guard`` ending before ``new`` (an upper bound at or above it is replaced)."""
     specs = sorted(str(s) for s in (guard or []) if not (s.operator in ("<", "<=") and Version(s.version) >= new))
-    return "letta" + ",".join(specs + [f"<{new}"])
+    return name + ",".join(specs + [f"<{new}"])
 
 
-def _widen(guard: SpecifierSet, new: Version) -> str | None:
+def _widen(guard: SpecifierSet, new: Version, name: str) -> str | None:
     kept = [str(s) for s in guard if s.contains(new, prereleases=True)]
-    return "letta" + ",".join(kept) if kept else None
+    return name + ",".join(kept) if kept else None
 
 
 @dataclass
@@ -628,17 +628,17 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
         entry = by_name[ported.name]
         if ported.outcome in ("clean", "offset"):
             if not entry.matches(new):
-                plan.guards[entry.name] = _widen(entry.guard, new)
+                plan.guards[entry.name] = _widen(entry.guard, new, guard_name(series_dir))
                 plan.actions[entry.name] = f"guard widened to admit {new}"
             else:
                 plan.actions[entry.name] = "applies as it is"
         elif ported.outcome == "skipped":
             plan.actions[entry.name] = ported.action or f"left out: no variant serves {new}"
             if entry.matches(new):  # the guard admitted it: it must not any more
-                plan.guards[entry.name] = _narrow(entry.guard, new)
+                plan.guards[entry.name] = _narrow(entry.guard, new, guard_name(series_dir))
                 plan.actions[entry.name] += f"; guard narrowed to [{plan.guards[entry.name]}]"
         elif ported.outcome == "already-upstream":
-            plan.guards[entry.name] = _narrow(entry.guard, new)
+            plan.guards[entry.name] = _narrow(entry.guard, new, guard_name(series_dir))
             plan.actions[entry.name] = (f"already upstream in {new}: guard narrowed to [{plan.guards[entry.name]}]; "
                                         "consider dropping it")
     for name, c in carried.items():
@@ -652,13 +652,13 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
                 if old in by_name or (series_dir / old).exists():
                     raise SeriesError(f"{old} exists already; remove it or port without --in-place", path=series_dir / old)
                 plan.contents[old] = (series_dir / name).read_bytes()
-                plan.inserts[name] = (old, _narrow(entry.guard, new))
-                plan.guards[name] = f"letta>={new}"
+                plan.inserts[name] = (old, _narrow(entry.guard, new, guard_name(series_dir)))
+                plan.guards[name] = f"{guard_name(series_dir)}>={new}"
                 plan.actions[name] = (f"rewritten for {new} in place [letta>={new}]; it no longer applies to letta "
-                                      f"{served[0]}-{served[-1]}, which keep the previous file as {old} [{_narrow(entry.guard, new)}]")
+                                      f"{served[0]}-{served[-1]}, which keep the previous file as {old} [{_narrow(entry.guard, new, guard_name(series_dir))}]")
             else:
                 if not entry.matches(new):
-                    plan.guards[name] = _widen(entry.guard, new)
+                    plan.guards[name] = _widen(entry.guard, new, guard_name(series_dir))
                 plan.actions[name] = f"rewritten for {new} (in place; it still applies to every release it serves)"
             continue
         variant = variant_name(entry.name, new)
@@ -669,7 +669,7 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
         plan.headers[variant] = c.header
         if served and new < served[0]:  # carried backwards: the new variant serves up to the old one's first release
             upper = backwards.get(variant, served[0])
-            guard = f"letta>={new},<{upper}"
+            guard = f"{guard_name(series_dir)}>={new},<{upper}"
             plan.inserts[name] = (variant, guard)
             plan.backwards.add(variant)
             plan.actions[name] = f"new variant {variant} [{guard}]; {name} unchanged"
@@ -681,9 +681,9 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
             # up to the first newer release another variant serves (a release ported before this one)
             others = [e for e in series.groups()[entry.group] if e is not entry]
             upper = next((v for v in series.releases.versions if v > new and any(e.matches(v) for e in others)), None)
-            guard = f"letta>={new}" + (f",<{upper}" if upper else "")
+            guard = f"{guard_name(series_dir)}>={new}" + (f",<{upper}" if upper else "")
             plan.inserts[name] = (variant, guard)
-            plan.guards[name] = _narrow(entry.guard, new)
+            plan.guards[name] = _narrow(entry.guard, new, guard_name(series_dir))
             plan.actions[name] = f"new variant {variant} [{guard}]; {name} now [{plan.guards[name]}]"
     plan.series_text = edit_series_text(series.series_file.read_text(encoding="utf-8"), guards=plan.guards,
                                         inserts=plan.inserts)

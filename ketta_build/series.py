@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .errors import SeriesError
 from .patchfile import Patch, parse_patch
+from .profile import load_profile
 from .releases import SupportedReleases, load_releases
 
 SERIES_FILE = "series"
@@ -79,6 +81,7 @@ class Series:
     def explain(self, version: Version) -> list[Selection]:
         """For every entry: selected or not for ``version``, and why."""
         groups = self.groups()
+        name = load_profile(self.directory).name
         result = []
         for entry in self.entries:
             siblings = groups[entry.group]
@@ -87,17 +90,17 @@ class Series:
             if len(matching) > 1:
                 names = ", ".join(f"{e.name} (line {e.line})" for e in matching)
                 raise SeriesError(
-                    f"variants of patch {entry.group} overlap for letta {version}: {names}; make their guards disjoint",
+                    f"variants of patch {entry.group} overlap for {name} {version}: {names}; make their guards disjoint",
                     path=self.series_file,
                     line=matching[1].line,
                 )
             if entry.matches(version):
-                why = "no guard" if entry.guard is None else f"letta {version} matches [{entry.guard_text}]"
+                why = "no guard" if entry.guard is None else f"{name} {version} matches [{entry.guard_text}]"
                 if others:
                     why += f"; variant chosen over {', '.join(others)}"
                 result.append(Selection(entry, True, why, others))
             else:
-                why = f"letta {version} is outside [{entry.guard_text}]"
+                why = f"{name} {version} is outside [{entry.guard_text}]"
                 if matching:
                     why += f"; {matching[0].name} is used instead"
                 elif others:
@@ -129,15 +132,21 @@ class Series:
         return problems
 
 
-def _parse_guard(text: str, *, source: Path, line: int) -> SpecifierSet:
+def guard_name(directory: Path) -> str:
+    """The name guards in ``directory``'s series are on: the upstream's normalised distribution name."""
+    return load_profile(directory).project
+
+
+def _parse_guard(text: str, *, source: Path, line: int, project: str = "letta") -> SpecifierSet:
     from packaging.requirements import InvalidRequirement, Requirement  # only a series with guards needs it
 
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
         raise SeriesError(f"bad version guard [{text}]: {exc}", path=source, line=line) from None
-    if req.name.lower() != "letta":
-        raise SeriesError(f"version guard must be on 'letta', not '{req.name}' (e.g. [letta>=0.16.2,<0.16.8])", path=source, line=line)
+    if canonicalize_name(req.name) != project:
+        raise SeriesError(f"version guard must be on '{project}', not '{req.name}' (e.g. [{project}>=1.2,<1.4])",
+                          path=source, line=line)
     if req.extras or req.marker or req.url:
         raise SeriesError(f"version guard [{text}] may only hold version specifiers", path=source, line=line)
     if not str(req.specifier):
@@ -192,6 +201,7 @@ def parse_series(text: str, directory: Path, *, present=lambda name: True) -> Se
     """The series ``text`` says, for patch files in ``directory``; ``present(name)`` tells whether a
     listed file exists (a verb checks the series it is about to write before the files are there)."""
     series_file = directory / SERIES_FILE
+    project = load_profile(directory).project  # guards are on the upstream's distribution name
     entries: list[SeriesEntry] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -201,7 +211,7 @@ def parse_series(text: str, directory: Path, *, present=lambda name: True) -> Se
         m = _ENTRY_RE.match(body)
         if not m:
             raise SeriesError(
-                f"cannot read entry {body[:60]!r}: expected 'NAME.diff' or 'NAME.diff [letta>=X,<Y]'",
+                f"cannot read entry {body[:60]!r}: expected 'NAME.diff' or 'NAME.diff [{project}>=X,<Y]'",
                 path=series_file,
                 line=lineno,
             )
@@ -222,7 +232,7 @@ def parse_series(text: str, directory: Path, *, present=lambda name: True) -> Se
         guard = None
         if guard_text is not None:
             guard_text = guard_text.strip()
-            guard = _parse_guard(guard_text, source=series_file, line=lineno)
+            guard = _parse_guard(guard_text, source=series_file, line=lineno, project=project)
         gm = _GROUP_RE.match(name)
         entries.append(SeriesEntry(name, guard, guard_text, lineno, gm.group(1) if gm else name))
 

@@ -169,7 +169,13 @@ def check_server_tree(tree: Path, label: str, profile: Profile = LETTA) -> None:
     """Refuse a tree that is not a release of the profile's project: it lacks a path every release has
     (``must_contain``), or it carries a mark of the profile's other product."""
     missing = profile.missing_paths(tree)
-    if not missing:
+    if not profile.must_contain:  # the import package, wherever the release keeps it
+        places = (f"{profile.package}/__init__.py", f"src/{profile.package}/__init__.py", f"{profile.package}.py",
+                  f"src/{profile.package}.py")
+        if any((tree / place).is_file() for place in places):
+            return
+        missing = [f"{profile.package}/ (or src/{profile.package}/, {profile.package}.py)"]
+    elif not missing:
         return
     other = profile.other_product
     if other is not None and any((tree / mark).exists() for mark in other.marks):

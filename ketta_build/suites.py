@@ -136,5 +136,6 @@ def _typed(raw: dict, field: str, kind: type, default):
 
 
 def project_suites(project: Path) -> SuiteRegistry:
-    """The registry of the project checkout ``project`` (its ``compat_tests/``)."""
-    return load_suites(project / TESTS_DIR)
+    """The registry of the project checkout ``project`` (its ``compat_tests/``, as an absolute path: cell
+    keys name the suites' files relative to the checkout)."""
+    return load_suites((project / TESTS_DIR).absolute())

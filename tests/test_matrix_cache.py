@@ -198,3 +198,14 @@ def test_a_missing_tox_is_one_line_up_front_not_a_red_cell(monkeypatch, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "tox and tox-uv" in err[0] and "pip install" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_cell_keys_work_from_a_relative_project_path(project, monkeypatch):
+    """`ketta-build matrix` runs with the project "." : the registry's suite files were relative then,
+    and keying a cell failed (a traceback in the README's test command)."""
+    from ketta_build.suites import project_suites
+
+    monkeypatch.chdir(project)
+    Keys.wheels = {"0.16.7": "w7", "0.16.8": "w8", "0.16.9": "w9"}
+    keys = Keys(Path("."), None, True, Path("build"), None, {"KETTA_UPGRADE_PAIRS": "all"}, registry=project_suites(Path(".")))
+    assert len(keys.key("0.16.8", "handle")) == 64

@@ -10,6 +10,7 @@ import importlib
 from types import ModuleType
 
 VERBS = (
+    "init",
     "apply",
     "series",
     "export",
