@@ -3,7 +3,7 @@
 Compared with REF (a git ref of the checkout), the working tree:
 
 * a release is affected when the patches the series selects for it (variant guards included) or
-  their files, or ``patches/build-number``, differ: a change to ``0003-keys-from-database-0.14.diff``
+  their files, ``patches/build-number`` or the profile ``patches/upstream.toml``, differ: a change to ``0003-keys-from-database-0.14.diff``
   affects 0.14.0 … 0.16.1 only;
 * a suite is affected when a file it depends on (:func:`ketta_build.cellstore.suite_files`) differs;
 * everything is affected when the tool itself (``ketta_build/``), ``tox.ini`` or ``pyproject.toml``
@@ -26,6 +26,7 @@ from pathlib import Path
 from .cellstore import digest_files, suite_files
 from .errors import KettaError
 from .gitcmd import extract_tree, git, git_succeeds
+from .profile import PROFILE_FILE
 from .series import read_series
 
 WHOLE = ("ketta_build", "tox.ini", "pyproject.toml")
@@ -65,6 +66,8 @@ def _selected(series_dir: Path, versions: list) -> dict[str, str]:
     """Per release, a digest of the patches selected for it (names and contents) and the build number."""
     series = read_series(series_dir)
     number = (series_dir / "build-number").read_bytes() if (series_dir / "build-number").is_file() else b""
+    profile = series_dir / PROFILE_FILE  # the upstream profile changes what every release's wheel is
+    number += profile.read_bytes() if profile.is_file() else b""
     out = {}
     for version in versions:
         h = hashlib.sha256(number)

@@ -176,3 +176,11 @@ def test_constraints_do_not_depend_on_where_they_are_written(tmp_path):
     record.write_text(old_source + "\n")
     wheel.export_constraints(project, one, ("server",))
     assert one.read_bytes() == two.read_bytes()
+
+
+def test_the_letta_series_spells_out_the_built_in_letta_profile():
+    """patches/upstream.toml is the profile a series without one gets: Letta's behaviour does not
+    depend on whether the file is there."""
+    from ketta_build.profile import LETTA, load_profile
+
+    assert load_profile(Path(__file__).resolve().parent.parent / "patches") == LETTA
