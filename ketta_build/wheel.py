@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import tomllib
@@ -34,38 +33,10 @@ from .patchfile import parse_patch_text
 from .releases import load_releases, parse_version, require_served
 from .releasetree import check_exported, fresh_tree
 from .sbom import SBOM_FILE, AppliedPatch, sbom_json
-from .index import uv_environment
+from .uvcmd import run_uv
 
 BUILD_NUMBER_FILE = "build-number"
 _VERSION_LINE = re.compile(r'^version\s*=\s*"([^"]+)"\s*$', re.MULTILINE)
-
-
-def uv_binary() -> str:
-    """The uv executable: the one installed with ketta-build, else the one on PATH."""
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if not found:
-            raise KettaError("uv is needed to build wheels and server environments; pip install uv") from None
-        return found
-
-
-def run_uv(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    """Run uv with the user's pip/uv index configuration and without Python downloads."""
-    proc = subprocess.run(
-        [uv_binary(), *args],
-        cwd=cwd,
-        env={**os.environ, **uv_environment(), **(env or {})},
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise KettaError(f"uv {args[0]} failed in {cwd or '.'}: {last}")
-    return proc.stdout
 
 
 def read_build_number(series_dir: Path) -> int:
