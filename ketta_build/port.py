@@ -54,6 +54,7 @@ from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
                      with_field)
 from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text
+from .profile import load_profile
 from .releases import load_releases, with_release
 from .report import result_failure_lines
 from .series import Series, SeriesEntry, edit_series_text, guard_name, parse_series, read_series, variant_name
@@ -213,12 +214,12 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, build
     cache = cache or Cache()
     series = read_series(series_dir)
     if series.releases.find(new) and not _to_carry_back(series, new):
-        raise KettaError(f"letta {new} is a supported release already ({series.releases.path}) and every patch that "
+        raise KettaError(f"{series.releases.profile.name} {new} is a supported release already ({series.releases.path}) and every patch that "
                          "serves it has its variant: change its patches with ketta-build apply and export; port carries "
                          "the series onto a release it does not serve yet")
     out = (out or build_root / str(new)).absolute()
     for tree, state in ports_in_progress(series_dir, cache, (out.parent, build_root)):
-        raise BuildTreeError(f"a port to letta {state.version} is in progress in {tree}: finish it (ketta-build port "
+        raise BuildTreeError(f"a port to {_name(state)} {state.version} is in progress in {tree}: finish it (ketta-build port "
                              f"--continue --tree {tree}) or give it up (--abort) before starting another", path=tree)
     source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
     release: UpstreamRelease = source.resolve(new)
@@ -271,11 +272,11 @@ def _plan(state: PortState, failures: list[str]) -> list[str]:
     tree = state.tree
     return [
         *failures,
-        f"{state.stopped_at} does not apply to letta {state.version}; {tree} holds what could be applied",
+        f"{state.stopped_at} does not apply to {_name(state)} {state.version}; {tree} holds what could be applied",
         "resolve the conflict markers (or .rej hunks) in the files above, then either commit the result "
         f"(git -C {tree} commit -a --no-edit takes the patch's prepared message) or leave it in the tree, and run "
         "ketta-build port --continue",
-        f"or, if letta {state.version} does not need {state.stopped_at}, leave it out: ketta-build port --skip",
+        f"or, if {_name(state)} {state.version} does not need {state.stopped_at}, leave it out: ketta-build port --skip",
         "or give up: ketta-build port --abort (nothing in patches/ has changed)",
     ]
 
@@ -376,7 +377,7 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
     if skip:
         _skip_stopped(tree, state)
         stopped.outcome, stopped.commit, stopped.hunks = "skipped", None, {}
-        stopped.action = f"left out (port --skip): no variant serves letta {state.version}"
+        stopped.action = f"left out (port --skip): no variant serves {_name(state)} {state.version}"
         state.stopped_at = state.stopped_head = state.stopped_worktree = None
         state.save()
     elif stopped is not None:
@@ -397,7 +398,7 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
         raw = (series_dir / entry.name).read_bytes() if (series_dir / entry.name).is_file() else None
         patch = series.load(entry) if raw is None else parse_patch_text(raw, series_dir / entry.name, entry.name)
         progress(f"applying {ported.name}")
-        result = apply_patch(tree, patch, preimage=finder, upstream_label=f"letta {release_version}")
+        result = apply_patch(tree, patch, preimage=finder, upstream_label=f"{_name(state)} {release_version}")
         ported.outcome = result.outcome.value
         ported.hunks = _hunk_counts(result)
         if result.outcome is Outcome.FAILED:
@@ -435,7 +436,7 @@ def abort_port(tree: Path, *, force: bool = False, cache: Cache | None = None) -
         if not force:
             raise BuildTreeError("work was done here since the port stopped (commits or edited files): port --abort "
                                  "--force saves it as a git bundle beside the tree, then removes the tree", path=tree)
-        what = f"the port to letta {state.version}" if state is not None else "a port"
+        what = f"the port to {_name(state)} {state.version}" if state is not None else "a port"
         snapshot = git(tree, "commit-tree", _worktree_id(tree), "-p", head, "-m",
                        f"the work tree of {what} when it was aborted",
                        env={"GIT_AUTHOR_NAME": "ketta-build", "GIT_AUTHOR_EMAIL": "ketta-build@ketta.invalid",
@@ -482,6 +483,11 @@ def _moved_under_port(tree: Path, state: PortState, series_dir: Path) -> list[st
     return moved
 
 
+def _name(state: PortState) -> str:
+    """The upstream's name, as the series the port writes to names it."""
+    return load_profile(Path(state.series_dir)).name
+
+
 def _narrow(guard: SpecifierSet | None, new: Version, name: str) -> str:
     """``guard`` ending before ``new`` (an upper bound at or above it is replaced)."""
     specs = sorted(str(s) for s in (guard or []) if not (s.operator in ("<", "<=") and Version(s.version) >= new))
@@ -525,7 +531,7 @@ def _finish_port(tree: Path, cache: Cache) -> PortResult:
         if ported.outcome in ("clean", "offset", "already-upstream", "skipped"):
             continue
         if ported.outcome not in ("merged", "resolved") or not ported.commit:
-            raise KettaError(f"{ported.name} has not been carried onto letta {new} ({ported.outcome}); port --continue first")
+            raise KettaError(f"{ported.name} has not been carried onto {_name(state)} {new} ({ported.outcome}); port --continue first")
         message = git(tree, "log", "-1", "--format=%B", ported.commit)
         author = git(tree, "log", "-1", "--format=%an%x00%ae", ported.commit).split("\x00")
         header = header_from_commit(parse_commit(message), author[0], author[1], base_release=new, where=ported.commit[:10])
@@ -675,8 +681,8 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
             plan.actions[name] = f"new variant {variant} [{guard}]; {name} unchanged"
             if upper != served[0]:
                 left = [v for v in series.releases.versions if upper <= v < served[0]]
-                plan.actions[name] += (f"; made on {new}, it does not apply to letta {upper}, so "
-                                       f"{', '.join(map(str, left))} still have no variant of it (port --letta {upper})")
+                plan.actions[name] += (f"; made on {new}, it does not apply to {_name(state)} {upper}, so "
+                                       f"{', '.join(map(str, left))} still have no variant of it (port --release {upper})")
         else:
             # up to the first newer release another variant serves (a release ported before this one)
             others = [e for e in series.groups()[entry.group] if e is not entry]

@@ -165,12 +165,14 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
     from cyclonedx.model.tool import ToolRepository
 
     upstream = provenance.get("upstream") or {}
-    letta, version = provenance["letta"], provenance["version"]
-    ancestor_purl = _purl("letta", letta)
+    # the project and its upstream release (provenance/2 of a Letta wheel names them "letta" only)
+    project = provenance.get("project", "letta")
+    release, version = provenance.get("release", provenance.get("letta")), provenance["version"]
+    ancestor_purl = _purl(project, release)
     ancestor = Component(
-        type=ComponentType.APPLICATION, name="letta", version=letta, purl=ancestor_purl,
+        type=ComponentType.APPLICATION, name=project, version=release, purl=ancestor_purl,
         bom_ref=f"upstream:{ancestor_purl.to_string()}",
-        supplier=OrganizationalEntity(name="Letta"),
+        supplier=OrganizationalEntity(name="Letta" if project == "letta" else project),
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=upstream["sha256"])] if upstream.get("sha256") else None,
         properties=[Property(name=f"{PROPERTY_PREFIX}upstream-file", value=upstream["filename"])]
         if upstream.get("filename") else None,
@@ -185,8 +187,8 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
         cdx_patches.append(Patch(type=patch_type(h.upstream_status), diff=Diff(text=text, url=XsUri(p.location)),
                                  resolves=resolves))
     order = ", ".join(f"{p.name} ({p.outcome})" for p in applied) or "none"
-    notes = (f"letta {version} is upstream letta {letta}"
-             f"{' (' + upstream['filename'] + ')' if upstream.get('filename') else ''} with Ketta's patches applied "
+    notes = (f"{project} {version} is upstream {project} {release}"
+             f"{' (' + upstream['filename'] + ')' if upstream.get('filename') else ''} with the series' patches applied "
              f"in this order: {order}.")
     skipped = [p.name for p in patches if p.outcome == "already-upstream"]
     if skipped:
@@ -200,10 +202,10 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
             properties.append(Property(name=f"{PROPERTY_PREFIX}series-commit", value=series["commit"]))
         properties.append(Property(name=f"{PROPERTY_PREFIX}series-dirty", value=json.dumps(bool(series.get("dirty")))))
     properties += [Property(name=f"{PROPERTY_PREFIX}patch-sha256:{p.name}", value=p.sha256) for p in applied]
-    root_purl = _purl("letta", version)
+    root_purl = _purl(project, version)
     root = Component(
-        type=ComponentType.APPLICATION, name="letta", version=version, purl=root_purl, bom_ref=root_purl.to_string(),
-        supplier=OrganizationalEntity(name="Ketta"),
+        type=ComponentType.APPLICATION, name=project, version=version, purl=root_purl, bom_ref=root_purl.to_string(),
+        supplier=OrganizationalEntity(name=provenance.get("supplier", "Ketta")),
         pedigree=Pedigree(ancestors=[ancestor], patches=cdx_patches, notes=notes), properties=properties,
     )
     tool = Component(type=ComponentType.APPLICATION, name="ketta-build", version=__version__,
@@ -227,7 +229,7 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
     for pin in pins:
         ref = _purl(pin.name, pin.version).to_string()
         for name in pin.via:
-            for dependent in [root] if name == "letta" else by_name.get(name, []):
+            for dependent in [root] if name == project else by_name.get(name, []):
                 needs.setdefault(dependent.bom_ref.value, set()).add(ref)
     # Every component is in the graph, those that need nothing with an empty list (CycloneDX: known to
     # have no dependencies); made directly, the library's register_dependency is quadratic.

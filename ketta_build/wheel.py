@@ -32,7 +32,9 @@ from .gitcmd import extract_tree, git
 from .patchfile import parse_patch_text
 from .releases import load_releases, parse_version, require_served
 from .releasetree import check_exported, fresh_tree
+from .profile import Profile
 from .sbom import SBOM_FILE, AppliedPatch, sbom_json
+from .wheelfinish import build_upstream_wheel, relabel_wheel
 from .uvcmd import run_uv
 
 BUILD_NUMBER_FILE = "build-number"
@@ -98,7 +100,8 @@ def _series_prefix(series_dir: Path) -> str:
     return git(series_dir, "rev-parse", "--show-prefix", check=False)
 
 
-def provenance(tree: Path, version: str, build_number: int, series: dict | None = None) -> dict:
+def provenance(tree: Path, version: str, build_number: int, series: dict | None = None,
+               profile: Profile | None = None) -> dict:
     """What a Ketta wheel is made of (no paths, no times): the build tree's apply report, the git tree
     of HEAD (what is built) and, for a release wheel, ``series`` (:func:`series_state`)."""
     state = tree / ".git" / "ketta-build.json"
@@ -117,6 +120,9 @@ def provenance(tree: Path, version: str, build_number: int, series: dict | None 
     }
     if series is not None:
         data["series"] = {"commit": series["commit"], "dirty": series["dirty"]}
+    if profile is not None and not profile.is_letta:  # another upstream: its name and release, not "letta"
+        del data["letta"]
+        data.update(project=profile.name, release=upstream["version"], supplier=profile.label)
     return data
 
 
@@ -219,6 +225,32 @@ def build_wheel(tree: Path, dist_dir: Path, build_number: int | None, *, series_
     return BuiltWheel(final, version, sha256_file(final))
 
 
+def build_any_wheel(tree: Path, dist_dir: Path, build_number: int, *, series_dir: Path, series: dict | None,
+                    profile: Profile) -> BuiltWheel:
+    """The wheel of ``tree``'s HEAD for an upstream of wheel kind ``any``: built by the upstream's own
+    build backend (:func:`ketta_build.wheelfinish.build_upstream_wheel`, through uv and the user's index
+    configuration), then given the local version ``X+LABEL.N``, the provenance in its import package
+    and the SBOM (:func:`ketta_build.wheelfinish.relabel_wheel`). Reproducible: the same tree gives the
+    same bytes (SOURCE_DATE_EPOCH is the tree's commit time)."""
+    with tempfile.TemporaryDirectory(prefix="ketta-wheel-") as tmp_name:
+        tmp = Path(tmp_name)
+        src = tmp / "src"
+        src.mkdir()
+        _export_head(tree, src)
+        epoch = int(git(tree, "log", "-1", "--format=%ct"))
+        release = json.loads((tree / ".git" / "ketta-build.json").read_text())["upstream"]["version"]
+        built = build_upstream_wheel(src, tmp / "built", epoch=epoch, upstream_version=release)
+        version = profile.local_version(release, build_number)
+        data = provenance(tree, version, build_number, series, profile)
+        report = json.loads((tree / ".git" / "ketta-build.json").read_text())
+        sbom = sbom_json(data, _applied_patches(tree, series_dir, report), "", epoch)
+        final = relabel_wheel(built, dist_dir, local_label=profile.label, build_number=build_number,
+                              add_to_package={f"{profile.package}/{PROVENANCE_FILE}":
+                                              (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()},
+                              sbom_name=SBOM_FILE, sbom=sbom.encode(), epoch=epoch)
+    return BuiltWheel(final, version, sha256_file(final))
+
+
 def _sbom_text(tree: Path, tmp: Path, series_dir: Path, constraints: Path | None, data: dict, epoch: int) -> str:
     report = json.loads((tree / ".git" / "ketta-build.json").read_text())  # provenance() checked it is there
     if constraints is None:
@@ -301,7 +333,7 @@ def export_constraints(tree: Path, dest: Path, extras: tuple[str, ...] = SERVER_
 class ReleaseWheel:
     version: str
     wheel: Path
-    constraints: Path
+    constraints: Path | None  # None: an upstream without a lock file to constrain it (wheel kind "any")
     sha256: str
     tree: str  # the git tree hash of the sources built
     series: dict  # series_state() of the series it was built from
@@ -324,6 +356,7 @@ def release_wheels(versions: list[str], out: Path, *, series_dir: Path, cache=No
     cache = cache or Cache()
     number = read_build_number(series_dir)
     series = series_state(series_dir)
+    profile = load_releases(series_dir).profile
     # A link to a directory is written through, never replaced: the work is done beside the directory
     # it names (the wheels are renamed into it, which needs one file system).
     out = out.resolve() if out.is_symlink() else out.absolute()
@@ -339,16 +372,22 @@ def release_wheels(versions: list[str], out: Path, *, series_dir: Path, cache=No
             if tree is not None:
                 progress(f"checking that {tree} holds what {series_dir} gives")
                 check_exported(tree, own, report)
-            progress(f"building the wheel of letta {version}+ketta.{number}")
+            progress(f"building the wheel of {profile.name} {profile.local_version(version, number)}")
             (tmp / version).mkdir()
-            constraints = export_constraints(own, tmp / version / f"constraints-{version}.txt")
-            wheel = build_wheel(own, tmp / version, number, series_dir=series_dir, constraints=constraints, series=series)
+            if profile.is_letta:
+                constraints = export_constraints(own, tmp / version / f"constraints-{version}.txt")
+                wheel = build_wheel(own, tmp / version, number, series_dir=series_dir, constraints=constraints,
+                                    series=series)
+            else:
+                constraints = None
+                wheel = build_any_wheel(own, tmp / version, number, series_dir=series_dir, series=series, profile=profile)
             staged.append((version, wheel, constraints, git(own, "rev-parse", "HEAD^{tree}")))
         out.mkdir(parents=True, exist_ok=True)
         moves = []
         for version, wheel, constraints, source_tree in staged:
-            final_wheel, final_constraints = out / wheel.path.name, out / constraints.name
-            moves += [(wheel.path, final_wheel), (constraints, final_constraints)]
+            final_wheel = out / wheel.path.name
+            final_constraints = out / constraints.name if constraints is not None else None
+            moves += [(wheel.path, final_wheel)] + ([(constraints, final_constraints)] if constraints is not None else [])
             made.append(ReleaseWheel(version, final_wheel, final_constraints, wheel.sha256, source_tree, series))
         # The wheels, their constraints and SHA256SUMS change together: Ctrl-C or SIGTERM waits for the
         # three, a failure puts back what was there.

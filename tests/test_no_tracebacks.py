@@ -75,6 +75,8 @@ CASES = [
     ("cache", "prune --max-size banana --cache-dir {cache}"),
     ("cache", "prune --older-than 1 --cache-dir {file} --json {notgit}"),
     ("cache", "--cache-dir {missing} --dry-run"),
+    ("init", "--upstream tomli --patches {garbage}"),
+    ("init", "--upstream tomli --releases banana --patches {out} --cache-dir {cache} --index-url " + UNREACHABLE),
     ("completion", "bash --patches {file}"),
     ("completion", "fish --patches {missing}"),
 ]

@@ -54,7 +54,7 @@ def _tree(ctx: Context, args) -> Path:
 
 def run(ctx: Context, args) -> Result:
     from ..port import abort_port, continue_port, start_port
-    from ..releases import parse_version
+    from ..releases import load_releases, parse_version
 
     if args.abort:
         tree, saved = abort_port(_tree(ctx, args), force=args.force, cache=ctx.cache)
@@ -89,13 +89,17 @@ def run(ctx: Context, args) -> Result:
         return Result(EXIT_FAILED, {"schema": SCHEMA, "finished": False, **asdict(result.state), "plan": result.plan},
                       show_stop)
 
+    profile = load_releases(ctx.patches).profile
+    flag = "--letta" if profile.is_letta else "--release"
+
     def show(console) -> None:
         patches(console)
         for path in result.written:
             console.print(f"wrote {escape(str(path))}")
-        print_result(console, f"letta {result.state.version} is now supported; next, lint the series and run its suites:")
-        say(console, "  ketta-build lint")
-        say(console, f"  ketta-build matrix --letta {result.state.version}")
+        print_result(console, f"{profile.name} {result.state.version} is now supported; next, lint the series and run "
+                              "its suites:")
+        say(console, "  ketta-build lint" + ("" if ctx.patches == ctx.project / "patches" else f" --patches {ctx.patches}"))
+        say(console, f"  ketta-build matrix {flag} {result.state.version}")
 
     return Result(0, {"schema": SCHEMA, "finished": True, **asdict(result.state),
                       "written": [str(p) for p in result.written]}, show)

@@ -46,12 +46,13 @@ def run(ctx: Context, args) -> Result:
     def show(console) -> None:
         for item in made:
             print_result(console, f"{escape(str(item.wheel))}  sha256 {item.sha256}  (git tree {item.tree[:12]})")
-            print_result(console, f"{escape(str(item.constraints))}")
+            if item.constraints is not None:
+                print_result(console, f"{escape(str(item.constraints))}")
         print_result(console, f"{escape(str(args.dist_dir / SUMS_FILE))}")
         if series["dirty"]:
             console.print(f"[yellow]{escape(str(ctx.patches))} has uncommitted changes: the wheels say so "
                           "(series.dirty in their provenance)[/]")
 
     return Result(0, {"schema": "ketta-build/wheels/1", "series": series, "wheels": [
-        {"letta": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints), "tree": m.tree}
+        {"letta": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints) if m.constraints else None, "tree": m.tree}
         for m in made]}, show)
