@@ -174,11 +174,11 @@ def write_issue_bodies(report: CheckReport, out_dir: Path) -> list[Path]:
     return written
 
 
-def _index_versions(index_url: str | None) -> dict[Version, list[IndexFile]]:
-    """Every version of letta on every index asked (pip looks at them all, so does this), with its files."""
+def _index_versions(index_url: str | None, project: str) -> dict[Version, list[IndexFile]]:
+    """Every version of ``project`` on every index asked (pip looks at them all, so does this), with its files."""
     found: dict[Version, list[IndexFile]] = {}
     for url in discover_index_urls(index_url):
-        for f in list_project_files(url) or []:
+        for f in list_project_files(url, project) or []:
             if f.version is not None:
                 found.setdefault(f.version, []).append(f)
     return found
@@ -207,19 +207,20 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
     cache = cache or Cache()
     series = read_series(series_dir)
     newest = series.releases.newest.version
+    profile = series.releases.profile
     releases: list[NewRelease] = []
     if letta_git:
         tags = {v: t for v, t in _git_versions(letta_git).items() if v > newest}
         for version in sorted(tags):
-            progress(f"reading letta {version} from {letta_git} ({tags[version]})")
-            source = GitSource(letta_git, tags[version])
+            progress(f"reading {profile.name} {version} from {letta_git} ({tags[version]})")
+            source = GitSource(letta_git, tags[version], profile)
             item = NewRelease(str(version), version.is_prerelease, None, "server")
             work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
             try:
                 try:
                     release = source.resolve(version)
                     source.export(release, work / "tree")
-                    check_server_tree(work / "tree", f"{letta_git}@{tags[version]}")
+                    check_server_tree(work / "tree", f"{letta_git}@{tags[version]}", profile)
                 except KettaError as exc:
                     item.kind, item.detail = "letta-code", exc.message
                 if item.kind == "server":
@@ -231,14 +232,15 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
             releases.append(item)
         return CheckReport(str(newest), letta_git, releases)
 
-    progress(f"asking {index_url or 'the package index'} for letta's releases")
-    found = _index_versions(index_url)
+    progress(f"asking {index_url or 'the package index'} for {profile.name}'s releases")
+    found = _index_versions(index_url, profile.project)
     for version in sorted(v for v in found if v > newest):
         files = found[version]
         yanked = next((f.yanked for f in files if f.yanked is not None), None)
         why = _not_server_message(version, files, series.releases)
         item = NewRelease(str(version), version.is_prerelease, yanked, "letta-code" if why else "server", why)
-        progress(f"letta {version}: {'Letta Code, nothing to port' if why else 'a server release'}")
+        other = profile.other_product.name if profile.other_product else "another product"
+        progress(f"{profile.name} {version}: {f'{other}, nothing to port' if why else 'a release to port to'}")
         if item.kind == "server":
             source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
             _dry_run(item, series, source.resolve(version), source, cache, index_url, progress)
@@ -251,7 +253,7 @@ def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, in
     entries = carried_entries(series, new)
     work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
     try:
-        progress(f"dry-run port onto letta {new}")
+        progress(f"dry-run port onto {series.releases.profile.name} {new}")
         report = apply_series(release, source, series, work / "tree",
                               options=ApplyOptions(keep_going=True, assume_resolved=True), cache=cache,
                               base_source=IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases),

@@ -86,6 +86,12 @@ def test_apply_export_lint_range_diff_status_on_every_release(checkout, capsys, 
 
 
 def test_port_to_a_newer_release_carries_a_patch_by_a_3_way_merge(checkout, capsys, cache_dir):
+    code, out, err = run(capsys, "upstream", "check", "--cache-dir", str(cache_dir), "--json", "check.json")
+    assert code == 11, err  # newer releases that need porting
+    newer = {r["version"]: r for r in json.loads(Path("check.json").read_text())["releases"]}
+    assert {p["name"]: p["outcome"] for p in newer["2.3.0"]["patches"]} == {
+        "0001-say-which-build-parses.diff": "offset", "0002-document-the-whitespace-set.diff": "merged"}
+    assert "tomli 2.3.0" in out and "letta" not in out
     code, out, err = run(capsys, "port", "--release", "2.3.0", "--cache-dir", str(cache_dir), "--json", "port.json")
     assert code == 0, err
     ported = {p["name"]: p["outcome"] for p in json.loads(Path("port.json").read_text())["patches"]}

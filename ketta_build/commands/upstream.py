@@ -31,26 +31,30 @@ def register(sub) -> None:
 
 
 def run(ctx: Context, args) -> Result:
+    from ..releases import load_releases
     from ..upstream_check import check_upstream, write_issue_bodies
 
     with ctx.status("asking upstream") as status:
         report = check_upstream(ctx.patches, cache=ctx.cache, index_url=ctx.index_url, letta_git=args.letta_git,
                                 progress=status.update)
     bodies = write_issue_bodies(report, args.issue_dir) if args.issue_dir else []
+    profile = load_releases(ctx.patches).profile
+    other = profile.other_product.name if profile.other_product else "another product"
 
     def show(console) -> None:
         if not report.releases:
             print_result(console, f"nothing newer than {report.newest_supported} on {escape(report.source)}")
         code = [r for r in report.releases if r.kind != "server"]
         if code:
-            console.print(f"{len(code)} Letta Code release(s) ({code[0].version} … {code[-1].version}): not the Letta "
-                          "server; noted, nothing to port")
+            console.print(f"{len(code)} {other} release(s) ({code[0].version} … {code[-1].version}): not "
+                          f"{profile.what}; noted, nothing to port")
         for r in report.releases:
             if r.kind != "server":
                 continue
             flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}",
                                                                      r.yanked is not None)) if on]
-            print_result(console, f"[bold]letta {r.version}[/] server" + (f" ({', '.join(flags)})" if flags else ""))
+            kind = " server" if profile.is_letta else ""
+            print_result(console, f"[bold]{escape(profile.name)} {r.version}[/]{kind}" + (f" ({', '.join(flags)})" if flags else ""))
             print_result(console, f"  dry-run port: {r.status}")
             for p in r.patches:
                 console.print(f"    {p.outcome:16} {escape(p.name)}  ({hunk_counts_text(p.hunks)})")
