@@ -105,6 +105,11 @@ def test_port_to_a_newer_release_carries_a_patch_by_a_3_way_merge(checkout, caps
     assert run(capsys, "export", "--tree", "build/2.3.0", "--check", "--cache-dir", str(cache_dir))[0] == 0
 
 
+def test_what_only_letta_has_is_refused_in_one_line(checkout, capsys):
+    code, _, err = run(capsys, "serve", "--release", "2.2.1")
+    assert code == 2 and "kept for tomli" in err and err.count("\n") == 1, err
+
+
 def test_the_wheel_is_the_upstream_backends_relabeled_reproducible_with_its_sbom(checkout, capsys, cache_dir, tmp_path):
     from ketta_build import sbom
 

@@ -6,6 +6,7 @@ import json
 import signal
 from pathlib import Path
 
+from ..errors import KettaError
 from ..tables import print_result
 from .common import (Context, Result, build_root_flag, cache_flag, emit_json, index_flag, json_flag, patches_flag,
                      verb_parser)
@@ -40,6 +41,10 @@ def run(ctx: Context, args) -> Result:
 
     # SIGINT too: a process started in the background of a script inherits SIGINT ignored, and
     # Python then never turns Ctrl-C (or `kill -INT`) into KeyboardInterrupt.
+    profile = load_releases(ctx.patches).profile
+    if not profile.is_letta:
+        raise KettaError(f"serve starts a Letta server with its PostgreSQL; the series in {ctx.patches} is kept for "
+                         f"{profile.name} (wheel kind {profile.wheel_kind!r}): build its wheel with ketta-build wheel")
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
     console = ctx.console
