@@ -140,7 +140,7 @@ def _pristine_intact(repo: Path, release: UpstreamRelease, cache: Cache) -> tupl
 
 
 def _pristine_changed(repo: Path, release: UpstreamRelease, why: str) -> None:
-    print(f"ketta-build: warning: {repo}: the cached pristine repository of letta {release.version} was changed since it "
+    print(f"ketta-build: warning: {repo}: the cached pristine repository of release {release.version} was changed since it "
           f"was made ({why}); discarded and made again from its sdist (sha256 {release.sha256})", file=sys.stderr)
 
 
@@ -171,7 +171,7 @@ def ensure_pristine_repo(release: UpstreamRelease, source: UpstreamSource, cache
             git(work, "clone", "-q", "--bare", "--no-local", str(tree), str(work / "repo.git"))
             made = _pristine_state(work / "repo.git", release.version)
             if made is None:
-                raise BuildTreeError(f"the pristine repository of letta {release.version} made in {work} has no tag "
+                raise BuildTreeError(f"the pristine repository of release {release.version} made in {work} has no tag "
                                      f"upstream/{release.version}")
             commit, tree_id = made
             if repo.exists():
@@ -217,7 +217,7 @@ def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSour
             return
         shutil.rmtree(dest)
         if attempt == 2:
-            raise BuildTreeError(f"the pristine tree of letta {release.version} checked out from {repo} hashes to tree "
+            raise BuildTreeError(f"the pristine tree of release {release.version} checked out from {repo} hashes to tree "
                                  f"{got}, not {wanted}, even after the repository was made again from its sdist")
         with cache.lock(f"pristine-{release.sha256}"):
             _pristine_changed(repo, release, f"a checked-out file is not the object it was stored as (tree {got}, "
@@ -291,21 +291,21 @@ class PreimageFinder:
                 if other.is_new:
                     content = encode("".join(line for h in other.hunks for line in h.new_lines))
                 elif content is None:
-                    return None, f"earlier patch {entry.name} changes {fp.path}, which letta {base} does not have"
+                    return None, f"earlier patch {entry.name} changes {fp.path}, which {self.series.releases.profile.name} {base} does not have"
                 else:
                     lines, results = apply_hunks(split_lines(decode(content)), other.hunks)
                     if any(r.outcome not in (Outcome.CLEAN, Outcome.OFFSET) for r in results):
-                        return None, f"earlier patch {entry.name} does not apply to letta {base}"
+                        return None, f"earlier patch {entry.name} does not apply to {self.series.releases.profile.name} {base}"
                     content = encode("".join(lines))
                 candidates.append(content)
         if content is None:
-            return None, f"{fp.path} does not exist in letta {base} (nor does an earlier patch create it)"
+            return None, f"{fp.path} does not exist in {self.series.releases.profile.name} {base} (nor does an earlier patch create it)"
         if fp.old_blob is None:
             return content, None
         for candidate in reversed(candidates):
             if git_blob_id(candidate).startswith(fp.old_blob):
                 return candidate, None
-        return None, f"no file in letta {base} (+ earlier patches) has the patch's blob id {fp.old_blob}"
+        return None, f"no file in {self.series.releases.profile.name} {base} (+ earlier patches) has the patch's blob id {fp.old_blob}"
 
 
 # --------------------------------------------------------------------------- the run

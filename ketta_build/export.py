@@ -130,14 +130,15 @@ def check_tree(tree: Path, series: Series | None = None) -> Version:
     """The release of a build tree that is fit to export from: a supported release, on a branch,
     clean, no git operation or port in progress."""
     version = read_tree_state(tree).version
+    name = series.releases.profile.name if series is not None else "release"
     if git(tree, "rev-parse", "-q", "--verify", f"refs/tags/upstream/{version}", check=False) == "":
         raise BuildTreeError(f"the tag upstream/{version} is missing: not a ketta-build tree", path=tree)
     if (tree / ".git" / PORT_STATE_FILE).is_file():
-        raise BuildTreeError(f"a port to letta {version} is in progress here; it writes patches/ itself when it "
+        raise BuildTreeError(f"a port to {name} {version} is in progress here; it writes patches/ itself when it "
                              "finishes: ketta-build port --continue (or --abort)", path=tree)
     if series is not None and series.releases.find(version) is None:
-        raise BuildTreeError(f"the tree is letta {version}, which the series does not support "
-                             f"({series.releases.range_text()}): bring the series there with ketta-build port --letta {version}",
+        raise BuildTreeError(f"the tree is {name} {version}, which the series does not support "
+                             f"({series.releases.range_text()}): bring the series there with ketta-build port {series.releases.profile.release_flag} {version}",
                              path=tree)
     for marker, what in (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or git am"),
                          ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick")):
@@ -372,7 +373,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
                 raise KettaError(f"commits {seen[name][:10]} and {short} both say Ketta-Patch: {name}; squash them "
                                  "(git rebase -i) or remove the trailer from the new one")
             if entries[name] not in selected:
-                raise SeriesError(f"commit {short} carries {name}, which the series does not select for letta {version}",
+                raise SeriesError(f"commit {short} carries {name}, which the series does not select for {series.releases.profile.name} {version}",
                                   path=series.series_file, line=entries[name].line)
             seen[name] = commit.sha
             order.append(name)
@@ -434,7 +435,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         raise BuildTreeError(
             f"{'; '.join(conflicts)}: changed both in {series_dir} since this tree took it and in this tree; export "
             "would throw one of the two away, so nothing is written. To go on, take the series as it is now and carry "
-            f"your edit over: ketta-build apply --letta {version} --tree {tree} --force (your commits stay in the new "
+            f"your edit over: ketta-build apply {series.releases.profile.release_flag} {version} --tree {tree} --force (your commits stay in the new "
             "tree as a backup ref: git cherry-pick or rebase them onto it), or undo the edit here", path=tree)
     never_applied = {state.stopped_at, *state.not_attempted} - {None}
     dropped = [e for e in selected if e.name not in seen and e.name not in never_applied]
@@ -501,7 +502,7 @@ def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False, 
             return
         if not _mend(plan, new_series, failures, split, repos):
             break
-    lines = [f"{f.patch}: {describe(f, on)}" for f, on in group_failures(failures)]
+    lines = [f"{f.patch}: {describe(f, on, plan.series.releases.profile.name)}" for f, on in group_failures(failures)]
     hint = ("--split keeps the current file as a variant for those releases" if not split else
             "--split cannot help: the releases are not at one end of the patch's range")
     raise ClaimError(f"nothing written: export would leave patches that do not apply on releases their guards claim: "
@@ -561,7 +562,8 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
             plan.series_edits["inserts"] = {anchor: [(n, guard if n == name else g) for n, g in added]
                                             for anchor, added in plan.series_edits["inserts"].items()}
             new[name].guard = guard
-            new[name].note = (f"guard [{guard}]: it does not apply to letta {', '.join(map(str, sorted(broken)))}; "
+            new[name].note = (f"guard [{guard}]: it does not apply to {plan.series.releases.profile.name} "
+                              f"{', '.join(map(str, sorted(broken)))}; "
                               "give those releases a variant of their own")
             continue
         if not split:
@@ -596,8 +598,9 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
                 if n == name:
                     plan.headers[sha] = (n, header)
         plan.patches.append(ExportedPatch(variant, "split", None, variant_guard,
-                                          f"{name} as it was, for letta {', '.join(map(str, run))}, where the refreshed "
-                                          f"one does not apply: carry the change there by hand (apply --letta {run[0]})"))
+                                          f"{name} as it was, for {plan.series.releases.profile.name} {', '.join(map(str, run))}, where "
+                                          f"the refreshed one does not apply: carry the change there by hand "
+                                          f"(apply {plan.series.releases.profile.release_flag} {run[0]})"))
     return mended
 
 

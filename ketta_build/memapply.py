@@ -177,7 +177,7 @@ def _walk(series: Series, versions: Iterable[Version], repos: PristineRepos, ent
         if isinstance(repo, str):
             gaps.append(ClaimGap(version, repo))
             continue
-        progress(f"applying {len(entries)} patch(es) in memory to letta {version}")
+        progress(f"applying {len(entries)} patch(es) in memory to {series.releases.profile.name} {version}")
         with Blobs(repo) as blobs:
             release = InMemoryTree(version, blobs)
             for entry in entries:
@@ -237,11 +237,11 @@ def images_at(series: Series, version: Version, repos: PristineRepos, name: str,
     ClaimError if anything on the way does not apply exactly."""
     repo = repos.get(version)
     if isinstance(repo, str):
-        raise ClaimError(f"cannot read letta {version}: {repo}")
+        raise ClaimError(f"cannot read {series.releases.profile.name} {version}: {repo}")
     overrides = patches or {}
     entries = series.select(version)
     if name not in {e.name for e in entries}:
-        raise ClaimError(f"{name} is not selected for letta {version}")
+        raise ClaimError(f"{name} is not selected for {series.releases.profile.name} {version}")
     with Blobs(repo) as blobs:
         release = InMemoryTree(version, blobs)
         for entry in entries:
@@ -279,7 +279,8 @@ def group_failures(failures: Iterable[ClaimFailure]) -> list[tuple[ClaimFailure,
     return list(grouped.values())
 
 
-def describe(failure: ClaimFailure, versions: list[Version]) -> str:
-    """``hunk #2 of letta/x.py does not apply to letta 0.16.4, 0.16.5 (context not found)``."""
+def describe(failure: ClaimFailure, versions: list[Version], name: str = "release") -> str:
+    """``hunk #2 of letta/x.py does not apply to letta 0.16.4, 0.16.5 (context not found)``: ``name`` is the
+    upstream's (the series' profile), ``release`` when the caller does not know it."""
     what = f"hunk #{failure.hunk} of {failure.path}" if failure.hunk is not None else failure.path
-    return f"{what} does not apply to letta {', '.join(map(str, versions))} ({failure.reason})"
+    return f"{what} does not apply to {name} {', '.join(map(str, versions))} ({failure.reason})"

@@ -562,7 +562,7 @@ def _finish_port(tree: Path, cache: Cache) -> PortResult:
         keep_old |= broken
         backwards.update(behind)
     if failures:
-        lines = [f"{f.patch}: {describe(f, on)}" for f, on in group_failures(failures)]
+        lines = [f"{f.patch}: {describe(f, on, series.releases.profile.name)}" for f, on in group_failures(failures)]
         raise ClaimError(f"nothing written: the ported series would not apply on releases it claims: {'; '.join(lines)}; "
                          "the port's tree is kept: fix it there and run ketta-build port --continue", path=series_dir)
 
@@ -682,7 +682,7 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
             if upper != served[0]:
                 left = [v for v in series.releases.versions if upper <= v < served[0]]
                 plan.actions[name] += (f"; made on {new}, it does not apply to {_name(state)} {upper}, so "
-                                       f"{', '.join(map(str, left))} still have no variant of it (port --release {upper})")
+                                       f"{', '.join(map(str, left))} still have no variant of it (port {load_profile(Path(state.series_dir)).release_flag} {upper})")
         else:
             # up to the first newer release another variant serves (a release ported before this one)
             others = [e for e in series.groups()[entry.group] if e is not entry]

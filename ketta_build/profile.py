@@ -78,6 +78,11 @@ class Profile:
         return self.product or self.name
 
     @property
+    def release_flag(self) -> str:
+        """The flag a printed command names a release with: Letta's docs say --letta, any other --release."""
+        return "--letta" if self.is_letta else "--release"
+
+    @property
     def is_letta(self) -> bool:
         return self.wheel_kind == "letta"
 

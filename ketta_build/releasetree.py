@@ -94,7 +94,10 @@ def _applied(report: ApplyReport) -> dict:
     if report.exit_code != 0:
         version = report.release.version
         failed = ", ".join(r.name for r in report.failed) or ", ".join(report.not_attempted)
-        raise KettaError(f"the series does not apply to letta {version} (failed: {failed}); see ketta-build apply --letta {version}")
+        profile = load_releases(report.series_dir).profile if (report.series_dir / "releases.toml").is_file() \
+            else load_releases().profile
+        raise KettaError(f"the series does not apply to {profile.name} {version} (failed: {failed}); see ketta-build "
+                         f"apply {profile.release_flag} {version}")
     return report_json(report)
 
 
@@ -141,7 +144,7 @@ def check_exported(tree: Path, series_tree: Path, series_report: dict) -> str:
     state = read_tree_state(tree)  # refuses a directory that is not a build tree
     version = state.version
     if (tree / ".git" / PORT_STATE_FILE).is_file():
-        raise BuildTreeError(f"a port to letta {version} is in progress in this tree; finish it (ketta-build port "
+        raise BuildTreeError(f"a port to release {version} is in progress in this tree; finish it (ketta-build port "
                              "--continue) or build from patches/ without --tree", path=tree)
     changed = uncommitted(tree)
     if changed:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .applying import Outcome, PatchResult
+from .errors import KettaError
+from .releases import load_releases
 from .tables import print_result, print_table
 
 if TYPE_CHECKING:
@@ -171,7 +173,7 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
         rows.append((f"[dim]… {clean} more[/]", f"[{_STYLE[Outcome.CLEAN]}]clean[/]", "", "[dim]-v lists them[/]"))
     for name in report.not_attempted:
         rows.append((escape(name), "[dim]not attempted[/]", "", "-"))
-    print_table(console, escape(f"letta {release.version} ({release.origin}: {release.location}) + {report.series_dir}"),
+    print_table(console, escape(f"{_upstream_name(report.series_dir)} {release.version} ({release.origin}: {release.location}) + {report.series_dir}"),
                 ("patch", "outcome", "hunks", "commit"), rows)
     if verbose:
         for s in report.selections:
@@ -226,3 +228,11 @@ def print_report(report: ApplyReport, console: Console, verbose: bool = False) -
     summary = report_json(report)["summary"]["hunks"]
     parts = [f"{n} {k}" for k, n in summary.items() if n]
     print_result(console, f"hunks: {', '.join(parts) or 'none'}; tree {report.tree_hash} at {report.out}")
+
+
+def _upstream_name(series_dir: Path) -> str:
+    """The upstream's name in the series' profile; ``release`` for a series without releases.toml."""
+    try:
+        return load_releases(series_dir).profile.name
+    except KettaError:
+        return "release"

@@ -495,7 +495,7 @@ class IndexSource:
         assert release.sha256
         path = self.cache.blob_path(release.sha256)
         if not path.is_file():
-            raise UpstreamError(f"cached sdist for letta {release.version} is missing; run again to fetch it", path=path)
+            raise UpstreamError(f"cached sdist for {self._releases().profile.name} {release.version} is missing; run again to fetch it", path=path)
         got = sha256_file(path)
         if got != release.sha256:
             path.unlink()

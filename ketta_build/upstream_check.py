@@ -240,7 +240,8 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
         why = _not_server_message(version, files, series.releases)
         item = NewRelease(str(version), version.is_prerelease, yanked, "letta-code" if why else "server", why)
         other = profile.other_product.name if profile.other_product else "another product"
-        progress(f"{profile.name} {version}: {f'{other}, nothing to port' if why else 'a release to port to'}")
+        kind = "a server release" if profile.is_letta else "a release to port to"
+        progress(f"{profile.name} {version}: {f'{other}, nothing to port' if why else kind}")
         if item.kind == "server":
             source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
             _dry_run(item, series, source.resolve(version), source, cache, index_url, progress)

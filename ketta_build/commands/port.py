@@ -90,7 +90,7 @@ def run(ctx: Context, args) -> Result:
                       show_stop)
 
     profile = load_releases(ctx.patches).profile
-    flag = "--letta" if profile.is_letta else "--release"
+    flag = profile.release_flag
 
     def show(console) -> None:
         patches(console)
