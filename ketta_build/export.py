@@ -647,7 +647,8 @@ def report_json(plan: ExportPlan, written: list[Path], check: bool) -> dict:
     return {
         "schema": "ketta-build/export/1",
         "tree": str(plan.tree),
-        "letta": str(plan.version),
+        "letta": str(plan.version),  # kept for Letta's consumers; "release" is the name for any upstream
+        "release": str(plan.version),
         "check": check,
         "patches": [vars(p) for p in plan.patches],
         "differences" if check else "written": [str(p) for p in written],

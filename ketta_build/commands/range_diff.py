@@ -38,5 +38,5 @@ def run(ctx: Context, args) -> Result:
             out.write(result.text)
         out.write("\nper patch (old -> new, class):\n" + "".join(f"  {line}\n" for line in class_lines(result.pairs)))
 
-    return Result(0, {"schema": "ketta-build/range-diff/1", "letta": result.letta, "old": result.old,
+    return Result(0, {"schema": "ketta-build/range-diff/1", "letta": result.letta, "release": result.letta, "old": result.old,
                       "new": result.new, "pairs": result.pairs}, show)

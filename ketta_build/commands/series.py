@@ -34,7 +34,8 @@ def run(ctx: Context, args) -> Result:
     rows = series.explain(version)
     data = {
         "schema": "ketta-build/series/1",
-        "letta": str(version),
+        "letta": str(version),  # kept for Letta's consumers; "release" is the name for any upstream
+        "release": str(version),
         "entries": [{"name": s.entry.name, "line": s.entry.line, "guard": s.entry.guard_text, "selected": s.selected,
                      "reason": s.reason} for s in rows],
         "problems": series.coverage_problems() if args.check else [],

@@ -54,5 +54,5 @@ def run(ctx: Context, args) -> Result:
                           "(series.dirty in their provenance)[/]")
 
     return Result(0, {"schema": "ketta-build/wheels/1", "series": series, "wheels": [
-        {"letta": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints) if m.constraints else None, "tree": m.tree}
+        {"letta": m.version, "release": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints) if m.constraints else None, "tree": m.tree}
         for m in made]}, show)
