@@ -219,7 +219,7 @@ def _parse_tests(table, path: Path) -> UpstreamTests:
     unknown = set(table) - set(known)
     if unknown:
         raise SeriesError(f"[tests]: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}", path=path,
-                          line=_line(path, sorted(unknown)[0]))
+                          line=_line(path, min(unknown)))
     default = UpstreamTests()
 
     def strings(key: str, empty_ok: bool) -> tuple[str, ...]:
