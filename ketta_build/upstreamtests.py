@@ -456,7 +456,7 @@ def run_cell(version: str, *, series_dir: Path, build_root: Path, report_dir: Pa
         try:
             result, built = _run_release(version, series_dir=series_dir, build_root=build_root, cache=cache,
                                          index_url=index_url, no_patches=no_patches, progress=say)
-        except KettaError as exc:
+        except (KettaError, OSError, subprocess.SubprocessError) as exc:
             say(f"no verdict: {exc}")
             return 2
         for item, patched in built:
