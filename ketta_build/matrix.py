@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,16 @@ from .hunkcoverage import ALLOWED_FILE, measure_release
 from .releases import load_releases, parse_version, require_served
 from .releasetree import server_tree
 from .servercoverage import release_dir, require_coverage
-from .suites import SuiteRegistry, project_suites
+from .suites import SuiteRegistry, matrix_suites
 from .toxini import SHARED_FACTOR, factor
+from .upstreamtests import run_cell as run_upstream_cell
 
 
-def env_name(version: str, suite: str) -> str:
-    return factor(parse_version(version)) + "-" + suite
+def env_name(version: str, suite: str, project: str | None = None) -> str:
+    """A cell's name: ``letta0168-handle``; for another upstream's ``project``, ``tomli221-upstream``."""
+    if project is None:
+        return factor(parse_version(version)) + "-" + suite
+    return "".join(ch for ch in project if ch.isalnum()) + str(parse_version(version)).replace(".", "") + "-" + suite
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Task:
     env: str
     cells: list[Cell]
     marker: str | None = None  # a narrower -m than the environment's own (some of a shared session's suites)
+    run: Callable[[Path, Path], int] | None = None  # instead of tox: run(log, junit) -> exit code (any upstream)
 
 
 def _case_suite(case: ET.Element) -> str | None:
@@ -121,12 +127,15 @@ def run_task(task: Task, report_dir: Path, tox: list[str], env: dict[str, str], 
     xml_path.unlink(missing_ok=True)
     command = [*tox, "-e", task.env, *(["--", "-m", task.marker] if task.marker else [])]
     start = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.run(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if task.run is not None:
+        returncode = task.run(log_path, xml_path)
+    else:
+        with open(log_path, "wb") as log:
+            returncode = subprocess.run(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = round(time.monotonic() - start, 1)
     alone = len(task.cells) == 1
     for cell in task.cells:
-        cell.exit_code = proc.returncode
+        cell.exit_code = returncode
         cell.log = f"logs/{task.env}.log"
         cell.session = task.env
         cell.duration = wall if alone else 0.0
@@ -135,7 +144,7 @@ def run_task(task: Task, report_dir: Path, tox: list[str], env: dict[str, str], 
     for cell in task.cells:
         if cell.failed:
             cell.status = "fail"
-        elif cell.errors or cell.passed == 0 or not xml_path.is_file() or (alone and proc.returncode != 0):
+        elif cell.errors or cell.passed == 0 or not xml_path.is_file() or (alone and returncode != 0):
             cell.status = "error"
         else:
             cell.status = "pass"
@@ -196,16 +205,21 @@ def run_matrix(
     get it as ``KETTA_PATCHES``. ``build_root`` (``--build-root``) is where the suites build the
     patched releases' trees (``KETTA_BUILD_ROOT``; default ``project/build``); an unpatched run builds
     under ``report_dir/build``."""
-    registry = project_suites(project)
+    series_dir = (series_dir or project / "patches").absolute()
+    registry = matrix_suites(project, series_dir)
     registry.check(suites)
     if parallel < 1:
         raise KettaError("-p must be 1 or more")
+    if not load_releases(series_dir).profile.is_letta:
+        return _run_any_upstream(versions, suites, report_dir=report_dir, parallel=parallel, no_patches=no_patches,
+                                 series_dir=series_dir, build_root=build_root, project=project, cache=cache,
+                                 index_url=index_url, on_cell=on_cell, registry=registry, coverage=coverage,
+                                 changed=changed)
     if coverage:
         if no_patches:
             raise KettaError("--coverage measures the series' hunks; leave out --no-patches")
         require_coverage()
         reuse = False
-    series_dir = (series_dir or project / "patches").absolute()
     supported = load_releases(series_dir)
     for version in versions:  # tox.ini has environments for the supported releases only
         require_served(parse_version(version), supported, "the matrix has no cells for it")
@@ -269,6 +283,45 @@ def run_matrix(
             if server_tree(build_root, version).is_dir():
                 measure_release(version, tree=server_tree(build_root, version), series_dir=series_dir,
                                 data_root=report_dir / "coverage", allowed_file=project / ALLOWED_FILE)
+    return cells
+
+
+def _run_any_upstream(versions: list[str], suites: list[str], *, report_dir: Path, parallel: int, no_patches: bool,
+                      series_dir: Path, build_root: Path | None, project: Path, cache: Cache | None, index_url: str | None,
+                      on_cell, registry: SuiteRegistry, coverage: bool, changed: Affected | None) -> list[Cell]:
+    """The matrix of a series for any other upstream than Letta: one cell per release, the ``upstream``
+    suite (:func:`ketta_build.upstreamtests.run_cell`), run here rather than through tox: the cell
+    builds and runs its own two environments, and the downstream's checkout needs no tox.ini, no
+    compat_tests/ and no ketta-build inside an environment. Cells are never reused (no cell key yet)."""
+    profile = load_releases(series_dir).profile
+    if coverage:
+        raise KettaError(f"--coverage measures the hunks Letta's servers run; a series for {profile.name} has no "
+                         "server: leave it out")
+    if changed is not None:
+        raise KettaError(f"--changed reads which cells Letta's suites depend on; a series for {profile.name} has "
+                         "one suite per release: leave it out")
+    supported = load_releases(series_dir)
+    for version in versions:
+        require_served(parse_version(version), supported, "the matrix has no cells for it")
+    report_dir = report_dir.absolute()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    root = report_dir / "build" if no_patches else (build_root or project / "build").absolute()
+    cells = [Cell(str(parse_version(v)), s, env_name(v, s, profile.project)) for v in versions for s in suites]
+
+    def task(cell: Cell) -> Task:
+        def run(log: Path, junit: Path) -> int:
+            return run_upstream_cell(cell.version, series_dir=series_dir, build_root=root, report_dir=report_dir,
+                                     log=log, junit=junit, cache=cache, index_url=index_url, no_patches=no_patches)
+        return Task(cell.env, [cell], run=run)
+
+    order = longest_first([task(c) for c in cells], previous_durations(report_dir), registry)
+
+    def run_one(one: Task) -> None:
+        for cell in run_task(one, report_dir, [], dict(os.environ), project):
+            on_cell(cell)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(run_one, order))
     return cells
 
 

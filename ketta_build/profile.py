@@ -24,6 +24,12 @@ any other project.
 
     [review]
     checklist = ["..."]            # what a port's review list asks of a maintainer
+
+    [tests]                        # the upstream suite: the release's own tests, stock and patched (kind any)
+    paths = ["tests"]              # test files or directories inside the release's tree
+    requirements = ["pytest"]      # what the tests need besides the wheel (pip requirements)
+    args = []                      # extra pytest arguments
+    expected_failures = "upstream-expected-failures.toml"  # the reviewed list, in the series directory
 """
 
 from __future__ import annotations
@@ -54,6 +60,16 @@ class OtherProduct:
 
 
 @dataclass(frozen=True)
+class UpstreamTests:
+    """How the ``upstream`` suite runs a release's own tests (``[tests]``)."""
+
+    paths: tuple[str, ...] = ("tests",)  # inside the release's tree
+    requirements: tuple[str, ...] = ("pytest",)
+    args: tuple[str, ...] = ()
+    expected_failures: str = "upstream-expected-failures.toml"  # a file name in the series directory
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str  # the distribution, as the index names it
     package: str  # the top-level import package
@@ -65,6 +81,7 @@ class Profile:
     wheel_kind: str = "any"
     extras: tuple[str, ...] = ()
     checklist: tuple[str, ...] = ()
+    tests: UpstreamTests = UpstreamTests()
     product: str = ""  # how messages name what the series is kept for ("the Letta agent server"); default: the name
     path: Path | None = field(default=None, compare=False)  # the file it was read from (None: built in)
 
@@ -141,9 +158,10 @@ def _line(path: Path, key: str) -> int | None:
 
 def parse_profile(data: dict, path: Path) -> Profile:
     """A :class:`Profile` from the TOML ``data`` of ``path``; one-line errors name the key's line."""
-    unknown = set(data) - {"upstream", "wheel", "review"}
+    unknown = set(data) - {"upstream", "wheel", "review", "tests"}
     if unknown:
-        raise SeriesError(f"unknown table(s) {', '.join(sorted(unknown))}; known: upstream, wheel, review", path=path)
+        raise SeriesError(f"unknown table(s) {', '.join(sorted(unknown))}; known: upstream, wheel, review, tests",
+                          path=path)
     up, wheel, review = data.get("upstream"), data.get("wheel", {}), data.get("review", {})
     if not isinstance(up, dict):
         raise SeriesError("needs an [upstream] table with at least name", path=path)
@@ -194,7 +212,40 @@ def parse_profile(data: dict, path: Path) -> Profile:
         raise SeriesError(f"wheel.kind must be one of {', '.join(WHEEL_KINDS)}", path=path, line=_line(path, "kind"))
     return Profile(name=name, package=package, label=label, git=text(up, "git"), tag=tag, must_contain=must_contain,
                    other_product=other, wheel_kind=kind, extras=strings(wheel, "extras"),
-                   checklist=strings(review, "checklist"), product=text(up, "product", "") or "", path=path)
+                   checklist=strings(review, "checklist"), tests=_parse_tests(data.get("tests", {}), path),
+                   product=text(up, "product", "") or "", path=path)
+
+
+def _parse_tests(table, path: Path) -> UpstreamTests:
+    """``[tests]``: every key optional (the defaults of :class:`UpstreamTests`)."""
+    if not isinstance(table, dict):
+        raise SeriesError("[tests] must be a table", path=path)
+    known = ("paths", "requirements", "args", "expected_failures")
+    unknown = set(table) - set(known)
+    if unknown:
+        raise SeriesError(f"[tests]: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}", path=path,
+                          line=_line(path, min(unknown)))
+    default = UpstreamTests()
+
+    def strings(key: str, empty_ok: bool) -> tuple[str, ...]:
+        value = table.get(key, list(getattr(default, key)))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value) \
+                or (not value and not empty_ok):
+            raise SeriesError(f"tests.{key} must be a {'' if empty_ok else 'non-empty '}list of strings", path=path,
+                              line=_line(path, key))
+        return tuple(value)
+
+    paths = strings("paths", False)
+    for item in paths:
+        if item.startswith("/") or ".." in Path(item).parts:
+            raise SeriesError(f"tests.paths entry {item!r} must stay inside the release's tree", path=path,
+                              line=_line(path, "paths"))
+    name = table.get("expected_failures", default.expected_failures)
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise SeriesError("tests.expected_failures must be a file name in the series directory", path=path,
+                          line=_line(path, "expected_failures"))
+    return UpstreamTests(paths=paths, requirements=strings("requirements", True), args=strings("args", True),
+                         expected_failures=name)
 
 
 def render_profile(profile: Profile) -> str:
@@ -209,5 +260,8 @@ def render_profile(profile: Profile) -> str:
         lines.append(f'git = "{profile.git}"')
     lines += [f'tag = "{profile.tag}"', f'label = "{profile.label}"', f"must_contain = {quoted(profile.must_contain)}",
               "", "[wheel]", f'kind = "{profile.wheel_kind}"', "", "[review]",
-              f"checklist = {quoted(profile.checklist)}", ""]
+              f"checklist = {quoted(profile.checklist)}", "",
+              "# the upstream suite (ketta-build matrix): the release's own tests, stock and patched",
+              "[tests]", f"paths = {quoted(profile.tests.paths)}", f"requirements = {quoted(profile.tests.requirements)}",
+              f"args = {quoted(profile.tests.args)}", f'expected_failures = "{profile.tests.expected_failures}"', ""]
     return "\n".join(lines)

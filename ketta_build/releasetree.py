@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 
 from .buildtree import (PORT_STATE_FILE, ApplyOptions, ApplyReport, apply_series, dirty_summary, read_tree_state,
@@ -56,8 +55,10 @@ def _unchanged_since_applied(tree: Path) -> bool:
         return False
 
 
-def _empty_series() -> Series:
-    return Series(directory=Path(tempfile.gettempdir()), entries=())
+def _empty_series(series_dir: Path) -> Series:
+    """No patch, in the series' directory: the pristine tree is still of the series' upstream (its profile,
+    its releases)."""
+    return Series(directory=series_dir, entries=())
 
 
 def ensure_tree(
@@ -73,7 +74,7 @@ def ensure_tree(
     """The build tree for ``version`` (patched or pristine), re-applied only if out of date."""
     source = IndexSource(cache, index_url, progress=progress, releases=load_releases(series_dir))
     release = source.resolve(parse_version(version))
-    series = read_series(series_dir) if patched else _empty_series()
+    series = read_series(series_dir) if patched else _empty_series(series_dir)
     out = server_tree(build_root, release.version, patched)
     digest = _series_digest(release.sha256 or "", series, release.version)
     marker = out / ".git" / DIGEST_FILE

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KettaError
+from .profile import load_profile
 
 TESTS_DIR = "compat_tests"
 REGISTRY_FILE = "suites.toml"
@@ -139,3 +140,18 @@ def project_suites(project: Path) -> SuiteRegistry:
     """The registry of the project checkout ``project`` (its ``compat_tests/``, as an absolute path: cell
     keys name the suites' files relative to the checkout)."""
     return load_suites((project / TESTS_DIR).absolute())
+
+
+# The one suite of a series for any other upstream than Letta: the release's own tests, stock and
+# patched (:mod:`ketta_build.upstreamtests`); its per-release documents go to ``upstream/`` of the report.
+UPSTREAM_SUITE = Suite("upstream", "the release's own tests, stock and patched", typical_seconds=60, session="own",
+                       records="upstream")
+
+
+def matrix_suites(project: Path, series_dir: Path) -> SuiteRegistry:
+    """The suites of the matrix for the series in ``series_dir``: Letta's registry (``project``'s
+    ``compat_tests/suites.toml``), or for any other upstream (its profile's wheel kind ``any``) the
+    ``upstream`` suite alone, which needs no registry and no tox.ini in the checkout."""
+    if load_profile(series_dir).is_letta:
+        return project_suites(project)
+    return SuiteRegistry(series_dir.absolute(), (UPSTREAM_SUITE,))

@@ -126,8 +126,8 @@ def pin_index(directory: Path, index: "LocalIndex") -> None:
 
 
 def make_sdist(path: Path, version: str, files: dict[str, str | bytes], extra_members: list[tarfile.TarInfo] | None = None,
-               mtime: int = 0) -> Path:
-    top = f"letta-{version}"
+               mtime: int = 0, name: str = "letta") -> Path:
+    top = f"{name}-{version}"
     with tarfile.open(path, "w:gz") as tar:
         for rel, content in sorted(files.items()):
             data = content.encode() if isinstance(content, str) else content
@@ -158,6 +158,7 @@ class LocalIndex:
     requests: list[str] = field(default_factory=list)
     fake_sha: dict[str, str] = field(default_factory=dict)
     page_body: bytes | None = None  # served as the project page instead of the JSON of ``files``, when set
+    project: str = "letta"  # the one project it serves
 
     def add(self, path: Path, *, sha256: str | None = None, yanked: str | bool = False) -> None:
         data = path.read_bytes()
@@ -185,10 +186,11 @@ def local_index(tmp_path):
 
         def _body(self):
             index.requests.append(self.path)
-            if self.path.rstrip("/") == "/simple/letta" and index.page_body is not None:
+            page = f"/simple/{index.project}"
+            if self.path.rstrip("/") == page and index.page_body is not None:
                 return index.page_body, "application/vnd.pypi.simple.v1+json"
-            if self.path.rstrip("/") == "/simple/letta":
-                body = json.dumps({"meta": {"api-version": "1.0"}, "name": "letta", "files": index.files}).encode()
+            if self.path.rstrip("/") == page:
+                body = json.dumps({"meta": {"api-version": "1.0"}, "name": index.project, "files": index.files}).encode()
                 return body, "application/vnd.pypi.simple.v1+json"
             if self.path.startswith("/files/"):
                 f = index.root / "files" / self.path.split("/")[-1]

@@ -140,3 +140,16 @@ def test_the_wheel_is_the_upstream_backends_relabeled_reproducible_with_its_sbom
                             "import tomli, importlib.metadata as m; print(tomli.loads('a = 1')['a'], m.version('tomli'))"],
                            capture_output=True, text=True)
     assert probe.stdout.split() == ["1", "2.2.1+acme.1"], probe.stderr
+
+
+
+def test_the_matrix_runs_the_upstream_cell_and_says_tomli_ships_no_tests(checkout, capsys, cache_dir):
+    """tomli's sdists (2.0.1 … 2.2.1) ship src/ only, no tests/: the upstream cell builds both wheels and
+    their environments, then is an error that says so, never a green cell with nothing tested."""
+    code, out, err = run(capsys, "matrix", "--patches", str(checkout / "patches"), "--suite", "upstream",
+                         "--release", "2.2.1", "--cache-dir", str(cache_dir), "--report-dir", "reports")
+    assert code == 1, out + err
+    [cell] = json.loads(Path("reports/matrix.json").read_text())["cells"]
+    assert (cell["version"], cell["suite"], cell["env"], cell["status"]) == ("2.2.1", "upstream", "tomli221-upstream", "error")
+    log = Path("reports", cell["log"]).read_text()
+    assert "the patched wheel of tomli 2.2.1" in log and "the release has none of the test paths tests" in log

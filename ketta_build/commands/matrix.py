@@ -77,9 +77,9 @@ def _table(console, cells) -> None:
 def run(ctx: Context, args) -> Result:
     from .. import matrix
     from ..matrixreport import STATUS_STYLE, merge_reports, report_json, run_context, write_reports
-    from ..suites import project_suites
+    from ..suites import matrix_suites
 
-    registry = project_suites(ctx.project)
+    registry = matrix_suites(ctx.project, ctx.patches)  # Letta's compat_tests, or any upstream's own tests
     if args.merge:
         if args.letta or args.all or args.suite or args.no_patches:
             raise KettaError("--merge runs nothing; leave out --letta, --all, --suite and --no-patches")
@@ -118,17 +118,22 @@ def run(ctx: Context, args) -> Result:
         console.print(f"[{STATUS_STYLE.get(cell.status, 'white')}]{cell.status:5}[/] {cell.env}: {cell.passed} passed, "
                       f"{cell.failed} failed, {cell.errors} errors in {cell.duration:.0f}s  ({report_dir / cell.log})")
 
-    matrix.need_tox()
+    letta = supported.profile.is_letta
+    if letta:
+        matrix.need_tox()
     store = CellStore(ctx.cache.root / "cells")
     changed = None
+    if args.changed is not None and not letta:
+        raise KettaError(f"--changed reads which cells Letta's suites depend on; a series for {supported.profile.name} "
+                         "has one suite per release: leave it out")
     if args.changed is not None:
         if ctx.patches.absolute() != (ctx.project / "patches").absolute():
             raise KettaError("--changed reads the history of ./patches; leave out --patches", path=ctx.patches)
         ref = args.changed or default_ref(ctx.project, report_dir.absolute())
         changed = affected_cells(ctx.project, ref, [parse_version(v) for v in versions], suites)
         console.print(f"--changed against {ref[:12]}: " + ("; ".join(changed.why) or "nothing that a cell reads changed"))
-    console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} tox run(s) at a time"
-                  + ("; every cell runs (--rerun)" if args.rerun else "; every cell runs (--coverage)" if args.coverage else
+    console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} {'tox run(s)' if letta else 'cell(s)'} at a time"
+                  + ("; every cell runs" if not letta else "; every cell runs (--rerun)" if args.rerun else "; every cell runs (--coverage)" if args.coverage else
                      "; cells whose inputs have a stored pass are reused (--rerun runs them)"))
     started = time.time()
     with ctx.status("matrix: starting") as status:
