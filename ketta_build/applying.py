@@ -132,6 +132,14 @@ class PatchResult:
         return [h for f in self.files for h in f.hunks]
 
     @property
+    def hunk_counts(self) -> dict[str, int]:
+        """The patch's hunks by outcome (``{"clean": 2, "offset": 1}``): one count every report uses."""
+        counts: dict[str, int] = {}
+        for h in self.hunks:
+            counts[h.outcome.value] = counts.get(h.outcome.value, 0) + 1
+        return counts
+
+    @property
     def landing(self) -> Landing:
         """Which of the patch's hunks are already upstream (a file the patch creates or deletes counts
         as its hunks)."""

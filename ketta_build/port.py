@@ -153,13 +153,6 @@ def carried_entries(series: Series, new: Version) -> list[SeriesEntry]:
     return sorted(chosen, key=lambda e: order[e.name])
 
 
-def _hunk_counts(result) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for h in result.hunks:
-        counts[h.outcome.value] = counts.get(h.outcome.value, 0) + 1
-    return counts
-
-
 def _to_carry_back(series: Series, version: Version) -> list[str]:
     """The logical patches with no variant for supported release ``version`` that serve newer releases
     (a patch whose variants all serve older ones was retired before it and is not missing)."""
@@ -228,7 +221,7 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, build
     report = apply_series(release, source, series, out, options=ApplyOptions(force=force, out_flag="--tree"),
                           cache=cache, base_source=IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases),
                           progress=progress, entries=entries)
-    patches = [PortedPatch(r.name, r.outcome.value, r.commit, _hunk_counts(r)) for r in report.results]
+    patches = [PortedPatch(r.name, r.outcome.value, r.commit, r.hunk_counts) for r in report.results]
     patches += [PortedPatch(name, "not-attempted") for name in report.not_attempted]
     date = source.upload_date(new) or sdist_date(source.sdist_path(release))
     state = PortState(str(new), str(series_dir.absolute()), str(out), in_place, index_url, date, patches,
@@ -400,7 +393,7 @@ def continue_port(tree: Path, progress=lambda _: None, cache: Cache | None = Non
         progress(f"applying {ported.name}")
         result = apply_patch(tree, patch, preimage=finder, upstream_label=f"{_name(state)} {release_version}")
         ported.outcome = result.outcome.value
-        ported.hunks = _hunk_counts(result)
+        ported.hunks = result.hunk_counts
         if result.outcome is Outcome.FAILED:
             (tree / ".git" / "MERGE_MSG").write_text(stripspace(commit_message(patch.name, patch.header)))
             lines = result_failure_lines(series_dir, [result])

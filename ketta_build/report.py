@@ -236,3 +236,8 @@ def _upstream_name(series_dir: Path) -> str:
         return load_releases(series_dir).profile.name
     except KettaError:
         return "release"
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``2 clean, 1 offset``: a patch's hunks by outcome, as every report prints them."""
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))

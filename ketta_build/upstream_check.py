@@ -31,6 +31,7 @@ from packaging.version import Version
 
 from .applying import Outcome, apply_hunks, decode
 from .atomic import write_atomic
+from .report import counts_text
 from .buildtree import ApplyOptions, apply_series, ensure_pristine_repo
 from .cache import Cache
 from .errors import KettaError
@@ -151,8 +152,7 @@ def issue_markdown(report: CheckReport, release: NewRelease) -> str:
         "|---|---|---|---|",
     ]
     for p in release.patches:
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(p.hunks.items()))
-        lines.append(f"| `{p.name}` | {p.outcome} | {counts} | {p.landing_text() or '-'} |")
+        lines.append(f"| `{p.name}` | {p.outcome} | {counts_text(p.hunks)} | {p.landing_text() or '-'} |")
     lines += ["", "## Review list (design document, merge checklist)", ""]
     for f in release.review:
         lines.append(f"- `{f.path}`: {f.facts()}")
@@ -263,10 +263,7 @@ def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, in
         shutil.rmtree(work, ignore_errors=True)
     exact = True
     for r in report.results:
-        counts: dict[str, int] = {}
-        for h in r.hunks:
-            counts[h.outcome.value] = counts.get(h.outcome.value, 0) + 1
-        item.patches.append(PatchDryRun(r.name, r.outcome.value, counts, r.landing.as_json()))
+        item.patches.append(PatchDryRun(r.name, r.outcome.value, r.hunk_counts, r.landing.as_json()))
         if r.outcome not in (Outcome.CLEAN, Outcome.OFFSET):
             exact = False
     item.status = "carries-over" if exact else "needs-porting"

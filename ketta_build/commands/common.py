@@ -202,8 +202,10 @@ def say(console: Console, text: str) -> None:
 
 
 def hunk_counts_text(counts: dict[str, int]) -> str:
-    """``2 clean, 1 offset``: a patch's hunks by outcome, as every verb prints them."""
-    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    """``2 clean, 1 offset`` (:func:`ketta_build.report.counts_text`)."""
+    from ..report import counts_text
+
+    return counts_text(counts)
 
 
 def warn(verb: str, text: str) -> None:
