@@ -291,21 +291,21 @@ class PreimageFinder:
                 if other.is_new:
                     content = encode("".join(line for h in other.hunks for line in h.new_lines))
                 elif content is None:
-                    return None, f"earlier patch {entry.name} changes {fp.path}, which {self.series.releases.profile.name} {base} does not have"
+                    return None, f"earlier patch {entry.name} changes {fp.path}, which {self.series.profile.name} {base} does not have"
                 else:
                     lines, results = apply_hunks(split_lines(decode(content)), other.hunks)
                     if any(r.outcome not in (Outcome.CLEAN, Outcome.OFFSET) for r in results):
-                        return None, f"earlier patch {entry.name} does not apply to {self.series.releases.profile.name} {base}"
+                        return None, f"earlier patch {entry.name} does not apply to {self.series.profile.name} {base}"
                     content = encode("".join(lines))
                 candidates.append(content)
         if content is None:
-            return None, f"{fp.path} does not exist in {self.series.releases.profile.name} {base} (nor does an earlier patch create it)"
+            return None, f"{fp.path} does not exist in {self.series.profile.name} {base} (nor does an earlier patch create it)"
         if fp.old_blob is None:
             return content, None
         for candidate in reversed(candidates):
             if git_blob_id(candidate).startswith(fp.old_blob):
                 return candidate, None
-        return None, f"no file in {self.series.releases.profile.name} {base} (+ earlier patches) has the patch's blob id {fp.old_blob}"
+        return None, f"no file in {self.series.profile.name} {base} (+ earlier patches) has the patch's blob id {fp.old_blob}"
 
 
 # --------------------------------------------------------------------------- the run
@@ -833,10 +833,10 @@ def apply_series(
         try:
             (tmp / ".ketta-pid").write_text(str(os.getpid()))
             tree = tmp / "tree"
-            progress(f"unpacking {series.releases.profile.release_name(release.version)}")
+            progress(f"unpacking {series.profile.release_name(release.version)}")
             populate_pristine(tree, release, source, cache)
             finder = PreimageFinder(series, dict(patches), base_source, cache)
-            label = series.releases.profile.release_name(release.version)
+            label = series.profile.release_name(release.version)
             stopped = False
             writer = CommitWriter(tree)
             guard = TreeGuard(tree)

@@ -130,7 +130,7 @@ def check_tree(tree: Path, series: Series | None = None) -> Version:
     """The release of a build tree that is fit to export from: a supported release, on a branch,
     clean, no git operation or port in progress."""
     version = read_tree_state(tree).version
-    name = series.releases.profile.name if series is not None else "release"
+    name = series.profile.name if series is not None else "release"
     if git(tree, "rev-parse", "-q", "--verify", f"refs/tags/upstream/{version}", check=False) == "":
         raise BuildTreeError(f"the tag upstream/{version} is missing: not a ketta-build tree", path=tree)
     if (tree / ".git" / PORT_STATE_FILE).is_file():
@@ -138,7 +138,7 @@ def check_tree(tree: Path, series: Series | None = None) -> Version:
                              "finishes: ketta-build port --continue (or --abort)", path=tree)
     if series is not None and series.releases.find(version) is None:
         raise BuildTreeError(f"the tree is {name} {version}, which the series does not support "
-                             f"({series.releases.range_text()}): bring the series there with ketta-build port {series.releases.profile.release_flag} {version}",
+                             f"({series.releases.range_text()}): bring the series there with ketta-build port {series.profile.release_flag} {version}",
                              path=tree)
     for marker, what in (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or git am"),
                          ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick")):
@@ -373,7 +373,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
                 raise KettaError(f"commits {seen[name][:10]} and {short} both say Ketta-Patch: {name}; squash them "
                                  "(git rebase -i) or remove the trailer from the new one")
             if entries[name] not in selected:
-                raise SeriesError(f"commit {short} carries {name}, which the series does not select for {series.releases.profile.name} {version}",
+                raise SeriesError(f"commit {short} carries {name}, which the series does not select for {series.profile.name} {version}",
                                   path=series.series_file, line=entries[name].line)
             seen[name] = commit.sha
             order.append(name)
@@ -435,7 +435,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         raise BuildTreeError(
             f"{'; '.join(conflicts)}: changed both in {series_dir} since this tree took it and in this tree; export "
             "would throw one of the two away, so nothing is written. To go on, take the series as it is now and carry "
-            f"your edit over: ketta-build apply {series.releases.profile.release_flag} {version} --tree {tree} --force (your commits stay in the new "
+            f"your edit over: ketta-build apply {series.profile.release_flag} {version} --tree {tree} --force (your commits stay in the new "
             "tree as a backup ref: git cherry-pick or rebase them onto it), or undo the edit here", path=tree)
     never_applied = {state.stopped_at, *state.not_attempted} - {None}
     dropped = [e for e in selected if e.name not in seen and e.name not in never_applied]
@@ -495,14 +495,14 @@ def verify_plan(plan: ExportPlan, repos: PristineRepos, *, split: bool = False, 
                    or {e.name for e in plan.series.select(v)} & pruned]
         overrides = {name: plan.new_patch(name) for name in written}
         progress(f"checking the patches export writes on the releases their guards claim: "
-                 f"{plan.series.releases.profile.name} {', '.join(map(str, claimed))}")
+                 f"{plan.series.profile.name} {', '.join(map(str, claimed))}")
         failures, gaps = check_claims(new_series, claimed, repos, patches=overrides, progress=progress)
-        plan.unchecked = [f"{plan.series.releases.profile.name} {g.version}: {g.reason}" for g in gaps]
+        plan.unchecked = [f"{plan.series.profile.name} {g.version}: {g.reason}" for g in gaps]
         if not failures:
             return
         if not _mend(plan, new_series, failures, split, repos):
             break
-    lines = [f"{f.patch}: {describe(f, on, plan.series.releases.profile.name)}" for f, on in group_failures(failures)]
+    lines = [f"{f.patch}: {describe(f, on, plan.series.profile.name)}" for f, on in group_failures(failures)]
     hint = ("--split keeps the current file as a variant for those releases" if not split else
             "--split cannot help: the releases are not at one end of the patch's range")
     raise ClaimError(f"nothing written: export would leave patches that do not apply on releases their guards claim: "
@@ -562,7 +562,7 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
             plan.series_edits["inserts"] = {anchor: [(n, guard if n == name else g) for n, g in added]
                                             for anchor, added in plan.series_edits["inserts"].items()}
             new[name].guard = guard
-            new[name].note = (f"guard [{guard}]: it does not apply to {plan.series.releases.profile.name} "
+            new[name].note = (f"guard [{guard}]: it does not apply to {plan.series.profile.name} "
                               f"{', '.join(map(str, sorted(broken)))}; "
                               "give those releases a variant of their own")
             continue
@@ -598,9 +598,9 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
                 if n == name:
                     plan.headers[sha] = (n, header)
         plan.patches.append(ExportedPatch(variant, "split", None, variant_guard,
-                                          f"{name} as it was, for {plan.series.releases.profile.name} {', '.join(map(str, run))}, where "
+                                          f"{name} as it was, for {plan.series.profile.name} {', '.join(map(str, run))}, where "
                                           f"the refreshed one does not apply: carry the change there by hand "
-                                          f"(apply {plan.series.releases.profile.release_flag} {run[0]})"))
+                                          f"(apply {plan.series.profile.release_flag} {run[0]})"))
     return mended
 
 

@@ -122,7 +122,7 @@ def _variants(series: Series, versions: list[Version]) -> list[Finding]:
         if holes:
             names = ", ".join(e.name for e in members)
             found.append(Finding("variants", series.series_file, members[0].line,
-                                 f"no variant of patch {group} ({names}) serves {series.releases.profile.name} {', '.join(map(str, holes))}, "
+                                 f"no variant of patch {group} ({names}) serves {series.profile.name} {', '.join(map(str, holes))}, "
                                  "between releases they do serve"))
     return found
 
@@ -207,7 +207,7 @@ def _lint_series(series_dir: Path, cache: Cache, index_url: str | None, project:
     unavailable = {v: why for v in versions if isinstance(why := canon.finder.repos.get(v), str)}
     for version, why in unavailable.items():
         if not any(r.version == version for r in unpinned):  # said once above
-            findings.append(Finding("source", series.series_file, None, f"cannot check {series.releases.profile.name} {version}: {why}"))
+            findings.append(Finding("source", series.series_file, None, f"cannot check {series.profile.name} {version}: {why}"))
     try:
         loaded: dict[str, Patch] = {}
         unreadable: set[str] = set()  # patches already reported; what depends on them is not judged
@@ -311,10 +311,10 @@ def _applies(series: Series, canon: "_Canon", versions: list[Version]) -> list[F
     for failure, failed_on in group_failures(failures):
         entry = entries[failure.patch]
         findings.append(Finding("applies", series.directory / failure.patch, failure.patch_line,
-                                f"{describe(failure, failed_on, series.releases.profile.name)}, which its guard [{entry.guard_text or 'no guard: every release'}] "
+                                f"{describe(failure, failed_on, series.profile.name)}, which its guard [{entry.guard_text or 'no guard: every release'}] "
                                 "claims: fix the patch or give those releases a variant of their own"))
     for gap in gaps:
-        findings.append(Finding("applies", series.series_file, None, f"cannot check {series.releases.profile.name} {gap.version}: {gap.reason}"))
+        findings.append(Finding("applies", series.series_file, None, f"cannot check {series.profile.name} {gap.version}: {gap.reason}"))
     return findings
 
 
@@ -350,9 +350,9 @@ def _status(series: Series, entry: SeriesEntry, patch: Patch, path: Path, day: d
         elif not isinstance(named, str):  # a release: from it on, upstream does what the patch does
             served = [v for v in series.releases.versions if v >= named and entry.matches(v)]
             if served:
-                add("Applied-Upstream", f"Applied-Upstream says {series.releases.profile.name} {named} has this change, but "
+                add("Applied-Upstream", f"Applied-Upstream says {series.profile.name} {named} has this change, but "
                                         f"the guard [{entry.guard_text or 'no guard: every release'}] still serves "
-                                        f"{series.releases.profile.name} "
+                                        f"{series.profile.name} "
                                         f"{', '.join(map(str, served))}{_still_changes(series, entry, served, repos, unavailable)}: "
                                         f"retire the patch there (guard <{named})")
     return found
@@ -367,7 +367,7 @@ def _still_changes(series: Series, entry: SeriesEntry, versions: list, repos, un
     if all(o.outcome == "already-upstream" for _, o in mine):
         return " (where every hunk is already upstream)"
     changed = [str(v) for v, o in mine if o.outcome != "already-upstream"]
-    return f" (and still changes {series.releases.profile.name} {', '.join(changed)}: is Applied-Upstream right?)"
+    return f" (and still changes {series.profile.name} {', '.join(changed)}: is Applied-Upstream right?)"
 
 
 def _releases_field(series: Series, entry: SeriesEntry, patch: Patch, path: Path) -> tuple[Finding, str] | None:

@@ -177,7 +177,7 @@ def _walk(series: Series, versions: Iterable[Version], repos: PristineRepos, ent
         if isinstance(repo, str):
             gaps.append(ClaimGap(version, repo))
             continue
-        progress(f"applying {len(entries)} patch(es) in memory to {series.releases.profile.name} {version}")
+        progress(f"applying {len(entries)} patch(es) in memory to {series.profile.name} {version}")
         with Blobs(repo) as blobs:
             release = InMemoryTree(version, blobs)
             for entry in entries:
@@ -237,11 +237,11 @@ def images_at(series: Series, version: Version, repos: PristineRepos, name: str,
     ClaimError if anything on the way does not apply exactly."""
     repo = repos.get(version)
     if isinstance(repo, str):
-        raise ClaimError(f"cannot read {series.releases.profile.name} {version}: {repo}")
+        raise ClaimError(f"cannot read {series.profile.name} {version}: {repo}")
     overrides = patches or {}
     entries = series.select(version)
     if name not in {e.name for e in entries}:
-        raise ClaimError(f"{name} is not selected for {series.releases.profile.name} {version}")
+        raise ClaimError(f"{name} is not selected for {series.profile.name} {version}")
     with Blobs(repo) as blobs:
         release = InMemoryTree(version, blobs)
         for entry in entries:

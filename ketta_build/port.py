@@ -207,7 +207,7 @@ def start_port(new: Version, series_dir: Path, *, out: Path | None = None, build
     cache = cache or Cache()
     series = read_series(series_dir)
     if series.releases.find(new) and not _to_carry_back(series, new):
-        raise KettaError(f"{series.releases.profile.name} {new} is a supported release already ({series.releases.path}) and every patch that "
+        raise KettaError(f"{series.profile.name} {new} is a supported release already ({series.releases.path}) and every patch that "
                          "serves it has its variant: change its patches with ketta-build apply and export; port carries "
                          "the series onto a release it does not serve yet")
     out = (out or build_root / str(new)).absolute()
@@ -555,7 +555,7 @@ def _finish_port(tree: Path, cache: Cache) -> PortResult:
         keep_old |= broken
         backwards.update(behind)
     if failures:
-        lines = [f"{f.patch}: {describe(f, on, series.releases.profile.name)}" for f, on in group_failures(failures)]
+        lines = [f"{f.patch}: {describe(f, on, series.profile.name)}" for f, on in group_failures(failures)]
         raise ClaimError(f"nothing written: the ported series would not apply on releases it claims: {'; '.join(lines)}; "
                          "the port's tree is kept: fix it there and run ketta-build port --continue", path=series_dir)
 

@@ -223,12 +223,12 @@ def range_diff(version: Version, old: str, new: str, *, repo: Path, series_dir: 
         trees = {}
         for label, spec in (("old", old), ("new", new)):
             series = read_series(_series_dir(spec, git_repo, work, label, inside))
-            progress(f"applying {label} ({spec}) to {series.releases.profile.name} {version}")
+            progress(f"applying {label} ({spec}) to {series.profile.name} {version}")
             report = apply_series(release, source, series, work / f"tree-{label}", options=ApplyOptions(), cache=cache,
                                   base_source=source)
             if report.exit_code:
                 failed = ", ".join(r.name for r in report.failed) or ", ".join(report.not_attempted)
-                raise KettaError(f"{spec}: the series does not apply to {series.releases.profile.name} {version} "
+                raise KettaError(f"{spec}: the series does not apply to {series.profile.name} {version} "
                                  f"({failed}); see ketta-build apply")
             trees[label] = work / f"tree-{label}"
         git(trees["new"], "fetch", "-q", str(trees["old"]), "+HEAD:refs/ketta/old")

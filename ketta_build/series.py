@@ -27,7 +27,7 @@ from packaging.version import Version
 
 from .errors import SeriesError
 from .patchfile import Patch, parse_patch
-from .profile import load_profile
+from .profile import Profile, load_profile
 from .releases import SupportedReleases, load_releases
 
 SERIES_FILE = "series"
@@ -77,6 +77,11 @@ class Series:
 
     def groups(self) -> dict[str, list[SeriesEntry]]:
         return _group(self.entries)
+
+    @property
+    def profile(self) -> Profile:
+        """The upstream profile beside the series (Letta's without one); needs no releases.toml."""
+        return load_profile(self.directory)
 
     def explain(self, version: Version) -> list[Selection]:
         """For every entry: selected or not for ``version``, and why."""

@@ -207,7 +207,7 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
     cache = cache or Cache()
     series = read_series(series_dir)
     newest = series.releases.newest.version
-    profile = series.releases.profile
+    profile = series.profile
     releases: list[NewRelease] = []
     if letta_git:
         tags = {v: t for v, t in _git_versions(letta_git).items() if v > newest}
@@ -254,7 +254,7 @@ def _dry_run(item: NewRelease, series: Series, release, source, cache: Cache, in
     entries = carried_entries(series, new)
     work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
     try:
-        progress(f"dry-run port onto {series.releases.profile.name} {new}")
+        progress(f"dry-run port onto {series.profile.name} {new}")
         report = apply_series(release, source, series, work / "tree",
                               options=ApplyOptions(keep_going=True, assume_resolved=True), cache=cache,
                               base_source=IndexSource(cache, index_url, allow_unsupported=True, releases=series.releases),

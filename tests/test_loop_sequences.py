@@ -1235,3 +1235,16 @@ def test_a_port_leaves_a_tox_ini_it_does_not_manage_alone(world):
     assert (repo / "tox.ini").read_text() == "[tox]\nenv_list = py311\n"
     assert '"0.16.9"' in (world.patches / "releases.toml").read_text()
     assert world.run("lint")[0] == 0  # and lint does not ask for it to be regenerated
+
+
+def test_the_servers_pristine_tree_is_made_without_a_series(world):
+    """The stock side of an upgrade pair and the upstream suite's baseline: a tree of the release with no
+    patch. Its empty series once lived in /tmp, and a message that named the upstream read
+    /tmp/releases.toml: every stock server of the matrix failed to build (CI, not the unit tests, saw it)."""
+    from ketta_build.cache import Cache
+    from ketta_build.releasetree import ensure_tree
+
+    tree, report = ensure_tree("0.16.8", patched=False, series_dir=world.patches, build_root=world.root / "build",
+                               cache=Cache(world.cache), index_url=world.index.url)
+    assert tree == world.root / "build" / "servers" / "0.16.8-upstream"
+    assert (tree / "letta" / "m.py").read_text() == BODY and report["patches"] == []
