@@ -519,9 +519,10 @@ def _made_on(plan: ExportPlan, patch: Patch, version: Version, repos: PristineRe
     scratch = Path(tempfile.mkdtemp(prefix="ketta-export-"))
     try:
         git(scratch, "init", "-q", ".")
-        modes = {fp.path: fp.new_mode or "100644" for fp in patch.files}
-        diff = canonical_diff(scratch, tree_of_files(scratch, {p: (modes[p], c) for p, c in before.items()}),
-                              tree_of_files(scratch, {p: (modes[p], c) for p, c in after.items()}),
+        old_modes = {fp.path: fp.old_mode or "100644" for fp in patch.files}
+        new_modes = {fp.path: fp.new_mode or old_modes[fp.path] for fp in patch.files}
+        diff = canonical_diff(scratch, tree_of_files(scratch, {p: (old_modes[p], c) for p, c in before.items()}),
+                              tree_of_files(scratch, {p: (new_modes[p], c) for p, c in after.items()}),
                               section_contexts(patch.files))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -147,7 +147,8 @@ class _Canon:
         after: dict[str, tuple[str, bytes]] = {}
         problems = []
         for fp in patch.files:
-            mode = fp.new_mode or "100644"
+            old_mode = fp.old_mode or "100644"
+            mode = fp.new_mode or old_mode  # a mode the patch does not change stays as it was
             if fp.is_new:
                 content = b""
             else:
@@ -155,7 +156,7 @@ class _Canon:
                 if content is None:
                     problems.append(f"{fp.path}: {why}")
                     continue
-                before[fp.path] = (mode, content)
+                before[fp.path] = (old_mode, content)
             if fp.is_deleted:
                 continue
             lines, results = apply_hunks(split_lines(decode(content)), fp.hunks)

@@ -87,6 +87,7 @@ class FilePatch:
     old_blob: str | None = None  # abbreviated blob hashes from the 'index' line
     new_blob: str | None = None
     new_mode: str | None = None  # e.g. 100755 for new files / mode changes
+    old_mode: str | None = None  # the file's mode before: "old mode", "deleted file mode", or the index line's
 
     @property
     def path(self) -> str:
@@ -418,13 +419,16 @@ def parse_patch_text(raw: bytes, path: Path, name: str | None = None) -> Patch:
             raise SeriesError(f"'{rel}' appears twice in one patch (first at line {seen[rel]})", path=path, line=section_line)
         seen[rel] = section_line
         info = [str(x).rstrip("\n") for x in (pf.patch_info or [])]
-        old_blob = new_blob = new_mode = None
+        old_blob = new_blob = new_mode = old_mode = None
         for ext in info:
             im = _INDEX_RE.match(ext)
             if im:
                 old_blob, new_blob = im.group(1), im.group(2)
+                old_mode = old_mode or im.group(3)  # unchanged mode: on the index line
             elif ext.startswith(("new file mode ", "new mode ")):
                 new_mode = ext.rsplit(" ", 1)[1]
+            elif ext.startswith(("old mode ", "deleted file mode ")):
+                old_mode = ext.rsplit(" ", 1)[1]
         hunks = []
         hunk_lines = [section_line + _offset for _offset in _hunk_offsets(lines, section_line - 1, hunk_count)]
         for k, h in enumerate(pf):
@@ -438,6 +442,7 @@ def parse_patch_text(raw: bytes, path: Path, name: str | None = None) -> Patch:
                 old_blob=old_blob,
                 new_blob=new_blob,
                 new_mode=new_mode,
+                old_mode=old_mode,
             )
         )
     return Patch(name=name or path.name, path=path, header=header, files=tuple(files))

@@ -532,3 +532,31 @@ def test_range_diff_finds_a_split_and_a_merge(world, tmp_path):
     merged = [p for p in json.loads(report.read_text())["pairs"] if p["class"] == "merged"]
     assert {p["old_patch"] for p in merged} == {"0001-ten.diff", "0002-fifty.diff"}
     assert all(p["group"] == {"old": [1, 2], "new": [1]} for p in merged)
+
+
+def test_lint_takes_what_export_writes_for_mode_changes_and_executable_deletions(world):
+    """A patch that only makes a file executable was called non-canonical by lint, and lint --fix
+    emptied its diff; deleting an executable file was rewritten as a 0644 deletion."""
+    from world import git
+
+    tree = world.apply("0.16.8")
+    (tree / "letta" / "m.py").chmod(0o755)
+    git(tree, "commit", "-q", "-a", "-m", "Make m executable\n\nBecause Ketta runs it as a script from the shell.")
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    [made] = [p for p in world.patches.glob("0004-*.diff")]
+    assert "old mode 100644\nnew mode 100755" in made.read_text()
+    before = made.read_bytes()
+    rc, _, err = world.run("lint", "--fix")
+    assert rc == 0, err
+    assert made.read_bytes() == before
+    (tree / "letta" / "k.py").chmod(0o755)
+    git(tree, "commit", "-q", "-a", "-m", "Make k executable\n\nBecause Ketta runs it as a script from the shell too.")
+    git(tree, "rm", "-q", "letta/k.py")
+    git(tree, "commit", "-q", "-m", "Drop k\n\nBecause Ketta no longer needs the module at all here.")
+    rc, _, err = world.run("export", "--tree", str(tree))
+    assert rc == 0, err
+    [dropped] = [p for p in world.patches.glob("0006-*.diff")]
+    assert "deleted file mode 100755" in dropped.read_text()
+    before = dropped.read_bytes()
+    assert world.run("lint", "--fix")[0] == 0 and dropped.read_bytes() == before
