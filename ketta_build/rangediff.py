@@ -101,6 +101,18 @@ class _Commit:
         return {(path, line) for path, lines in self.changes.items() for line in lines}
 
 
+def _one_sided(tree: Path, span: str, side: str) -> str:
+    """git range-diff's lines for ``span`` when the other side has no commit: each one removed (old) or
+    added (new), as git would print them."""
+    lines = []
+    for n, row in enumerate(git(tree, "log", "--reverse", "--format=%h%x00%s", "--abbrev=7", span).splitlines(), 1):
+        short, _, subject = row.partition("\0")
+        dashes = "-" * len(short)
+        lines.append(f"{n}:  {short} < -:  {dashes} {subject}\n" if side == "old"
+                     else f"-:  {dashes} > {n}:  {short} {subject}\n")
+    return "".join(lines)
+
+
 def _commits(tree: Path, span: str) -> list[_Commit]:
     """The commits of ``span``, oldest first (position n in git range-diff's output is the n-th)."""
     out = []
@@ -232,11 +244,17 @@ def range_diff(version: Version, old: str, new: str, *, repo: Path, series_dir: 
                                  f"({failed}); see ketta-build apply")
             trees[label] = work / f"tree-{label}"
         git(trees["new"], "fetch", "-q", str(trees["old"]), "+HEAD:refs/ketta/old")
-        proc = run(trees["new"], "-c", "color.ui=false", "range-diff", "--no-color", "--creation-factor=95",
-                   f"upstream/{version}..refs/ketta/old", f"upstream/{version}..HEAD")
-        if proc.returncode != 0:
-            raise KettaError(f"git range-diff failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-        text = proc.stdout.decode("utf-8", errors="replace")
+        old_commits = _commits(trees["new"], f"upstream/{version}..refs/ketta/old")
+        new_commits = _commits(trees["new"], f"upstream/{version}..HEAD")
+        if old_commits and new_commits:
+            proc = run(trees["new"], "-c", "color.ui=false", "range-diff", "--no-color", "--creation-factor=95",
+                       f"upstream/{version}..refs/ketta/old", f"upstream/{version}..HEAD")
+            if proc.returncode != 0:
+                raise KettaError(f"git range-diff failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+            text = proc.stdout.decode("utf-8", errors="replace")
+        else:  # git range-diff refuses an empty range: a series with no patch (a new one, or all dropped)
+            text = (_one_sided(trees["new"], f"upstream/{version}..refs/ketta/old", "old")
+                    + _one_sided(trees["new"], f"upstream/{version}..HEAD", "new"))
         result = RangeDiff(str(version), old, new, text)
         for line in text.splitlines():
             m = _PAIR.match(line)
@@ -244,8 +262,6 @@ def range_diff(version: Version, old: str, new: str, *, repo: Path, series_dir: 
                 result.pairs.append({"old": None if m.group(1) == "-" else int(m.group(1)),
                                      "new": None if m.group(4) == "-" else int(m.group(4)),
                                      "status": _MEANING[m.group(3)], "subject": m.group(6)})
-        old_commits = _commits(trees["new"], f"upstream/{version}..refs/ketta/old")
-        new_commits = _commits(trees["new"], f"upstream/{version}..HEAD")
         classify(result.pairs, old_commits, new_commits)
         return result
     finally:

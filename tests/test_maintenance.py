@@ -560,3 +560,24 @@ def test_lint_takes_what_export_writes_for_mode_changes_and_executable_deletions
     assert "deleted file mode 100755" in dropped.read_text()
     before = dropped.read_bytes()
     assert world.run("lint", "--fix")[0] == 0 and dropped.read_bytes() == before
+
+
+def test_range_diff_when_one_side_has_no_patch(world, capsys):
+    """git range-diff refuses an empty range: comparing a first patch with the empty series a new
+    project starts from failed with the tail of git's usage text."""
+    from ketta_build.cli import main
+
+    empty = world.root / "empty"
+    empty.mkdir()
+    for name in ("releases.toml", "build-number"):
+        if (world.patches / name).is_file():
+            (empty / name).write_bytes((world.patches / name).read_bytes())
+    (empty / "series").write_text("# nothing yet\n")
+    common = ["--letta", "0.16.8", "--index-url", world.index.url, "--cache-dir", str(world.cache), "--patches",
+              str(world.patches)]
+    assert main(["range-diff", *common, "--json", str(world.root / "rd.json"), str(empty), str(world.patches)]) == 0
+    out = capsys.readouterr().out
+    pairs = json.loads((world.root / "rd.json").read_text())["pairs"]
+    assert [p["status"] for p in pairs] == ["added"] * 3 and [p["new"] for p in pairs] == [1, 2, 3], out
+    assert main(["range-diff", *common, str(world.patches), str(empty)]) == 0
+    assert capsys.readouterr().out.count("dropped") == 3
