@@ -156,15 +156,33 @@ def _line(path: Path, key: str) -> int | None:
     return None
 
 
+def _table_line(path: Path, table: str) -> int | None:
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.match(rf"^\s*\[\s*{re.escape(table)}\s*\]", line):
+                return number
+    except OSError:
+        pass
+    return None
+
+
 def parse_profile(data: dict, path: Path) -> Profile:
     """A :class:`Profile` from the TOML ``data`` of ``path``; one-line errors name the key's line."""
     unknown = set(data) - {"upstream", "wheel", "review", "tests"}
     if unknown:
         raise SeriesError(f"unknown table(s) {', '.join(sorted(unknown))}; known: upstream, wheel, review, tests",
-                          path=path)
+                          path=path, line=_table_line(path, sorted(unknown)[0]))
     up, wheel, review = data.get("upstream"), data.get("wheel", {}), data.get("review", {})
     if not isinstance(up, dict):
         raise SeriesError("needs an [upstream] table with at least name", path=path)
+    known_keys = {"upstream": ("name", "package", "product", "git", "tag", "label", "must_contain", "other_product"),
+                  "wheel": ("kind", "extras"), "review": ("checklist",)}
+    for table, keys in known_keys.items():
+        given = data.get(table, {})
+        stray = sorted(set(given) - set(keys)) if isinstance(given, dict) else []
+        if stray:  # a misspelt key would silently take its default (a wheel with the wrong label)
+            raise SeriesError(f"[{table}]: unknown key(s) {', '.join(stray)}; known: {', '.join(keys)}", path=path,
+                              line=_line(path, stray[0]))
 
     def text(table: dict, key: str, default: str | None = None) -> str | None:
         value = table.get(key, default)

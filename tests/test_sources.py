@@ -184,3 +184,16 @@ def test_the_letta_series_spells_out_the_built_in_letta_profile():
     from ketta_build.profile import LETTA, load_profile
 
     assert load_profile(Path(__file__).resolve().parent.parent / "patches") == LETTA
+
+
+@pytest.mark.parametrize("edit,key", [("label", "lable"), ("must_contain", "must_contian"), ("kind", "knd")])
+def test_a_misspelt_profile_key_is_refused_naming_its_line(tmp_path, edit, key):
+    """A misspelt key once fell back to its default without a word: a wheel shipped as +ketta.N, not +acme.N."""
+    from ketta_build.errors import SeriesError
+    from ketta_build.profile import load_profile
+
+    (tmp_path / "upstream.toml").write_text('[upstream]\nname = "idna"\nlabel = "acme"\nmust_contain = []\n\n'
+                                            '[wheel]\nkind = "any"\n'.replace(f"\n{edit} =", f"\n{key} ="))
+    with pytest.raises(SeriesError, match=f"unknown key\\(s\\) {key}") as exc:
+        load_profile(tmp_path)
+    assert str(exc.value).startswith(f"{tmp_path / 'upstream.toml'}:")
