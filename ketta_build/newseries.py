@@ -10,6 +10,7 @@ series directory whole or not at all: ``upstream.toml`` (the profile), ``release
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -21,9 +22,9 @@ from packaging.version import Version
 
 from .atomic import replacing
 from .cache import Cache
-from .errors import BuildTreeError, KettaError, UpstreamError
+from .errors import BuildTreeError, KettaError, NotAServerRelease, UpstreamError
 from .index import IndexFile, discover_index_urls, list_project_files
-from .profile import PROFILE_FILE, Profile, render_profile
+from .profile import LABEL_PATTERN, PACKAGE_PATTERN, PROFILE_FILE, Profile, render_profile
 from .releases import RELEASES_FILE, UNKNOWN_DATE, load_releases
 from .series import SERIES_FILE
 from .sources import IndexSource
@@ -83,10 +84,25 @@ _SERIES_TEXT = ("# The patch series: one patch per line, applied in order.\n"
                 "# Optional guard: NAME.diff [{name}>=X,<Y]; the same leading number = variants of one patch.\n")
 
 
+def _namespace_package(tree: Path, name: str) -> tuple[str, str] | None:
+    """``jaraco.functools``: a package inside a namespace directory (no ``__init__.py`` above it)."""
+    parts = [p.replace("-", "_") for p in re.split(r"[.]", name.lower())]
+    if len(parts) < 2:
+        return None
+    for base in (tree / "src", tree):
+        init = base.joinpath(*parts) / "__init__.py"
+        if init.is_file():
+            return ".".join(parts), str(init.relative_to(tree))
+    return None
+
+
 def _package_of(tree: Path, name: str) -> tuple[str, str]:
     """The top-level import package of an unpacked release and where it is: ``src/<pkg>/__init__.py``
     or ``<pkg>/__init__.py`` (the one named like the distribution if several), or a single-module
     project's ``<module>.py``."""
+    namespace = _namespace_package(tree, name)
+    if namespace is not None:
+        return namespace
     candidates = []
     for base in (tree / "src", tree):
         if base.is_dir():
@@ -100,14 +116,29 @@ def _package_of(tree: Path, name: str) -> tuple[str, str]:
     if module is not None:
         return wanted, str((module / f"{wanted}.py").relative_to(tree))
     raise UpstreamError(f"cannot tell the import package of {name} from its sdist (no {wanted}/ or src/{wanted}/ "
-                        f"package); write {PROFILE_FILE} by hand: docs/any-upstream.md says how")
+                        "package): say which with --package NAME (e.g. --package jaraco.functools)")
+
+
+def _tests_of(tree: Path) -> tuple[str, ...]:
+    """Where an unpacked release keeps its tests: a ``tests``/``test``/``testing`` directory, else its
+    top-level ``test_*.py`` files (six's ``test_six.py``); empty if it ships none."""
+    for name in ("tests", "test", "testing"):
+        if (tree / name).is_dir():
+            return (name,)
+    return tuple(sorted(p.name for p in tree.glob("test_*.py") if p.is_file()))
 
 
 def create_series(name: str, directory: Path, *, git: str | None = None, label: str = "ketta",
                   releases_spec: str | None = None, cache: Cache | None = None, index_url: str | None = None,
-                  progress=lambda _: None) -> NewSeries:
-    """Write a new series directory for the distribution ``name`` (see the module's docstring)."""
+                  package: str | None = None, progress=lambda _: None) -> NewSeries:
+    """Write a new series directory for the distribution ``name`` (see the module's docstring);
+    ``package`` names the import package when the sdist does not make it plain."""
     cache = cache or Cache()
+    if not LABEL_PATTERN.match(label):
+        raise KettaError(f"--label {label!r} must be lower-case letters and digits, starting with a letter "
+                         "(it becomes the local version: X+LABEL.N)")
+    if package is not None and not PACKAGE_PATTERN.match(package):
+        raise KettaError(f"--package {package!r} is not an import name (e.g. idna, jaraco.functools)")
     directory = directory.absolute()
     taken = [directory / f for f in (PROFILE_FILE, RELEASES_FILE, SERIES_FILE, BUILD_NUMBER_FILE) if (directory / f).exists()]
     if taken:
@@ -139,11 +170,20 @@ def create_series(name: str, directory: Path, *, git: str | None = None, label: 
         source = IndexSource(cache, index_url, progress=progress, releases=load_releases(staging))
         release = source.resolve(newest.version)
         unpacked = Path(tmp_name) / "release"
-        source.export(release, unpacked)
-        package, _where = _package_of(unpacked, name)
+        try:
+            source.export(release, unpacked)
+        except NotAServerRelease:  # the guessed package is not where the profile looks: learn it below
+            source = IndexSource(cache, index_url, progress=progress, releases=replace(
+                load_releases(staging), profile=replace(profile, must_contain=("PKG-INFO",))))
+            source.export(release, unpacked)
+        package = package or _package_of(unpacked, name)[0]
+        test_paths = _tests_of(unpacked)
         shutil.rmtree(unpacked, ignore_errors=True)
     # every release must hold the package; where it lives (src/ or not) may change between releases
-    profile = replace(profile, package=package)
+    profile = replace(profile, package=package,
+                      tests=replace(profile.tests, paths=test_paths or profile.tests.paths))
+    if not test_paths:
+        progress(f"{newest.filename} ships no tests: the upstream suite will say so until [tests] paths names them")
     contents = {
         directory / PROFILE_FILE: render_profile(profile).encode(),
         directory / RELEASES_FILE: _releases_text(picked).encode(),

@@ -46,8 +46,8 @@ from .errors import SeriesError
 
 PROFILE_FILE = "upstream.toml"
 WHEEL_KINDS = ("any", "letta")
-_LABEL = re.compile(r"^[a-z][a-z0-9]*$")  # a PEP 440 local version segment we can parse back
-_PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LABEL_PATTERN = _LABEL = re.compile(r"^[a-z][a-z0-9]*$")  # a PEP 440 local version segment we can parse back
+PACKAGE_PATTERN = _PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")  # dotted: a namespace package's
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,11 @@ class Profile:
     def release_name(self, version: Version | str) -> str:
         """How messages name a release: ``letta 0.16.8``."""
         return f"{self.name} {version}"
+
+    @property
+    def package_dir(self) -> str:
+        """The import package as a path: ``jaraco/functools`` for ``jaraco.functools``."""
+        return self.package.replace(".", "/")
 
     def missing_paths(self, tree: Path) -> list[str]:
         """The paths a real release must contain that ``tree`` lacks."""

@@ -150,7 +150,7 @@ def _not_server_message(version: Version, files: list[IndexFile], releases: Supp
     except (*transport_errors(), zipfile.BadZipFile, KeyError, ValueError):
         names = set()
     if names:
-        if profile.package in names:
+        if profile.package.split(".")[0] in names:
             return None
         found = ", ".join(sorted(n for n in names if not n.endswith(".dist-info"))) or "no package"
         return (
@@ -170,20 +170,20 @@ def check_server_tree(tree: Path, label: str, profile: Profile = LETTA) -> None:
     (``must_contain``), or it carries a mark of the profile's other product."""
     missing = profile.missing_paths(tree)
     if not profile.must_contain:  # the import package, wherever the release keeps it
-        places = (f"{profile.package}/__init__.py", f"src/{profile.package}/__init__.py", f"{profile.package}.py",
-                  f"src/{profile.package}.py")
+        where = profile.package_dir
+        places = (f"{where}/__init__.py", f"src/{where}/__init__.py", f"{where}.py", f"src/{where}.py")
         if any((tree / place).is_file() for place in places):
             return
-        missing = [f"{profile.package}/ (or src/{profile.package}/, {profile.package}.py)"]
+        missing = [f"{where}/ (or src/{where}/, {where}.py)"]
     elif not missing:
         return
     other = profile.other_product
     if other is not None and any((tree / mark).exists() for mark in other.marks):
         marks = ", ".join(f"{m}/" for m in other.marks if (tree / m).exists())
         raise NotAServerRelease(f"{label} is {other.name} ({marks} and no {', '.join(missing)}), not {profile.what}")
+    what = ", ".join(profile.must_contain) if profile.must_contain else f"its import package {profile.package}"
     raise NotAServerRelease(f"{label} has no {', '.join(missing)}: not a release of {profile.name} "
-                            f"({profile.path or 'the Letta profile'} says every release has "
-                            f"{', '.join(profile.must_contain)})")
+                            f"({profile.path or 'the Letta profile'} says every release has {what})")
 
 
 # --------------------------------------------------------------------------- safe extraction

@@ -34,7 +34,7 @@ from .releases import load_releases, parse_version, require_served
 from .releasetree import check_exported, fresh_tree
 from .profile import Profile
 from .sbom import SBOM_FILE, AppliedPatch, sbom_json
-from .wheelfinish import build_upstream_wheel, relabel_wheel
+from .wheelfinish import build_upstream_wheel, relabel_wheel, wheel_info
 from .uvcmd import run_uv
 
 BUILD_NUMBER_FILE = "build-number"
@@ -240,13 +240,21 @@ def build_any_wheel(tree: Path, dist_dir: Path, build_number: int, *, series_dir
         epoch = int(git(tree, "log", "-1", "--format=%ct"))
         release = json.loads((tree / ".git" / "ketta-build.json").read_text())["upstream"]["version"]
         built = build_upstream_wheel(src, tmp / "built", epoch=epoch, upstream_version=release)
+        info = wheel_info(built)
+        if not info.pure:
+            raise KettaError(f"{profile.name} {release} builds a platform wheel ({info.tag_text}: compiled "
+                             "extensions), and this machine's tag is not what users install: ketta-build ships "
+                             "pure-Python wheels only", path=series_dir / "upstream.toml")
+        with zipfile.ZipFile(built) as archive:  # a single-module project has no package to hold the file
+            in_package = any(n.startswith(f"{profile.package_dir}/") for n in archive.namelist())
         version = profile.local_version(release, build_number)
         data = provenance(tree, version, build_number, series, profile)
         report = json.loads((tree / ".git" / "ketta-build.json").read_text())
         sbom = sbom_json(data, _applied_patches(tree, series_dir, report), "", epoch)
         final = relabel_wheel(built, dist_dir, local_label=profile.label, build_number=build_number,
-                              add_to_package={f"{profile.package}/{PROVENANCE_FILE}":
-                                              (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()},
+                              add_to_package={f"{profile.package_dir}/{PROVENANCE_FILE}":
+                                              (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()}
+                              if in_package else {},
                               sbom_name=SBOM_FILE, sbom=sbom.encode(), epoch=epoch)
     return BuiltWheel(final, version, sha256_file(final))
 

@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--upstream", metavar="NAME", required=True, help="the distribution's name on the package index")
     p.add_argument("--git", metavar="URL", help="the upstream's git repository (for bisect and --letta-git)")
     p.add_argument("--label", default="ketta", help="the local version label of your wheels: X+LABEL.N (default: ketta)")
+    p.add_argument("--package", metavar="NAME", help="the import package, when init cannot tell it from the sdist "
+                                                    "(e.g. jaraco.functools)")
     p.add_argument("--releases", metavar="SPEC", help="which releases to support, e.g. '>=2.0,<3' (default: the newest "
                                                      "three final releases)")
     patches_flag(p)
@@ -29,7 +31,7 @@ def run(ctx: Context, args) -> Result:
     from ..newseries import create_series
 
     with ctx.status(f"starting a series for {args.upstream}") as status:
-        made = create_series(args.upstream, ctx.patches, git=args.git, label=args.label, releases_spec=args.releases,
+        made = create_series(args.upstream, ctx.patches, git=args.git, label=args.label, releases_spec=args.releases, package=args.package,
                              cache=ctx.cache, index_url=ctx.index_url, progress=status.update)
 
     def show(console) -> None:

@@ -1,0 +1,40 @@
+"""init's judgements about a release it fetched, offline: where the package and the tests are."""
+
+from __future__ import annotations
+
+import pytest
+
+from ketta_build.errors import KettaError, UpstreamError
+from ketta_build.newseries import _package_of, _tests_of, create_series
+
+
+def tree(root, *files):
+    for name in files:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    return root
+
+
+def test_the_package_is_found_in_src_flat_namespace_and_single_module_layouts(tmp_path):
+    assert _package_of(tree(tmp_path / "a", "src/tomli/__init__.py", "tests/__init__.py"), "tomli")[0] == "tomli"
+    assert _package_of(tree(tmp_path / "b", "idna/__init__.py", "tests/__init__.py", "docs/__init__.py"), "idna")[0] == "idna"
+    assert _package_of(tree(tmp_path / "c", "jaraco/functools/__init__.py"), "jaraco.functools") == \
+        ("jaraco.functools", "jaraco/functools/__init__.py")
+    assert _package_of(tree(tmp_path / "d", "six.py", "test_six.py"), "six") == ("six", "six.py")
+    with pytest.raises(UpstreamError, match="--package NAME"):
+        _package_of(tree(tmp_path / "e", "a/__init__.py", "b/__init__.py"), "something")
+
+
+def test_the_tests_are_found_where_the_release_keeps_them(tmp_path):
+    assert _tests_of(tree(tmp_path / "a", "tests/test_x.py")) == ("tests",)
+    assert _tests_of(tree(tmp_path / "b", "testing/test_x.py")) == ("testing",)
+    assert _tests_of(tree(tmp_path / "c", "test_six.py", "six.py")) == ("test_six.py",)
+    assert _tests_of(tree(tmp_path / "d", "src/tomli/__init__.py")) == ()
+
+
+@pytest.mark.parametrize("option,value,flag", [("label", "Acme!", "--label"), ("package", "os-path", "--package")])
+def test_a_bad_label_or_package_is_refused_before_anything_is_asked_or_written(tmp_path, option, value, flag):
+    with pytest.raises(KettaError, match=flag) as exc:
+        create_series("idna", tmp_path / "p", index_url="http://127.0.0.1:9/unreachable", **{option: value})
+    assert "tmp" not in str(exc.value).split(flag)[0] and not (tmp_path / "p").exists()
