@@ -31,7 +31,7 @@ from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, a
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .errors import BuildTreeError, KettaError, SeriesError
-from .profile import LETTA
+from .profile import LETTA, Profile
 from .gitcmd import blob, git, git_bytes, keep_bytes_as_they_are, popen
 from .header import commit_message
 from .patchfile import Patch, parse_patch_text, split_lines
@@ -100,12 +100,20 @@ def _check_author(patch: Patch) -> None:
 # --------------------------------------------------------------------------- pristine trees
 
 
-def _commit_pristine(tree: Path, version: Version) -> None:
+def _source_profile(source) -> Profile:
+    """The profile of the upstream ``source`` reads (git and directory sources carry it, the index's
+    through its releases); Letta's when it says none."""
+    return getattr(source, "profile", None) or getattr(getattr(source, "releases", None), "profile", None) or LETTA
+
+
+def _commit_pristine(tree: Path, version: Version, profile: Profile = LETTA) -> None:
     git(tree, "init", "-q", ".")
     keep_bytes_as_they_are(tree / ".git")  # the release's .gitattributes change no byte
     git(tree, "add", "-A", "-f", ".")
-    env = _identity_env(_UPSTREAM_IDENTITY, _TOOL_IDENTITY, f"@{_epoch()} +0000")
-    git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", f"Letta {version} (pristine upstream)", env=env)
+    name, who = ("Letta", _UPSTREAM_IDENTITY) if profile.is_letta else (profile.name, (f"{profile.name} upstream",
+                                                                                          _UPSTREAM_IDENTITY[1]))
+    env = _identity_env(who, _TOOL_IDENTITY, f"@{_epoch()} +0000")
+    git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", f"{name} {version} (pristine upstream)", env=env)
     git(tree, "tag", f"upstream/{version}")
 
 
@@ -167,7 +175,7 @@ def ensure_pristine_repo(release: UpstreamRelease, source: UpstreamSource, cache
             tree = work / "tree"
             tree.mkdir()
             source.export(release, tree)
-            _commit_pristine(tree, release.version)
+            _commit_pristine(tree, release.version, _source_profile(source))
             git(work, "clone", "-q", "--bare", "--no-local", str(tree), str(work / "repo.git"))
             made = _pristine_state(work / "repo.git", release.version)
             if made is None:
@@ -204,7 +212,7 @@ def populate_pristine(dest: Path, release: UpstreamRelease, source: UpstreamSour
     if repo is None:
         dest.mkdir(parents=True, exist_ok=True)
         source.export(release, dest)
-        _commit_pristine(dest, release.version)
+        _commit_pristine(dest, release.version, _source_profile(source))
         return
     for attempt in (1, 2):
         git(dest.parent, "clone", "-q", "--local", "--no-checkout", str(repo), str(dest))

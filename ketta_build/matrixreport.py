@@ -21,7 +21,7 @@ from .hunkcoverage import html_section as coverage_html
 from .hunkcoverage import markdown_lines as coverage_markdown
 from .hunkcoverage import records as coverage_records
 from .matrix import Cell
-from .releases import parse_version
+from .releases import load_releases, parse_version
 from .wheel import read_build_number
 
 SCHEMA = "ketta-build/matrix-report/1"
@@ -29,6 +29,13 @@ SCHEMA = "ketta-build/matrix-report/1"
 STATUS_STYLE = {"pass": "green", "fail": "red", "error": "yellow", "not-run": "white", "not-affected": "dim"}
 STATUS_BACKGROUND = {"pass": "#c8f0c8", "fail": "#f5c2c2", "error": "#f5dfa8", "not-run": "#e4e4e4",
                      "not-affected": "#f4f4f4", "reused": "#e6f7e6"}
+
+
+def _title(context: dict, no_patches: bool, flag: str) -> str:
+    """``Letta + Ketta series`` (or the upstream the run's series is kept for), or its unpatched releases."""
+    name = context.get("project") or "Letta"
+    name = "Letta" if name == "letta" else name
+    return f"unpatched {name}{flag}" if no_patches else f"{name} + {'Ketta' if name == 'Letta' else 'the'} series"
 
 
 def _git(project: Path, *args: str) -> str:
@@ -69,7 +76,12 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
         record = json.loads(path.read_text())
         builds[path.stem] = record
     coverage = coverage_records(report_dir)
+    try:
+        project_name = load_releases(series).profile.name
+    except KettaError:
+        project_name = None
     return {**user_input_records(report_dir), **({"coverage": coverage} if coverage else {}),
+        **({"project": project_name} if project_name else {}),
         "tool": f"ketta-build {__version__}",
         # the series' own repository and directory (--patches may point outside the checkout)
         "series_commit": _git(series, "rev-parse", "HEAD") or None,
@@ -168,7 +180,7 @@ def log_tail(report_dir: Path, cell: Cell, lines: int = 30) -> str:
 
 def report_markdown(cells: list[Cell], no_patches: bool, context: dict | None = None) -> str:
     suites, rows = cell_rows(cells)
-    title = "unpatched Letta (--no-patches)" if no_patches else "Letta + Ketta series"
+    title = _title(context or {}, no_patches, " (--no-patches)")
     lines = [f"# Ketta compatibility matrix: {title}", ""]
     lines += [f"- {line}" for line in _context_lines(context or {})]
     lines += ["", "| release | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]
@@ -210,7 +222,7 @@ def report_html(cells: list[Cell], no_patches: bool, context: dict | None = None
                 f"{c.passed} passed, {c.failed} failed, {c.errors} errors<br>{c.duration:.0f} s{reused}</td>"
             )
         rows.append(f"<tr><th>{html.escape(v)}</th>{''.join(tds)}</tr>")
-    title = "unpatched Letta" if no_patches else "Letta + Ketta series"
+    title = _title(context or {}, no_patches, "")
     summary = {st: sum(1 for c in cells if c.status == st) for st in ("pass", "fail", "error", "not-run", "not-affected")}
     reused = sum(1 for c in cells if c.reused)
     about = "".join(f"<li>{html.escape(line)}</li>" for line in _context_lines(context or {}))

@@ -78,6 +78,9 @@ def test_apply_export_lint_range_diff_status_on_every_release(checkout, capsys, 
         assert applied["0001-cite-the-label-length-limit.diff"] in ("clean", "offset"), applied
         assert ("0002-say-why-a-labels-are-lower-cased.diff" in applied) == (version == "3.10")
         assert "# acme: RFC 1035 section 2.3.4" in (checkout / "build" / version / "idna/core.py").read_text()
+    base = subprocess.run(["git", "log", "--format=%s", "-1", "upstream/3.10"], cwd=checkout / "build" / "3.10",
+                          capture_output=True, text=True).stdout.strip()
+    assert base == "idna 3.10 (pristine upstream)", base
     assert run(capsys, "export", "--tree", "build/3.10", "--check", *cache)[0] == 0  # the round trip: nothing differs
     code, out, _ = run(capsys, "export", "--tree", "build/3.10", *cache)
     assert code == 0 and "nothing to write" in out
