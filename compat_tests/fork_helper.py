@@ -3,8 +3,8 @@ heavy third-party modules once, then forks a fresh child per request, and each c
 command line exactly as the environment's ``letta`` console script would.
 
 Self-contained on purpose (standard library only, neither ketta_build nor Letta imported): the
-server environment runs it as a script, ``<env>/bin/python fork_helper.py serve FD LETTA``, where FD
-is its end of a Unix socket pair and LETTA the environment's ``bin/letta``. Letta itself is never
+server environment runs it as a script, ``<env>/bin/python fork_helper.py serve FD LETTA PRELOAD``, where FD
+is its end of a Unix socket pair, LETTA the environment's ``bin/letta`` and PRELOAD the list to preload. Letta itself is never
 imported here: its settings are read at its import, so only a child, after the fork and with its
 own environment in place, imports it. Every server still does its own full start-up (key check,
 migrations check, lifespan) on its own database.
@@ -29,6 +29,7 @@ recorded, and stops at the first one that must not be preloaded (see ``letta_ser
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -180,6 +181,10 @@ class Helper:
             except BaseException as exc:  # noqa: BLE001
                 self.skipped[name] = f"{type(exc).__name__}: {exc}"[:200]
         self.preload_seconds = time.perf_counter() - started
+        # What was preloaded lives as long as any process: out of the collector's way, so a child's
+        # collections (many, while Letta imports) do not walk it, nor touch its pages.
+        gc.collect()
+        gc.freeze()
         self.environment = {k: os.environ.get(k) for k in reads}
         self.children: dict[int, int | None] = {}  # pid -> returncode (None: running)
 
@@ -309,7 +314,8 @@ def main(argv: list[str]) -> int:
         fd, letta, preload_file = int(argv[1]), argv[2], argv[3]
         # What the console script's interpreter has first on its path: its own directory, not this one's.
         sys.path[0] = os.path.dirname(os.path.abspath(letta))
-        preload = json.loads(open(preload_file).read()) if preload_file != "-" else {"modules": [], "reads": []}
+        with open(preload_file) as f:
+            preload = json.load(f)
         conn = socket.socket(fileno=fd)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is the caller's; its exit ends us
         helper = Helper(conn, letta, preload["modules"], preload["reads"])
