@@ -3,10 +3,10 @@ heavy third-party modules once, then forks a fresh child per request, and each c
 command line exactly as the environment's ``letta`` console script would.
 
 Self-contained on purpose (standard library only, neither ketta_build nor Letta imported): the
-server environment runs it as a script, ``<env>/bin/python fork_helper.py serve FD LETTA PRELOAD``, where FD
-is its end of a Unix socket pair, LETTA the environment's ``bin/letta`` and PRELOAD the list to preload. Letta itself is never
-imported here: its settings are read at its import, so only a child, after the fork and with its
-own environment in place, imports it. Every server still does its own full start-up (key check,
+server environment runs it as a script, ``<env>/bin/python fork_helper.py serve FD LETTA PRELOAD``,
+where FD is its end of a Unix socket pair, LETTA the environment's ``bin/letta`` and PRELOAD the
+JSON file of what to preload. Letta itself is never imported here: its settings are read at its
+import, so only a child, after the fork and with its own environment in place, imports it. Every server still does its own full start-up (key check,
 migrations check, lifespan) on its own database.
 
 Protocol: one JSON object a line each way, one answer per request, in order.

@@ -230,12 +230,21 @@ _HELPERS: dict[str, StartHelper] = {}
 _HELPERS_LOCK = threading.Lock()
 
 
+_ENV_LOCKS: dict[str, threading.Lock] = {}
+
+
 def start_helper(python: Path, letta: Path) -> StartHelper:
-    """The start helper of this environment, started on first use (one per environment and process)."""
+    """The start helper of this environment, started on first use (one per environment and process;
+    environments measure and start theirs side by side)."""
     with _HELPERS_LOCK:
-        helper = _HELPERS.get(str(python))
+        env_lock = _ENV_LOCKS.setdefault(str(python), threading.Lock())
+    with env_lock:
+        with _HELPERS_LOCK:
+            helper = _HELPERS.get(str(python))
         if helper is None or not helper.alive():
-            helper = _HELPERS[str(python)] = StartHelper(python, letta)
+            helper = StartHelper(python, letta)
+            with _HELPERS_LOCK:
+                _HELPERS[str(python)] = helper
         return helper
 
 
