@@ -1,4 +1,4 @@
-"""Fork starts (issue #33, network): real patched 0.16.8 servers forked from their environment's start
+"""Fork starts (issue #33, network): real patched 0.16.8 and 0.14.0 servers forked from their environment's start
 helper (compat_tests/fork_helper.py) on a real PostgreSQL. Each child has its own environment and
 database, a wrong key is refused exactly as a cold start refuses it, a child killed with SIGKILL
 leaves the helper serving, and the helper takes its servers with it when its client goes away."""
@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.network
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory):
+@pytest.fixture(scope="module", params=["0.16.8", "0.14.0"])  # the newest and the oldest release
+def build(request, tmp_path_factory):
     # The environment is keyed by the wheel's hash: a reproducible wheel finds the one other runs built.
-    return prepare_server("0.16.8", patched=True, series_dir=REPO / "patches", build_root=tmp_path_factory.mktemp("build"))
+    return prepare_server(request.param, patched=True, series_dir=REPO / "patches",
+                          build_root=tmp_path_factory.mktemp("build"))
 
 
 @pytest.fixture(scope="module")
