@@ -206,7 +206,9 @@ class Helper:
         differ = [k for k in self.reads if k not in EXEMPT and env.get(k) != self.environment.get(k)]
         if differ:
             return {"cold": f"the preloaded modules read {', '.join(differ)} at import, and the request's differ"}
-        python_vars = sorted(k for k in set(env) | set(os.environ) if k.startswith("PYTHON") and env.get(k) != os.environ.get(k))
+        # What the interpreter itself read at its start-up: its PYTHON* settings and the locale.
+        python_vars = sorted(k for k in set(env) | set(os.environ) if (k.startswith(("PYTHON", "LC_")) or k == "LANG")
+                             and env.get(k) != os.environ.get(k))
         if python_vars:
             return {"cold": f"interpreter variables differ: {', '.join(python_vars)}"}
         for stream in (sys.stdout, sys.stderr):
