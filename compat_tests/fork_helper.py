@@ -29,7 +29,6 @@ recorded, and stops at the first one that must not be preloaded (see ``letta_ser
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import selectors
@@ -181,10 +180,6 @@ class Helper:
             except BaseException as exc:  # noqa: BLE001
                 self.skipped[name] = f"{type(exc).__name__}: {exc}"[:200]
         self.preload_seconds = time.perf_counter() - started
-        # What was preloaded lives as long as any process: out of the collector's way, so a child's
-        # collections (many, while Letta imports) do not walk it, nor touch its pages.
-        gc.collect()
-        gc.freeze()
         self.environment = {k: os.environ.get(k) for k in reads}
         self.children: dict[int, int | None] = {}  # pid -> returncode (None: running)
 
