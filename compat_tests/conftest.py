@@ -24,7 +24,7 @@ from ketta_build.suites import load_suites
 
 from . import api, phases
 from .keyguard import GUARD
-from .letta_server import LettaServer, drop_templates
+from .letta_server import LettaServer, drop_templates, stop_helpers, warm_helper
 from .pgcluster import EmbeddedCluster, PgTarget
 from .phases import phase
 from .upgrade import UpgradeLab
@@ -118,10 +118,20 @@ def letta_build(pytestconfig, measured):
             index_url=pytestconfig.getoption("--index-url"),
             coverage=measured(version, with_patches),
         )
+    # Its start helper preloads while PostgreSQL starts and the template database is migrated.
+    warm_helper(build.python, build.letta)
     report_dir = suiteenv.get("KETTA_REPORT_DIR")
     if report_dir:  # what was tested, for the matrix report: sdist and wheel hashes, patches
         write_build_record(Path(report_dir), build)
     return build
+
+
+@pytest.fixture(scope="session", autouse=True)
+def start_helpers():
+    """The servers' start helpers (KETTA_FORK_STARTS) are stopped with the session, after its
+    servers (a helper stops any server it still runs as it exits): no process outlives the run."""
+    yield
+    stop_helpers()
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from .upgrade_data import Fill, Written
 from .vendor import FakeVendor
 
 # The suite's code a fill's content depends on.
-HARNESS = ("upgrade.py", "upgrade_data.py", "fill_store.py", "api.py", "vendor.py", "letta_server.py", "pgcluster.py")
+HARNESS = ("upgrade.py", "upgrade_data.py", "fill_store.py", "api.py", "vendor.py", "letta_server.py", "fork_helper.py", "pgcluster.py")
 
 
 def fill_key(side_tag: str, by_handle: bool, patched: bool, build, pg: PgTarget) -> str:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
+import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +48,231 @@ NO_INTERNET = {
 
 class ServerFailed(RuntimeError):
     pass
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """What every server's environment starts from: this process's, without its Letta and Ketta
+    settings, with the vendor keys above and no internet; ``home`` as HOME."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "KETTA_"))},
+        **SERVER_ENV_KEYS,
+        **NO_INTERNET,
+        "HOME": str(home),
+    }
+
+
+# ------------------------------------------------------------------ fork starts (issue #33)
+#
+# A start helper per server environment (compat_tests/fork_helper.py, run by that environment's
+# Python) imports the heavy third-party modules once and forks a child per server start; the child
+# imports Letta with its own environment and runs `letta server` as the console script would.
+
+HELPER_SCRIPT = Path(__file__).resolve().with_name("fork_helper.py")
+PRELOAD_FILE = "ketta-fork-preload.json"  # beside the environment's bin/ and lib/
+log = logging.getLogger("ketta.forkstarts")
+
+
+def fork_starts() -> bool:
+    """KETTA_FORK_STARTS=1 (the default): servers are forked from a start helper. Not under coverage
+    (every process of a measured environment starts coverage.py at its start-up, the helper too)."""
+    return suiteenv.flag("KETTA_FORK_STARTS") and not os.environ.get("COVERAGE_PROCESS_START")
+
+
+def _helper_run(python: Path, letta: Path, *args: str, timeout: float = 300) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="ketta-fork-measure-"))
+    try:
+        env = {**base_env(home), "LETTA_PG_URI": "postgresql://ketta:ketta@127.0.0.1:9/unreachable"}
+        proc = subprocess.run([str(python), str(HELPER_SCRIPT), *args[:1], str(letta), *args[1:]], cwd=home, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"fork_helper.py {args[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        return json.loads(lines[-1])
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def preload_list(python: Path, letta: Path) -> dict:
+    """The third-party modules a start helper of this environment preloads, measured once per
+    environment and helper version and kept beside the environment: the top-level packages importing
+    Letta's app loads (not Letta), less those that read a per-server variable or start a thread at
+    their import (each found by importing them in order in a fresh process, dropped, and again)."""
+    env_dir = python.parent.parent
+    version = hashlib.sha256(HELPER_SCRIPT.read_bytes()).hexdigest()[:16]
+    cached = env_dir / PRELOAD_FILE
+    try:
+        data = json.loads(cached.read_text())
+        if data.get("helper") == version:
+            return data
+    except (OSError, ValueError):
+        pass
+    candidates = _helper_run(python, letta, "discover")
+    excluded: dict[str, str] = {}
+    for _ in range(len(candidates) + 1):
+        result = _helper_run(python, letta, "measure", *candidates)
+        if result["bad"] is None:
+            break
+        excluded[result["bad"]] = result["why"]
+        candidates = [c for c in candidates if c != result["bad"]]
+    reads = sorted({k for read in result["ok"].values() for k in read})
+    data = {"helper": version, "modules": list(result["ok"]), "reads": reads, "excluded": excluded}
+    tmp = cached.with_name(f"{PRELOAD_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, cached)
+    return data
+
+
+class HelperGone(RuntimeError):
+    pass
+
+
+class StartHelper:
+    """The client of one start helper: requests go over a Unix socket pair, one at a time."""
+
+    def __init__(self, python: Path, letta: Path) -> None:
+        self.python, self.letta = python, letta
+        preload = preload_list(python, letta)
+        self.home = Path(tempfile.mkdtemp(prefix="ketta-fork-helper-"))
+        (self.home / PRELOAD_FILE).write_text(json.dumps(preload))
+        ours, theirs = socket.socketpair()
+        self.sock = ours
+        self.log_path = self.home / "helper.log"
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen(
+                [str(python), str(HELPER_SCRIPT), "serve", str(theirs.fileno()), str(letta), str(self.home / PRELOAD_FILE)],
+                cwd=self.home, env=base_env(self.home), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), start_new_session=True,
+            )
+        theirs.close()
+        self.file = ours.makefile("rb")
+        self.lock = threading.Lock()
+        self.ready: dict | None = None
+
+    def _answer(self) -> dict:
+        line = self.file.readline()
+        if not line:
+            raise HelperGone(f"the start helper of {self.python} exited:\n{self.log_tail()}")
+        return json.loads(line)
+
+    def request(self, **body) -> dict:
+        with self.lock:
+            if self.ready is None:
+                self.ready = self._answer()  # its preloading is done
+            try:
+                self.sock.sendall(json.dumps(body).encode() + b"\n")
+            except OSError as exc:
+                raise HelperGone(f"the start helper of {self.python} is gone: {exc}") from None
+            answer = self._answer()
+        if "error" in answer:
+            raise RuntimeError(f"start helper: {answer['error']}")
+        return answer
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:]) if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Close the socket: the helper stops the servers it still runs and exits."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.file.close()
+        self.sock.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class ForkedProcess:
+    """A server forked by a start helper, as much of a ``subprocess.Popen`` as LettaServer uses:
+    ``pid``, ``poll()``, ``wait(timeout)``, ``returncode``. Its helper reaps it and tells its exit code."""
+
+    def __init__(self, helper: StartHelper, pid: int) -> None:
+        self.helper, self.pid = helper, pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = self.helper.request(op="poll", pid=self.pid)["returncode"]
+            except HelperGone:
+                # The helper stopped its children as it went: ours is gone, its exit code with it.
+                if not _pid_alive(self.pid):
+                    self.returncode = -signal.SIGTERM
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"forked server {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode  # type: ignore[return-value]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_HELPERS: dict[str, StartHelper] = {}
+_HELPERS_LOCK = threading.Lock()
+
+
+_ENV_LOCKS: dict[str, threading.Lock] = {}
+
+
+def start_helper(python: Path, letta: Path) -> StartHelper:
+    """The start helper of this environment, started on first use (one per environment and process;
+    environments measure and start theirs side by side)."""
+    with _HELPERS_LOCK:
+        env_lock = _ENV_LOCKS.setdefault(str(python), threading.Lock())
+    with env_lock:
+        with _HELPERS_LOCK:
+            helper = _HELPERS.get(str(python))
+        if helper is None or not helper.alive():
+            helper = StartHelper(python, letta)
+            with _HELPERS_LOCK:
+                _HELPERS[str(python)] = helper
+        return helper
+
+
+def warm_helper(python: Path, letta: Path) -> None:
+    """Start this environment's helper now, in the background (its preloading overlaps what the
+    session does before its first server start)."""
+    if fork_starts():
+        threading.Thread(target=lambda: _quietly(start_helper, python, letta), daemon=True).start()
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 (the first start tries again and says why)
+        log.warning("start helper of %s not started: %s", args[0], exc)
+
+
+def stop_helpers() -> None:
+    with _HELPERS_LOCK:
+        while _HELPERS:
+            _, helper = _HELPERS.popitem()
+            try:
+                helper.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+atexit.register(stop_helpers)
 
 
 def run_alembic(python: Path, tree: Path, uri: str, *args: str) -> str:
@@ -96,7 +327,8 @@ class LettaServer:
     database: str
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = 0
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | ForkedProcess | None = None
+    start_mode: str = ""  # "forked", or "cold" and why when forking was not possible
     home: Path | None = None  # given: the server runs there (its key file included); else a new one
     log_path: Path | None = None
     prepare_database: bool = True  # False: the database exists and is migrated already
@@ -136,22 +368,21 @@ class LettaServer:
         self.log_path = self.home / f"server-{uuid.uuid4().hex[:6]}.log"
         self.port = free_port()
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "KETTA_"))},
-            **SERVER_ENV_KEYS,
-            **NO_INTERNET,
-            "HOME": str(self.home),
+            **base_env(self.home),
             "LETTA_PG_URI": self.pg.server_uri(self.database),
             "NLTK_DATA": str(self.home / "nltk"),
             **self.extra_env,
         }
         if self.guarded:
             GUARD.watch(self.log_path)
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(self.letta), "server", "--port", str(self.port), "--host", "127.0.0.1"],
-            cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
+        argv = [str(self.letta), "server", "--port", str(self.port), "--host", "127.0.0.1"]
+        out = open(self.log_path, "wb")
+        self.start_mode = "cold"
+        self.process = self._fork(argv, env) if fork_starts() else None
+        if self.process is None:
+            self.process = subprocess.Popen(argv, cwd=self.home, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        out.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -163,6 +394,22 @@ class LettaServer:
                 pass
             time.sleep(0.5)
         raise ServerFailed(f"letta server not healthy after {STARTUP_TIMEOUT:.0f}s:\n{self.log_tail()}")
+
+    def _fork(self, argv: list[str], env: dict[str, str]) -> ForkedProcess | None:
+        """The server forked by its environment's start helper; None (a cold start follows) when
+        the helper cannot fork it safely or is not there, with the reason in ``start_mode``."""
+        try:
+            helper = start_helper(self.python, self.letta)
+            answer = helper.request(op="start", argv=argv, env=env, cwd=str(self.home), log=str(self.log_path))
+        except (HelperGone, RuntimeError, OSError) as exc:
+            answer = {"cold": f"no start helper: {exc}"}
+        if "pid" in answer:
+            self.start_mode = "forked"
+            return ForkedProcess(helper, int(answer["pid"]))
+        self.start_mode = f"cold: {answer['cold']}"
+        log.warning("server on %s started cold: %s", self.database, answer["cold"])
+        print(f"ketta: fork start not possible, starting cold: {answer['cold']}", file=sys.stderr)
+        return None
 
     @property
     def exit_code(self) -> int | None:
@@ -179,7 +426,7 @@ class LettaServer:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
                 try:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 except ProcessLookupError:

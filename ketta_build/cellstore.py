@@ -73,8 +73,8 @@ def suite_files(tests: Path, suite: str) -> list[Path]:
                 todo.append(name)
     files = {tests / f"{m}.py" for m in wanted if (tests / f"{m}.py").is_file()}
     texts = "\n".join(f.read_text(encoding="utf-8") for f in files)
-    for item in tests.iterdir():  # data files and directories a module names
-        if item.suffix != ".py" and not item.name.startswith((".", "__")) and item.name in texts:
+    for item in tests.iterdir():  # data files, directories and scripts (fork_helper.py) a module names
+        if item not in files and not item.name.startswith((".", "__")) and item.name in texts:
             files |= {f for f in ([item] if item.is_file() else item.rglob("*")) if f.is_file() and "__pycache__" not in f.parts}
     return sorted(files)
 

@@ -47,6 +47,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("KETTA_FUZZ_STEPS", "steps of the fuzz suite's request sequences", "8", "user"),
     Variable("KETTA_PARITY_RECORD", "1 on the newest release: write the parity reference anew", "0", "user"),
     Variable("KETTA_PG_OPTIONS", "extra PostgreSQL server options for the suites' throw-away cluster", "", "user"),
+    Variable("KETTA_FORK_STARTS", "1: servers are forked from a start helper per environment that preloaded the "
+             "third-party modules (compat_tests/fork_helper.py); 0: every server starts cold", "1", "user"),
     Variable("KETTA_SERVER_STARTUP_TIMEOUT", "seconds a suite waits for a server to start", "180", "user"),
     Variable("KETTA_BUILD_LOCK_TIMEOUT", "seconds to wait for another run's lock on the cache or series", None, "tool"),
     Variable("KETTA_DOWNLOAD_DEADLINE", "seconds a whole download may take", None, "tool"),

@@ -158,6 +158,20 @@ def test_the_suite_files_follow_imports_and_named_data(project):
     assert {p.name for p in suite_files(project / "compat_tests", "agent")} == {"conftest.py", "test_agent.py", "allowed.toml"}
 
 
+def test_the_suite_files_hold_a_script_a_module_runs_by_name(tmp_path):
+    """A script the suites run rather than import (compat_tests/fork_helper.py, run by a server
+    environment's Python) is part of what a cell depends on: named, not imported."""
+    tests = tmp_path / "compat_tests"
+    tests.mkdir()
+    (tests / "conftest.py").write_text("from . import server\n")
+    (tests / "server.py").write_text('SCRIPT = __file__.replace("server.py", "start_script.py")\n')
+    (tests / "start_script.py").write_text("print('forked')\n")
+    (tests / "unrelated_script.py").write_text("print('no one runs me')\n")
+    (tests / "test_one.py").write_text("import pytest\npytestmark = pytest.mark.one\n")
+    names = {p.name for p in suite_files(tests, "one")}
+    assert names == {"conftest.py", "server.py", "start_script.py", "test_one.py"}
+
+
 def test_changed_runs_only_the_releases_a_variant_serves(project, monkeypatch, tmp_path):
     """A change to the 0.16.7 variant affects 0.16.7 alone; the other cells are reused or not affected."""
     versions = ("0.16.7", "0.16.8", "0.16.9")
