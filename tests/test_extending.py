@@ -48,7 +48,7 @@ pytestmark = pytest.mark.throwaway
 
 
 def test_nothing():
-    assert True
+    assert __name__.endswith("test_throwaway")
 '''
 
 
