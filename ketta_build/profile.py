@@ -151,20 +151,12 @@ def load_profile(series_dir: Path) -> Profile:
     return parse_profile(data, path)
 
 
-def _line(path: Path, key: str) -> int | None:
+def _line(path: Path, key: str, *, table: bool = False) -> int | None:
+    """The line of ``key = ...`` (or of the ``[key]`` table header) in ``path``, for an error to name."""
+    pattern = rf"^\s*\[\s*{re.escape(key)}\s*\]" if table else rf"^\s*{re.escape(key)}\s*="
     try:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if re.match(rf"^\s*{re.escape(key)}\s*=", line):
-                return number
-    except OSError:
-        pass
-    return None
-
-
-def _table_line(path: Path, table: str) -> int | None:
-    try:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if re.match(rf"^\s*\[\s*{re.escape(table)}\s*\]", line):
+            if re.match(pattern, line):
                 return number
     except OSError:
         pass
@@ -176,7 +168,7 @@ def parse_profile(data: dict, path: Path) -> Profile:
     unknown = set(data) - {"upstream", "wheel", "review", "tests"}
     if unknown:
         raise SeriesError(f"unknown table(s) {', '.join(sorted(unknown))}; known: upstream, wheel, review, tests",
-                          path=path, line=_table_line(path, sorted(unknown)[0]))
+                          path=path, line=_line(path, sorted(unknown)[0], table=True))
     up, wheel, review = data.get("upstream"), data.get("wheel", {}), data.get("review", {})
     if not isinstance(up, dict):
         raise SeriesError("needs an [upstream] table with at least name", path=path)
