@@ -34,7 +34,7 @@ from .atomic import write_atomic
 from .report import counts_text
 from .buildtree import ApplyOptions, apply_series, ensure_pristine_repo
 from .cache import Cache
-from .errors import KettaError
+from .errors import KettaError, UpstreamError
 from .gitcmd import blob
 from .gitcmd import run as run_git
 from .index import IndexFile, discover_index_urls, list_project_files
@@ -177,10 +177,17 @@ def write_issue_bodies(report: CheckReport, out_dir: Path) -> list[Path]:
 def _index_versions(index_url: str | None, project: str) -> dict[Version, list[IndexFile]]:
     """Every version of ``project`` on every index asked (pip looks at them all, so does this), with its files."""
     found: dict[Version, list[IndexFile]] = {}
-    for url in discover_index_urls(index_url):
-        for f in list_project_files(url, project) or []:
+    urls = discover_index_urls(index_url)
+    listed = False
+    for url in urls:
+        files = list_project_files(url, project)
+        listed = listed or files is not None
+        for f in files or []:
             if f.version is not None:
                 found.setdefault(f.version, []).append(f)
+    if not listed:  # "nothing newer" would be a lie: nobody was asked who knows the project
+        raise UpstreamError(f"no index asked ({', '.join(urls)}) has a project called {project}: check --index-url "
+                            "or pip's configuration")
     return found
 
 

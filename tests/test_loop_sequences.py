@@ -1248,3 +1248,14 @@ def test_the_servers_pristine_tree_is_made_without_a_series(world):
                                cache=Cache(world.cache), index_url=world.index.url)
     assert tree == world.root / "build" / "servers" / "0.16.8-upstream"
     assert (tree / "letta" / "m.py").read_text() == BODY and report["patches"] == []
+
+
+def test_upstream_check_on_an_index_without_the_project_is_an_error_not_nothing_new(world, tmp_path):
+    """An index that does not know the project at all (a wrong --index-url) once answered
+    "nothing newer than 0.16.8", exit 0: a CI job would never see a new release."""
+    empty = tmp_path / "empty-index"
+    empty.mkdir()
+    rc = main(["upstream", "check", "--index-url", empty.as_uri(), "--cache-dir", str(world.cache),
+               "--patches", str(world.patches)])
+    out, err = world.capsys.readouterr()
+    assert rc == 3 and "has a project called letta" in err and "nothing newer" not in out, (out, err)
