@@ -1,3 +1,3 @@
-"""ketta-build: apply the Ketta patch series to pinned Letta server releases and report every hunk."""
+"""ketta-build: keep a patch series per upstream release of a Python project; apply, port, test and ship it."""
 
 __version__ = "0.1.0"

@@ -444,13 +444,13 @@ def apply_file(
         if base is not None:
             theirs_lines, base_results = apply_hunks(split_lines(decode(base)), fp.hunks, 0)
             if all(r.outcome in (Outcome.CLEAN, Outcome.OFFSET) for r in base_results):
-                labels = (upstream_label, f"letta {patch.header.base_release} (patch base)", patch.name)
+                labels = (upstream_label, f"release {patch.header.base_release} (patch base)", patch.name)
                 merged, conflicts = _merge_file(original, base, encode("".join(theirs_lines)), labels, favour_patch)
                 content = merged
                 result.conflicts = conflicts
                 for r in failed:
                     if conflicts == 0:
-                        r.outcome, r.reason = Outcome.MERGED, f"3-way merge against letta {patch.header.base_release}"
+                        r.outcome, r.reason = Outcome.MERGED, f"3-way merge against release {patch.header.base_release} (the patch's base)"
                     elif favour_patch:
                         r.reason = f"3-way merge has {conflicts} conflict(s) (resolved in the patch's favour for this dry run)"
                     else:

@@ -1,4 +1,4 @@
-"""``ketta-build bisect PATCH --letta-git REPO``: the upstream commit where a patch stops applying exactly.
+"""``ketta-build bisect PATCH --upstream-git REPO``: the upstream commit where a patch stops applying exactly.
 
 A variant is made for a release; some later release needs another. Which upstream commit made the
 difference? On the first-parent path from GOOD (default: the patch's ``Base-Release`` tag) to BAD
@@ -20,7 +20,7 @@ binary search landed on (git bisect's answer), ``first_break`` the earliest brea
 ``applies_again`` where it applied exactly again.
 
 A project that merges each release (or any branch) with ``--no-ff`` has little on its first-parent
-path: Letta's is one merge per release. When the commit found is a merge whose first parent is an
+path: one merge per release, say. When the commit found is a merge whose first parent is an
 ancestor of its second, the same search runs on the second parent's first-parent path (the branch
 the merge brought in), and so on into nested merges, and ``inside`` says what it found there: the
 commit that made the change, not only the release merge that shipped it.
@@ -268,9 +268,9 @@ def _changing(git_dir: Path, path: list[tuple[str, str | None]], files: set[str]
     return [c for c, p in path if c in hit or p is None]
 
 
-def bisect(patch: str, letta_git: str, *, series_dir: Path, good: str | None = None, bad: str | None = None,
+def bisect(patch: str, upstream_git: str, *, series_dir: Path, good: str | None = None, bad: str | None = None,
            until_applies: bool = False, progress=lambda _: None) -> BisectResult:
-    """Bisect ``patch`` of the series in ``series_dir`` on the first-parent path ``good``..``bad`` of ``letta_git``.
+    """Bisect ``patch`` of the series in ``series_dir`` on the first-parent path ``good``..``bad`` of ``upstream_git``.
 
     ``until_applies`` turns the question round (git bisect's own terms, old and new): the first commit where
     a patch that does not apply exactly at ``good`` does (a newer variant: the commit that made it necessary;
@@ -279,7 +279,7 @@ def bisect(patch: str, letta_git: str, *, series_dir: Path, good: str | None = N
     series = read_series(series_dir)
     target = _entry(series, patch)
     base = series.load(target).header.base_release
-    source = GitSource(letta_git, None)
+    source = GitSource(upstream_git, None, series.profile)
     try:
         git_dir = source.git_dir()
         tags = _tags(git_dir)
@@ -287,7 +287,7 @@ def bisect(patch: str, letta_git: str, *, series_dir: Path, good: str | None = N
             raise KettaError("--until-applies needs --good: a commit where the patch does not apply exactly")
         if good is None or (until_applies and bad is None):
             if base not in tags:
-                raise UpstreamError(f"{letta_git} has no tag {base} or v{base} (the Base-Release of {target.name}): "
+                raise UpstreamError(f"{upstream_git} has no tag {base} or v{base} (the Base-Release of {target.name}): "
                                     f"say where to {'end with --bad' if until_applies else 'start with --good'}")
             if until_applies:
                 bad = tags[base]
@@ -295,7 +295,7 @@ def bisect(patch: str, letta_git: str, *, series_dir: Path, good: str | None = N
                 good = tags[base]
         if bad is None:
             if not tags:
-                raise UpstreamError(f"{letta_git} has no release tags: say where to end with --bad")
+                raise UpstreamError(f"{upstream_git} has no release tags: say where to end with --bad")
             bad = tags[max(tags)]
         assert good is not None
         good_name, good_commit = _ref(git_dir, good)
@@ -304,7 +304,7 @@ def bisect(patch: str, letta_git: str, *, series_dir: Path, good: str | None = N
             raise KettaError(f"{good_name} is not an ancestor of {bad_name}: nothing to bisect between them")
         with Blobs(git_dir) as blobs:
             probe = _Prober(git_dir, series, target, blobs, base)
-            result = BisectResult(target.name, letta_git, good_name, good_commit, bad_name, bad_commit, 0,
+            result = BisectResult(target.name, upstream_git, good_name, good_commit, bad_name, bad_commit, 0,
                                   mode="applies" if until_applies else "breaks")
             start = probe(good_commit)
             if _changed(start, until_applies):

@@ -31,16 +31,15 @@ from .applying import FilePatch, Outcome, PatchResult, TreeGuard, apply_hunks, a
 from .atomic import uninterruptible, write_atomic
 from .cache import Cache
 from .errors import BuildTreeError, KettaError, SeriesError
-from .profile import LETTA, Profile
 from .gitcmd import blob, git, git_bytes, keep_bytes_as_they_are, popen
 from .header import commit_message
 from .patchfile import Patch, parse_patch_text, split_lines
+from .profile import Profile, default_profile
 from .report import report_json
 from .series import Selection, Series
 from .sources import IndexSource, UpstreamRelease, UpstreamSource
 
 STATE_FILE = "ketta-build.json"  # inside .git/ of the build tree
-_UPSTREAM_IDENTITY = ("Letta upstream", "upstream@letta.invalid")
 _TOOL_IDENTITY = ("ketta-build", "ketta-build@ketta.invalid")
 _DEFAULT_EPOCH = 315532800  # 1980-01-01, the zip epoch
 Progress = Callable[[str], None]
@@ -102,16 +101,17 @@ def _check_author(patch: Patch) -> None:
 
 def _source_profile(source) -> Profile:
     """The profile of the upstream ``source`` reads (git and directory sources carry it, the index's
-    through its releases); Letta's when it says none."""
-    return getattr(source, "profile", None) or getattr(getattr(source, "releases", None), "profile", None) or LETTA
+    through its releases); the default profile when it says none."""
+    return (getattr(source, "profile", None) or getattr(getattr(source, "releases", None), "profile", None)
+            or default_profile())
 
 
-def _commit_pristine(tree: Path, version: Version, profile: Profile = LETTA) -> None:
+def _commit_pristine(tree: Path, version: Version, profile: Profile | None = None) -> None:
+    profile = profile or default_profile()
     git(tree, "init", "-q", ".")
     keep_bytes_as_they_are(tree / ".git")  # the release's .gitattributes change no byte
     git(tree, "add", "-A", "-f", ".")
-    name, who = ("Letta", _UPSTREAM_IDENTITY) if profile.is_letta else (profile.name, (f"{profile.name} upstream",
-                                                                                          _UPSTREAM_IDENTITY[1]))
+    name, who = profile.display, (f"{profile.display} upstream", f"upstream@{profile.project}.invalid")
     env = _identity_env(who, _TOOL_IDENTITY, f"@{_epoch()} +0000")
     git(tree, "commit", "-q", "--no-verify", "--allow-empty", "-m", f"{name} {version} (pristine upstream)", env=env)
     git(tree, "tag", f"upstream/{version}")
@@ -252,7 +252,7 @@ class PristineRepos:
             if self.source is None or self.cache is None:
                 self._repos[version] = "no source for other releases"
             else:
-                name = getattr(getattr(self.source, "releases", None), "profile", LETTA).name
+                name = _source_profile(self.source).name
                 self.progress(f"reading {name} {version} (from the cache, else the index)")
                 try:
                     release = self.source.resolve(version)
@@ -364,7 +364,7 @@ def uncommitted(tree: Path) -> list[str]:
 
 
 def dirty_summary(paths: list[str]) -> str:
-    """``letta/m.py`` or ``3 files (letta/a.py, letta/b.py, letta/c.py)``."""
+    """``pkg/m.py`` or ``3 files (pkg/a.py, pkg/b.py, pkg/c.py)``."""
     if len(paths) == 1:
         return paths[0]
     shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

@@ -3,7 +3,7 @@
 Layout under the cache root (``--cache-dir``, default: the user cache dir)::
 
     blobs/sha256/ab/abcdef...      downloaded artifacts, named by their sha256
-    releases/<source>/<project>-<version>.json  (e.g. letta-0.16.8.json)
+    releases/<source>/<project>-<version>.json  (e.g. idna-3.10.json)
                                    which file and sha256 a version resolved to on one source
                                    (the indexes asked, hashed): another index never reuses it
     pristine/<sha256>.git          a bare git repository of the unpacked sdist

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from . import suiteenv
 from .cache import Cache, sha256_file
 from .cellstore import cell_key, digest_files, suite_files
+from .letta import suiteenv
+from .letta.serverenv import prepare_wheel
+from .letta.upgradepairs import UpgradePairs
 from .releases import load_releases, parse_version
-from .serverenv import prepare_wheel
-from .suites import REGISTRY_FILE, SuiteRegistry, project_suites
-from .upgradepairs import UpgradePairs
 from .sources import IndexSource
+from .suites import REGISTRY_FILE, SuiteRegistry, project_suites
 
 
 class CellKeys:
@@ -64,7 +64,7 @@ class CellKeys:
         if suite not in self._suites:
             files = [*suite_files(self.registry.tests, suite), self.registry.tests / REGISTRY_FILE]
             self._suites[suite] = digest_files(sorted(set(files)), self.project)
-        inputs = {"letta": version, "suite": suite, "patched": self.patched, "release": self.release(version, self.patched),
+        inputs = {"version": version, "suite": suite, "patched": self.patched, "release": self.release(version, self.patched),
                   "suite_files": self._suites[suite], "tox": self.tox}
         if definition.key_env:
             inputs["env"] = {name: suiteenv.get(name, self.env) for name in definition.key_env}

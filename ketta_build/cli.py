@@ -1,24 +1,24 @@
-"""ketta-build: carry the Ketta patch series across Letta server releases.
+"""ketta-build: carry a patch series across an upstream Python project's releases.
 
 Apply the series to a pinned release and report every hunk, keep the patches in step with a build
 tree (export, lint, range-diff), carry the series onto new releases (upstream check, port), and
 run the compatibility matrix against real patched servers.
 
 examples:
-  ketta-build apply --letta 0.16.8                  build/0.16.8: pristine release + one commit per patch
-  ketta-build series --letta 0.15.1 --check         which variant of each patch a release gets, and why
+  ketta-build apply --release 0.16.8                build/0.16.8: pristine release + one commit per patch
+  ketta-build series --release 0.15.1 --check       which variant of each patch a release gets, and why
   ketta-build export --tree build/0.16.8 --check    are patches/ what the build tree's commits say?
   ketta-build lint                                  headers, guards, base releases, canonical form
   ketta-build status                                per patch: owner, forwarded, age, size, review date, outcome per release
-  ketta-build range-diff --letta 0.16.8 main HEAD   what a refresh or port changed, patch by patch
+  ketta-build range-diff --release 0.16.8 main HEAD what a refresh or port changed, patch by patch
   ketta-build upstream check                        new releases upstream, and what porting takes
-  ketta-build port --letta 0.16.9                   carry the series onto a new release
-  ketta-build bisect 0004-no-base-providers-0.16.2.diff --letta-git ../letta
+  ketta-build port --release 0.16.9                 carry the series onto a new release
+  ketta-build bisect 0004-no-base-providers-0.16.2.diff --upstream-git ../upstream
                                                     the upstream commit where a variant stopped applying
-  ketta-build matrix --letta 0.16.8                 the compatibility suites on real servers (tox)
-  ketta-build serve --letta 0.16.8                  a patched server on 127.0.0.1:8283 with a persistent PostgreSQL
+  ketta-build matrix --release 0.16.8               the compatibility suites on real servers (tox)
+  ketta-build serve --release 0.16.8                a patched server on 127.0.0.1:8283 with a persistent PostgreSQL
   ketta-build releases --json -                     the supported releases (patches/releases.toml)
-  ketta-build wheel --letta 0.16.8                  dist/letta-0.16.8+ketta.N-py3-none-any.whl, constraints, SHA256SUMS
+  ketta-build wheel --release 0.16.8                dist/NAME-0.16.8+LABEL.N-py3-none-any.whl, SHA256SUMS
   ketta-build cache prune --older-than 30           the cache's stores; remove what was not used for 30 days
   ketta-build completion bash                       tab completion of verbs, flags and releases (bash, zsh, fish)
 """

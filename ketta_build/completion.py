@@ -1,7 +1,7 @@
 """``ketta-build completion bash|zsh|fish``: a shell completion script made from the parser itself.
 
 The parser is walked once (verbs, nested verbs such as ``upstream check``, each verb's flags, the
-choices of a flag or a positional argument); a flag whose value is a release (``--letta``, or any
+choices of a flag or a positional argument); a flag whose value is a release (``--release``, or any
 flag with metavar ``VERSION``) completes the supported releases of ``patches/releases.toml`` as
 they were when the script was made. A flag hidden from ``--help`` (a deprecated spelling) is not
 offered. zsh runs the bash script through ``bashcompinit``.
@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 
 SHELLS = ("bash", "zsh", "fish")
-VERSION_FLAGS = ("--letta", "--from", "--to")
+VERSION_FLAGS = ("--release", "--from", "--to")
 FUNCTION = "_ketta_build"
 
 

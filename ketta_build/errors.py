@@ -65,19 +65,19 @@ class SeriesError(KettaError):
 
 
 class UpstreamError(KettaError):
-    """A Letta release could not be found, fetched, verified or unpacked."""
+    """An upstream release could not be found, fetched, verified or unpacked."""
 
     exit_code = EXIT_SOURCE
 
 
 class NotAServerRelease(UpstreamError):
-    """The requested version exists but is not the Letta agent server."""
+    """The requested version exists but is not the project the series is kept for (another product)."""
 
     exit_code = EXIT_USAGE
 
 
 class UnknownRelease(UpstreamError):
-    """The requested version is not a known Letta server release."""
+    """The requested version is not a release the series supports."""
 
     exit_code = EXIT_USAGE
 

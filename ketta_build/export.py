@@ -10,7 +10,7 @@ edits there (``git commit --amend``, ``git rebase -i``, new commits, dropped com
   (:func:`ketta_build.gitdiff.canonical_diff`), made against this tree's release, which becomes
   its ``Base-Release``; it goes back to the file it came from, variant included;
 * a commit without a trailer becomes a new patch, numbered after the last one, entered in the
-  series with the guard ``[letta>=<this release>]`` (narrowed to the releases it applies to);
+  series with the guard ``[<project>>=<this release>]`` (narrowed to the releases it applies to);
 * a patch the series selects for this release but no commit carries is dropped from the series
   (and its file deleted) with ``prune``; otherwise it is reported. A patch apply never got to (it
   stopped at an earlier one) is neither.
@@ -138,7 +138,7 @@ def check_tree(tree: Path, series: Series | None = None) -> Version:
                              "finishes: ketta-build port --continue (or --abort)", path=tree)
     if series is not None and series.releases.find(version) is None:
         raise BuildTreeError(f"the tree is {name} {version}, which the series does not support "
-                             f"({series.releases.range_text()}): bring the series there with ketta-build port {series.profile.release_flag} {version}",
+                             f"({series.releases.range_text()}): bring the series there with ketta-build port --release {version}",
                              path=tree)
     for marker, what in (("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or git am"),
                          ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick")):
@@ -435,7 +435,7 @@ def plan_export(tree: Path, series_dir: Path, *, prune: bool = False) -> ExportP
         raise BuildTreeError(
             f"{'; '.join(conflicts)}: changed both in {series_dir} since this tree took it and in this tree; export "
             "would throw one of the two away, so nothing is written. To go on, take the series as it is now and carry "
-            f"your edit over: ketta-build apply {series.profile.release_flag} {version} --tree {tree} --force (your commits stay in the new "
+            f"your edit over: ketta-build apply --release {version} --tree {tree} --force (your commits stay in the new "
             "tree as a backup ref: git cherry-pick or rebase them onto it), or undo the edit here", path=tree)
     never_applied = {state.stopped_at, *state.not_attempted} - {None}
     dropped = [e for e in selected if e.name not in seen and e.name not in never_applied]
@@ -601,7 +601,7 @@ def _mend(plan: ExportPlan, series: Series, failures, split: bool, repos: Pristi
         plan.patches.append(ExportedPatch(variant, "split", None, variant_guard,
                                           f"{name} as it was, for {plan.series.profile.name} {', '.join(map(str, run))}, where "
                                           f"the refreshed one does not apply: carry the change there by hand "
-                                          f"(apply {plan.series.profile.release_flag} {run[0]})"))
+                                          f"(apply --release {run[0]})"))
     return mended
 
 
@@ -646,9 +646,8 @@ def write_plan(plan: ExportPlan) -> list[Path]:
 
 def report_json(plan: ExportPlan, written: list[Path], check: bool) -> dict:
     return {
-        "schema": "ketta-build/export/1",
+        "schema": "ketta-build/export/2",
         "tree": str(plan.tree),
-        "letta": str(plan.version),  # kept for Letta's consumers; "release" is the name for any upstream
         "release": str(plan.version),
         "check": check,
         "patches": [vars(p) for p in plan.patches],

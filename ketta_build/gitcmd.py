@@ -37,7 +37,7 @@ ISOLATION = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "core.attribute
              "log.showSignature=false", "init.templateDir=", "i18n.commitEncoding=UTF-8", "maintenance.auto=false")
 _QUIET = ("core.fsync=none", "checkout.workers=0", "gc.auto=0", "core.autocrlf=false", "init.defaultBranch=main")
 _CONFIG = tuple(arg for item in (*ISOLATION, *_QUIET) for arg in ("-c", item))
-#: The caller's GIT_* variables that are passed on: where TLS trust anchors are (a --letta-git URL).
+#: The caller's GIT_* variables that are passed on: where TLS trust anchors are (an --upstream-git URL).
 _KEPT = ("GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
 
 

@@ -26,7 +26,7 @@ from datetime import date
 from packaging.version import InvalidVersion, Version
 
 from .errors import KettaError
-from .patchfile import UPSTREAM_STATUSES, PatchHeader
+from .patchfile import UPSTREAM_STATUSES, PatchHeader, version_text
 
 PATCH_TRAILER = "Ketta-Patch"
 _TRAILER_RE = re.compile(r"^([A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*):[ \t]?(.*)$")
@@ -263,7 +263,7 @@ def applied_upstream(value: str) -> Version | str | None:
     if _COMMIT.match(word) and not re.match(r"^\d+$", word):
         return word
     try:
-        return Version(word.removeprefix("letta").removeprefix("v").strip("=,;"))
+        return Version(version_text(word).strip("=,;"))
     except InvalidVersion:
         return None
 

@@ -24,7 +24,6 @@ from .atomic import write_atomic
 from .cache import default_cache_dir, is_sha256
 from .errors import DeadlineExceeded, IndexUnreachable, KettaError, UpstreamError
 
-PROJECT = "letta"
 _JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
 _TIMEOUT = 60
 
@@ -248,7 +247,7 @@ DOWNLOAD_DEADLINE = 300.0  # seconds for a whole sdist, unless $KETTA_DOWNLOAD_D
 PAGE_DEADLINE = 60.0  # for a page or a piece of a wheel (never more than the download deadline)
 
 
-#: The most an index page (one project's files) or a release's sdist may be. PyPI's page of letta
+#: The most an index page (one project's files) or a release's sdist may be. PyPI's page of a project with many releases
 #: is about 300 KB and its sdists about 8 MB.
 MAX_PAGE_BYTES = 64 << 20
 MAX_DOWNLOAD_BYTES = 512 << 20
@@ -426,7 +425,7 @@ def _redact(url: str) -> str:
     return url
 
 
-def list_project_files(index_url: str, project: str = PROJECT) -> list[IndexFile] | None:
+def list_project_files(index_url: str, project: str) -> list[IndexFile] | None:
     """The files an index lists for ``project``; None if it does not have the project.
 
     Every entry is judged before anything uses it: a file name must be a plain name, a sha256 64

@@ -55,22 +55,11 @@ from .memapply import check_claims, describe, group_failures, patch_outcomes
 from .errors import EXIT_CHECK, EXIT_SOURCE, KettaError
 from .gitcmd import blob, git
 from .gitdiff import canonical_diff, section_contexts, tree_of_files
-from .header import (
-    applied_upstream,
-    field_value,
-    forwarded_problem,
-    owner_problem,
-    releases_range,
-    render_header,
-    review_date,
-    served_range_text,
-    updated_releases,
-    with_field,
-)
+from .header import (applied_upstream, field_value, forwarded_problem, owner_problem, releases_range, render_header,
+                     review_date, served_range_text, updated_releases, with_field)
 from .patchfile import Hunk, Patch, parse_patch_text, split_lines
+from .profile import generated_files
 from .series import Series, SeriesEntry, read_series
-from .toxini import expected
-from .toxini import write as write_tox
 from .sources import IndexSource
 
 
@@ -163,7 +152,7 @@ class _Canon:
             for r in results:
                 if r.outcome is not Outcome.CLEAN:
                     problems.append(f"{fp.path} hunk {r.index} (line {r.patch_line}) applies {r.label} at "
-                                    f"letta {patch.header.base_release}, not clean")
+                                    f"{self.series.profile.release_name(patch.header.base_release)}, not clean")
             after[fp.path] = (mode, encode("".join(lines)))
         return before, after, problems
 
@@ -272,15 +261,14 @@ def _lint_series(series_dir: Path, cache: Cache, index_url: str | None, project:
         findings += _drift(series, loaded)
     finally:
         canon.close()
-    if project is not None:
-        tox = project / "tox.ini"
-        if not tox.is_file() or tox.read_text() != expected(project, series_dir):
+    for path, wanted in (generated_files(project, series_dir) if project is not None else {}).items():
+        if not path.is_file() or path.read_bytes() != wanted:  # the plugin's files in step with releases.toml
             if fix:
-                write_tox(project, series_dir)
-                fixed.append(tox)
+                write_atomic(path, wanted)
+                fixed.append(path)
             else:
-                findings.append(Finding("tox", tox, None, "tox.ini is not the one generated from releases.toml and "
-                                                          "compat_tests/suites.toml (ketta-build lint --fix writes it)"))
+                findings.append(Finding("generated", path, None, f"{path.name} is not the one generated from "
+                                        "releases.toml and the suite registry (ketta-build lint --fix writes it)"))
     return findings, fixed
 
 

@@ -1,9 +1,9 @@
 """The compatibility matrix: plan and run tox environments (release x suite), one cell each.
 
 A cell is a release and a suite (:mod:`ketta_build.suites` lists them). Per release, the suites the
-registry marks ``shared`` run in one ``tox -e letta<NNNN>-shared`` session whose JUnit file is split
+registry marks ``shared`` run in one ``tox -e <project><NNNN>-shared`` session whose JUnit file is split
 into their cells by the suite each test records; the others (or a suite asked for alone) run as
-``tox -e letta<NNNN>-<suite>``. Each run's output is kept in ``logs/<env>.log`` and its results in
+``tox -e <project><NNNN>-<suite>``. Each run's output is kept in ``logs/<env>.log`` and its results in
 ``<env>.xml``. What a cell's key depends on is :mod:`ketta_build.cellkeys`; the report
 (``matrix.json``, ``matrix.md``, ``matrix.html``) is :mod:`ketta_build.matrixreport`.
 """
@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import suiteenv
 from .affected import Affected
 from .cache import Cache
 from .cellstore import CellStore, Proof
@@ -30,16 +29,17 @@ from .cellkeys import CellKeys
 from .errors import KettaError
 from .gitcmd import run as run_git
 from .hunkcoverage import ALLOWED_FILE, measure_release
+from .letta import suiteenv
+from .letta.servercoverage import release_dir, require_coverage
+from .letta.toxini import SHARED_FACTOR, factor
 from .releases import load_releases, parse_version, require_served
 from .releasetree import server_tree
-from .servercoverage import release_dir, require_coverage
 from .suites import SuiteRegistry, matrix_suites
-from .toxini import SHARED_FACTOR, factor
 from .upstreamtests import run_cell as run_upstream_cell
 
 
 def env_name(version: str, suite: str, project: str | None = None) -> str:
-    """A cell's name: ``letta0168-handle``; for another upstream's ``project``, ``tomli221-upstream``."""
+    """A cell's name: ``<project><NNNN>-<suite>``, e.g. ``idna310-upstream``."""
     if project is None:
         return factor(parse_version(version)) + "-" + suite
     return "".join(ch for ch in project if ch.isalnum()) + str(parse_version(version)).replace(".", "") + "-" + suite
@@ -60,7 +60,7 @@ class Cell:
     exit_code: int | None = None
     log: str = ""
     failures: list[str] = field(default_factory=list)
-    session: str = ""  # the tox environment whose run this cell's results came from (its own, or letta<NNNN>-shared)
+    session: str = ""  # the tox environment whose run this cell's results came from (its own, or <project><NNNN>-shared)
     key: str = ""  # the cell's input key (cellcache): same key, same result
     reused: bool = False  # not run: a stored pass with the same key stands for it
     proven: dict | None = None  # for a reused cell: the run that proved it (date, series commit, env)
@@ -210,7 +210,7 @@ def run_matrix(
     registry.check(suites)
     if parallel < 1:
         raise KettaError("-p must be 1 or more")
-    if not load_releases(series_dir).profile.is_letta:
+    if not load_releases(series_dir).profile.has_suite_registry:
         return _run_any_upstream(versions, suites, report_dir=report_dir, parallel=parallel, no_patches=no_patches,
                                  series_dir=series_dir, build_root=build_root, project=project, cache=cache,
                                  index_url=index_url, on_cell=on_cell, registry=registry, coverage=coverage,
@@ -289,16 +289,16 @@ def run_matrix(
 def _run_any_upstream(versions: list[str], suites: list[str], *, report_dir: Path, parallel: int, no_patches: bool,
                       series_dir: Path, build_root: Path | None, project: Path, cache: Cache | None, index_url: str | None,
                       on_cell, registry: SuiteRegistry, coverage: bool, changed: Affected | None) -> list[Cell]:
-    """The matrix of a series for any other upstream than Letta: one cell per release, the ``upstream``
+    """The matrix of a series without a suite registry (``kind = "any"``): one cell per release, the ``upstream``
     suite (:func:`ketta_build.upstreamtests.run_cell`), run here rather than through tox: the cell
     builds and runs its own two environments, and the downstream's checkout needs no tox.ini, no
     compat_tests/ and no ketta-build inside an environment. Cells are never reused (no cell key yet)."""
     profile = load_releases(series_dir).profile
     if coverage:
-        raise KettaError(f"--coverage measures the hunks Letta's servers run; a series for {profile.name} has no "
+        raise KettaError(f"--coverage measures the hunks the registry's servers run; a series for {profile.name} has no "
                          "server: leave it out")
     if changed is not None:
-        raise KettaError(f"--changed reads which cells Letta's suites depend on; a series for {profile.name} has "
+        raise KettaError(f"--changed reads which cells the registry's suites depend on; a series for {profile.name} has "
                          "one suite per release: leave it out")
     supported = load_releases(series_dir)
     for version in versions:

@@ -32,10 +32,10 @@ STATUS_BACKGROUND = {"pass": "#c8f0c8", "fail": "#f5c2c2", "error": "#f5dfa8", "
 
 
 def _title(context: dict, no_patches: bool, flag: str) -> str:
-    """``Letta + Ketta series`` (or the upstream the run's series is kept for), or its unpatched releases."""
-    name = context.get("project") or "Letta"
-    name = "Letta" if name == "letta" else name
-    return f"unpatched {name}{flag}" if no_patches else f"{name} + {'Ketta' if name == 'Letta' else 'the'} series"
+    """``Idna + Acme series`` (the upstream the run's series is kept for, and its label), or its unpatched releases."""
+    name = context.get("title") or context.get("project") or "upstream"
+    label = context.get("label")
+    return f"unpatched {name}{flag}" if no_patches else f"{name} + {label.capitalize() + ' ' if label else 'the '}series"
 
 
 def _git(project: Path, *args: str) -> str:
@@ -77,11 +77,11 @@ def run_context(project: Path, report_dir: Path, *, started: float, finished: fl
         builds[path.stem] = record
     coverage = coverage_records(report_dir)
     try:
-        project_name = load_releases(series).profile.name
+        profile = load_releases(series).profile
     except KettaError:
-        project_name = None
+        profile = None
     return {**user_input_records(report_dir), **({"coverage": coverage} if coverage else {}),
-        **({"project": project_name} if project_name else {}),
+        **({"project": profile.name, "title": profile.display, "label": profile.label} if profile else {}),
         "tool": f"ketta-build {__version__}",
         # the series' own repository and directory (--patches may point outside the checkout)
         "series_commit": _git(series, "rev-parse", "HEAD") or None,

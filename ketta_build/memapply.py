@@ -1,6 +1,6 @@
 """Does the series apply on every release it claims?
 
-A guard claims releases: ``0003-keys-from-database.diff [letta>=0.16.4]`` says that on 0.16.4 …
+A guard claims releases: ``0003-keys-from-database.diff [mypkg>=0.16.4]`` says that on 0.16.4 …
 0.16.8 this file, on top of the patches before it, applies. :func:`check_claims` verifies that
 for any set of releases without writing a tree: the files the selected patches touch are read
 from each release's cached pristine repository (one ``git cat-file --batch`` per release) and the
@@ -280,7 +280,7 @@ def group_failures(failures: Iterable[ClaimFailure]) -> list[tuple[ClaimFailure,
 
 
 def describe(failure: ClaimFailure, versions: list[Version], name: str = "release") -> str:
-    """``hunk #2 of letta/x.py does not apply to letta 0.16.4, 0.16.5 (context not found)``: ``name`` is the
+    """``hunk #2 of pkg/x.py does not apply to mypkg 0.16.4, 0.16.5 (context not found)``: ``name`` is the
     upstream's (the series' profile), ``release`` when the caller does not know it."""
     what = f"hunk #{failure.hunk} of {failure.path}" if failure.hunk is not None else failure.path
     return f"{what} does not apply to {name} {', '.join(map(str, versions))} ({failure.reason})"

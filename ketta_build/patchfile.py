@@ -11,7 +11,7 @@ Format::
      .
      A line holding only " ." is a paragraph break, as in DEP-3.
 
-    diff --git a/letta/x.py b/letta/x.py
+    diff --git a/pkg/x.py b/pkg/x.py
     ...
 
 Header fields end at the first blank line; after it comes the diff, nothing
@@ -41,12 +41,23 @@ _MODES = ("old mode ", "new mode ", "new file mode ", "deleted file mode ")
 _EXTENDED = (*_MODES, "index ")
 #: The file modes a patch may name: regular files. A symlink (120000) a patch made would be a path
 #: later writes could follow out of the tree, and a wheel does not keep links; a gitlink (160000)
-#: is a submodule. Letta's releases hold neither.
+#: is a submodule. Python releases' sdists hold neither.
 REGULAR_MODES = ("100644", "100755")
 #: The largest line number or line count a hunk header may claim: no source file is that long, and
 #: the claim bounds nothing else (the hunk search is bounded by the file it searches).
 MAX_LINE = 10_000_000
 _UNSUPPORTED_EXTENDED = ("similarity index", "dissimilarity index", "rename from", "rename to", "copy from", "copy to")
+
+
+_NAMED_VERSION = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_.-]*\s+|[A-Za-z][A-Za-z_.-]*?(?=[=\d]))?=*v?(?=\d)")
+
+
+def version_text(text: str) -> str:
+    """A version as a header may give it: ``0.16.8``, ``v0.16.8``, ``idna 3.10``, ``mypkg0.16.8``, ``mypkg==0.16.8``
+    all give the bare version (a project name or ``v`` before it is dropped)."""
+    text = text.strip()
+    match = _NAMED_VERSION.match(text)
+    return text[match.end():] if match else text
 
 
 @dataclass(frozen=True)
@@ -192,12 +203,12 @@ def _parse_header(lines: list[str], source: Path) -> tuple[PatchHeader, int]:
             path=source,
             line=field_lines["Upstream-Status"],
         )
-    base_text = fields["Base-Release"].removeprefix("letta").strip().removeprefix("v")
+    base_text = version_text(fields["Base-Release"])
     try:
         base = Version(base_text)
     except InvalidVersion:
         raise SeriesError(
-            f"Base-Release must be a Letta version such as 0.16.8, got {fields['Base-Release']!r}",
+            f"Base-Release must be a release of the upstream such as 0.16.8, got {fields['Base-Release']!r}",
             path=source,
             line=field_lines["Base-Release"],
         ) from None

@@ -1,4 +1,4 @@
-"""``ketta-build port``: carry the series onto a Letta release it does not serve yet.
+"""``ketta-build port``: carry the series onto an upstream release it does not serve yet.
 
 1. For each logical patch take the variant that serves the new release (its guard already
    admits it) or else the one serving the newest supported release; a patch retired before that
@@ -16,7 +16,7 @@
    ``patches/`` changes before the port finishes.
 4. At the end, per patch: applied exactly → nothing to write (its guard is widened if it has to
    admit NEW); merged or resolved → a new variant ``NNNN-...-<NEW>.diff`` guarded
-   ``[letta>=NEW]`` beside the old one, whose guard gains ``<NEW`` (with ``in_place``, the patch
+   ``[<project>>=NEW]`` beside the old one, whose guard gains ``<NEW`` (with ``in_place``, the patch
    itself is rewritten for NEW instead, when that leaves every older release it serves applying;
    otherwise a variant is written and the report says why); every hunk already upstream → its
    guard gains ``<NEW`` and it is proposed for dropping. Every ``Releases:`` field is brought in
@@ -44,7 +44,6 @@ from .applying import Outcome, apply_patch
 from .buildtree import (PORT_STATE_FILE, ApplyOptions, PreimageFinder, PristineRepos, apply_series, backup_name,
                         check_out_dir, commit_patch, read_tree_state, record_head, reword_commits, series_lock,
                         stripspace)
-from . import toxini
 from .atomic import replacing, uninterruptible, write_atomic
 from .cache import Cache
 from .memapply import check_claims, describe, group_failures
@@ -54,11 +53,10 @@ from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
                      with_field)
 from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text
-from .profile import load_profile
+from .profile import generated_files, load_profile
 from .releases import load_releases, with_release
 from .report import result_failure_lines
 from .series import Series, SeriesEntry, edit_series_text, guard_name, parse_series, read_series, variant_name
-from .suites import project_suites
 from .sources import IndexSource, UpstreamRelease, sdist_date
 
 STATE = PORT_STATE_FILE
@@ -94,7 +92,7 @@ class PortState:
     def load(cls, tree: Path) -> "PortState":
         path = tree / ".git" / STATE
         if not path.is_file():
-            raise KettaError(f"no port in progress in {tree} (no .git/{STATE}); start one with ketta-build port --letta NEW")
+            raise KettaError(f"no port in progress in {tree} (no .git/{STATE}); start one with ketta-build port --release NEW")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             data["patches"] = [PortedPatch(**p) for p in data["patches"]]
@@ -581,12 +579,9 @@ def _finish_port(tree: Path, cache: Cache) -> PortResult:
     releases_text = with_release(series_dir, new, state.upload_date or "unknown", state.sha256 or _tree_sdist_sha256(tree))
     if releases_text is not None:
         changes[load_releases(series_dir).path] = releases_text
-    project = series_dir.absolute().parent
-    tox = project / "tox.ini"
-    if toxini.managed(project):
-        tox_text = toxini.render(versions, project_suites(project)).encode()
-        if tox.read_bytes() != tox_text:
-            changes[tox] = tox_text
+    for path, content in generated_files(series_dir.absolute().parent, series_dir, versions).items():
+        if not path.is_file() or path.read_bytes() != content:  # the plugin's files (a tox.ini, say)
+            changes[path] = content
     written = list(changes)
     with uninterruptible(), replacing(changes):  # the tree's commits, patches/, releases.toml and tox.ini change together
         read_series(series_dir).explain(new)  # the written series must select one variant per patch for NEW
@@ -653,7 +648,7 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
                 plan.contents[old] = (series_dir / name).read_bytes()
                 plan.inserts[name] = (old, _narrow(entry.guard, new, guard_name(series_dir)))
                 plan.guards[name] = f"{guard_name(series_dir)}>={new}"
-                plan.actions[name] = (f"rewritten for {new} in place [letta>={new}]; it no longer applies to letta "
+                plan.actions[name] = (f"rewritten for {new} in place [{guard_name(series_dir)}>={new}]; it no longer applies to "
                                       f"{served[0]}-{served[-1]}, which keep the previous file as {old} [{_narrow(entry.guard, new, guard_name(series_dir))}]")
             else:
                 if not entry.matches(new):
@@ -675,7 +670,7 @@ def _finish_plan(state: PortState, series: Series, series_dir: Path, carried: di
             if upper != served[0]:
                 left = [v for v in series.releases.versions if upper <= v < served[0]]
                 plan.actions[name] += (f"; made on {new}, it does not apply to {_name(state)} {upper}, so "
-                                       f"{', '.join(map(str, left))} still have no variant of it (port {load_profile(Path(state.series_dir)).release_flag} {upper})")
+                                       f"{', '.join(map(str, left))} still have no variant of it (port --release {upper})")
         else:
             # up to the first newer release another variant serves (a release ported before this one)
             others = [e for e in series.groups()[entry.group] if e is not entry]

@@ -2,9 +2,14 @@
 
 ``patches/upstream.toml`` says which distribution the series patches and how to recognise a real
 release of it; the core reads the profile, never a project's name. A series directory without the
-file is Letta's (the series this tool was first written for): :data:`LETTA` is that profile, and
-``patches/upstream.toml`` of this repository spells it out. ``ketta-build init`` writes one for
-any other project.
+file is kept for the first built-in plugin's upstream (:data:`PLUGINS`; the series this tool was
+first written for), whose profile ``patches/upstream.toml`` of this repository spells out.
+``ketta-build init`` writes one for any other project.
+
+A profile whose ``[wheel] kind`` names a built-in plugin (a package of this tool listed in
+:data:`PLUGINS`) gets what only that upstream needs: its wheel, its verbs, its suites, its flag
+aliases. ``kind = "any"`` needs none. Only built-in plugins are imported: a series names one, it
+cannot bring code of its own.
 
 ::
 
@@ -15,15 +20,17 @@ any other project.
     tag = "{version}"              # the git tag of a release
     label = "acme"                 # the local version label: 2.2.1+acme.N
     must_contain = ["src/tomli/__init__.py"]  # a real release's tree has these paths
+    title = "Tomli"                # how messages name the project (default: name)
     # optional: a different product took the name over from this version on
-    # other_product = { name = "Letta Code", from = "0.32.0", marks = ["letta_code"] }
+    # other_product = { name = "Other", from = "3.0.0", marks = ["other_pkg"] }
 
     [wheel]
-    kind = "any"                   # any: the upstream's own backend, relabeled; letta: Letta's server wheel
-    extras = []                    # extras whose locked dependencies go into the constraints (kind letta)
+    kind = "any"                   # any: the upstream's own backend, relabeled; a plugin's name: its wheel
+    extras = []                    # extras whose locked dependencies go into the constraints (plugin wheels)
 
     [review]
     checklist = ["..."]            # what a port's review list asks of a maintainer
+    watch = { "src/tomli/_parser.py" = ["loads"] }  # files (and functions) upstream check reviews always
 
     [tests]                        # the upstream suite: the release's own tests, stock and patched (kind any)
     paths = ["tests"]              # test files or directories inside the release's tree
@@ -45,7 +52,9 @@ from packaging.version import InvalidVersion, Version
 from .errors import SeriesError
 
 PROFILE_FILE = "upstream.toml"
-WHEEL_KINDS = ("any", "letta")
+#: The built-in plugins (packages of ketta_build); the first is the profile of a series without upstream.toml.
+PLUGINS = ("letta",)
+WHEEL_KINDS = ("any", *PLUGINS)
 LABEL_PATTERN = _LABEL = re.compile(r"^[a-z][a-z0-9]*$")  # a PEP 440 local version segment we can parse back
 PACKAGE_PATTERN = _PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")  # dotted: a namespace package's
 
@@ -82,7 +91,10 @@ class Profile:
     extras: tuple[str, ...] = ()
     checklist: tuple[str, ...] = ()
     tests: UpstreamTests = UpstreamTests()
-    product: str = ""  # how messages name what the series is kept for ("the Letta agent server"); default: the name
+    product: str = ""  # how messages name what the series is kept for ("the X agent server"); default: the name
+    title: str = ""  # how messages name the project ("Tomli"); default: the name
+    release_word: str = "release"  # what one release is called in messages ("server release")
+    watch: tuple[tuple[str, tuple[str, ...]], ...] = ()  # files (and functions) upstream check always reviews
     path: Path | None = field(default=None, compare=False)  # the file it was read from (None: built in)
 
     @property
@@ -95,13 +107,19 @@ class Profile:
         return self.product or self.name
 
     @property
-    def release_flag(self) -> str:
-        """The flag a printed command names a release with: Letta's docs say --letta, any other --release."""
-        return "--letta" if self.is_letta else "--release"
+    def display(self) -> str:
+        return self.title or self.name
 
     @property
-    def is_letta(self) -> bool:
-        return self.wheel_kind == "letta"
+    def plugin(self):
+        """The built-in plugin module this profile's kind names, or None (``kind = "any"``)."""
+        return plugin_module(self.wheel_kind) if self.wheel_kind in PLUGINS else None
+
+    @property
+    def has_suite_registry(self) -> bool:
+        """Whether the matrix runs the checkout's suite registry (``compat_tests/suites.toml``, through
+        tox: a plugin's suites against real servers); else the ``upstream`` suite, the release's own tests."""
+        return self.plugin is not None
 
     def tag_for(self, version: Version | str) -> str:
         return self.tag.format(version=version)
@@ -114,7 +132,7 @@ class Profile:
         return f"{self.name}-{version}"
 
     def release_name(self, version: Version | str) -> str:
-        """How messages name a release: ``letta 0.16.8``."""
+        """How messages name a release: ``idna 3.10``."""
         return f"{self.name} {version}"
 
     @property
@@ -127,19 +145,39 @@ class Profile:
         return [p for p in self.must_contain if not (tree / p).exists()]
 
 
-LETTA = Profile(
-    name="letta", package="letta", label="ketta", git="https://github.com/letta-ai/letta", tag="v{version}",
-    must_contain=("letta/__init__.py", "letta/server"),
-    other_product=OtherProduct("Letta Code", Version("0.32.0"), ("letta_code",)),
-    wheel_kind="letta", extras=("server", "postgres"), product="the Letta agent server",
-)
+
+def plugin_module(kind: str):
+    """The built-in plugin ``kind`` (a name in :data:`PLUGINS`): a package of this tool, imported on use."""
+    import importlib
+
+    if kind not in PLUGINS:
+        raise KeyError(kind)
+    return importlib.import_module(f"{__package__}.{kind}")
+
+
+def flag_aliases(flag: str) -> tuple[str, ...]:
+    """The spellings the built-in plugins keep for the generic ``flag`` (``FLAG_ALIASES`` of each)."""
+    return tuple(alias for kind in PLUGINS for alias in getattr(plugin_module(kind), "FLAG_ALIASES", {}).get(flag, ()))
+
+
+def generated_files(project: Path, series_dir: Path, versions=None) -> dict[Path, bytes]:
+    """Files of the checkout ``project`` that the series' plugin keeps in step with ``releases.toml``
+    (``versions``: the releases to write them for), with the bytes each must have; none without a plugin.
+    ``port`` writes them with the release it adds, ``lint`` checks them and ``lint --fix`` rewrites them."""
+    hook = getattr(load_profile(series_dir).plugin, "generated_files", None)
+    return hook(project, series_dir, versions) if hook is not None else {}
+
+
+def default_profile() -> Profile:
+    """The profile of a series directory without ``upstream.toml``: the first built-in plugin's."""
+    return plugin_module(PLUGINS[0]).PROFILE
 
 
 def load_profile(series_dir: Path) -> Profile:
-    """The profile in ``series_dir/upstream.toml``; Letta's when the series has none."""
+    """The profile in ``series_dir/upstream.toml``; :func:`default_profile` when the series has none."""
     path = series_dir / PROFILE_FILE
     if not path.exists():
-        return LETTA
+        return default_profile()
     if path.is_symlink() or not path.is_file():
         raise SeriesError("must be a regular file in the series directory", path=path)
     try:
@@ -172,8 +210,9 @@ def parse_profile(data: dict, path: Path) -> Profile:
     up, wheel, review = data.get("upstream"), data.get("wheel", {}), data.get("review", {})
     if not isinstance(up, dict):
         raise SeriesError("needs an [upstream] table with at least name", path=path)
-    known_keys = {"upstream": ("name", "package", "product", "git", "tag", "label", "must_contain", "other_product"),
-                  "wheel": ("kind", "extras"), "review": ("checklist",)}
+    known_keys = {"upstream": ("name", "package", "product", "title", "release_word", "git", "tag", "label",
+                               "must_contain", "other_product"),
+                  "wheel": ("kind", "extras"), "review": ("checklist", "watch")}
     for table, keys in known_keys.items():
         given = data.get(table, {})
         stray = sorted(set(given) - set(keys)) if isinstance(given, dict) else []
@@ -225,10 +264,18 @@ def parse_profile(data: dict, path: Path) -> Profile:
     kind = text(wheel, "kind", "any")
     if kind not in WHEEL_KINDS:
         raise SeriesError(f"wheel.kind must be one of {', '.join(WHEEL_KINDS)}", path=path, line=_line(path, "kind"))
+    watch = review.get("watch", {})
+    if not isinstance(watch, dict) or not all(isinstance(k, str) and k and not k.startswith("/") and ".." not in Path(k).parts
+                                              and isinstance(v, list) and all(isinstance(f, str) and f for f in v)
+                                              for k, v in watch.items()):
+        raise SeriesError('review.watch must be a table of paths inside the tree to lists of function names '
+                          '({ "pkg/mod.py" = ["func"] })', path=path, line=_line(path, "watch"))
     return Profile(name=name, package=package, label=label, git=text(up, "git"), tag=tag, must_contain=must_contain,
                    other_product=other, wheel_kind=kind, extras=strings(wheel, "extras"),
                    checklist=strings(review, "checklist"), tests=_parse_tests(data.get("tests", {}), path),
-                   product=text(up, "product", "") or "", path=path)
+                   product=text(up, "product", "") or "", title=text(up, "title", "") or "",
+                   release_word=text(up, "release_word", "release") or "release",
+                   watch=tuple((k, tuple(v)) for k, v in watch.items()), path=path)
 
 
 def _parse_tests(table, path: Path) -> UpstreamTests:

@@ -1,4 +1,4 @@
-"""``ketta-build range-diff --letta X OLD NEW``: what changed between two versions of the series, patch by patch.
+"""``ketta-build range-diff --release X OLD NEW``: what changed between two versions of the series, patch by patch.
 
 OLD and NEW are each a git ref of this repository (its ``patches/`` at that commit; with
 ``--patches DIR``, DIR's repository and DIR's path in it) or a patch directory. Both are applied to release X in throw-away build trees; ``git range-diff`` then pairs
@@ -48,7 +48,7 @@ _MEANING = {"=": "unchanged", "!": "changed", "<": "removed", ">": "added"}
 
 @dataclass
 class RangeDiff:
-    letta: str
+    release: str
     old: str
     new: str
     text: str

@@ -1,9 +1,9 @@
-"""Which releases of the upstream distribution the series supports (for Letta: its *server* releases).
+"""Which releases of the upstream distribution the series supports.
 
 The list is data: ``releases.toml`` beside the series file (``patches/releases.toml``), read by
 every command (apply, series --check, lint, matrix, tox.ini's generated lines) and extended by
-``ketta-build port``. The upstream server repository was archived after 0.16.8; from 0.32 on the
-same PyPI name ships Letta Code, a different product (detected in :mod:`ketta_build.sources`).
+``ketta-build port``. A release of the profile's other product (a different product that took the
+name over) is never served (detected in :mod:`ketta_build.sources`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from . import suiteenv
 from .atomic import write_atomic
 from .cache import is_sha256
 from .errors import NotAServerRelease, SeriesError, UnknownRelease
-from .profile import LETTA, PROFILE_FILE, Profile, load_profile
+from .letta import suiteenv
+from .profile import PROFILE_FILE, Profile, default_profile, load_profile
 
 RELEASES_FILE = "releases.toml"
 UNKNOWN_DATE = "unknown"  # a release whose index gave no upload time and whose sdist carries no date
-#: First version number of the Letta Code product on the same PyPI name (the Letta profile's other product).
-FIRST_LETTA_CODE = LETTA.other_product.first
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class SupportedReleases:
 
     path: Path
     releases: tuple[ServerRelease, ...]
-    profile: Profile = field(default=LETTA, compare=False)  # the upstream the series is kept for (upstream.toml)
+    profile: Profile = field(default_factory=default_profile, compare=False)  # the upstream the series is kept for (upstream.toml)
 
     def __iter__(self):
         return iter(self.releases)
@@ -95,7 +93,7 @@ def load_releases(series_dir: Path | None = None) -> SupportedReleases:
     try:
         stat = path.stat()
     except OSError:
-        raise SeriesError(f"{RELEASES_FILE} is missing: it lists the Letta releases the series supports", path=path) from None
+        raise SeriesError(f"{RELEASES_FILE} is missing: it lists the upstream releases the series supports", path=path) from None
     if path.resolve().parent != path.parent.resolve():  # read only from the series' own directory
         raise SeriesError(f"is a symlink to {path.resolve()}, outside {path.parent}: the supported releases are "
                           "read only from the series' own directory", path=path)
@@ -207,15 +205,15 @@ def unknown_release(version: Version, detail: str, releases: SupportedReleases |
     releases = releases or load_releases()
     near = ", ".join(str(v) for v in releases.nearest(version))
     return UnknownRelease(
-        f"{releases.profile.name} {version} is not a supported {'server ' if releases.profile.is_letta else ''}release "
+        f"{releases.profile.name} {version} is not a supported {releases.profile.release_word} "
         f"({detail}); nearest supported: {near} "
         f"(all: {', '.join(str(v) for v in releases.versions)})"
     )
 
 
 def require_served(version: Version, releases: SupportedReleases, detail: str) -> Version:
-    """``version`` if the series serves it; else the error that says why not: a Letta Code release (a
-    different product under the same name), or a release the series does not support (``detail``
+    """``version`` if the series serves it; else the error that says why not: a release of the profile's
+    other product (a different product under the same name), or a release the series does not support (``detail``
     says what the verb needs it for)."""
     if releases.find(version) is not None:
         return version

@@ -98,7 +98,7 @@ def _applied(report: ApplyReport) -> dict:
         profile = load_releases(report.series_dir).profile if (report.series_dir / "releases.toml").is_file() \
             else load_releases().profile
         raise KettaError(f"the series does not apply to {profile.name} {version} (failed: {failed}); see ketta-build "
-                         f"apply {profile.release_flag} {version}")
+                         f"apply --release {version}")
     return report_json(report)
 
 
@@ -181,7 +181,7 @@ def check_exported(tree: Path, series_tree: Path, series_report: dict) -> str:
                         f"(ketta-build export --tree {tree})")
     if behind:
         problems.append(f"the tree was made from an older patches/ ({_listed(behind)} changed since): make it again "
-                        f"(ketta-build apply --letta {version} --out {tree} --force)")
+                        f"(ketta-build apply --release {version} --out {tree} --force)")
     if absent:
         problems.append(f"no commit of the tree carries {_listed(absent)} of patches/")
     if not problems:

@@ -39,7 +39,7 @@ from .errors import KettaError, UpstreamError
 #: any case (git itself refuses ``.GIT`` in a tree), ``CVS`` as CVS writes it.
 VCS_NAMES = frozenset({".git", ".hg", ".svn", ".bzr", "_darcs"})
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
-#: What an archive may unpack to, in all (Letta's sdists unpack to about 40 MB) and in members.
+#: What an archive may unpack to, in all (a large project's sdist unpacks to about 40 MB) and in members.
 MAX_UNPACKED_BYTES = 1 << 30
 MAX_MEMBERS = 200_000
 

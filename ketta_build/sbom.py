@@ -2,8 +2,8 @@
 
 One document per wheel, made with ``cyclonedx-python-lib`` (CycloneDX 1.6 JSON):
 
-* the component described is ``letta X+ketta.N``; its **pedigree** says what it is made of: the
-  ancestor is upstream ``letta X`` (with the sdist's sha256), the **patches** are every patch the
+* the component described is ``NAME X+LABEL.N``; its **pedigree** says what it is made of: the
+  ancestor is upstream ``NAME X`` (with the sdist's sha256), the **patches** are every patch the
   build applied, in the order it applied them (the whole patch file as the diff's text, the file's
   path in the series' repository as the diff's url, the type from ``Upstream-Status``, and as what
   it resolves only the URLs its header gives as such: ``Bug``, ``Bug-<Vendor>``, ``Forwarded``);
@@ -165,14 +165,12 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
     from cyclonedx.model.tool import ToolRepository
 
     upstream = provenance.get("upstream") or {}
-    # the project and its upstream release (provenance/2 of a Letta wheel names them "letta" only)
-    project = provenance.get("project", "letta")
-    release, version = provenance.get("release", provenance.get("letta")), provenance["version"]
+    project, release, version = provenance["project"], provenance["release"], provenance["version"]
     ancestor_purl = _purl(project, release)
     ancestor = Component(
         type=ComponentType.APPLICATION, name=project, version=release, purl=ancestor_purl,
         bom_ref=f"upstream:{ancestor_purl.to_string()}",
-        supplier=OrganizationalEntity(name="Letta" if project == "letta" else project),
+        supplier=OrganizationalEntity(name=provenance.get("upstream_supplier") or project),
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=upstream["sha256"])] if upstream.get("sha256") else None,
         properties=[Property(name=f"{PROPERTY_PREFIX}upstream-file", value=upstream["filename"])]
         if upstream.get("filename") else None,
@@ -205,7 +203,7 @@ def _bom(provenance: dict, patches: list[AppliedPatch], pins: list[Pin], epoch: 
     root_purl = _purl(project, version)
     root = Component(
         type=ComponentType.APPLICATION, name=project, version=version, purl=root_purl, bom_ref=root_purl.to_string(),
-        supplier=OrganizationalEntity(name=provenance.get("supplier", "Ketta")),
+        supplier=OrganizationalEntity(name=provenance.get("supplier", "ketta").capitalize()),
         pedigree=Pedigree(ancestors=[ancestor], patches=cdx_patches, notes=notes), properties=properties,
     )
     tool = Component(type=ComponentType.APPLICATION, name="ketta-build", version=__version__,

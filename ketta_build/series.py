@@ -4,10 +4,10 @@ Series file format, one entry per line::
 
     # comment (also after an entry)
     0001-handles-use-provider-name.diff
-    0004-hard-delete.diff          [letta>=0.16.2]
-    0004-hard-delete-0.14.diff     [letta>=0.14,<0.16.2]
+    0004-hard-delete.diff          [mypkg>=0.16.2]
+    0004-hard-delete-0.14.diff     [mypkg>=0.14,<0.16.2]
 
-A guard is a PEP 508 requirement on ``letta`` in square brackets.  Entries
+A guard is a PEP 508 requirement on the upstream (its profile's name) in square brackets.  Entries
 whose file names share the leading number (``0004-``) are *variants* of one
 logical patch: at most one may be selected for any release, and the report
 says which one was.  A logical patch whose guards exclude a release is
@@ -80,7 +80,7 @@ class Series:
 
     @property
     def profile(self) -> Profile:
-        """The upstream profile beside the series (Letta's without one); needs no releases.toml."""
+        """The upstream profile beside the series (the default profile without one); needs no releases.toml."""
         return load_profile(self.directory)
 
     def explain(self, version: Version) -> list[Selection]:
@@ -142,7 +142,7 @@ def guard_name(directory: Path) -> str:
     return load_profile(directory).project
 
 
-def _parse_guard(text: str, *, source: Path, line: int, project: str = "letta") -> SpecifierSet:
+def _parse_guard(text: str, *, source: Path, line: int, project: str) -> SpecifierSet:
     from packaging.requirements import InvalidRequirement, Requirement  # only a series with guards needs it
 
     try:

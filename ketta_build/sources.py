@@ -1,4 +1,4 @@
-"""Where a pristine Letta server release comes from.
+"""Where a pristine release of the upstream comes from.
 
 Three sources, one interface (:class:`UpstreamSource`):
 
@@ -7,12 +7,12 @@ Three sources, one interface (:class:`UpstreamSource`):
   what the index publishes (PEP 691 JSON, or PEP 503 HTML hash fragments), and
   kept in a content-addressed :class:`~ketta_build.cache.Cache` so that a
   second run needs no network.
-* :class:`GitSource` – a tag or commit of a Letta git repository (through :mod:`ketta_build.gitcmd`).
+* :class:`GitSource` – a tag or commit of the upstream's git repository (through :mod:`ketta_build.gitcmd`).
 * :class:`DirSource` – an unpacked tree on disk.
 
-Every source checks that what it found is the Letta *server* (a ``letta/``
-package with ``letta/server/``) and not Letta Code, which took over the same
-PyPI name from 0.32 on.
+Every source checks that what it found is a release of the profile's project (the paths its
+``must_contain`` names, or its import package) and not the profile's ``other_product``, a different
+product that took over the same distribution name.
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ from typing import Protocol
 from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, sha256_file
+from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
+from .gitcmd import blob, communicate, git, keep_bytes_as_they_are
+from .gitcmd import popen as popen_git
+from .gitcmd import run as run_git
 from .index import (MAX_DOWNLOAD_BYTES, IndexFile, _open, _redact, _urllib_request, discover_index_urls,
                     download_deadline, list_project_files, transport_errors)
-from .gitcmd import blob, communicate, git, keep_bytes_as_they_are, popen as popen_git, run as run_git
-from .errors import HashMismatch, IndexUnreachable, KettaError, NotAServerRelease, UnknownRelease, UpstreamError
-from .profile import LETTA, Profile
+from .profile import Profile, default_profile
 from .releases import SupportedReleases, load_releases, unknown_release, unpinned
 from .safetree import check_member, extract_members, fresh_dir_beside, put_in_place, read_to_end, verify_tree
 
@@ -83,7 +85,7 @@ class UpstreamSource(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------- Letta Code detection
+# --------------------------------------------------------------------------- other-product detection
 
 
 class _RangeFile(io.RawIOBase):
@@ -134,8 +136,8 @@ def wheel_top_level(url: str) -> set[str]:
 
 
 def _not_server_message(version: Version, files: list[IndexFile], releases: SupportedReleases | None = None) -> str | None:
-    """Why ``version`` is not the project the series is kept for but the profile's other product (Letta
-    Code, for Letta), judged from its artifacts; None if it may be."""
+    """Why ``version`` is not the project the series is kept for but the profile's other product,
+    judged from its artifacts; None if it may be."""
     import zipfile
 
     releases = releases or load_releases()
@@ -165,9 +167,10 @@ def _not_server_message(version: Version, files: list[IndexFile], releases: Supp
     )
 
 
-def check_server_tree(tree: Path, label: str, profile: Profile = LETTA) -> None:
+def check_server_tree(tree: Path, label: str, profile: Profile | None = None) -> None:
     """Refuse a tree that is not a release of the profile's project: it lacks a path every release has
     (``must_contain``), or it carries a mark of the profile's other product."""
+    profile = profile or default_profile()
     missing = profile.missing_paths(tree)
     if not profile.must_contain:  # the import package, wherever the release keeps it
         where = profile.package_dir
@@ -183,7 +186,7 @@ def check_server_tree(tree: Path, label: str, profile: Profile = LETTA) -> None:
         raise NotAServerRelease(f"{label} is {other.name} ({marks} and no {', '.join(missing)}), not {profile.what}")
     what = ", ".join(profile.must_contain) if profile.must_contain else f"its import package {profile.package}"
     raise NotAServerRelease(f"{label} has no {', '.join(missing)}: not a release of {profile.name} "
-                            f"({profile.path or 'the Letta profile'} says every release has {what})")
+                            f"({profile.path or f'the {profile.display} profile'} says every release has {what})")
 
 
 # --------------------------------------------------------------------------- safe extraction
@@ -192,7 +195,7 @@ def check_server_tree(tree: Path, label: str, profile: Profile = LETTA) -> None:
 def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None, top: str | None = None) -> None:
     """Extract a ``.tar.gz`` sdist into ``dest`` (missing or empty), dropping its top-level directory.
 
-    The archive must hold exactly one top-level directory (``top``, when given: ``letta-0.16.8``), be
+    The archive must hold exactly one top-level directory (``top``, when given: ``idna-3.10``), be
     read whole, and pass :mod:`ketta_build.safetree`'s checks: members that are absolute, contain
     ``..``, are devices/FIFOs, links leaving the tree (also through other links) or version-control
     metadata are refused, naming the archive and member. ``name`` is how errors call the archive
@@ -238,7 +241,7 @@ def safe_extract_sdist(archive: Path, dest: Path, name: str | None = None, top: 
 
 def _same_sdist_name(found: str, wanted: str) -> bool:
     """Do two ``name-version`` directory names name the same release (names as PEP 503 normalises
-    them, versions as PEP 440 does: ``Letta-0.16.08`` is ``letta-0.16.8``)?"""
+    them, versions as PEP 440 does: ``IDNA-3.010`` is ``idna-3.10``)?"""
     from packaging.utils import canonicalize_name
 
     try:
@@ -289,7 +292,7 @@ def sdist_date(path: Path) -> str | None:
 
 
 def download_progress(name: str, done: int, total: int, seconds: float) -> str:
-    """``downloading letta-0.16.8.tar.gz: 3.1 / 9.8 MB at 4.2 MB/s``."""
+    """``downloading idna-3.10.tar.gz: 0.1 / 0.2 MB at 4.2 MB/s``."""
     rate = done / seconds / 1e6 if seconds > 0 else 0.0
     size = f"{done / 1e6:.1f} / {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
     return f"downloading {name}: {size} at {rate:.1f} MB/s"
@@ -369,7 +372,7 @@ class IndexSource:
                 raise unknown_release(version, "and the index cannot be asked about it", releases) from None
             raise IndexUnreachable(
                 f"{exc.message}; the cache at {self.cache.root} has no {name} {version} either: "
-                "connect to the index, pass --index-url, or use --letta-dir/--letta-git"
+                "connect to the index, pass --index-url, or use --upstream-dir/--upstream-git"
             ) from None
         if found is None:
             if listed:
@@ -522,10 +525,10 @@ class GitSource:
     """A release from a git repository (local path or URL) at a tag or commit, read through
     :mod:`ketta_build.gitcmd` (no configuration of the user's or the repository's runs anything)."""
 
-    def __init__(self, repo: str, ref: str | None, profile: Profile = LETTA) -> None:
+    def __init__(self, repo: str, ref: str | None, profile: Profile | None = None) -> None:
         self.repo = repo
         self.ref = ref
-        self.profile = profile
+        self.profile = profile or default_profile()
         self._dir: Path | None = None
         self._tmp: str | None = None
 
@@ -538,7 +541,7 @@ class GitSource:
                 proc = run_git(path, "rev-parse", "--absolute-git-dir",
                                env={"GIT_CEILING_DIRECTORIES": str(path.resolve().parent)})
             else:
-                self._tmp = tempfile.mkdtemp(prefix="ketta-letta-git-")
+                self._tmp = tempfile.mkdtemp(prefix="ketta-upstream-git-")
                 # removed when the source is closed, or at the latest when the program ends
                 self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
                 try:
@@ -579,13 +582,13 @@ class GitSource:
     def resolve(self, version: Version | None) -> UpstreamRelease:
         ref = self.ref or (self.profile.tag_for(version) if version else None)
         if ref is None:
-            raise UpstreamError(f"--letta-git needs --ref TAG (or --release VERSION to use tag {self.profile.tag})")
+            raise UpstreamError(f"--upstream-git needs --ref TAG (or --release VERSION to use tag {self.profile.tag})")
         commit = self._commit_for(ref) or (self._commit_for(str(version)) if version and not self.ref else None)
         if commit is None:
             raise UpstreamError(f"ref '{ref}' not found in {self.repo}")
         pyproject = blob(self._repo(), commit, "pyproject.toml")
         tree_version = _literal_version(pyproject.decode(errors="replace")) if pyproject is not None else None
-        if tree_version is None and not self.profile.is_letta and version is not None and self.ref is None:
+        if tree_version is None and version is not None and self.ref is None:
             tree_version = version  # a dynamic version (setuptools-scm, ...): the release tag says which it is
         if tree_version is None:
             raise NotAServerRelease(f"{self.repo}@{ref} has no pyproject.toml with a literal version: cannot tell "
@@ -606,7 +609,7 @@ class GitSource:
         return reader
 
     def export(self, release: UpstreamRelease, dest: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="ketta-letta-git-") as tmp, tempfile.TemporaryFile() as fh:
+        with tempfile.TemporaryDirectory(prefix="ketta-upstream-git-") as tmp, tempfile.TemporaryFile() as fh:
             proc = popen_git(self._reader(Path(tmp)), "archive", "--format=tar", str(release.filename), stdout=fh,
                              stderr=subprocess.PIPE)
             _, err = communicate(proc)
@@ -639,15 +642,15 @@ def _literal_version(pyproject_text: str) -> Version | None:
 
 
 class DirSource:
-    """An unpacked Letta tree on disk (copied, never modified)."""
+    """An unpacked tree of the upstream on disk (copied, never modified)."""
 
-    def __init__(self, path: Path, profile: Profile = LETTA) -> None:
+    def __init__(self, path: Path, profile: Profile | None = None) -> None:
         self.path = path
-        self.profile = profile
+        self.profile = profile or default_profile()
 
     def resolve(self, version: Version | None) -> UpstreamRelease:
         if not self.path.is_dir():
-            raise UpstreamError("--letta-dir is not a directory", path=self.path)
+            raise UpstreamError("--upstream-dir is not a directory", path=self.path)
         check_server_tree(self.path, str(self.path), self.profile)
         pyproject = self.path / "pyproject.toml"
         tree_version = None
@@ -657,7 +660,7 @@ class DirSource:
             try:
                 tree_version = _literal_version(pyproject.read_text(encoding="utf-8"))
             except UnicodeDecodeError as exc:
-                raise UpstreamError(f"is not UTF-8 text (byte {exc.start}): not a Letta server tree", path=pyproject) from None
+                raise UpstreamError(f"is not UTF-8 text (byte {exc.start}): not a release tree of {self.profile.name}", path=pyproject) from None
         if tree_version is None:
             raise UpstreamError("no literal version in pyproject.toml; cannot tell which release this is", path=pyproject)
         if version is not None and version != tree_version:

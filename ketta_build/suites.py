@@ -142,16 +142,16 @@ def project_suites(project: Path) -> SuiteRegistry:
     return load_suites((project / TESTS_DIR).absolute())
 
 
-# The one suite of a series for any other upstream than Letta: the release's own tests, stock and
+# The one suite of a series without a suite registry (wheel kind any): the release's own tests, stock and
 # patched (:mod:`ketta_build.upstreamtests`); its per-release documents go to ``upstream/`` of the report.
 UPSTREAM_SUITE = Suite("upstream", "the release's own tests, stock and patched", typical_seconds=60, session="own",
                        records="upstream")
 
 
 def matrix_suites(project: Path, series_dir: Path) -> SuiteRegistry:
-    """The suites of the matrix for the series in ``series_dir``: Letta's registry (``project``'s
-    ``compat_tests/suites.toml``), or for any other upstream (its profile's wheel kind ``any``) the
+    """The suites of the matrix for the series in ``series_dir``: the checkout's registry (``project``'s
+    ``compat_tests/suites.toml``) when its profile has one (a plugin's), or else (wheel kind ``any``) the
     ``upstream`` suite alone, which needs no registry and no tox.ini in the checkout."""
-    if load_profile(series_dir).is_letta:
+    if load_profile(series_dir).has_suite_registry:
         return project_suites(project)
     return SuiteRegistry(series_dir.absolute(), (UPSTREAM_SUITE,))

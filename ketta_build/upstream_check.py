@@ -1,18 +1,18 @@
-"""``ketta-build upstream check``: is there a Letta release newer than the series supports, and what would it take?
+"""``ketta-build upstream check``: is there a release newer than the series supports, and what would it take?
 
-For every version of ``letta`` on the index (or tag of ``--letta-git``) newer than the newest
-supported release, in PEP 440 order: pre-release and yanked flags, server or Letta Code (the
-same detection ``apply`` uses), and for a server release a dry-run port (the carried series
-applied into a throw-away tree, every patch tried) and the review list of the design document's
-merge checklist: for every file the series touches (and the checklist's own files), how much
-upstream changed it since the newest supported release, and which functions a patch modifies
-that upstream changed.
+For every version of the profile's distribution on the index (or tag of ``--upstream-git``) newer
+than the newest supported release, in PEP 440 order: pre-release and yanked flags, a release of the
+project or of the profile's other product (the same detection ``apply`` uses), and for a release a
+dry-run port (the carried series applied into a throw-away tree, every patch tried) and the review
+list: for every file the series touches (and the files the profile's ``[review] watch`` names),
+how much upstream changed it since the newest supported release, and which functions a patch
+modifies that upstream changed.
 
 Each patch of the dry run says how many of its hunks are already upstream in the new release, and
 proposes dropping it (all of them) or shrinking it (some: which hunks, by file and patch line).
 
-Exit codes: 0 nothing new (or only Letta Code releases), 10 a new server release onto which the
-series carries over exactly, 11 a new server release that needs porting (a hunk merged or failed,
+Exit codes: 0 nothing new (or only the other product's releases), 10 a new release onto which the
+series carries over exactly, 11 a new release that needs porting (a hunk merged or failed,
 or a whole patch already upstream; a patch only partly upstream still carries over, with the
 proposal to shrink it), 2 an error (index unreachable, bad input).
 """
@@ -40,6 +40,7 @@ from .gitcmd import run as run_git
 from .index import IndexFile, discover_index_urls, list_project_files
 from .patchfile import split_lines
 from .port import carried_entries
+from .profile import Profile
 from .series import Series, read_series
 from .sources import GitSource, IndexSource, _not_server_message, check_server_tree
 
@@ -47,13 +48,8 @@ EXIT_NOTHING_NEW = 0
 EXIT_CARRIES_OVER = 10
 EXIT_NEEDS_PORTING = 11
 
-# The design document's merge checklist (section 7.2): files and functions to look at on every upgrade.
-CHECKLIST = {
-    "letta/schemas/providers/base.py": (),
-    "letta/schemas/providers/openai.py": (),
-    "letta/services/provider_manager.py": ("create_provider_async", "list_providers_async"),
-    "letta/llm_api/llm_client_base.py": (),
-}
+#: ``NewRelease.kind``: a release of the project, or of the profile's other product (never ported).
+RELEASE, OTHER_PRODUCT = "release", "other-product"
 
 
 @dataclass
@@ -92,7 +88,7 @@ class PatchDryRun:
     landed_upstream: dict = field(default_factory=lambda: {"hunks": 0, "of": 0, "proposal": None, "landed": []})
 
     def landing_text(self) -> str | None:
-        """``3 of 5 hunks landed upstream: shrink (remove hunk #1 of letta/x.py, patch line 12)``, or None."""
+        """``3 of 5 hunks landed upstream: shrink (remove hunk #1 of pkg/x.py, patch line 12)``, or None."""
         landed = self.landed_upstream
         if not landed["hunks"]:
             return None
@@ -108,9 +104,9 @@ class NewRelease:
     version: str
     prerelease: bool
     yanked: str | None
-    kind: str  # server | letta-code
+    kind: str  # release | other-product
     detail: str | None = None
-    status: str | None = None  # carries-over | needs-porting (server releases)
+    status: str | None = None  # carries-over | needs-porting (releases of the project)
     patches: list[PatchDryRun] = field(default_factory=list)
     review: list[FileReview] = field(default_factory=list)
 
@@ -123,28 +119,28 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
-        servers = [r for r in self.releases if r.kind == "server"]
+        servers = [r for r in self.releases if r.kind == RELEASE]
         if not servers:
             return EXIT_NOTHING_NEW
         return EXIT_NEEDS_PORTING if any(r.status == "needs-porting" for r in servers) else EXIT_CARRIES_OVER
 
     def as_json(self) -> dict:
-        return {"schema": "ketta-build/upstream-check/1", "exit_code": self.exit_code, **asdict(self)}
+        return {"schema": "ketta-build/upstream-check/2", "exit_code": self.exit_code, **asdict(self)}
 
 
-def issue_title(version: str) -> str:
-    """The title of the one tracking issue per new server release (the upstream workflow finds it by this)."""
-    return f"Upstream Letta {version}: Ketta port report"
+def issue_title(version: str, profile: Profile) -> str:
+    """The title of the one tracking issue per new release (the upstream workflow finds it by this)."""
+    return f"Upstream {profile.display} {version}: {profile.label.capitalize()} port report"
 
 
-def issue_markdown(report: CheckReport, release: NewRelease) -> str:
-    """The tracking issue's body for one new server release: dry-run port and review list."""
+def issue_markdown(report: CheckReport, release: NewRelease, profile: Profile) -> str:
+    """The tracking issue's body for one new release: dry-run port and review list."""
     flags = [f for f, on in (("pre-release", release.prerelease), ("yanked", release.yanked is not None)) if on]
     verdict = {"carries-over": "the series carries over exactly", "needs-porting": "the series needs porting"}
     lines = [
-        f"# {issue_title(release.version)}",
+        f"# {issue_title(release.version, profile)}",
         "",
-        f"letta {release.version}{' (' + ', '.join(flags) + ')' if flags else ''} is newer than the newest "
+        f"{profile.release_name(release.version)}{' (' + ', '.join(flags) + ')' if flags else ''} is newer than the newest "
         f"supported release {report.newest_supported} (source: {report.source}).",
         f"Dry-run port: **{verdict.get(release.status or '', release.status)}**.",
         "",
@@ -153,7 +149,7 @@ def issue_markdown(report: CheckReport, release: NewRelease) -> str:
     ]
     for p in release.patches:
         lines.append(f"| `{p.name}` | {p.outcome} | {counts_text(p.hunks)} | {p.landing_text() or '-'} |")
-    lines += ["", "## Review list (design document, merge checklist)", ""]
+    lines += ["", "## Review list (files the series touches and the profile watches)", ""]
     for f in release.review:
         lines.append(f"- `{f.path}`: {f.facts()}")
         lines += [f"  - `{fn.name}`: {'**changed upstream**' if fn.changed_upstream else 'unchanged'}{fn.who()}"
@@ -161,15 +157,15 @@ def issue_markdown(report: CheckReport, release: NewRelease) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_issue_bodies(report: CheckReport, out_dir: Path) -> list[Path]:
-    """``<version>.md`` per new server release, written whole (temp file, then rename)."""
+def write_issue_bodies(report: CheckReport, out_dir: Path, profile: Profile) -> list[Path]:
+    """``<version>.md`` per new release of ``profile``'s project, written whole (temp file, then rename)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for release in report.releases:
-        if release.kind != "server":
+        if release.kind != RELEASE:
             continue
         path = out_dir / f"{release.version}.md"
-        write_atomic(path, issue_markdown(report, release).encode())
+        write_atomic(path, issue_markdown(report, release, profile).encode())
         written.append(path)
     return written
 
@@ -210,34 +206,34 @@ def _git_versions(url: str) -> dict[Version, str]:
 
 
 def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: str | None = None,
-                   letta_git: str | None = None, progress=lambda _: None) -> CheckReport:
+                   upstream_git: str | None = None, progress=lambda _: None) -> CheckReport:
     cache = cache or Cache()
     series = read_series(series_dir)
     newest = series.releases.newest.version
     profile = series.profile
     releases: list[NewRelease] = []
-    if letta_git:
-        tags = {v: t for v, t in _git_versions(letta_git).items() if v > newest}
+    if upstream_git:
+        tags = {v: t for v, t in _git_versions(upstream_git).items() if v > newest}
         for version in sorted(tags):
-            progress(f"reading {profile.name} {version} from {letta_git} ({tags[version]})")
-            source = GitSource(letta_git, tags[version], profile)
-            item = NewRelease(str(version), version.is_prerelease, None, "server")
+            progress(f"reading {profile.name} {version} from {upstream_git} ({tags[version]})")
+            source = GitSource(upstream_git, tags[version], profile)
+            item = NewRelease(str(version), version.is_prerelease, None, RELEASE)
             work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
             try:
                 try:
                     release = source.resolve(version)
                     source.export(release, work / "tree")
-                    check_server_tree(work / "tree", f"{letta_git}@{tags[version]}", profile)
+                    check_server_tree(work / "tree", f"{upstream_git}@{tags[version]}", profile)
                 except KettaError as exc:
-                    item.kind, item.detail = "letta-code", exc.message
-                if item.kind == "server":
+                    item.kind, item.detail = OTHER_PRODUCT, exc.message
+                if item.kind == RELEASE:
                     tree = work / "tree"
                     _dry_run(item, series, release, source, cache, index_url, progress,
                              read_new=lambda path: (tree / path).read_text(errors="replace") if (tree / path).is_file() else None)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             releases.append(item)
-        return CheckReport(str(newest), letta_git, releases)
+        return CheckReport(str(newest), upstream_git, releases)
 
     progress(f"asking {index_url or 'the package index'} for {profile.name}'s releases")
     found = _index_versions(index_url, profile.project)
@@ -245,11 +241,11 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
         files = found[version]
         yanked = next((f.yanked for f in files if f.yanked is not None), None)
         why = _not_server_message(version, files, series.releases)
-        item = NewRelease(str(version), version.is_prerelease, yanked, "letta-code" if why else "server", why)
+        item = NewRelease(str(version), version.is_prerelease, yanked, OTHER_PRODUCT if why else RELEASE, why)
         other = profile.other_product.name if profile.other_product else "another product"
-        kind = "a server release" if profile.is_letta else "a release to port to"
+        kind = f"a {profile.release_word}"
         progress(f"{profile.name} {version}: {f'{other}, nothing to port' if why else kind}")
-        if item.kind == "server":
+        if item.kind == RELEASE:
             source = IndexSource(cache, index_url, progress=progress, releases=series.releases, allow_unsupported=True)
             _dry_run(item, series, source.resolve(version), source, cache, index_url, progress)
         releases.append(item)
@@ -325,7 +321,7 @@ def _natural(name: str) -> tuple:
 
 
 def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> list[FileReview]:
-    """Per file the series touches (and the checklist's files): upstream's change and the patched functions it hit.
+    """Per file the series touches (and the files the profile watches): upstream's change and the patched functions it hit.
 
     ``read_new(path)`` gives a file of the new release (None if it has none).
     """
@@ -340,7 +336,8 @@ def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> l
         for fp in patch.files:
             touched.setdefault(fp.path, []).append(name)
     reviews = []
-    for path in sorted(set(touched) | set(CHECKLIST)):
+    watch = dict(series.profile.watch)
+    for path in sorted(set(touched) | set(watch)):
         old = _blob(old_repo, newest, path)
         new = read_new(path)
         if old is None and new is None:
@@ -349,7 +346,7 @@ def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> l
         changed = _changed_old_lines(old_lines, new_lines)
         added = sum(1 for line in difflib.ndiff(old_lines, new_lines) if line.startswith("+ "))
         removed = sum(1 for line in difflib.ndiff(old_lines, new_lines) if line.startswith("- "))
-        review = FileReview(path, touched.get(path, []), path in CHECKLIST, added, removed)
+        review = FileReview(path, touched.get(path, []), path in watch, added, removed)
         functions = _functions(old or "") if path.endswith(".py") else []
         hit: dict[str, FunctionReview] = {}
         for name in touched.get(path, []):
@@ -368,7 +365,7 @@ def review_list(series: Series, entries, read_new, cache: Cache, index_url) -> l
                     if name not in entry.patched_by:
                         entry.patched_by.append(name)
                     entry.changed_upstream |= any(a <= rng[1] and b >= rng[0] for a, b in changed)
-        for wanted in CHECKLIST.get(path, ()):
+        for wanted in watch.get(path, ()):
             for qual, first, last in functions:
                 if qual.split(".")[-1] == wanted and qual not in hit:
                     hit[qual] = FunctionReview(qual, [], any(a <= last and b >= first for a, b in changed))

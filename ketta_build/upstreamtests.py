@@ -343,9 +343,9 @@ def build_both(version: str, *, series_dir: Path, build_root: Path, cache: Cache
                no_patches: bool = False, progress=lambda _: None) -> tuple[Built, Built | None]:
     """The stock and (unless ``no_patches``) the patched tree and wheel of ``version``."""
     profile = load_releases(series_dir).profile
-    if profile.is_letta:
-        raise KettaError("the series is Letta's: its upstream suite is compat_tests/test_upstream.py (ketta-build "
-                         "matrix --suite upstream runs it)", path=series_dir)
+    if profile.has_suite_registry:
+        raise KettaError(f"the series is kept for {profile.what}: its upstream suite is the one in the suite registry "
+                         "(ketta-build matrix --suite upstream runs it)", path=series_dir)
     dist = build_root / "upstream-tests" / version / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     progress(f"the stock tree of {profile.release_name(version)}")

@@ -286,7 +286,7 @@ def test_three_way_merge_resolves_what_context_matching_cannot(tmp_path, two_rel
     report = _apply_release(tmp_path, source, cache, {"0001-m.diff": make_diff("letta/m.py", base, patched)})
     [hunk] = report.results[0].hunks
     assert hunk.outcome is Outcome.MERGED, hunk.reason
-    assert "3-way merge against letta 0.16.2" in hunk.reason
+    assert "3-way merge against release 0.16.2 (the patch's base)" in hunk.reason
     text = (tmp_path / "out/letta/m.py").read_text()
     assert "line 13 changed upstream\n" in text and "line fifteen (ketta)\n" in text
     assert report.exit_code == 0 and report.results[0].commit

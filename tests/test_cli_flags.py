@@ -50,8 +50,8 @@ def test_apply_takes_tree_and_keeps_out(tmp_path):
 
 def test_serve_and_matrix_default_to_the_newest_supported_release():
     parser = build_parser()
-    assert parser.parse_args(["serve"]).letta is None  # resolved from releases.toml when the verb runs
-    assert parser.parse_args(["matrix"]).letta is None
+    assert parser.parse_args(["serve"]).release is None  # resolved from releases.toml when the verb runs
+    assert parser.parse_args(["matrix"]).release is None
     newest = str(load_releases().newest.version)
     for verb in ("serve", "matrix"):
         sub = _verbs(parser)[verb]
@@ -100,3 +100,18 @@ def test_a_wheel_error_about_the_output_directory_names_the_flag_typed(tmp_path,
         rc = main(["wheel", "--letta", "0.16.8", flag, str(afile / "dist"), "--cache-dir", str(tmp_path / "cache")])
         err = capsys.readouterr().err
         assert rc == 2 and f"error: {flag} {afile / 'dist'}" in err and "is a file" in err, err
+
+
+def test_the_generic_flags_and_lettas_spellings_mean_the_same():
+    """--release/--upstream-git/--upstream-dir work for any upstream; --letta/--letta-git/--letta-dir,
+    the Letta plugin's spellings, set the very same values (issue #32: the README's commands are unchanged)."""
+    parser = build_parser()
+    for verb in ("apply", "series"):
+        generic = parser.parse_args([verb, "--release", "1.2", "--upstream-git", "g", "--upstream-dir", "d"])
+        letta = parser.parse_args([verb, "--letta", "1.2", "--letta-git", "g", "--letta-dir", "d"])
+        assert (generic.release, generic.upstream_git, str(generic.upstream_dir)) == ("1.2", "g", "d")
+        assert (letta.release, letta.upstream_git, str(letta.upstream_dir)) == ("1.2", "g", "d")
+    for verb in ("wheel", "matrix"):
+        assert parser.parse_args([verb, "--release", "1.2", "--letta", "1.3"]).release == ["1.2", "1.3"]
+    assert parser.parse_args(["bisect", "p.diff", "--upstream-git", "g"]).upstream_git == "g"
+    assert parser.parse_args(["upstream", "check", "--letta-git", "g"]).upstream_git == "g"

@@ -98,7 +98,7 @@ def test_a_suite_is_one_file_and_one_registry_line(tmp_path):
     suites.write_text(suites.read_text() + 'throwaway = { description = "a throw-away suite", typical_seconds = 5 }\n')
     assert len(_changed(root, "compat_tests/suites.toml")) == 1
 
-    proc = _run(root, "from pathlib import Path; from ketta_build import toxini; print(toxini.write(Path('.')))",
+    proc = _run(root, "from pathlib import Path; from ketta_build.letta import toxini; print(toxini.write(Path('.')))",
                 module=False)
     assert proc.stdout.strip() == "True", proc.stderr
     tox = (root / "tox.ini").read_text()

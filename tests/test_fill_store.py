@@ -14,7 +14,7 @@ from compat_tests.upgrade import Side, UpgradeLab
 from compat_tests.upgrade_data import Fill
 from compat_tests.vendor import FakeVendor
 from ketta_build.runstore import RunStore
-from ketta_build.serverenv import ServerBuild
+from ketta_build.letta.serverenv import ServerBuild
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from compat_tests import api
 from compat_tests.letta_server import LettaServer, ServerFailed, start_helper, stop_helpers
 from compat_tests.pgcluster import EmbeddedCluster
 from compat_tests.vendor import FakeVendor
-from ketta_build.serverenv import prepare_server
+from ketta_build.letta.serverenv import prepare_server
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.network

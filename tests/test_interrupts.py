@@ -207,7 +207,7 @@ def test_a_letta_git_source_that_cannot_be_cloned_leaves_no_temporary_directory(
     rc, _, err = world.run("apply", "--letta-git", "file:///nonexistent/letta.git", "--ref", "v0.16.8",
                            "--out", str(tmp_path / "out"))
     assert rc == 3 and "cannot open git repository" in err, err
-    assert list(scratch.glob("ketta-letta-git-*")) == []
+    assert list(scratch.glob("ketta-upstream-git-*")) == []
 
 
 def test_sigterm_while_a_letta_git_url_is_cloned_leaves_no_temporary_directory(world, tmp_path):

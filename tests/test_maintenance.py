@@ -316,7 +316,7 @@ def test_upstream_check_classifies_and_reviews(world, tmp_path):
     by_version = {r["version"]: r for r in data["releases"]}
     assert list(by_version) == ["0.16.9rc1", "0.16.9", "0.33.0"]
     assert by_version["0.16.9rc1"]["prerelease"] and by_version["0.16.9rc1"]["yanked"] == "broken"
-    assert by_version["0.33.0"]["kind"] == "letta-code"
+    assert by_version["0.33.0"]["kind"] == "other-product"
     new = by_version["0.16.9"]
     assert new["status"] == "needs-porting"
     assert {p["name"]: p["outcome"] for p in new["patches"]}["0001-change-m.diff"] == "failed"
@@ -415,7 +415,7 @@ def test_lint_passes_the_fixture_series(world):
     ("canonical", lambda p: (p / "0001-change-m.diff").write_text(header("Ketta changes line 15", "0.16.8")
         + make_diff("letta/m.py", BODY, BODY.replace("line 15\n", "line fifteen (ketta)\n"), context=5).replace(
             "@@ -10,11 +10,11 @@", "@@ -10,11 +10,11 @@ trailing text"))),
-    ("tox", lambda p: (p.parent / "tox.ini").write_text("[tox]\n")),
+    ("generated", lambda p: (p.parent / "tox.ini").write_text("[tox]\n")),
 ])
 def test_every_lint_rule_fires(world, rule, spoil):
     spoil(world.patches)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ketta_build import index, matrix, matrixreport, sources, wheel
+from ketta_build.letta import wheel as letta_wheel
 from ketta_build.suites import project_suites
 from ketta_build.cache import Cache
 from ketta_build.cli import main
@@ -134,11 +135,11 @@ def test_build_number_file(tmp_path: Path):
 def test_version_rewrite_touches_only_the_literal(tmp_path: Path):
     py = tmp_path / "pyproject.toml"
     py.write_text('[project]\nname = "letta"\nversion = "0.16.8"\n[tool.x]\nversion_note = "keep"\n')
-    wheel._set_version(py, "0.16.8+ketta.2")
+    letta_wheel._set_version(py, "0.16.8+ketta.2")
     assert py.read_text() == '[project]\nname = "letta"\nversion = "0.16.8+ketta.2"\n[tool.x]\nversion_note = "keep"\n'
     py.write_text('[project]\nname = "letta"\ndynamic = ["version"]\n')
     with pytest.raises(KettaError, match="literal"):
-        wheel._set_version(py, "1+ketta.1")
+        letta_wheel._set_version(py, "1+ketta.1")
 
 
 def test_uv_gets_pips_indexes(monkeypatch, tmp_path: Path):

@@ -38,3 +38,25 @@ def test_a_bad_label_or_package_is_refused_before_anything_is_asked_or_written(t
     with pytest.raises(KettaError, match=flag) as exc:
         create_series("idna", tmp_path / "p", index_url="http://127.0.0.1:9/unreachable", **{option: value})
     assert "tmp" not in str(exc.value).split(flag)[0] and not (tmp_path / "p").exists()
+
+
+def test_the_review_watch_list_is_read_and_a_bad_one_is_refused_on_its_line(tmp_path):
+    from ketta_build.errors import SeriesError
+    from ketta_build.profile import load_profile
+
+    (tmp_path / "upstream.toml").write_text('[upstream]\nname = "idna"\n\n[review]\n'
+                                            'watch = { "idna/core.py" = ["encode", "decode"], "idna/codec.py" = [] }\n')
+    assert load_profile(tmp_path).watch == (("idna/core.py", ("encode", "decode")), ("idna/codec.py", ()))
+    for bad in ('watch = ["idna/core.py"]', 'watch = { "../outside.py" = [] }', 'watch = { "idna/core.py" = [1] }'):
+        (tmp_path / "upstream.toml").write_text(f'[upstream]\nname = "idna"\n\n[review]\n{bad}\n')
+        with pytest.raises(SeriesError) as exc:
+            load_profile(tmp_path)
+        assert exc.value.line == 5 and "review.watch" in str(exc.value)
+
+
+def test_a_version_in_a_header_may_name_its_project():
+    from ketta_build.patchfile import version_text
+
+    for given in ("0.16.8", "v0.16.8", "letta 0.16.8", "letta0.16.8", "letta==0.16.8", " mypkg v0.16.8 "):
+        assert version_text(given) == "0.16.8", given
+    assert version_text("py3x 1.0") == "1.0" and version_text("letta>=0.16.4") == "letta>=0.16.4"

@@ -213,7 +213,7 @@ def test_a_new_release_is_checked_ported_and_applies_exactly(tmp_path, real_cach
     data = json.loads(check.read_text())
     assert rc == 11 and data["exit_code"] == 11, capsys.readouterr().err
     [release] = data["releases"]
-    assert release["version"] == "0.16.9" and release["kind"] == "server" and release["status"] == "needs-porting"
+    assert release["version"] == "0.16.9" and release["kind"] == "release" and release["status"] == "needs-porting"
     review = {f["path"]: f for f in release["review"]}
     functions = {f["name"]: f for f in review["letta/llm_api/llm_client_base.py"]["functions"]}
     assert functions["LLMClientBase.get_byok_overrides_async"]["changed_upstream"] is True

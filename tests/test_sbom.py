@@ -13,6 +13,7 @@ import pytest
 from cyclonedx_js import cyclonedx_js  # noqa: F401 (a fixture)
 
 from ketta_build import sbom, wheel
+from ketta_build.letta import wheel as letta_wheel
 from ketta_build.errors import KettaError
 from ketta_build.patchfile import parse_patch_text
 
@@ -62,7 +63,8 @@ PATCHES = [
             "offset"),
     applied("0003-gone.diff", patch_file("Already there", "Accepted"), "already-upstream"),
 ]
-PROVENANCE = {"schema": "ketta-build/provenance/2", "version": "0.16.8+ketta.3", "letta": "0.16.8", "build_number": 3,
+PROVENANCE = {"schema": "ketta-build/provenance/3", "version": "0.16.8+ketta.3", "project": "letta", "release": "0.16.8",
+              "upstream_supplier": "Letta", "supplier": "ketta", "build_number": 3,
               "upstream": {"filename": "letta-0.16.8.tar.gz", "sha256": "ab" * 32, "origin": "index"},
               "patches": [{"name": p.name, "sha256": p.sha256, "outcome": p.outcome} for p in PATCHES], "tree": "c" * 40,
               "series": {"commit": "d" * 40, "dirty": False}}
@@ -189,18 +191,18 @@ line-length = 140
 def test_hatchling_is_told_to_ship_the_sbom(tmp_path):
     py = tmp_path / "pyproject.toml"
     py.write_text(PYPROJECT)
-    wheel._declare_sbom(py, "ketta.cdx.json")
+    letta_wheel._declare_sbom(py, "ketta.cdx.json")
     data = tomllib.loads(py.read_text())
     assert data["tool"]["hatch"]["build"]["targets"]["wheel"] == {"packages": ["letta"], "sbom-files": ["ketta.cdx.json"]}
     assert data["build-system"]["requires"] == ["hatchling>=1.28"]
     assert data["tool"]["ruff"] == {"line-length": 140}
     # a tree whose pyproject has no wheel table (the synthetic ones) gets one
     py.write_text('[project]\nname = "letta"\nversion = "1"\n')
-    wheel._declare_sbom(py, "ketta.cdx.json")
+    letta_wheel._declare_sbom(py, "ketta.cdx.json")
     assert tomllib.loads(py.read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]["sbom-files"] == ["ketta.cdx.json"]
     py.write_text(PYPROJECT.replace('packages = ["letta"]', 'sbom-files = ["theirs.json"]'))
     with pytest.raises(KettaError, match="cannot declare the SBOM"):
-        wheel._declare_sbom(py, "ketta.cdx.json")
+        letta_wheel._declare_sbom(py, "ketta.cdx.json")
 
 
 def test_the_patch_files_must_be_the_ones_the_tree_was_applied_from(tmp_path):

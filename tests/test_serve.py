@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ketta_build.postgres import free_port
+from ketta_build.letta.postgres import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.network

@@ -23,7 +23,7 @@ from compat_tests.upstream_runner import (
     stored_baseline_holds,
 )
 from ketta_build.runstore import RunStore, reuse_allowed, stock_run_key
-from ketta_build.serverenv import ServerBuild
+from ketta_build.letta.serverenv import ServerBuild
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">

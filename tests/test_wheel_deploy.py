@@ -20,7 +20,8 @@ from cyclonedx_js import cyclonedx_js  # noqa: F401 (a fixture)
 from wheelcheck import check_against_tree, members
 
 from ketta_build.cli import main
-from ketta_build.wheel import read_build_number, run_uv
+from ketta_build.uvcmd import run_uv
+from ketta_build.wheel import read_build_number
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.network
@@ -215,7 +216,7 @@ def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, 
 def test_a_wheel_is_built_once_per_commit_and_build_number(tmp_path):
     """Server environments and serve reuse the wheel of an unchanged commit; anything else rebuilds."""
     from ketta_build.buildtree import git
-    from ketta_build.wheel import build_wheel_once
+    from ketta_build.letta.wheel import build_wheel_once
 
     tree = tmp_path / "tree"
     (tree / "letta").mkdir(parents=True)
@@ -248,7 +249,8 @@ def test_a_ketta_wheel_of_a_synthetic_tree_carries_its_sbom(tmp_path):
 
     from ketta_build.buildtree import git
     from ketta_build.sbom import validate
-    from ketta_build.wheel import build_wheel, sbom_member
+    from ketta_build.letta.wheel import build_wheel
+    from ketta_build.wheel import sbom_member
 
     tree = tmp_path / "tree"
     (tree / "letta").mkdir(parents=True)

@@ -9,10 +9,10 @@ from ..errors import KettaError
 from .common import Context, Result, build_root_flag, source_flags, upstream_source, verb_parser
 
 NAME = "apply"
-HELP = "apply the series to a Letta release and report every hunk"
-EXAMPLES = (("ketta-build apply --letta 0.16.8", "build/0.16.8: the pristine release, then one commit per patch"),
-            ("ketta-build apply --letta 0.16.8 --force --keep-going", "replace the tree; apply what applies"),
-            ("ketta-build apply --letta-git ../letta --ref v0.16.8 --tree build/git", "from a Letta clone"))
+HELP = "apply the series to an upstream release and report every hunk"
+EXAMPLES = (("ketta-build apply --release 0.16.8", "build/0.16.8: the pristine release, then one commit per patch"),
+            ("ketta-build apply --release 0.16.8 --force --keep-going", "replace the tree; apply what applies"),
+            ("ketta-build apply --upstream-git ../upstream --ref v0.16.8 --tree build/git", "from a clone of upstream"))
 
 
 def register(sub) -> None:

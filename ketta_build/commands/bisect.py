@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from .common import Context, Result, json_flag, patches_flag, say, verb_parser
+from .common import (
+    Context,
+    Result,
+    json_flag,
+    patches_flag,
+    say,
+    upstream_git_flag,
+    verb_parser,
+)
 
 NAME = "bisect"
 HELP = ("the first upstream commit (first-parent path GOOD..BAD) where a patch stops applying exactly or is already "
         "upstream, and the hunk it broke")
-EXAMPLES = (("ketta-build bisect 0004-no-base-providers-0.16.2.diff --letta-git ../letta --bad 0.16.7",
+EXAMPLES = (("ketta-build bisect 0004-no-base-providers-0.16.2.diff --upstream-git ../upstream --bad 0.16.7",
              "where the variant stopped applying"),
-            ("ketta-build bisect 0003-keys-from-database.diff --letta-git ../letta --good 0.16.2 --bad 0.16.4 "
+            ("ketta-build bisect 0003-keys-from-database.diff --upstream-git ../upstream --good 0.16.2 --bad 0.16.4 "
              "--until-applies", "where the newer variant became necessary"))
 
 
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
     p.add_argument("patch", metavar="PATCH", help="a patch of the series (its file name)")
-    p.add_argument("--letta-git", metavar="PATH_OR_URL", required=True, help="a Letta git repository")
+    upstream_git_flag(p, required=True)
     p.add_argument("--good", metavar="REF", help="where the patch applies exactly (default: its Base-Release tag, X or vX)")
     p.add_argument("--bad", metavar="REF", help="where to stop (default: the newest release tag of the repository)")
     p.add_argument("--until-applies", action="store_true",
@@ -27,7 +35,7 @@ def register(sub) -> None:
 
 
 def _commit(c) -> str:
-    release = f", letta {c.version}" if c.version else ""
+    release = f", release {c.version}" if c.version else ""
     return f"{c.short} {c.subject} ({c.date}{release})"
 
 
@@ -35,7 +43,7 @@ def run(ctx: Context, args) -> Result:
     from ..bisect import bisect
 
     with ctx.status("bisecting") as status:
-        result = bisect(args.patch, args.letta_git, series_dir=ctx.patches, good=args.good, bad=args.bad,
+        result = bisect(args.patch, args.upstream_git, series_dir=ctx.patches, good=args.good, bad=args.bad,
                         until_applies=args.until_applies, progress=status.update)
     applies = result.mode == "applies"
 

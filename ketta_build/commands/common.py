@@ -54,14 +54,34 @@ def build_root_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--build-root", metavar="DIR", type=Path, default=None, help="build trees (default: ./build)")
 
 
+def spellings(flag: str) -> tuple[str, ...]:
+    """``flag`` and the spellings a built-in plugin keeps for it (its users' habits: same meaning)."""
+    from ..profile import flag_aliases
+
+    return (flag, *flag_aliases(flag))
+
+
+def release_flag(p, **kwargs) -> None:
+    """``--release VERSION`` (and its plugins' spellings): ``dest="release"``."""
+    kwargs.setdefault("metavar", "VERSION")
+    p.add_argument(*spellings("--release"), dest="release", **kwargs)
+
+
+def upstream_git_flag(p, **kwargs) -> None:
+    """``--upstream-git PATH_OR_URL`` (and its plugins' spellings): ``dest="upstream_git"``."""
+    kwargs.setdefault("metavar", "PATH_OR_URL")
+    kwargs.setdefault("help", "the upstream's git repository")
+    p.add_argument(*spellings("--upstream-git"), dest="upstream_git", **kwargs)
+
+
 def source_flags(p: argparse.ArgumentParser) -> None:
     """Where the release comes from (one of): the index, a git repository, an unpacked tree."""
     src = p.add_argument_group("upstream source (one of)")
-    src.add_argument("--letta", "--release", dest="letta", metavar="VERSION",
-                     help="release from the package index, e.g. 0.16.8 or v0.16.8 (--release: the same, for any upstream)")
-    src.add_argument("--letta-git", metavar="PATH_OR_URL", help="a Letta git repository")
-    src.add_argument("--ref", metavar="TAG", help="tag or commit in --letta-git (default: vVERSION)")
-    src.add_argument("--letta-dir", metavar="PATH", type=Path, help="an unpacked Letta tree")
+    release_flag(src, help="release from the package index, e.g. 0.16.8 or v0.16.8")
+    upstream_git_flag(src)
+    src.add_argument("--ref", metavar="TAG", help="tag or commit in --upstream-git (default: the profile's tag of VERSION)")
+    src.add_argument(*spellings("--upstream-dir"), dest="upstream_dir", metavar="PATH", type=Path,
+                     help="an unpacked tree of the upstream")
     index_flag(p)
     cache_flag(p)
     patches_flag(p)
@@ -180,17 +200,17 @@ def upstream_source(ctx: Context, args: argparse.Namespace, progress):
     from ..releases import load_releases, parse_version
     from ..sources import DirSource, GitSource, IndexSource
 
-    chosen = [name for name in ("letta_git", "letta_dir") if getattr(args, name)]
+    chosen = [name for name in ("upstream_git", "upstream_dir") if getattr(args, name)]
     if len(chosen) > 1:
-        raise KettaError("give only one of --letta-git and --letta-dir")
-    version = parse_version(args.letta) if args.letta else None
+        raise KettaError("give only one of --upstream-git and --upstream-dir")
+    version = parse_version(args.release) if args.release else None
     releases = load_releases(ctx.patches)
-    if args.letta_dir:
-        return DirSource(args.letta_dir, releases.profile), version
-    if args.letta_git:
-        return GitSource(args.letta_git, args.ref, releases.profile), version
+    if args.upstream_dir:
+        return DirSource(args.upstream_dir, releases.profile), version
+    if args.upstream_git:
+        return GitSource(args.upstream_git, args.ref, releases.profile), version
     if version is None:
-        raise KettaError("say which release: --release VERSION, --letta-git PATH --ref TAG, or --letta-dir PATH")
+        raise KettaError("say which release: --release VERSION, --upstream-git PATH --ref TAG, or --upstream-dir PATH")
     return IndexSource(ctx.cache, ctx.index_url, progress=progress, releases=releases), version
 
 

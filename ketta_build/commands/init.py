@@ -15,7 +15,7 @@ EXAMPLES = (("ketta-build init --upstream tomli --patches tomli-patches", "the n
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
     p.add_argument("--upstream", metavar="NAME", required=True, help="the distribution's name on the package index")
-    p.add_argument("--git", metavar="URL", help="the upstream's git repository (for bisect and --letta-git)")
+    p.add_argument("--git", metavar="URL", help="the upstream's git repository (for bisect and --upstream-git)")
     p.add_argument("--label", default="ketta", help="the local version label of your wheels: X+LABEL.N (default: ketta)")
     p.add_argument("--package", metavar="NAME", help="the import package, when init cannot tell it from the sdist "
                                                     "(e.g. jaraco.functools)")

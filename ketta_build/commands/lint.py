@@ -25,12 +25,11 @@ def register(sub) -> None:
 
 def run(ctx: Context, args) -> Result:
     from ..lint import exit_code, lint_series
-    from ..toxini import managed
 
     project = ctx.patches.absolute().parent
     with ctx.status("linting the series (base releases come from the cache or the index)") as status:
         findings, fixed = lint_series(ctx.patches, cache=ctx.cache, index_url=ctx.index_url,
-                                      project=project if managed(project) else None, fix=args.fix,
+                                      project=project, fix=args.fix,
                                       progress=status.update)
 
     def show(console) -> None:

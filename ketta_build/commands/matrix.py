@@ -9,22 +9,23 @@ from pathlib import Path
 from ..errors import KettaError
 from ..tables import print_result
 from ..tables import result as printing_result
-from .common import Context, Result, build_root_flag, cache_flag, escape, index_flag, json_flag, patches_flag, verb_parser
+from .common import (Context, Result, build_root_flag, cache_flag, escape, index_flag, json_flag, patches_flag,
+                     spellings, verb_parser)
 
 NAME = "matrix"
 HELP = "run the compatibility suites (tox) per release and write the report"
-EXAMPLES = (("ketta-build matrix --letta 0.16.8", "every suite on 0.16.8"),
+EXAMPLES = (("ketta-build matrix --release 0.16.8", "every suite on 0.16.8"),
             ("ketta-build matrix --all -p 2", "every release, two cells at a time"),
             ("ketta-build matrix --changed", "only the cells a change since main can affect"),
             ("ketta-build matrix --merge reports-0.16.7 reports-0.16.8", "one report from CI's jobs"))
 
 
 def register(sub) -> None:
+    from ..letta.suiteenv import variable
     from ..matrix import FUZZ_EXAMPLES_THOROUGH
-    from ..suiteenv import variable
 
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
-    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", action="extend", nargs="+",
+    p.add_argument(*spellings("--release"), dest="release", metavar="VERSION", action="extend", nargs="+",
                    help="release(s) to test (repeatable; default: the newest supported, from releases.toml)")
     p.add_argument("--all", action="store_true", help="every supported release (patches/releases.toml)")
     p.add_argument("--suite", action="extend", nargs="+", metavar="SUITE",
@@ -79,10 +80,10 @@ def run(ctx: Context, args) -> Result:
     from ..matrixreport import STATUS_STYLE, merge_reports, report_json, run_context, write_reports
     from ..suites import matrix_suites
 
-    registry = matrix_suites(ctx.project, ctx.patches)  # Letta's compat_tests, or any upstream's own tests
+    registry = matrix_suites(ctx.project, ctx.patches)  # the checkout's registry, or the release's own tests
     if args.merge:
-        if args.letta or args.all or args.suite or args.no_patches:
-            raise KettaError("--merge runs nothing; leave out --letta, --all, --suite and --no-patches")
+        if args.release or args.all or args.suite or args.no_patches:
+            raise KettaError("--merge runs nothing; leave out --release, --all, --suite and --no-patches")
         cells, patched, context = merge_reports(args.merge, args.report_dir, registry.records)
 
         def show_merged(console) -> None:
@@ -98,7 +99,7 @@ def run(ctx: Context, args) -> Result:
     from ..releases import load_releases, parse_version
 
     supported = load_releases(ctx.patches)  # a missing or broken series is refused before anything runs
-    versions = [str(v) for v in supported.versions] if args.all else (args.letta or [str(supported.newest.version)])
+    versions = [str(v) for v in supported.versions] if args.all else (args.release or [str(supported.newest.version)])
     suites = args.suite or list(registry.names)
     registry.check(suites)
     report_dir = args.report_dir
@@ -118,13 +119,13 @@ def run(ctx: Context, args) -> Result:
         console.print(f"[{STATUS_STYLE.get(cell.status, 'white')}]{cell.status:5}[/] {cell.env}: {cell.passed} passed, "
                       f"{cell.failed} failed, {cell.errors} errors in {cell.duration:.0f}s  ({report_dir / cell.log})")
 
-    letta = supported.profile.is_letta
-    if letta:
+    registry_suites = supported.profile.has_suite_registry
+    if registry_suites:
         matrix.need_tox()
     store = CellStore(ctx.cache.root / "cells")
     changed = None
-    if args.changed is not None and not letta:
-        raise KettaError(f"--changed reads which cells Letta's suites depend on; a series for {supported.profile.name} "
+    if args.changed is not None and not registry_suites:
+        raise KettaError(f"--changed reads which cells the registry's suites depend on; a series for {supported.profile.name} "
                          "has one suite per release: leave it out")
     if args.changed is not None:
         if ctx.patches.absolute() != (ctx.project / "patches").absolute():
@@ -132,8 +133,8 @@ def run(ctx: Context, args) -> Result:
         ref = args.changed or default_ref(ctx.project, report_dir.absolute())
         changed = affected_cells(ctx.project, ref, [parse_version(v) for v in versions], suites)
         console.print(f"--changed against {ref[:12]}: " + ("; ".join(changed.why) or "nothing that a cell reads changed"))
-    console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} {'tox run(s)' if letta else 'cell(s)'} at a time"
-                  + ("; every cell runs" if not letta else "; every cell runs (--rerun)" if args.rerun else "; every cell runs (--coverage)" if args.coverage else
+    console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} {'tox run(s)' if registry_suites else 'cell(s)'} at a time"
+                  + ("; every cell runs" if not registry_suites else "; every cell runs (--rerun)" if args.rerun else "; every cell runs (--coverage)" if args.coverage else
                      "; cells whose inputs have a stored pass are reused (--rerun runs them)"))
     started = time.time()
     with ctx.status("matrix: starting") as status:

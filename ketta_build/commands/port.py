@@ -9,11 +9,11 @@ from pathlib import Path
 from ..errors import EXIT_FAILED, KettaError
 from ..tables import print_result
 from .common import (Context, Result, build_root_flag, cache_flag, escape, hunk_counts_text, index_flag, json_flag,
-                     patches_flag, say, verb_parser)
+                     patches_flag, say, spellings, verb_parser)
 
 NAME = "port"
-HELP = "carry the series onto a Letta release it does not serve yet"
-EXAMPLES = (("ketta-build port --letta 0.16.9", "carry the series onto 0.16.9 (build/0.16.9)"),
+HELP = "carry the series onto an upstream release it does not serve yet"
+EXAMPLES = (("ketta-build port --release 0.16.9", "carry the series onto 0.16.9 (build/0.16.9)"),
             ("ketta-build port --continue", "after resolving the conflict it stopped at"),
             ("ketta-build port --skip", "0.16.9 does not need the patch it stopped at"),
             ("ketta-build port --abort", "give up: build/0.16.9 removed, patches/ untouched"))
@@ -23,7 +23,7 @@ SCHEMA = "ketta-build/port/1"
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--letta", "--release", dest="letta", metavar="VERSION", help="the new release (from the package index)")
+    what.add_argument(*spellings("--release"), dest="release", metavar="VERSION", help="the new release (from the package index)")
     what.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving a conflict")
     what.add_argument("--skip", action="store_true",
                       help="leave the patch the port stopped at out of the new release (it does not need it) and go on")
@@ -70,7 +70,7 @@ def run(ctx: Context, args) -> Result:
         if args.cont or args.skip:
             result = continue_port(_tree(ctx, args), progress=status.update, cache=ctx.cache, skip=args.skip)
         else:
-            result = start_port(parse_version(args.letta), ctx.patches, out=args.tree, build_root=ctx.build_root,
+            result = start_port(parse_version(args.release), ctx.patches, out=args.tree, build_root=ctx.build_root,
                                 cache=ctx.cache, index_url=ctx.index_url, in_place=args.in_place, force=args.force,
                                 progress=status.update)
 
@@ -90,7 +90,7 @@ def run(ctx: Context, args) -> Result:
                       show_stop)
 
     profile = load_releases(ctx.patches).profile
-    flag = profile.release_flag
+    flag = "--release"
 
     def show(console) -> None:
         patches(console)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from .common import Context, Result, cache_flag, index_flag, json_flag, patches_flag, verb_parser
+from .common import Context, Result, cache_flag, index_flag, json_flag, patches_flag, spellings, verb_parser
 
 NAME = "range-diff"
 HELP = "what changed between two versions of the series (git refs or patch dirs), per patch"
-EXAMPLES = (("ketta-build range-diff --letta 0.16.8 main HEAD", "what a branch changed, patch by patch"),
-            ("ketta-build range-diff --letta 0.16.8 HEAD patches", "what the uncommitted patches/ change"))
+EXAMPLES = (("ketta-build range-diff --release 0.16.8 main HEAD", "what a branch changed, patch by patch"),
+            ("ketta-build range-diff --release 0.16.8 HEAD patches", "what the uncommitted patches/ change"))
 
 
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
     p.add_argument("old", metavar="OLD", help="git ref of this repository, or a patch directory")
     p.add_argument("new", metavar="NEW", help="git ref of this repository, or a patch directory")
-    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", required=True, help="release to apply both to")
+    p.add_argument(*spellings("--release"), dest="release", metavar="VERSION", required=True, help="release to apply both to")
     patches_flag(p)  # a git ref's series: DIR's path in DIR's repository at that ref
     index_flag(p)
     cache_flag(p)
@@ -28,7 +28,7 @@ def run(ctx: Context, args) -> Result:
     from ..releases import parse_version
 
     with ctx.status("applying both series") as status:
-        result = range_diff(parse_version(args.letta), args.old, args.new, repo=ctx.project, cache=ctx.cache,
+        result = range_diff(parse_version(args.release), args.old, args.new, repo=ctx.project, cache=ctx.cache,
                             index_url=ctx.index_url, progress=status.update, series_dir=ctx.patches)
 
     def show(console) -> None:
@@ -38,5 +38,5 @@ def run(ctx: Context, args) -> Result:
             out.write(result.text)
         out.write("\nper patch (old -> new, class):\n" + "".join(f"  {line}\n" for line in class_lines(result.pairs)))
 
-    return Result(0, {"schema": "ketta-build/range-diff/1", "letta": result.letta, "release": result.letta, "old": result.old,
+    return Result(0, {"schema": "ketta-build/range-diff/2", "release": result.release, "old": result.old,
                       "new": result.new, "pairs": result.pairs}, show)

@@ -8,8 +8,8 @@ from .common import Context, Result, escape, source_flags, upstream_source, verb
 
 NAME = "series"
 HELP = "show which patches apply to a release and why"
-EXAMPLES = (("ketta-build series --letta 0.15.1", "which variant of each patch 0.15.1 gets, and why"),
-            ("ketta-build series --letta 0.16.8 --check", "also: do variants overlap on any supported release?"))
+EXAMPLES = (("ketta-build series --release 0.15.1", "which variant of each patch 0.15.1 gets, and why"),
+            ("ketta-build series --release 0.16.8 --check", "also: do variants overlap on any supported release?"))
 
 
 def register(sub) -> None:
@@ -23,18 +23,17 @@ def run(ctx: Context, args) -> Result:
     from ..series import read_series
 
     series = read_series(ctx.patches)
-    if args.letta_dir or args.letta_git:
+    if args.upstream_dir or args.upstream_git:
         source, version = upstream_source(ctx, args, lambda _: None)
         version = source.resolve(version).version
-    elif args.letta:
-        version = require_served(parse_version(args.letta), series.releases,
+    elif args.release:
+        version = require_served(parse_version(args.release), series.releases,
                                  "series answers for supported releases; port adds one")
     else:
-        raise KettaError("say which release: --letta VERSION (or --letta-dir/--letta-git)")
+        raise KettaError("say which release: --release VERSION (or --upstream-dir/--upstream-git)")
     rows = series.explain(version)
     data = {
-        "schema": "ketta-build/series/1",
-        "letta": str(version),  # kept for Letta's consumers; "release" is the name for any upstream
+        "schema": "ketta-build/series/2",
         "release": str(version),
         "entries": [{"name": s.entry.name, "line": s.entry.line, "guard": s.entry.guard_text, "selected": s.selected,
                      "reason": s.reason} for s in rows],

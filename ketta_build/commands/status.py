@@ -48,6 +48,6 @@ def run(ctx: Context, args) -> Result:
                                         f"releases, {status.on}"),
                         ("patch", "owner", "upstream", "age", "size", "review by", "releases"), rows)
         for version, why in status.unavailable.items():
-            print(f"ketta-build: status: letta {version} not checked: {why}", file=sys.stderr)
+            print(f"ketta-build: status: {version} not checked: {why}", file=sys.stderr)
 
     return Result(EXIT_SOURCE if status.unavailable else 0, status.as_json(), show)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..tables import print_result
 from .common import (Context, Result, cache_flag, escape, hunk_counts_text, index_flag, json_flag, patches_flag,
-                     verb_parser)
+                     upstream_git_flag, verb_parser)
 
 NAME = "upstream"
 HELP = "look at upstream: new releases and what porting to them takes"
@@ -22,7 +22,7 @@ def register(sub) -> None:
                     help="releases newer than the newest supported one, classified, with a dry-run port and the review "
                          "list (exit 0 nothing new, 10 carries over, 11 needs porting, 2 usage, 3 upstream source)")
     index_flag(p)
-    p.add_argument("--letta-git", metavar="PATH_OR_URL", help="look at the tags of a Letta git repository instead")
+    upstream_git_flag(p, help="look at the tags of the upstream's git repository instead")
     patches_flag(p)
     cache_flag(p)
     p.add_argument("--issue-dir", metavar="DIR", type=Path,
@@ -35,7 +35,7 @@ def run(ctx: Context, args) -> Result:
     from ..upstream_check import check_upstream, write_issue_bodies
 
     with ctx.status("asking upstream") as status:
-        report = check_upstream(ctx.patches, cache=ctx.cache, index_url=ctx.index_url, letta_git=args.letta_git,
+        report = check_upstream(ctx.patches, cache=ctx.cache, index_url=ctx.index_url, upstream_git=args.upstream_git,
                                 progress=status.update)
     bodies = write_issue_bodies(report, args.issue_dir) if args.issue_dir else []
     profile = load_releases(ctx.patches).profile
@@ -53,7 +53,7 @@ def run(ctx: Context, args) -> Result:
                 continue
             flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}",
                                                                      r.yanked is not None)) if on]
-            kind = " server" if profile.is_letta else ""
+            kind = " " + profile.release_word.removesuffix("release").strip() if profile.release_word != "release" else ""
             print_result(console, f"[bold]{escape(profile.name)} {r.version}[/]{kind}" + (f" ({', '.join(flags)})" if flags else ""))
             print_result(console, f"  dry-run port: {r.status}")
             for p in r.patches:

@@ -1,4 +1,4 @@
-"""``ketta-build wheel``: deployable wheels ``letta-X+ketta.N``, their constraints and SHA256SUMS."""
+"""``ketta-build wheel``: deployable wheels ``NAME-X+LABEL.N``, a plugin's constraints, and SHA256SUMS."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ..tables import print_result
 from .common import (Context, DeprecatedAlias, Result, cache_flag, escape, index_flag, json_flag, patches_flag,
-                     verb_parser)
+                     spellings, verb_parser)
 
 NAME = "wheel"
-HELP = ("deployable wheels letta-X+ketta.N with constraints-X.txt and SHA256SUMS, each built from patches/ applied to "
+HELP = ("deployable wheels NAME-X+LABEL.N (and a plugin's constraints-X.txt) with SHA256SUMS, each built from patches/ applied to "
         "the pristine release in a tree of its own")
 EXAMPLES = (("ketta-build wheel", "dist/: the newest release's wheel, constraints, SHA256SUMS"),
             ("ketta-build wheel --all --dist-dir dist", "every supported release"))
@@ -18,7 +18,7 @@ EXAMPLES = (("ketta-build wheel", "dist/: the newest release's wheel, constraint
 
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
-    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
+    p.add_argument(*spellings("--release"), dest="release", metavar="VERSION", action="extend", nargs="+", help="release(s) (default: the newest supported)")
     p.add_argument("--all", action="store_true", help="every supported release")
     p.add_argument("--dist-dir", dest="dist_dir", type=Path, default=Path("dist"), metavar="DIR",
                    help="where the wheels, constraints and SHA256SUMS go (default: ./dist)")
@@ -36,7 +36,7 @@ def register(sub) -> None:
 def run(ctx: Context, args) -> Result:
     from ..wheel import SUMS_FILE, check_dist_dir, release_wheels, releases_to_build, series_state
 
-    versions = releases_to_build(ctx.patches, args.letta, args.all, args.tree)
+    versions = releases_to_build(ctx.patches, args.release, args.all, args.tree)
     check_dist_dir(args.dist_dir, getattr(args, "dist_dir_flag", "--dist-dir"))
     with ctx.status("building wheels") as status:
         made = release_wheels(versions, args.dist_dir, series_dir=ctx.patches, cache=ctx.cache,
@@ -53,6 +53,6 @@ def run(ctx: Context, args) -> Result:
             console.print(f"[yellow]{escape(str(ctx.patches))} has uncommitted changes: the wheels say so "
                           "(series.dirty in their provenance)[/]")
 
-    return Result(0, {"schema": "ketta-build/wheels/1", "series": series, "wheels": [
-        {"letta": m.version, "release": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints) if m.constraints else None, "tree": m.tree}
+    return Result(0, {"schema": "ketta-build/wheels/2", "series": series, "wheels": [
+        {"release": m.version, "wheel": str(m.wheel), "sha256": m.sha256, "constraints": str(m.constraints) if m.constraints else None, "tree": m.tree}
         for m in made]}, show)

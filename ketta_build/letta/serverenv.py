@@ -17,12 +17,14 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .cache import Cache, sha256_file
-from .errors import KettaError
-from .releases import parse_version
-from .releasetree import ensure_tree
+from ..cache import Cache, sha256_file
+from ..errors import KettaError
+from ..releases import parse_version
+from ..releasetree import ensure_tree
+from ..uvcmd import run_uv
+from ..wheel import BuiltWheel, read_build_number
+from .wheel import SERVER_EXTRAS, build_wheel_once, export_constraints
 from .servercoverage import REQUIREMENT, install_startup_hook
-from .wheel import SERVER_EXTRAS, BuiltWheel, build_wheel_once, export_constraints, read_build_number, run_uv
 
 ENV_LAYOUT = "bytecode-compiled\0"
 

@@ -24,10 +24,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic import write_atomic
-from .errors import KettaError
-from .releases import parse_version
-from .series import read_series
+from ..atomic import write_atomic
+from ..errors import KettaError
+from ..releases import parse_version
+from ..series import read_series
 
 ENV_VAR = "KETTA_COVERAGE"  # the directory matrix --coverage collects into (tox passes it on)
 REQUIREMENT = "coverage>=7.4"  # sigterm, and CoverageData/PythonParser as used here

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KettaError
+from ..errors import KettaError
 
 
 @dataclass(frozen=True)

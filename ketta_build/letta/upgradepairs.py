@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KettaError
+from ..errors import KettaError
 
 FLAVOURS = ("ketta", "stock", "stale")
 CHOICES = ("all", "ci")

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KettaError
+from ..errors import KettaError
 
 # A throw-away cluster needs no durability: without fsync a busy disk (wheel builds, uv installs,
 # a second matrix cell) cannot stall connections past Letta's 30 s pool timeout.

@@ -6,10 +6,10 @@ import json
 import signal
 from pathlib import Path
 
+from ..commands.common import (Context, Result, build_root_flag, cache_flag, emit_json, index_flag, json_flag,
+                                patches_flag, spellings, verb_parser)
 from ..errors import KettaError
 from ..tables import print_result
-from .common import (Context, Result, build_root_flag, cache_flag, emit_json, index_flag, json_flag, patches_flag,
-                     verb_parser)
 
 NAME = "serve"
 HELP = "a patched Letta server here and now: wheel, PostgreSQL (persistent), migration, server"
@@ -19,7 +19,7 @@ EXAMPLES = (("ketta-build serve", "the newest release on 127.0.0.1:8283"),
 
 def register(sub) -> None:
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
-    p.add_argument("--letta", "--release", dest="letta", metavar="VERSION", help="release to serve (default: the newest supported, from releases.toml)")
+    p.add_argument(*spellings("--release"), dest="release", metavar="VERSION", help="release to serve (default: the newest supported, from releases.toml)")
     p.add_argument("--data-dir", metavar="DIR", type=Path, help="PostgreSQL data, the server's home and key "
                    "(default: the user data directory, ketta-build/serve/VERSION)")
     p.add_argument("--pg-uri", metavar="URI", help="your own PostgreSQL with pgvector instead of the embedded one")
@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 def run(ctx: Context, args) -> Result:
     from ..releases import load_releases
-    from ..serve import ServeOptions, start, write_state
+    from .serve import ServeOptions, start, write_state
 
     def terminate(signum, frame):  # SIGTERM ends a serve as Ctrl-C does: everything is stopped
         raise KeyboardInterrupt
@@ -42,13 +42,13 @@ def run(ctx: Context, args) -> Result:
     # SIGINT too: a process started in the background of a script inherits SIGINT ignored, and
     # Python then never turns Ctrl-C (or `kill -INT`) into KeyboardInterrupt.
     profile = load_releases(ctx.patches).profile
-    if not profile.is_letta:
+    if profile.plugin is None or profile.plugin.__name__ != __package__:
         raise KettaError(f"serve starts a Letta server with its PostgreSQL; the series in {ctx.patches} is kept for "
                          f"{profile.name} (wheel kind {profile.wheel_kind!r}): build its wheel with ketta-build wheel")
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
     console = ctx.console
-    opts = ServeOptions(version=args.letta or str(load_releases(ctx.patches).newest.version), data_dir=args.data_dir,
+    opts = ServeOptions(version=args.release or str(load_releases(ctx.patches).newest.version), data_dir=args.data_dir,
                         pg_uri=args.pg_uri, host=args.host, port=args.port, patches=ctx.patches,
                         build_root=ctx.build_root, cache_dir=ctx.cache_dir, index_url=ctx.index_url)
     with ctx.status("preparing") as status:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import platformdirs
 
-from .cache import Cache
-from .errors import KettaError
+from ..cache import Cache
+from ..errors import KettaError
 from .postgres import Postgres
 from .serverenv import ServerBuild, prepare_server
 
