@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from compat_tests.pgcluster import EmbeddedCluster  # noqa: E402
 from compat_tests.schema import differences  # noqa: E402
 from compat_tests.upgrade import OLD_MIGRATION  # noqa: E402
-from ketta_build.serverenv import prepare_server  # noqa: E402
+from ketta_build.letta.serverenv import prepare_server  # noqa: E402
 
 EVERY_RELEASE_HAS = "b1c2d3e4f5a6"  # the 0.14.0 head
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ketta_build.postgres import free_port  # noqa: E402
+from ketta_build.letta.postgres import free_port  # noqa: E402
 
 TARGET = 20.0
 

@@ -26,7 +26,7 @@ from compat_tests import api  # noqa: E402
 from compat_tests.letta_server import LettaServer  # noqa: E402
 from compat_tests.pgcluster import EmbeddedCluster  # noqa: E402
 from compat_tests.vendor import FakeVendor  # noqa: E402
-from ketta_build.serverenv import prepare_server  # noqa: E402
+from ketta_build.letta.serverenv import prepare_server  # noqa: E402
 
 TARGET = 1.05
 NO_ENV_KEYS = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "", "GROQ_API_KEY": ""}  # no vendor from the environment

@@ -29,7 +29,7 @@ from compat_tests import api  # noqa: E402
 from compat_tests.letta_server import LettaServer, ServerFailed, migrated_template, start_helper, stop_helpers  # noqa: E402
 from compat_tests.pgcluster import EmbeddedCluster  # noqa: E402
 from compat_tests.vendor import FakeVendor  # noqa: E402
-from ketta_build.serverenv import prepare_server  # noqa: E402
+from ketta_build.letta.serverenv import prepare_server  # noqa: E402
 
 
 def one_start(build, pg, template: str, fork: bool, **env: str) -> tuple[float, str]:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ketta_build import suiteenv
+from ketta_build.letta import suiteenv
 from ketta_build.cache import Cache
 from ketta_build.matrixreport import write_build_record
 from ketta_build.releases import load_releases
 from ketta_build.runstore import RunStore, reuse_allowed
-from ketta_build.servercoverage import ENV_VAR, touched_paths, write_rc
-from ketta_build.serverenv import prepare_server
+from ketta_build.letta.servercoverage import ENV_VAR, touched_paths, write_rc
+from ketta_build.letta.serverenv import prepare_server
 from ketta_build.suites import load_suites
 
 from . import api, phases

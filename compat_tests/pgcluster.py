@@ -1,4 +1,4 @@
-"""Databases for the suites: a throw-away embedded PostgreSQL 18 + pgvector (ketta_build.postgres,
+"""Databases for the suites: a throw-away embedded PostgreSQL 18 + pgvector (ketta_build.letta.postgres,
 in a temporary directory, removed on stop) or the user's own server (``LETTA_PG_URI``), reached
 over TCP loopback with pg8000."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pg8000.native
 
-from ketta_build import suiteenv
-from ketta_build.postgres import THROWAWAY_OPTIONS, Postgres, free_port, pg_bin  # noqa: F401 (free_port: for the tests)
+from ketta_build.letta import suiteenv
+from ketta_build.letta.postgres import THROWAWAY_OPTIONS, Postgres, free_port, pg_bin  # noqa: F401 (free_port: for the tests)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import pytest
 
 from ketta_build.cache import Cache
 from ketta_build.runstore import RunStore, StoredRun, reuse_allowed, stock_run_key
-from ketta_build.serverenv import prepare_server, prepare_test_environment
+from ketta_build.letta.serverenv import prepare_server, prepare_test_environment
 
 from .upstream_runner import (
     UPSTREAM_FILES,

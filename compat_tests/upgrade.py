@@ -3,7 +3,7 @@
 A *side* is a release plus how its database was made: ``ketta`` (the patched release),
 ``stock`` (the unpatched release) or ``stale`` (a stock release's database migrated by the
 migration Ketta builds 1-3 shipped, which stamped ``ketta0001`` over upstream's revision). A
-*pair* is a start side and an end side (:mod:`ketta_build.upgradepairs`; the extra pairs per
+*pair* is a start side and an end side (:mod:`ketta_build.letta.upgradepairs`; the extra pairs per
 release are data, in ``upgrade-pairs.toml``). :class:`UpgradeLab` migrates and fills each start side
 once per run into a template database (PostgreSQL ``CREATE DATABASE ... TEMPLATE``) and clones it
 for every pair that starts there; each side is migrated from empty once, and that one migration
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ketta_build.releases import load_releases
 from ketta_build.runstore import RunStore
-from ketta_build.upgradepairs import Pair, Side, UpgradePairs
+from ketta_build.letta.upgradepairs import Pair, Side, UpgradePairs
 
 from . import release_python
 from .fill_store import fill_key, keep_fill, restore_fill

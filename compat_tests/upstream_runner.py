@@ -22,7 +22,7 @@ from packaging.version import Version
 
 from ketta_build.cache import sha256_file
 from ketta_build.runstore import digest_tree
-from ketta_build.serverenv import TEST_REQUIREMENTS, ServerBuild, test_constraints_path
+from ketta_build.letta.serverenv import TEST_REQUIREMENTS, ServerBuild, test_constraints_path
 
 from .letta_server import run_alembic
 from .pgcluster import PgTarget
