@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ketta_build.letta import suiteenv
+from ketta_build import suiteenv
 from ketta_build.cache import Cache
 from ketta_build.matrixreport import write_build_record
 from ketta_build.releases import load_releases
 from ketta_build.runstore import RunStore, reuse_allowed
-from ketta_build.letta.servercoverage import ENV_VAR, touched_paths, write_rc
+from ketta_build.servercoverage import ENV_VAR, touched_paths, write_rc
 from ketta_build.letta.serverenv import prepare_server
 from ketta_build.suites import load_suites
 
@@ -37,7 +37,7 @@ SUITES = load_suites(Path(__file__).resolve().parent).names  # compat_tests/suit
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ketta")
-    group.addoption("--letta", default=suiteenv.get("KETTA_LETTA") or NEWEST,
+    group.addoption("--letta", default=suiteenv.get("KETTA_RELEASE") or NEWEST,
                     help="Letta server release under test (default: the newest in patches/releases.toml)")
     group.addoption("--no-patches", action="store_true", default=suiteenv.flag("KETTA_NO_PATCHES"),
                     help="test the unpatched release (the suites must fail)")

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketta_build.letta import suiteenv
+from ketta_build import suiteenv
 
 from .keyguard import GUARD
 from .pgcluster import PgTarget, free_port

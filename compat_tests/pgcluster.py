@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pg8000.native
 
-from ketta_build.letta import suiteenv
+from ketta_build import suiteenv
 from ketta_build.letta.postgres import THROWAWAY_OPTIONS, Postgres, free_port, pg_bin  # noqa: F401 (free_port: for the tests)
 
 

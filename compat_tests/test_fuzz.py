@@ -16,7 +16,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from ketta_build.letta import suiteenv
+from ketta_build import suiteenv
 
 from . import api
 from .conftest import SUMMARIES

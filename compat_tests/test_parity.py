@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ketta_build.letta import suiteenv
+from ketta_build import suiteenv
 
 from .conftest import SUMMARIES
 from .parity import Script, allowed_for, differences, judge

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ketta_build.letta import suiteenv
+from ketta_build import suiteenv
 
 from . import api
 from .schema import differences

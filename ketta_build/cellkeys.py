@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .cache import Cache, sha256_file
+from .cache import Cache
 from .cellstore import cell_key, digest_files, suite_files
-from .letta import suiteenv
-from .letta.serverenv import prepare_wheel
-from .letta.upgradepairs import UpgradePairs
+from . import suiteenv
 from .releases import load_releases, parse_version
 from .sources import IndexSource
 from .suites import REGISTRY_FILE, SuiteRegistry, project_suites
@@ -37,9 +35,9 @@ class CellKeys:
     def release(self, version: str, patched: bool) -> dict:
         if (version, patched) not in self._releases:
             if patched or not self.patched:  # the wheel under test (a --no-patches run tests the unpatched one)
-                built = prepare_wheel(version, patched=patched, series_dir=self.series_dir,
-                                      build_root=self.build_root, cache=self.cache, index_url=self.index_url)
-                found = {"wheel": built.wheel.sha256, "constraints": sha256_file(built.constraints)}
+                plugin = load_releases(self.series_dir).profile.plugin  # a registry's suites are a plugin's
+                found = plugin.cell_release(version, patched=patched, series_dir=self.series_dir,
+                                            build_root=self.build_root, cache=self.cache, index_url=self.index_url)
             else:  # a stock start side of an upgrade pair: made from the sdist alone
                 source = IndexSource(self.cache, self.index_url, allow_unsupported=True,
                                      releases=load_releases(self.series_dir))
@@ -55,9 +53,10 @@ class CellKeys:
         pairs_file = self.registry.get(suite).pairs
         if pairs_file is None:
             return set()
-        releases = tuple(str(v) for v in load_releases(self.series_dir).versions)
-        pairs = UpgradePairs.load(releases, self.registry.tests / pairs_file)
-        return pairs.sides(version, suiteenv.get("KETTA_UPGRADE_PAIRS", self.env) or "all")
+        supported = load_releases(self.series_dir)
+        return supported.profile.plugin.pair_sides(version, tuple(str(v) for v in supported.versions),
+                                                   self.registry.tests / pairs_file,
+                                                   suiteenv.get("KETTA_UPGRADE_PAIRS", self.env) or "all")
 
     def key(self, version: str, suite: str) -> str:
         definition = self.registry.get(suite)

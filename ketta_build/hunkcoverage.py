@@ -35,7 +35,7 @@ from pathlib import Path
 from .applying import Outcome, _find, apply_hunks, decode
 from .errors import KettaError
 from .gitcmd import Blobs
-from .letta.servercoverage import combine, executed_lines
+from .servercoverage import combine, executed_lines
 from .patchfile import Hunk, Patch, split_lines
 from .releases import parse_version
 from .series import read_series

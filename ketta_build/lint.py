@@ -58,7 +58,7 @@ from .gitdiff import canonical_diff, section_contexts, tree_of_files
 from .header import (applied_upstream, field_value, forwarded_problem, owner_problem, releases_range, render_header,
                      review_date, served_range_text, updated_releases, with_field)
 from .patchfile import Hunk, Patch, parse_patch_text, split_lines
-from .profile import generated_files
+from .toxini import generated_files
 from .series import Series, SeriesEntry, read_series
 from .sources import IndexSource
 

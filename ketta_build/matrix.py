@@ -29,20 +29,18 @@ from .cellkeys import CellKeys
 from .errors import KettaError
 from .gitcmd import run as run_git
 from .hunkcoverage import ALLOWED_FILE, measure_release
-from .letta import suiteenv
-from .letta.servercoverage import release_dir, require_coverage
-from .letta.toxini import SHARED_FACTOR, factor
+from . import suiteenv
+from .servercoverage import release_dir, require_coverage
+from .toxini import SHARED_FACTOR, factor
 from .releases import load_releases, parse_version, require_served
 from .releasetree import server_tree
 from .suites import SuiteRegistry, matrix_suites
 from .upstreamtests import run_cell as run_upstream_cell
 
 
-def env_name(version: str, suite: str, project: str | None = None) -> str:
-    """A cell's name: ``<project><NNNN>-<suite>``, e.g. ``idna310-upstream``."""
-    if project is None:
-        return factor(parse_version(version)) + "-" + suite
-    return "".join(ch for ch in project if ch.isalnum()) + str(parse_version(version)).replace(".", "") + "-" + suite
+def env_name(version: str, suite: str, project: str) -> str:
+    """A cell's name, the tox environment's: ``<project><NNNN>-<suite>``, e.g. ``idna310-upstream``."""
+    return factor(parse_version(version), project) + "-" + suite
 
 
 @dataclass
@@ -151,12 +149,13 @@ def run_task(task: Task, report_dir: Path, tox: list[str], env: dict[str, str], 
     return task.cells
 
 
-def shared_env(version: str) -> str:
-    return f"{factor(parse_version(version))}-{SHARED_FACTOR}"
+def shared_env(version: str, project: str) -> str:
+    return f"{factor(parse_version(version), project)}-{SHARED_FACTOR}"
 
 
-def plan_tasks(cells: list[Cell], registry: SuiteRegistry) -> list[Task]:
-    """Per release, the shared suites asked for in one session (two or more of them), the rest alone."""
+def plan_tasks(cells: list[Cell], registry: SuiteRegistry, project: str) -> list[Task]:
+    """Per release, the shared suites asked for in one session (two or more of them), the rest alone;
+    ``project`` names the tox environments (its factor)."""
     shared_suites = registry.shared
     tasks: list[Task] = []
     by_version: dict[str, list[Cell]] = {}
@@ -167,7 +166,7 @@ def plan_tasks(cells: list[Cell], registry: SuiteRegistry) -> list[Task]:
         if len(shared) >= 2:
             narrower = {c.suite for c in shared} != set(shared_suites)
             marker = " or ".join(c.suite for c in shared) if narrower else None
-            tasks.append(Task(shared_env(version), shared, marker))
+            tasks.append(Task(shared_env(version, project), shared, marker))
             group = [c for c in group if c not in shared]
         tasks.extend(Task(c.env, [c]) for c in group)
     return tasks
@@ -224,7 +223,7 @@ def run_matrix(
     for version in versions:  # tox.ini has environments for the supported releases only
         require_served(parse_version(version), supported, "the matrix has no cells for it")
     if not (project / "tox.ini").is_file():
-        raise KettaError("no tox.ini here; run ketta-build matrix from the Ketta checkout", path=project / "tox.ini")
+        raise KettaError("no tox.ini here; run ketta-build matrix from the checkout that holds the suite registry", path=project / "tox.ini")
     if tox is None:
         tox_bin = shutil.which("tox", path=str(Path(sys.executable).parent)) or shutil.which("tox")
         tox = [tox_bin] if tox_bin else [sys.executable, "-m", "tox"]
@@ -247,7 +246,7 @@ def run_matrix(
         for version in versions:  # this run's data only
             shutil.rmtree(release_dir(report_dir / "coverage", version), ignore_errors=True)
             (report_dir / "coverage" / f"{parse_version(version)}.json").unlink(missing_ok=True)
-    cells = [Cell(str(parse_version(v)), s, env_name(v, s)) for v in versions for s in suites]
+    cells = [Cell(str(parse_version(v)), s, env_name(v, s, supported.profile.project)) for v in versions for s in suites]
     series_commit = _git(project, "rev-parse", "HEAD") or None
     if store is not None or changed is not None:
         keys = keys or CellKeys(project, cache or Cache(), not no_patches, _build_root(project, env), index_url, env,
@@ -267,7 +266,7 @@ def run_matrix(
     # first, whatever their release: a release's environment is built by whichever run gets there
     # first (prepare_server holds a lock per release and flavour, so the others wait for it and
     # reuse it), and the short runs fill the cores while the long ones go on.
-    order = longest_first(plan_tasks(to_run, registry), previous_durations(report_dir), registry)
+    order = longest_first(plan_tasks(to_run, registry, supported.profile.project), previous_durations(report_dir), registry)
 
     def run_one(task: Task) -> None:
         for cell in run_task(task, report_dir, tox, env, project):

@@ -53,7 +53,8 @@ from .gitdiff import canonical_diff, section_contexts
 from .header import (commit_message, field_value, header_from_commit, parse_commit, render_header, updated_releases,
                      with_field)
 from .patchfile import Patch, PatchHeader, diff_part, parse_patch_text
-from .profile import generated_files, load_profile
+from .profile import load_profile
+from .toxini import generated_files
 from .releases import load_releases, with_release
 from .report import result_failure_lines
 from .series import Series, SeriesEntry, edit_series_text, guard_name, parse_series, read_series, variant_name

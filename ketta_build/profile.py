@@ -160,14 +160,6 @@ def flag_aliases(flag: str) -> tuple[str, ...]:
     return tuple(alias for kind in PLUGINS for alias in getattr(plugin_module(kind), "FLAG_ALIASES", {}).get(flag, ()))
 
 
-def generated_files(project: Path, series_dir: Path, versions=None) -> dict[Path, bytes]:
-    """Files of the checkout ``project`` that the series' plugin keeps in step with ``releases.toml``
-    (``versions``: the releases to write them for), with the bytes each must have; none without a plugin.
-    ``port`` writes them with the release it adds, ``lint`` checks them and ``lint --fix`` rewrites them."""
-    hook = getattr(load_profile(series_dir).plugin, "generated_files", None)
-    return hook(project, series_dir, versions) if hook is not None else {}
-
-
 def default_profile() -> Profile:
     """The profile of a series directory without ``upstream.toml``: the first built-in plugin's."""
     return plugin_module(PLUGINS[0]).PROFILE

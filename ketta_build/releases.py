@@ -18,7 +18,7 @@ from packaging.version import InvalidVersion, Version
 from .atomic import write_atomic
 from .cache import is_sha256
 from .errors import NotAServerRelease, SeriesError, UnknownRelease
-from .letta import suiteenv
+from . import suiteenv
 from .profile import PROFILE_FILE, Profile, default_profile, load_profile
 
 RELEASES_FILE = "releases.toml"

@@ -98,7 +98,7 @@ def test_a_suite_is_one_file_and_one_registry_line(tmp_path):
     suites.write_text(suites.read_text() + 'throwaway = { description = "a throw-away suite", typical_seconds = 5 }\n')
     assert len(_changed(root, "compat_tests/suites.toml")) == 1
 
-    proc = _run(root, "from pathlib import Path; from ketta_build.letta import toxini; print(toxini.write(Path('.')))",
+    proc = _run(root, "from pathlib import Path; from ketta_build import toxini; print(toxini.write(Path('.')))",
                 module=False)
     assert proc.stdout.strip() == "True", proc.stderr
     tox = (root / "tox.ini").read_text()
@@ -110,8 +110,8 @@ from ketta_build.cellstore import suite_files
 from ketta_build.matrix import Cell, env_name, plan_tasks
 from ketta_build.suites import project_suites
 registry = project_suites(Path('.'))
-cells = [Cell('0.16.8', s, env_name('0.16.8', s)) for s in registry.names]
-tasks = plan_tasks(cells, registry)
+cells = [Cell('0.16.8', s, env_name('0.16.8', s, 'letta')) for s in registry.names]
+tasks = plan_tasks(cells, registry, "letta")
 print([t.env for t in tasks])
 print(sorted(p.name for p in suite_files(registry.tests, 'throwaway')))
 print(registry.get('throwaway').typical_seconds)

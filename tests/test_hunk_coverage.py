@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ketta_build import hunkcoverage as hc
-from ketta_build.letta import servercoverage as sc
+from ketta_build import servercoverage as sc
 from ketta_build.matrixreport import report_html, report_json, report_markdown
 from ketta_build.patchfile import parse_patch
 

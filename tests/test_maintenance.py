@@ -175,7 +175,7 @@ def test_port_onto_an_identical_release_adds_it_and_regenerates_tox(world):
     rc, out, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
     assert rc == 0, err
     assert "0.16.9" in (world.patches / "releases.toml").read_text()
-    assert "letta0169: KETTA_LETTA = 0.16.9" in (world.root / "repo" / "tox.ini").read_text()
+    assert "letta0169: KETTA_RELEASE = 0.16.9" in (world.root / "repo" / "tox.ini").read_text()
     after = world.snapshot()
     assert {k: v for k, v in after.items() if k != "releases.toml"} == {k: v for k, v in before.items() if k != "releases.toml"}
     assert world.run("apply", "--letta", "0.16.9", "--out", str(world.root / "again"), "--force")[0] == 0

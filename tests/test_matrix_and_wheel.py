@@ -30,8 +30,8 @@ REGISTRY = project_suites(Path(__file__).resolve().parent.parent)
 
 
 def test_env_names_follow_tox_factors():
-    assert matrix.env_name("0.16.8", "handle") == "letta0168-handle"
-    assert matrix.env_name("v0.14.0", "migration") == "letta0140-migration"
+    assert matrix.env_name("0.16.8", "handle", "letta") == "letta0168-handle"
+    assert matrix.env_name("v0.14.0", "migration", "letta") == "letta0140-migration"
 
 
 def test_junit_counts_and_failure_names(tmp_path: Path):
@@ -281,13 +281,13 @@ def test_the_suites_build_in_the_cache_the_matrix_was_given(tmp_path: Path, monk
 
 
 def test_plan_groups_per_release_and_narrows_the_marker():
-    cells = [matrix.Cell(v, s, matrix.env_name(v, s)) for v in ("0.16.7", "0.16.8") for s in ("handle", "agent", "upgrade")]
-    tasks = matrix.plan_tasks(cells, REGISTRY)
+    cells = [matrix.Cell(v, s, matrix.env_name(v, s, "letta")) for v in ("0.16.7", "0.16.8") for s in ("handle", "agent", "upgrade")]
+    tasks = matrix.plan_tasks(cells, REGISTRY, "letta")
     assert [(t.env, t.marker, [c.suite for c in t.cells]) for t in tasks] == [
         ("letta0167-shared", "handle or agent", ["handle", "agent"]), ("letta0167-upgrade", None, ["upgrade"]),
         ("letta0168-shared", "handle or agent", ["handle", "agent"]), ("letta0168-upgrade", None, ["upgrade"]),
     ]
-    whole = matrix.plan_tasks([matrix.Cell("0.16.8", s, matrix.env_name("0.16.8", s)) for s in REGISTRY.shared], REGISTRY)
+    whole = matrix.plan_tasks([matrix.Cell("0.16.8", s, matrix.env_name("0.16.8", s, "letta")) for s in REGISTRY.shared], REGISTRY, "letta")
     assert [(t.env, t.marker) for t in whole] == [("letta0168-shared", None)]
     # Longest first: measured durations (the previous report's), else the suites' typical ones.
     assert [t.env for t in matrix.longest_first(tasks, {}, REGISTRY)][:2] == ["letta0168-upgrade", "letta0167-upgrade"]

@@ -211,11 +211,11 @@ def test_no_name_is_undefined_unused_or_shadowed():
 
 
 def test_every_suite_variable_is_defined_once_and_read_through_the_contract():
-    """The KETTA_* variables between the matrix and the suites are defined in ketta_build/letta/suiteenv.py,
+    """The KETTA_* variables between the matrix and the suites are defined in ketta_build/suiteenv.py,
     listed in docs/testing.md, and read nowhere by hand (``os.environ`` with a KETTA_ name)."""
     import re
 
-    from ketta_build.letta.suiteenv import VARIABLES
+    from ketta_build.suiteenv import VARIABLES
 
     docs = (PACKAGE.parent / "docs" / "testing.md").read_text()
     assert [v.name for v in VARIABLES if f"| `{v.name}` |" not in docs] == []
@@ -224,25 +224,14 @@ def test_every_suite_variable_is_defined_once_and_read_through_the_contract():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"os\.environ(\.get)?[\[(]\s*[\"']KETTA_", line) and path.name not in ("cache.py", "index.py"):
                 by_hand.append(f"{path.name}:{number}")
-    assert by_hand == [], f"KETTA_* read by hand (use ketta_build.letta.suiteenv): {by_hand}"
+    assert by_hand == [], f"KETTA_* read by hand (use ketta_build.suiteenv): {by_hand}"
 
 
 # What of Letta the core still names, outside the Letta plugin (ketta_build/letta/): the one line that
-# registers the built-in plugin, and the suite-registry matrix's imports of the plugin's suite contract
-# (the variables a suite reads, its servers' environments and coverage, the upgrade pairs). Each is a
-# line here on purpose: a new mention of Letta in the core fails this test until it is moved into the
-# plugin (or, if it must stay, added here with its reason).
+# registers the built-in plugin. A new mention of Letta in the core fails this test until it is moved
+# into the plugin (or, if it must stay, added here with its reason).
 LETTA_IN_THE_CORE = {
     ("profile.py", 'PLUGINS = ("letta",)'),
-    ("releases.py", "from .letta import suiteenv"),  # KETTA_PATCHES, the variable that names the series
-    ("matrix.py", "from .letta import suiteenv"),
-    ("matrix.py", "from .letta.servercoverage import release_dir, require_coverage"),
-    ("matrix.py", "from .letta.toxini import SHARED_FACTOR, factor"),
-    ("cellkeys.py", "from .letta import suiteenv"),
-    ("cellkeys.py", "from .letta.serverenv import prepare_wheel"),
-    ("cellkeys.py", "from .letta.upgradepairs import UpgradePairs"),
-    ("hunkcoverage.py", "from .letta.servercoverage import combine, executed_lines"),
-    ("commands/matrix.py", "from ..letta.suiteenv import variable"),
 }
 
 

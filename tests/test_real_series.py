@@ -226,7 +226,7 @@ def test_a_new_release_is_checked_ported_and_applies_exactly(tmp_path, real_cach
     assert rc == 0, capsys.readouterr().err
     patches = copy / "patches"
     assert "0.16.9" in (patches / "releases.toml").read_text()
-    assert "letta0169: KETTA_LETTA = 0.16.9" in (copy / "tox.ini").read_text()
+    assert "letta0169: KETTA_RELEASE = 0.16.9" in (copy / "tox.ini").read_text()
     assert (patches / "0003-keys-from-database-0.16.9.diff").is_file()
     report = tmp_path / "apply.json"
     assert _run("apply", "--letta", "0.16.9", "--index-url", url, "--patches", str(patches), "--out", str(tmp_path / "a169"),

@@ -14,7 +14,7 @@ from packaging.version import Version
 
 from ketta_build.cli import main
 from ketta_build.suites import REGISTRY_FILE, TESTS_DIR, load_suites
-from ketta_build.letta.toxini import render
+from ketta_build.toxini import render
 
 PROJECT = Path(__file__).resolve().parent.parent
 BODY = "".join(f"line {i}\n" for i in range(1, 61))

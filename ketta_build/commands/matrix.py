@@ -21,7 +21,7 @@ EXAMPLES = (("ketta-build matrix --release 0.16.8", "every suite on 0.16.8"),
 
 
 def register(sub) -> None:
-    from ..letta.suiteenv import variable
+    from ..suiteenv import variable
     from ..matrix import FUZZ_EXAMPLES_THOROUGH
 
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)

@@ -46,19 +46,21 @@ FLAG_ALIASES = {"--release": ("--letta",), "--upstream-git": ("--letta-git",), "
 #: The verbs only this profile has: their modules, in this package.
 VERBS = ("serve_command",)
 
-
-def generated_files(project, series_dir, versions=None) -> dict:
-    """The checkout's files kept in step with ``releases.toml`` (``versions``: the releases to write them
-    for, default the series'): ``tox.ini``, one environment per release and suite, when the project
-    has one and a suite registry to write it from."""
-    from ..releases import load_releases
-    from ..suites import project_suites
-    from . import toxini
-
-    if not toxini.managed(project):
-        return {}
-    versions = versions if versions is not None else load_releases(series_dir).versions
-    return {project / "tox.ini": toxini.render(list(versions), project_suites(project)).encode()}
+#: The variables Letta's compatibility suites read besides the core's (ketta_build.suiteenv): name,
+#: meaning, default, who sets it (matrix | tox | user | tool).
+SUITE_VARIABLES = (
+    ("KETTA_UPGRADE_WORKERS", "threads preparing upgrade pairs ahead of the tests", "2", "user"),
+    ("KETTA_FUZZ_EXAMPLES", "generated requests per route in the fuzz suite", "10", "matrix"),
+    ("KETTA_FUZZ_SEED", "the fuzz suite's seed (a failure prints it: replay with it)", "20261202", "user"),
+    ("KETTA_FUZZ_STEPS", "steps of the fuzz suite's request sequences", "8", "user"),
+    ("KETTA_PARITY_RECORD", "1 on the newest release: write the parity reference anew", "0", "user"),
+    ("KETTA_PG_OPTIONS", "extra PostgreSQL server options for the suites' throw-away cluster", "", "user"),
+    ("KETTA_FORK_STARTS", "1: servers are forked from a start helper per environment that preloaded the "
+     "third-party modules (compat_tests/fork_helper.py); 0: every server starts cold", "1", "user"),
+    ("KETTA_SERVER_STARTUP_TIMEOUT", "seconds a suite waits for a server to start", "180", "user"),
+)
+#: What tox passes on to Letta's suites besides the variables: a user's own PostgreSQL.
+SUITE_PASS_ENV = ("LETTA_PG_URI",)
 
 
 def build_release_wheel(tree, dist_dir, build_number: int, *, release: str, series_dir, series, profile):
@@ -68,3 +70,21 @@ def build_release_wheel(tree, dist_dir, build_number: int, *, release: str, seri
     constraints = export_constraints(tree, dist_dir / f"constraints-{release}.txt")
     return build_wheel(tree, dist_dir, build_number, series_dir=series_dir, constraints=constraints,
                        series=series), constraints
+
+
+def cell_release(version: str, *, patched: bool, series_dir, build_root, cache, index_url) -> dict:
+    """What a matrix cell's key records of the release under test: the server wheel's and its
+    constraints' sha256 (:mod:`ketta_build.cellkeys`); the wheel is made or found once."""
+    from ..cache import sha256_file
+    from .serverenv import prepare_wheel
+
+    built = prepare_wheel(version, patched=patched, series_dir=series_dir, build_root=build_root, cache=cache,
+                          index_url=index_url)
+    return {"wheel": built.wheel.sha256, "constraints": sha256_file(built.constraints)}
+
+
+def pair_sides(version: str, releases: tuple[str, ...], pairs_file, choice: str) -> set:
+    """The (release, patched) sides of the upgrade pairs that end at ``version`` (``choice``: all or ci)."""
+    from .upgradepairs import UpgradePairs
+
+    return UpgradePairs.load(releases, pairs_file).sides(version, choice)

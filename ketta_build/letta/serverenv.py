@@ -24,7 +24,7 @@ from ..releasetree import ensure_tree
 from ..uvcmd import run_uv
 from ..wheel import BuiltWheel, read_build_number
 from .wheel import SERVER_EXTRAS, build_wheel_once, export_constraints
-from .servercoverage import REQUIREMENT, install_startup_hook
+from ..servercoverage import REQUIREMENT, install_startup_hook
 
 ENV_LAYOUT = "bytecode-compiled\0"
 

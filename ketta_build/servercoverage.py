@@ -7,12 +7,11 @@ How it works, end to end:
   ``prepare_server(..., coverage=True)``: an environment of its own with coverage.py installed (through
   uv and the user's index configuration, like every other package) and a ``.pth`` start-up hook, and
   writes the release's configuration (:func:`write_rc`) and points ``COVERAGE_PROCESS_START`` at it.
-- Every Python process of that environment the suites start (``letta server``, alembic, ``python -m
-  letta.ketta_migrations``) then measures the files the release's patches touch and writes a data file
-  of its own (``parallel``) under ``<report-dir>/coverage/<release>/data/``. ``letta server`` runs
-  uvicorn with one worker in its own process; uvicorn answers SIGTERM by shutting down and raising the
-  signal again with the handler it found, which ``sigterm = true`` makes coverage's: the data is saved
-  before the process ends.
+- Every Python process of that environment the suites start (the server, its migrations, any
+  script) then measures the files the release's patches touch and writes a data file of its own
+  (``parallel``) under ``<report-dir>/coverage/<release>/data/``. A server that answers SIGTERM by
+  shutting down and raising the signal again with the handler it found (uvicorn does) saves its data
+  before it ends: ``sigterm = true`` makes that handler coverage's.
 - After the runs, :func:`combine` merges a release's data files into ``<report-dir>/coverage/<release>/.coverage``
   (``coverage report --data-file`` reads it) and :func:`executed_lines` gives the executed lines by the
   file's path in the build tree, whether the process ran it from site-packages or from the tree.
@@ -24,10 +23,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..atomic import write_atomic
-from ..errors import KettaError
-from ..releases import parse_version
-from ..series import read_series
+from .atomic import write_atomic
+from .errors import KettaError
+from .releases import parse_version
+from .series import read_series
 
 ENV_VAR = "KETTA_COVERAGE"  # the directory matrix --coverage collects into (tox passes it on)
 REQUIREMENT = "coverage>=7.4"  # sigterm, and CoverageData/PythonParser as used here
@@ -138,7 +137,7 @@ def relative_path(measured: str, trees: Iterable[Path]) -> str | None:
 
 
 def executed_lines(data_file: Path, trees: Iterable[Path] = ()) -> dict[str, set[int]]:
-    """The lines each file ran, by its path in the tree (``letta/ketta.py``)."""
+    """The lines each file ran, by its path in the tree (``pkg/module.py``)."""
     from coverage import CoverageData
 
     data = CoverageData(basename=str(data_file))

@@ -5,10 +5,11 @@ The matrix (and tox.ini, generated from :data:`PASS_ENV`) sets them; the suites 
 explained and defaulted once. ``docs/testing.md`` lists them from :data:`VARIABLES` (a test checks
 that it does).
 
-Not here: the settings of a Ketta *server* (``KETTA_UNIFIED_PROVIDERS`` and the other switches the
-series adds to Letta, read by the server itself) and the tool's own knobs read by the library
-(``KETTA_BUILD_CACHE``, ``KETTA_BUILD_LOCK_TIMEOUT``, ``KETTA_DOWNLOAD_DEADLINE``), which are listed
-here too because the suites' processes pass them on.
+The core's variables are :data:`CORE_VARIABLES`; a built-in plugin adds its suites' own
+(``SUITE_VARIABLES``). Not here: the settings a patched server reads itself (the switches a series
+adds to its upstream). The tool's own knobs read by the library (``KETTA_BUILD_CACHE``,
+``KETTA_BUILD_LOCK_TIMEOUT``, ``KETTA_DOWNLOAD_DEADLINE``) are listed too because the suites'
+processes pass them on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import KettaError
+from .errors import KettaError
+from .profile import PLUGINS, plugin_module
 
 
 @dataclass(frozen=True)
@@ -29,35 +31,45 @@ class Variable:
     set_by: str = "matrix"  # matrix | tox | user | tool
 
 
-VARIABLES: tuple[Variable, ...] = (
-    Variable("KETTA_LETTA", "the release a suite runs against", None, "tox"),
+#: The contract every suite registry has: set by the matrix (or tox), read by any project's suites.
+CORE_VARIABLES: tuple[Variable, ...] = (
+    Variable("KETTA_RELEASE", "the release a suite runs against", None, "tox"),
     Variable("KETTA_SUITE", "the pytest marker expression of the suites a tox run selects", None, "tox"),
     Variable("KETTA_REPORT_DIR", "the matrix's report directory: JUnit files, logs, per-release records", None),
     Variable("KETTA_PATCHES", "the series directory the servers' wheels are built from", None),
     Variable("KETTA_INDEX_URL", "the package index the releases come from (else pip's configuration)", None),
-    Variable("KETTA_NO_PATCHES", "1: the suites run against unpatched Letta (matrix --no-patches)", "0"),
+    Variable("KETTA_NO_PATCHES", "1: the suites run against the unpatched releases (matrix --no-patches)", "0"),
     Variable("KETTA_BUILD_ROOT", "where the servers' trees and wheels are built (build/servers/X)", None),
     Variable("KETTA_BUILD_CACHE", "the tool's cache directory (matrix --cache-dir)", None, "tool"),
     Variable("KETTA_RERUN", "1: stored stock runs and cells are made again (matrix --rerun)", "0"),
     Variable("KETTA_COVERAGE", "the directory hunk coverage is collected into (matrix --coverage)", None),
     Variable("KETTA_UPGRADE_PAIRS", "which upgrade pairs a cell runs: all, or ci (the default run's)", "all"),
-    Variable("KETTA_UPGRADE_WORKERS", "threads preparing upgrade pairs ahead of the tests", "2", "user"),
-    Variable("KETTA_FUZZ_EXAMPLES", "generated requests per route in the fuzz suite", "10"),
-    Variable("KETTA_FUZZ_SEED", "the fuzz suite's seed (a failure prints it: replay with it)", "20261202", "user"),
-    Variable("KETTA_FUZZ_STEPS", "steps of the fuzz suite's request sequences", "8", "user"),
-    Variable("KETTA_PARITY_RECORD", "1 on the newest release: write the parity reference anew", "0", "user"),
-    Variable("KETTA_PG_OPTIONS", "extra PostgreSQL server options for the suites' throw-away cluster", "", "user"),
-    Variable("KETTA_FORK_STARTS", "1: servers are forked from a start helper per environment that preloaded the "
-             "third-party modules (compat_tests/fork_helper.py); 0: every server starts cold", "1", "user"),
-    Variable("KETTA_SERVER_STARTUP_TIMEOUT", "seconds a suite waits for a server to start", "180", "user"),
     Variable("KETTA_BUILD_LOCK_TIMEOUT", "seconds to wait for another run's lock on the cache or series", None, "tool"),
     Variable("KETTA_DOWNLOAD_DEADLINE", "seconds a whole download may take", None, "tool"),
 )
+
+
+def _plugin_variables() -> tuple[tuple[Variable, ...], tuple[str, ...]]:
+    """The variables the built-in plugins' suites add (``SUITE_VARIABLES``: name, meaning, default,
+    set_by), and what else their tox environments pass on (``SUITE_PASS_ENV``)."""
+    variables: list[Variable] = []
+    passed: list[str] = []
+    for kind in PLUGINS:
+        plugin = plugin_module(kind)
+        variables += [Variable(*item) for item in getattr(plugin, "SUITE_VARIABLES", ())]
+        passed += list(getattr(plugin, "SUITE_PASS_ENV", ()))
+    return tuple(variables), tuple(passed)
+
+
+_PLUGIN_VARIABLES, _PLUGIN_PASS_ENV = _plugin_variables()
+VARIABLES: tuple[Variable, ...] = CORE_VARIABLES + _PLUGIN_VARIABLES
 _BY_NAME = {v.name: v for v in VARIABLES}
 
-# What tox passes from the matrix's environment into a suite's: the contract's variables (KETTA_LETTA
-# and KETTA_SUITE tox sets itself), PostgreSQL and the index configuration of pip and uv.
-PASS_ENV: tuple[str, ...] = ("LETTA_PG_URI", *(v.name for v in VARIABLES if v.set_by != "tox"), "PIP_*", "UV_*", "HOME")
+# What tox passes from the matrix's environment into a suite's: the contract's variables (KETTA_RELEASE
+# and KETTA_SUITE tox sets itself), what the plugins' suites need (their database), and the index
+# configuration of pip and uv.
+PASS_ENV: tuple[str, ...] = (*_PLUGIN_PASS_ENV, *(v.name for v in VARIABLES if v.set_by != "tox"), "PIP_*", "UV_*",
+                             "HOME")
 
 
 def variable(name: str) -> Variable:
