@@ -109,6 +109,7 @@ class NewRelease:
     status: str | None = None  # carries-over | needs-porting (releases of the project)
     patches: list[PatchDryRun] = field(default_factory=list)
     review: list[FileReview] = field(default_factory=list)
+    issue_title: str | None = None  # the tracking issue's title (releases of the project only)
 
 
 @dataclass
@@ -217,7 +218,8 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
         for version in sorted(tags):
             progress(f"reading {profile.name} {version} from {upstream_git} ({tags[version]})")
             source = GitSource(upstream_git, tags[version], profile)
-            item = NewRelease(str(version), version.is_prerelease, None, RELEASE)
+            item = NewRelease(str(version), version.is_prerelease, None, RELEASE,
+                              issue_title=issue_title(str(version), profile))
             work = Path(tempfile.mkdtemp(prefix="ketta-check-"))
             try:
                 try:
@@ -225,7 +227,7 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
                     source.export(release, work / "tree")
                     check_server_tree(work / "tree", f"{upstream_git}@{tags[version]}", profile)
                 except KettaError as exc:
-                    item.kind, item.detail = OTHER_PRODUCT, exc.message
+                    item.kind, item.detail, item.issue_title = OTHER_PRODUCT, exc.message, None
                 if item.kind == RELEASE:
                     tree = work / "tree"
                     _dry_run(item, series, release, source, cache, index_url, progress,
@@ -241,7 +243,8 @@ def check_upstream(series_dir: Path, *, cache: Cache | None = None, index_url: s
         files = found[version]
         yanked = next((f.yanked for f in files if f.yanked is not None), None)
         why = _not_server_message(version, files, series.releases)
-        item = NewRelease(str(version), version.is_prerelease, yanked, OTHER_PRODUCT if why else RELEASE, why)
+        item = NewRelease(str(version), version.is_prerelease, yanked, OTHER_PRODUCT if why else RELEASE, why,
+                          issue_title=None if why else issue_title(str(version), profile))
         other = profile.other_product.name if profile.other_product else "another product"
         kind = f"a {profile.release_word}"
         progress(f"{profile.name} {version}: {f'{other}, nothing to port' if why else kind}")

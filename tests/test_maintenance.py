@@ -316,7 +316,8 @@ def test_upstream_check_classifies_and_reviews(world, tmp_path):
     by_version = {r["version"]: r for r in data["releases"]}
     assert list(by_version) == ["0.16.9rc1", "0.16.9", "0.33.0"]
     assert by_version["0.16.9rc1"]["prerelease"] and by_version["0.16.9rc1"]["yanked"] == "broken"
-    assert by_version["0.33.0"]["kind"] == "other-product"
+    assert by_version["0.33.0"]["kind"] == "other-product" and by_version["0.33.0"]["issue_title"] is None
+    assert by_version["0.16.9"]["issue_title"] == "Upstream Letta 0.16.9: Ketta port report"  # what CI looks for
     new = by_version["0.16.9"]
     assert new["status"] == "needs-porting"
     assert {p["name"]: p["outcome"] for p in new["patches"]}["0001-change-m.diff"] == "failed"
