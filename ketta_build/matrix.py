@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .affected import Affected
 from .cache import Cache
-from .cellstore import CellStore, Proof
+from .cellstore import CellStore, Proof, cell_key
 from .cellkeys import CellKeys
 from .errors import KettaError
 from .gitcmd import run as run_git
@@ -35,6 +35,7 @@ from .toxini import SHARED_FACTOR, factor
 from .releases import load_releases, parse_version, require_served
 from .releasetree import server_tree
 from .suites import SuiteRegistry, matrix_suites
+from .upstreamtests import build_both, cell_inputs
 from .upstreamtests import run_cell as run_upstream_cell
 
 
@@ -213,7 +214,7 @@ def run_matrix(
         return _run_any_upstream(versions, suites, report_dir=report_dir, parallel=parallel, no_patches=no_patches,
                                  series_dir=series_dir, build_root=build_root, project=project, cache=cache,
                                  index_url=index_url, on_cell=on_cell, registry=registry, coverage=coverage,
-                                 changed=changed)
+                                 changed=changed, store=store, reuse=reuse)
     if coverage:
         if no_patches:
             raise KettaError("--coverage measures the series' hunks; leave out --no-patches")
@@ -287,18 +288,22 @@ def run_matrix(
 
 def _run_any_upstream(versions: list[str], suites: list[str], *, report_dir: Path, parallel: int, no_patches: bool,
                       series_dir: Path, build_root: Path | None, project: Path, cache: Cache | None, index_url: str | None,
-                      on_cell, registry: SuiteRegistry, coverage: bool, changed: Affected | None) -> list[Cell]:
+                      on_cell, registry: SuiteRegistry, coverage: bool, changed: Affected | None,
+                      store: CellStore | None = None, reuse: bool = True) -> list[Cell]:
     """The matrix of a series without a suite registry (``kind = "any"``): one cell per release, the ``upstream``
     suite (:func:`ketta_build.upstreamtests.run_cell`), run here rather than through tox: the cell
     builds and runs its own two environments, and the downstream's checkout needs no tox.ini, no
-    compat_tests/ and no ketta-build inside an environment. Cells are never reused (no cell key yet)."""
+    compat_tests/ and no ketta-build inside an environment. A cell first builds both wheels (seconds:
+    they are reproducible), whose hashes are most of its key (:func:`ketta_build.upstreamtests.cell_inputs`):
+    with a ``store`` a cell whose key has a stored pass is reused (unless ``reuse`` is off), without
+    making its environments or running a test; a fresh pass is stored."""
     profile = load_releases(series_dir).profile
     if coverage:
         raise KettaError(f"--coverage measures the hunks the registry's servers run; a series for {profile.name} has no "
                          "server: leave it out")
     if changed is not None:
         raise KettaError(f"--changed reads which cells the registry's suites depend on; a series for {profile.name} has "
-                         "one suite per release: leave it out")
+                         "one cell per release, reused whenever its inputs have a stored pass: leave it out")
     supported = load_releases(series_dir)
     for version in versions:
         require_served(parse_version(version), supported, "the matrix has no cells for it")
@@ -306,19 +311,34 @@ def _run_any_upstream(versions: list[str], suites: list[str], *, report_dir: Pat
     report_dir.mkdir(parents=True, exist_ok=True)
     root = report_dir / "build" if no_patches else (build_root or project / "build").absolute()
     cells = [Cell(str(parse_version(v)), s, env_name(v, s, profile.project)) for v in versions for s in suites]
+    series_commit = _git(project, "rev-parse", "HEAD") or None
+    cache = cache or Cache()
 
-    def task(cell: Cell) -> Task:
+    def run_one(cell: Cell) -> None:
+        built = None
+        try:  # the builds first: their hashes are the cell's key
+            built = build_both(cell.version, series_dir=series_dir, build_root=root, cache=cache, index_url=index_url,
+                               no_patches=no_patches)
+            cell.key = cell_key(cell_inputs(cell.version, *built, series_dir))
+        except (KettaError, OSError, subprocess.SubprocessError):
+            built = None  # the cell's run builds again and says in its log why it has no verdict
+        proof = store.lookup(cell.key) if store is not None and reuse and cell.key else None
+        if proof is not None:
+            _reuse(cell, proof, report_dir)
+            on_cell(cell)
+            return
+
         def run(log: Path, junit: Path) -> int:
             return run_upstream_cell(cell.version, series_dir=series_dir, build_root=root, report_dir=report_dir,
-                                     log=log, junit=junit, cache=cache, index_url=index_url, no_patches=no_patches)
-        return Task(cell.env, [cell], run=run)
+                                     log=log, junit=junit, cache=cache, index_url=index_url, no_patches=no_patches,
+                                     built=built)
+        for done in run_task(Task(cell.env, [cell], run=run), report_dir, [], dict(os.environ), project):
+            if store is not None and done.key:
+                store.save(done.key, done, report_dir / done.log, report_dir / f"{done.env}.xml", series_commit)
+            on_cell(done)
 
-    order = longest_first([task(c) for c in cells], previous_durations(report_dir), registry)
-
-    def run_one(one: Task) -> None:
-        for cell in run_task(one, report_dir, [], dict(os.environ), project):
-            on_cell(cell)
-
+    order = [task.cells[0] for task in longest_first([Task(c.env, [c]) for c in cells], previous_durations(report_dir),
+                                                      registry)]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(run_one, order))
     return cells

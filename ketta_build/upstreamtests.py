@@ -373,9 +373,29 @@ def run_release(version: str, *, series_dir: Path, build_root: Path, cache: Cach
                         no_patches=no_patches, progress=progress)[0]
 
 
+def cell_inputs(version: str, stock: Built, patched: Built | None, series_dir: Path) -> dict:
+    """What a matrix cell of the ``upstream`` suite depends on (its key, :func:`ketta_build.cellstore.cell_key`):
+    both wheels (builds are reproducible: the same series gives the same bytes), the sdist the tests
+    come from and the patches applied to its tree, the profile's ``[tests]``, the reviewed list of
+    expected failures and this Python."""
+    profile = load_releases(series_dir).profile
+    expected = series_dir / profile.tests.expected_failures
+    report = (patched or stock).report or {}
+    return {"version": version, "suite": "upstream", "patched": patched is not None,
+            "release": {"stock": sha256_file(stock.wheel), "patched": sha256_file(patched.wheel) if patched else None,
+                        "sdist": (stock.report or {}).get("upstream", {}).get("sha256"),
+                        "patches": [[p["name"], p.get("sha256")] for p in report.get("patches", [])] if patched else []},
+            "tests": {"paths": list(profile.tests.paths), "requirements": list(profile.tests.requirements),
+                      "args": list(profile.tests.args)},
+            "expected_failures": sha256_file(expected) if expected.is_file() else None,
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
 def _run_release(version: str, *, series_dir: Path, build_root: Path, cache: Cache | None, index_url: str | None,
-                 no_patches: bool, progress) -> tuple[UpstreamTestsResult, list[tuple[Built, bool]]]:
-    """:func:`run_release`, and what it built (each with whether it is the patched build)."""
+                 no_patches: bool, progress, built: tuple[Built, Built | None] | None = None
+                 ) -> tuple[UpstreamTestsResult, list[tuple[Built, bool]]]:
+    """:func:`run_release`, and what it built (each with whether it is the patched build); ``built``:
+    the two builds, made already (:func:`build_both`)."""
     version = str(parse_version(version))
     series_dir = series_dir.absolute()
     build_root = build_root.absolute()
@@ -383,8 +403,8 @@ def _run_release(version: str, *, series_dir: Path, build_root: Path, cache: Cac
     tests = profile.tests
     expectations_path = series_dir / tests.expected_failures
     expectations = load_expectations(expectations_path)  # a broken list is refused before anything is built
-    stock, patched = build_both(version, series_dir=series_dir, build_root=build_root, cache=cache or Cache(),
-                                index_url=index_url, no_patches=no_patches, progress=progress)
+    stock, patched = built or build_both(version, series_dir=series_dir, build_root=build_root, cache=cache or Cache(),
+                                         index_url=index_url, no_patches=no_patches, progress=progress)
     work = build_root / "upstream-tests" / version
     runs = []
     for label, built in (("stock", stock), ("patched", patched)):
@@ -441,7 +461,8 @@ def _build_record(report_dir: Path, version: str, built: Built, patched: bool) -
 
 
 def run_cell(version: str, *, series_dir: Path, build_root: Path, report_dir: Path, log: Path, junit: Path,
-             cache: Cache | None = None, index_url: str | None = None, no_patches: bool = False) -> int:
+             cache: Cache | None = None, index_url: str | None = None, no_patches: bool = False,
+             built: tuple[Built, Built | None] | None = None) -> int:
     """One matrix cell (release x ``upstream``): :func:`run_release`, its verdict written to ``log``, the
     cell's JUnit file to ``junit``, the document and both runs' pytest logs to ``report_dir/upstream/``.
     Its exit code: 0 the verdict holds, 1 it does not, 2 no verdict (the error is in ``log``)."""
@@ -454,12 +475,12 @@ def run_cell(version: str, *, series_dir: Path, build_root: Path, report_dir: Pa
             out.flush()
 
         try:
-            result, built = _run_release(version, series_dir=series_dir, build_root=build_root, cache=cache,
-                                         index_url=index_url, no_patches=no_patches, progress=say)
+            result, made = _run_release(version, series_dir=series_dir, build_root=build_root, cache=cache,
+                                        index_url=index_url, no_patches=no_patches, progress=say, built=built)
         except (KettaError, OSError, subprocess.SubprocessError) as exc:
             say(f"no verdict: {exc}")
             return 2
-        for item, patched in built:
+        for item, patched in made:
             _build_record(report_dir, version, item, patched)
         for run in {id(r): r for r in (result.stock, result.under_test)}.values():
             shutil.copy2(run.log, records / f"{version}-{run.label}.log")

@@ -132,7 +132,7 @@ def test_3_export_refuses_a_tree_of_an_unsupported_release(world, tmp_path):
     world.capsys.readouterr()
     before = world.snapshot()
     rc, _, err = world.run("export", "--tree", str(out))
-    assert rc == 5 and "does not support" in err and "port --letta 0.16.9" in err
+    assert rc == 5 and "does not support" in err and "port --release 0.16.9" in err
     assert world.snapshot() == before
 
 
@@ -934,7 +934,7 @@ def test_30_a_field_changed_in_both_places_refuses_the_whole_export(world):
         rc, _, err = world.run("export", "--tree", str(tree), *check)
         line = " ".join(err.split())
         assert rc == 5 and "0002-new-module.diff" in line and "Description" in line and "changed both" in line, err
-        assert f"apply --letta 0.16.8 --tree {tree} --force" in line and "backup ref" in line
+        assert f"apply --release 0.16.8 --tree {tree} --force" in line and "backup ref" in line
         assert world.snapshot() == before and git(tree, "rev-parse", "HEAD") == head, "nothing written"
 
 

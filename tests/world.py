@@ -13,6 +13,7 @@ from conftest import make_diff, make_sdist, pin_sdists, server_files, write_seri
 from packaging.version import Version
 
 from ketta_build.cli import main
+from ketta_build.profile import default_profile
 from ketta_build.suites import REGISTRY_FILE, TESTS_DIR, load_suites
 from ketta_build.toxini import render
 
@@ -96,7 +97,7 @@ def make_world(tmp_path, local_index, capsys, release_files=None) -> World:
     registry = w.root / "repo" / TESTS_DIR / REGISTRY_FILE  # the project's suites, as the checkout has them
     registry.parent.mkdir(parents=True)
     registry.write_bytes((PROJECT / TESTS_DIR / REGISTRY_FILE).read_bytes())
-    (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], load_suites(registry.parent)))
+    (w.root / "repo" / "tox.ini").write_text(render([Version("0.16.7"), Version("0.16.8")], load_suites(registry.parent), default_profile()))
     write_series(w.patches, "0001-change-m.diff", "0002-new-module.diff",
                  "0003-tail.diff                 [letta>=0.16.8]", "0003-tail-0.16.7.diff          [letta<0.16.8]")
     (w.patches / "0001-change-m.diff").write_text(

@@ -126,7 +126,7 @@ def run(ctx: Context, args) -> Result:
     changed = None
     if args.changed is not None and not registry_suites:
         raise KettaError(f"--changed reads which cells the registry's suites depend on; a series for {supported.profile.name} "
-                         "has one suite per release: leave it out")
+                         "has one cell per release, reused whenever its inputs have a stored pass: leave it out")
     if args.changed is not None:
         if ctx.patches.absolute() != (ctx.project / "patches").absolute():
             raise KettaError("--changed reads the history of ./patches; leave out --patches", path=ctx.patches)
@@ -134,7 +134,7 @@ def run(ctx: Context, args) -> Result:
         changed = affected_cells(ctx.project, ref, [parse_version(v) for v in versions], suites)
         console.print(f"--changed against {ref[:12]}: " + ("; ".join(changed.why) or "nothing that a cell reads changed"))
     console.print(f"{len(versions) * len(suites)} cell(s), {args.parallel} {'tox run(s)' if registry_suites else 'cell(s)'} at a time"
-                  + ("; every cell runs" if not registry_suites else "; every cell runs (--rerun)" if args.rerun else "; every cell runs (--coverage)" if args.coverage else
+                  + ("; every cell runs (--rerun)" if args.rerun else "; every cell runs (--coverage)" if args.coverage else
                      "; cells whose inputs have a stored pass are reused (--rerun runs them)"))
     started = time.time()
     with ctx.status("matrix: starting") as status:

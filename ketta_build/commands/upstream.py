@@ -26,30 +26,30 @@ def register(sub) -> None:
     patches_flag(p)
     cache_flag(p)
     p.add_argument("--issue-dir", metavar="DIR", type=Path,
-                   help="write DIR/<version>.md per new server release: the tracking issue's body")
+                   help="write DIR/<version>.md per new release: the tracking issue's body")
     json_flag(p)
 
 
 def run(ctx: Context, args) -> Result:
     from ..releases import load_releases
-    from ..upstream_check import check_upstream, write_issue_bodies
+    from ..upstream_check import RELEASE, check_upstream, write_issue_bodies
 
     with ctx.status("asking upstream") as status:
         report = check_upstream(ctx.patches, cache=ctx.cache, index_url=ctx.index_url, upstream_git=args.upstream_git,
                                 progress=status.update)
-    bodies = write_issue_bodies(report, args.issue_dir) if args.issue_dir else []
     profile = load_releases(ctx.patches).profile
+    bodies = write_issue_bodies(report, args.issue_dir, profile) if args.issue_dir else []
     other = profile.other_product.name if profile.other_product else "another product"
 
     def show(console) -> None:
         if not report.releases:
             print_result(console, f"nothing newer than {report.newest_supported} on {escape(report.source)}")
-        code = [r for r in report.releases if r.kind != "server"]
+        code = [r for r in report.releases if r.kind != RELEASE]
         if code:
             console.print(f"{len(code)} {other} release(s) ({code[0].version} … {code[-1].version}): not "
                           f"{profile.what}; noted, nothing to port")
         for r in report.releases:
-            if r.kind != "server":
+            if r.kind != RELEASE:
                 continue
             flags = [f for f, on in (("pre-release", r.prerelease), (f"yanked: {r.yanked or 'no reason'}",
                                                                      r.yanked is not None)) if on]
