@@ -165,6 +165,40 @@ def test_the_matrix_of_a_clean_series_passes_and_no_patches_compares_stock_with_
     assert "leave it out" in capsys.readouterr().err
 
 
+def test_a_cell_whose_inputs_have_a_stored_pass_is_reused_without_running_a_test(make_series, offline, tmp_path,
+                                                                                  local_index, monkeypatch, capsys):
+    """Issue #32: the upstream suite's cells are keyed like the registry's: the same wheels, sdist, [tests],
+    list and Python are a stored pass (no environment made, no test run); --rerun, or a change to the
+    reviewed list, runs the cell again; a failing cell is never stored."""
+    made = []
+    real = upstreamtests.make_environment
+    monkeypatch.setattr(upstreamtests, "make_environment", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+    series = make_series("fix")
+    monkeypatch.chdir(tmp_path)
+    common = ("--patches", str(series), "--cache-dir", str(tmp_path / "cache"), "--index-url", local_index.url,
+              "--release", "1.1", "--json", "m.json")
+
+    def cell() -> dict:
+        [only] = json.loads(Path("m.json").read_text())["cells"]
+        return only
+
+    assert main(["matrix", *common, "--report-dir", "r1"]) == 0, capsys.readouterr()
+    assert len(made) == 2 and not cell()["reused"]  # stock and patched environments
+    assert main(["matrix", *common, "--report-dir", "r2"]) == 0, capsys.readouterr()
+    assert len(made) == 2 and cell()["reused"] and cell()["status"] == "pass"
+    assert (tmp_path / "r2" / cell()["log"]).read_text() == (tmp_path / "r1" / "logs" / "kettademo11-upstream.log").read_text()
+    assert main(["matrix", *common, "--report-dir", "r3", "--rerun"]) == 0, capsys.readouterr()
+    assert len(made) == 4 and not cell()["reused"]
+    (series / "upstream-expected-failures.toml").write_text("")  # the reviewed list is part of the key
+    assert main(["matrix", *common, "--report-dir", "r4"]) == 0, capsys.readouterr()
+    assert len(made) == 6 and not cell()["reused"]
+    broken = make_series("break", name="broken")  # a failing cell is run every time
+    for report in ("b1", "b2"):
+        assert main(["matrix", *common[:1], str(broken), *common[2:], "--report-dir", report]) == 1
+        assert not cell()["reused"]
+    assert len(made) == 10
+
+
 @pytest.mark.parametrize("text, complaint", [
     ('[[failure]]\ntest = "t"\nreleases = ">=1"\n', "each [[failure]] has test"),
     ('[[failure]]\ntest = "t"\nreleases = "one"\nwhy = "w"\n', "not a PEP 440 specifier"),
