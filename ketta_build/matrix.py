@@ -30,6 +30,7 @@ from .errors import KettaError
 from .gitcmd import run as run_git
 from .hunkcoverage import ALLOWED_FILE, measure_release
 from . import suiteenv
+from .suiteenv import FUZZ_EXAMPLES_THOROUGH
 from .servercoverage import release_dir, require_coverage
 from .toxini import SHARED_FACTOR, factor
 from .releases import load_releases, parse_version, require_served
@@ -344,9 +345,6 @@ def _run_any_upstream(versions: list[str], suites: list[str], *, report_dir: Pat
     return cells
 
 
-# Generated requests per route when the fuzz suite is the point of the run (--all, or --suite fuzz);
-# otherwise the suite's own default (KETTA_FUZZ_EXAMPLES in ketta_build.suiteenv) holds.
-FUZZ_EXAMPLES_THOROUGH = 40
 
 
 def fuzz_examples(given: int | None, every_release: bool, suites_asked: list[str] | None) -> int | None:

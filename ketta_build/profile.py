@@ -42,11 +42,9 @@ cannot bring code of its own.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import SeriesError
@@ -100,6 +98,8 @@ class Profile:
     @property
     def project(self) -> str:
         """The normalised distribution name (PEP 503): how the index and the cache key it."""
+        from packaging.utils import canonicalize_name  # packaging.utils loads packaging.tags: not at start-up
+
         return canonicalize_name(self.name)
 
     @property
@@ -167,6 +167,8 @@ def default_profile() -> Profile:
 
 def load_profile(series_dir: Path) -> Profile:
     """The profile in ``series_dir/upstream.toml``; :func:`default_profile` when the series has none."""
+    import tomllib  # only a series with a profile file needs it
+
     path = series_dir / PROFILE_FILE
     if not path.exists():
         return default_profile()

@@ -62,6 +62,10 @@ def _plugin_variables() -> tuple[tuple[Variable, ...], tuple[str, ...]]:
 
 
 _PLUGIN_VARIABLES, _PLUGIN_PASS_ENV = _plugin_variables()
+
+# Generated requests per route when the fuzz suite is the point of the run (matrix --all, or --suite
+# fuzz); otherwise the suite's own default (KETTA_FUZZ_EXAMPLES) holds.
+FUZZ_EXAMPLES_THOROUGH = 40
 VARIABLES: tuple[Variable, ...] = CORE_VARIABLES + _PLUGIN_VARIABLES
 _BY_NAME = {v.name: v for v in VARIABLES}
 

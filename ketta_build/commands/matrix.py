@@ -21,8 +21,7 @@ EXAMPLES = (("ketta-build matrix --release 0.16.8", "every suite on 0.16.8"),
 
 
 def register(sub) -> None:
-    from ..suiteenv import variable
-    from ..matrix import FUZZ_EXAMPLES_THOROUGH
+    from ..suiteenv import FUZZ_EXAMPLES_THOROUGH, variable
 
     p = verb_parser(sub, NAME, help=HELP, examples=EXAMPLES)
     p.add_argument(*spellings("--release"), dest="release", metavar="VERSION", action="extend", nargs="+",
