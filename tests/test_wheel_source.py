@@ -155,7 +155,8 @@ def test_a_commit_in_the_build_tree_is_never_shipped_and_the_tree_is_left_alone(
     files = members(built)
     assert files["letta/k.py"] == b"KETTA = True\n", "the WIP commit was shipped"
     provenance = json.loads(files["letta/ketta_provenance.json"])
-    assert provenance["schema"] == "ketta-build/provenance/2"
+    assert provenance["schema"] == "ketta-build/provenance/3"
+    assert (provenance["project"], provenance["release"], provenance["supplier"]) == ("letta", "0.16.8", "ketta")
     assert provenance["tree"] == series_tree
     repo_head = git(world.root / "repo", "rev-parse", "HEAD").strip()
     assert provenance["series"] == {"commit": repo_head, "dirty": False}

@@ -24,6 +24,7 @@ def register(sub) -> None:
 
 
 def run(ctx: Context, args) -> Result:
+    from ..profile import load_profile
     from ..status import runs_text, series_status
 
     with ctx.status("applying the series in memory to every release") as progress:
@@ -47,7 +48,8 @@ def run(ctx: Context, args) -> Result:
             print_table(console, escape(f"{ctx.patches}: {len(status.patches)} patch files on {len(status.versions)} "
                                         f"releases, {status.on}"),
                         ("patch", "owner", "upstream", "age", "size", "review by", "releases"), rows)
+        profile = load_profile(ctx.patches)
         for version, why in status.unavailable.items():
-            print(f"ketta-build: status: {version} not checked: {why}", file=sys.stderr)
+            print(f"ketta-build: status: {profile.release_name(version)} not checked: {why}", file=sys.stderr)
 
     return Result(EXIT_SOURCE if status.unavailable else 0, status.as_json(), show)
