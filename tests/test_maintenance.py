@@ -307,6 +307,7 @@ def test_upstream_check_classifies_and_reviews(world, tmp_path):
     rc, out, _ = world.run("upstream", "check", "--json", str(report), "--issue-dir", str(tmp_path / "issues"))
     data = json.loads(report.read_text())
     assert rc == 11 and data["exit_code"] == 11
+    assert out.splitlines()[-1] == "exit 11: 0.16.9 needs porting: ketta-build port --release 0.16.9", out
     # one tracking-issue body per new server release (not for Letta Code), titled as the workflow looks for it
     assert sorted(p.name for p in (tmp_path / "issues").iterdir()) == ["0.16.9.md", "0.16.9rc1.md"]
     body = (tmp_path / "issues" / "0.16.9.md").read_text()
@@ -348,6 +349,7 @@ def test_upstream_check_carries_over(world):
     world.publish("0.16.9")
     rc, out, _ = world.run("upstream", "check")
     assert rc == 10 and "carries-over" in out
+    assert out.splitlines()[-1] == "exit 10: the series carries over to 0.16.9 exactly: ketta-build port --release 0.16.9 adds it"
 
 
 def test_upstream_check_says_how_many_hunks_landed_and_proposes_shrinking_or_dropping(world, tmp_path):

@@ -68,5 +68,12 @@ def run(ctx: Context, args) -> Result:
                     console.print(f"      {escape(fn.name)}: {state}{escape(fn.who())}")
         for path in bodies:
             print_result(console, f"issue body: {path}")
+        news = [r.version for r in report.releases if r.kind == RELEASE]
+        if news:  # the exit code, said: a scheduled job's log then reads on its own
+            needing = [r.version for r in report.releases if r.kind == RELEASE and r.status == "needs-porting"]
+            print_result(console, f"exit {report.exit_code}: " + (
+                f"{', '.join(needing)} need{'s' if len(needing) == 1 else ''} porting: ketta-build port --release {needing[-1]}"
+                if needing else
+                f"the series carries over to {', '.join(news)} exactly: ketta-build port --release {news[-1]} adds it"))
 
     return Result(report.exit_code, report.as_json(), show)
