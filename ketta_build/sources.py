@@ -378,6 +378,9 @@ class IndexSource:
             if listed:
                 raise UpstreamError(f"{name} {version} (a supported release) is not on {', '.join(map(_redact, self._index_urls()))}; "
                                     "pass --index-url for an index that has it")
+            if self.allow_unsupported:  # port, upstream check: any release upstream has, supported or not
+                raise UnknownRelease(f"{name} {version} is not on {', '.join(map(_redact, self._index_urls()))} "
+                                     "(no such release upstream); ketta-build upstream check lists the newer ones")
             raise unknown_release(version, "no such version on the index", releases)
         index_url, files = found
         why_not = _not_server_message(version, files, releases)

@@ -181,6 +181,14 @@ def test_port_onto_an_identical_release_adds_it_and_regenerates_tox(world):
     assert world.run("apply", "--letta", "0.16.9", "--out", str(world.root / "again"), "--force")[0] == 0
 
 
+def test_port_to_a_release_upstream_never_made_says_so(world):
+    before = world.snapshot()
+    rc, _, err = world.run("port", "--release", "9.9")
+    assert rc == 2 and "letta 9.9 is not on" in err and "no such release upstream" in err, err
+    assert "supported" not in err  # porting is how a release becomes supported: that is not the problem
+    assert world.snapshot() == before and not (world.root / "build" / "9.9").exists()
+
+
 def test_port_with_a_merged_hunk_writes_a_new_variant_and_narrows_the_old(world):
     world.publish("0.16.9", m=BODY.replace("line 13\n", "line 13 (upstream)\n"))
     rc, out, err = world.run("port", "--letta", "0.16.9", "--tree", str(world.root / "build" / "0.16.9"))
