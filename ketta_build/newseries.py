@@ -128,6 +128,26 @@ def _tests_of(tree: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in tree.glob("test_*.py") if p.is_file()))
 
 
+#: What ketta-build makes beside the series that is not for git: build trees, wheels, matrix reports.
+IGNORED = ("build/", "dist/", "reports/")
+
+
+def _gitignore(project: Path) -> bytes | None:
+    """``project/.gitignore`` with :data:`IGNORED` added where it lacks them (None: nothing to add, or a
+    link or special file there, which is never written through)."""
+    path = project / ".gitignore"
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    have = {line.strip() for line in text.splitlines()}
+    missing = [entry for entry in IGNORED if entry not in have and entry.rstrip("/") not in have
+               and "/" + entry not in have]
+    if not missing:
+        return None
+    head = text if not text or text.endswith("\n") else text + "\n"
+    return (head + "# ketta-build: build trees, wheels, matrix reports\n" + "".join(f"{m}\n" for m in missing)).encode()
+
+
 def create_series(name: str, directory: Path, *, git: str | None = None, label: str = "ketta",
                   releases_spec: str | None = None, cache: Cache | None = None, index_url: str | None = None,
                   package: str | None = None, progress=lambda _: None) -> NewSeries:
@@ -190,7 +210,10 @@ def create_series(name: str, directory: Path, *, git: str | None = None, label: 
         directory / SERIES_FILE: _SERIES_TEXT.format(name=canonicalize_name(name)).encode(),
         directory / BUILD_NUMBER_FILE: b"1\n",
     }
+    ignore = _gitignore(directory.parent)
+    if ignore is not None:
+        contents[directory.parent / ".gitignore"] = ignore
     directory.mkdir(parents=True, exist_ok=True)
-    with replacing(contents):  # all four files or none
+    with replacing(contents):  # all the files or none
         pass
     return NewSeries(directory, profile, tuple(picked), tuple(contents))

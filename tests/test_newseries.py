@@ -60,3 +60,46 @@ def test_a_version_in_a_header_may_name_its_project():
     for given in ("0.16.8", "v0.16.8", "letta 0.16.8", "letta0.16.8", "letta==0.16.8", " mypkg v0.16.8 "):
         assert version_text(given) == "0.16.8", given
     assert version_text("py3x 1.0") == "1.0" and version_text("letta>=0.16.4") == "letta>=0.16.4"
+
+
+def test_init_writes_the_series_and_keeps_build_products_out_of_git(tmp_path, local_index, capsys):
+    """Offline init against a local index: the four files, pinned releases, and .gitignore gains
+    build/, dist/ and reports/ (what it already ignores is kept, nothing twice); a second init refuses."""
+    import json
+    import tomllib
+
+    from conftest import make_sdist
+    from ketta_build.cli import main
+
+    local_index.project = "kettademo"
+    for version in ("1.0", "1.1"):
+        local_index.add(make_sdist(tmp_path / f"kettademo-{version}.tar.gz", version, {
+            "pyproject.toml": f'[project]\nname = "kettademo"\nversion = "{version}"\n',
+            "kettademo/__init__.py": "", "tests/test_x.py": ""}, name="kettademo"))
+    project = tmp_path / "fork"
+    project.mkdir()
+    (project / ".gitignore").write_text("*.pyc\nbuild\n")  # no newline issue, and build already there
+    code = main(["init", "--upstream", "kettademo", "--patches", str(project / "patches"), "--label", "acme",
+                 "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "i.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert (project / ".gitignore").read_text() == ("*.pyc\nbuild\n# ketta-build: build trees, wheels, matrix reports\n"
+                                                   "dist/\nreports/\n")
+    assert str(project / ".gitignore") in json.loads((tmp_path / "i.json").read_text())["written"]
+    releases = tomllib.loads((project / "patches" / "releases.toml").read_text())["release"]
+    assert [r["version"] for r in releases] == ["1.0", "1.1"] and all(len(r["sha256"]) == 64 for r in releases)
+    assert "ketta-build apply --patches" in out and "--release 1.1" in out
+    before = (project / ".gitignore").read_text()
+    assert main(["init", "--upstream", "kettademo", "--patches", str(project / "patches"),
+                 "--index-url", local_index.url, "--cache-dir", str(tmp_path / "cache")]) == 5
+    assert (project / ".gitignore").read_text() == before
+
+
+def test_a_gitignore_that_is_a_link_is_never_written_through(tmp_path):
+    from ketta_build.newseries import _gitignore
+
+    (tmp_path / "elsewhere").write_text("")
+    (tmp_path / ".gitignore").symlink_to(tmp_path / "elsewhere")
+    assert _gitignore(tmp_path) is None
+    (tmp_path / ".gitignore").unlink()
+    assert _gitignore(tmp_path) == b"# ketta-build: build trees, wheels, matrix reports\nbuild/\ndist/\nreports/\n"
