@@ -1,10 +1,12 @@
 """ketta-build: carry a patch series across an upstream Python project's releases.
 
 Apply the series to a pinned release and report every hunk, keep the patches in step with a build
-tree (export, lint, range-diff), carry the series onto new releases (upstream check, port), and
-run the compatibility matrix against real patched servers.
+tree (export, lint, range-diff), carry the series onto new releases (upstream check, port), test it
+across releases (matrix: the upstream's own tests, or a project's suite registry against real patched
+servers) and ship reproducible wheels with an SBOM pedigree. patches/upstream.toml says which project.
 
 examples:
+  ketta-build init --upstream idna --label acme     a new series (patches/) for any project on the index
   ketta-build apply --release 0.16.8                build/0.16.8: pristine release + one commit per patch
   ketta-build series --release 0.15.1 --check       which variant of each patch a release gets, and why
   ketta-build export --tree build/0.16.8 --check    are patches/ what the build tree's commits say?
