@@ -316,10 +316,10 @@ def _run_any_upstream(versions: list[str], suites: list[str], *, report_dir: Pat
     cache = cache or Cache()
 
     def run_one(cell: Cell) -> None:
-        built = None
+        built, steps = None, []
         try:  # the builds first: their hashes are the cell's key
             built = build_both(cell.version, series_dir=series_dir, build_root=root, cache=cache, index_url=index_url,
-                               no_patches=no_patches)
+                               no_patches=no_patches, progress=steps.append)
             cell.key = cell_key(cell_inputs(cell.version, *built, series_dir))
         except (KettaError, OSError, subprocess.SubprocessError):
             built = None  # the cell's run builds again and says in its log why it has no verdict
@@ -332,7 +332,7 @@ def _run_any_upstream(versions: list[str], suites: list[str], *, report_dir: Pat
         def run(log: Path, junit: Path) -> int:
             return run_upstream_cell(cell.version, series_dir=series_dir, build_root=root, report_dir=report_dir,
                                      log=log, junit=junit, cache=cache, index_url=index_url, no_patches=no_patches,
-                                     built=built)
+                                     built=built, steps=steps)
         for done in run_task(Task(cell.env, [cell], run=run), report_dir, [], dict(os.environ), project):
             if store is not None and done.key:
                 store.save(done.key, done, report_dir / done.log, report_dir / f"{done.env}.xml", series_commit)

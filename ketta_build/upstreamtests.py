@@ -462,10 +462,11 @@ def _build_record(report_dir: Path, version: str, built: Built, patched: bool) -
 
 def run_cell(version: str, *, series_dir: Path, build_root: Path, report_dir: Path, log: Path, junit: Path,
              cache: Cache | None = None, index_url: str | None = None, no_patches: bool = False,
-             built: tuple[Built, Built | None] | None = None) -> int:
+             built: tuple[Built, Built | None] | None = None, steps: list[str] = ()) -> int:
     """One matrix cell (release x ``upstream``): :func:`run_release`, its verdict written to ``log``, the
     cell's JUnit file to ``junit``, the document and both runs' pytest logs to ``report_dir/upstream/``.
-    Its exit code: 0 the verdict holds, 1 it does not, 2 no verdict (the error is in ``log``)."""
+    Its exit code: 0 the verdict holds, 1 it does not, 2 no verdict (the error is in ``log``). ``built``:
+    the two builds made already, ``steps`` the lines that said how (they open the log)."""
     version = str(parse_version(version))
     records = report_dir / RECORDS_DIR
     records.mkdir(parents=True, exist_ok=True)
@@ -474,6 +475,8 @@ def run_cell(version: str, *, series_dir: Path, build_root: Path, report_dir: Pa
             out.write(line + "\n")
             out.flush()
 
+        for line in steps:
+            say(line)
         try:
             result, made = _run_release(version, series_dir=series_dir, build_root=build_root, cache=cache,
                                         index_url=index_url, no_patches=no_patches, progress=say, built=built)

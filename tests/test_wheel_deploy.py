@@ -78,7 +78,7 @@ def test_every_file_of_the_wheel_is_the_tree_its_provenance_names(wheels):
     wheel = _wheel(wheels / "dist1")
     files = members(wheel)
     provenance = json.loads(files["letta/ketta_provenance.json"])
-    assert provenance["schema"] == "ketta-build/provenance/2"
+    assert provenance["schema"] == "ketta-build/provenance/3" and provenance["project"] == "letta"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "patches"], cwd=REPO,
                                 capture_output=True, text=True).stdout)
