@@ -329,6 +329,7 @@ class LettaServer:
     port: int = 0
     process: subprocess.Popen | ForkedProcess | None = None
     start_mode: str = ""  # "forked", or "cold" and why when forking was not possible
+    helper_wait: float = 0.0  # seconds the start waited for its start helper (made, preloading) and the fork
     home: Path | None = None  # given: the server runs there (its key file included); else a new one
     log_path: Path | None = None
     prepare_database: bool = True  # False: the database exists and is migrated already
@@ -377,12 +378,15 @@ class LettaServer:
             GUARD.watch(self.log_path)
         argv = [str(self.letta), "server", "--port", str(self.port), "--host", "127.0.0.1"]
         out = open(self.log_path, "wb")
-        self.start_mode = "cold"
+        self.start_mode, self.helper_wait = "cold", 0.0
         self.process = self._fork(argv, env) if fork_starts() else None
         if self.process is None:
             self.process = subprocess.Popen(argv, cwd=self.home, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         out.close()
+        from .phases import start_mode
+
+        start_mode(self.start_mode, self.helper_wait)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -398,11 +402,13 @@ class LettaServer:
     def _fork(self, argv: list[str], env: dict[str, str]) -> ForkedProcess | None:
         """The server forked by its environment's start helper; None (a cold start follows) when
         the helper cannot fork it safely or is not there, with the reason in ``start_mode``."""
+        asked = time.monotonic()
         try:
             helper = start_helper(self.python, self.letta)
             answer = helper.request(op="start", argv=argv, env=env, cwd=str(self.home), log=str(self.log_path))
         except (HelperGone, RuntimeError, OSError) as exc:
             answer = {"cold": f"no start helper: {exc}"}
+        self.helper_wait = time.monotonic() - asked
         if "pid" in answer:
             self.start_mode = "forked"
             return ForkedProcess(helper, int(answer["pid"]))

@@ -164,8 +164,11 @@ class UpgradeLab:
                              extra_env=env, home=home, prepare_database=False)
         with self._lock:
             self.keep.append(server)
-        with self.timed(f"server start {side} on {database}"):
-            return server.start()
+        with self.timed(f"server start {side} on {database}") as label:
+            try:
+                return server.start()
+            finally:
+                label[0] += f" ({server.start_mode}; {server.helper_wait:.1f} s waiting for the start helper)"
 
     def stop_server(self, server: LettaServer) -> None:
         server.stop()
