@@ -19,6 +19,8 @@ STARTED = time.monotonic()
 # How each server started (issue #33): "forked", or "cold: why"; and the seconds its start waited for
 # its environment's start helper (made and preloading) before the fork. Any thread may add one.
 STARTS: list[tuple[str, float]] = []
+# How each alembic run went: "forked" (a child of the start helper), or "subprocess: why".
+MIGRATIONS: list[str] = []
 _STARTS_LOCK = threading.Lock()
 
 
@@ -41,6 +43,22 @@ def start_mode(mode: str, helper_wait: float) -> None:
         STARTS.append((mode, helper_wait))
 
 
+def migration_mode(mode: str) -> None:
+    with _STARTS_LOCK:
+        MIGRATIONS.append(mode)
+
+
+def migration_modes() -> dict:
+    with _STARTS_LOCK:
+        runs = list(MIGRATIONS)
+    why: dict[str, int] = {}
+    for mode in runs:
+        if mode != "forked":
+            reason = mode.partition(": ")[2] or "KETTA_FORK_STARTS=0 or coverage"
+            why[reason] = why.get(reason, 0) + 1
+    return {"forked": runs.count("forked"), "subprocess": sum(why.values()), "subprocess because": why}
+
+
 def start_modes() -> dict:
     """``{"forked": n, "cold": n, "cold because": {why: n}, "helper wait": seconds}`` of this process's starts."""
     with _STARTS_LOCK:
@@ -58,7 +76,8 @@ def summary() -> dict:
     total = time.monotonic() - STARTED
     accounted = sum(PHASES.values())
     return {"total": round(total, 1), "phases": {k: round(v, 1) for k, v in PHASES.items()},
-            "counts": dict(COUNTS), "tests and the rest": round(total - accounted, 1), "start modes": start_modes()}
+            "counts": dict(COUNTS), "tests and the rest": round(total - accounted, 1), "start modes": start_modes(),
+            "alembic runs": migration_modes()}
 
 
 def write(report_dir: Path, name: str) -> Path:
@@ -78,6 +97,10 @@ def table() -> str:
         lines.append(f"server starts (refusals included): {modes['forked']} forked, {modes['cold']} cold; "
                      f"{modes['helper wait']:.1f} s of them waiting for a start helper")
         lines += [f"  cold ({n}x): {why}" for why, n in modes["cold because"].items()]
+    runs = data["alembic runs"]
+    if runs["forked"] or runs["subprocess"]:
+        lines.append(f"alembic runs: {runs['forked']} forked from a start helper, {runs['subprocess']} as a subprocess")
+        lines += [f"  subprocess ({n}x): {why}" for why, n in runs["subprocess because"].items()]
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@ helper (compat_tests/fork_helper.py) on a real PostgreSQL. Each child has its ow
 database, a wrong key is refused exactly as a cold start refuses it, a child killed with SIGKILL
 leaves the helper serving, the helper takes its servers with it when its client goes away, and the
 upgrade lab's servers, started from its worker threads, fork from the helper it made for their
-environment before their start. Offline: the upgrade lab starts an environment's helper before the
+environment before their start, and alembic forked from the helper migrates as a subprocess does. Offline: the upgrade lab starts an environment's helper before the
 migration, fill or upgrade that precedes that environment's first server, never on the start's own path."""
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from types import SimpleNamespace
 import pytest
 
 from compat_tests import api, upgrade
-from compat_tests.letta_server import LettaServer, ServerFailed, migrated_template, start_helper, stop_helpers
+from compat_tests.letta_server import LettaServer, ServerFailed, migrated_template, run_alembic, start_helper, stop_helpers
 from compat_tests.pgcluster import EmbeddedCluster
+from compat_tests.schema import differences
 from compat_tests.upgrade import Side, UpgradeLab
 from compat_tests.vendor import FakeVendor
 from ketta_build.serverenv import prepare_server
@@ -249,3 +250,26 @@ def test_the_labs_servers_fork_from_the_helper_it_warmed_even_from_its_worker_th
         assert lab.timing_table().count("(forked;") == 2, lab.timing_table()
     finally:
         lab.close()
+
+
+@network
+def test_alembic_forked_from_the_helper_migrates_as_a_subprocess_does(build, pg, monkeypatch):
+    """The suites' migrations run as children of the start helper (``python -m alembic`` with the
+    third-party modules preloaded): the same schema and output as a subprocess, a failure reported."""
+    from compat_tests import phases
+
+    dumps, outputs = {}, {}
+    for fork in ("0", "1"):
+        monkeypatch.setenv("KETTA_FORK_STARTS", fork)
+        monkeypatch.delenv("COVERAGE_PROCESS_START", raising=False)
+        before = list(phases.MIGRATIONS)
+        database = f"fork_alembic_{uuid.uuid4().hex[:8]}"
+        pg.create_database(database)
+        outputs[fork] = run_alembic(build.python, build.tree, pg.alembic_uri(database), "upgrade", "head")
+        dumps[fork] = pg.dump(database, "--schema-only")
+        assert phases.MIGRATIONS[len(before):] == (["forked"] if fork == "1" else ["subprocess"])
+        with pytest.raises(RuntimeError, match="no-such-revision"):
+            run_alembic(build.python, build.tree, pg.alembic_uri(database), "upgrade", "no-such-revision")
+        pg.drop_database(database)
+    assert differences(dumps["0"], dumps["1"]) == []
+    assert "Running upgrade" in outputs["1"] and outputs["1"].count("Running upgrade") == outputs["0"].count("Running upgrade")
