@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -172,6 +173,21 @@ class StartHelper:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def ready_now(self) -> bool:
+        """Whether its preloading is done, without waiting for it (nor for a request under way)."""
+        if self.ready is not None:
+            return True
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if self.ready is None and select.select([self.sock], [], [], 0)[0]:
+                self.ready = self._answer()  # nothing was read before the ready line: the buffer is empty
+            return self.ready is not None
+        except HelperGone:
+            return False
+        finally:
+            self.lock.release()
+
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:]) if self.log_path.exists() else ""
 
@@ -233,6 +249,13 @@ _HELPERS_LOCK = threading.Lock()
 
 
 _ENV_LOCKS: dict[str, threading.Lock] = {}
+
+
+def ready_helper(python: Path) -> StartHelper | None:
+    """This environment's start helper if it is there and done preloading; never makes or waits for one."""
+    with _HELPERS_LOCK:
+        helper = _HELPERS.get(str(python))
+    return helper if helper is not None and helper.alive() and helper.ready_now() else None
 
 
 def start_helper(python: Path, letta: Path) -> StartHelper:
@@ -303,19 +326,25 @@ def run_alembic(python: Path, tree: Path, uri: str, *args: str) -> str:
 
 def _forked_alembic(python: Path, tree: Path, env: dict[str, str], args: tuple[str, ...]) -> tuple[int, str] | None:
     """``python -m alembic ARGS`` in ``tree`` forked from the start helper of ``python``'s environment:
-    its exit code and output; None when the helper cannot fork it safely (the same rules as a server's)."""
-    letta = python.with_name("letta")
+    its exit code and output; None when that helper is not ready (not made, or still preloading) or
+    cannot fork it safely (the same rules as a server's)."""
+    from .phases import migration_mode
+
+    helper = ready_helper(python)
+    if helper is None:
+        # Not worth waiting for (making it may mean measuring its preload list, tens of seconds; the
+        # migration's own imports take about 4): this one runs as a subprocess, the next may fork.
+        warm_helper(python, python.with_name("letta"))  # the servers that follow want it
+        migration_mode("subprocess: the start helper was not ready yet")
+        return None
     out_dir = Path(tempfile.mkdtemp(prefix="ketta-alembic-"))
     try:
         log_path = out_dir / "alembic.log"
         try:
-            helper = start_helper(python, letta)
             answer = helper.request(op="start", module="alembic", argv=[str(python), *args], env=env, cwd=str(tree),
                                     log=str(log_path))
         except (HelperGone, RuntimeError, OSError) as exc:
             answer = {"cold": f"no start helper: {exc}"}
-        from .phases import migration_mode
-
         if "pid" not in answer:
             migration_mode(f"subprocess: {answer['cold']}")
             return None

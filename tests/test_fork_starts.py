@@ -258,6 +258,18 @@ def test_alembic_forked_from_the_helper_migrates_as_a_subprocess_does(build, pg,
     third-party modules preloaded): the same schema and output as a subprocess, a failure reported."""
     from compat_tests import phases
 
+    monkeypatch.setenv("KETTA_FORK_STARTS", "1")
+    monkeypatch.delenv("COVERAGE_PROCESS_START", raising=False)
+    stop_helpers()
+    before = list(phases.MIGRATIONS)
+    database = f"fork_alembic_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database)
+    run_alembic(build.python, build.tree, pg.alembic_uri(database), "current")
+    # No helper yet: not waited for (it may have to measure its preload list), but started for later.
+    assert phases.MIGRATIONS[len(before):] == ["subprocess: the start helper was not ready yet"]
+    pg.drop_database(database)
+    start_helper(build.python, build.letta).request(op="info")  # made and done preloading
+
     dumps, outputs = {}, {}
     for fork in ("0", "1"):
         monkeypatch.setenv("KETTA_FORK_STARTS", fork)
