@@ -93,16 +93,31 @@ def _helper_run(python: Path, letta: Path, *args: str, timeout: float = 300) -> 
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _preload_file(python: Path) -> tuple[str, Path]:
+    """The helper's version and where an environment's preload list for it is kept. One file per
+    helper version: checkouts with different helpers sharing the environment (another branch's
+    worktree) would otherwise measure it anew, in turn, on every first start."""
+    version = hashlib.sha256(HELPER_SCRIPT.read_bytes()).hexdigest()[:16]
+    return version, python.parent.parent / PRELOAD_FILE.replace(".json", f"-{version}.json")
+
+
+def preload_known(python: Path) -> bool:
+    """Whether this environment's preload list has been measured for this helper (a helper then only
+    has to preload: seconds; measuring takes three processes that import Letta's app, about a minute
+    on a busy machine)."""
+    version, cached = _preload_file(python)
+    try:
+        return json.loads(cached.read_text()).get("helper") == version
+    except (OSError, ValueError):
+        return False
+
+
 def preload_list(python: Path, letta: Path) -> dict:
     """The third-party modules a start helper of this environment preloads, measured once per
     environment and helper version and kept beside the environment: the top-level packages importing
     Letta's app loads (not Letta), less those that read a per-server variable or start a thread at
     their import (each found by importing them in order in a fresh process, dropped, and again)."""
-    env_dir = python.parent.parent
-    version = hashlib.sha256(HELPER_SCRIPT.read_bytes()).hexdigest()[:16]
-    # One file per helper version: checkouts with different helpers sharing the environment (another
-    # branch's worktree) would otherwise measure it anew, in turn, on every first start.
-    cached = env_dir / PRELOAD_FILE.replace(".json", f"-{version}.json")
+    version, cached = _preload_file(python)
     try:
         data = json.loads(cached.read_text())
         if data.get("helper") == version:
@@ -480,11 +495,19 @@ class LettaServer:
         """The server forked by its environment's start helper; None (a cold start follows) when
         the helper cannot fork it safely or is not there, with the reason in ``start_mode``."""
         asked = time.monotonic()
-        try:
-            helper = start_helper(self.python, self.letta)
-            answer = helper.request(op="start", argv=argv, env=env, cwd=str(self.home), log=str(self.log_path))
-        except (HelperGone, RuntimeError, OSError) as exc:
-            answer = {"cold": f"no start helper: {exc}"}
+        with _HELPERS_LOCK:
+            helper = _HELPERS.get(str(self.python))
+        if (helper is None or not helper.alive()) and not preload_known(self.python):
+            # A new environment (or helper): its preload list is measured first. A start does not wait
+            # for that (measuring costs more than forking saves one start); later starts fork.
+            warm_helper(self.python, self.letta)
+            answer = {"cold": "this environment's preload list is not measured yet (measured in the background now)"}
+        else:
+            try:
+                helper = start_helper(self.python, self.letta)
+                answer = helper.request(op="start", argv=argv, env=env, cwd=str(self.home), log=str(self.log_path))
+            except (HelperGone, RuntimeError, OSError) as exc:
+                answer = {"cold": f"no start helper: {exc}"}
         self.helper_wait = time.monotonic() - asked
         if "pid" in answer:
             self.start_mode = "forked"

@@ -8,6 +8,7 @@ migration, fill or upgrade that precedes that environment's first server, never 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
@@ -20,8 +21,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from compat_tests import api, upgrade
-from compat_tests.letta_server import LettaServer, ServerFailed, migrated_template, run_alembic, start_helper, stop_helpers
+from compat_tests import api, letta_server, upgrade
+from compat_tests.letta_server import LettaServer, ServerFailed, migrated_template, preload_list, run_alembic, start_helper, stop_helpers
 from compat_tests.pgcluster import EmbeddedCluster
 from compat_tests.schema import differences
 from compat_tests.upgrade import Side, UpgradeLab
@@ -36,8 +37,10 @@ network = pytest.mark.network
 @pytest.fixture(scope="module", params=["0.16.8", "0.14.0"])  # the newest and the oldest release
 def build(request, tmp_path_factory):
     # The environment is keyed by the wheel's hash: a reproducible wheel finds the one other runs built.
-    return prepare_server(request.param, patched=True, series_dir=REPO / "patches",
-                          build_root=tmp_path_factory.mktemp("build"))
+    built = prepare_server(request.param, patched=True, series_dir=REPO / "patches",
+                           build_root=tmp_path_factory.mktemp("build"))
+    preload_list(built.python, built.letta)  # measured (once per environment): its first start forks
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +288,36 @@ def test_alembic_forked_from_the_helper_migrates_as_a_subprocess_does(build, pg,
         pg.drop_database(database)
     assert differences(dumps["0"], dumps["1"]) == []
     assert "Running upgrade" in outputs["1"] and outputs["1"].count("Running upgrade") == outputs["0"].count("Running upgrade")
+
+
+
+def _server_of_a_made_up_environment(tmp_path, monkeypatch) -> tuple[LettaServer, list]:
+    monkeypatch.setenv("KETTA_FORK_STARTS", "1")
+    monkeypatch.delenv("COVERAGE_PROCESS_START", raising=False)
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    warmed: list = []
+    monkeypatch.setattr(letta_server, "warm_helper", lambda python, letta: warmed.append(python))
+    server = LettaServer(letta=env / "bin" / "letta", python=env / "bin" / "python", tree=tmp_path, pg=None,
+                         database="unused", home=tmp_path, log_path=tmp_path / "server.log")
+    return server, warmed
+
+
+def test_a_start_does_not_wait_for_a_new_environments_preload_list_to_be_measured(tmp_path, monkeypatch):
+    """Measured in a one-release run on a busy machine: three new environments' first starts waited
+    70-96 s for their helper (its preload list measured first), where a cold start takes 35-45 s."""
+    server, warmed = _server_of_a_made_up_environment(tmp_path, monkeypatch)
+    monkeypatch.setattr(letta_server, "start_helper", lambda *a: pytest.fail("waited for the helper to be made"))
+    assert server._fork(["letta", "server"], {}) is None
+    assert server.start_mode == "cold: this environment's preload list is not measured yet (measured in the background now)"
+    assert warmed == [server.python], "the list is not being measured for the next start"
+
+
+def test_a_start_waits_for_a_helper_whose_preload_list_is_known(tmp_path, monkeypatch):
+    server, warmed = _server_of_a_made_up_environment(tmp_path, monkeypatch)
+    version, cached = letta_server._preload_file(server.python)
+    cached.write_text(json.dumps({"helper": version, "modules": [], "reads": [], "excluded": {}}))
+    helper = SimpleNamespace(request=lambda **body: {"pid": 4242})
+    monkeypatch.setattr(letta_server, "start_helper", lambda *a: helper)
+    process = server._fork(["letta", "server"], {})
+    assert server.start_mode == "forked" and process.pid == 4242 and warmed == []
