@@ -12,7 +12,8 @@ migrations check, lifespan) on its own database.
 Protocol: one JSON object a line each way, one answer per request, in order.
 
 * ``{"op": "start", "argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` →
-  ``{"pid": N}``, or ``{"cold": "why"}`` when forking is not safe (a thread runs in the helper, or
+  ``{"pid": N}`` (with ``"module": "alembic"`` the child runs ``python -m alembic`` instead of Letta's
+  command line: the suites' migrations, whose imports are mostly the preloaded ones too), or ``{"cold": "why"}`` when forking is not safe (a thread runs in the helper, or
   a variable a preloaded module read at its import differs in the request): the caller then starts
   the server the ordinary way.
 * ``{"op": "poll", "pid": N}`` → ``{"returncode": null | int}`` (negative: killed by that signal,
@@ -128,12 +129,22 @@ def _run_child(request: dict, entry: str, keep_open: tuple[int, ...]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
-        module, _, attr = entry.partition(":")
-        import importlib
+        if request.get("module"):
+            # As ``python -m MODULE ARGS`` runs it: the working directory first on the path, the
+            # module run as __main__ (a release's alembic: its tree's letta/, as a subprocess has it).
+            import runpy
 
-        target = importlib.import_module(module)
-        for part in attr.split("."):
-            target = getattr(target, part)
+            sys.path[0] = os.getcwd()
+
+            def target(name=request["module"]):
+                runpy.run_module(name, run_name="__main__", alter_sys=True)
+        else:
+            module, _, attr = entry.partition(":")
+            import importlib
+
+            target = importlib.import_module(module)
+            for part in attr.split("."):
+                target = getattr(target, part)
         try:
             raise SystemExit(target())
         except SystemExit as exc:  # what the interpreter does with sys.exit(app())

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -68,7 +69,7 @@ def base_env(home: Path) -> dict[str, str]:
 # imports Letta with its own environment and runs `letta server` as the console script would.
 
 HELPER_SCRIPT = Path(__file__).resolve().with_name("fork_helper.py")
-PRELOAD_FILE = "ketta-fork-preload.json"  # beside the environment's bin/ and lib/
+PRELOAD_FILE = "ketta-fork-preload.json"  # beside the environment's bin/ and lib/, with the helper's version
 log = logging.getLogger("ketta.forkstarts")
 
 
@@ -92,14 +93,31 @@ def _helper_run(python: Path, letta: Path, *args: str, timeout: float = 300) -> 
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _preload_file(python: Path) -> tuple[str, Path]:
+    """The helper's version and where an environment's preload list for it is kept. One file per
+    helper version: checkouts with different helpers sharing the environment (another branch's
+    worktree) would otherwise measure it anew, in turn, on every first start."""
+    version = hashlib.sha256(HELPER_SCRIPT.read_bytes()).hexdigest()[:16]
+    return version, python.parent.parent / PRELOAD_FILE.replace(".json", f"-{version}.json")
+
+
+def preload_known(python: Path) -> bool:
+    """Whether this environment's preload list has been measured for this helper (a helper then only
+    has to preload: seconds; measuring takes three processes that import Letta's app, about a minute
+    on a busy machine)."""
+    version, cached = _preload_file(python)
+    try:
+        return json.loads(cached.read_text()).get("helper") == version
+    except (OSError, ValueError):
+        return False
+
+
 def preload_list(python: Path, letta: Path) -> dict:
     """The third-party modules a start helper of this environment preloads, measured once per
     environment and helper version and kept beside the environment: the top-level packages importing
     Letta's app loads (not Letta), less those that read a per-server variable or start a thread at
     their import (each found by importing them in order in a fresh process, dropped, and again)."""
-    env_dir = python.parent.parent
-    version = hashlib.sha256(HELPER_SCRIPT.read_bytes()).hexdigest()[:16]
-    cached = env_dir / PRELOAD_FILE
+    version, cached = _preload_file(python)
     try:
         data = json.loads(cached.read_text())
         if data.get("helper") == version:
@@ -170,6 +188,21 @@ class StartHelper:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def ready_now(self) -> bool:
+        """Whether its preloading is done, without waiting for it (nor for a request under way)."""
+        if self.ready is not None:
+            return True
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if self.ready is None and select.select([self.sock], [], [], 0)[0]:
+                self.ready = self._answer()  # nothing was read before the ready line: the buffer is empty
+            return self.ready is not None
+        except HelperGone:
+            return False
+        finally:
+            self.lock.release()
+
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:]) if self.log_path.exists() else ""
 
@@ -233,6 +266,13 @@ _HELPERS_LOCK = threading.Lock()
 _ENV_LOCKS: dict[str, threading.Lock] = {}
 
 
+def ready_helper(python: Path) -> StartHelper | None:
+    """This environment's start helper if it is there and done preloading; never makes or waits for one."""
+    with _HELPERS_LOCK:
+        helper = _HELPERS.get(str(python))
+    return helper if helper is not None and helper.alive() and helper.ready_now() else None
+
+
 def start_helper(python: Path, letta: Path) -> StartHelper:
     """The start helper of this environment, started on first use (one per environment and process;
     environments measure and start theirs side by side)."""
@@ -276,14 +316,66 @@ atexit.register(stop_helpers)
 
 
 def run_alembic(python: Path, tree: Path, uri: str, *args: str) -> str:
-    """Run the tree's alembic (its migrations are not in the wheel) with the server env's python."""
+    """Run the tree's alembic (its migrations are not in the wheel) with the server env's python: a
+    child of the environment's start helper when servers fork (``python -m alembic`` as a subprocess
+    would run it, with the third-party modules already imported: about 1 s of imports instead of 4),
+    else a subprocess. Returns its output (stdout and stderr)."""
     env = {**os.environ, "LETTA_PG_URI": uri}
+    if not fork_starts():
+        from .phases import migration_mode
+
+        migration_mode("subprocess")
+    forked = _forked_alembic(python, tree, env, args) if fork_starts() else None
+    if forked is not None:
+        code, output = forked
+        if code != 0:
+            raise RuntimeError(f"alembic {' '.join(args)} failed in {tree} (exit {code}):\n{output[-10000:]}")
+        return output
     proc = subprocess.run(
         [str(python), "-m", "alembic", *args], cwd=tree, env=env, capture_output=True, text=True, timeout=600
     )
     if proc.returncode != 0:
         raise RuntimeError(f"alembic {' '.join(args)} failed in {tree}:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc.stdout + proc.stderr
+
+
+def _forked_alembic(python: Path, tree: Path, env: dict[str, str], args: tuple[str, ...]) -> tuple[int, str] | None:
+    """``python -m alembic ARGS`` in ``tree`` forked from the start helper of ``python``'s environment:
+    its exit code and output; None when that helper is not ready (not made, or still preloading) or
+    cannot fork it safely (the same rules as a server's)."""
+    from .phases import migration_mode
+
+    helper = ready_helper(python)
+    if helper is None:
+        # Not worth waiting for (making it may mean measuring its preload list, tens of seconds; the
+        # migration's own imports take about 4): this one runs as a subprocess, the next may fork.
+        warm_helper(python, python.with_name("letta"))  # the servers that follow want it
+        migration_mode("subprocess: the start helper was not ready yet")
+        return None
+    out_dir = Path(tempfile.mkdtemp(prefix="ketta-alembic-"))
+    try:
+        log_path = out_dir / "alembic.log"
+        try:
+            answer = helper.request(op="start", module="alembic", argv=[str(python), *args], env=env, cwd=str(tree),
+                                    log=str(log_path))
+        except (HelperGone, RuntimeError, OSError) as exc:
+            answer = {"cold": f"no start helper: {exc}"}
+        if "pid" not in answer:
+            migration_mode(f"subprocess: {answer['cold']}")
+            return None
+        migration_mode("forked")
+        child = ForkedProcess(helper, int(answer["pid"]))
+        try:
+            code = child.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise RuntimeError(f"alembic {' '.join(args)} in {tree} did not finish in 600 s") from None
+        return code, log_path.read_text(errors="replace") if log_path.exists() else ""
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 _TEMPLATES: dict[tuple, str] = {}
@@ -329,6 +421,7 @@ class LettaServer:
     port: int = 0
     process: subprocess.Popen | ForkedProcess | None = None
     start_mode: str = ""  # "forked", or "cold" and why when forking was not possible
+    helper_wait: float = 0.0  # seconds the start waited for its start helper (made, preloading) and the fork
     home: Path | None = None  # given: the server runs there (its key file included); else a new one
     log_path: Path | None = None
     prepare_database: bool = True  # False: the database exists and is migrated already
@@ -377,12 +470,15 @@ class LettaServer:
             GUARD.watch(self.log_path)
         argv = [str(self.letta), "server", "--port", str(self.port), "--host", "127.0.0.1"]
         out = open(self.log_path, "wb")
-        self.start_mode = "cold"
+        self.start_mode, self.helper_wait = "cold", 0.0
         self.process = self._fork(argv, env) if fork_starts() else None
         if self.process is None:
             self.process = subprocess.Popen(argv, cwd=self.home, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         out.close()
+        from .phases import start_mode
+
+        start_mode(self.start_mode, self.helper_wait)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -398,11 +494,21 @@ class LettaServer:
     def _fork(self, argv: list[str], env: dict[str, str]) -> ForkedProcess | None:
         """The server forked by its environment's start helper; None (a cold start follows) when
         the helper cannot fork it safely or is not there, with the reason in ``start_mode``."""
-        try:
-            helper = start_helper(self.python, self.letta)
-            answer = helper.request(op="start", argv=argv, env=env, cwd=str(self.home), log=str(self.log_path))
-        except (HelperGone, RuntimeError, OSError) as exc:
-            answer = {"cold": f"no start helper: {exc}"}
+        asked = time.monotonic()
+        with _HELPERS_LOCK:
+            helper = _HELPERS.get(str(self.python))
+        if (helper is None or not helper.alive()) and not preload_known(self.python):
+            # A new environment (or helper): its preload list is measured first. A start does not wait
+            # for that (measuring costs more than forking saves one start); later starts fork.
+            warm_helper(self.python, self.letta)
+            answer = {"cold": "this environment's preload list is not measured yet (measured in the background now)"}
+        else:
+            try:
+                helper = start_helper(self.python, self.letta)
+                answer = helper.request(op="start", argv=argv, env=env, cwd=str(self.home), log=str(self.log_path))
+            except (HelperGone, RuntimeError, OSError) as exc:
+                answer = {"cold": f"no start helper: {exc}"}
+        self.helper_wait = time.monotonic() - asked
         if "pid" in answer:
             self.start_mode = "forked"
             return ForkedProcess(helper, int(answer["pid"]))

@@ -48,13 +48,15 @@ class Stopwatch:
         self.timings: list[tuple[str, float]] = []
 
     @contextlib.contextmanager
-    def timed(self, what: str) -> Iterator[None]:
+    def timed(self, what: str) -> Iterator[list[str]]:
+        """Time the block under ``what``; the block may add to the name in ``label[0]`` (how it went)."""
+        label = [what]
         start = time.monotonic()
         try:
-            yield
+            yield label
         finally:
             with self._lock:
-                self.timings.append((what, time.monotonic() - start))
+                self.timings.append((label[0], time.monotonic() - start))
 
     def table(self) -> str:
         return "\n".join(f"{seconds:7.1f} s  {what}" for what, seconds in self.timings)
