@@ -21,7 +21,9 @@ from compat_tests.vendor import FakeVendor
 from ketta_build.serverenv import prepare_server
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.network
+# One xdist worker runs the module: its fixtures build two releases' servers and start a PostgreSQL,
+# which a second worker would do again.
+pytestmark = [pytest.mark.network, pytest.mark.xdist_group("fork-starts")]
 
 
 @pytest.fixture(scope="module", params=["0.16.8", "0.14.0"])  # the newest and the oldest release
