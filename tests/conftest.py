@@ -164,6 +164,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: item.get_closest_marker("network") is None)
 
 
+@pytest.fixture(scope="session")
+def shared_tmp(request, tmp_path_factory) -> Path:
+    """The directory every xdist worker of this run shares: the run's base temporary directory, in
+    which each worker has its own (``popen-gwN``); in a serial run, the run's own. For what a session
+    makes once per run (a download cache, an npm install): a directory of a fixed name in it, made
+    under a ``filelock.FileLock`` beside it when two workers must not both make it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(request.config, "workerinput") else base
+
+
 def write_series(directory: Path, *lines: str) -> Path:
     """A series file (and the repository's releases.toml, unless the test wrote its own)."""
     directory.mkdir(parents=True, exist_ok=True)
