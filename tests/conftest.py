@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import http.server
@@ -87,6 +88,90 @@ def write_patch(directory: Path, name: str, diff: str, *, base: str = "0.16.8", 
 
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+
+
+# Parallel runs (pytest-xdist; docs/testing.md#parallel-runs) ------------------------------------------
+
+
+def _a_directory_of_tests(arg: str, start: Path) -> bool:
+    path = Path(start, arg).resolve()
+    return path.is_dir() and (path == TESTS or TESTS in path.parents)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """A run of tests/ (``pytest``, ``pytest tests``, with any ``-m``/``-k``) is spread over one worker
+    per core: ``-n auto --dist loadgroup``. A run of named files or tests stays serial (no workers to
+    start), and the command line always wins (``-n0``: serial; ``-n auto`` for one file, distributed
+    by group too unless ``--dist`` says otherwise; ``-p no:xdist``). Not pyproject.toml's addopts: tox runs compat_tests/ under the same configuration,
+    and a compatibility session shares one PostgreSQL and one default server that each worker would
+    start again. Tests that must run on one worker carry ``pytest.mark.xdist_group(NAME)``."""
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return  # xdist not installed or turned off, or this is a worker
+    if config.option.numprocesses is None and all(_a_directory_of_tests(arg, config.invocation_params.dir)
+                                                  for arg in config.args):
+        config.option.numprocesses = "auto"  # not for named files or tests, nor for compat_tests/
+    if config.option.numprocesses and config.option.dist == "no":
+        config.option.dist = "loadgroup"  # xdist's default for -n is load, which ignores xdist_group
+
+
+def module_groups() -> dict[str, str]:
+    """The xdist_group each module of tests/ names in its module-level ``pytestmark``, by the module's
+    path as node ids start (``tests/test_wheel_deploy.py``)."""
+    groups = {}
+    for path in sorted(TESTS.glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+                for call in ast.walk(node.value):
+                    if (isinstance(call, ast.Call) and ast.unparse(call.func).endswith("mark.xdist_group") and call.args
+                            and isinstance(call.args[0], ast.Constant)):
+                        groups[path.relative_to(REPO).as_posix()] = str(call.args[0].value)
+    return groups
+
+
+def group_of(nodeid: str, groups: dict[str, str]) -> str:
+    """The unit a test is handed to a worker in: its module's group, else the test on its own."""
+    return groups.get(nodeid.split("::", 1)[0], nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup`` whose groups are read from the modules' ``pytestmark``, not from the node
+    ids: pytest 9.2 no longer lets xdist (3.8) put the group into a node id, so its own loadgroup
+    hands grouped tests to any worker, silently (pytest-xdist issue 1386). Like xdist's, the groups go
+    out first, largest first, then one test at a time."""
+    if config.option.dist != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = module_groups()
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid, groups)
+
+    return GroupScheduling(config, log)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist's workers, the network tests first (in their order): they are the long ones (servers,
+    wheels, downloads), and started first they overlap with the offline tests instead of leaving one
+    worker busy alone at the end. The groups (xdist_group) go first anyway: loadgroup hands out the
+    largest first. A serial run keeps the files' order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("network") is None)
+
+
+@pytest.fixture(scope="session")
+def shared_tmp(request, tmp_path_factory) -> Path:
+    """The directory every xdist worker of this run shares: the run's base temporary directory, in
+    which each worker has its own (``popen-gwN``); in a serial run, the run's own. For what a session
+    makes once per run (a download cache, an npm install): a directory of a fixed name in it, made
+    under a ``filelock.FileLock`` beside it when two workers must not both make it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(request.config, "workerinput") else base
 
 
 def write_series(directory: Path, *lines: str) -> Path:

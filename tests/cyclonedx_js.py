@@ -1,6 +1,6 @@
 """A second, independent CycloneDX validator for the tests: the JavaScript CycloneDX library's strict
 JSON validator (``@cyclonedx/cyclonedx-library``; its README: JSON validation on Node.js needs ``ajv``,
-``ajv-formats`` and ``ajv-formats-draft2019``), installed from the npm registry once per test session.
+``ajv-formats`` and ``ajv-formats-draft2019``), installed from the npm registry once per test run.
 
 Tests using it are network tests. Without node or npm they fail, saying what is missing: CI is
 expected to have both, and a skipped validator would look like a passing one.
@@ -35,7 +35,10 @@ class JsValidator:
         self.prefix = prefix
         self.node = node
         self.script = prefix / "validate.js"
-        self.script.write_text(SCRIPT)
+
+    @staticmethod
+    def write_script(prefix: Path) -> None:
+        (prefix / "validate.js").write_text(SCRIPT)
 
     def errors(self, text: str) -> list | None:
         """The validator's errors for ``text`` (None: a valid CycloneDX 1.6 document)."""
@@ -52,14 +55,24 @@ class JsValidator:
 
 
 @pytest.fixture(scope="session")
-def cyclonedx_js(tmp_path_factory) -> JsValidator:
+def cyclonedx_js(shared_tmp) -> JsValidator:
+    """Installed once per run, into a directory every xdist worker of the run shares (the first worker
+    to get here installs it, under a lock the other waits on)."""
+    from filelock import FileLock
+
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.fail("the second CycloneDX validator needs Node.js (>= 20.18, the library's engines) and npm on PATH: "
                     f"{'node' if node is None else 'npm'} not found")
-    prefix = tmp_path_factory.mktemp("cyclonedx-js")
-    proc = subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix), *PACKAGES],
-                          capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"npm install {' '.join(PACKAGES)} failed: {proc.stderr.strip()[-2000:]}")
+    prefix = shared_tmp / "cyclonedx-js"
+    with FileLock(shared_tmp / "cyclonedx-js.lock"):
+        done = prefix / ".installed"
+        if not done.is_file():
+            prefix.mkdir(exist_ok=True)
+            proc = subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix), *PACKAGES],
+                                  capture_output=True, text=True, timeout=600, check=False)
+            if proc.returncode != 0:
+                pytest.fail(f"npm install {' '.join(PACKAGES)} failed: {proc.stderr.strip()[-2000:]}")
+            JsValidator.write_script(prefix)
+            done.write_text("")
     return JsValidator(prefix, node)

@@ -34,8 +34,11 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def cache_dir(shared_tmp) -> Path:
+    """One cache for the module's tests, whichever xdist worker runs them (the cache locks what it makes)."""
+    path = shared_tmp / "any-upstream-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def _checkout(tmp_path: Path, monkeypatch, series: Path) -> Path:

@@ -16,6 +16,10 @@ from compat_tests.vendor import FakeVendor
 from ketta_build.runstore import RunStore
 from ketta_build.letta.serverenv import ServerBuild
 
+# One xdist worker runs the module: its tests share one PostgreSQL (and reuse database names in it),
+# as they do in a serial run.
+pytestmark = pytest.mark.xdist_group("fill-store")
+
 
 @pytest.fixture(scope="module")
 def pg():

@@ -32,6 +32,9 @@ from ketta_build.letta.upgradepairs import Pair
 
 REPO = Path(__file__).resolve().parent.parent
 network = pytest.mark.network
+# One xdist worker runs the module: its fixtures build two releases' servers and start a PostgreSQL,
+# which a second worker would do again.
+pytestmark = [pytest.mark.xdist_group("fork-starts")]
 
 
 @pytest.fixture(scope="module", params=["0.16.8", "0.14.0"])  # the newest and the oldest release

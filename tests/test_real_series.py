@@ -1,4 +1,4 @@
-"""The real series on the real releases (network: the package index, once per session into one cache).
+"""The real series on the real releases (network: the package index, once per run into one cache).
 
 - apply followed by export --check is a no-op on every supported release;
 - lint finds nothing;
@@ -33,8 +33,12 @@ pytestmark = pytest.mark.network
 
 
 @pytest.fixture(scope="session")
-def real_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("real-cache")
+def real_cache(shared_tmp) -> Path:
+    """One cache for the run, shared by its xdist workers (the cache's own locks keep two processes
+    from fetching or unpacking the same release at once, as for two maintainers' runs)."""
+    path = shared_tmp / "real-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def _run(*argv: str, cwd: Path | None = None) -> int:

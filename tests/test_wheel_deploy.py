@@ -24,7 +24,9 @@ from ketta_build.uvcmd import run_uv
 from ketta_build.wheel import read_build_number
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.network
+# One xdist worker runs the module: its wheels fixture builds the 0.16.8 wheel twice, which a second
+# worker would do again.
+pytestmark = [pytest.mark.network, pytest.mark.xdist_group("wheel-deploy")]
 
 
 @pytest.fixture(scope="module")
