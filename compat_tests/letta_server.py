@@ -312,7 +312,18 @@ def stop_helpers() -> None:
                 pass
 
 
-atexit.register(stop_helpers)
+# The temporary homes this process made for its servers (logs, generated key files, NLTK data):
+# removed when it exits, after every report that quotes a log has been written.
+_OWN_HOMES: list[Path] = []
+
+
+def _remove_own_homes() -> None:
+    while _OWN_HOMES:
+        shutil.rmtree(_OWN_HOMES.pop(), ignore_errors=True)
+
+
+atexit.register(_remove_own_homes)
+atexit.register(stop_helpers)  # atexit runs the last registered first: servers stop, then homes go
 
 
 def run_alembic(python: Path, tree: Path, uri: str, *args: str) -> str:
@@ -458,6 +469,7 @@ class LettaServer:
     def _start(self) -> "LettaServer":
         if self.home is None:
             self.home = Path(tempfile.mkdtemp(prefix="ketta-letta-home-"))
+            _OWN_HOMES.append(self.home)
         self.log_path = self.home / f"server-{uuid.uuid4().hex[:6]}.log"
         self.port = free_port()
         env = {
