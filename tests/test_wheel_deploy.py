@@ -149,6 +149,15 @@ def _venv(path: Path, wheel: Path, constraints: Path) -> Path:
     return path
 
 
+def _upgrade(venv: Path, wheel: Path, constraints: Path) -> None:
+    before = {p.name for p in (venv / "lib").glob("python*/site-packages/*.dist-info")}
+    run_uv(["pip", "install", "--quiet", "--compile-bytecode", "--python", str(venv / "bin" / "python"), "-c",
+            str(constraints), f"letta[server,postgres] @ {wheel.as_uri()}"])
+    after = {p.name for p in (venv / "lib").glob("python*/site-packages/*.dist-info")}
+    assert {n for n in before ^ after if not n.startswith("letta-")} == set(), "the upgrade changed more than letta"
+    assert len([n for n in after if n.startswith("letta-")]) == 1
+
+
 def _migrate(venv: Path, pg, database: str, cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "KETTA_"))}
     proc = subprocess.run([str(venv / "bin" / "python"), "-m", "letta.ketta_migrations", "upgrade"], cwd=cwd,
@@ -157,14 +166,17 @@ def _migrate(venv: Path, pg, database: str, cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, tmp_path):
+def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, tmp_path, monkeypatch):
     from compat_tests import api
     from compat_tests.letta_server import LettaServer
     from compat_tests.pgcluster import EmbeddedCluster
     from compat_tests.vendor import FakeVendor
 
+    # A deployer's server starts as `letta server` does, cold: no start helper is made (or its preload
+    # list measured) for an environment that starts one server in its life.
+    monkeypatch.setenv("KETTA_FORK_STARTS", "0")
     dist = wheels / "dist1"
-    first = _venv(tmp_path / "venv1", _wheel(dist), dist / "constraints-0.16.8.txt")
+    venv = _venv(tmp_path / "venv", _wheel(dist), dist / "constraints-0.16.8.txt")
     # The next build number's wheel: the same series, build-number + 1.
     series = tmp_path / "patches"
     shutil.copytree(REPO / "patches", series)
@@ -172,7 +184,6 @@ def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, 
     (series / "build-number").write_text(f"{number}\n")
     assert main(["wheel", "--letta", "0.16.8", "--dist-dir", str(tmp_path / "dist-next"), "--patches", str(series),
                  "--cache-dir", str(wheels / "cache")]) == 0
-    second = _venv(tmp_path / "venv2", _wheel(tmp_path / "dist-next"), tmp_path / "dist-next" / "constraints-0.16.8.txt")
 
     empty = tmp_path / "nowhere"  # no alembic.ini, no source tree: the wheel's own migrations
     empty.mkdir()
@@ -183,11 +194,11 @@ def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, 
         pg = cluster.start()
         database = f"deploy_{uuid.uuid4().hex[:8]}"
         pg.create_database(database)
-        log = _migrate(first, pg, database, empty)
+        log = _migrate(venv, pg, database, empty)
         assert "ketta0002" in log
         home = tmp_path / "home"
         home.mkdir()
-        server = LettaServer(letta=first / "bin" / "letta", python=first / "bin" / "python", tree=empty, pg=pg,
+        server = LettaServer(letta=venv / "bin" / "letta", python=venv / "bin" / "python", tree=empty, pg=pg,
                              database=database, home=home, prepare_database=False)
         servers.append(server)
         server.start()
@@ -199,8 +210,11 @@ def test_a_plain_virtualenv_with_the_wheel_migrates_serves_and_upgrades(wheels, 
         assert {r.bearer for r in vendor.chat_requests()} == {"sk-deployed"}
         server.stop()
 
-        _migrate(second, pg, database, empty)
-        upgraded = LettaServer(letta=second / "bin" / "letta", python=second / "bin" / "python", tree=empty, pg=pg,
+        # The upgrade as a deployer makes it: the next wheel installed over the running environment's
+        # (only letta changes hands), then its migrations, then the server again.
+        _upgrade(venv, _wheel(tmp_path / "dist-next"), tmp_path / "dist-next" / "constraints-0.16.8.txt")
+        _migrate(venv, pg, database, empty)
+        upgraded = LettaServer(letta=venv / "bin" / "letta", python=venv / "bin" / "python", tree=empty, pg=pg,
                                database=database, home=home, prepare_database=False)
         servers.append(upgraded)
         upgraded.start()
