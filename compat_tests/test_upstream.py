@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,18 +71,13 @@ def upstream_runs(letta_build, pg, pytestconfig):
             database=f"up_{uuid.uuid4().hex[:10]}", workdir=workroot / label,
         )
 
-    under_test = run(letta_build, prepare_test_environment(letta_build) / "bin" / "python",
-                     "patched" if letta_build.patched else "unpatched")
-    print(summary_line(under_test))
+    under_test_python = prepare_test_environment(letta_build) / "bin" / "python"
+    label = "patched" if letta_build.patched else "unpatched"
     if not letta_build.patched:
+        under_test = run(letta_build, under_test_python, label)
+        print(summary_line(under_test))
         return under_test, Baseline(under_test)
-    baseline_build = prepare_server(
-        letta_build.version, patched=False, series_dir=Path(pytestconfig.getoption("--patches")), build_root=build_root,
-        index_url=pytestconfig.getoption("--index-url"),
-    )
-    python = prepare_test_environment(baseline_build) / "bin" / "python"
     store = RunStore(Cache().root / "stock-runs")
-    key = stock_run_key(baseline_inputs(baseline_build, python, pg))
 
     def fresh(set_aside: list[str]) -> Baseline:
         made = run(baseline_build, python, "unpatched")
@@ -93,11 +89,24 @@ def upstream_runs(letta_build, pg, pytestconfig):
             print(f"the stock run was not stored ({exc})")
         return Baseline(made, set_aside=set_aside)
 
-    with store.locked(key):
-        stored = store.lookup(key) if reuse_allowed() else None
-    if stored is None:
-        baseline = fresh([])
-    else:
+    # The run under test starts at once; the stock side is prepared beside it and, when no stored run can
+    # stand in, run beside it too: two processes on their own databases, so a free core halves the
+    # suite's time (both ran one after the other before).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upstream-patched") as beside:
+        running = beside.submit(run, letta_build, under_test_python, label)
+        baseline_build = prepare_server(
+            letta_build.version, patched=False, series_dir=Path(pytestconfig.getoption("--patches")),
+            build_root=build_root, index_url=pytestconfig.getoption("--index-url"),
+        )
+        python = prepare_test_environment(baseline_build) / "bin" / "python"
+        key = stock_run_key(baseline_inputs(baseline_build, python, pg))
+        with store.locked(key):
+            stored = store.lookup(key) if reuse_allowed() else None
+        baseline = fresh([]) if stored is None else None
+        under_test = running.result()
+    print(summary_line(under_test))
+    if baseline is None:
+        assert stored is not None
         baseline = Baseline(run_from_record(stored.data, stored.files["pytest.log"]), stored)
         reasons = stored_baseline_holds(compare(letta_build.version, under_test, baseline.run, load_expected()), stored.data)
         if reasons:
