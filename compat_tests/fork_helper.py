@@ -13,9 +13,11 @@ Protocol: one JSON object a line each way, one answer per request, in order.
 
 * ``{"op": "start", "argv": [...], "env": {...}, "cwd": "...", "log": "..."}`` →
   ``{"pid": N}`` (with ``"module": "alembic"`` the child runs ``python -m alembic`` instead of Letta's
-  command line: the suites' migrations, whose imports are mostly the preloaded ones too), or ``{"cold": "why"}`` when forking is not safe (a thread runs in the helper, or
-  a variable a preloaded module read at its import differs in the request): the caller then starts
-  the server the ordinary way.
+  command line: the suites' migrations, whose imports are mostly the preloaded ones too), or ``{"cold": "why"}`` when forking is not safe (a thread runs in the helper, a
+  variable a preloaded module read at its import differs in the request, an interpreter setting
+  differs; a ``PYTHONPATH`` of the request's own is the one setting a child takes on as the
+  interpreter would, unless an entry holds a module the helper has imported): the caller then
+  starts the server the ordinary way.
 * ``{"op": "poll", "pid": N}`` → ``{"returncode": null | int}`` (negative: killed by that signal,
   as subprocess reports it). The helper reaps its children itself.
 * ``{"op": "info"}`` → what was preloaded, what was left out and why.
@@ -108,6 +110,36 @@ def _entry_point():
     return ep.value
 
 
+def python_path_refusal(value: str) -> str | None:
+    """Why a child cannot be given ``PYTHONPATH=value`` after the fork (None: it can). The interpreter
+    puts its entries after the script's directory, before the standard library, then imports
+    ``sitecustomize``; a child does the same, which is only what a cold start does if no entry holds
+    a module the helper imported already (a preloaded one, or a ``sitecustomize`` of its own)."""
+    for entry in value.split(os.pathsep):
+        if not entry or not os.path.isabs(entry):
+            return f"PYTHONPATH entry {entry!r} is not an absolute path"
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            continue  # a missing entry is on a cold start's sys.path too, and finds nothing
+        for name in names:
+            top = name.split(".", 1)[0]
+            if top in sys.modules or top == "usercustomize":
+                return f"PYTHONPATH entry {entry} holds {name}, which the helper has imported from elsewhere"
+    return None
+
+
+def _python_path(value: str) -> None:
+    """In a child: what the interpreter does with PYTHONPATH at its start-up (python_path_refusal allowed it)."""
+    sys.path[1:1] = value.split(os.pathsep)
+    if "sitecustomize" not in sys.modules:
+        try:
+            import sitecustomize  # noqa: F401 (run for its effect, as site.py runs it)
+        except ImportError as exc:
+            if exc.name != "sitecustomize":
+                raise
+
+
 def _run_child(request: dict, entry: str, keep_open: tuple[int, ...]) -> None:
     """In the forked child: become the server process the console script would have been. Never returns."""
     code = 1
@@ -126,9 +158,12 @@ def _run_child(request: dict, entry: str, keep_open: tuple[int, ...]) -> None:
         os.close(null)
         os.close(log)
         os.chdir(request["cwd"])
+        python_path = request["env"].get("PYTHONPATH") if "PYTHONPATH" not in os.environ else None
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
+        if python_path is not None:
+            _python_path(python_path)
         if request.get("module"):
             # As ``python -m MODULE ARGS`` runs it: the working directory first on the path, the
             # module run as __main__ (a release's alembic: its tree's letta/, as a subprocess has it).
@@ -215,7 +250,11 @@ class Helper:
         # What the interpreter itself read at its start-up: its PYTHON* settings and the locale.
         python_vars = sorted(k for k in set(env) | set(os.environ) if (k.startswith(("PYTHON", "LC_")) or k == "LANG")
                              and env.get(k) != os.environ.get(k))
-        if python_vars:
+        if python_vars == ["PYTHONPATH"] and "PYTHONPATH" not in os.environ:
+            why = python_path_refusal(env["PYTHONPATH"])
+            if why:
+                return {"cold": why}
+        elif python_vars:
             return {"cold": f"interpreter variables differ: {', '.join(python_vars)}"}
         for stream in (sys.stdout, sys.stderr):
             stream.flush()

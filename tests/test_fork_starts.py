@@ -34,6 +34,7 @@ from ketta_build.letta.upgradepairs import Pair
 REPO = Path(__file__).resolve().parent.parent
 network = pytest.mark.network
 NEWEST, OLDEST = "0.16.8", "0.14.0"
+GC_STRESS = REPO / "compat_tests" / "gc_stress"  # the agent suite's sitecustomize: a collection in every request
 # One xdist worker runs the module: its fixtures build two releases' servers and start a PostgreSQL,
 # which a second worker would do again.
 pytestmark = [pytest.mark.xdist_group("fork-starts")]
@@ -175,6 +176,50 @@ def test_the_helper_stops_its_servers_when_its_client_goes(build, pg, forked):
     assert helper.process.returncode == 0
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the server and anything it started are gone
+
+
+
+@network
+@mechanics
+def test_a_server_given_pythonpath_forks_and_runs_its_sitecustomize_as_a_cold_start_does(build, pg, forked):
+    """The agent suite's gc stress (a sitecustomize on PYTHONPATH) started cold: interpreter variables differed."""
+    server = _server(build, pg, PYTHONPATH=str(GC_STRESS))
+    try:
+        server.start()
+        assert server.start_mode == "forked"
+        assert "ketta-test: gc threshold 100" in server.log_text()
+        assert server.get("/v1/health/").status == 200
+    finally:
+        server.stop()
+
+
+def test_a_pythonpath_entry_that_would_shadow_an_imported_module_is_refused(tmp_path):
+    from compat_tests.fork_helper import python_path_refusal
+
+    clean, shadowing = tmp_path / "clean", tmp_path / "shadowing"
+    clean.mkdir()
+    shadowing.mkdir()
+    (clean / "ketta_never_imported_here.py").write_text("")
+    (clean / "sitecustomize.py").write_text("")
+    (shadowing / "json").mkdir()  # a package named as a module this process imported
+    assert python_path_refusal(f"{clean}{os.pathsep}{tmp_path / 'missing'}") is None
+    assert "json" in python_path_refusal(f"{clean}{os.pathsep}{shadowing}")
+    assert "not an absolute path" in python_path_refusal("relative/dir")
+    assert "not an absolute path" in python_path_refusal(f"{clean}{os.pathsep}")
+
+
+def test_a_child_puts_pythonpath_where_the_interpreter_does_and_runs_its_sitecustomize(tmp_path):
+    import subprocess
+
+    (tmp_path / "sitecustomize.py").write_text("import sys\nprint('site ran', file=sys.stderr)\n")
+    probe = ("import sys; sys.path[0] = '/script/dir'; from compat_tests import fork_helper; "
+             "assert 'sitecustomize' not in sys.modules; "
+             f"fork_helper._python_path({str(tmp_path)!r}); print(sys.path[:2])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(["/script/dir", str(tmp_path)])
+    assert done.stderr == "site ran\n"
 
 
 # ------------------------------------------------------------------ the upgrade lab (issue #33)
