@@ -212,7 +212,7 @@ def test_a_child_puts_pythonpath_where_the_interpreter_does_and_runs_its_sitecus
     import subprocess
 
     (tmp_path / "sitecustomize.py").write_text("import sys\nprint('site ran', file=sys.stderr)\n")
-    probe = ("import sys; sys.path[0] = '/script/dir'; from compat_tests import fork_helper; "
+    probe = ("import sys; from compat_tests import fork_helper; sys.path[0] = '/script/dir'; "
              "assert 'sitecustomize' not in sys.modules; "
              f"fork_helper._python_path({str(tmp_path)!r}); print(sys.path[:2])")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
