@@ -28,6 +28,7 @@ from ketta_build.cache import Cache
 from ketta_build.runstore import RunStore, StoredRun, reuse_allowed, stock_run_key
 from ketta_build.letta.serverenv import prepare_server, prepare_test_environment
 
+from .letta_server import migrated_template
 from .upstream_runner import (
     UPSTREAM_FILES,
     UpstreamRun,
@@ -66,9 +67,12 @@ def upstream_runs(letta_build, pg, pytestconfig):
     workroot = build_root / "upstream-tests" / letta_build.tree.name
 
     def run(build, python, label):
+        # The database: a copy of the template the release's servers start from (the session's own
+        # build has one already; alembic runs once per build, not once per run).
         return run_upstream_tests(
             label=label, python=python, tree=build.tree, pg=pg,
             database=f"up_{uuid.uuid4().hex[:10]}", workdir=workroot / label,
+            template=migrated_template(pg, build.python, build.tree),
         )
 
     under_test_python = prepare_test_environment(letta_build) / "bin" / "python"

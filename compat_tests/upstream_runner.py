@@ -148,15 +148,20 @@ def _clean_environment(home: Path, pg_uri: str) -> dict[str, str]:
 
 
 def run_upstream_tests(
-    *, label: str, python: Path, tree: Path, pg: PgTarget, database: str, workdir: Path
+    *, label: str, python: Path, tree: Path, pg: PgTarget, database: str, workdir: Path, template: str | None = None
 ) -> UpstreamRun:
-    """Run the shipped provider tests of ``tree`` with ``python``; one fresh database per run."""
+    """Run the shipped provider tests of ``tree`` with ``python``; one fresh database per run: a copy of
+    ``template`` (a database ``tree``'s alembic migrated to head, as the suites' servers get theirs),
+    else migrated here."""
     files = tuple(f for f in UPSTREAM_FILES if (tree / f).is_file())
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "home").mkdir(parents=True)
     shutil.copytree(tree / "tests", workdir / "tests")
-    pg.create_database(database)
-    run_alembic(python, tree, pg.alembic_uri(database), "upgrade", "head")
+    if template is not None:
+        pg.clone_database(template, database)
+    else:
+        pg.create_database(database)
+        run_alembic(python, tree, pg.alembic_uri(database), "upgrade", "head")
     junit = workdir / "junit.xml"
     log = workdir / "pytest.log"
     started = time.monotonic()
