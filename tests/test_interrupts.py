@@ -31,8 +31,8 @@ for a in "$@"; do
     [ "$(wc -l < "$KETTA_TEST_MARK.count")" -eq "$KETTA_TEST_SLOW_NTH" ] || break
     lock="$PWD/.git/ketta-test-slow.lock"
     [ -d "$PWD/.git" ] || lock="$PWD/ketta-test-slow.lock"
-    : > "$lock"
     trap 'rm -f "$lock"; exit 143' TERM
+    : > "$lock"
     : > "$KETTA_TEST_MARK"
     sleep 3 & wait $!
     rm -f "$lock"

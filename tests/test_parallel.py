@@ -110,6 +110,15 @@ def test_a_run_of_tests_is_spread_over_the_cores_a_run_of_one_file_or_n0_is_not(
     assert _set_up(tmp_path, *args) == set_up
 
 
+def test_a_run_of_tests_gets_two_workers_per_core_unless_told(tmp_path, monkeypatch):
+    from conftest import default_workers
+
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    assert default_workers() == 2 * len(os.sched_getaffinity(0))
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "5")
+    assert default_workers() == 5
+
+
 def test_a_run_of_compat_tests_is_never_spread(tmp_path):
     """tox runs compat_tests/ with this repository's pytest configuration (pyproject.toml); its session
     shares one PostgreSQL and one default server, which each worker would start again."""
