@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import threading
 import uuid
 from pathlib import Path
 
@@ -52,6 +54,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for suite in SUITES:
         config.addinivalue_line("markers", f"{suite}: the {suite} compatibility suite")
+    # SIGTERM (a CI run cancelled, the matrix stopped) ends the session as Ctrl-C does: the fixtures'
+    # teardown stops the servers, helpers and PostgreSQL clusters, which run in sessions of their own
+    # that a signal to this process group does not reach. Left to its default, SIGTERM killed pytest
+    # at once and left them all running.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while tearing down is final
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def pytest_collection_modifyitems(items) -> None:

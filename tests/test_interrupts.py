@@ -284,3 +284,51 @@ def test_a_port_finish_that_fails_halfway_writes_nothing(world, monkeypatch):
     assert rc == 0, err
     assert '"0.16.9"' in (world.patches / "releases.toml").read_text()
     assert "letta{0167,0168,0169}" in (world.root / "repo" / "tox.ini").read_text()
+
+
+# ----------------------------------------------------------------------------- 4. a compatibility session stopped
+
+
+SLEEPER = """
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def held():
+    yield
+    Path({mark!r}).write_text("torn down")
+
+
+def test_waits(held):
+    Path({started!r}).write_text("")
+    time.sleep(120)
+"""
+
+
+def test_sigterm_ends_a_compatibility_session_through_its_teardown(tmp_path):
+    """The suites' servers, start helpers and PostgreSQL clusters run in sessions of their own: only the
+    session's teardown stops them. SIGTERM (a cancelled CI run, a stopped matrix) killed pytest where it
+    stood and left them running (found when a cold ``matrix --all`` was stopped)."""
+    mark, started = tmp_path / "torn-down", tmp_path / "started"
+    (tmp_path / "test_sleeper.py").write_text(SLEEPER.format(mark=str(mark), started=str(started)))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "compat_tests.conftest", "-p", "no:cacheprovider", "-q",
+                             "--rootdir", str(tmp_path), str(tmp_path / "test_sleeper.py")],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the test never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert mark.exists() and mark.read_text() == "torn down", f"no teardown after SIGTERM:\n{out[-2000:]}"
+    assert proc.returncode != 0
