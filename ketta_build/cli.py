@@ -89,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {module.NAME: module.run for module in modules()}
 
 
-class _StdoutGuard:
-    """``sys.stdout`` for the length of a verb, outliving its reader: once the pipe is closed
-    (``ketta-build upstream check | head -1``), the rest goes to /dev/null, as Python's documentation
-    on SIGPIPE advises, and the verb runs on to its own exit code and its ``--json FILE``. (rich's
-    own handling of a closed pipe exits with 1 on the spot.)"""
+class _PipeGuard:
+    """``sys.stdout`` or ``sys.stderr`` for the length of a verb, outliving its reader: once the pipe is
+    closed (``ketta-build upstream check | head -1``, or ``-v 2>&1 | head -3`` for the steps on
+    stderr), the rest goes to /dev/null, as Python's documentation on SIGPIPE advises, and the verb
+    runs on to its own exit code and its ``--json FILE``. (rich's own handling of a closed pipe exits
+    with 1 on the spot.)"""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -130,14 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageExit as exc:
         _usage_json(sys.argv[1:] if argv is None else argv, exc)
         raise
-    stdout = sys.stdout
-    sys.stdout = _StdoutGuard(stdout)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeGuard(stdout), _PipeGuard(stderr)
     try:
         with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: the same clean-up, exit 143
             return _run(args, parser)
     finally:
-        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at interpreter exit
-        sys.stdout = stdout
+        for guard in (sys.stdout, sys.stderr):
+            guard.flush()  # what is still buffered meets a closed pipe here, not at interpreter exit
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def _console(stderr: bool, verbose: bool = False):

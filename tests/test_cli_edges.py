@@ -370,3 +370,17 @@ def test_v_shows_the_steps_of_lint_export_and_upstream_check_on_stderr(world):
     rc, out, err = world.run("status", "-v", "--patches", str(world.patches), "--cache-dir", str(world.cache),
                              "--index-url", world.index.url)
     assert "applying" in err and "in memory to letta 0.16.7" in err, err
+
+
+def test_head_of_the_steps_on_stderr_keeps_the_exit_code(world):
+    """``ketta-build status -v 2>&1 | head -1``: the steps go to stderr, whose reader is gone after one
+    line; the exit code was 1 there and 0 with the whole output read."""
+    argv = ["status", "--index-url", world.index.url, "--cache-dir", str(world.cache), "--patches", str(world.patches), "-v"]
+    whole = subprocess.run([sys.executable, "-m", "ketta_build", *argv], cwd=world.root / "repo", capture_output=True,
+                           text=True, timeout=300)
+    assert whole.returncode == 0 and len(whole.stderr.splitlines()) > 1, whole.stderr
+    proc = subprocess.run(["bash", "-c", f'"{sys.executable}" -m ketta_build {" ".join(argv)} 2>&1 | head -1; exit "${{PIPESTATUS[0]}}"'],
+                          cwd=world.root / "repo", capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
